@@ -1,0 +1,5 @@
+// Marks each build directory with its module type, so Node loads dist/esm as
+// ESM and dist/cjs as CommonJS whatever the root package.json says.
+import { writeFileSync } from 'node:fs';
+writeFileSync('dist/esm/package.json', JSON.stringify({ type: 'module' }) + '\n');
+writeFileSync('dist/cjs/package.json', JSON.stringify({ type: 'commonjs' }) + '\n');

@@ -1,0 +1,76 @@
+/*
+ * AbortSignal plumbing used by every blocking call. We avoid AbortSignal.any()
+ * for long-lived sources (a session's signal lives for hours, and Node 20's
+ * implementation retains dependants): `linkSignals` removes its listeners
+ * when the caller disposes it.
+ */
+
+/** The error a call rejects with when `signal` aborted: the signal's reason. */
+export function abortReason(signal: AbortSignal): unknown {
+  return signal.reason ?? new DOMException('This operation was aborted', 'AbortError');
+}
+
+/** A controller aborted when any source aborts; `dispose()` detaches it from the sources. */
+export interface LinkedSignal {
+  readonly signal: AbortSignal;
+  abort(reason?: unknown): void;
+  dispose(): void;
+}
+
+/** Links `sources` (undefined ones are skipped) into one signal. */
+export function linkSignals(...sources: (AbortSignal | undefined)[]): LinkedSignal {
+  const controller = new AbortController();
+  const cleanups: (() => void)[] = [];
+  const dispose = () => {
+    for (const c of cleanups.splice(0)) c();
+  };
+  for (const s of sources) {
+    if (!s) continue;
+    if (s.aborted) {
+      controller.abort(abortReason(s));
+      break;
+    }
+    const onAbort = () => {
+      controller.abort(abortReason(s));
+      dispose();
+    };
+    s.addEventListener('abort', onAbort, { once: true });
+    cleanups.push(() => s.removeEventListener('abort', onAbort));
+  }
+  if (controller.signal.aborted) dispose();
+  return { signal: controller.signal, abort: (r) => { controller.abort(r); dispose(); }, dispose };
+}
+
+/**
+ * Settles like `promise`, or rejects with the reason of the first signal that
+ * aborts first. The promise keeps running; callers clean up after it.
+ */
+export function raceAbort<T>(promise: Promise<T>, ...signals: (AbortSignal | undefined)[]): Promise<T> {
+  const live = signals.filter((s): s is AbortSignal => !!s);
+  for (const s of live) if (s.aborted) {
+    promise.catch(() => undefined);
+    return Promise.reject(abortReason(s));
+  }
+  if (live.length === 0) return promise;
+  return new Promise<T>((resolve, reject) => {
+    const cleanups: (() => void)[] = [];
+    const done = () => { for (const c of cleanups.splice(0)) c(); };
+    for (const s of live) {
+      const onAbort = () => { done(); reject(abortReason(s)); };
+      s.addEventListener('abort', onAbort, { once: true });
+      cleanups.push(() => s.removeEventListener('abort', onAbort));
+    }
+    promise.then((v) => { done(); resolve(v); }, (e) => { done(); reject(e); });
+  });
+}
+
+/** Waits `ms` milliseconds, or rejects when a signal aborts. The timer never holds the process open. */
+export function delay(ms: number, ...signals: (AbortSignal | undefined)[]): Promise<void> {
+  return raceAbort(new Promise<void>((resolve) => setTimeout(resolve, ms).unref()), ...signals);
+}
+
+/** A promise that resolves once `signal` aborts (never rejects). */
+export function whenAborted(signal: AbortSignal): Promise<unknown> {
+  if (signal.aborted) return Promise.resolve(abortReason(signal));
+  return new Promise((resolve) => signal.addEventListener('abort', () => resolve(abortReason(signal)), { once: true }));
+}

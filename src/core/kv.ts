@@ -1,0 +1,229 @@
+import type { Namespace } from 'etcd3';
+import { prefixEnd, toBuffer } from './keys.js';
+
+/*
+ * The one place that builds raw etcd requests. etcd3's builders cannot express
+ * what the recipes need (a range with sort, limit and max_create_revision
+ * inside a Txn's success branch), so recipes describe operations with these
+ * small typed records and this module turns them into gRPC requests. It also
+ * applies the client's namespace prefix, because the raw `client.kv` does not.
+ */
+
+/** A key-value pair as the recipes see it; revisions are bigint. */
+export interface KeyValue {
+  /** The key, without the client's namespace prefix. */
+  key: Buffer;
+  value: Buffer;
+  createRevision: bigint;
+  modRevision: bigint;
+  version: bigint;
+  /** Lease ID (decimal string), '0' when none. */
+  lease: string;
+}
+
+/** Compare one attribute of one key inside a Txn. */
+export interface Compare {
+  key: string | Buffer;
+  target: 'Create' | 'Mod' | 'Version' | 'Value' | 'Lease';
+  result: '==' | '!=' | '<' | '>';
+  /** Revisions/versions as bigint; values as string or Buffer; lease as decimal string. */
+  value: bigint | string | Buffer;
+}
+
+/** Options of a range read. */
+export interface RangeOptions {
+  /** Read every key starting with `key`. */
+  prefix?: boolean;
+  /** Explicit range end (exclusive); overrides `prefix`. */
+  end?: Buffer;
+  limit?: number;
+  sortTarget?: 'Key' | 'Create' | 'Mod' | 'Version' | 'Value';
+  sortOrder?: 'Ascend' | 'Descend';
+  maxCreateRevision?: bigint;
+  minCreateRevision?: bigint;
+  maxModRevision?: bigint;
+  minModRevision?: bigint;
+  /** Read at this revision (must not be compacted). */
+  revision?: bigint;
+  /** Member-local read (not linearizable). */
+  serializable?: boolean;
+  countOnly?: boolean;
+  keysOnly?: boolean;
+}
+
+/** An operation inside a Txn. */
+export type Op =
+  | { type: 'range'; key: string | Buffer; options?: RangeOptions }
+  | { type: 'put'; key: string | Buffer; value: string | Buffer; lease?: string; prevKv?: boolean }
+  | { type: 'delete'; key: string | Buffer; prefix?: boolean; end?: Buffer; prevKv?: boolean };
+
+export interface RangeResult { type: 'range'; revision: bigint; kvs: KeyValue[]; more: boolean; count: bigint }
+export interface PutResult { type: 'put'; revision: bigint; prevKv?: KeyValue }
+export interface DeleteResult { type: 'delete'; revision: bigint; deleted: bigint; prevKvs: KeyValue[] }
+export type OpResult = RangeResult | PutResult | DeleteResult;
+
+export interface TxnResult {
+  succeeded: boolean;
+  /** The store revision after the Txn (the revision of its writes, if any). */
+  revision: bigint;
+  responses: OpResult[];
+}
+
+/** Convenience constructors, so call sites read like Go's clientv3.Op*. */
+export const op = {
+  range: (key: string | Buffer, options?: RangeOptions): Op => ({ type: 'range', key, options }),
+  put: (key: string | Buffer, value: string | Buffer, lease?: string): Op => ({ type: 'put', key, value, lease }),
+  delete: (key: string | Buffer): Op => ({ type: 'delete', key }),
+  deletePrefix: (key: string | Buffer): Op => ({ type: 'delete', key, prefix: true }),
+};
+
+/** Compare constructors. */
+export const cmp = {
+  create: (key: string | Buffer, result: Compare['result'], rev: bigint): Compare => ({ key, target: 'Create', result, value: rev }),
+  mod: (key: string | Buffer, result: Compare['result'], rev: bigint): Compare => ({ key, target: 'Mod', result, value: rev }),
+  version: (key: string | Buffer, result: Compare['result'], v: bigint): Compare => ({ key, target: 'Version', result, value: v }),
+  value: (key: string | Buffer, result: Compare['result'], v: string | Buffer): Compare => ({ key, target: 'Value', result, value: v }),
+};
+
+// ---------------------------------------------------------------------------
+// Request encoding. Types are structural copies of etcd3's rpc interfaces, so
+// we do not depend on its internal module paths.
+
+type Raw = Record<string, unknown>;
+interface RawKv { key: Buffer; value: Buffer; create_revision: string; mod_revision: string; version: string; lease: string }
+interface RawHeader { revision: string }
+
+const resultNames = { '==': 'Equal', '!=': 'NotEqual', '<': 'Less', '>': 'Greater' } as const;
+const targetFields = { Create: 'create_revision', Mod: 'mod_revision', Version: 'version', Value: 'value', Lease: 'lease' } as const;
+
+function ns(client: Namespace, key: string | Buffer): Buffer {
+  const k = toBuffer(key);
+  return client.prefix.length ? Buffer.concat([client.prefix, k]) : k;
+}
+
+function rangeEnd(client: Namespace, key: Buffer, options: { prefix?: boolean; end?: Buffer }): Buffer | undefined {
+  if (options.end) return ns(client, options.end);
+  if (options.prefix) {
+    const full = ns(client, key);
+    // An empty key inside a namespace means "the whole namespace".
+    return prefixEnd(full);
+  }
+  return undefined;
+}
+
+function encodeCompare(client: Namespace, c: Compare): Raw {
+  const v = c.value;
+  const encoded = typeof v === 'bigint' ? v.toString() : c.target === 'Value' ? toBuffer(v) : v;
+  return { key: ns(client, c.key), target: c.target, result: resultNames[c.result], [targetFields[c.target]]: encoded };
+}
+
+function encodeRange(client: Namespace, key: string | Buffer, o: RangeOptions = {}): Raw {
+  const k = toBuffer(key);
+  const req: Raw = { key: ns(client, k) };
+  const end = rangeEnd(client, k, o);
+  if (end) req.range_end = end;
+  if (o.limit !== undefined) req.limit = o.limit;
+  if (o.sortTarget) req.sort_target = o.sortTarget;
+  if (o.sortOrder) req.sort_order = o.sortOrder;
+  if (o.maxCreateRevision !== undefined) req.max_create_revision = o.maxCreateRevision.toString();
+  if (o.minCreateRevision !== undefined) req.min_create_revision = o.minCreateRevision.toString();
+  if (o.maxModRevision !== undefined) req.max_mod_revision = o.maxModRevision.toString();
+  if (o.minModRevision !== undefined) req.min_mod_revision = o.minModRevision.toString();
+  if (o.revision !== undefined) req.revision = o.revision.toString();
+  if (o.serializable) req.serializable = true;
+  if (o.countOnly) req.count_only = true;
+  if (o.keysOnly) req.keys_only = true;
+  return req;
+}
+
+function encodeOp(client: Namespace, o: Op): Raw {
+  switch (o.type) {
+    case 'range':
+      return { request_range: encodeRange(client, o.key, o.options) };
+    case 'put': {
+      const req: Raw = { key: ns(client, o.key), value: toBuffer(o.value) };
+      if (o.lease !== undefined && o.lease !== '0') req.lease = o.lease;
+      if (o.prevKv) req.prev_kv = true;
+      return { request_put: req };
+    }
+    case 'delete': {
+      const k = toBuffer(o.key);
+      const req: Raw = { key: ns(client, k) };
+      const end = rangeEnd(client, k, o);
+      if (end) req.range_end = end;
+      if (o.prevKv) req.prev_kv = true;
+      return { request_delete_range: req };
+    }
+  }
+}
+
+function decodeKv(client: Namespace, kv: RawKv): KeyValue {
+  const p = client.prefix;
+  const key = p.length && kv.key.subarray(0, p.length).equals(p) ? kv.key.subarray(p.length) : kv.key;
+  return {
+    key,
+    value: kv.value ?? Buffer.alloc(0),
+    createRevision: BigInt(kv.create_revision),
+    modRevision: BigInt(kv.mod_revision),
+    version: BigInt(kv.version),
+    lease: kv.lease ?? '0',
+  };
+}
+
+function decodeRange(client: Namespace, r: { header: RawHeader; kvs?: RawKv[]; more?: boolean; count?: string }): RangeResult {
+  return {
+    type: 'range',
+    revision: BigInt(r.header.revision),
+    kvs: (r.kvs ?? []).map((kv) => decodeKv(client, kv)),
+    more: !!r.more,
+    count: BigInt(r.count ?? '0'),
+  };
+}
+
+function decodeOpResult(client: Namespace, r: Raw, revision: bigint): OpResult {
+  if (r.response_range) return decodeRange(client, r.response_range as never);
+  if (r.response_put) {
+    const p = r.response_put as { prev_kv?: RawKv };
+    return { type: 'put', revision, prevKv: p.prev_kv ? decodeKv(client, p.prev_kv) : undefined };
+  }
+  const d = (r.response_delete_range ?? {}) as { deleted?: string; prev_kvs?: RawKv[] };
+  return { type: 'delete', revision, deleted: BigInt(d.deleted ?? '0'), prevKvs: (d.prev_kvs ?? []).map((kv) => decodeKv(client, kv)) };
+}
+
+/** Runs one Txn: `if (compares) then (success) else (failure)`. */
+export async function txn(client: Namespace, compares: Compare[], success: Op[], failure: Op[] = []): Promise<TxnResult> {
+  const res = await client.kv.txn({
+    compare: compares.map((c) => encodeCompare(client, c)),
+    success: success.map((o) => encodeOp(client, o)),
+    failure: failure.map((o) => encodeOp(client, o)),
+  } as never);
+  const revision = BigInt(res.header.revision);
+  return {
+    succeeded: res.succeeded,
+    revision,
+    responses: (res.responses ?? []).map((r) => decodeOpResult(client, r as unknown as Raw, revision)),
+  };
+}
+
+/** One range read. */
+export async function range(client: Namespace, key: string | Buffer, options?: RangeOptions): Promise<RangeResult> {
+  const res = await client.kv.range(encodeRange(client, key, options) as never);
+  return decodeRange(client, res as never);
+}
+
+/** Unconditional delete of one key (or a prefix); returns the store revision after it. */
+export async function del(client: Namespace, key: string | Buffer, options: { prefix?: boolean } = {}): Promise<DeleteResult> {
+  const k = toBuffer(key);
+  const req: Raw = { key: ns(client, k) };
+  const end = rangeEnd(client, k, options);
+  if (end) req.range_end = end;
+  const res = await client.kv.deleteRange(req as never);
+  return { type: 'delete', revision: BigInt(res.header.revision), deleted: BigInt(res.deleted ?? '0'), prevKvs: [] };
+}
+
+/** Narrowing helpers for Txn responses. */
+export function rangeAt(res: TxnResult, i: number): RangeResult {
+  const r = res.responses[i];
+  if (!r || r.type !== 'range') throw new Error(`internal: Txn response ${i} is not a range`);
+  return r;
+}

@@ -1,0 +1,57 @@
+import { isRecoverableError } from 'etcd3';
+import { delay } from './abort.js';
+import { isRecipeError } from './errors.js';
+
+/*
+ * Transient failures (a member restarting, a leader election, a dropped
+ * connection) are retried inside the recipes so that a wait survives them;
+ * everything else surfaces to the caller.
+ */
+
+const transientMessage = /leader changed|no leader|request timed out|timed out|unavailable|ECONNREFUSED|ECONNRESET|EPIPE|stream ended|stream removed|circuit|not connected|too many requests|connection (closed|reset|refused)|No connection established|Call cancelled|Deadline exceeded|socket hang up|GOAWAY/i;
+
+/** True for failures that may go away by themselves: retry these. */
+export function isTransient(err: unknown): boolean {
+  if (isRecipeError(err)) return false;
+  if (!(err instanceof Error)) return false;
+  if (err.name === 'AbortError' || err.name === 'TimeoutError') return false;
+  try {
+    if (isRecoverableError(err)) return true;
+  } catch {
+    // isRecoverableError uses the `in` operator, which is safe on Errors; be defensive anyway.
+  }
+  if (err.name === 'BrokenCircuitError' || err.constructor?.name === 'BrokenCircuitError') return true;
+  return transientMessage.test(err.message);
+}
+
+/** Options of {@link retrying}. */
+export interface RetryOptions {
+  /** Stop retrying (rethrowing the signal's reason) when any of these abort. */
+  signals?: (AbortSignal | undefined)[];
+  /** Give up and rethrow the last error after this long (ms). Default 30 000. */
+  maxElapsedMs?: number;
+  /** Called before each retry, for logging. */
+  onRetry?: (err: unknown, attempt: number) => void;
+}
+
+/**
+ * Runs `fn` until it succeeds, retrying transient errors with jittered
+ * exponential backoff (25 ms doubling to 1 s), bounded by `maxElapsedMs` and
+ * by the signals.
+ */
+export async function retrying<T>(fn: () => Promise<T>, options: RetryOptions = {}): Promise<T> {
+  const { signals = [], maxElapsedMs = 30_000, onRetry } = options;
+  const started = performance.now();
+  let backoff = 25;
+  for (let attempt = 1; ; attempt++) {
+    for (const s of signals) s?.throwIfAborted();
+    try {
+      return await fn();
+    } catch (err) {
+      if (!isTransient(err) || performance.now() - started + backoff > maxElapsedMs) throw err;
+      onRetry?.(err, attempt);
+      await delay(backoff / 2 + Math.random() * backoff / 2, ...signals);
+      backoff = Math.min(backoff * 2, 1000);
+    }
+  }
+}

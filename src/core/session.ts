@@ -1,0 +1,348 @@
+import { EventEmitter } from 'node:events';
+import type { Namespace } from 'etcd3';
+import { raceAbort } from './abort.js';
+import { InvalidArgumentError, SessionExpiredError } from './errors.js';
+import { leaseHex } from './keys.js';
+import { logger } from './log.js';
+import { isTransient, retrying } from './retry.js';
+import { checkClient, checkInteger, checkNumber, checkOptions, checkSignal } from './validate.js';
+
+const log = logger('session');
+
+/** Options of {@link Session.create}. */
+export interface SessionOptions {
+  /** Lease time-to-live in whole seconds (default 60, as in Go). etcd may grant more. */
+  ttl?: number;
+  /**
+   * Adopt an existing lease instead of granting one (Go's `WithLease`), e.g.
+   * to resume a lock or leadership after a restart. The session keeps it
+   * alive and revokes it on `close()`.
+   */
+  leaseId?: string;
+  /**
+   * How long before the computed lease expiry the session gives up and
+   * aborts its signal, in ms. Default: 10 % of the TTL, clamped to
+   * [100, 2000]. This covers timer lateness and the time a holder needs to
+   * react to the abort.
+   */
+  expiryMarginMs?: number;
+  /** Aborts the grant. */
+  signal?: AbortSignal;
+}
+
+/** Events of a {@link Session}. */
+export interface SessionEvents {
+  /** The lease was lost (expired, revoked from outside, or not kept alive in time). Not emitted by `close()`. */
+  lost: [err: SessionExpiredError];
+  /** `close()` finished. */
+  closed: [];
+}
+
+type KeepAliveStream = Awaited<ReturnType<Namespace['leaseClient']['leaseKeepAlive']>>;
+
+/**
+ * A lease that is kept alive for as long as the session lives, and the
+ * ownership scope of every key a recipe writes on its behalf: when the
+ * process dies, the lease expires and etcd deletes those keys.
+ *
+ * `signal` aborts (with a {@link SessionExpiredError}) at the latest when the
+ * lease may have expired on the server: at the send time of the last
+ * acknowledged keepalive plus the TTL, minus a safety margin, on the
+ * monotonic clock. It does not wait for the server or for etcd3's own
+ * lease-loss event, which can come up to 2×TTL late. It also aborts when the
+ * server reports the lease gone, and on `close()`.
+ *
+ * A session's liveness is never proof of ownership: a process paused longer
+ * than the TTL wakes up believing nothing happened until its timers run.
+ * Guard writes with fencing tokens (see Mutex.ifOwner).
+ */
+export class Session extends EventEmitter<SessionEvents> implements AsyncDisposable {
+  /** The etcd3 client (or namespace) this session uses. */
+  readonly client: Namespace;
+  /** The lease ID, as the decimal string etcd3 uses. */
+  readonly leaseId: string;
+  /** The lease ID in lowercase hex, as Go prints it into keys. */
+  readonly leaseHex: string;
+  /** The TTL etcd granted, in seconds. */
+  readonly ttl: number;
+
+  readonly #controller = new AbortController();
+  readonly #marginMs: number;
+  #deadline: number;
+  #lastAckedSendAt: number;
+  #stream: KeepAliveStream | undefined;
+  #pendingSends: number[] = [];
+  #sendTimer: NodeJS.Timeout | undefined;
+  #deadlineTimer: NodeJS.Timeout | undefined;
+  #closing: Promise<void> | undefined;
+  #reconnectBackoff = 50;
+
+  private constructor(client: Namespace, leaseId: string, ttl: number, sentAt: number, marginMs: number) {
+    super();
+    this.client = client;
+    this.leaseId = leaseId;
+    this.leaseHex = leaseHex(leaseId);
+    this.ttl = ttl;
+    this.#marginMs = marginMs;
+    this.#lastAckedSendAt = sentAt;
+    this.#deadline = sentAt + ttl * 1000 - marginMs;
+  }
+
+  /**
+   * Grants a lease (or adopts `options.leaseId`) and starts keeping it alive.
+   * @param client - an etcd3 client or namespace
+   * @param options - TTL in seconds (default 60) and other options
+   * @throws InvalidArgumentError on bad input, before anything is granted
+   */
+  static async create(client: Namespace, options: SessionOptions = {}): Promise<Session> {
+    checkClient(client);
+    checkOptions(options);
+    const { ttl = 60, leaseId, expiryMarginMs, signal } = options;
+    checkInteger(ttl, 'options.ttl', 1, 9_000_000_000);
+    checkSignal(signal);
+    if (leaseId !== undefined && (typeof leaseId !== 'string' || !/^[1-9][0-9]{0,18}$/.test(leaseId))) {
+      throw new InvalidArgumentError('options.leaseId', `must be a lease ID as a positive decimal string, got ${typeof leaseId === 'string' ? JSON.stringify(leaseId) : typeof leaseId}`);
+    }
+    if (expiryMarginMs !== undefined) checkNumber(expiryMarginMs, 'options.expiryMarginMs', 0, ttl * 1000 / 2);
+    signal?.throwIfAborted();
+
+    let id: string;
+    let granted: number;
+    const sentAt = performance.now();
+    if (leaseId === undefined) {
+      const res = await retrying(() => raceAbort(client.leaseClient.leaseGrant({ TTL: ttl }), signal), {
+        signals: [signal], maxElapsedMs: 10_000,
+      });
+      id = res.ID;
+      granted = Number(res.TTL);
+      if (signal?.aborted) {
+        // The caller gave up while the grant was in flight: do not leave a lease behind.
+        await client.leaseClient.leaseRevoke({ ID: id }).catch(() => undefined);
+        signal.throwIfAborted();
+      }
+    } else {
+      id = leaseId;
+      const res = await raceAbort(client.leaseClient.leaseTimeToLive({ ID: id }), signal);
+      if (Number(res.TTL) <= 0) throw new SessionExpiredError(`lease ${id} does not exist or has expired`);
+      granted = Number(res.grantedTTL);
+      // The remaining TTL bounds the first deadline until our first keepalive is acknowledged.
+      const session = new Session(client, id, granted, sentAt - (granted - Number(res.TTL)) * 1000,
+        expiryMarginMs ?? defaultMargin(granted));
+      session.#start();
+      return session;
+    }
+    const session = new Session(client, id, granted, sentAt, expiryMarginMs ?? defaultMargin(granted));
+    session.#start();
+    log('granted lease %s (%s) ttl=%ds', id, session.leaseHex, granted);
+    return session;
+  }
+
+  /** Aborted, with a {@link SessionExpiredError}, once the lease is lost, may have expired, or the session is closed. */
+  get signal(): AbortSignal {
+    return this.#controller.signal;
+  }
+
+  /** True once the session is no longer usable (lost or closed). */
+  get expired(): boolean {
+    return this.#controller.signal.aborted;
+  }
+
+  /**
+   * Milliseconds until the session gives up on its lease (0 once expired),
+   * computed from the last acknowledged keepalive.
+   */
+  get remainingMs(): number {
+    return this.expired ? 0 : Math.max(0, this.#deadline - performance.now());
+  }
+
+  /**
+   * `performance.now()` time at which the last acknowledged keepalive (or the
+   * grant) was sent: the server's lease runs at least TTL seconds from there.
+   */
+  get lastKeepAliveSentAt(): number {
+    return this.#lastAckedSendAt;
+  }
+
+  /** Throws the session's {@link SessionExpiredError} if it is no longer usable. */
+  throwIfExpired(): void {
+    this.#controller.signal.throwIfAborted();
+  }
+
+  /**
+   * Stops keeping the lease alive and revokes it, deleting every key attached
+   * to it. Idempotent. A failed revoke (etcd unreachable) is logged, not
+   * thrown: the lease then expires after its TTL.
+   */
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      const wasLive = !this.expired;
+      this.#stop(new SessionExpiredError(`session ${this.leaseHex} closed`));
+      if (wasLive) await this.#revoke();
+      this.emit('closed');
+    })();
+    return this.#closing;
+  }
+
+  /**
+   * Stops keeping the lease alive without revoking it (Go's `Orphan`): keys
+   * stay until the TTL runs out. Useful when handing the lease to another
+   * process, which can adopt it with `Session.create(client, { leaseId })`.
+   */
+  orphan(): void {
+    this.#stop(new SessionExpiredError(`session ${this.leaseHex} orphaned`));
+  }
+
+  /** `await using session = await Session.create(...)` closes it at scope exit. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
+  // -------------------------------------------------------------------------
+
+  #start(): void {
+    this.#armDeadline();
+    void this.#connect();
+  }
+
+  #stop(reason: SessionExpiredError): boolean {
+    if (this.#controller.signal.aborted) return false;
+    this.#controller.abort(reason);
+    clearTimeout(this.#sendTimer);
+    clearTimeout(this.#deadlineTimer);
+    this.#closeStream();
+    return true;
+  }
+
+  #lose(reason: SessionExpiredError): void {
+    if (!this.#stop(reason)) return;
+    log('lease %s lost: %s', this.leaseHex, reason.message);
+    this.emit('lost', reason);
+    // The lease may still exist (etcd unreachable, or slow): revoke it in the
+    // background so that waiters behind our keys move on as soon as possible.
+    void this.#revoke();
+  }
+
+  async #revoke(): Promise<void> {
+    const timeout = Math.min(this.ttl * 1000, 5000);
+    try {
+      await this.client.leaseClient.leaseRevoke({ ID: this.leaseId }, { deadline: Date.now() + timeout });
+      log('revoked lease %s', this.leaseHex);
+    } catch (err) {
+      log('revoke of lease %s failed (it will expire by itself): %s', this.leaseHex, (err as Error).message);
+    }
+  }
+
+  #armDeadline(): void {
+    clearTimeout(this.#deadlineTimer);
+    const wait = this.#deadline - performance.now();
+    if (wait <= 0) {
+      const since = Math.round(performance.now() - this.#lastAckedSendAt);
+      this.#lose(new SessionExpiredError(
+        `session ${this.leaseHex} expired: no keepalive acknowledged for ${since} ms (ttl ${this.ttl} s)`));
+      return;
+    }
+    // Timers can fire early by a millisecond: re-check on wake instead of trusting them.
+    this.#deadlineTimer = setTimeout(() => this.#armDeadline(), Math.ceil(wait)).unref();
+  }
+
+  async #connect(): Promise<void> {
+    if (this.expired) return;
+    let stream: KeepAliveStream;
+    try {
+      stream = await this.client.leaseClient.leaseKeepAlive();
+    } catch (err) {
+      this.#scheduleReconnect(err);
+      return;
+    }
+    if (this.expired) {
+      stream.end();
+      return;
+    }
+    this.#stream = stream;
+    this.#pendingSends = [];
+    stream.on('data', (res: { TTL: string }) => this.#onKeepAlive(stream, res));
+    stream.on('error', (err: Error) => this.#onStreamEnd(stream, err));
+    stream.on('end', () => this.#onStreamEnd(stream, new Error('keepalive stream ended')));
+    this.#send();
+  }
+
+  #send(): void {
+    clearTimeout(this.#sendTimer);
+    const stream = this.#stream;
+    if (!stream || this.expired) return;
+    // Record the send time: the server renews the lease when it receives this
+    // request, so send time + TTL is a lower bound of the new expiry.
+    this.#pendingSends.push(performance.now());
+    try {
+      stream.write({ ID: this.leaseId });
+    } catch (err) {
+      this.#onStreamEnd(stream, err as Error);
+      return;
+    }
+    this.#sendTimer = setTimeout(() => this.#send(), Math.max(100, (this.ttl * 1000) / 3)).unref();
+  }
+
+  #onKeepAlive(stream: KeepAliveStream, res: { TTL: string }): void {
+    if (stream !== this.#stream || this.expired) return;
+    const sentAt = this.#pendingSends.shift();
+    const ttl = Number(res.TTL);
+    if (!(ttl > 0)) {
+      this.#lose(new SessionExpiredError(`session ${this.leaseHex} expired: etcd reports the lease gone (expired or revoked)`));
+      return;
+    }
+    this.#reconnectBackoff = 50;
+    if (sentAt === undefined) return;
+    this.#lastAckedSendAt = sentAt;
+    this.#deadline = Math.max(this.#deadline, sentAt + ttl * 1000 - this.#marginMs);
+    this.#armDeadline();
+  }
+
+  #onStreamEnd(stream: KeepAliveStream, err: Error): void {
+    if (stream !== this.#stream) return;
+    this.#closeStream();
+    if (this.expired) return;
+    if (!isTransient(err) && !/ended|cancel/i.test(err.message)) log('keepalive stream error: %s', err.message);
+    this.#scheduleReconnect(err);
+  }
+
+  #scheduleReconnect(err: unknown): void {
+    if (this.expired) return;
+    log('keepalive for %s interrupted (%s); retrying in %d ms', this.leaseHex, (err as Error)?.message, this.#reconnectBackoff);
+    clearTimeout(this.#sendTimer);
+    this.#sendTimer = setTimeout(() => void this.#connect(), this.#reconnectBackoff).unref();
+    this.#reconnectBackoff = Math.min(this.#reconnectBackoff * 2, 500);
+  }
+
+  #closeStream(): void {
+    const stream = this.#stream;
+    this.#stream = undefined;
+    this.#pendingSends = [];
+    if (!stream) return;
+    // etcd3 types the stream narrowly; it is a grpc-js duplex stream (an EventEmitter).
+    const emitter = stream as unknown as NodeJS.EventEmitter;
+    emitter.removeAllListeners('data');
+    emitter.removeAllListeners('end');
+    emitter.removeAllListeners('error');
+    // grpc reports the cancellation as an error: keep a listener so it is not thrown.
+    emitter.on('error', () => undefined);
+    try {
+      stream.cancel();
+    } catch {
+      // already closed
+    }
+  }
+}
+
+function defaultMargin(ttlSeconds: number): number {
+  return Math.min(2000, Math.max(100, ttlSeconds * 100));
+}
+
+/** Throws an InvalidArgumentError unless `value` is a live-or-dead {@link Session}. */
+export function checkSession(value: unknown, argument = 'session'): asserts value is Session {
+  if (value instanceof Session) return;
+  const s = value as Partial<Session> | null;
+  // Accept a Session from the other (ESM/CJS) copy of this package.
+  if (typeof s === 'object' && s !== null && typeof s.leaseId === 'string' && typeof s.leaseHex === 'string' &&
+      s.signal instanceof AbortSignal && typeof s.client === 'object') return;
+  throw new InvalidArgumentError(argument, `must be a Session (from Session.create), got ${value === null ? 'null' : typeof value}`);
+}

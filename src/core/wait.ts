@@ -1,0 +1,199 @@
+import type { Namespace, Watcher } from 'etcd3';
+import { abortReason } from './abort.js';
+import { SessionExpiredError } from './errors.js';
+import { showKey } from './keys.js';
+import type { Debugger } from 'debug';
+import { retrying } from './retry.js';
+
+/*
+ * The waiting primitive every queue-shaped recipe uses (Mutex, Election,
+ * RWMutex, Semaphore, DoubleBarrier...).
+ *
+ * A waiter knows, from one read, the one thing that blocks it: usually its
+ * immediate predecessor's key (identified by key AND create revision, because
+ * a session re-creates the same key name), so that a handoff wakes exactly one
+ * waiter. It then waits for that thing to change and reads again.
+ *
+ * Why the watch starts at "now": etcd 3.4 serves a watch whose start revision
+ * is already in the past from an "unsynced" group that a background loop
+ * catches up every 100 ms. Go starts its watch at the read's revision and so
+ * usually pays that 100 ms on a contended handoff. A watch created without a
+ * start revision is synced at once; we then confirm with one read that the
+ * blocker still exists, since a delete between our earlier read and the
+ * watch's creation shows up in that read. When the watch's creation revision
+ * equals the revision of our last read, nothing happened in between and the
+ * confirming read is skipped.
+ */
+
+/** What a waiter waits on until it changes. */
+export type WatchTarget =
+  /** One key, identified by name and create revision; wake on its deletion (or on any event with `anyEvent`). */
+  | { kind: 'key'; key: Buffer; createRevision: bigint; anyEvent?: boolean }
+  /** Every key under a prefix; wake on any deletion there. */
+  | { kind: 'prefix-deletes'; prefix: Buffer };
+
+/** The waiter's view of its queue after one read. */
+export interface LineState<T = unknown> {
+  /** False when the waiter's own key is gone or was re-created: its session expired. */
+  alive: boolean;
+  /** What still blocks the waiter, or undefined when it may proceed. */
+  blocker?: WatchTarget;
+  /** The store revision of the read. */
+  revision: bigint;
+  /** Recipe-specific data carried along (e.g. the owner's value). */
+  data?: T;
+}
+
+/** Options of {@link waitInLine}. */
+export interface WaitInLineOptions<T> {
+  /** The state from the acquiring Txn (or a first read). */
+  initial: LineState<T>;
+  /** One request that re-reads the state: own key liveness plus the current blocker. */
+  read: () => Promise<LineState<T>>;
+  /** Aborts the wait (combine the caller's signal and the session's). */
+  signal: AbortSignal;
+  /** Names the waiter in errors and logs. */
+  what: string;
+  log?: Debugger;
+}
+
+function sameTarget(a: WatchTarget, b: WatchTarget): boolean {
+  if (a.kind === 'key' && b.kind === 'key') return a.key.equals(b.key) && a.createRevision === b.createRevision && !!a.anyEvent === !!b.anyEvent;
+  if (a.kind === 'prefix-deletes' && b.kind === 'prefix-deletes') return a.prefix.equals(b.prefix);
+  return false;
+}
+
+/**
+ * Waits until the line's state has no blocker and returns that state. Rejects
+ * with a SessionExpiredError when a read finds the waiter's own key gone, and
+ * with the signal's reason when the signal aborts. Transient etcd errors are
+ * retried for as long as the signal allows.
+ */
+export async function waitInLine<T>(client: Namespace, options: WaitInLineOptions<T>): Promise<LineState<T>> {
+  const { read, signal, what, log } = options;
+  let state = options.initial;
+  const reread = () => retrying(read, { signals: [signal], maxElapsedMs: Infinity,
+    onRetry: (err) => log?.('%s: read failed, retrying: %s', what, (err as Error).message) });
+  for (;;) {
+    if (!state.alive) throw new SessionExpiredError(`${what}: our key is gone; the session's lease expired while waiting`);
+    const blocker = state.blocker;
+    if (!blocker) return state;
+    signal.throwIfAborted();
+    const watch = await retrying(() => ChangeWatch.open(client, blocker, signal), { signals: [signal], maxElapsedMs: Infinity,
+      onRetry: (err) => log?.('%s: watch failed, retrying: %s', what, (err as Error).message) });
+    try {
+      if (watch.createdRevision > state.revision && !watch.changed) {
+        const confirmed = await reread();
+        if (!confirmed.blocker || !sameTarget(confirmed.blocker, blocker) || !confirmed.alive) {
+          state = confirmed;
+          continue;
+        }
+        state = confirmed;
+      }
+      log?.('%s: waiting on %s', what, describeTarget(blocker));
+      await watch.untilChanged(signal);
+    } finally {
+      watch.close();
+    }
+    state = await reread();
+  }
+}
+
+function describeTarget(t: WatchTarget): string {
+  return t.kind === 'key' ? `${showKey(t.key)}@${t.createRevision}` : `deletes under ${showKey(t.prefix)}`;
+}
+
+/**
+ * One etcd watch, created from "now", that records whether the watched
+ * thing changed. Compaction or cancellation of the watch also counts as a
+ * change: the waiter re-reads and decides.
+ */
+export class ChangeWatch {
+  changed = false;
+  readonly createdRevision: bigint;
+  readonly #watcher: Watcher;
+  #wake: (() => void) | undefined;
+
+  private constructor(watcher: Watcher, createdRevision: bigint) {
+    this.#watcher = watcher;
+    this.createdRevision = createdRevision;
+  }
+
+  /** Creates the watch and resolves once etcd confirmed it. */
+  static async open(client: Namespace, target: WatchTarget, signal?: AbortSignal): Promise<ChangeWatch> {
+    signal?.throwIfAborted();
+    let builder = client.watch();
+    if (target.kind === 'key') {
+      builder = builder.key(target.key);
+      if (!target.anyEvent) builder = builder.only('delete');
+    } else {
+      builder = builder.prefix(target.prefix).only('delete');
+    }
+    const watcher = builder.watcher();
+    let early = false;
+    const onEarly = () => { early = true; };
+    watcher.on('delete', onEarly);
+    watcher.on('put', onEarly);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        const onAbort = () => { cleanup(); reject(abortReason(signal!)); };
+        const onConnected = () => { cleanup(); resolve(); };
+        const onError = (err: Error) => { cleanup(); reject(err); };
+        const cleanup = () => {
+          watcher.off('connected', onConnected);
+          watcher.off('error', onError);
+          signal?.removeEventListener('abort', onAbort);
+        };
+        watcher.on('connected', onConnected);
+        watcher.on('error', onError);
+        signal?.addEventListener('abort', onAbort, { once: true });
+      });
+    } catch (err) {
+      watcher.on('error', () => undefined);
+      watcher.cancel().catch(() => undefined);
+      throw err;
+    }
+    // etcd3 sets the watcher's next start revision to header.revision + 1 on creation.
+    const created = BigInt(watcher.lastRevision() ?? '1') - 1n;
+    const w = new ChangeWatch(watcher, created);
+    watcher.off('delete', onEarly);
+    watcher.off('put', onEarly);
+    w.changed = early;
+    const fire = () => {
+      w.changed = true;
+      w.#wake?.();
+    };
+    watcher.on('delete', fire);
+    if (target.kind === 'key' && target.anyEvent) watcher.on('put', fire);
+    // A cancelled watch (compaction, auth, server shutdown) is a reason to re-read, never a crash.
+    watcher.on('error', fire);
+    return w;
+  }
+
+  /** Resolves when the watched thing changed; rejects with the signal's reason on abort. */
+  untilChanged(signal: AbortSignal): Promise<void> {
+    if (this.changed) return Promise.resolve();
+    signal.throwIfAborted();
+    return new Promise<void>((resolve, reject) => {
+      const onAbort = () => {
+        this.#wake = undefined;
+        reject(abortReason(signal));
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      this.#wake = () => {
+        this.#wake = undefined;
+        signal.removeEventListener('abort', onAbort);
+        resolve();
+      };
+    });
+  }
+
+  /** Cancels the watch in the background. */
+  close(): void {
+    this.#wake = undefined;
+    this.#watcher.removeAllListeners('delete');
+    this.#watcher.removeAllListeners('put');
+    this.#watcher.on('error', () => undefined);
+    this.#watcher.cancel().catch(() => undefined);
+  }
+}

@@ -1,0 +1,295 @@
+import type { ComparatorBuilder, Namespace } from 'etcd3';
+import { linkSignals, raceAbort } from '../core/abort.js';
+import { InvalidArgumentError, LockNotHeldError } from '../core/errors.js';
+import { cleanUpAfter, deleteOwnKey, Holding, type HeldKey } from '../core/holding.js';
+import { childPrefix, sessionKey, showKey } from '../core/keys.js';
+import { cmp, op, range, rangeAt, txn, type KeyValue, type TxnResult } from '../core/kv.js';
+import { takeLocalTurn } from '../core/local-lock.js';
+import { logger } from '../core/log.js';
+import { retrying } from '../core/retry.js';
+import { checkSession, Session } from '../core/session.js';
+import { checkClient, checkFunction, checkInteger, checkName, checkOptions, checkSignal } from '../core/validate.js';
+import { waitInLine, type LineState } from '../core/wait.js';
+
+const log = logger('mutex');
+
+/** Options of a blocking acquire. */
+export interface LockOptions {
+  /** Abort the wait; the call then rejects with the signal's reason and leaves no key behind. */
+  signal?: AbortSignal;
+}
+
+/** A held lock, from {@link Mutex.acquire}. Dispose it (or call `release()`) to unlock. */
+export type LockHandle = HeldKey;
+
+/**
+ * A distributed mutual-exclusion lock, wire-compatible with Go's
+ * `concurrency.Mutex`, etcd's Lock RPC and `etcdctl lock`: the session writes
+ * the key `<name>/<lease id in hex>` (empty value, attached to its lease), and
+ * the key with the lowest create revision under `<name>/` holds the lock.
+ * Waiters are served in FIFO order; each watches only its predecessor's key.
+ *
+ * One session has one key per name. Two holders in one process on the same
+ * session and name are therefore queued locally (in process) first, and
+ * never both hold. For several concurrent holders use {@link Mutex.acquire},
+ * which returns an independent handle per hold.
+ */
+export class Mutex {
+  /** The session whose lease owns the lock key. */
+  readonly session: Session;
+  /** The lock's name; keys live under `<name>/`. */
+  readonly name: string | Buffer;
+  readonly #key: Buffer;
+  readonly #prefix: Buffer;
+  #held: LockHandle | undefined;
+  #locking = false;
+
+  /**
+   * @param session - the session whose lease the lock key is attached to
+   * @param name - the lock's name (Go's `pfx`); keys live under `<name>/`
+   * @throws InvalidArgumentError for an empty name or a non-Session
+   */
+  constructor(session: Session, name: string | Buffer) {
+    checkSession(session);
+    checkName(name, 'name');
+    this.session = session;
+    this.name = name;
+    this.#key = sessionKey(name, session.leaseId);
+    this.#prefix = childPrefix(name);
+  }
+
+  /** The lock key of this session: `<name>/<lease hex>`. */
+  get key(): string {
+    return this.#key.toString();
+  }
+
+  /** True while this Mutex object holds the lock (through `lock()`). */
+  get held(): boolean {
+    return !!this.#held && !this.#held.released;
+  }
+
+  /** The create revision of the lock key while held through `lock()`; undefined otherwise. */
+  get fencingToken(): bigint | undefined {
+    return this.held ? this.#held!.fencingToken : undefined;
+  }
+
+  /** Aborted when the lock held through `lock()` is released or lost; undefined when not held. */
+  get signal(): AbortSignal | undefined {
+    return this.#held?.signal;
+  }
+
+  /**
+   * Blocks until this object holds the lock. FIFO among waiters.
+   * @throws InvalidArgumentError if this object already holds or is acquiring the lock
+   * @throws SessionExpiredError if the session's lease is lost while waiting
+   */
+  async lock(options: LockOptions = {}): Promise<void> {
+    this.#beginLocking();
+    try {
+      this.#held = await this.acquire(options);
+    } finally {
+      this.#locking = false;
+    }
+  }
+
+  /**
+   * Takes the lock if it is free right now; never waits for another holder.
+   * @returns true if this object now holds the lock
+   */
+  async tryLock(options: LockOptions = {}): Promise<boolean> {
+    this.#beginLocking();
+    try {
+      this.#held = await this.tryAcquire(options);
+      return !!this.#held;
+    } finally {
+      this.#locking = false;
+    }
+  }
+
+  /**
+   * Releases the lock held through `lock()` / `tryLock()`.
+   * @throws LockNotHeldError if this object does not hold it
+   */
+  async unlock(): Promise<void> {
+    const held = this.#held;
+    if (!held) throw new LockNotHeldError(`mutex ${showKey(this.name)} is not locked by this Mutex object`);
+    this.#held = undefined;
+    await held.release();
+  }
+
+  /**
+   * An etcd3 Txn builder with `CreateRevision(key) == fencingToken` already
+   * added: a write committed through it cannot land once the lock is lost.
+   * @throws LockNotHeldError if this object does not hold the lock
+   */
+  ifOwner(): ComparatorBuilder {
+    if (!this.#held) throw new LockNotHeldError(`mutex ${showKey(this.name)} is not locked by this Mutex object`);
+    return this.#held.ifOwner();
+  }
+
+  /**
+   * Blocks until the lock is held and returns a handle for it (with its own
+   * key, fencing token, signal and release). Use with `await using`.
+   * @throws SessionExpiredError if the session's lease is lost while waiting
+   */
+  acquire(options: LockOptions = {}): Promise<LockHandle> {
+    return this.#acquire(options, true) as Promise<LockHandle>;
+  }
+
+  /**
+   * Like {@link Mutex.acquire} but never waits for another holder: resolves
+   * undefined (leaving no key behind) if the lock is taken. It does wait for
+   * other callers in this process on the same session and name.
+   */
+  tryAcquire(options: LockOptions = {}): Promise<LockHandle | undefined> {
+    return this.#acquire(options, false);
+  }
+
+  #beginLocking(): void {
+    if (this.held || this.#locking) {
+      throw new InvalidArgumentError('this', `mutex ${showKey(this.name)} is already locked or locking through this Mutex object; use acquire() for more than one holder`);
+    }
+    this.#held = undefined;
+    this.#locking = true;
+  }
+
+  async #acquire(options: LockOptions, wait: boolean): Promise<LockHandle | undefined> {
+    checkOptions(options);
+    checkSignal(options.signal);
+    const { session } = this;
+    const what = `mutex ${showKey(this.name)}`;
+    options.signal?.throwIfAborted();
+    session.throwIfExpired();
+
+    const linked = linkSignals(options.signal, session.signal);
+    const signal = linked.signal;
+    let releaseLocal: (() => void) | undefined;
+    let inFlight: Promise<unknown> = Promise.resolve();
+    let myRev: bigint | undefined;
+    try {
+      releaseLocal = await takeLocalTurn(session.leaseId, this.#key, signal);
+      const acquiring = retrying(() => this.#acquireTxn(), { signals: [signal] });
+      inFlight = acquiring;
+      const acquired = await raceAbort(acquiring, signal);
+      myRev = acquired.myRev;
+      let state = acquired.state;
+      if (state.blocker) {
+        if (!wait) {
+          await deleteOwnKey(session, this.#key, myRev, log);
+          releaseLocal();
+          return undefined;
+        }
+        const rev = myRev;
+        log('%s: queued as %s@%s behind %s', what, this.key, rev, state.blocker.kind === 'key' ? showKey(state.blocker.key) : '?');
+        state = await waitInLine(session.client, {
+          initial: state, read: () => this.#readLine(rev), signal, what, log,
+        });
+      }
+      log('%s: acquired by %s, token %s', what, this.key, myRev);
+      return new Holding(session, this.#key, myRev, releaseLocal, what, log);
+    } catch (err) {
+      if (releaseLocal) {
+        const rev = myRev;
+        // Remove the key this call may have created, after its Txn settled.
+        await cleanUpAfter(inFlight, () => deleteOwnKey(session, this.#key, rev, log), releaseLocal, log);
+      }
+      throw err;
+    } finally {
+      linked.dispose();
+    }
+  }
+
+  /**
+   * Create-if-absent and, in the same round trip, read who is ahead. Our new
+   * key has the highest create revision in the store, so the two newest keys
+   * under the prefix are ours and our immediate predecessor: one read gives
+   * both "am I first?" and "whom do I watch?". If the key already exists (a
+   * retried Txn whose first reply was lost, or this session's earlier key),
+   * adopt it and its place in line, as Go does.
+   */
+  async #acquireTxn(): Promise<{ myRev: bigint; state: LineState }> {
+    const client = this.session.client;
+    const res: TxnResult = await txn(client,
+      [cmp.create(this.#key, '==', 0n)],
+      [op.put(this.#key, '', this.session.leaseId),
+        op.range(this.#prefix, { prefix: true, sortTarget: 'Create', sortOrder: 'Descend', limit: 2 })],
+      [op.range(this.#key)]);
+    if (res.succeeded) {
+      const kvs = rangeAt(res, 1).kvs;
+      return { myRev: res.revision, state: this.#lineState(kvs, res.revision, res.revision) };
+    }
+    const mine = rangeAt(res, 0).kvs[0];
+    if (!mine) return this.#acquireTxn(); // deleted in between: try again
+    return { myRev: mine.createRevision, state: await this.#readLine(mine.createRevision) };
+  }
+
+  /** Our key and our immediate predecessor, newest first: liveness and blocker in one range. */
+  async #readLine(myRev: bigint): Promise<LineState> {
+    const r = await range(this.session.client, this.#prefix, {
+      prefix: true, maxCreateRevision: myRev, sortTarget: 'Create', sortOrder: 'Descend', limit: 2,
+    });
+    return this.#lineState(r.kvs, myRev, r.revision);
+  }
+
+  #lineState(kvs: KeyValue[], myRev: bigint, revision: bigint): LineState {
+    const [first, pred] = kvs;
+    const alive = !!first && first.createRevision === myRev && first.key.equals(this.#key);
+    return {
+      alive,
+      revision,
+      blocker: alive && pred ? { kind: 'key', key: pred.key, createRevision: pred.createRevision } : undefined,
+    };
+  }
+}
+
+/** What {@link withLock} passes to its function. */
+export interface LockContext {
+  /** Aborted if the lock may be lost (session lost) or the caller's signal aborts. */
+  signal: AbortSignal;
+  /** The lock key's create revision. */
+  fencingToken: bigint;
+  /** The lock key. */
+  key: string;
+  /** An etcd3 Txn builder guarded by ownership of the lock. */
+  ifOwner(): ComparatorBuilder;
+}
+
+/** Options of {@link withLock}. */
+export interface WithLockOptions {
+  /** TTL in seconds of the session created for this call (default 60). Ignored with `session`. */
+  ttl?: number;
+  /** Use this session instead of creating (and closing) one. */
+  session?: Session;
+  /** Aborts the wait, and the function's signal while it runs. */
+  signal?: AbortSignal;
+}
+
+/**
+ * Runs `fn` while holding the lock `name`, and always releases it. Creates a
+ * session for the call (closed afterwards) unless `options.session` is given.
+ * `fn` receives a signal that aborts if the lock may be lost.
+ * @returns what `fn` returns
+ */
+export async function withLock<T>(client: Namespace, name: string | Buffer,
+  fn: (ctx: LockContext) => Promise<T> | T, options: WithLockOptions = {}): Promise<T> {
+  checkClient(client);
+  checkName(name, 'name');
+  checkFunction(fn, 'fn');
+  checkOptions(options);
+  checkSignal(options.signal);
+  if (options.session !== undefined) checkSession(options.session, 'options.session');
+  else if (options.ttl !== undefined) checkInteger(options.ttl, 'options.ttl', 1);
+  const session = options.session ?? await Session.create(client, { ttl: options.ttl, signal: options.signal });
+  try {
+    const handle = await new Mutex(session, name).acquire({ signal: options.signal });
+    const linked = linkSignals(handle.signal, options.signal);
+    try {
+      return await fn({ signal: linked.signal, fencingToken: handle.fencingToken, key: handle.key, ifOwner: () => handle.ifOwner() });
+    } finally {
+      linked.dispose();
+      await handle.release();
+    }
+  } finally {
+    if (!options.session) await session.close();
+  }
+}

@@ -1,0 +1,8 @@
+/**
+ * `etcd-recipes/testing`: start a real, throwaway etcd for your own tests.
+ * @packageDocumentation
+ */
+export { EtcdCluster, EtcdMember } from './cluster.js';
+export type { EtcdClusterOptions, MemberState } from './cluster.js';
+export { findEtcdBinary, findEtcdctlBinary, EtcdNotFoundError } from './etcd-binary.js';
+export type { FindEtcdOptions } from './etcd-binary.js';
