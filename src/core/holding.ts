@@ -83,6 +83,7 @@ export class Holding implements HeldKey {
   readonly #what: string;
   readonly #log: Debugger | undefined;
   #releasing: Promise<void> | undefined;
+  #releaseStarted = false;
 
   constructor(session: Session, key: Buffer, rev: bigint, releaseLocal: LocalRelease, what: string, log?: Debugger) {
     this.#session = session;
@@ -93,7 +94,8 @@ export class Holding implements HeldKey {
     this.#log = log;
     this.#linked = linkSignals(session.signal);
     if (this.#linked.signal.aborted) releaseLocal();
-    else this.#linked.signal.addEventListener('abort', () => { if (!this.#releasing) releaseLocal(); }, { once: true });
+    // Lost (not released): let the next local caller go; its own calls will see the session expired.
+    else this.#linked.signal.addEventListener('abort', () => { if (!this.#releaseStarted) releaseLocal(); }, { once: true });
   }
 
   get key(): string {
@@ -120,6 +122,9 @@ export class Holding implements HeldKey {
 
   release(): Promise<void> {
     this.#releasing ??= (async () => {
+      // Set before aborting our signal: the next local caller must wait until our key is deleted,
+      // or it would adopt our key (same lease, same name) and then see it deleted under it.
+      this.#releaseStarted = true;
       const lost = this.#linked.signal.aborted;
       this.#linked.abort(new LockNotHeldError(`${this.#what} released`));
       try {

@@ -90,21 +90,22 @@ export const cmp = {
 // we do not depend on its internal module paths.
 
 type Raw = Record<string, unknown>;
-interface RawKv { key: Buffer; value: Buffer; create_revision: string; mod_revision: string; version: string; lease: string }
+export interface RawKv { key: Buffer; value: Buffer; create_revision: string; mod_revision: string; version: string; lease: string }
 interface RawHeader { revision: string }
 
 const resultNames = { '==': 'Equal', '!=': 'NotEqual', '<': 'Less', '>': 'Greater' } as const;
 const targetFields = { Create: 'create_revision', Mod: 'mod_revision', Version: 'version', Value: 'value', Lease: 'lease' } as const;
 
-function ns(client: Namespace, key: string | Buffer): Buffer {
+/** The key as etcd stores it: with the client's namespace prefix. */
+export function encodeKey(client: Namespace, key: string | Buffer): Buffer {
   const k = toBuffer(key);
   return client.prefix.length ? Buffer.concat([client.prefix, k]) : k;
 }
 
 function rangeEnd(client: Namespace, key: Buffer, options: { prefix?: boolean; end?: Buffer }): Buffer | undefined {
-  if (options.end) return ns(client, options.end);
+  if (options.end) return encodeKey(client, options.end);
   if (options.prefix) {
-    const full = ns(client, key);
+    const full = encodeKey(client, key);
     // An empty key inside a namespace means "the whole namespace".
     return prefixEnd(full);
   }
@@ -114,12 +115,12 @@ function rangeEnd(client: Namespace, key: Buffer, options: { prefix?: boolean; e
 function encodeCompare(client: Namespace, c: Compare): Raw {
   const v = c.value;
   const encoded = typeof v === 'bigint' ? v.toString() : c.target === 'Value' ? toBuffer(v) : v;
-  return { key: ns(client, c.key), target: c.target, result: resultNames[c.result], [targetFields[c.target]]: encoded };
+  return { key: encodeKey(client, c.key), target: c.target, result: resultNames[c.result], [targetFields[c.target]]: encoded };
 }
 
 function encodeRange(client: Namespace, key: string | Buffer, o: RangeOptions = {}): Raw {
   const k = toBuffer(key);
-  const req: Raw = { key: ns(client, k) };
+  const req: Raw = { key: encodeKey(client, k) };
   const end = rangeEnd(client, k, o);
   if (end) req.range_end = end;
   if (o.limit !== undefined) req.limit = o.limit;
@@ -141,14 +142,14 @@ function encodeOp(client: Namespace, o: Op): Raw {
     case 'range':
       return { request_range: encodeRange(client, o.key, o.options) };
     case 'put': {
-      const req: Raw = { key: ns(client, o.key), value: toBuffer(o.value) };
+      const req: Raw = { key: encodeKey(client, o.key), value: toBuffer(o.value) };
       if (o.lease !== undefined && o.lease !== '0') req.lease = o.lease;
       if (o.prevKv) req.prev_kv = true;
       return { request_put: req };
     }
     case 'delete': {
       const k = toBuffer(o.key);
-      const req: Raw = { key: ns(client, k) };
+      const req: Raw = { key: encodeKey(client, k) };
       const end = rangeEnd(client, k, o);
       if (end) req.range_end = end;
       if (o.prevKv) req.prev_kv = true;
@@ -157,7 +158,8 @@ function encodeOp(client: Namespace, o: Op): Raw {
   }
 }
 
-function decodeKv(client: Namespace, kv: RawKv): KeyValue {
+/** A raw key-value from etcd3, with the namespace prefix removed and revisions as bigint. */
+export function decodeKv(client: Namespace, kv: RawKv): KeyValue {
   const p = client.prefix;
   const key = p.length && kv.key.subarray(0, p.length).equals(p) ? kv.key.subarray(p.length) : kv.key;
   return {
@@ -214,7 +216,7 @@ export async function range(client: Namespace, key: string | Buffer, options?: R
 /** Unconditional delete of one key (or a prefix); returns the store revision after it. */
 export async function del(client: Namespace, key: string | Buffer, options: { prefix?: boolean } = {}): Promise<DeleteResult> {
   const k = toBuffer(key);
-  const req: Raw = { key: ns(client, k) };
+  const req: Raw = { key: encodeKey(client, k) };
   const end = rangeEnd(client, k, options);
   if (end) req.range_end = end;
   const res = await client.kv.deleteRange(req as never);

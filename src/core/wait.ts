@@ -1,4 +1,5 @@
-import type { Namespace, Watcher } from 'etcd3';
+import type { Namespace } from 'etcd3';
+import { openWatch, type WatchHandle, type WatchSpec } from './watch-hub.js';
 import { abortReason } from './abort.js';
 import { SessionExpiredError } from './errors.js';
 import { showKey } from './keys.js';
@@ -111,63 +112,33 @@ function describeTarget(t: WatchTarget): string {
 export class ChangeWatch {
   changed = false;
   readonly createdRevision: bigint;
-  readonly #watcher: Watcher;
+  readonly #handle: WatchHandle;
   #wake: (() => void) | undefined;
 
-  private constructor(watcher: Watcher, createdRevision: bigint) {
-    this.#watcher = watcher;
-    this.createdRevision = createdRevision;
+  private constructor(handle: WatchHandle) {
+    this.#handle = handle;
+    this.createdRevision = handle.createdRevision;
   }
 
   /** Creates the watch and resolves once etcd confirmed it. */
   static async open(client: Namespace, target: WatchTarget, signal?: AbortSignal): Promise<ChangeWatch> {
-    signal?.throwIfAborted();
-    let builder = client.watch();
-    if (target.kind === 'key') {
-      builder = builder.key(target.key);
-      if (!target.anyEvent) builder = builder.only('delete');
-    } else {
-      builder = builder.prefix(target.prefix).only('delete');
-    }
-    const watcher = builder.watcher();
+    let self: ChangeWatch | undefined;
     let early = false;
-    const onEarly = () => { early = true; };
-    watcher.on('delete', onEarly);
-    watcher.on('put', onEarly);
-    try {
-      await new Promise<void>((resolve, reject) => {
-        const onAbort = () => { cleanup(); reject(abortReason(signal!)); };
-        const onConnected = () => { cleanup(); resolve(); };
-        const onError = (err: Error) => { cleanup(); reject(err); };
-        const cleanup = () => {
-          watcher.off('connected', onConnected);
-          watcher.off('error', onError);
-          signal?.removeEventListener('abort', onAbort);
-        };
-        watcher.on('connected', onConnected);
-        watcher.on('error', onError);
-        signal?.addEventListener('abort', onAbort, { once: true });
-      });
-    } catch (err) {
-      watcher.on('error', () => undefined);
-      watcher.cancel().catch(() => undefined);
-      throw err;
-    }
-    // etcd3 sets the watcher's next start revision to header.revision + 1 on creation.
-    const created = BigInt(watcher.lastRevision() ?? '1') - 1n;
-    const w = new ChangeWatch(watcher, created);
-    watcher.off('delete', onEarly);
-    watcher.off('put', onEarly);
-    w.changed = early;
     const fire = () => {
-      w.changed = true;
-      w.#wake?.();
+      if (!self) {
+        early = true;
+        return;
+      }
+      self.changed = true;
+      self.#wake?.();
     };
-    watcher.on('delete', fire);
-    if (target.kind === 'key' && target.anyEvent) watcher.on('put', fire);
-    // A cancelled watch (compaction, auth, server shutdown) is a reason to re-read, never a crash.
-    watcher.on('error', fire);
-    return w;
+    const spec: WatchSpec = target.kind === 'key'
+      ? { key: target.key, noPut: !target.anyEvent }
+      : { key: target.prefix, prefix: true, noPut: true };
+    const handle = await openWatch(client, spec, { onEvents: fire, onEnd: fire }, signal);
+    self = new ChangeWatch(handle);
+    self.changed = early;
+    return self;
   }
 
   /** Resolves when the watched thing changed; rejects with the signal's reason on abort. */
@@ -188,12 +159,9 @@ export class ChangeWatch {
     });
   }
 
-  /** Cancels the watch in the background. */
+  /** Cancels the watch. */
   close(): void {
     this.#wake = undefined;
-    this.#watcher.removeAllListeners('delete');
-    this.#watcher.removeAllListeners('put');
-    this.#watcher.on('error', () => undefined);
-    this.#watcher.cancel().catch(() => undefined);
+    this.#handle.close();
   }
 }

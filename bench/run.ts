@@ -1,0 +1,26 @@
+import { readdirSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { withBenchEtcd, type Benchmark } from './lib.js';
+
+/*
+ * npm run bench [-- <name> [--shm]]
+ * Runs bench/<name>.ts (all of them when no name is given) against a fresh
+ * etcd with data on disk (or /dev/shm with --shm, or ETCD_ENDPOINTS).
+ */
+const dir = fileURLToPath(new URL('.', import.meta.url));
+const available = readdirSync(dir).filter((f) => f.endsWith('.ts') && !['run.ts', 'lib.ts'].includes(f)).map((f) => f.slice(0, -3)).sort();
+const args = process.argv.slice(2);
+const names = args.filter((a) => !a.startsWith('--'));
+const chosen = names.length ? names : available;
+for (const name of chosen) {
+  if (!available.includes(name)) {
+    console.error(`unknown benchmark "${name}"; available: ${available.join(', ')}`);
+    process.exit(2);
+  }
+}
+for (const name of chosen) {
+  console.log(`\n## ${name}\n`);
+  const mod = await import(`./${name}.ts`) as { default: Benchmark };
+  await withBenchEtcd(args, (ctx) => mod.default({ ...ctx, args: args.filter((a) => a !== name) }));
+}
+process.exit(0);
