@@ -80,6 +80,33 @@ describe('Mutex', () => {
     await Promise.all(sessions.map((s) => s.close()));
   });
 
+  it('serves a deep line (more waiters than DEEP_IN_LINE) in FIFO order, one at a time', async () => {
+    const client = etcd().client();
+    const clients = Array.from({ length: 4 }, () => etcd().client());
+    await using holderSession = await Session.create(client, { ttl: 20 });
+    const holder = await new Mutex(holderSession, 'deep/lock').acquire();
+    const sessions = await Promise.all(Array.from({ length: 80 }, (_, i) => Session.create(clients[i % 4]!, { ttl: 20 })));
+    const order: number[] = [];
+    let inside = 0;
+    const waiters: Promise<void>[] = [];
+    for (const [i, s] of sessions.entries()) {
+      const m = new Mutex(s, 'deep/lock');
+      waiters.push(m.acquire().then(async (h) => {
+        inside++;
+        expect(inside).toBe(1);
+        order.push(i);
+        inside--;
+        await h.release();
+      }));
+      // Queue strictly in index order: wait until this waiter's key exists.
+      await waitForKey(client, m.key);
+    }
+    await holder.release();
+    await within(60_000, Promise.all(waiters), 'deep line');
+    expect(order).toEqual(sessions.map((_, i) => i));
+    await Promise.all(sessions.map((s) => s.close()));
+  });
+
   it('tryLock takes a free lock and fails on a held one without leaving a key', async () => {
     const client = etcd().client();
     await using a = await Session.create(client, { ttl: 10 });

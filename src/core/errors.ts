@@ -117,3 +117,17 @@ export function isRecipeError(err: unknown, code?: RecipeErrorCode): err is Reci
     c === 'STM_CONFLICT' || c === 'INVALID_ARGUMENT' || c === 'TIMEOUT';
   return known && err instanceof Error && (code === undefined || c === code);
 }
+
+/**
+ * Builds an error without capturing a stack trace. For abort reasons made on
+ * hot paths (every release of every hold), where the stack is never useful.
+ */
+export function withoutStack<E extends Error>(make: () => E): E {
+  const limit = Error.stackTraceLimit;
+  Error.stackTraceLimit = 0;
+  try {
+    return make();
+  } finally {
+    Error.stackTraceLimit = limit;
+  }
+}

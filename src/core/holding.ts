@@ -1,6 +1,6 @@
 import type { ComparatorBuilder } from 'etcd3';
 import { linkSignals, type LinkedSignal } from './abort.js';
-import { LockNotHeldError } from './errors.js';
+import { LockNotHeldError, withoutStack } from './errors.js';
 import { cmp, op, txn } from './kv.js';
 import { showKey } from './keys.js';
 import type { LocalRelease } from './local-lock.js';
@@ -126,7 +126,7 @@ export class Holding implements HeldKey {
       // or it would adopt our key (same lease, same name) and then see it deleted under it.
       this.#releaseStarted = true;
       const lost = this.#linked.signal.aborted;
-      this.#linked.abort(new LockNotHeldError(`${this.#what} released`));
+      this.#linked.abort(withoutStack(() => new LockNotHeldError(`${this.#what} released`)));
       try {
         if (!lost || !this.#session.expired) await deleteOwnKey(this.#session, this.#key, this.fencingToken, this.#log);
         this.#log?.('%s released (token %s)', this.#what, this.fencingToken);

@@ -41,9 +41,21 @@ export interface LineState<T = unknown> {
   blocker?: WatchTarget;
   /** The store revision of the read. */
   revision: bigint;
+  /** How many keys are ahead of the waiter in line, when the read knows (a range's count). */
+  ahead?: number;
   /** Recipe-specific data carried along (e.g. the owner's value). */
   data?: T;
 }
+
+/**
+ * A waiter with at least this many keys ahead starts its watch at the
+ * revision of its read instead of "now", and skips the confirming read: the
+ * watch replays any deletion since that read, and a watch from a past
+ * revision is only late (by up to etcd's 100 ms catch-up) if the whole line
+ * ahead drains within those 100 ms, which this many handoffs cannot. It saves
+ * one request per waiter when many queue at once.
+ */
+export const DEEP_IN_LINE = 64;
 
 /** Options of {@link waitInLine}. */
 export interface WaitInLineOptions<T> {
@@ -80,10 +92,12 @@ export async function waitInLine<T>(client: Namespace, options: WaitInLineOption
     const blocker = state.blocker;
     if (!blocker) return state;
     signal.throwIfAborted();
-    const watch = await retrying(() => ChangeWatch.open(client, blocker, signal), { signals: [signal], maxElapsedMs: Infinity,
+    const deep = (state.ahead ?? 0) >= DEEP_IN_LINE;
+    const from = deep ? state.revision + 1n : undefined;
+    const watch = await retrying(() => ChangeWatch.open(client, blocker, signal, from), { signals: [signal], maxElapsedMs: Infinity,
       onRetry: (err) => log?.('%s: watch failed, retrying: %s', what, (err as Error).message) });
     try {
-      if (watch.createdRevision > state.revision && !watch.changed) {
+      if (!deep && watch.createdRevision > state.revision && !watch.changed) {
         const confirmed = await reread();
         if (!confirmed.blocker || !sameTarget(confirmed.blocker, blocker) || !confirmed.alive) {
           state = confirmed;
@@ -120,8 +134,12 @@ export class ChangeWatch {
     this.createdRevision = handle.createdRevision;
   }
 
-  /** Creates the watch and resolves once etcd confirmed it. */
-  static async open(client: Namespace, target: WatchTarget, signal?: AbortSignal): Promise<ChangeWatch> {
+  /**
+   * Creates the watch and resolves once etcd confirmed it. Without
+   * `startRevision` the watch starts "now" (live at once); with it, changes
+   * since that revision are replayed first.
+   */
+  static async open(client: Namespace, target: WatchTarget, signal?: AbortSignal, startRevision?: bigint): Promise<ChangeWatch> {
     let self: ChangeWatch | undefined;
     let early = false;
     const fire = () => {
@@ -133,8 +151,8 @@ export class ChangeWatch {
       self.#wake?.();
     };
     const spec: WatchSpec = target.kind === 'key'
-      ? { key: target.key, noPut: !target.anyEvent }
-      : { key: target.prefix, prefix: true, noPut: true };
+      ? { key: target.key, noPut: !target.anyEvent, startRevision }
+      : { key: target.prefix, prefix: true, noPut: true, startRevision };
     const handle = await openWatch(client, spec, { onEvents: fire, onEnd: fire }, signal);
     self = new ChangeWatch(handle);
     self.changed = early;

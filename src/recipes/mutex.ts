@@ -215,8 +215,8 @@ export class Mutex {
         op.range(this.#prefix, { prefix: true, sortTarget: 'Create', sortOrder: 'Descend', limit: 2 })],
       [op.range(this.#key)]);
     if (res.succeeded) {
-      const kvs = rangeAt(res, 1).kvs;
-      return { myRev: res.revision, state: this.#lineState(kvs, res.revision, res.revision) };
+      const line = rangeAt(res, 1);
+      return { myRev: res.revision, state: this.#lineState(line.kvs, res.revision, res.revision, line.count) };
     }
     const mine = rangeAt(res, 0).kvs[0];
     if (!mine) return this.#acquireTxn(); // deleted in between: try again
@@ -228,15 +228,17 @@ export class Mutex {
     const r = await range(this.session.client, this.#prefix, {
       prefix: true, maxCreateRevision: myRev, sortTarget: 'Create', sortOrder: 'Descend', limit: 2,
     });
-    return this.#lineState(r.kvs, myRev, r.revision);
+    return this.#lineState(r.kvs, myRev, r.revision, r.count);
   }
 
-  #lineState(kvs: KeyValue[], myRev: bigint, revision: bigint): LineState {
+  /** `count` is the range's total (ours and everyone ahead of us). */
+  #lineState(kvs: KeyValue[], myRev: bigint, revision: bigint, count: bigint): LineState {
     const [first, pred] = kvs;
     const alive = !!first && first.createRevision === myRev && first.key.equals(this.#key);
     return {
       alive,
       revision,
+      ahead: Number(count) - 1,
       blocker: alive && pred ? { kind: 'key', key: pred.key, createRevision: pred.createRevision } : undefined,
     };
   }
