@@ -3,6 +3,7 @@ import type { Namespace } from 'etcd3';
 import { raceAbort } from './abort.js';
 import { InvalidArgumentError, SessionExpiredError } from './errors.js';
 import { leaseHex } from './keys.js';
+import { closeStreamQuietly } from './streams.js';
 import { logger } from './log.js';
 import { isTransient, retrying } from './retry.js';
 import { checkClient, checkInteger, checkNumber, checkOptions, checkSignal } from './validate.js';
@@ -110,16 +111,18 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
     let granted: number;
     const sentAt = performance.now();
     if (leaseId === undefined) {
-      const res = await retrying(() => raceAbort(client.leaseClient.leaseGrant({ TTL: ttl }), signal), {
-        signals: [signal], maxElapsedMs: 10_000,
-      });
+      const res = await retrying(async () => {
+        const granting = client.leaseClient.leaseGrant({ TTL: ttl });
+        try {
+          return await raceAbort(granting, signal);
+        } catch (err) {
+          // Given up (aborted) while the grant was in flight: revoke it if it lands.
+          granting.then((r) => client.leaseClient.leaseRevoke({ ID: r.ID }), () => undefined).catch(() => undefined);
+          throw err;
+        }
+      }, { signals: [signal], maxElapsedMs: 10_000 });
       id = res.ID;
       granted = Number(res.TTL);
-      if (signal?.aborted) {
-        // The caller gave up while the grant was in flight: do not leave a lease behind.
-        await client.leaseClient.leaseRevoke({ ID: id }).catch(() => undefined);
-        signal.throwIfAborted();
-      }
     } else {
       id = leaseId;
       const res = await raceAbort(client.leaseClient.leaseTimeToLive({ ID: id }), signal);
@@ -255,7 +258,7 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
       return;
     }
     if (this.expired) {
-      stream.end();
+      closeStreamQuietly(stream);
       return;
     }
     this.#stream = stream;
@@ -317,19 +320,7 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
     const stream = this.#stream;
     this.#stream = undefined;
     this.#pendingSends = [];
-    if (!stream) return;
-    // etcd3 types the stream narrowly; it is a grpc-js duplex stream (an EventEmitter).
-    const emitter = stream as unknown as NodeJS.EventEmitter;
-    emitter.removeAllListeners('data');
-    emitter.removeAllListeners('end');
-    emitter.removeAllListeners('error');
-    // grpc reports the cancellation as an error: keep a listener so it is not thrown.
-    emitter.on('error', () => undefined);
-    try {
-      stream.cancel();
-    } catch {
-      // already closed
-    }
+    if (stream) closeStreamQuietly(stream);
   }
 }
 

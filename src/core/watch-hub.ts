@@ -3,6 +3,7 @@ import { abortReason } from './abort.js';
 import { decodeKv, encodeKey, type KeyValue, type RawKv } from './kv.js';
 import { prefixEnd } from './keys.js';
 import { logger } from './log.js';
+import { closeStreamQuietly } from './streams.js';
 
 const log = logger('watch');
 
@@ -333,18 +334,6 @@ export class WatchHub {
     const stream = this.#stream;
     this.#stream = undefined;
     this.#awaitingCreate = [];
-    if (!stream) return;
-    const emitter = stream as unknown as NodeJS.EventEmitter;
-    // etcd3 hooks 'error' to reset every channel of the host ("markFailed"):
-    // remove that hook before cancelling, or our own cancel would trigger it.
-    emitter.removeAllListeners('data');
-    emitter.removeAllListeners('end');
-    emitter.removeAllListeners('error');
-    emitter.on('error', () => undefined);
-    try {
-      stream.cancel();
-    } catch {
-      // already gone
-    }
+    if (stream) closeStreamQuietly(stream);
   }
 }
