@@ -1,5 +1,5 @@
 import type { Namespace } from 'etcd3';
-import { openWatch, type WatchHandle, type WatchSpec } from './watch-hub.js';
+import { openWatch, WatchCompactedError, type WatchHandle, type WatchSpec } from './watch-hub.js';
 import { abortReason } from './abort.js';
 import { SessionExpiredError } from './errors.js';
 import { showKey } from './keys.js';
@@ -153,7 +153,14 @@ export class ChangeWatch {
     const spec: WatchSpec = target.kind === 'key'
       ? { key: target.key, noPut: !target.anyEvent, startRevision }
       : { key: target.prefix, prefix: true, noPut: true, startRevision };
-    const handle = await openWatch(client, spec, { onEvents: fire, onEnd: fire }, signal);
+    const listener = { onEvents: fire, onEnd: fire };
+    const handle = await openWatch(client, spec, listener, signal).catch((err: unknown) => {
+      if (!(err instanceof WatchCompactedError)) throw err;
+      // The start revision is gone: history cannot be replayed, so watch from
+      // now and count it as a change; the waiter re-reads the current state.
+      early = true;
+      return openWatch(client, { ...spec, startRevision: undefined }, listener, signal);
+    });
     self = new ChangeWatch(handle);
     self.changed = early;
     return self;

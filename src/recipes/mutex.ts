@@ -168,7 +168,8 @@ export class Mutex {
     let myRev: bigint | undefined;
     try {
       releaseLocal = await takeLocalTurn(session.leaseId, this.#key, signal);
-      const acquiring = retrying(() => this.#acquireTxn(), { signals: [signal] });
+      // Retried for as long as the session lives: the Txn is idempotent (a retry adopts the key).
+      const acquiring = retrying(() => this.#acquireTxn(), { signals: [signal], maxElapsedMs: Infinity });
       inFlight = acquiring;
       const acquired = await raceAbort(acquiring, signal);
       myRev = acquired.myRev;
