@@ -272,4 +272,112 @@ describe('DoubleBarrier', () => {
     expect(await keysUnder(client)).toEqual(before);
     expect(b.entered).toBe(false);
   });
+
+  /**
+   * Go's recipe.DoubleBarrier (etcd main branch), step for step, with raw
+   * etcd3 calls: the other side of the wire for an interop test.
+   */
+  class GoDoubleBarrier {
+    myKey: string | undefined;
+    constructor(readonly client: Etcd3, readonly lease: string, readonly key: string, readonly count: number) {}
+
+    async #entered() {
+      return (await this.client.getAll().prefix(`${this.key}/waiters`).sort('Create', 'Ascend').exec()).kvs;
+    }
+
+    /** WaitEvents(key, rev, [type]): the first event of that type at or after rev. */
+    async #waitEvent(key: string, rev: string, type: 'put' | 'delete') {
+      const watcher = await this.client.watch().key(key).startRevision(rev).create();
+      try {
+        await new Promise<void>((resolve) => watcher.once(type, () => resolve()));
+      } finally {
+        await watcher.cancel();
+      }
+    }
+
+    async enter(): Promise<void> {
+      if ((await this.#entered()).length >= this.count) throw new Error('ErrTooManyClients');
+      const key = `${this.key}/waiters/${BigInt(Date.now()) * 1_000_000n + BigInt(Math.floor(Math.random() * 1e6))}`;
+      const res = await this.client.if(key, 'Version', '==', 0).then(this.client.put(key).value('').lease(this.lease)).commit();
+      if (!res.succeeded) throw new Error('ErrKeyExists');
+      this.myKey = key;
+      const rev = BigInt(res.header.revision);
+      const kvs = await this.#entered();
+      if (kvs.length >= this.count) {
+        const last = BigInt(kvs[this.count - 1]!.create_revision);
+        if (rev > last) {
+          await this.client.delete().key(key);
+          throw new Error('ErrTooManyClients');
+        }
+        if (rev === last) {
+          await this.client.put(`${this.key}/ready`).value('');
+          return;
+        }
+      }
+      await this.#waitEvent(`${this.key}/ready`, rev.toString(), 'put');
+    }
+
+    async leave(): Promise<void> {
+      const kvs = (await this.client.getAll().prefix(`${this.key}/waiters`).exec()).kvs;
+      if (kvs.length === 0) return;
+      let lowest = kvs[0]!;
+      let highest = kvs[0]!;
+      for (const kv of kvs) {
+        if (BigInt(kv.mod_revision) < BigInt(lowest.mod_revision)) lowest = kv;
+        if (BigInt(kv.mod_revision) > BigInt(highest.mod_revision)) highest = kv;
+      }
+      const isLowest = lowest.key.toString() === this.myKey;
+      if (kvs.length === 1 && isLowest) {
+        await this.client.delete().key(`${this.key}/ready`);
+        await this.client.delete().key(this.myKey!);
+        return;
+      }
+      if (isLowest) {
+        await this.#waitEvent(highest.key.toString(), highest.mod_revision, 'delete');
+        return this.leave();
+      }
+      await this.client.delete().key(this.myKey!);
+      await this.#waitEvent(lowest.key.toString(), lowest.mod_revision, 'delete');
+      return this.leave();
+    }
+  }
+
+  it('shares rounds with Go\'s recipe.DoubleBarrier (its algorithm, run on the same keys)', async () => {
+    const client = etcd().client();
+    const name = 'go/db';
+    await using p = await participants(name, 3, 2);
+    const [a, b] = p.barriers;
+    await using goSession = await Session.create(etcd().client(), { ttl: 10 });
+    // Go arrives first (oldest key: it leaves last) in one round, last (it starts the round) in the next.
+    for (const goFirst of [true, false]) {
+      const go = new GoDoubleBarrier(etcd().client(), goSession.leaseId, name, 3);
+      const entering: Promise<void>[] = [];
+      if (goFirst) {
+        entering.push(go.enter());
+        await waitersAtLeast(client, name, 1);
+      }
+      entering.push(a!.enter());
+      await waitersAtLeast(client, name, goFirst ? 2 : 1);
+      entering.push(b!.enter());
+      await waitersAtLeast(client, name, goFirst ? 3 : 2);
+      if (!goFirst) {
+        expect(await stillPending(Promise.race(entering), 300)).toBe(true);
+        entering.push(go.enter());
+      }
+      await within(10_000, Promise.all(entering), 'mixed round: enter');
+      // Go waits for our keys to go, ours for Go's.
+      const leaving = [go.leave(), a!.leave()];
+      expect(await stillPending(Promise.race(leaving), 300)).toBe(true);
+      leaving.push(b!.leave());
+      await within(10_000, Promise.all(leaving), 'mixed round: leave');
+      expect(await keysUnder(client, `${name}/`)).toEqual([]);
+    }
+    // Go is turned away while a round of ours is full.
+    const c = new DoubleBarrier(goSession, name, 3);
+    await within(10_000, Promise.all([a!.enter(), b!.enter(), c.enter()]), 'our round');
+    await expect(new GoDoubleBarrier(etcd().client(), goSession.leaseId, name, 3).enter()).rejects.toThrow('ErrTooManyClients');
+    await within(10_000, Promise.all([a!.leave(), b!.leave(), c.leave()]), 'our round: leave');
+    expect(await keysUnder(client, `${name}/`)).toEqual([]);
+  });
 });
+
