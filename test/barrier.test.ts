@@ -74,7 +74,8 @@ describe('Barrier', () => {
     await client.leaseClient.leaseRevoke({ ID: session.leaseId });
     await within(10_000, waiting, 'waiter after the holder\'s lease ended');
     expect(await b.isHeld()).toBe(false);
-    // A dead session cannot hold: rejected before anything is written.
+    // A dead session cannot hold, whether it knows it yet or not.
+    await expect(b.hold({ session })).rejects.toMatchObject({ code: 'SESSION_EXPIRED' });
     await session.close();
     await expect(b.hold({ session })).rejects.toMatchObject({ code: 'SESSION_EXPIRED' });
     expect(await keysUnder(client, 'session/')).toEqual([]);

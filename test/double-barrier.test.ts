@@ -186,6 +186,15 @@ describe('DoubleBarrier', () => {
     expect(await keysUnder(client, `${name}/`)).toEqual([]);
   });
 
+  it('entering with a lease that etcd no longer has rejects with SESSION_EXPIRED and writes nothing', async () => {
+    const client = etcd().client();
+    await using session = await Session.create(etcd().client(), { ttl: 30 });
+    // Revoked behind the session's back: it only learns at its next keepalive, 10 s away.
+    await client.leaseClient.leaseRevoke({ ID: session.leaseId });
+    await expect(new DoubleBarrier(session, 'gone/db', 2).enter()).rejects.toMatchObject({ code: 'SESSION_EXPIRED' });
+    expect(await keysUnder(client, 'gone/')).toEqual([]);
+  });
+
   it('a member whose session dies inside the round counts as left; nothing is left behind', async () => {
     const client = etcd().client();
     for (const dies of ['oldest', 'newest'] as const) {

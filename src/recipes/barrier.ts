@@ -1,5 +1,6 @@
 import type { Namespace } from 'etcd3';
 import { linkSignals, raceAbort } from '../core/abort.js';
+import { SessionExpiredError } from '../core/errors.js';
 import { cleanUpAfter } from '../core/holding.js';
 import { showKey, toBuffer } from '../core/keys.js';
 import { cmp, op, range, rangeAt, txn } from '../core/kv.js';
@@ -110,7 +111,13 @@ export class Barrier {
       onRetry: (err) => log('%s: hold failed, retrying: %s', this.#what, (err as Error).message),
     });
     try {
-      const mine = await raceAbort(inFlight, signal);
+      const mine = await raceAbort(inFlight, signal).catch((err: unknown) => {
+        // The session's lease is gone on the server before the session noticed.
+        if (session && err instanceof Error && /requested lease not found/i.test(err.message)) {
+          throw new SessionExpiredError(`${this.#what}: the session's lease is gone`, { cause: err });
+        }
+        throw err;
+      });
       log('%s: %s', this.#what, mine ? `held${lease ? ` (lease ${session!.leaseHex})` : ''}` : 'already held');
       return mine;
     } catch (err) {

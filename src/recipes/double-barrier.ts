@@ -241,7 +241,13 @@ export class DoubleBarrier {
             op.range(this.#waiters, { prefix: true, sortTarget: 'Create', sortOrder: 'Ascend', limit: 1 })]);
       }, { signals: [signal] });
       onAttempt(key, creating);
-      const res: TxnResult = await raceAbort(creating, signal);
+      const res: TxnResult = await raceAbort(creating, signal).catch((err: unknown) => {
+        // The lease is gone on the server before our session noticed.
+        if (err instanceof Error && /requested lease not found/i.test(err.message)) {
+          throw new SessionExpiredError(`${this.#what}: the session's lease is gone`, { cause: err });
+        }
+        throw err;
+      });
       if (res.succeeded) {
         const position = Number(rangeAt(res, 1).count);
         const state: LineState<bigint> = { alive: true, revision: res.revision, blocker: this.#readyBlocker(undefined) };
