@@ -160,6 +160,13 @@ describe('DoubleBarrier', () => {
       await within(10_000, other.leave(), 'the other participant leaves');
       expect(await keysUnder(client, `${name}/`)).toEqual([]);
     }
+    // A signal that is already aborted: the participant steps out at once.
+    await within(10_000, Promise.all([a!.enter(), b!.enter()]));
+    const reason = new Error('shutting down');
+    await expect(a!.leave({ signal: AbortSignal.abort(reason) })).rejects.toBe(reason);
+    expect(await keysUnder(client, `${name}/waiters/`)).toEqual([b!.participantKey]);
+    await within(10_000, b!.leave());
+    expect(await keysUnder(client, `${name}/`)).toEqual([]);
   });
 
   it('a participant whose session dies while entering rejects with SESSION_EXPIRED; the others wait for a replacement', async () => {

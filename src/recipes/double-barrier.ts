@@ -181,11 +181,12 @@ export class DoubleBarrier {
     }
     const { session } = this;
     const me = this.#me;
-    options.signal?.throwIfAborted();
+    // An already aborted signal is handled like one that aborts while waiting: the participant steps out.
     this.#phase = 'leaving';
     const linked = linkSignals(options.signal, session.signal);
     const signal = linked.signal;
     let inLine = true;
+    let finishing: Promise<unknown> = Promise.resolve();
     const read = () => this.#readLeave(me, inLine);
     try {
       let state = await raceAbort(retrying(read, { signals: [signal] }), signal);
@@ -193,7 +194,8 @@ export class DoubleBarrier {
       // either finish the round (alone) or step out of line.
       state = await waitInLine(session.client, { initial: state, read, signal, what: this.#what, log });
       if (state.data!.lowest?.key.equals(me.key) && state.data!.highest?.key.equals(me.key)) {
-        await raceAbort(retrying(this.#finishRound(me), { signals: [signal] }), signal);
+        finishing = retrying(this.#finishRound(me), { signals: [signal] });
+        await raceAbort(finishing, signal);
         log('%s: %s left last, round %s over', this.#what, showKey(me.key), me.round);
       } else {
         await this.#deleteMine(me.key, me.rev);
@@ -210,7 +212,7 @@ export class DoubleBarrier {
     } catch (err) {
       if (inLine) {
         // Aborted or failed: step out of line rather than leave our key behind.
-        await cleanUpAfter(Promise.resolve(), () => this.#deleteMine(me.key, me.rev), noop, log);
+        await cleanUpAfter(finishing, () => this.#deleteMine(me.key, me.rev), noop, log);
       }
       throw err;
     } finally {
