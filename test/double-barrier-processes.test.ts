@@ -57,7 +57,7 @@ describe('DoubleBarrier with participants in separate processes', () => {
     const client = etcd().client();
     const name = 'kill/db';
     const count = 3;
-    const workers = start(name, count, 2, 1);
+    const workers = start(name, count, 3, 1);
     try {
       await Promise.all(workers.map((w) => w.waitFor(/^ready /)));
       const ctl = `ctl/${name}/0`;

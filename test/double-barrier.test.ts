@@ -172,15 +172,17 @@ describe('DoubleBarrier', () => {
   it('a participant whose session dies while entering rejects with SESSION_EXPIRED; the others wait for a replacement', async () => {
     const client = etcd().client();
     const name = 'die-enter/db';
-    // A short TTL: the dead participant's own session notices the loss at its next keepalive.
-    await using p = await participants(name, 3, 4, 3);
-    const [a, b, c, d] = p.barriers;
+    await using p = await participants(name, 3);
+    const [a, c, d] = p.barriers;
+    // A short TTL for the one that dies: its own session notices the loss at its next keepalive.
+    await using bSession = await Session.create(etcd().client(), { ttl: 3 });
+    const b = new DoubleBarrier(bSession, name, 3);
     const aEnter = a!.enter();
     await waitersAtLeast(client, name, 1);
-    const bEnter = b!.enter();
+    const bEnter = b.enter();
     await waitersAtLeast(client, name, 2);
     // b's lease ends (what etcd does when a crashed process's TTL runs out).
-    await client.leaseClient.leaseRevoke({ ID: p.sessions[1]!.leaseId });
+    await client.leaseClient.leaseRevoke({ ID: bSession.leaseId });
     await expect(within(10_000, bEnter)).rejects.toMatchObject({ code: 'SESSION_EXPIRED' });
     expect(await stillPending(aEnter, 200)).toBe(true);
     expect(await keysUnder(client, `${name}/waiters/`)).toHaveLength(1);
