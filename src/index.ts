@@ -13,3 +13,9 @@ export type { HeldKey } from './core/holding.js';
 
 export { Mutex, withLock } from './recipes/mutex.js';
 export type { LockOptions, LockHandle, LockContext, WithLockOptions } from './recipes/mutex.js';
+
+export { BarrierFullError } from './core/errors.js';
+export { Barrier } from './recipes/barrier.js';
+export type { BarrierHoldOptions, BarrierWaitOptions } from './recipes/barrier.js';
+export { DoubleBarrier } from './recipes/double-barrier.js';
+export type { DoubleBarrierOptions } from './recipes/double-barrier.js';
