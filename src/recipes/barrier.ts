@@ -1,6 +1,5 @@
 import type { Namespace } from 'etcd3';
 import { linkSignals, raceAbort } from '../core/abort.js';
-import { SessionExpiredError } from '../core/errors.js';
 import { cleanUpAfter } from '../core/holding.js';
 import { showKey, toBuffer } from '../core/keys.js';
 import { cmp, op, range, rangeAt, txn } from '../core/kv.js';
@@ -112,11 +111,8 @@ export class Barrier {
     });
     try {
       const mine = await raceAbort(inFlight, signal).catch((err: unknown) => {
-        // The session's lease is gone on the server before the session noticed.
-        if (session && err instanceof Error && /requested lease not found/i.test(err.message)) {
-          throw new SessionExpiredError(`${this.#what}: the session's lease is gone`, { cause: err });
-        }
-        throw err;
+        // The session's lease may be gone on the server before the session noticed.
+        throw session ? session.leaseError(err, this.#what) : err;
       });
       log('%s: %s', this.#what, mine ? `held${lease ? ` (lease ${session!.leaseHex})` : ''}` : 'already held');
       return mine;

@@ -244,11 +244,8 @@ export class DoubleBarrier {
       }, { signals: [signal] });
       onAttempt(key, creating);
       const res: TxnResult = await raceAbort(creating, signal).catch((err: unknown) => {
-        // The lease is gone on the server before our session noticed.
-        if (err instanceof Error && /requested lease not found/i.test(err.message)) {
-          throw new SessionExpiredError(`${this.#what}: the session's lease is gone`, { cause: err });
-        }
-        throw err;
+        // The lease may be gone on the server before our session noticed.
+        throw session.leaseError(err, this.#what);
       });
       if (res.succeeded) {
         const position = Number(rangeAt(res, 1).count);
