@@ -13,3 +13,6 @@ export type { HeldKey } from './core/holding.js';
 
 export { Mutex, withLock } from './recipes/mutex.js';
 export type { LockOptions, LockHandle, LockContext, WithLockOptions } from './recipes/mutex.js';
+
+export { runSTM } from './recipes/stm.js';
+export type { STMIsolation, STMOptions, STMTransaction, STMBackoff } from './recipes/stm.js';
