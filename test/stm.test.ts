@@ -201,6 +201,30 @@ describe('runSTM', () => {
     expect(await client.get(`${p}out`).string()).toBe('a+new');
   });
 
+  it('after a conflict, the retry reads every key at the Else branch\'s revision, also keys the failed attempt did not read', async () => {
+    const client = etcd().client();
+    const meddler = etcd().client();
+    await client.put('else/a').value('a1');
+    await client.put('else/c').value('c1');
+    const seen: string[] = [];
+    await runSTM(client, async (tx) => {
+      if (tx.attempt === 1) {
+        const a = await tx.get('else/a');
+        await meddler.put('else/a').value('a2'); // (test only) makes attempt 1 conflict
+        tx.put('else/out', `${a}`);
+        return;
+      }
+      if (tx.attempt === 2) await meddler.put('else/c').value('c2'); // after the failed commit, before our read
+      const c = await tx.get('else/c'); // first read of this attempt, not in the prefetch
+      const a = await tx.get('else/a'); // served from the prefetch
+      seen.push(`${tx.attempt}:${a},${c}`);
+      tx.put('else/out', `${a},${c}`);
+    });
+    // Attempt 2 saw one snapshot (c as of the failed commit), conflicted on c, and attempt 3 read afresh.
+    expect(seen).toEqual(['2:a2,c1', '3:a2,c2']);
+    expect(await client.get('else/out').string()).toBe('a2,c2');
+  });
+
   it('a read-only transaction commits without writing; under serializable-snapshot from one snapshot, without a commit Txn', async () => {
     const client = etcd().client();
     const url = etcd().members[0]!.clientUrl;

@@ -171,6 +171,8 @@ interface AttemptHost {
   readonly signal: AbortSignal | undefined;
   readonly maxTxnOps: number;
   prefetched: Map<string, Prefetched> | undefined;
+  /** The revision of `prefetched` (the failed commit's). */
+  prefetchedAt: bigint;
   readKeys(keys: Buffer[], opts: RangeOptions): Promise<{ kvs: (KeyValue | null)[]; revision: bigint }>;
 }
 
@@ -247,6 +249,7 @@ export async function runSTM<T>(client: Namespace, fn: (tx: STMTransaction) => T
 class Runner<T> implements AttemptHost {
   /** Data from the last failed commit's Else branch (serializable levels), consumed by the next attempt. */
   prefetched: Map<string, Prefetched> | undefined;
+  prefetchedAt = 0n;
   readonly snapshotLevel: boolean;
 
   constructor(
@@ -428,7 +431,10 @@ class Runner<T> implements AttemptHost {
         if (first !== undefined && cur && cur.modRevision >= first + 1n) keys.push(showKey(w.key));
       });
     }
-    if (this.snapshotLevel) this.prefetched = prefetched;
+    if (this.snapshotLevel) {
+      this.prefetched = prefetched;
+      this.prefetchedAt = res.revision;
+    }
     return { committed: false, keys };
   }
 
@@ -470,6 +476,10 @@ class Attempt implements STMTransaction {
     this.#run = run;
     this.attempt = attempt;
     this.isolation = run.isolation;
+    // After a conflict the Else branch's revision is this attempt's snapshot,
+    // also for keys the failed attempt did not read (Go would read those at
+    // a newer revision and so mix two snapshots in one attempt).
+    if (run.snapshotLevel && run.prefetched) this.#snapshot = Promise.resolve(run.prefetchedAt);
   }
 
   async get(key: string | Buffer): Promise<string | undefined> {
@@ -612,7 +622,6 @@ class Attempt implements STMTransaction {
       // Served from the last failed commit's Else branch (Go's prefetch).
       run.prefetched!.delete(id);
       const entry: ReadEntry = { key, id, done: Promise.resolve(), settled: true, error: undefined, kv: pre.kv, at: pre.at };
-      if (run.snapshotLevel && !this.#snapshot) this.#snapshot = Promise.resolve(pre.at);
       if (pre.at > this.maxSeen) this.maxSeen = pre.at;
       this.reads.set(id, entry);
       return entry;
