@@ -178,7 +178,7 @@ interface AttemptHost {
 
 /** Internal: a method of a finished attempt was called. */
 function attemptOver(method: string): Error {
-  return new Error(`STM: tx.${method}() called after this attempt ended (a read not awaited inside fn, or tx used outside fn)`);
+  return new Error(`STM: tx.${method}() called after this attempt ended (tx kept past fn, or called from code fn did not await)`);
 }
 
 const idOf = (key: Buffer): string => key.toString('latin1');
