@@ -6,7 +6,7 @@ export {
   RecipeError, SessionExpiredError, LockNotHeldError, NotLeaderError, NoLeaderError, STMConflictError,
   InvalidArgumentError, TimeoutError, isRecipeError,
 } from './core/errors.js';
-export type { RecipeErrorCode } from './core/errors.js';
+export type { RecipeErrorCode, RecipeErrorByCode } from './core/errors.js';
 export { Session } from './core/session.js';
 export type { SessionOptions, SessionEvents } from './core/session.js';
 export type { HeldKey } from './core/holding.js';
@@ -19,3 +19,6 @@ export { Barrier } from './recipes/barrier.js';
 export type { BarrierHoldOptions, BarrierWaitOptions } from './recipes/barrier.js';
 export { DoubleBarrier } from './recipes/double-barrier.js';
 export type { DoubleBarrierOptions } from './recipes/double-barrier.js';
+
+export { runSTM } from './recipes/stm.js';
+export type { STMIsolation, STMOptions, STMTransaction, STMBackoff } from './recipes/stm.js';

@@ -119,16 +119,33 @@ export class BarrierFullError extends RecipeError {
   }
 }
 
+/** The error class behind each code, for {@link isRecipeError}'s narrowing. */
+export interface RecipeErrorByCode {
+  SESSION_EXPIRED: SessionExpiredError;
+  LOCK_NOT_HELD: LockNotHeldError;
+  NOT_LEADER: NotLeaderError;
+  NO_LEADER: NoLeaderError;
+  STM_CONFLICT: STMConflictError;
+  INVALID_ARGUMENT: InvalidArgumentError;
+  TIMEOUT: TimeoutError;
+  BARRIER_FULL: BarrierFullError;
+}
+
+const codes: ReadonlySet<string> = new Set<RecipeErrorCode>([
+  'SESSION_EXPIRED', 'LOCK_NOT_HELD', 'NOT_LEADER', 'NO_LEADER', 'STM_CONFLICT', 'INVALID_ARGUMENT', 'TIMEOUT', 'BARRIER_FULL',
+]);
+
 /**
- * True when `err` is a {@link RecipeError} (optionally with the given code).
- * Works across the ESM and CJS copies of this package.
+ * True when `err` is a {@link RecipeError} (optionally with the given code,
+ * which narrows to that error's class, e.g. `STMConflictError` with its
+ * `keys`). Works across the ESM and CJS copies of this package.
  */
-export function isRecipeError(err: unknown, code?: RecipeErrorCode): err is RecipeError {
-  if (typeof err !== 'object' || err === null) return false;
+export function isRecipeError<C extends RecipeErrorCode>(err: unknown, code: C): err is RecipeErrorByCode[C];
+export function isRecipeError(err: unknown): err is RecipeError;
+export function isRecipeError(err: unknown, code?: RecipeErrorCode): boolean {
+  if (!(err instanceof Error)) return false;
   const c = (err as { code?: unknown }).code;
-  const known = c === 'SESSION_EXPIRED' || c === 'LOCK_NOT_HELD' || c === 'NOT_LEADER' || c === 'NO_LEADER' ||
-    c === 'STM_CONFLICT' || c === 'INVALID_ARGUMENT' || c === 'TIMEOUT' || c === 'BARRIER_FULL';
-  return known && err instanceof Error && (code === undefined || c === code);
+  return typeof c === 'string' && codes.has(c) && (code === undefined || c === code);
 }
 
 /**

@@ -1,0 +1,237 @@
+import type { Etcd3 } from 'etcd3';
+import { isRecipeError, runSTM, type STMIsolation } from '../src/index.js';
+import { fmt, grpcMessages, percentile, requestsBetween, table, type BenchContext } from './lib.js';
+
+/*
+ * npm run bench -- stm
+ *
+ * The bank workload: 100 accounts (opened in one Txn), W workers on their own
+ * connections, each moving a random amount between two random accounts, as
+ * fast as it can for BENCH_SECONDS, at W = 1, 8 and 32:
+ *
+ *   raw floor   hand-written: one read Txn for both balances, one commit Txn
+ *               with MOD(k) == rev compares, Else re-reads both (retry at once)
+ *   ours        runSTM at each isolation level (retries 10)
+ *   etcd3       client.stm({ isolation, retries: 10 }).transact(...)
+ *
+ * Per run: commits/s, conflicts per commit (failed commit attempts ÷ commits),
+ * transfers given up after the retries ran out, latency of a whole transfer
+ * (retries included) p50/p99, KV requests etcd received per commit, and
+ * client CPU per commit, and whether the total of all balances was conserved.
+ * Every contender has its own freshly opened accounts; at each W the
+ * contenders take turns in three slices of BENCH_SECONDS / 3 each.
+ *
+ * STM_ONLY=<regexp> and STM_W=1,8 narrow a run (for profiling).
+ */
+
+const ACCOUNTS = 100;
+const OPENING = 1000;
+const levels: STMIsolation[] = ['serializable-snapshot', 'serializable', 'repeatable-reads', 'read-committed'];
+/** etcd3's `Isolation` is a const enum; these are its values. */
+const etcd3Isolation: Record<STMIsolation, number> = {
+  'serializable-snapshot': 0, serializable: 1, 'repeatable-reads': 2, 'read-committed': 3,
+};
+
+/** One transfer; returns how many times the body ran (1 = no conflict). Throws when it gave up. */
+type Transfer = (client: Etcd3, from: string, to: string, amount: number) => Promise<number>;
+
+interface RunResult {
+  what: string;
+  workers: number;
+  commits: number;
+  perSecond: number;
+  conflictsPerCommit: number;
+  gaveUp: number;
+  latencies: number[];
+  kvPerCommit: number;
+  /** Client-process CPU time per commit, ms (user + system; the whole process, so etcd3's gRPC work included). */
+  cpuPerCommit: number;
+  conserved: boolean;
+}
+
+let runNumber = 0;
+
+async function openAccounts(client: Etcd3, prefix: string): Promise<string[]> {
+  const keys = Array.from({ length: ACCOUNTS }, (_, i) => `${prefix}${String(i).padStart(3, '0')}`);
+  await client.kv.txn({
+    compare: [], failure: [],
+    success: keys.map((k) => ({ request_put: { key: Buffer.from(k), value: Buffer.from(String(OPENING)) } })),
+  } as never);
+  return keys;
+}
+
+/** One contender at one W: its own accounts, run in several short slices, results summed. */
+class BankRun {
+  readonly latencies: number[] = [];
+  commits = 0;
+  bodies = 0;
+  gaveUp = 0;
+  elapsed = 0;
+  requests = 0;
+  cpuMs = 0;
+  prefix = `bench/stm/${++runNumber}/`;
+  accounts: string[] = [];
+
+  constructor(readonly ctx: BenchContext, readonly clients: Etcd3[], readonly what: string,
+    readonly workers: number, readonly transfer: Transfer) {}
+
+  async open(): Promise<void> {
+    this.accounts = await openAccounts(this.clients[0]!, this.prefix);
+  }
+
+  async slice(seconds: number): Promise<void> {
+    const { accounts } = this;
+    let stop = false;
+    const before = await grpcMessages(this.ctx.metricsUrl);
+    const cpu = process.cpuUsage();
+    const started = performance.now();
+    const timer = setTimeout(() => { stop = true; }, seconds * 1000);
+    await Promise.all(Array.from({ length: this.workers }, async (_, w) => {
+      const client = this.clients[w]!;
+      while (!stop) {
+        const i = Math.floor(Math.random() * ACCOUNTS);
+        let j = Math.floor(Math.random() * (ACCOUNTS - 1));
+        if (j >= i) j++;
+        const amount = 1 + Math.floor(Math.random() * 50);
+        const t = performance.now();
+        try {
+          const ran = await this.transfer(client, accounts[i]!, accounts[j]!, amount);
+          this.bodies += ran;
+          this.commits++;
+          this.latencies.push(performance.now() - t);
+        } catch (err) {
+          const runs = (err as { bodies?: number }).bodies;
+          if (runs === undefined) throw err;
+          this.bodies += runs;
+          this.gaveUp++;
+        }
+      }
+    }));
+    this.elapsed += (performance.now() - started) / 1000;
+    const used = process.cpuUsage(cpu);
+    this.cpuMs += (used.user + used.system) / 1000;
+    clearTimeout(timer);
+    this.requests += requestsBetween(before, await grpcMessages(this.ctx.metricsUrl)).kv;
+  }
+
+  async result(): Promise<RunResult> {
+    const values = Object.values(await this.clients[0]!.getAll().prefix(this.prefix).strings()).map(Number);
+    const total = values.reduce((a, b) => a + b, 0);
+    return {
+      what: this.what, workers: this.workers, commits: this.commits, perSecond: this.commits / this.elapsed,
+      conflictsPerCommit: (this.bodies - this.commits) / this.commits,
+      gaveUp: this.gaveUp, latencies: this.latencies,
+      kvPerCommit: this.requests / this.commits,
+      cpuPerCommit: this.cpuMs / this.commits,
+      conserved: values.length === ACCOUNTS && total === ACCOUNTS * OPENING,
+    };
+  }
+}
+
+/** Tags a give-up error with how many times the body ran. */
+function gaveUp(err: unknown, bodies: number): never {
+  throw Object.assign(new Error('gave up'), { bodies, cause: err });
+}
+
+/** The hand-written floor: read both, commit with mod compares, Else re-reads both; retry at once. */
+const rawTransfer: Transfer = async (client, from, to, amount) => {
+  const keys = [Buffer.from(from), Buffer.from(to)];
+  const reads = keys.map((key) => ({ request_range: { key } }));
+  let res = await client.kv.txn({ compare: [], success: reads, failure: [] } as never);
+  for (let bodies = 1; bodies <= 11; bodies++) {
+    const [a, b] = res.responses.map((r) => r.response_range!.kvs[0]!);
+    const balance = Number(a!.value.toString());
+    if (balance < amount) return bodies;
+    const commit = await client.kv.txn({
+      compare: [a!, b!].map((kv) => ({ key: kv.key, target: 'Mod', result: 'Equal', mod_revision: kv.mod_revision })),
+      success: [
+        { request_put: { key: keys[0], value: Buffer.from(String(balance - amount)) } },
+        { request_put: { key: keys[1], value: Buffer.from(String(Number(b!.value.toString()) + amount)) } },
+      ],
+      failure: reads,
+    } as never);
+    if (commit.succeeded) return bodies;
+    res = commit; // the Else branch's fresh reads
+  }
+  return gaveUp(undefined, 11);
+};
+
+function oursTransfer(isolation: STMIsolation): Transfer {
+  return async (client, from, to, amount) => {
+    let bodies = 0;
+    try {
+      await runSTM(client, async (tx) => {
+        bodies++;
+        const [a, b] = await Promise.all([tx.get(from), tx.get(to)]);
+        const balance = Number(a);
+        if (balance < amount) return;
+        tx.put(from, String(balance - amount));
+        tx.put(to, String(Number(b) + amount));
+      }, { isolation, retries: 10 });
+      return bodies;
+    } catch (err) {
+      if (isRecipeError(err, 'STM_CONFLICT')) gaveUp(err, bodies);
+      throw err;
+    }
+  };
+}
+
+function etcd3Transfer(isolation: STMIsolation): Transfer {
+  return async (client, from, to, amount) => {
+    let bodies = 0;
+    try {
+      await client.stm({ isolation: etcd3Isolation[isolation] as never, retries: 10 }).transact(async (tx) => {
+        bodies++;
+        const [a, b] = await Promise.all([tx.get(from).string(), tx.get(to).string()]);
+        const balance = Number(a);
+        if (balance < amount) return;
+        await Promise.all([
+          tx.put(from).value(String(balance - amount)),
+          tx.put(to).value(String(Number(b) + amount)),
+        ]);
+      });
+      return bodies;
+    } catch (err) {
+      if ((err as Error).constructor?.name === 'STMConflictError') gaveUp(err, bodies);
+      throw err;
+    }
+  };
+}
+
+export default async function run(ctx: BenchContext): Promise<void> {
+  const only = process.env.STM_ONLY ? new RegExp(process.env.STM_ONLY) : undefined;
+  const onlyW = process.env.STM_W ? process.env.STM_W.split(",").map(Number) : undefined;
+  const clients = Array.from({ length: 32 }, () => ctx.client());
+  await Promise.all(clients.map((c) => c.get('bench/stm/connect').string())); // connect before the clock starts
+  const contenders: [string, Transfer][] = [
+    ['raw floor (read Txn + commit Txn)', rawTransfer],
+    ...levels.map((l): [string, Transfer] => [`etcd-recipes runSTM ${l}`, oursTransfer(l)]),
+    ...levels.map((l): [string, Transfer] => [`etcd3 stm ${l}`, etcd3Transfer(l)]),
+  ];
+  const results: RunResult[] = [];
+  const rounds = 3;
+  for (const workers of onlyW ?? [1, 8, 32]) {
+    // Contenders take turns in short slices, so that drift in a shared machine hits all alike.
+    const runs = contenders.filter(([w]) => !only || only.test(w)).map(([what, transfer]) => new BankRun(ctx, clients, what, workers, transfer));
+    for (const r of runs) await r.open();
+    for (let round = 0; round < rounds; round++) {
+      for (const r of runs) await r.slice(ctx.seconds / rounds);
+    }
+    for (const r of runs) results.push(await r.result());
+  }
+  const floor = (w: number) => results.find((r) => r.workers === w && r.what.startsWith('raw')) ?? results[0]!;
+  table(`STM bank transfers: ${ACCOUNTS} accounts, W workers on their own connections, ${ctx.seconds} s per row in ${rounds} slices`, [
+    'W', 'what', 'commits/s', '÷ raw floor', 'conflicts/commit', 'gave up', 'p50 ms', 'p99 ms', 'KV req/commit', 'client CPU ms/commit', 'total conserved',
+  ], results.map((r) => [
+    r.workers, r.what, fmt.n(r.perSecond), fmt.ratio(r.perSecond / floor(r.workers).perSecond),
+    fmt.n(r.conflictsPerCommit, 2), r.gaveUp,
+    fmt.ms(percentile(r.latencies, 50)), fmt.ms(percentile(r.latencies, 99)),
+    fmt.n(r.kvPerCommit, 2), fmt.ms(r.cpuPerCommit), r.conserved ? 'yes' : 'NO',
+  ]));
+  console.log('\nA transfer reads both balances and writes both (or nothing, if the first is short of money).');
+  console.log('Latency is per transfer, retries included. conflicts/commit = failed commit attempts per commit;');
+  console.log('"gave up" counts transfers whose 11 attempts all conflicted. read-committed has no compares, so');
+  console.log('concurrent transfers overwrite each other: its total is not conserved under contention (by design).');
+  const broken = results.filter((r) => !r.conserved && !r.what.endsWith('read-committed'));
+  if (broken.length) throw new Error(`total not conserved: ${broken.map((r) => `${r.what} W=${r.workers}`).join(', ')}`);
+}
