@@ -13,3 +13,8 @@ export type { HeldKey } from './core/holding.js';
 
 export { Mutex, withLock } from './recipes/mutex.js';
 export type { LockOptions, LockHandle, LockContext, WithLockOptions } from './recipes/mutex.js';
+
+export { Election, LeaderObserver, getLeader, observeLeader } from './recipes/election.js';
+export type { CampaignOptions, LeaderInfo, LeaderState, ObserveOptions, ElectionEvents } from './recipes/election.js';
+export { runAsLeader } from './recipes/run-as-leader.js';
+export type { LeaderContext, RunAsLeaderOptions } from './recipes/run-as-leader.js';
