@@ -260,9 +260,19 @@ describe('Election', () => {
     await client.delete().key(e.key);
     expect(await within(5000, aborted, 'leader signal')).toMatchObject({ code: 'NOT_LEADER' });
     expect(a.expired).toBe(false);
-    // The session is fine: a new campaign starts a new term.
+    expect(e.isLeader).toBe(false);
+    // The session is fine: a new campaign starts a new term. Its key is watched from the term's
+    // start, so a deletion before anyone looked at the signal is still reported.
     await e.campaign('a2');
-    expect(e.isLeader).toBe(true);
+    await client.put('outside/other').value('a write in between');
+    await client.delete().key(e.key);
+    await client.put('outside/other').value('another');
+    const late = e.signal!;
+    await within(5000, new Promise((resolve) => {
+      if (late.aborted) resolve(undefined);
+      late.addEventListener('abort', resolve, { once: true });
+    }), 'signal of a term whose key was deleted before the first look');
+    expect(late.reason).toMatchObject({ code: 'NOT_LEADER' });
     await e.resign();
   });
 

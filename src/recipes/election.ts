@@ -120,6 +120,8 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     this.#key = sessionKey(name, session.leaseId);
     this.#prefix = childPrefix(name);
     this.#what = `election ${showKey(name)}`;
+    // A 'lost' listener wants to hear of a deleted key at once: watch it.
+    (this as EventEmitter).on('newListener', (event: string | symbol) => { if (event === 'lost') this.#term?.watch(); });
   }
 
   /** The campaign key of this session: `<name>/<lease hex>`. */
@@ -129,7 +131,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
 
   /** True while this object leads: elected, not resigned, and leadership not known to be lost. */
   get isLeader(): boolean {
-    return !!this.#term && !this.#term.signal.aborted;
+    return !!this.#term && !this.#term.watch().aborted;
   }
 
   /**
@@ -144,9 +146,14 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
    * While we lead: a signal that aborts the moment leadership may be lost
    * (session lost or about to expire, our key deleted, or `resign()`).
    * Undefined before the first successful campaign.
+   *
+   * Our key is watched for deletion from the first use of `signal`,
+   * `isLeader` or a `'lost'` listener in a term (the watch starts at the
+   * term's revision, so a deletion in between is still reported): a term
+   * nobody looks at costs no watch.
    */
   get signal(): AbortSignal | undefined {
-    return this.#term?.signal;
+    return this.#term?.watch();
   }
 
   /**
@@ -210,9 +217,10 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
       // Lost or aborted at the last moment: do not report a leadership we would lose at once.
       signal.throwIfAborted();
       const own = state.data!;
-      const term = new Term(session, this.#key, myRev, own.value, releaseLocal, what, (reason) => this.#onLost(term, reason));
+      const term = new Term(session, this.#key, myRev, own.value, state.revision + 1n, releaseLocal, what,
+        (reason) => this.#onLost(term, reason));
       this.#term = term;
-      term.watchFrom(state.revision + 1n);
+      if (this.listenerCount('lost') > 0) term.watch();
       log('%s: %s elected (revision %s)', what, this.key, myRev);
       this.emit('elected', leaderInfo(own));
     } catch (err) {
@@ -375,15 +383,18 @@ class Term {
   readonly #releaseLocal: LocalRelease;
   readonly #what: string;
   #watch: WatchHandle | undefined;
+  /** Where the key watch starts (the revision after the read that made us leader); undefined once started. */
+  #watchFrom: bigint | undefined;
   #resigning: Promise<void> | undefined;
   #resignStarted = false;
 
-  constructor(session: Session, key: Buffer, revision: bigint, value: Buffer, releaseLocal: LocalRelease, what: string,
-    onLost: (reason: unknown) => void) {
+  constructor(session: Session, key: Buffer, revision: bigint, value: Buffer, watchFrom: bigint, releaseLocal: LocalRelease,
+    what: string, onLost: (reason: unknown) => void) {
     this.#session = session;
     this.#key = key;
     this.revision = revision;
     this.value = value;
+    this.#watchFrom = watchFrom;
     this.#releaseLocal = releaseLocal;
     this.#what = what;
     this.#linked = linkSignals(session.signal);
@@ -409,12 +420,19 @@ class Term {
   }
 
   /**
-   * Watches our key from `revision` on: a deletion (expiry, revoke, someone
-   * else's delete) ends the term at once, without waiting for the session
-   * to notice. A watch that ends (compaction, cancellation) is replaced after
-   * re-reading the key.
+   * Starts watching our key (once per term) and returns the term's signal.
+   * From then on a deletion (expiry, revoke, someone else's delete) ends the
+   * term at once, without waiting for the session to notice.
    */
-  watchFrom(revision: bigint): void {
+  watch(): AbortSignal {
+    const from = this.#watchFrom;
+    this.#watchFrom = undefined;
+    if (from !== undefined) this.#watchKey(from);
+    return this.signal;
+  }
+
+  /** Watches our key from `revision` on; a watch that ends (compaction, cancellation) is replaced after re-reading the key. */
+  #watchKey(revision: bigint): void {
     const signal = this.signal;
     if (signal.aborted) return;
     const { client } = this.#session;
@@ -443,7 +461,7 @@ class Term {
         this.lose(new NotLeaderError(`${this.#what}: our key ${showKey(this.#key)} was deleted`));
         return;
       }
-      this.watchFrom(r.revision + 1n);
+      this.#watchKey(r.revision + 1n);
     } catch (err) {
       // A closed client (or another permanent failure): we cannot tell whether we still lead.
       if (!signal.aborted) this.lose(err);
