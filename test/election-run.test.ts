@@ -181,6 +181,26 @@ describe('runAsLeader', () => {
     const values = leadersSeen.map((l) => l?.value ?? '-').filter((v, i, all) => v !== '-' && v !== all[i - 1]);
     expect(values.slice(0, 3)).toEqual(['a', 'b', 'a']);
   });
+  it('rejects bad input with INVALID_ARGUMENT before writing anything or granting a lease', async () => {
+    const client = etcd().client();
+    const keys = await keysUnder(client);
+    const leases = await liveLeases(client);
+    const task = async () => 1;
+    const bad = (fn: () => unknown) => expect(Promise.resolve().then(fn)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+    await bad(() => runAsLeader({} as never, 'x', task));
+    await bad(() => runAsLeader(client, '', task));
+    await bad(() => runAsLeader(client, 'x', 'task' as never));
+    await bad(() => runAsLeader(client, 'x', task, null as never));
+    await bad(() => runAsLeader(client, 'x', task, { value: 5 as never }));
+    await bad(() => runAsLeader(client, 'x', task, { ttl: 0 }));
+    await bad(() => runAsLeader(client, 'x', task, { ttl: 2.5 }));
+    await bad(() => runAsLeader(client, 'x', task, { signal: {} as never }));
+    await bad(() => runAsLeader(client, 'x', task, { onElected: 'yes' as never }));
+    await bad(() => runAsLeader(client, 'x', task, { onDeposed: 1 as never }));
+    await bad(() => runAsLeader(client, 'x', task, { onNewLeader: {} as never }));
+    expect(await keysUnder(client)).toEqual(keys);
+    expect(await liveLeases(client)).toEqual(leases);
+  });
 });
 
 describe('runAsLeader across three worker processes', () => {

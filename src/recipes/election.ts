@@ -222,7 +222,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
       this.#term = term;
       if (this.listenerCount('lost') > 0) term.watch();
       log('%s: %s elected (revision %s)', what, this.key, myRev);
-      this.emit('elected', leaderInfo(own));
+      this.#emitSafely('elected', leaderInfo(own));
     } catch (err) {
       if (releaseLocal) {
         const rev = myRev;
@@ -237,7 +237,16 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
 
   #onLost(term: Term, reason: unknown): void {
     log('%s: leadership of %s@%s lost: %s', this.#what, this.key, term.revision, (reason as Error)?.message);
-    if (this.listenerCount('lost') > 0) this.emit('lost', reason);
+    this.#emitSafely('lost', reason);
+  }
+
+  /** Emits without letting a throwing listener break our state: its error surfaces as an uncaught exception, as usual for listeners. */
+  #emitSafely<K extends keyof ElectionEvents>(event: K, ...args: ElectionEvents[K]): void {
+    try {
+      (this as EventEmitter).emit(event, ...args);
+    } catch (err) {
+      queueMicrotask(() => { throw err; });
+    }
   }
 
   /**
