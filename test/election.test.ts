@@ -365,6 +365,24 @@ describe('Election', () => {
     await e.resign();
   });
 
+  it('works inside an etcd3 namespace: keys carry the prefix in etcd, not in what we report', async () => {
+    const root = etcd().client();
+    const ns = root.namespace('tenant-1/');
+    await using session = await Session.create(ns, { ttl: 10 });
+    const e = new Election(session, 'ns/e');
+    const observer = e.observe();
+    expect((await observer.next()).value).toMatchObject({ leader: undefined });
+    await e.campaign('inside');
+    expect(await keysUnder(root, 'tenant-1/ns/e/')).toEqual([`tenant-1/${e.key}`]);
+    expect(await e.leader()).toMatchObject({ key: e.key, value: 'inside' });
+    expect((await within(5000, observer.next())).value).toMatchObject({ leader: { key: e.key, value: 'inside' } });
+    expect((await e.ifLeader().then(ns.put('data').value('fenced')).commit()).succeeded).toBe(true);
+    expect(await root.get('tenant-1/data').string()).toBe('fenced');
+    await e.resign();
+    expect((await within(5000, observer.next())).value).toMatchObject({ leader: undefined });
+    await observer.return();
+  });
+
   it('rejects bad input with INVALID_ARGUMENT before writing anything', async () => {
     const client = etcd().client();
     await using session = await Session.create(client, { ttl: 10 });
