@@ -139,7 +139,10 @@ describe('runAsLeader', () => {
     }, {
       value: 'a', ttl: 10, signal: stopA.signal,
       onDeposed: (r) => deposedA.push(r),
-      onNewLeader: (l) => leadersSeen.push(l),
+      onNewLeader: (v, l) => {
+        expect(v).toBe(l?.value);
+        leadersSeen.push(l);
+      },
     });
     await waitForKeyCount(admin, 'run/loss/', 1);
     const bElected = deferred<LeaderContext>();

@@ -57,10 +57,11 @@ export interface RunAsLeaderOptions {
   onDeposed?: (reason: unknown) => void;
   /**
    * Called for every observed change of leader: anyone's election or
-   * proclaim (ours included), and `undefined` when nobody leads. Observed
-   * from the moment `runAsLeader` starts until it settles.
+   * proclaim (ours included) with the leader's value, and `undefined` when
+   * nobody leads. Observed from the moment `runAsLeader` starts until it
+   * settles. The second argument has the leader's key, revision and lease.
    */
-  onNewLeader?: (leader: LeaderInfo | undefined) => void;
+  onNewLeader?: (value: string | undefined, leader: LeaderInfo | undefined) => void;
 }
 
 type Outcome<T> = { kind: 'finished'; value: T } | { kind: 'threw'; error: unknown } | { kind: 'lost' } | { kind: 'stopped' };
@@ -121,7 +122,7 @@ export async function runAsLeader<T>(client: Namespace, name: string | Buffer,
   const watching = linkSignals(outer);
   const observing = onNewLeader ? (async () => {
     try {
-      for await (const state of observeLeader(client, name, { signal: watching.signal })) call('onNewLeader', onNewLeader, state.leader);
+      for await (const state of observeLeader(client, name, { signal: watching.signal })) call('onNewLeader', onNewLeader, state.leader?.value, state.leader);
     } catch (err) {
       log('runAsLeader: observing %s failed: %s', String(name), (err as Error)?.message);
     }
