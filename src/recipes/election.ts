@@ -591,6 +591,7 @@ export class LeaderObserver implements AsyncIterableIterator<LeaderState>, Async
     return this.#last;
   }
 
+  /** The observer is its own iterator (one consumer). */
   [Symbol.asyncIterator](): this {
     return this;
   }
