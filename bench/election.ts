@@ -168,8 +168,10 @@ export default async function run(ctx: BenchContext): Promise<void> {
     'what', 'handoffs', 'p50 ms', 'p99 ms', 'target',
   ], rows);
   console.log('\n"queued just before": the successor\'s key exists when resign() is called (its wait may still be');
-  console.log('setting up); "queued 10 ms before": it has settled into its wait. Go\'s concurrency.Election measured');
-  console.log('~92 ms p50 for this handoff on this kind of machine (perf-facts): it (and etcd3, when a write lands');
-  console.log('between its read and its watch) starts the watch at a past revision and waits for etcd 3.4\'s 100 ms');
-  console.log('catch-up loop. The observer runs on a third connection.');
+  console.log('setting up); "queued 10 ms before": it has settled into its wait. The observer is on a third');
+  console.log('connection. Go\'s concurrency.Election measured ~92 ms p50 for this handoff on this kind of machine');
+  console.log('(perf-facts). Go and etcd3 start the predecessor watch at the revision of their read; etcd 3.4 serves a');
+  console.log('watch whose start revision is not above the current one from its 100 ms catch-up loop, so a settled');
+  console.log('successor hears of the delete only at the next tick. etcd3 is fast only when the delete lands before');
+  console.log('its read.');
 }
