@@ -64,7 +64,7 @@ export interface RunAsLeaderOptions {
   onNewLeader?: (value: string | undefined, leader: LeaderInfo | undefined) => void;
 }
 
-type Outcome<T> = { kind: 'finished'; value: T } | { kind: 'threw'; error: unknown } | { kind: 'lost' } | { kind: 'stopped' };
+type Outcome<T> = { kind: 'finished'; value: T } | { kind: 'threw'; error: unknown } | { kind: 'lost'; started: boolean } | { kind: 'stopped' };
 
 function call<A extends unknown[]>(name: string, fn: ((...args: A) => void) | undefined, ...args: A): void {
   if (!fn) return;
@@ -151,8 +151,10 @@ export async function runAsLeader<T>(client: Namespace, name: string | Buffer,
         }
         backoff = 50;
         outcome = await term(election, session, task, outer, onElected);
-        call('onDeposed', onDeposed, outcome.kind === 'lost' ? election.signal!.reason
-          : outcome.kind === 'stopped' ? abortReason(outer!) : undefined);
+        if (outcome.kind !== 'lost' || outcome.started) {
+          call('onDeposed', onDeposed, outcome.kind === 'lost' ? election.signal!.reason
+            : outcome.kind === 'stopped' ? abortReason(outer!) : undefined);
+        }
       } finally {
         await session?.close();
       }
@@ -173,6 +175,8 @@ export async function runAsLeader<T>(client: Namespace, name: string | Buffer,
 async function term<T>(election: Election, session: Session, task: (signal: AbortSignal, ctx: LeaderContext) => Promise<T> | T,
   outer: AbortSignal | undefined, onElected: RunAsLeaderOptions['onElected']): Promise<Outcome<T>> {
   const leadership = election.signal!;
+  // Lost between the election and now (our key deleted at once): do not start a task for it.
+  if (leadership.aborted) return { kind: 'lost', started: false };
   const linked = linkSignals(leadership, outer);
   const revision = election.revision!;
   const ctx: LeaderContext = {
@@ -195,7 +199,7 @@ async function term<T>(election: Election, session: Session, task: (signal: Abor
     linked.dispose();
   }
   if (outer?.aborted) outcome = { kind: 'stopped' };
-  else if (leadership.aborted) outcome = { kind: 'lost' };
+  else if (leadership.aborted) outcome = { kind: 'lost', started: true };
   if (outcome.kind !== 'lost') await election.resign();
   log('runAsLeader: term %s of %s ended: %s', revision, election.key, outcome.kind);
   return outcome;
