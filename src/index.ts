@@ -14,6 +14,12 @@ export type { HeldKey } from './core/holding.js';
 export { Mutex, withLock } from './recipes/mutex.js';
 export type { LockOptions, LockHandle, LockContext, WithLockOptions } from './recipes/mutex.js';
 
+export { BarrierFullError } from './core/errors.js';
+export { Barrier } from './recipes/barrier.js';
+export type { BarrierHoldOptions, BarrierWaitOptions } from './recipes/barrier.js';
+export { DoubleBarrier } from './recipes/double-barrier.js';
+export type { DoubleBarrierOptions } from './recipes/double-barrier.js';
+
 export { Election, LeaderObserver, getLeader, observeLeader } from './recipes/election.js';
 export type { CampaignOptions, LeaderInfo, LeaderState, ObserveOptions, ElectionEvents } from './recipes/election.js';
 export { runAsLeader } from './recipes/run-as-leader.js';

@@ -3,7 +3,7 @@ import { createInterface } from 'node:readline';
 import { describe, expect, it } from 'vitest';
 import { Mutex, Session } from '../src/index.js';
 import { findEtcdctlBinary } from '../src/testing/index.js';
-import { keysUnder, spawnWorker, stillPending, useCluster, waitForKey, waitForKeyCount, waitForKeyGone, within } from './helpers.js';
+import { keysUnder, spawnWorker, stillPending, useCluster, waitForKey, waitForKeyCount, within } from './helpers.js';
 
 /** Runs `etcdctl lock <name>`; resolves `acquired` with the key it prints once it holds the lock. */
 function etcdctlLock(endpoint: string, name: string) {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { isRecipeError, Mutex, Session, withLock } from '../src/index.js';
-import { keysUnder, stillPending, useCluster, waitForKey, waitForKeyGone, within } from './helpers.js';
+import { keysUnder, stillPending, useCluster, waitForKey, within } from './helpers.js';
 
 describe('Mutex', () => {
   const etcd = useCluster();

@@ -13,7 +13,8 @@ export type RecipeErrorCode =
   | 'NO_LEADER'
   | 'STM_CONFLICT'
   | 'INVALID_ARGUMENT'
-  | 'TIMEOUT';
+  | 'TIMEOUT'
+  | 'BARRIER_FULL';
 
 /** Base class of every error raised by etcd-recipes. */
 export class RecipeError extends Error {
@@ -107,6 +108,18 @@ export class TimeoutError extends RecipeError {
 }
 
 /**
+ * A double barrier already has its `count` participants, or a round is in
+ * progress (Go's `ErrTooManyClients`). Nothing was left behind; try again
+ * once the round is over.
+ */
+export class BarrierFullError extends RecipeError {
+  /** @param message - which barrier and why */
+  constructor(message = 'the barrier is full', options?: ErrorOptions) {
+    super('BARRIER_FULL', message, options);
+  }
+}
+
+/**
  * True when `err` is a {@link RecipeError} (optionally with the given code).
  * Works across the ESM and CJS copies of this package.
  */
@@ -114,7 +127,7 @@ export function isRecipeError(err: unknown, code?: RecipeErrorCode): err is Reci
   if (typeof err !== 'object' || err === null) return false;
   const c = (err as { code?: unknown }).code;
   const known = c === 'SESSION_EXPIRED' || c === 'LOCK_NOT_HELD' || c === 'NOT_LEADER' || c === 'NO_LEADER' ||
-    c === 'STM_CONFLICT' || c === 'INVALID_ARGUMENT' || c === 'TIMEOUT';
+    c === 'STM_CONFLICT' || c === 'INVALID_ARGUMENT' || c === 'TIMEOUT' || c === 'BARRIER_FULL';
   return known && err instanceof Error && (code === undefined || c === code);
 }
 

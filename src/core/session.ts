@@ -195,6 +195,18 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
     this.#stop(new SessionExpiredError(`session ${this.leaseHex} orphaned`));
   }
 
+  /**
+   * @internal For recipes: if `err` is etcd's "requested lease not found" (a
+   * write attached to our lease after etcd dropped it, before our keepalive
+   * noticed), the session is lost: mark it so, and return the
+   * SessionExpiredError to throw instead. Any other error is returned as is.
+   */
+  leaseError(err: unknown, what: string): unknown {
+    if (!(err instanceof Error) || !/requested lease not found/i.test(err.message)) return err;
+    this.#lose(new SessionExpiredError(`${what}: etcd no longer has lease ${this.leaseHex}`, { cause: err }));
+    return this.signal.reason;
+  }
+
   /** `await using session = await Session.create(...)` closes it at scope exit. */
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();

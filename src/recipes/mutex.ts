@@ -171,7 +171,10 @@ export class Mutex {
       // Retried for as long as the session lives: the Txn is idempotent (a retry adopts the key).
       const acquiring = retrying(() => this.#acquireTxn(), { signals: [signal], maxElapsedMs: Infinity });
       inFlight = acquiring;
-      const acquired = await raceAbort(acquiring, signal);
+      const acquired = await raceAbort(acquiring, signal).catch((err: unknown) => {
+        // The lease may be gone on the server before our session noticed.
+        throw session.leaseError(err, what);
+      });
       myRev = acquired.myRev;
       let state = acquired.state;
       if (state.blocker) {

@@ -1,0 +1,207 @@
+import type { Namespace } from 'etcd3';
+import { linkSignals, raceAbort } from '../core/abort.js';
+import { cleanUpAfter } from '../core/holding.js';
+import { showKey, toBuffer } from '../core/keys.js';
+import { cmp, op, range, rangeAt, txn } from '../core/kv.js';
+import { logger } from '../core/log.js';
+import { retrying } from '../core/retry.js';
+import { checkSession, type Session } from '../core/session.js';
+import { checkClient, checkName, checkOptions, checkSignal } from '../core/validate.js';
+import { waitInLine, type LineState } from '../core/wait.js';
+
+const log = logger('barrier');
+
+/** Options of {@link Barrier.hold}. */
+export interface BarrierHoldOptions {
+  /**
+   * Attach the barrier key to this session's lease: if the holder dies (or
+   * closes the session) the key expires and the barrier opens by itself.
+   * Without it the key has no lease, as in Go, and stays until someone
+   * calls `release()`.
+   */
+  session?: Session;
+  /** Abort the call; it then rejects with the signal's reason and leaves no key behind. */
+  signal?: AbortSignal;
+}
+
+/** Options of {@link Barrier.wait}, {@link Barrier.release} and {@link Barrier.isHeld}. */
+export interface BarrierWaitOptions {
+  /** Abort the call; it then rejects with the signal's reason. */
+  signal?: AbortSignal;
+}
+
+/**
+ * A barrier: while it is held, {@link Barrier.wait} blocks; `release()` lets
+ * every waiter through at once. Wire-compatible with Go's
+ * `recipe.Barrier` (`experimental/recipes`): the barrier is held while the
+ * key exists, exactly `key`, with an empty value.
+ *
+ * Any process may hold or release the barrier; it is not owned by whoever
+ * held it. A waiter returns once the hold it saw is released, even if the
+ * barrier is held again right after (it waits for the delete, not for a
+ * moment when the key is absent).
+ */
+export class Barrier {
+  /** The etcd3 client (or namespace) the barrier uses. */
+  readonly client: Namespace;
+  /** The barrier key: the barrier is held while this exact key exists. */
+  readonly key: string | Buffer;
+  readonly #key: Buffer;
+  readonly #what: string;
+
+  /**
+   * @param client - an etcd3 client or namespace
+   * @param key - the barrier key (Go's `key`); written as is, no suffix
+   * @throws InvalidArgumentError for a non-client or an empty key
+   */
+  constructor(client: Namespace, key: string | Buffer) {
+    checkClient(client);
+    checkName(key, 'key');
+    this.client = client;
+    this.key = key;
+    this.#key = toBuffer(key);
+    this.#what = `barrier ${showKey(key)}`;
+  }
+
+  /**
+   * Holds the barrier: creates the key if it does not exist (Go's `Hold`),
+   * with an empty value and no lease, or the lease of `options.session`.
+   *
+   * @returns true if this call created the key; false if the barrier was
+   *   already held (by anyone, including an earlier call of this process).
+   *   Go returns `ErrKeyExists` for the latter. Either way the barrier is
+   *   held when the promise resolves.
+   * @throws SessionExpiredError if `options.session` is no longer usable
+   */
+  async hold(options: BarrierHoldOptions = {}): Promise<boolean> {
+    checkOptions(options);
+    checkSignal(options.signal);
+    const { session } = options;
+    if (session !== undefined) checkSession(session, 'options.session');
+    options.signal?.throwIfAborted();
+    session?.throwIfExpired();
+    const lease = session?.leaseId;
+    const linked = linkSignals(options.signal, session?.signal);
+    const signal = linked.signal;
+    // The create revision of the key if one of our attempts created it.
+    let created: bigint | undefined;
+    let attempts = 0;
+    const attempt = async (): Promise<boolean> => {
+      attempts++;
+      for (let i = 0; i < 100; i++) {
+        const res = await txn(this.client, [cmp.version(this.#key, '==', 0n)], [op.put(this.#key, '', lease)], [op.range(this.#key)]);
+        if (res.succeeded) {
+          created = res.revision;
+          return true;
+        }
+        const kv = rangeAt(res, 0).kvs[0];
+        if (!kv) continue; // released in between: try again
+        // A retried Txn whose first reply was lost: with a session we recognise our own key by its lease.
+        if (attempts > 1 && lease !== undefined && kv.lease === lease) {
+          created = kv.createRevision;
+          return true;
+        }
+        return false;
+      }
+      return false;
+    };
+    const inFlight = retrying(attempt, {
+      signals: [signal],
+      onRetry: (err) => log('%s: hold failed, retrying: %s', this.#what, (err as Error).message),
+    });
+    try {
+      const mine = await raceAbort(inFlight, signal).catch((err: unknown) => {
+        // The session's lease may be gone on the server before the session noticed.
+        throw session ? session.leaseError(err, this.#what) : err;
+      });
+      log('%s: %s', this.#what, mine ? `held${lease ? ` (lease ${session!.leaseHex})` : ''}` : 'already held');
+      return mine;
+    } catch (err) {
+      // Aborted while the Txn was in flight: once it settled, delete the key if it was ours.
+      await cleanUpAfter(inFlight, async () => {
+        if (created !== undefined) await this.#deleteIfCreated(created);
+      }, () => undefined, log);
+      throw err;
+    } finally {
+      linked.dispose();
+    }
+  }
+
+  /**
+   * Releases the barrier: deletes the key (Go's `Release`), whoever held it,
+   * and so lets every waiter through.
+   * @returns true if the barrier was held (a key was deleted), false if not
+   */
+  async release(options: BarrierWaitOptions = {}): Promise<boolean> {
+    checkOptions(options);
+    checkSignal(options.signal);
+    options.signal?.throwIfAborted();
+    const res = await raceAbort(retrying(
+      () => txn(this.client, [], [op.delete(this.#key)]),
+      { signals: [options.signal] },
+    ), options.signal);
+    const deleted = res.responses[0]?.type === 'delete' && res.responses[0].deleted > 0n;
+    log('%s: %s', this.#what, deleted ? 'released' : 'release: was not held');
+    return deleted;
+  }
+
+  /** True if the barrier is held right now (one linearizable read). */
+  async isHeld(options: BarrierWaitOptions = {}): Promise<boolean> {
+    checkOptions(options);
+    checkSignal(options.signal);
+    options.signal?.throwIfAborted();
+    const r = await raceAbort(retrying(() => range(this.client, this.#key, { countOnly: true }), { signals: [options.signal] }), options.signal);
+    return r.count > 0n;
+  }
+
+  /**
+   * Returns once the barrier is not held: at once if it is not held now,
+   * else when the hold seen now is released (Go's `Wait`). A release
+   * followed at once by a new hold still lets this waiter through.
+   * Survives etcd restarts, leader changes and compaction of the watched
+   * revision.
+   */
+  async wait(options: BarrierWaitOptions = {}): Promise<void> {
+    checkOptions(options);
+    checkSignal(options.signal);
+    options.signal?.throwIfAborted();
+    const linked = linkSignals(options.signal);
+    const signal = linked.signal;
+    try {
+      const initial = await raceAbort(retrying(() => this.#readHold(undefined), { signals: [signal] }), signal);
+      if (!initial.blocker) return;
+      // The hold we wait for is identified by its create revision: a key
+      // with another create revision means ours was deleted meanwhile.
+      const heldAt = initial.blocker.kind === 'key' ? initial.blocker.createRevision : 0n;
+      log('%s: waiting for the hold created at %s to be released', this.#what, heldAt);
+      await waitInLine(this.client, { initial, read: () => this.#readHold(heldAt), signal, what: this.#what, log });
+      log('%s: released, waiter passes', this.#what);
+    } finally {
+      linked.dispose();
+    }
+  }
+
+  /**
+   * One read of the key. Blocked while the key exists and (once we know
+   * which hold we wait for) still has that hold's create revision.
+   */
+  async #readHold(heldAt: bigint | undefined): Promise<LineState> {
+    const r = await range(this.client, this.#key);
+    const kv = r.kvs[0];
+    const blocked = !!kv && (heldAt === undefined || kv.createRevision === heldAt);
+    return {
+      alive: true,
+      revision: r.revision,
+      blocker: blocked ? { kind: 'key', key: this.#key, createRevision: kv.createRevision } : undefined,
+    };
+  }
+
+  async #deleteIfCreated(rev: bigint): Promise<void> {
+    try {
+      await retrying(() => txn(this.client, [cmp.create(this.#key, '==', rev)], [op.delete(this.#key)]), { maxElapsedMs: 10_000 });
+      log('%s: aborted hold removed', this.#what);
+    } catch (err) {
+      log('%s: could not remove the aborted hold: %s', this.#what, (err as Error).message);
+    }
+  }
+}

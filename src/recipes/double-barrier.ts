@@ -1,0 +1,412 @@
+import { linkSignals, raceAbort } from '../core/abort.js';
+import { BarrierFullError, InvalidArgumentError, SessionExpiredError } from '../core/errors.js';
+import { cleanUpAfter } from '../core/holding.js';
+import { showKey, toBuffer, uniqueSuffix } from '../core/keys.js';
+import { cmp, op, range, rangeAt, txn, type Compare, type KeyValue, type TxnResult } from '../core/kv.js';
+import { logger } from '../core/log.js';
+import { retrying } from '../core/retry.js';
+import { checkSession, type Session } from '../core/session.js';
+import { checkInteger, checkName, checkOptions, checkSignal } from '../core/validate.js';
+import { waitInLine, type LineState, type WatchTarget } from '../core/wait.js';
+
+const log = logger('double-barrier');
+
+/** Options of {@link DoubleBarrier.enter} and {@link DoubleBarrier.leave}. */
+export interface DoubleBarrierOptions {
+  /**
+   * Abort the wait; the call then rejects with the signal's reason and
+   * deletes this participant's key (an aborted `leave()` has left).
+   */
+  signal?: AbortSignal;
+}
+
+/** This participant's key in the current round. */
+interface Participant {
+  key: Buffer;
+  /** Create revision of `key`. */
+  rev: bigint;
+  /** Mod revision of `<key>/ready` when the round started: members are the keys created before it. */
+  round: bigint;
+}
+
+/** What a leave read found. */
+interface LeaveView {
+  /** This participant's key is still there (it has not left yet). */
+  inLine: boolean;
+  /** Members of the round that have not left, oldest and newest (by create revision). */
+  lowest: KeyValue | undefined;
+  highest: KeyValue | undefined;
+  /** Mod revision of `<key>/ready`, undefined when absent. */
+  ready: bigint | undefined;
+}
+
+const noop = (): void => undefined;
+
+/**
+ * A double barrier: `enter()` blocks until `count` participants have
+ * entered, `leave()` blocks until all of them have left. Wire-compatible
+ * with Go's `recipe.DoubleBarrier` (`experimental/recipes`): each
+ * participant writes `<key>/waiters/<19-digit nanoseconds>` (attached to
+ * its session's lease) and the participant that completes the count writes
+ * `<key>/ready`. Implements the corrected (etcd main-branch) algorithm:
+ * never more than `count` participants pass `enter()` in one round; more
+ * are rejected with {@link BarrierFullError}, leaving nothing behind.
+ *
+ * One object is one participant. Several participants may share a session
+ * (each call writes its own unique key).
+ */
+export class DoubleBarrier {
+  /** The session whose lease owns this participant's key. */
+  readonly session: Session;
+  /** The barrier key; the barrier's keys live under `<key>/`. */
+  readonly key: string | Buffer;
+  /** How many participants make a round. */
+  readonly count: number;
+  readonly #waiters: Buffer;
+  readonly #ready: Buffer;
+  readonly #what: string;
+  #phase: 'idle' | 'entering' | 'entered' | 'leaving' = 'idle';
+  #me: Participant | undefined;
+
+  /**
+   * @param session - the session whose lease this participant's key is attached to
+   * @param key - the barrier key (Go's `key`); keys live under `<key>/`
+   * @param count - participants per round, an integer ≥ 1
+   * @throws InvalidArgumentError for a non-Session, an empty key or a bad count
+   */
+  constructor(session: Session, key: string | Buffer, count: number) {
+    checkSession(session);
+    checkName(key, 'key');
+    checkInteger(count, 'count', 1);
+    this.session = session;
+    this.key = key;
+    this.count = count;
+    const base = toBuffer(key);
+    this.#waiters = Buffer.concat([base, Buffer.from('/waiters/')]);
+    this.#ready = Buffer.concat([base, Buffer.from('/ready')]);
+    this.#what = `double barrier ${showKey(key)}`;
+  }
+
+  /** True between a successful `enter()` and the end of `leave()`. */
+  get entered(): boolean {
+    return this.#phase === 'entered' || this.#phase === 'leaving';
+  }
+
+  /** This participant's key, `<key>/waiters/<nanoseconds>`, while entered; undefined otherwise. */
+  get participantKey(): string | undefined {
+    return this.entered ? this.#me?.key.toString() : undefined;
+  }
+
+  /**
+   * Enters the barrier and blocks until `count` participants have entered.
+   * @throws BarrierFullError if `count` participants have already entered or
+   *   a round is still in progress (Go's `ErrTooManyClients`); nothing is left behind
+   * @throws SessionExpiredError if the session's lease is lost while waiting
+   * @throws InvalidArgumentError if this object has already entered (or is entering)
+   */
+  async enter(options: DoubleBarrierOptions = {}): Promise<void> {
+    checkOptions(options);
+    checkSignal(options.signal);
+    if (this.#phase !== 'idle') {
+      throw new InvalidArgumentError('this', `${this.#what}: this participant has already entered or is entering; use one DoubleBarrier object per participant`);
+    }
+    const { session } = this;
+    options.signal?.throwIfAborted();
+    session.throwIfExpired();
+    this.#phase = 'entering';
+    const linked = linkSignals(options.signal, session.signal);
+    const signal = linked.signal;
+    let key: Buffer | undefined;
+    let rev: bigint | undefined;
+    let inFlight: Promise<unknown> = Promise.resolve();
+    let removed = false;
+    try {
+      // #join reports each key it may be creating, and undefined once it knows it created none.
+      const joined = await this.#join(signal, (k, creating) => {
+        key = k;
+        inFlight = creating;
+      });
+      key = joined.key;
+      rev = joined.rev;
+      const myKey = joined.key;
+      const myRev = joined.rev;
+      let round: bigint;
+      if (joined.position > this.count) {
+        removed = true;
+        await this.#deleteMine(myKey, myRev);
+        throw new BarrierFullError(`${this.#what} already has ${this.count} participant(s) entering`);
+      } else if (joined.position === this.count) {
+        round = await raceAbort(retrying(() => this.#startRound(myKey, myRev), { signals: [signal] }), signal);
+        log('%s: %s completed the count, round %s started', this.#what, showKey(myKey), round);
+      } else {
+        log('%s: %s entered as %d of %d, waiting', this.#what, showKey(myKey), joined.position, this.count);
+        const state = await waitInLine(this.session.client, {
+          initial: joined.state,
+          read: () => this.#readEnter(myKey, myRev),
+          signal,
+          what: this.#what,
+          log,
+        });
+        round = state.data!;
+        log('%s: %s passes, round %s', this.#what, showKey(myKey), round);
+      }
+      this.#me = { key: myKey, rev: myRev, round };
+      this.#phase = 'entered';
+    } catch (err) {
+      this.#phase = 'idle';
+      if (key && !removed) {
+        const k = key;
+        const r = rev;
+        // Remove the key this call may have created, after its Txn settled.
+        await cleanUpAfter(inFlight, () => this.#deleteMine(k, r), noop, log);
+      }
+      throw err;
+    } finally {
+      linked.dispose();
+    }
+  }
+
+  /**
+   * Leaves the barrier and blocks until every participant of the round has
+   * left. A participant whose session dies counts as having left once its
+   * lease is gone (at the latest after its TTL).
+   * @throws SessionExpiredError if this participant's lease is lost first
+   * @throws InvalidArgumentError if this object has not entered (or is already leaving)
+   */
+  async leave(options: DoubleBarrierOptions = {}): Promise<void> {
+    checkOptions(options);
+    checkSignal(options.signal);
+    if (this.#phase !== 'entered' || !this.#me) {
+      throw new InvalidArgumentError('this', `${this.#what}: leave() needs a successful enter() first${this.#phase === 'leaving' ? ' (already leaving)' : ''}`);
+    }
+    const { session } = this;
+    const me = this.#me;
+    // An already aborted signal is handled like one that aborts while waiting: the participant steps out.
+    this.#phase = 'leaving';
+    const linked = linkSignals(options.signal, session.signal);
+    const signal = linked.signal;
+    let inLine = true;
+    let finishing: Promise<unknown> = Promise.resolve();
+    const read = () => this.#readLeave(me, inLine);
+    try {
+      let state = await raceAbort(retrying(read, { signals: [signal] }), signal);
+      // Still in line: wait while we are the lowest and others remain; then
+      // either finish the round (alone) or step out of line.
+      state = await waitInLine(session.client, { initial: state, read, signal, what: this.#what, log });
+      if (state.data!.lowest?.key.equals(me.key) && state.data!.highest?.key.equals(me.key)) {
+        finishing = retrying(this.#finishRound(me), { signals: [signal] });
+        await raceAbort(finishing, signal);
+        log('%s: %s left last, round %s over', this.#what, showKey(me.key), me.round);
+      } else {
+        await this.#deleteMine(me.key, me.rev);
+        inLine = false;
+        log('%s: %s left, waiting for the others', this.#what, showKey(me.key));
+        state = await raceAbort(retrying(read, { signals: [signal] }), signal);
+        // Out of line: wait until no member of the round remains.
+        state = await waitInLine(session.client, { initial: state, read, signal, what: this.#what, log });
+        const ready = state.data!.ready;
+        // The last member died instead of leaving: remove the round's ready key for it.
+        if (ready === me.round) await this.#removeStaleReady(me.round);
+        log('%s: %s passes, round %s over', this.#what, showKey(me.key), me.round);
+      }
+    } catch (err) {
+      if (inLine) {
+        // Aborted or failed: step out of line rather than leave our key behind.
+        await cleanUpAfter(finishing, () => this.#deleteMine(me.key, me.rev), noop, log);
+      }
+      throw err;
+    } finally {
+      this.#phase = 'idle';
+      this.#me = undefined;
+      linked.dispose();
+    }
+  }
+
+  /**
+   * Creates this participant's key, if no round is in progress, and learns
+   * its position (how many live keys were created up to and including it).
+   * A stale `ready` key (its round has no member left: a crash) is removed
+   * first.
+   */
+  async #join(signal: AbortSignal, onAttempt: (key: Buffer | undefined, creating: Promise<unknown>) => void):
+    Promise<{ key: Buffer; rev: bigint; position: number; state: LineState<bigint> }> {
+    const { session } = this;
+    for (let attempt = 0; attempt < 50; attempt++) {
+      const key = Buffer.concat([this.#waiters, Buffer.from(uniqueSuffix())]);
+      let tries = 0;
+      const creating = retrying(() => {
+        tries++;
+        return txn(session.client,
+          [cmp.version(key, '==', 0n), cmp.version(this.#ready, '==', 0n)],
+          [op.put(key, '', session.leaseId), op.range(this.#waiters, { prefix: true, countOnly: true })],
+          [op.range(key), op.range(this.#ready),
+            op.range(this.#waiters, { prefix: true, sortTarget: 'Create', sortOrder: 'Ascend', limit: 1 })]);
+      }, { signals: [signal] });
+      onAttempt(key, creating);
+      const res: TxnResult = await raceAbort(creating, signal).catch((err: unknown) => {
+        // The lease may be gone on the server before our session noticed.
+        throw session.leaseError(err, this.#what);
+      });
+      if (res.succeeded) {
+        const position = Number(rangeAt(res, 1).count);
+        const state: LineState<bigint> = { alive: true, revision: res.revision, blocker: this.#readyBlocker(undefined) };
+        return { key, rev: res.revision, position, state };
+      }
+      const mine = rangeAt(res, 0).kvs[0];
+      const ready = rangeAt(res, 1).kvs[0];
+      const oldest = rangeAt(res, 2).kvs[0];
+      if (mine && mine.lease === session.leaseId && tries > 1) {
+        // Our earlier attempt landed and its reply was lost: adopt the key and
+        // learn its position as of its creation.
+        const rev = mine.createRevision;
+        const position = await raceAbort(retrying(() => this.#positionAt(rev), { signals: [signal] }), signal);
+        const state = await raceAbort(retrying(() => this.#readEnter(key, rev), { signals: [signal] }), signal);
+        return { key, rev, position, state };
+      }
+      // This attempt created nothing.
+      onAttempt(undefined, Promise.resolve());
+      if (mine) continue; // another participant's key of the same name: pick another name
+      if (ready) {
+        if (oldest && oldest.createRevision < ready.modRevision) {
+          throw new BarrierFullError(`${this.#what}: a round of ${this.count} is in progress`);
+        }
+        // No member of that round is left (crashed): its ready key is stale.
+        await raceAbort(retrying(() => this.#removeStaleReady(ready.modRevision), { signals: [signal] }), signal);
+      }
+    }
+    throw new BarrierFullError(`${this.#what}: could not enter (the barrier kept changing)`);
+  }
+
+  /** How many keys under `<key>/waiters/` existed at revision `rev`; count + 1 (excess) if compacted. */
+  async #positionAt(rev: bigint): Promise<number> {
+    try {
+      const r = await range(this.session.client, this.#waiters, { prefix: true, revision: rev, countOnly: true });
+      return Number(r.count);
+    } catch (err) {
+      if (!/compact/i.test((err as Error).message)) throw err;
+      // History is gone: we cannot prove we were within the count, so do not pass.
+      return this.count + 1;
+    }
+  }
+
+  /** The count-th participant starts the round: create `<key>/ready` while its own key still exists. Returns the round's revision. */
+  async #startRound(key: Buffer, rev: bigint): Promise<bigint> {
+    for (let i = 0; i < 10; i++) {
+      const res = await txn(this.session.client,
+        [cmp.create(key, '==', rev), cmp.version(this.#ready, '==', 0n)],
+        [op.put(this.#ready, '')],
+        [op.range(key), op.range(this.#ready)]);
+      if (res.succeeded) return res.revision;
+      const mine = rangeAt(res, 0).kvs[0];
+      const ready = rangeAt(res, 1).kvs[0];
+      if (!mine || mine.createRevision !== rev) {
+        throw new SessionExpiredError(`${this.#what}: our key is gone; the session's lease expired while entering`);
+      }
+      // Someone else completed the count (created after us, while an earlier one dropped out),
+      // or a retry whose first attempt landed. ready was absent when our key was created.
+      if (ready && ready.modRevision > rev) return ready.modRevision;
+    }
+    throw new Error(`${this.#what}: internal: could not start the round`);
+  }
+
+  /** Waiting to enter: own key (liveness) and `<key>/ready` in one request. Data: the round's revision. */
+  async #readEnter(key: Buffer, rev: bigint): Promise<LineState<bigint>> {
+    const res = await txn(this.session.client, [], [op.range(key), op.range(this.#ready)]);
+    const mine = rangeAt(res, 0).kvs[0];
+    const ready = rangeAt(res, 1).kvs[0];
+    const alive = !!mine && mine.createRevision === rev;
+    // ready was absent when our key was created, so a ready key newer than it starts our round.
+    if (ready && ready.modRevision > rev) return { alive, revision: res.revision, data: ready.modRevision };
+    return { alive, revision: res.revision, blocker: this.#readyBlocker(ready) };
+  }
+
+  #readyBlocker(ready: KeyValue | undefined): WatchTarget {
+    return { kind: 'key', key: this.#ready, createRevision: ready?.createRevision ?? 0n, anyEvent: true };
+  }
+
+  /**
+   * Leaving: own key, the oldest and newest remaining members of the round
+   * (keys created before the round started) and the ready key, in one request.
+   * In line, the blocker is the newest member while we are the oldest; out
+   * of line, it is the oldest member.
+   */
+  async #readLeave(me: Participant, inLine: boolean): Promise<LineState<LeaveView>> {
+    const members = { prefix: true, maxCreateRevision: me.round - 1n, limit: 1 } as const;
+    const res = await txn(this.session.client, [], [
+      op.range(me.key),
+      op.range(this.#waiters, { ...members, sortTarget: 'Create', sortOrder: 'Ascend' }),
+      op.range(this.#waiters, { ...members, sortTarget: 'Create', sortOrder: 'Descend' }),
+      op.range(this.#ready),
+    ]);
+    const mine = rangeAt(res, 0).kvs[0];
+    const view: LeaveView = {
+      inLine: !!mine && mine.createRevision === me.rev,
+      lowest: rangeAt(res, 1).kvs[0],
+      highest: rangeAt(res, 2).kvs[0],
+      ready: rangeAt(res, 3).kvs[0]?.modRevision,
+    };
+    const target = (kv: KeyValue): WatchTarget => ({ kind: 'key', key: kv.key, createRevision: kv.createRevision });
+    if (inLine) {
+      const lowestIsMe = !!view.lowest && view.lowest.key.equals(me.key);
+      const alone = lowestIsMe && !!view.highest && view.highest.key.equals(me.key);
+      return {
+        alive: view.inLine,
+        revision: res.revision,
+        blocker: lowestIsMe && !alone ? target(view.highest!) : undefined,
+        data: view,
+      };
+    }
+    return { alive: true, revision: res.revision, blocker: view.lowest ? target(view.lowest) : undefined, data: view };
+  }
+
+  /** The last member leaves: delete its key and the round's ready key in one Txn. */
+  #finishRound(me: Participant): () => Promise<void> {
+    let attempts = 0;
+    return async () => {
+      attempts++;
+      const res = await txn(this.session.client,
+        [cmp.create(me.key, '==', me.rev), cmp.mod(this.#ready, '==', me.round)],
+        [op.delete(me.key), op.delete(this.#ready)],
+        [op.range(me.key)]);
+      if (res.succeeded) return;
+      const mine = rangeAt(res, 0).kvs[0];
+      if (!mine || mine.createRevision !== me.rev) {
+        // A retry whose first attempt landed finds its key gone; otherwise the lease expired.
+        if (attempts > 1 && !this.session.expired) return;
+        throw new SessionExpiredError(`${this.#what}: our key is gone; the session's lease expired before leaving`);
+      }
+      // The ready key is not our round's (deleted or rewritten by someone else): leave it alone.
+      await txn(this.session.client, [cmp.create(me.key, '==', me.rev)], [op.delete(me.key)]);
+    };
+  }
+
+  /** Deletes `<key>/ready` if it is still the one with mod revision `rev`. */
+  async #removeStaleReady(rev: bigint): Promise<void> {
+    try {
+      const res = await retrying(() => txn(this.session.client, [cmp.mod(this.#ready, '==', rev)], [op.delete(this.#ready)]));
+      if (res.succeeded) log('%s: removed the ready key of round %s (its members are gone)', this.#what, rev);
+    } catch (err) {
+      // The next enter() removes it as well.
+      log('%s: could not remove a stale ready key: %s', this.#what, (err as Error).message);
+    }
+  }
+
+  /**
+   * Deletes this participant's key: guarded by its create revision when
+   * known, else by our lease (the name is unique, but never delete another
+   * participant's key of the same name). Retries until the session is gone;
+   * then the lease takes the key with it.
+   */
+  async #deleteMine(key: Buffer, rev: bigint | undefined): Promise<void> {
+    const { session } = this;
+    const guard: Compare = rev !== undefined ? cmp.create(key, '==', rev) : { key, target: 'Lease', result: '==', value: session.leaseId };
+    await retrying(() => txn(session.client, [guard], [op.delete(key)]), {
+      signals: [session.signal],
+      maxElapsedMs: Infinity,
+      onRetry: (err) => log('%s: delete of %s failed, retrying: %s', this.#what, showKey(key), (err as Error).message),
+    }).catch((err: unknown) => {
+      if (session.expired) return;
+      throw err;
+    });
+  }
+}
