@@ -291,6 +291,15 @@ describe('Election', () => {
     await leader.resign();
   });
 
+  it('a campaign on a lease etcd no longer has rejects with SESSION_EXPIRED and marks the session lost', async () => {
+    const client = etcd().client();
+    const s = await Session.create(client, { ttl: 30 });
+    await client.leaseClient.leaseRevoke({ ID: s.leaseId }); // the session notices only at its next keepalive
+    await expect(new Election(s, 'gone/e').campaign('x')).rejects.toMatchObject({ code: 'SESSION_EXPIRED' });
+    expect(s.expired).toBe(true);
+    expect(await keysUnder(client, 'gone/')).toEqual([]);
+  });
+
   it('observe reports every change in order, including "no leader", and ends when its signal aborts', async () => {
     const client = etcd().client();
     await using a = await Session.create(etcd().client(), { ttl: 10 });

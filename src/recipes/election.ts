@@ -205,7 +205,10 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
       // Retried for as long as the session lives: a retry adopts the key the lost attempt wrote.
       const acquiring = retrying(() => this.#campaignTxn(value), { signals: [signal], maxElapsedMs: Infinity });
       inFlight = acquiring;
-      const acquired = await raceAbort(acquiring, signal);
+      const acquired = await raceAbort(acquiring, signal).catch((err: unknown) => {
+        // The lease may be gone on the server before our session noticed.
+        throw session.leaseError(err, what);
+      });
       myRev = acquired.myRev;
       let state = acquired.state;
       if (state.blocker) {
@@ -318,7 +321,11 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     const { client, leaseId } = this.session;
     const res = await retrying(
       () => raceAbort(txn(client, [cmp.create(this.#key, '==', term.revision)], [op.put(this.#key, bytes, leaseId)]), options.signal, term.signal),
-      { signals: [options.signal, term.signal], maxElapsedMs: Infinity });
+      { signals: [options.signal, term.signal], maxElapsedMs: Infinity },
+    ).catch((err: unknown) => {
+      // The lease may be gone on the server before our session noticed: the term is over.
+      throw this.session.leaseError(err, this.#what);
+    });
     if (!res.succeeded) {
       const err = new NotLeaderError(`${this.#what}: our key ${this.key} was deleted; not the leader any more`);
       term.lose(err);
