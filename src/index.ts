@@ -22,3 +22,8 @@ export type { DoubleBarrierOptions } from './recipes/double-barrier.js';
 
 export { runSTM } from './recipes/stm.js';
 export type { STMIsolation, STMOptions, STMTransaction, STMBackoff } from './recipes/stm.js';
+
+export { Election, LeaderObserver, getLeader, observeLeader } from './recipes/election.js';
+export type { CampaignOptions, LeaderInfo, LeaderState, ObserveOptions, ElectionEvents } from './recipes/election.js';
+export { runAsLeader } from './recipes/run-as-leader.js';
+export type { LeaderContext, RunAsLeaderOptions } from './recipes/run-as-leader.js';

@@ -174,10 +174,12 @@ export class WatchHub {
     entry.onCreated = entry.onFailed = undefined;
     this.#entries.delete(entry.id);
     if (entry.created && this.#stream) this.#write({ cancel_request: { watch_id: entry.id } });
-    if (this.#entries.size === 0) {
-      clearTimeout(this.#idleTimer);
-      this.#idleTimer = setTimeout(() => this.#closeIdle(), IDLE_LINGER_MS).unref();
-    }
+    if (this.#entries.size === 0) this.#armIdle();
+  }
+
+  #armIdle(): void {
+    clearTimeout(this.#idleTimer);
+    this.#idleTimer = setTimeout(() => this.#closeIdle(), IDLE_LINGER_MS).unref();
   }
 
   #closeIdle(): void {
@@ -192,16 +194,14 @@ export class WatchHub {
     this.#connecting = true;
     this.#client.watchClient.watch().then((stream) => {
       this.#connecting = false;
-      if (this.#entries.size === 0) {
-        this.#stream = stream;
-        this.#dropStream();
-        return;
-      }
       this.#stream = stream;
       this.#awaitingCreate = [];
       stream.on('data', (res: unknown) => this.#onResponse(stream, res as RawResponse));
       stream.on('error', (err: Error) => this.#onBroken(stream, err));
       stream.on('end', () => this.#onBroken(stream, new Error('watch stream ended')));
+      // Every watch may have closed while we connected: keep the stream for the
+      // idle linger anyway, the next watch is likely to come soon.
+      if (this.#entries.size === 0) this.#armIdle();
       for (const entry of this.#entries.values()) this.#sendCreate(entry);
     }, (err: unknown) => {
       this.#connecting = false;
