@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import type { Namespace } from 'etcd3';
+import { ClientClosedError, type Namespace } from 'etcd3';
 import { delay, linkSignals, raceAbort } from '../core/abort.js';
 import { InvalidArgumentError, isRecipeError, SessionExpiredError } from '../core/errors.js';
 import { cmp, op, range, rangeAt, txn, type Compare, type KeyValue } from '../core/kv.js';
@@ -148,6 +148,8 @@ function encodeValue(address: string, metadata: object, registeredAt: Date, etcd
   return JSON.stringify(etcdEndpoints ? { Op: 0, Addr: address, Metadata: metadata, ...ours } : ours);
 }
 
+const REGISTER_RETRY_MS = 30_000;
+
 const leaseIs = (key: string, leaseId: string): Compare => ({ key, target: 'Lease', result: '==', value: leaseId });
 
 /**
@@ -241,7 +243,22 @@ export class ServiceRegistry<M extends object = ServiceMetadata> extends EventEm
       service: options.service, id: options.id, address: options.address,
       metadata: options.metadata ?? ({} as M), ttl, root, replace, etcdEndpoints,
     });
-    await reg.#registerOnce(signal, false);
+    // A member failing over can stall a fresh lease's first keepalive past its TTL: such
+    // transient failures (and the session loss they cause) are retried, for up to 30 s.
+    const started = performance.now();
+    let backoff = 50;
+    for (;;) {
+      try {
+        await reg.#registerOnce(signal);
+        break;
+      } catch (err) {
+        if (signal?.aborted || !(isTransient(err) || isRecipeError(err, 'SESSION_EXPIRED')) ||
+            performance.now() - started + backoff > REGISTER_RETRY_MS) throw err;
+        log('%s: registration failed (%s); retrying in %d ms', reg.key, (err as Error).message, backoff);
+        await delay(backoff, signal);
+        backoff = Math.min(backoff * 2, 1000);
+      }
+    }
     log('%s registered (lease %s, revision %s)', reg.key, reg.#session?.leaseHex, reg.#revision);
     return reg;
   }
@@ -326,12 +343,14 @@ export class ServiceRegistry<M extends object = ServiceMetadata> extends EventEm
       await this.#reregistering?.catch(() => undefined);
       const session = this.#session;
       this.#session = undefined;
-      // The live lease's revoke deletes the key in the same step. A key still attached to an
+      // Revoking the live lease deletes the key in the same step. A key still attached to an
       // earlier lease of ours (lost while etcd was unreachable, not yet expired) goes with that one.
-      await Promise.all([
-        session?.close(),
-        ...this.#oldLeases.map((id) => this.client.leaseClient.leaseRevoke({ ID: id }, { deadline: Date.now() + 2000 }).catch(() => undefined)),
-      ]);
+      const leases = [...this.#oldLeases];
+      if (session && !session.expired) {
+        session.orphan(); // stop keepalives; we revoke it ourselves, retrying, below
+        leases.push(session.leaseId);
+      }
+      await Promise.all(leases.map((id) => this.#revoke(id)));
       log('%s deregistered', this.key);
       this.emit('deregistered');
     })();
@@ -345,6 +364,22 @@ export class ServiceRegistry<M extends object = ServiceMetadata> extends EventEm
 
   // -------------------------------------------------------------------------
 
+  /**
+   * Revokes a lease, retrying transient failures (a member failing over can
+   * stall a call for seconds) for as long as the lease could live anyway.
+   */
+  async #revoke(leaseId: string): Promise<void> {
+    const bound = Math.min(this.ttl * 1000, 2000);
+    try {
+      await retrying(() => this.client.leaseClient.leaseRevoke({ ID: leaseId }, { deadline: Date.now() + bound }),
+        { maxElapsedMs: this.ttl * 1000 });
+      log('%s: revoked lease %s', this.key, BigInt(leaseId).toString(16));
+    } catch (err) {
+      // Not found: it expired already. Otherwise it expires by itself within the TTL.
+      log('%s: revoke of lease %s failed: %s', this.key, BigInt(leaseId).toString(16), (err as Error).message);
+    }
+  }
+
   #value(): string {
     return encodeValue(this.#address, this.#metadata, this.#registeredAt, this.#etcdEndpoints);
   }
@@ -353,13 +388,22 @@ export class ServiceRegistry<M extends object = ServiceMetadata> extends EventEm
    * A new session, then the create-if-absent Txn. On any failure the session
    * is closed (its lease revoked), so nothing stays behind.
    */
-  async #registerOnce(signal: AbortSignal | undefined, again: boolean): Promise<void> {
-    const session = await Session.create(this.client, { ttl: this.ttl, signal });
+  async #registerOnce(signal: AbortSignal | undefined): Promise<void> {
+    // Not Session.create's own signal: if we give up while the grant is in flight, the lease it
+    // lands with must still be revoked, so we keep hold of the pending session and close it.
+    const creating = Session.create(this.client, { ttl: this.ttl });
+    let session: Session;
+    try {
+      session = await raceAbort(creating, signal, this.#stop.signal);
+    } catch (err) {
+      creating.then((s) => s.close(), () => undefined).catch(() => undefined);
+      throw err;
+    }
     const linked = linkSignals(signal, session.signal, this.#stop.signal);
     let claiming: Promise<unknown> = Promise.resolve();
     try {
       this.#registeredAt = new Date();
-      const claim = this.#claim(session, again, linked.signal);
+      const claim = this.#claim(session, linked.signal);
       claiming = claim;
       const revision = await raceAbort(claim, linked.signal);
       this.#session = session;
@@ -378,7 +422,7 @@ export class ServiceRegistry<M extends object = ServiceMetadata> extends EventEm
   }
 
   /** Writes the key under `session`'s lease; returns the revision of the write. */
-  async #claim(session: Session, again: boolean, signal: AbortSignal): Promise<bigint> {
+  async #claim(session: Session, signal: AbortSignal): Promise<bigint> {
     const leaseId = session.leaseId;
     for (let attempt = 0; attempt < 100; attempt++) {
       const res = await retrying(() => txn(this.client, [cmp.create(this.key, '==', 0n)],
@@ -421,7 +465,7 @@ export class ServiceRegistry<M extends object = ServiceMetadata> extends EventEm
     let reportedTaken = false;
     while (!stop.aborted) {
       try {
-        await this.#registerOnce(stop, true);
+        await this.#registerOnce(stop);
         if (stop.aborted) return; // deregister() closes the new session
         const session = this.#session!;
         log('%s re-registered (lease %s, revision %s)', this.key, session.leaseHex, this.#revision);
@@ -429,6 +473,12 @@ export class ServiceRegistry<M extends object = ServiceMetadata> extends EventEm
         return;
       } catch (err) {
         if (stop.aborted) return;
+        if (err instanceof ClientClosedError || /client was already closed/i.test((err as Error).message)) {
+          // The application closed the client without deregistering: nothing more we can do.
+          log('%s: client closed; giving up re-registering', this.key);
+          this.#emitError(err as Error);
+          return;
+        }
         if (err instanceof ServiceIdTakenError) {
           if (!reportedTaken) this.#emitError(err);
           reportedTaken = true;
