@@ -410,6 +410,11 @@ export class ServiceRegistry<M extends object = ServiceMetadata> extends EventEm
       this.#revision = revision;
       this.#registered = true;
       session.once('lost', (err) => this.#onLost(session, err));
+      if (session.expired) {
+        // Lost between the Txn's reply and here: the event has already been emitted.
+        this.#onLost(session, session.signal.reason as SessionExpiredError);
+        return;
+      }
       this.#watchKey(session, revision);
     } catch (err) {
       // Revoke only after the Txn settled: a late-landing put must go with the lease.
