@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { isAscii, isUtf8 } from 'node:buffer';
 import { ClientClosedError, type Namespace } from 'etcd3';
-import { abortReason, delay, raceAbort } from '../core/abort.js';
+import { abortReason, delay } from '../core/abort.js';
 import { prefixEnd, showKey, toBuffer } from '../core/keys.js';
 import { range, type KeyValue } from '../core/kv.js';
 import { logger } from '../core/log.js';
@@ -251,11 +251,23 @@ export class PrefixCache extends EventEmitter<PrefixCacheEvents> implements Asyn
   ready(options: PrefixCacheWaitOptions = {}): Promise<void> {
     checkOptions(options);
     checkSignal(options.signal);
+    const { signal } = options;
     if (this.#ready) return Promise.resolve();
     if (this.closed) return Promise.reject(closedError());
-    const waiting = new Promise<void>((resolve, reject) => this.#readyWaiters.push({ resolve, reject }));
-    waiting.catch(() => undefined);
-    return raceAbort(waiting, options.signal);
+    if (signal?.aborted) return Promise.reject(abortReason(signal));
+    return new Promise<void>((resolve, reject) => {
+      const onAbort = () => {
+        const i = this.#readyWaiters.indexOf(waiter);
+        if (i >= 0) this.#readyWaiters.splice(i, 1);
+        reject(abortReason(signal!));
+      };
+      const waiter: ReadyWaiter = {
+        resolve: () => { signal?.removeEventListener('abort', onAbort); resolve(); },
+        reject: (err) => { signal?.removeEventListener('abort', onAbort); reject(err); },
+      };
+      this.#readyWaiters.push(waiter);
+      signal?.addEventListener('abort', onAbort, { once: true });
+    });
   }
 
   /** The value of `key` (a full key, prefix included), or undefined. */
