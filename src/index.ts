@@ -27,3 +27,10 @@ export { Election, LeaderObserver, getLeader, observeLeader } from './recipes/el
 export type { CampaignOptions, LeaderInfo, LeaderState, ObserveOptions, ElectionEvents } from './recipes/election.js';
 export { runAsLeader } from './recipes/run-as-leader.js';
 export type { LeaderContext, RunAsLeaderOptions } from './recipes/run-as-leader.js';
+
+export { PrefixCache, CachedKeyValue } from './recipes/prefix-cache.js';
+export type { PrefixCacheOptions, PrefixCacheWaitOptions, PrefixCacheChange, PrefixCacheResync, PrefixCacheEvents } from './recipes/prefix-cache.js';
+export { ServiceRegistry, ServiceIdTakenError, DEFAULT_SERVICE_ROOT } from './recipes/service-registry.js';
+export type { RegisterOptions, RegistrationUpdate, DisplacedInfo, ServiceRegistryEvents, ServiceMetadata } from './recipes/service-registry.js';
+export { ServiceDiscovery } from './recipes/service-discovery.js';
+export type { PickStrategy, ServiceDiscoveryOptions, ServiceInstance, ServiceChange, ServiceDiscoveryEvents } from './recipes/service-discovery.js';
