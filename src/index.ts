@@ -13,3 +13,8 @@ export type { HeldKey } from './core/holding.js';
 
 export { Mutex, withLock } from './recipes/mutex.js';
 export type { LockOptions, LockHandle, LockContext, WithLockOptions } from './recipes/mutex.js';
+
+export { RWMutex } from './recipes/rwmutex.js';
+export type { RWLockOptions, RWLockHandle, RWLockMode } from './recipes/rwmutex.js';
+export { Semaphore, MAX_PERMITS } from './recipes/semaphore.js';
+export type { PermitOptions, PermitHandle, SemaphoreUsage } from './recipes/semaphore.js';

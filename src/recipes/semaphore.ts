@@ -1,0 +1,267 @@
+import { linkSignals, raceAbort } from '../core/abort.js';
+import { InvalidArgumentError } from '../core/errors.js';
+import { cleanUpAfter, deleteOwnKey, Holding, type HeldKey } from '../core/holding.js';
+import { childPrefix, showKey } from '../core/keys.js';
+import { cmp, op, range, rangeAt, txn, type KeyValue, type Op, type TxnResult } from '../core/kv.js';
+import { logger } from '../core/log.js';
+import { retrying } from '../core/retry.js';
+import { checkSession, type Session } from '../core/session.js';
+import { checkInteger, checkName, checkOptions, checkSignal } from '../core/validate.js';
+import { waitInLine, type LineState } from '../core/wait.js';
+import { deletePendingKey, MAX_UNIQUE_ATTEMPTS, uniqueKey, type PendingKey } from './rwmutex.js';
+
+const log = logger('semaphore');
+
+/**
+ * The largest permit count accepted. Every read of a waiter returns up to
+ * `permits + 1` keys (names only), so the count is bounded to keep those
+ * reads small.
+ */
+export const MAX_PERMITS = 10_000;
+
+/** Options of {@link Semaphore.acquire}. */
+export interface PermitOptions {
+  /** Abort the wait; the call then rejects with the signal's reason and leaves no key behind. */
+  signal?: AbortSignal;
+}
+
+/** A held permit, from {@link Semaphore.acquire}. Dispose it (or call `release()`) to give the permit back. */
+export type PermitHandle = HeldKey;
+
+/** How a semaphore is used right now, from {@link Semaphore.usage}. */
+export interface SemaphoreUsage {
+  /** Permits held (at most `permits`). */
+  holders: number;
+  /** Callers queued for a permit. */
+  waiters: number;
+}
+
+const noLocalTurn = (): void => undefined;
+
+/**
+ * A distributed counting semaphore: at most `permits` holders at a time,
+ * served in FIFO order. Each `acquire()` writes one key
+ * `<name>/queue/<19-digit ns>` (empty value, attached to the session's lease);
+ * the first `permits` keys under `<name>/queue/` by create revision hold a
+ * permit. The permit count is stored once, at first use, in `<name>/permits`,
+ * and an acquire whose count differs is rejected with `INVALID_ARGUMENT`
+ * before it queues.
+ *
+ * Herd-free: a release wakes exactly one waiter. The first waiter (exactly
+ * `permits` keys ahead) watches deletions under `<name>/queue/`; every later
+ * waiter watches only its immediate predecessor (deletion or a put). A waiter
+ * that becomes a holder after waiting re-puts its own key unchanged (a
+ * "touch"), which wakes the waiter behind it to take over the first place.
+ *
+ * Keys are unique per call, so one session can hold any number of permits at
+ * once (one handle each); no in-process queueing is involved.
+ */
+export class Semaphore {
+  /** The session whose lease owns the permit keys. */
+  readonly session: Session;
+  /** The semaphore's name; its keys live under `<name>/`. */
+  readonly name: string | Buffer;
+  /** How many holders at most; must match the count stored for this name. */
+  readonly permits: number;
+  readonly #queueDir: Buffer;
+  readonly #permitsKey: Buffer;
+
+  /**
+   * @param session - the session whose lease the permit keys are attached to
+   * @param name - the semaphore's name; keys live under `<name>/`
+   * @param permits - how many holders at most (integer, 1 to {@link MAX_PERMITS});
+   *   every process using this name must pass the same count
+   * @throws InvalidArgumentError on an empty name, a non-Session or a bad count
+   */
+  constructor(session: Session, name: string | Buffer, permits: number) {
+    checkSession(session);
+    checkName(name, 'name');
+    checkInteger(permits, 'permits', 1, MAX_PERMITS);
+    this.session = session;
+    this.name = name;
+    this.permits = permits;
+    const prefix = childPrefix(name);
+    this.#queueDir = Buffer.concat([prefix, Buffer.from('queue/')]);
+    this.#permitsKey = Buffer.concat([prefix, Buffer.from('permits')]);
+  }
+
+  /** The key storing the permit count: `<name>/permits`. */
+  get permitsKey(): string {
+    return this.#permitsKey.toString();
+  }
+
+  /** The prefix of holder and waiter keys: `<name>/queue/`. */
+  get queuePrefix(): string {
+    return this.#queueDir.toString();
+  }
+
+  /**
+   * Blocks until a permit is held and returns a handle for it (its key,
+   * fencing token, signal and release). FIFO among waiters. Use with
+   * `await using`.
+   * @throws InvalidArgumentError if `<name>/permits` holds another count (nothing is written)
+   * @throws SessionExpiredError if the session's lease is lost while waiting
+   */
+  acquire(options: PermitOptions = {}): Promise<PermitHandle> {
+    return this.#acquire(options, true) as Promise<PermitHandle>;
+  }
+
+  /**
+   * Takes a permit if one is free right now and nobody waits; never waits.
+   * @returns the handle, or undefined (leaving no key behind)
+   * @throws InvalidArgumentError if `<name>/permits` holds another count
+   */
+  tryAcquire(options: PermitOptions = {}): Promise<PermitHandle | undefined> {
+    return this.#acquire(options, false);
+  }
+
+  /** Counts holders and waiters now (one range; nested names under `<name>/queue/` would count too). */
+  async usage(): Promise<SemaphoreUsage> {
+    const r = await range(this.session.client, this.#queueDir, { prefix: true, countOnly: true });
+    const n = Number(r.count);
+    return { holders: Math.min(n, this.permits), waiters: Math.max(0, n - this.permits) };
+  }
+
+  // -------------------------------------------------------------------------
+
+  async #acquire(options: PermitOptions, wait: boolean): Promise<PermitHandle | undefined> {
+    checkOptions(options);
+    checkSignal(options.signal);
+    const { session } = this;
+    const what = `semaphore ${showKey(this.name)}`;
+    options.signal?.throwIfAborted();
+    session.throwIfExpired();
+
+    const linked = linkSignals(options.signal, session.signal);
+    const signal = linked.signal;
+    const pending: PendingKey = {};
+    let inFlight: Promise<unknown> = Promise.resolve();
+    try {
+      const acquiring = this.#acquireTxn(pending, signal);
+      inFlight = acquiring;
+      const { key, rev, state: initial } = await raceAbort(acquiring, signal);
+      let state = initial;
+      if (state.blocker) {
+        if (!wait) {
+          await deleteOwnKey(session, key, rev, log);
+          return undefined;
+        }
+        log('%s: queued as %s@%s', what, showKey(key), rev);
+        state = await waitInLine(session.client, {
+          initial: state, read: () => this.#readLine(key, rev), signal, what, log,
+        });
+        // We may have been seen as a waiter: wake the one behind us.
+        this.#touch(key, rev);
+      }
+      log('%s: permit acquired by %s, token %s', what, showKey(key), rev);
+      return new Holding(session, key, rev, noLocalTurn, what, log);
+    } catch (err) {
+      // Remove the key this call may have created, after its Txn settled.
+      await cleanUpAfter(inFlight, () => deletePendingKey(session, pending, log), noLocalTurn, log);
+      throw err;
+    } finally {
+      linked.dispose();
+    }
+  }
+
+  /** The two reads every line state comes from: the first `permits + 1` keys, and our key with its predecessor. */
+  #lineReads(maxCreateRevision?: bigint): Op[] {
+    return [
+      op.range(this.#queueDir, { prefix: true, maxCreateRevision, sortTarget: 'Create', sortOrder: 'Ascend', limit: this.permits + 1, keysOnly: true }),
+      op.range(this.#queueDir, { prefix: true, maxCreateRevision, sortTarget: 'Create', sortOrder: 'Descend', limit: 2, keysOnly: true }),
+    ];
+  }
+
+  /**
+   * Creates our unique key (create-if-absent, lease attached) in a Txn that
+   * also checks the stored permit count and reads our place in line. The
+   * first acquire for a name stores the count in the same Txn. A mismatch
+   * rejects before anything is written. Retried until the signal aborts; a
+   * retry whose earlier attempt did land finds the key with our lease and
+   * adopts it.
+   */
+  async #acquireTxn(pending: PendingKey, signal: AbortSignal): Promise<{ key: Buffer; rev: bigint; state: LineState }> {
+    const { client, leaseId } = this.session;
+    const count = String(this.permits);
+    let createCount = false;
+    for (let attempt = 1; ; attempt++) {
+      signal.throwIfAborted();
+      const key = uniqueKey(this.#queueDir);
+      pending.key = key;
+      pending.rev = undefined;
+      const countGuard = createCount ? cmp.create(this.#permitsKey, '==', 0n) : cmp.value(this.#permitsKey, '==', count);
+      const writes = createCount ? [op.put(this.#permitsKey, count), op.put(key, '', leaseId)] : [op.put(key, '', leaseId)];
+      const res: TxnResult = await retrying(() => txn(client,
+        [countGuard, cmp.create(key, '==', 0n)],
+        [...writes, ...this.#lineReads()],
+        [op.range(this.#permitsKey), op.range(key, { keysOnly: true })]), { signals: [signal], maxElapsedMs: Infinity });
+      if (res.succeeded) {
+        pending.rev = res.revision;
+        if (createCount) log('semaphore %s: stored %s permits in %s', showKey(this.name), count, showKey(this.#permitsKey));
+        const state = this.#lineState(key, res.revision, res.revision, rangeAt(res, writes.length).kvs, rangeAt(res, writes.length + 1).kvs);
+        return { key, rev: res.revision, state };
+      }
+      const stored = rangeAt(res, 0).kvs[0];
+      const existing = rangeAt(res, 1).kvs[0];
+      if (existing && existing.lease === leaseId) {
+        // An earlier attempt of this Txn landed but its reply was lost: adopt the key.
+        const rev = existing.createRevision;
+        pending.rev = rev;
+        const state = await retrying(() => this.#readLine(key, rev), { signals: [signal], maxElapsedMs: Infinity });
+        return { key, rev, state };
+      }
+      if (!stored) {
+        createCount = true; // first use of this name (or the count key was deleted)
+      } else {
+        createCount = false;
+        const value = stored.value.toString();
+        if (value !== count) {
+          throw new InvalidArgumentError('permits', `semaphore ${showKey(this.name)} has ${JSON.stringify(value)} permits stored in ` +
+            `${showKey(this.#permitsKey)}, this Semaphore was created with ${count}; every user of a name must pass the same count ` +
+            '(delete the key while nobody uses the semaphore to change it)');
+        }
+      }
+      if (attempt >= MAX_UNIQUE_ATTEMPTS) throw new Error(`semaphore ${showKey(this.name)}: could not queue after ${attempt} attempts`);
+    }
+  }
+
+  /** One request: our liveness, our place in line and our blocker. */
+  async #readLine(key: Buffer, rev: bigint): Promise<LineState> {
+    const res = await txn(this.session.client, [], this.#lineReads(rev));
+    return this.#lineState(key, rev, res.revision, rangeAt(res, 0).kvs, rangeAt(res, 1).kvs);
+  }
+
+  /**
+   * `first`: the oldest `permits + 1` keys created at or before our key;
+   * `last`: our key and its predecessor (newest first). Among the first
+   * `permits` we hold. Right after them we are the first waiter and must
+   * wake on any release, whichever holder it is: we watch deletions under
+   * the queue. Further back, only a change of our predecessor can move us
+   * up to first waiter (its deletion, or its touch when it became a holder):
+   * we watch that one key.
+   */
+  #lineState(key: Buffer, rev: bigint, revision: bigint, first: KeyValue[], last: KeyValue[]): LineState {
+    const mine = (kv: KeyValue | undefined) => !!kv && kv.createRevision === rev && kv.key.equals(key);
+    const alive = mine(last[0]);
+    if (!alive) return { alive, revision };
+    const place = first.findIndex(mine);
+    if (place >= 0 && place < this.permits) return { alive, revision };
+    const pred = last[1];
+    if (place === this.permits || !pred) return { alive, revision, blocker: { kind: 'prefix-deletes', prefix: this.#queueDir } };
+    return { alive, revision, blocker: { kind: 'key', key: pred.key, createRevision: pred.createRevision, anyEvent: true } };
+  }
+
+  /**
+   * Re-puts our key with the same (empty) value and lease, guarded by its
+   * create revision, so the create revision (our place and fencing token)
+   * stays and the waiter behind us, which watches our key, wakes and takes
+   * over as first waiter. In the background: a failure only delays that
+   * waiter until we release (our delete wakes it too).
+   */
+  #touch(key: Buffer, rev: bigint): void {
+    const { client, leaseId } = this.session;
+    void retrying(() => txn(client, [cmp.create(key, '==', rev)], [op.put(key, '', leaseId)]), {
+      signals: [this.session.signal], maxElapsedMs: Infinity,
+    }).catch((err: unknown) => log('touch of %s failed (the waiter behind wakes on our release): %s', showKey(key), (err as Error).message));
+  }
+}
