@@ -38,6 +38,19 @@ export interface SemaphoreUsage {
 
 const noLocalTurn = (): void => undefined;
 
+/** What a waiter's read tells it beyond "blocked or not": who to wake once it holds. */
+interface LineData {
+  /** Our own key as read (its mod revision shows whether someone touched it already). */
+  own: KeyValue;
+  /** Our place in line, 0-based; `permits` or more means waiting. */
+  place: number;
+  /** The keys right behind ours, oldest first (at most `min(permits - 1, WAKE_AHEAD)`). */
+  behind: KeyValue[];
+}
+
+/** How many waiters behind it an admitted waiter wakes at most in one go (see `#wakeBehind`). */
+const WAKE_AHEAD = 32;
+
 /**
  * A distributed counting semaphore: at most `permits` holders at a time,
  * served in FIFO order. Each `acquire()` writes one key
@@ -147,11 +160,11 @@ export class Semaphore {
           return undefined;
         }
         log('%s: queued as %s@%s', what, showKey(key), rev);
-        state = await waitInLine(session.client, {
+        const done = await waitInLine<LineData>(session.client, {
           initial: state, read: () => this.#readLine(key, rev), signal, what, log,
         });
-        // We may have been seen as a waiter: wake the one behind us.
-        this.#touch(key, rev);
+        // We may have been seen as a waiter: wake the ones behind us.
+        if (done.data) this.#wakeBehind(done.data);
       }
       log('%s: permit acquired by %s, token %s', what, showKey(key), rev);
       return new Holding(session, key, rev, noLocalTurn, what, log);
@@ -180,7 +193,7 @@ export class Semaphore {
    * retry whose earlier attempt did land finds the key with our lease and
    * adopts it.
    */
-  async #acquireTxn(pending: PendingKey, signal: AbortSignal): Promise<{ key: Buffer; rev: bigint; state: LineState }> {
+  async #acquireTxn(pending: PendingKey, signal: AbortSignal): Promise<{ key: Buffer; rev: bigint; state: LineState<LineData> }> {
     const { client, leaseId } = this.session;
     const count = String(this.permits);
     let createCount = false;
@@ -225,10 +238,15 @@ export class Semaphore {
     }
   }
 
-  /** One request: our liveness, our place in line and our blocker. */
-  async #readLine(key: Buffer, rev: bigint): Promise<LineState> {
-    const res = await txn(this.session.client, [], this.#lineReads(rev));
-    return this.#lineState(key, rev, res.revision, rangeAt(res, 0).kvs, rangeAt(res, 1).kvs);
+  /** One request: our liveness, our place in line and our blocker, and who is right behind us. */
+  async #readLine(key: Buffer, rev: bigint): Promise<LineState<LineData>> {
+    const reads = this.#lineReads(rev);
+    const behind = Math.min(this.permits - 1, WAKE_AHEAD);
+    if (behind > 0) {
+      reads.push(op.range(this.#queueDir, { prefix: true, minCreateRevision: rev + 1n, sortTarget: 'Create', sortOrder: 'Ascend', limit: behind, keysOnly: true }));
+    }
+    const res = await txn(this.session.client, [], reads);
+    return this.#lineState(key, rev, res.revision, rangeAt(res, 0).kvs, rangeAt(res, 1).kvs, behind > 0 ? rangeAt(res, 2).kvs : []);
   }
 
   /**
@@ -240,28 +258,43 @@ export class Semaphore {
    * up to first waiter (its deletion, or its touch when it became a holder):
    * we watch that one key.
    */
-  #lineState(key: Buffer, rev: bigint, revision: bigint, first: KeyValue[], last: KeyValue[]): LineState {
+  #lineState(key: Buffer, rev: bigint, revision: bigint, first: KeyValue[], last: KeyValue[], behind: KeyValue[] = []): LineState<LineData> {
     const mine = (kv: KeyValue | undefined) => !!kv && kv.createRevision === rev && kv.key.equals(key);
-    const alive = mine(last[0]);
-    if (!alive) return { alive, revision };
-    const place = first.findIndex(mine);
-    if (place >= 0 && place < this.permits) return { alive, revision };
+    const own = last[0];
+    if (!own || !mine(own)) return { alive: false, revision };
+    const found = first.findIndex(mine);
+    const place = found >= 0 ? found : this.permits + 1;
+    const data: LineData = { own, place, behind };
+    if (place < this.permits) return { alive: true, revision, data };
     const pred = last[1];
-    if (place === this.permits || !pred) return { alive, revision, blocker: { kind: 'prefix-deletes', prefix: this.#queueDir } };
-    return { alive, revision, blocker: { kind: 'key', key: pred.key, createRevision: pred.createRevision, anyEvent: true } };
+    if (place === this.permits || !pred) return { alive: true, revision, data, blocker: { kind: 'prefix-deletes', prefix: this.#queueDir } };
+    return { alive: true, revision, data, blocker: { kind: 'key', key: pred.key, createRevision: pred.createRevision, anyEvent: true } };
   }
 
   /**
-   * Re-puts our key with the same (empty) value and lease, guarded by its
-   * create revision, so the create revision (our place and fencing token)
-   * stays and the waiter behind us, which watches our key, wakes and takes
-   * over as first waiter. In the background: a failure only delays that
-   * waiter until we release (our delete wakes it too).
+   * We hold after waiting, so someone may have seen us as a waiter and be
+   * watching our key: re-put it unchanged ("touch": same empty value and
+   * lease, guarded by its create revision, so our place and fencing token
+   * stay), which wakes the one waiter behind us. If our read showed more
+   * free permits behind us, also touch the keys of the waiters that are
+   * admitted too, so that their successors wake at the same time instead of
+   * one after another. Keys already touched are skipped. In the background:
+   * a failed touch only delays a waiter until the touched key is deleted.
    */
-  #touch(key: Buffer, rev: bigint): void {
-    const { client, leaseId } = this.session;
-    void retrying(() => txn(client, [cmp.create(key, '==', rev)], [op.put(key, '', leaseId)]), {
-      signals: [this.session.signal], maxElapsedMs: Infinity,
-    }).catch((err: unknown) => log('touch of %s failed (the waiter behind wakes on our release): %s', showKey(key), (err as Error).message));
+  #wakeBehind(data: LineData): void {
+    const { own, place, behind } = data;
+    const targets = own.modRevision === own.createRevision ? [own] : [];
+    // Waiters at places place+1 .. permits-1 are admitted too; the one at `permits` becomes first waiter.
+    for (const kv of behind.slice(0, Math.max(0, this.permits - 1 - place))) {
+      if (kv.modRevision === kv.createRevision) targets.push(kv);
+    }
+    const client = this.session.client;
+    for (const kv of targets) {
+      // The key's own lease: a put without it would detach the key from its owner's lease.
+      void retrying(() => txn(client, [cmp.create(kv.key, '==', kv.createRevision)], [op.put(kv.key, '', kv.lease)]), {
+        signals: [this.session.signal], maxElapsedMs: Infinity,
+      }).catch((err: unknown) => log('touch of %s failed (the waiter behind it wakes on its release): %s', showKey(kv.key), (err as Error).message));
+    }
   }
+
 }
