@@ -14,6 +14,7 @@ import { fmt, grpcMessages, interleaved, percentile, requestsBetween, table, typ
  *   (f) raw floor ×N: N clients each doing (a) on their own key, the ceiling for N parallel holders
  *   (g) 8 readers looping rLock → rUnlock on one RWMutex
  *   (h) Semaphore with 4 permits and 4 workers (never waits), then 16 workers (4× oversubscribed)
+ * Burst: 8 holders of an 8-permit Semaphore release at once with 16 waiters queued; time until 8 hold.
  */
 
 interface LoopResult {
@@ -21,7 +22,6 @@ interface LoopResult {
   cycles: number;
   perSecond: number;
   handoffs: number[];
-  maxInside: number;
   kvPerCycle: number;
   watchPerCycle: number;
 }
@@ -52,7 +52,7 @@ async function loop(ctx: BenchContext, workers: number, seconds: number,
   const req = requestsBetween(before, await grpcMessages(ctx.metricsUrl));
   await Promise.all(sessions.map((s) => s.close()));
   return {
-    workers, cycles: count, perSecond: count / elapsed, handoffs: marks.handoffs, maxInside: marks.maxInside,
+    workers, cycles: count, perSecond: count / elapsed, handoffs: marks.handoffs,
     kvPerCycle: req.kv / count, watchPerCycle: req.watch / count,
   };
 }
@@ -65,23 +65,17 @@ async function loop(ctx: BenchContext, workers: number, seconds: number,
  */
 class Marks {
   handoffs: number[] = [];
-  inside = 0;
-  maxInside = 0;
   #releases: number[] = [];
   reset(): void {
     this.handoffs = [];
     this.#releases = [];
-    this.maxInside = this.inside;
   }
   acquired(calledAt: number): void {
     const now = performance.now();
-    this.inside++;
-    this.maxInside = Math.max(this.maxInside, this.inside);
     const release = this.#releases.shift();
     if (release !== undefined && calledAt < release) this.handoffs.push(now - release);
   }
   releasing(): void {
-    this.inside--;
     this.#releases.push(performance.now());
   }
 }
@@ -165,22 +159,58 @@ export default async function run(ctx: BenchContext): Promise<void> {
   const sem16 = await semLoop(16);
 
   table('Concurrent: workers on separate connections and sessions', [
-    'what', 'workers', 'cycles/s', 'ratio', 'handoff p50 ms', 'handoff p99 ms', 'max holders', 'KV req/cycle', 'watch msgs/cycle',
+    'what', 'workers', 'cycles/s', 'ratio', 'handoff p50 ms', 'handoff p99 ms', 'KV req/cycle', 'watch msgs/cycle',
   ], [
-    ['(f) raw floor, own key per client', 4, fmt.n(raw4.perSecond), '', '', '', '', fmt.n(raw4.kvPerCycle, 2), ''],
-    ['(f) raw floor, own key per client', 8, fmt.n(raw8.perSecond), '', '', '', '', fmt.n(raw8.kvPerCycle, 2), ''],
-    ['(f) raw floor, own key per client', 16, fmt.n(raw16.perSecond), '', '', '', '', fmt.n(raw16.kvPerCycle, 2), ''],
+    ['(f) raw floor, own key per client', 4, fmt.n(raw4.perSecond), '', '', '', fmt.n(raw4.kvPerCycle, 2), ''],
+    ['(f) raw floor, own key per client', 8, fmt.n(raw8.perSecond), '', '', '', fmt.n(raw8.kvPerCycle, 2), ''],
+    ['(f) raw floor, own key per client', 16, fmt.n(raw16.perSecond), '', '', '', fmt.n(raw16.kvPerCycle, 2), ''],
     ['(g) RWMutex readers, rLock+rUnlock', 8, fmt.n(readers.perSecond),
       `${fmt.ratio(readers.perSecond / mutexSolo!.perSecond)} Mutex (c), ${fmt.ratio(readers.perSecond / raw8.perSecond)} raw×8`,
-      '', '', '', fmt.n(readers.kvPerCycle, 2), fmt.n(readers.watchPerCycle, 2)],
+      '', '', fmt.n(readers.kvPerCycle, 2), fmt.n(readers.watchPerCycle, 2)],
     ['(h) Semaphore(4), never waits', 4, fmt.n(sem4.perSecond), `${fmt.ratio(sem4.perSecond / raw4.perSecond)} raw×4`,
-      '', '', sem4.maxInside, fmt.n(sem4.kvPerCycle, 2), fmt.n(sem4.watchPerCycle, 2)],
-    ['(h) Semaphore(4), 4× oversubscribed', 16, fmt.n(sem16.perSecond), `${fmt.ratio(sem16.perSecond / raw4.perSecond)} raw×4`,
-      fmt.ms(percentile(sem16.handoffs, 50)), fmt.ms(percentile(sem16.handoffs, 99)), sem16.maxInside, fmt.n(sem16.kvPerCycle, 2), fmt.n(sem16.watchPerCycle, 2)],
+      '', '', fmt.n(sem4.kvPerCycle, 2), fmt.n(sem4.watchPerCycle, 2)],
+    ['(h) Semaphore(4), 4× oversubscribed', 16, fmt.n(sem16.perSecond), `${fmt.ratio(sem16.perSecond / raw16.perSecond)} raw×16`,
+      fmt.ms(percentile(sem16.handoffs, 50)), fmt.ms(percentile(sem16.handoffs, 99)), fmt.n(sem16.kvPerCycle, 2), fmt.n(sem16.watchPerCycle, 2)],
   ]);
   console.log('\nratio for (g) compares 8 readers\' total rate with one uncontended Mutex (c) and with 8 raw clients (f);');
-  console.log('for (h) with 4 raw clients, i.e. 4 holders that never wait. Handoff: from a release call to the');
-  console.log('acquisition of the waiter it let in (FIFO bookkeeping). KV req/cycle counts every Range/Txn/Put/DeleteRange');
-  console.log('etcd received per acquire+release; watch msgs are watch create/cancel messages.');
-  if (sem4.maxInside > 4 || sem16.maxInside > 4) throw new Error('more than 4 holders: the semaphore was violated');
+  console.log('for (h) with as many raw clients as workers. Handoff: from a release call to the acquisition of the');
+  console.log('waiter it let in (FIFO bookkeeping). KV req/cycle counts every Range/Txn/Put/DeleteRange etcd received per');
+  console.log('acquire+release (a waiter that became a holder adds a touch); watch msgs are watch create/cancel messages.');
+
+  const refill = await burst(ctx, 8, 10);
+  table('Burst: 8 holders of Semaphore(8) release at once, 16 waiters queued', [
+    'what', 'p50 ms', 'max ms', 'ratio to raw floor p50 (a)',
+  ], [
+    ['time until 8 waiters hold', fmt.ms(percentile(refill, 50)), fmt.ms(Math.max(...refill)), fmt.ratio(percentile(refill, 50) / percentile(floor!.latencies, 50))],
+  ]);
+}
+
+/** `rounds` times: `permits` holders release at once while 2×permits wait; ms until `permits` waiters hold. */
+async function burst(ctx: BenchContext, permits: number, rounds: number): Promise<number[]> {
+  const clients = Array.from({ length: 8 }, () => ctx.client());
+  const times: number[] = [];
+  for (let round = 0; round < rounds; round++) {
+    const sessions = await Promise.all(Array.from({ length: 3 * permits }, (_, i) => Session.create(clients[i % clients.length]!, { ttl: 30 })));
+    const name = `bench/semaphore/burst-${round}`;
+    const holders = await Promise.all(sessions.slice(0, permits).map((s) => new Semaphore(s, name, permits).acquire()));
+    const admitted: number[] = [];
+    let allIn: () => void = () => undefined;
+    const done = new Promise<void>((resolve) => { allIn = resolve; });
+    const waiters = sessions.slice(permits).map((s) => new Semaphore(s, name, permits).acquire().then((h) => {
+      if (admitted.push(performance.now()) === permits) allIn();
+      return h;
+    }, () => undefined));
+    // Every waiter queued and watching: one range shows all keys, then let the watches settle.
+    for (let i = 0; i < 100 && (await clients[0]!.getAll().prefix(`${name}/queue/`).count()) < 3 * permits; i++) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    await new Promise((r) => setTimeout(r, 100));
+    const started = performance.now();
+    await Promise.all(holders.map((h) => h.release()));
+    await done;
+    times.push(admitted[permits - 1]! - started);
+    await Promise.all(sessions.map((s) => s.close()));
+    await Promise.all(waiters);
+  }
+  return times;
 }

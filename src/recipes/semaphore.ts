@@ -288,13 +288,19 @@ export class Semaphore {
     for (const kv of behind.slice(0, Math.max(0, this.permits - 1 - place))) {
       if (kv.modRevision === kv.createRevision) targets.push(kv);
     }
-    const client = this.session.client;
-    for (const kv of targets) {
-      // The key's own lease: a put without it would detach the key from its owner's lease.
-      void retrying(() => txn(client, [cmp.create(kv.key, '==', kv.createRevision)], [op.put(kv.key, '', kv.lease)]), {
-        signals: [this.session.signal], maxElapsedMs: Infinity,
-      }).catch((err: unknown) => log('touch of %s failed (the waiter behind it wakes on its release): %s', showKey(kv.key), (err as Error).message));
-    }
+    if (targets.length === 0) return;
+    const { client, signal } = this.session;
+    // The key's own lease: a put without it would detach the key from its owner's lease.
+    const touch = (kvs: KeyValue[]) => retrying(() => txn(client,
+      kvs.map((kv) => cmp.create(kv.key, '==', kv.createRevision)),
+      kvs.map((kv) => op.put(kv.key, '', kv.lease))), { signals: [signal], maxElapsedMs: Infinity });
+    const failed = (err: unknown) => log('touch failed (the waiter behind wakes when the key is deleted): %s', (err as Error).message);
+    // All in one Txn, so that every woken waiter reads them all done; if one of the keys
+    // is gone meanwhile (its owner left), touch the others one by one.
+    void touch(targets).then((res) => {
+      if (res.succeeded || targets.length === 1) return;
+      return Promise.all(targets.map((kv) => touch([kv]).catch(failed))).then(() => undefined);
+    }).catch(failed);
   }
 
 }
