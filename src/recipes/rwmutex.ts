@@ -103,7 +103,7 @@ export class RWMutex {
   readonly #prefix: Buffer;
   readonly #readDir: Buffer;
   readonly #writeDir: Buffer;
-  #held: Holding | undefined;
+  #held: HeldKey | undefined;
   #heldMode: RWLockMode | undefined;
   #locking = false;
 
@@ -249,7 +249,7 @@ export class RWMutex {
     try {
       const held = await this.#acquire(mode, options, wait);
       if (!held) return false;
-      this.#held = held as Holding;
+      this.#held = held;
       this.#heldMode = mode;
       return true;
     } finally {

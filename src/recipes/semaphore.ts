@@ -302,5 +302,4 @@ export class Semaphore {
       return Promise.all(targets.map((kv) => touch([kv]).catch(failed))).then(() => undefined);
     }).catch(failed);
   }
-
 }
