@@ -220,6 +220,17 @@ describe('RWMutex', () => {
     await writer.release();
   });
 
+  it('an acquire on a lease etcd already dropped rejects with SESSION_EXPIRED and writes nothing', async () => {
+    const client = etcd().client();
+    const session = await Session.create(etcd().client(), { ttl: 30 });
+    await client.leaseClient.leaseRevoke({ ID: session.leaseId }); // behind the session's back
+    const rw = new RWMutex(session, 'gone/rw');
+    await expect(rw.acquireRead()).rejects.toMatchObject({ code: 'SESSION_EXPIRED' });
+    await expect(rw.lock()).rejects.toMatchObject({ code: 'SESSION_EXPIRED' });
+    expect(await keysUnder(client, 'gone/')).toEqual([]);
+    await session.close();
+  });
+
   it('a holder whose session is lost is told through its signal, and the next writer takes over', async () => {
     const client = etcd().client();
     const a = await Session.create(client, { ttl: 3 });

@@ -240,6 +240,15 @@ describe('Semaphore', () => {
     await h.release();
   });
 
+  it('an acquire on a lease etcd already dropped rejects with SESSION_EXPIRED and writes nothing', async () => {
+    const client = etcd().client();
+    const session = await Session.create(etcd().client(), { ttl: 30 });
+    await client.leaseClient.leaseRevoke({ ID: session.leaseId }); // behind the session's back
+    await expect(new Semaphore(session, 'gone/sem', 2).acquire()).rejects.toMatchObject({ code: 'SESSION_EXPIRED' });
+    expect(await keysUnder(client, 'gone/')).toEqual([]); // not even the count key
+    await session.close();
+  });
+
   it('tryAcquire takes a free permit and returns undefined without a key when none is free', async () => {
     const client = etcd().client();
     await using a = await Session.create(client, { ttl: 10 });

@@ -1,7 +1,7 @@
 import type { ComparatorBuilder } from 'etcd3';
 import type { Debugger } from 'debug';
 import { linkSignals, raceAbort } from '../core/abort.js';
-import { InvalidArgumentError, LockNotHeldError } from '../core/errors.js';
+import { InvalidArgumentError, LockNotHeldError, SessionExpiredError } from '../core/errors.js';
 import { cleanUpAfter, deleteOwnKey, Holding, type HeldKey } from '../core/holding.js';
 import { childPrefix, showKey, uniqueSuffix } from '../core/keys.js';
 import { cmp, op, range, rangeAt, txn, type KeyValue, type RangeOptions } from '../core/kv.js';
@@ -63,6 +63,20 @@ export async function deletePendingKey(session: Session, pending: PendingKey, lo
     if (session.expired) return;
     throw err;
   });
+}
+
+/**
+ * @internal A write attached to our lease failed with etcd's "requested lease
+ * not found": the lease is gone on the server before our keepalive noticed.
+ * That is the session's loss, reported as a SessionExpiredError. Uses
+ * `Session.leaseError` where the core has it (it also marks the session
+ * lost), else converts the error here.
+ */
+export function leaseGone(session: Session, err: unknown, what: string): unknown {
+  const s = session as Session & { leaseError?: (err: unknown, what: string) => unknown };
+  if (typeof s.leaseError === 'function') return s.leaseError(err, what);
+  if (!(err instanceof Error) || !/requested lease not found/i.test(err.message)) return err;
+  return new SessionExpiredError(`${what}: etcd no longer has lease ${session.leaseHex}`, { cause: err });
 }
 
 /** @internal Bound on name collisions in a row (two processes picking one nanosecond): never reached in practice. */
@@ -282,7 +296,9 @@ export class RWMutex {
     try {
       const acquiring = this.#acquireTxn(mode, pending, signal);
       inFlight = acquiring;
-      const { key, rev, state: initial } = await raceAbort(acquiring, signal);
+      const { key, rev, state: initial } = await raceAbort(acquiring, signal).catch((err: unknown) => {
+        throw leaseGone(session, err, what);
+      });
       let state = initial;
       if (state.blocker) {
         if (!wait) {

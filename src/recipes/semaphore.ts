@@ -8,7 +8,7 @@ import { retrying } from '../core/retry.js';
 import { checkSession, type Session } from '../core/session.js';
 import { checkInteger, checkName, checkOptions, checkSignal } from '../core/validate.js';
 import { waitInLine, type LineState } from '../core/wait.js';
-import { deletePendingKey, MAX_UNIQUE_ATTEMPTS, uniqueKey, type PendingKey } from './rwmutex.js';
+import { deletePendingKey, leaseGone, MAX_UNIQUE_ATTEMPTS, uniqueKey, type PendingKey } from './rwmutex.js';
 
 const log = logger('semaphore');
 
@@ -152,7 +152,9 @@ export class Semaphore {
     try {
       const acquiring = this.#acquireTxn(pending, signal);
       inFlight = acquiring;
-      const { key, rev, state: initial } = await raceAbort(acquiring, signal);
+      const { key, rev, state: initial } = await raceAbort(acquiring, signal).catch((err: unknown) => {
+        throw leaseGone(session, err, what);
+      });
       let state = initial;
       if (state.blocker) {
         if (!wait) {
