@@ -34,3 +34,8 @@ export { ServiceRegistry, ServiceIdTakenError, DEFAULT_SERVICE_ROOT } from './re
 export type { RegisterOptions, RegistrationUpdate, DisplacedInfo, ServiceRegistryEvents, ServiceMetadata } from './recipes/service-registry.js';
 export { ServiceDiscovery } from './recipes/service-discovery.js';
 export type { PickStrategy, ServiceDiscoveryOptions, ServiceInstance, ServiceChange, ServiceDiscoveryEvents } from './recipes/service-discovery.js';
+
+export { RWMutex } from './recipes/rwmutex.js';
+export type { RWLockOptions, RWLockHandle, RWLockMode } from './recipes/rwmutex.js';
+export { Semaphore, MAX_PERMITS } from './recipes/semaphore.js';
+export type { PermitOptions, PermitHandle, SemaphoreUsage } from './recipes/semaphore.js';

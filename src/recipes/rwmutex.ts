@@ -1,0 +1,410 @@
+import type { ComparatorBuilder } from 'etcd3';
+import type { Debugger } from 'debug';
+import { linkSignals, raceAbort } from '../core/abort.js';
+import { InvalidArgumentError, LockNotHeldError, SessionExpiredError } from '../core/errors.js';
+import { cleanUpAfter, deleteOwnKey, Holding, type HeldKey } from '../core/holding.js';
+import { childPrefix, showKey, uniqueSuffix } from '../core/keys.js';
+import { cmp, op, range, rangeAt, txn, type KeyValue, type RangeOptions } from '../core/kv.js';
+import { logger } from '../core/log.js';
+import { retrying } from '../core/retry.js';
+import { checkSession, type Session } from '../core/session.js';
+import { checkName, checkOptions, checkSignal } from '../core/validate.js';
+import { waitInLine, type LineState } from '../core/wait.js';
+
+const log = logger('rwmutex');
+
+/** Options of a blocking read or write lock. */
+export interface RWLockOptions {
+  /** Abort the wait; the call then rejects with the signal's reason and leaves no key behind. */
+  signal?: AbortSignal;
+}
+
+/** A held read or write lock, from {@link RWMutex.acquireRead} / {@link RWMutex.acquireWrite}. Dispose it (or `release()`) to unlock. */
+export type RWLockHandle = HeldKey;
+
+/** Which side of an {@link RWMutex} is held. */
+export type RWLockMode = 'read' | 'write';
+
+/* ------------------------------------------------------------------------- */
+/* Per-call unique keys, shared with Semaphore.                              */
+
+/** @internal The key an acquire call is creating, for cleanup after abort or failure. */
+export interface PendingKey {
+  /** The key of the current attempt; undefined before the first Txn was sent. */
+  key?: Buffer;
+  /** Its create revision once known (the Txn's reply arrived). */
+  rev?: bigint;
+}
+
+/** @internal A fresh `<dir><19-digit ns>` key name (Go's `newUniqueKV` layout, `dir` ends with `/`). */
+export function uniqueKey(dir: Buffer): Buffer {
+  return Buffer.concat([dir, Buffer.from(uniqueSuffix())]);
+}
+
+/**
+ * @internal Deletes the key an aborted or failed acquire may have created.
+ * With its create revision known, the delete is guarded by it (as every
+ * release); otherwise (the Txn's reply never arrived) by our lease: a unique
+ * name can collide with another process's key, and that one must stay.
+ */
+export async function deletePendingKey(session: Session, pending: PendingKey, log?: Debugger): Promise<void> {
+  const { key, rev } = pending;
+  if (!key) return;
+  if (rev !== undefined) {
+    await deleteOwnKey(session, key, rev, log);
+    return;
+  }
+  await retrying(() => txn(session.client, [{ key, target: 'Lease', result: '==', value: session.leaseId }], [op.delete(key)]), {
+    signals: [session.signal],
+    maxElapsedMs: Infinity,
+    onRetry: (err) => log?.('delete of %s failed, retrying: %s', showKey(key), (err as Error).message),
+  }).catch((err) => {
+    // Once the session is gone its lease takes the key with it.
+    if (session.expired) return;
+    throw err;
+  });
+}
+
+/**
+ * @internal A write attached to our lease failed with etcd's "requested lease
+ * not found": the lease is gone on the server before our keepalive noticed.
+ * That is the session's loss, reported as a SessionExpiredError. Uses
+ * `Session.leaseError` where the core has it (it also marks the session
+ * lost), else converts the error here.
+ */
+export function leaseGone(session: Session, err: unknown, what: string): unknown {
+  const s = session as Session & { leaseError?: (err: unknown, what: string) => unknown };
+  if (typeof s.leaseError === 'function') return s.leaseError(err, what);
+  if (!(err instanceof Error) || !/requested lease not found/i.test(err.message)) return err;
+  return new SessionExpiredError(`${what}: etcd no longer has lease ${session.leaseHex}`, { cause: err });
+}
+
+/** @internal Bound on name collisions in a row (two processes picking one nanosecond): never reached in practice. */
+export const MAX_UNIQUE_ATTEMPTS = 50;
+
+const noLocalTurn = (): void => undefined;
+
+/* ------------------------------------------------------------------------- */
+
+/**
+ * A distributed read-write lock, wire-compatible with Go's
+ * `experimental/recipes` `RWMutex`: a reader writes `<name>/read/<ns>`, a
+ * writer `<name>/write/<ns>` (19-digit unique suffix, empty value, attached to
+ * the session's lease), and one FIFO line by create revision decides:
+ *
+ * - a reader holds once no **writer** older than it is left (it waits for the
+ *   newest older writer key, then re-reads);
+ * - a writer holds once no **key of either kind** older than it is left (it
+ *   waits for its immediate predecessor, then re-reads).
+ *
+ * So a waiting writer blocks every reader that arrives after it: writers are
+ * not starved by a stream of readers. Each waiter watches exactly one key.
+ *
+ * Keys are unique per call, so one session can hold several locks at once
+ * (each `acquireRead()` / `acquireWrite()` is a separate place in line) and no
+ * in-process queueing is needed. The object API (`rLock` / `rUnlock`, `lock` /
+ * `unlock`) tracks one hold per `RWMutex` object, as Go's does.
+ *
+ * Not reentrant and no upgrade or downgrade: a caller that holds a read lock
+ * and asks for the write lock (or the reverse) on the same name waits for
+ * itself forever. The object API rejects that; with handles, pass a signal.
+ */
+export class RWMutex {
+  /** The session whose lease owns the lock keys. */
+  readonly session: Session;
+  /** The lock's name; keys live under `<name>/read/` and `<name>/write/`. */
+  readonly name: string | Buffer;
+  readonly #prefix: Buffer;
+  readonly #readDir: Buffer;
+  readonly #writeDir: Buffer;
+  #held: HeldKey | undefined;
+  #heldMode: RWLockMode | undefined;
+  #locking = false;
+
+  /**
+   * @param session - the session whose lease the lock keys are attached to
+   * @param name - the lock's name (Go's `prefix`); keys live under `<name>/`
+   * @throws InvalidArgumentError for an empty name or a non-Session
+   */
+  constructor(session: Session, name: string | Buffer) {
+    checkSession(session);
+    checkName(name, 'name');
+    this.session = session;
+    this.name = name;
+    this.#prefix = childPrefix(name);
+    this.#readDir = Buffer.concat([this.#prefix, Buffer.from('read/')]);
+    this.#writeDir = Buffer.concat([this.#prefix, Buffer.from('write/')]);
+  }
+
+  /** Which side this object holds through `rLock()` / `lock()`; undefined when it holds nothing. */
+  get mode(): RWLockMode | undefined {
+    return this.#held && !this.#held.released ? this.#heldMode : undefined;
+  }
+
+  /** True while this object holds the read or the write lock (through `rLock()` / `lock()`). */
+  get held(): boolean {
+    return this.mode !== undefined;
+  }
+
+  /** The key of the hold taken through `rLock()` / `lock()`; undefined when not held. */
+  get key(): string | undefined {
+    return this.held ? this.#held!.key : undefined;
+  }
+
+  /** The create revision of the key held through `rLock()` / `lock()`; undefined when not held. */
+  get fencingToken(): bigint | undefined {
+    return this.held ? this.#held!.fencingToken : undefined;
+  }
+
+  /** Aborted when the hold taken through `rLock()` / `lock()` is lost (or released); undefined when not held. */
+  get signal(): AbortSignal | undefined {
+    return this.#held?.signal;
+  }
+
+  /**
+   * Blocks until this object holds a read lock: once no writer that queued
+   * earlier is left. Readers share the lock with each other.
+   * @throws InvalidArgumentError if this object already holds or is taking a lock
+   * @throws SessionExpiredError if the session's lease is lost while waiting
+   */
+  async rLock(options: RWLockOptions = {}): Promise<void> {
+    await this.#lockObject('read', options, true);
+  }
+
+  /**
+   * Blocks until this object holds the write lock: once every key that queued
+   * earlier (reader or writer) is gone. Exclusive.
+   * @throws InvalidArgumentError if this object already holds or is taking a lock
+   * @throws SessionExpiredError if the session's lease is lost while waiting
+   */
+  async lock(options: RWLockOptions = {}): Promise<void> {
+    await this.#lockObject('write', options, true);
+  }
+
+  /**
+   * Takes a read lock if no writer holds or waits right now; never waits.
+   * @returns true if this object now holds a read lock
+   */
+  tryRLock(options: RWLockOptions = {}): Promise<boolean> {
+    return this.#lockObject('read', options, false);
+  }
+
+  /**
+   * Takes the write lock if nobody holds or waits right now; never waits.
+   * @returns true if this object now holds the write lock
+   */
+  tryLock(options: RWLockOptions = {}): Promise<boolean> {
+    return this.#lockObject('write', options, false);
+  }
+
+  /**
+   * Releases the read lock taken through `rLock()` / `tryRLock()`.
+   * @throws LockNotHeldError if this object does not hold a read lock
+   */
+  async rUnlock(): Promise<void> {
+    await this.#unlockObject('read');
+  }
+
+  /**
+   * Releases the write lock taken through `lock()` / `tryLock()`.
+   * @throws LockNotHeldError if this object does not hold the write lock
+   */
+  async unlock(): Promise<void> {
+    await this.#unlockObject('write');
+  }
+
+  /**
+   * An etcd3 Txn builder with `CreateRevision(key) == fencingToken` of the
+   * hold taken through `rLock()` / `lock()` already added.
+   * @throws LockNotHeldError if this object holds nothing
+   */
+  ifOwner(): ComparatorBuilder {
+    if (!this.held) throw new LockNotHeldError(`rwmutex ${showKey(this.name)} is not locked by this RWMutex object`);
+    return this.#held!.ifOwner();
+  }
+
+  /**
+   * Blocks until a read lock is held and returns a handle for it (its own
+   * key, fencing token, signal and release). Any number of handles, from one
+   * or many sessions, may be taken. Use with `await using`.
+   * @throws SessionExpiredError if the session's lease is lost while waiting
+   */
+  acquireRead(options: RWLockOptions = {}): Promise<RWLockHandle> {
+    return this.#acquire('read', options, true) as Promise<RWLockHandle>;
+  }
+
+  /**
+   * Blocks until the write lock is held and returns a handle for it. Two
+   * write handles of one session exclude each other like any two writers.
+   * @throws SessionExpiredError if the session's lease is lost while waiting
+   */
+  acquireWrite(options: RWLockOptions = {}): Promise<RWLockHandle> {
+    return this.#acquire('write', options, true) as Promise<RWLockHandle>;
+  }
+
+  /** Like {@link RWMutex.acquireRead} but never waits: resolves undefined (leaving no key) if a writer holds or waits. */
+  tryAcquireRead(options: RWLockOptions = {}): Promise<RWLockHandle | undefined> {
+    return this.#acquire('read', options, false);
+  }
+
+  /** Like {@link RWMutex.acquireWrite} but never waits: resolves undefined (leaving no key) if anyone holds or waits. */
+  tryAcquireWrite(options: RWLockOptions = {}): Promise<RWLockHandle | undefined> {
+    return this.#acquire('write', options, false);
+  }
+
+  // -------------------------------------------------------------------------
+
+  async #lockObject(mode: RWLockMode, options: RWLockOptions, wait: boolean): Promise<boolean> {
+    if (this.held || this.#locking) {
+      throw new InvalidArgumentError('this', `rwmutex ${showKey(this.name)} is already locked (${this.mode ?? 'taking a lock'}) through this RWMutex object; ` +
+        'a second lock on it would wait for the first forever (no reentrancy, no upgrade); use acquireRead()/acquireWrite() for more than one hold');
+    }
+    this.#locking = true;
+    try {
+      const held = await this.#acquire(mode, options, wait);
+      if (!held) return false;
+      this.#held = held;
+      this.#heldMode = mode;
+      return true;
+    } finally {
+      this.#locking = false;
+    }
+  }
+
+  async #unlockObject(mode: RWLockMode): Promise<void> {
+    const held = this.#held;
+    if (!held || held.released || this.#heldMode !== mode) {
+      throw new LockNotHeldError(`rwmutex ${showKey(this.name)} is not ${mode}-locked by this RWMutex object`);
+    }
+    this.#held = undefined;
+    this.#heldMode = undefined;
+    await held.release();
+  }
+
+  async #acquire(mode: RWLockMode, options: RWLockOptions, wait: boolean): Promise<RWLockHandle | undefined> {
+    checkOptions(options);
+    checkSignal(options.signal);
+    const { session } = this;
+    const what = `rwmutex ${showKey(this.name)} (${mode})`;
+    options.signal?.throwIfAborted();
+    session.throwIfExpired();
+
+    const linked = linkSignals(options.signal, session.signal);
+    const signal = linked.signal;
+    const pending: PendingKey = {};
+    let inFlight: Promise<unknown> = Promise.resolve();
+    try {
+      const acquiring = this.#acquireTxn(mode, pending, signal);
+      inFlight = acquiring;
+      const { key, rev, state: initial } = await raceAbort(acquiring, signal).catch((err: unknown) => {
+        throw leaseGone(session, err, what);
+      });
+      let state = initial;
+      if (state.blocker) {
+        if (!wait) {
+          await deleteOwnKey(session, key, rev, log);
+          return undefined;
+        }
+        log('%s: queued as %s@%s behind %s', what, showKey(key), rev, state.blocker.kind === 'key' ? showKey(state.blocker.key) : '?');
+        state = await waitInLine(session.client, {
+          initial: state, read: () => this.#readLine(mode, key, rev), signal, what, log,
+        });
+      }
+      log('%s: acquired by %s, token %s', what, showKey(key), rev);
+      return new Holding(session, key, rev, noLocalTurn, what, log);
+    } catch (err) {
+      // Remove the key this call may have created, after its Txn settled.
+      await cleanUpAfter(inFlight, () => deletePendingKey(session, pending, log), noLocalTurn, log);
+      throw err;
+    } finally {
+      linked.dispose();
+    }
+  }
+
+  /** The range that finds what blocks a `mode` waiter: the newest older writer, or our own key and the newest older key. */
+  #blockerRange(mode: RWLockMode, maxCreateRevision?: bigint): { key: Buffer; options: RangeOptions } {
+    return mode === 'read'
+      ? { key: this.#writeDir, options: { prefix: true, maxCreateRevision, sortTarget: 'Create', sortOrder: 'Descend', limit: 1, keysOnly: true } }
+      : { key: this.#prefix, options: { prefix: true, maxCreateRevision, sortTarget: 'Create', sortOrder: 'Descend', limit: 2, keysOnly: true } };
+  }
+
+  /**
+   * Creates our unique key (create-if-absent, lease attached) and, in the
+   * same Txn, reads what blocks us: our key is the newest in the store, so
+   * for a reader the newest writer key, and for a writer the two newest keys
+   * under `<name>/` (ours and our predecessor), are exactly what we need.
+   * Retried until the signal aborts; a retry whose earlier attempt did land
+   * finds the key with our lease and adopts it. A name taken by another
+   * lease (same nanosecond elsewhere) gets a new suffix.
+   */
+  async #acquireTxn(mode: RWLockMode, pending: PendingKey, signal: AbortSignal): Promise<{ key: Buffer; rev: bigint; state: LineState }> {
+    const { client, leaseId } = this.session;
+    const dir = mode === 'read' ? this.#readDir : this.#writeDir;
+    const blocker = this.#blockerRange(mode);
+    for (let attempt = 1; ; attempt++) {
+      signal.throwIfAborted();
+      const key = uniqueKey(dir);
+      pending.key = key;
+      pending.rev = undefined;
+      const res = await retrying(() => txn(client,
+        [cmp.create(key, '==', 0n)],
+        [op.put(key, '', leaseId), op.range(blocker.key, blocker.options)],
+        [op.range(key, { keysOnly: true })]), { signals: [signal], maxElapsedMs: Infinity });
+      if (res.succeeded) {
+        pending.rev = res.revision;
+        const kvs = rangeAt(res, 1).kvs;
+        const state = mode === 'read'
+          ? this.#readerState(true, kvs[0], res.revision)
+          : this.#writerState(kvs, key, res.revision, res.revision);
+        return { key, rev: res.revision, state };
+      }
+      const existing = rangeAt(res, 0).kvs[0];
+      if (existing && existing.lease === leaseId) {
+        // An earlier attempt of this Txn landed but its reply was lost: adopt the key.
+        const rev = existing.createRevision;
+        pending.rev = rev;
+        const state = await retrying(() => this.#readLine(mode, key, rev), { signals: [signal], maxElapsedMs: Infinity });
+        return { key, rev, state };
+      }
+      if (attempt >= MAX_UNIQUE_ATTEMPTS) throw new Error(`rwmutex ${showKey(this.name)}: no unique key after ${attempt} attempts`);
+      log('unique key %s taken by another lease; trying another', showKey(key));
+    }
+  }
+
+  /**
+   * One request re-reading our key's liveness and our single blocker. A
+   * writer's own key is the newest with create revision <= ours, so one
+   * range (limit 2) gives both; a reader's key is in another directory than
+   * the writers it waits for, so it is a read-only Txn with two ranges.
+   */
+  async #readLine(mode: RWLockMode, key: Buffer, rev: bigint): Promise<LineState> {
+    const client = this.session.client;
+    const blocker = this.#blockerRange(mode, rev);
+    if (mode === 'write') {
+      const r = await range(client, blocker.key, blocker.options);
+      return this.#writerState(r.kvs, key, rev, r.revision);
+    }
+    const res = await txn(client, [], [op.range(key, { keysOnly: true }), op.range(blocker.key, blocker.options)]);
+    const own = rangeAt(res, 0).kvs[0];
+    return this.#readerState(!!own && own.createRevision === rev, rangeAt(res, 1).kvs[0], res.revision);
+  }
+
+  #readerState(alive: boolean, writer: KeyValue | undefined, revision: bigint): LineState {
+    return {
+      alive,
+      revision,
+      blocker: alive && writer ? { kind: 'key', key: writer.key, createRevision: writer.createRevision } : undefined,
+    };
+  }
+
+  #writerState(kvs: KeyValue[], key: Buffer, rev: bigint, revision: bigint): LineState {
+    const [first, pred] = kvs;
+    const alive = !!first && first.createRevision === rev && first.key.equals(key);
+    return {
+      alive,
+      revision,
+      blocker: alive && pred ? { kind: 'key', key: pred.key, createRevision: pred.createRevision } : undefined,
+    };
+  }
+}
+
