@@ -16,18 +16,17 @@ import type { Session } from './session.js';
  */
 
 /**
- * Deletes `key` if it still has create revision `rev` (or unconditionally
- * when `rev` is undefined), retrying transient errors until the session's
- * lease is gone anyway. Guarding by create revision is wire-compatible with
- * Go (whose Unlock deletes unconditionally) and never deletes a key that a
- * later call of the same session re-created.
+ * Deletes our `key`: guarded by its create revision `rev` when known, else
+ * (the creating Txn's reply never arrived) by our lease, so that a key of the
+ * same name that another lease holds is never deleted. Transient errors are
+ * retried until the session's lease is gone anyway. Guarding is
+ * wire-compatible with Go (whose Unlock deletes unconditionally) and never
+ * deletes a key that a later call re-created.
  */
 export async function deleteOwnKey(session: Session, key: Buffer, rev: bigint | undefined, log?: Debugger): Promise<void> {
   const client = session.client;
-  await retrying(async () => {
-    if (rev === undefined) await txn(client, [], [op.delete(key)]);
-    else await txn(client, [cmp.create(key, '==', rev)], [op.delete(key)]);
-  }, {
+  const guard = rev === undefined ? { key, target: 'Lease' as const, result: '==' as const, value: session.leaseId } : cmp.create(key, '==', rev);
+  await retrying(() => txn(client, [guard], [op.delete(key)]), {
     signals: [session.signal],
     maxElapsedMs: Infinity,
     onRetry: (err) => log?.('delete of %s failed, retrying: %s', showKey(key), (err as Error).message),

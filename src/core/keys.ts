@@ -70,3 +70,8 @@ export function uniqueSuffix(): string {
   return n.toString();
 }
 let lastUnique = 0n;
+
+/** A fresh `<dir><19-digit ns>` key (Go's `newUniqueKV` layout; `dir` ends with `/`). */
+export function uniqueKey(dir: Buffer): Buffer {
+  return Buffer.concat([dir, Buffer.from(uniqueSuffix())]);
+}

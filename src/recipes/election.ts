@@ -2,15 +2,15 @@ import { EventEmitter } from 'node:events';
 import { ClientClosedError, type ComparatorBuilder, type Namespace } from 'etcd3';
 import { delay, linkSignals, raceAbort, type LinkedSignal } from '../core/abort.js';
 import { InvalidArgumentError, NotLeaderError, withoutStack } from '../core/errors.js';
-import { cleanUpAfter, deleteOwnKey } from '../core/holding.js';
-import { childPrefix, sessionKey, showKey, toBuffer } from '../core/keys.js';
-import { cmp, op, range, rangeAt, txn, type KeyValue, type TxnResult } from '../core/kv.js';
-import { takeLocalTurn, type LocalRelease } from '../core/local-lock.js';
+import { deleteOwnKey } from '../core/holding.js';
+import { childPrefix, showKey, toBuffer } from '../core/keys.js';
+import { cmp, op, range, txn, type KeyValue } from '../core/kv.js';
+import { joinLine, SessionLine } from '../core/line.js';
+import type { LocalRelease } from '../core/local-lock.js';
 import { logger } from '../core/log.js';
 import { isTransient, retrying } from '../core/retry.js';
 import { checkSession, type Session } from '../core/session.js';
 import { checkClient, checkInteger, checkName, checkOptions, checkSignal, checkValue } from '../core/validate.js';
-import { waitInLine, type LineState } from '../core/wait.js';
 import { openWatch, WatchCompactedError, type WatchEvent, type WatchHandle } from '../core/watch-hub.js';
 
 const log = logger('election');
@@ -100,8 +100,8 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
   readonly session: Session;
   /** The election's name (Go's `pfx`); keys live under `<name>/`. */
   readonly name: string | Buffer;
+  readonly #line: SessionLine;
   readonly #key: Buffer;
-  readonly #prefix: Buffer;
   readonly #what: string;
   #term: Term | undefined;
   #campaign: { stop: AbortController; done: Promise<unknown> } | undefined;
@@ -117,8 +117,8 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     checkName(name, 'name');
     this.session = session;
     this.name = name;
-    this.#key = sessionKey(name, session.leaseId);
-    this.#prefix = childPrefix(name);
+    this.#line = new SessionLine(session, name);
+    this.#key = this.#line.key;
     this.#what = `election ${showKey(name)}`;
     // A 'lost' listener wants to hear of a deleted key at once: watch it.
     (this as EventEmitter).on('newListener', (event: string | symbol) => { if (event === 'lost') this.#term?.watch(); });
@@ -195,47 +195,20 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
   async #campaignOnce(value: Buffer, callerSignal: AbortSignal | undefined, stopSignal: AbortSignal): Promise<void> {
     const { session } = this;
     const what = this.#what;
-    const linked = linkSignals(callerSignal, session.signal, stopSignal);
-    const signal = linked.signal;
-    let releaseLocal: LocalRelease | undefined;
-    let inFlight: Promise<unknown> = Promise.resolve();
-    let myRev: bigint | undefined;
-    try {
-      releaseLocal = await takeLocalTurn(session.leaseId, this.#key, signal);
-      // Retried for as long as the session lives: a retry adopts the key the lost attempt wrote.
-      const acquiring = retrying(() => this.#campaignTxn(value), { signals: [signal], maxElapsedMs: Infinity });
-      inFlight = acquiring;
-      const acquired = await raceAbort(acquiring, signal).catch((err: unknown) => {
-        // The lease may be gone on the server before our session noticed.
-        throw session.leaseError(err, what);
-      });
-      myRev = acquired.myRev;
-      let state = acquired.state;
-      if (state.blocker) {
-        const rev = myRev;
-        log('%s: %s@%s queued behind %s', what, this.key, rev, state.blocker.kind === 'key' ? showKey(state.blocker.key) : '?');
-        // The post-wake read re-checks our own key: a key lost while waiting rejects with SESSION_EXPIRED.
-        state = await waitInLine(session.client, { initial: state, read: () => this.#readLine(rev), signal, what, log });
-      }
-      // Lost or aborted at the last moment: do not report a leadership we would lose at once.
-      signal.throwIfAborted();
-      const own = state.data!;
-      const term = new Term(session, this.#key, myRev, own.value, state.revision + 1n, releaseLocal, what,
-        (reason) => this.#onLost(term, reason));
-      this.#term = term;
-      if (this.listenerCount('lost') > 0) term.watch();
-      log('%s: %s elected (revision %s)', what, this.key, myRev);
-      this.#emitSafely('elected', leaderInfo(own));
-    } catch (err) {
-      if (releaseLocal) {
-        const rev = myRev;
-        // Remove the key this call may have written, after its Txn settled.
-        await cleanUpAfter(inFlight, () => deleteOwnKey(session, this.#key, rev, log), releaseLocal, log);
-      }
-      throw err;
-    } finally {
-      linked.dispose();
-    }
+    const line = this.#line;
+    // Go's re-campaign: an existing key of this session keeps its place and gets the new value.
+    const turn = (await joinLine(session, {
+      what, log, wait: true, signals: [callerSignal, stopSignal], localTurn: line.key,
+      enter: (pending, signal) => line.enter(value, true, pending, signal),
+      read: (_key, rev) => line.read(rev),
+    }))!;
+    const own = turn.state.data!;
+    const term = new Term(session, this.#key, turn.rev, own.value, turn.state.revision + 1n, turn.releaseLocal, what,
+      (reason) => this.#onLost(term, reason));
+    this.#term = term;
+    if (this.listenerCount('lost') > 0) term.watch();
+    log('%s: %s elected (revision %s)', what, this.key, turn.rev);
+    this.#emitSafely('elected', leaderInfo(own));
   }
 
   #onLost(term: Term, reason: unknown): void {
@@ -250,59 +223,6 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     } catch (err) {
       queueMicrotask(() => { throw err; });
     }
-  }
-
-  /**
-   * Create-if-absent and, in the same round trip, read who is ahead (as
-   * Mutex does): our new key has the highest create revision in the store,
-   * so the two newest keys under the prefix are ours and our immediate
-   * predecessor. An existing key of this session is adopted with its place;
-   * if its value differs, the new value is put in a Txn guarded by the key's
-   * create revision, which also reads the line.
-   */
-  async #campaignTxn(value: Buffer): Promise<{ myRev: bigint; state: LineState<KeyValue> }> {
-    const { client, leaseId } = this.session;
-    const res: TxnResult = await txn(client,
-      [cmp.create(this.#key, '==', 0n)],
-      [op.put(this.#key, value, leaseId),
-        op.range(this.#prefix, { prefix: true, sortTarget: 'Create', sortOrder: 'Descend', limit: 2 })],
-      [op.range(this.#key)]);
-    if (res.succeeded) {
-      const line = rangeAt(res, 1);
-      return { myRev: res.revision, state: this.#lineState(line.kvs, res.revision, res.revision, line.count) };
-    }
-    const mine = rangeAt(res, 0).kvs[0];
-    if (!mine) return this.#campaignTxn(value); // deleted in between: try again
-    const myRev = mine.createRevision;
-    if (mine.value.equals(value)) return { myRev, state: await this.#readLine(myRev) };
-    const proclaimed = await txn(client,
-      [cmp.create(this.#key, '==', myRev)],
-      [op.put(this.#key, value, leaseId), op.range(this.#prefix, this.#lineRange(myRev))]);
-    if (!proclaimed.succeeded) return this.#campaignTxn(value);
-    const line = rangeAt(proclaimed, 1);
-    return { myRev, state: this.#lineState(line.kvs, myRev, proclaimed.revision, line.count) };
-  }
-
-  #lineRange(myRev: bigint) {
-    return { prefix: true, maxCreateRevision: myRev, sortTarget: 'Create', sortOrder: 'Descend', limit: 2 } as const;
-  }
-
-  /** Our key and our immediate predecessor, newest first: liveness and blocker in one range. */
-  async #readLine(myRev: bigint): Promise<LineState<KeyValue>> {
-    const r = await range(this.session.client, this.#prefix, this.#lineRange(myRev));
-    return this.#lineState(r.kvs, myRev, r.revision, r.count);
-  }
-
-  #lineState(kvs: KeyValue[], myRev: bigint, revision: bigint, count: bigint): LineState<KeyValue> {
-    const [first, pred] = kvs;
-    const alive = !!first && first.createRevision === myRev && first.key.equals(this.#key);
-    return {
-      alive,
-      revision,
-      ahead: Number(count) - 1,
-      data: alive ? first : undefined,
-      blocker: alive && pred ? { kind: 'key', key: pred.key, createRevision: pred.createRevision } : undefined,
-    };
   }
 
   /**

@@ -1,15 +1,12 @@
 import type { ComparatorBuilder, Namespace } from 'etcd3';
-import { linkSignals, raceAbort } from '../core/abort.js';
+import { linkSignals } from '../core/abort.js';
 import { InvalidArgumentError, LockNotHeldError } from '../core/errors.js';
-import { cleanUpAfter, deleteOwnKey, Holding, type HeldKey } from '../core/holding.js';
-import { childPrefix, sessionKey, showKey } from '../core/keys.js';
-import { cmp, op, range, rangeAt, txn, type KeyValue, type TxnResult } from '../core/kv.js';
-import { takeLocalTurn } from '../core/local-lock.js';
+import { Holding, type HeldKey } from '../core/holding.js';
+import { showKey } from '../core/keys.js';
+import { joinLine, SessionLine } from '../core/line.js';
 import { logger } from '../core/log.js';
-import { retrying } from '../core/retry.js';
 import { checkSession, Session } from '../core/session.js';
 import { checkClient, checkFunction, checkInteger, checkName, checkOptions, checkSignal } from '../core/validate.js';
-import { waitInLine, type LineState } from '../core/wait.js';
 
 const log = logger('mutex');
 
@@ -39,8 +36,7 @@ export class Mutex {
   readonly session: Session;
   /** The lock's name; keys live under `<name>/`. */
   readonly name: string | Buffer;
-  readonly #key: Buffer;
-  readonly #prefix: Buffer;
+  readonly #line: SessionLine;
   #held: LockHandle | undefined;
   #locking = false;
 
@@ -54,13 +50,12 @@ export class Mutex {
     checkName(name, 'name');
     this.session = session;
     this.name = name;
-    this.#key = sessionKey(name, session.leaseId);
-    this.#prefix = childPrefix(name);
+    this.#line = new SessionLine(session, name);
   }
 
   /** The lock key of this session: `<name>/<lease hex>`. */
   get key(): string {
-    return this.#key.toString();
+    return this.#line.key.toString();
   }
 
   /** True while this Mutex object holds the lock (through `lock()`). */
@@ -160,93 +155,19 @@ export class Mutex {
     const what = `mutex ${showKey(this.name)}`;
     options.signal?.throwIfAborted();
     session.throwIfExpired();
-
-    const linked = linkSignals(options.signal, session.signal);
-    const signal = linked.signal;
-    let releaseLocal: (() => void) | undefined;
-    let inFlight: Promise<unknown> = Promise.resolve();
-    let myRev: bigint | undefined;
-    try {
-      releaseLocal = await takeLocalTurn(session.leaseId, this.#key, signal);
-      // Retried for as long as the session lives: the Txn is idempotent (a retry adopts the key).
-      const acquiring = retrying(() => this.#acquireTxn(), { signals: [signal], maxElapsedMs: Infinity });
-      inFlight = acquiring;
-      const acquired = await raceAbort(acquiring, signal).catch((err: unknown) => {
-        // The lease may be gone on the server before our session noticed.
-        throw session.leaseError(err, what);
-      });
-      myRev = acquired.myRev;
-      let state = acquired.state;
-      if (state.blocker) {
-        if (!wait) {
-          await deleteOwnKey(session, this.#key, myRev, log);
-          releaseLocal();
-          return undefined;
-        }
-        const rev = myRev;
-        log('%s: queued as %s@%s behind %s', what, this.key, rev, state.blocker.kind === 'key' ? showKey(state.blocker.key) : '?');
-        state = await waitInLine(session.client, {
-          initial: state, read: () => this.#readLine(rev), signal, what, log,
-        });
-      }
-      log('%s: acquired by %s, token %s', what, this.key, myRev);
-      return new Holding(session, this.#key, myRev, releaseLocal, what, log);
-    } catch (err) {
-      if (releaseLocal) {
-        const rev = myRev;
-        // Remove the key this call may have created, after its Txn settled.
-        await cleanUpAfter(inFlight, () => deleteOwnKey(session, this.#key, rev, log), releaseLocal, log);
-      }
-      throw err;
-    } finally {
-      linked.dispose();
-    }
-  }
-
-  /**
-   * Create-if-absent and, in the same round trip, read who is ahead. Our new
-   * key has the highest create revision in the store, so the two newest keys
-   * under the prefix are ours and our immediate predecessor: one read gives
-   * both "am I first?" and "whom do I watch?". If the key already exists (a
-   * retried Txn whose first reply was lost, or this session's earlier key),
-   * adopt it and its place in line, as Go does.
-   */
-  async #acquireTxn(): Promise<{ myRev: bigint; state: LineState }> {
-    const client = this.session.client;
-    const res: TxnResult = await txn(client,
-      [cmp.create(this.#key, '==', 0n)],
-      [op.put(this.#key, '', this.session.leaseId),
-        op.range(this.#prefix, { prefix: true, sortTarget: 'Create', sortOrder: 'Descend', limit: 2 })],
-      [op.range(this.#key)]);
-    if (res.succeeded) {
-      const line = rangeAt(res, 1);
-      return { myRev: res.revision, state: this.#lineState(line.kvs, res.revision, res.revision, line.count) };
-    }
-    const mine = rangeAt(res, 0).kvs[0];
-    if (!mine) return this.#acquireTxn(); // deleted in between: try again
-    return { myRev: mine.createRevision, state: await this.#readLine(mine.createRevision) };
-  }
-
-  /** Our key and our immediate predecessor, newest first: liveness and blocker in one range. */
-  async #readLine(myRev: bigint): Promise<LineState> {
-    const r = await range(this.session.client, this.#prefix, {
-      prefix: true, maxCreateRevision: myRev, sortTarget: 'Create', sortOrder: 'Descend', limit: 2,
+    const line = this.#line;
+    const turn = await joinLine(session, {
+      what, log, wait, signals: [options.signal], localTurn: line.key,
+      enter: (pending, signal) => line.enter(EMPTY, false, pending, signal),
+      read: (_key, rev) => line.read(rev),
     });
-    return this.#lineState(r.kvs, myRev, r.revision, r.count);
-  }
-
-  /** `count` is the range's total (ours and everyone ahead of us). */
-  #lineState(kvs: KeyValue[], myRev: bigint, revision: bigint, count: bigint): LineState {
-    const [first, pred] = kvs;
-    const alive = !!first && first.createRevision === myRev && first.key.equals(this.#key);
-    return {
-      alive,
-      revision,
-      ahead: Number(count) - 1,
-      blocker: alive && pred ? { kind: 'key', key: pred.key, createRevision: pred.createRevision } : undefined,
-    };
+    if (!turn) return undefined;
+    log('%s: acquired by %s, token %s', what, this.key, turn.rev);
+    return new Holding(session, turn.key, turn.rev, turn.releaseLocal, what, log);
   }
 }
+
+const EMPTY = Buffer.alloc(0);
 
 /** What {@link withLock} passes to its function. */
 export interface LockContext {

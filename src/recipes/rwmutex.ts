@@ -1,15 +1,14 @@
 import type { ComparatorBuilder } from 'etcd3';
-import type { Debugger } from 'debug';
-import { linkSignals, raceAbort } from '../core/abort.js';
-import { InvalidArgumentError, LockNotHeldError, SessionExpiredError } from '../core/errors.js';
-import { cleanUpAfter, deleteOwnKey, Holding, type HeldKey } from '../core/holding.js';
-import { childPrefix, showKey, uniqueSuffix } from '../core/keys.js';
-import { cmp, op, range, rangeAt, txn, type KeyValue, type RangeOptions } from '../core/kv.js';
+import { InvalidArgumentError, LockNotHeldError } from '../core/errors.js';
+import { Holding, type HeldKey } from '../core/holding.js';
+import { childPrefix, showKey } from '../core/keys.js';
+import { op, range, rangeAt, txn, type KeyValue, type RangeOptions, type RangeResult } from '../core/kv.js';
+import { createUniqueKey, joinLine, type PendingKey } from '../core/line.js';
 import { logger } from '../core/log.js';
 import { retrying } from '../core/retry.js';
 import { checkSession, type Session } from '../core/session.js';
 import { checkName, checkOptions, checkSignal } from '../core/validate.js';
-import { waitInLine, type LineState } from '../core/wait.js';
+import type { LineState } from '../core/wait.js';
 
 const log = logger('rwmutex');
 
@@ -24,65 +23,6 @@ export type RWLockHandle = HeldKey;
 
 /** Which side of an {@link RWMutex} is held. */
 export type RWLockMode = 'read' | 'write';
-
-/* ------------------------------------------------------------------------- */
-/* Per-call unique keys, shared with Semaphore.                              */
-
-/** @internal The key an acquire call is creating, for cleanup after abort or failure. */
-export interface PendingKey {
-  /** The key of the current attempt; undefined before the first Txn was sent. */
-  key?: Buffer;
-  /** Its create revision once known (the Txn's reply arrived). */
-  rev?: bigint;
-}
-
-/** @internal A fresh `<dir><19-digit ns>` key name (Go's `newUniqueKV` layout, `dir` ends with `/`). */
-export function uniqueKey(dir: Buffer): Buffer {
-  return Buffer.concat([dir, Buffer.from(uniqueSuffix())]);
-}
-
-/**
- * @internal Deletes the key an aborted or failed acquire may have created.
- * With its create revision known, the delete is guarded by it (as every
- * release); otherwise (the Txn's reply never arrived) by our lease: a unique
- * name can collide with another process's key, and that one must stay.
- */
-export async function deletePendingKey(session: Session, pending: PendingKey, log?: Debugger): Promise<void> {
-  const { key, rev } = pending;
-  if (!key) return;
-  if (rev !== undefined) {
-    await deleteOwnKey(session, key, rev, log);
-    return;
-  }
-  await retrying(() => txn(session.client, [{ key, target: 'Lease', result: '==', value: session.leaseId }], [op.delete(key)]), {
-    signals: [session.signal],
-    maxElapsedMs: Infinity,
-    onRetry: (err) => log?.('delete of %s failed, retrying: %s', showKey(key), (err as Error).message),
-  }).catch((err) => {
-    // Once the session is gone its lease takes the key with it.
-    if (session.expired) return;
-    throw err;
-  });
-}
-
-/**
- * @internal A write attached to our lease failed with etcd's "requested lease
- * not found": the lease is gone on the server before our keepalive noticed.
- * That is the session's loss, reported as a SessionExpiredError. Uses
- * `Session.leaseError` where the core has it (it also marks the session
- * lost), else converts the error here.
- */
-export function leaseGone(session: Session, err: unknown, what: string): unknown {
-  const s = session as Session & { leaseError?: (err: unknown, what: string) => unknown };
-  if (typeof s.leaseError === 'function') return s.leaseError(err, what);
-  if (!(err instanceof Error) || !/requested lease not found/i.test(err.message)) return err;
-  return new SessionExpiredError(`${what}: etcd no longer has lease ${session.leaseHex}`, { cause: err });
-}
-
-/** @internal Bound on name collisions in a row (two processes picking one nanosecond): never reached in practice. */
-export const MAX_UNIQUE_ATTEMPTS = 50;
-
-const noLocalTurn = (): void => undefined;
 
 /* ------------------------------------------------------------------------- */
 
@@ -288,37 +228,15 @@ export class RWMutex {
     const what = `rwmutex ${showKey(this.name)} (${mode})`;
     options.signal?.throwIfAborted();
     session.throwIfExpired();
-
-    const linked = linkSignals(options.signal, session.signal);
-    const signal = linked.signal;
-    const pending: PendingKey = {};
-    let inFlight: Promise<unknown> = Promise.resolve();
-    try {
-      const acquiring = this.#acquireTxn(mode, pending, signal);
-      inFlight = acquiring;
-      const { key, rev, state: initial } = await raceAbort(acquiring, signal).catch((err: unknown) => {
-        throw leaseGone(session, err, what);
-      });
-      let state = initial;
-      if (state.blocker) {
-        if (!wait) {
-          await deleteOwnKey(session, key, rev, log);
-          return undefined;
-        }
-        log('%s: queued as %s@%s behind %s', what, showKey(key), rev, state.blocker.kind === 'key' ? showKey(state.blocker.key) : '?');
-        state = await waitInLine(session.client, {
-          initial: state, read: () => this.#readLine(mode, key, rev), signal, what, log,
-        });
-      }
-      log('%s: acquired by %s, token %s', what, showKey(key), rev);
-      return new Holding(session, key, rev, noLocalTurn, what, log);
-    } catch (err) {
-      // Remove the key this call may have created, after its Txn settled.
-      await cleanUpAfter(inFlight, () => deletePendingKey(session, pending, log), noLocalTurn, log);
-      throw err;
-    } finally {
-      linked.dispose();
-    }
+    // Keys are unique per call: no local turn is needed.
+    const turn = await joinLine(session, {
+      what, log, wait, signals: [options.signal],
+      enter: (pending, signal) => this.#enter(mode, pending, signal),
+      read: (key, rev) => this.#readLine(mode, key, rev),
+    });
+    if (!turn) return undefined;
+    log('%s: acquired by %s, token %s', what, showKey(turn.key), turn.rev);
+    return new Holding(session, turn.key, turn.rev, turn.releaseLocal, what, log);
   }
 
   /** The range that finds what blocks a `mode` waiter: the newest older writer, or our own key and the newest older key. */
@@ -333,42 +251,15 @@ export class RWMutex {
    * same Txn, reads what blocks us: our key is the newest in the store, so
    * for a reader the newest writer key, and for a writer the two newest keys
    * under `<name>/` (ours and our predecessor), are exactly what we need.
-   * Retried until the signal aborts; a retry whose earlier attempt did land
-   * finds the key with our lease and adopts it. A name taken by another
-   * lease (same nanosecond elsewhere) gets a new suffix.
    */
-  async #acquireTxn(mode: RWLockMode, pending: PendingKey, signal: AbortSignal): Promise<{ key: Buffer; rev: bigint; state: LineState }> {
-    const { client, leaseId } = this.session;
+  async #enter(mode: RWLockMode, pending: PendingKey, signal: AbortSignal): Promise<LineState> {
     const dir = mode === 'read' ? this.#readDir : this.#writeDir;
     const blocker = this.#blockerRange(mode);
-    for (let attempt = 1; ; attempt++) {
-      signal.throwIfAborted();
-      const key = uniqueKey(dir);
-      pending.key = key;
-      pending.rev = undefined;
-      const res = await retrying(() => txn(client,
-        [cmp.create(key, '==', 0n)],
-        [op.put(key, '', leaseId), op.range(blocker.key, blocker.options)],
-        [op.range(key, { keysOnly: true })]), { signals: [signal], maxElapsedMs: Infinity });
-      if (res.succeeded) {
-        pending.rev = res.revision;
-        const kvs = rangeAt(res, 1).kvs;
-        const state = mode === 'read'
-          ? this.#readerState(true, kvs[0], res.revision)
-          : this.#writerState(kvs, key, res.revision, res.revision);
-        return { key, rev: res.revision, state };
-      }
-      const existing = rangeAt(res, 0).kvs[0];
-      if (existing && existing.lease === leaseId) {
-        // An earlier attempt of this Txn landed but its reply was lost: adopt the key.
-        const rev = existing.createRevision;
-        pending.rev = rev;
-        const state = await retrying(() => this.#readLine(mode, key, rev), { signals: [signal], maxElapsedMs: Infinity });
-        return { key, rev, state };
-      }
-      if (attempt >= MAX_UNIQUE_ATTEMPTS) throw new Error(`rwmutex ${showKey(this.name)}: no unique key after ${attempt} attempts`);
-      log('unique key %s taken by another lease; trying another', showKey(key));
-    }
+    const { key, rev, reads } = await createUniqueKey(this.session, dir, [op.range(blocker.key, blocker.options)], pending, signal);
+    // Adopted after a lost reply: read the line anew.
+    if (!reads) return retrying(() => this.#readLine(mode, key, rev), { signals: [signal], maxElapsedMs: Infinity });
+    const kvs = (reads[0] as RangeResult).kvs;
+    return mode === 'read' ? this.#readerState(true, kvs[0], rev) : this.#writerState(kvs, key, rev, rev);
   }
 
   /**

@@ -1,14 +1,13 @@
-import { linkSignals, raceAbort } from '../core/abort.js';
 import { InvalidArgumentError } from '../core/errors.js';
-import { cleanUpAfter, deleteOwnKey, Holding, type HeldKey } from '../core/holding.js';
-import { childPrefix, showKey } from '../core/keys.js';
+import { Holding, type HeldKey } from '../core/holding.js';
+import { childPrefix, showKey, uniqueKey } from '../core/keys.js';
 import { cmp, op, range, rangeAt, txn, type KeyValue, type Op, type TxnResult } from '../core/kv.js';
+import { joinLine, MAX_UNIQUE_ATTEMPTS, type PendingKey } from '../core/line.js';
 import { logger } from '../core/log.js';
 import { retrying } from '../core/retry.js';
 import { checkSession, type Session } from '../core/session.js';
 import { checkInteger, checkName, checkOptions, checkSignal } from '../core/validate.js';
-import { waitInLine, type LineState } from '../core/wait.js';
-import { deletePendingKey, leaseGone, MAX_UNIQUE_ATTEMPTS, uniqueKey, type PendingKey } from './rwmutex.js';
+import type { LineState } from '../core/wait.js';
 
 const log = logger('semaphore');
 
@@ -36,7 +35,6 @@ export interface SemaphoreUsage {
   waiters: number;
 }
 
-const noLocalTurn = (): void => undefined;
 
 /** What a waiter's read tells it beyond "blocked or not": who to wake once it holds. */
 interface LineData {
@@ -144,39 +142,17 @@ export class Semaphore {
     const what = `semaphore ${showKey(this.name)}`;
     options.signal?.throwIfAborted();
     session.throwIfExpired();
-
-    const linked = linkSignals(options.signal, session.signal);
-    const signal = linked.signal;
-    const pending: PendingKey = {};
-    let inFlight: Promise<unknown> = Promise.resolve();
-    try {
-      const acquiring = this.#acquireTxn(pending, signal);
-      inFlight = acquiring;
-      const { key, rev, state: initial } = await raceAbort(acquiring, signal).catch((err: unknown) => {
-        throw leaseGone(session, err, what);
-      });
-      let state = initial;
-      if (state.blocker) {
-        if (!wait) {
-          await deleteOwnKey(session, key, rev, log);
-          return undefined;
-        }
-        log('%s: queued as %s@%s', what, showKey(key), rev);
-        const done = await waitInLine<LineData>(session.client, {
-          initial: state, read: () => this.#readLine(key, rev), signal, what, log,
-        });
-        // We may have been seen as a waiter: wake the ones behind us.
-        if (done.data) this.#wakeBehind(done.data);
-      }
-      log('%s: permit acquired by %s, token %s', what, showKey(key), rev);
-      return new Holding(session, key, rev, noLocalTurn, what, log);
-    } catch (err) {
-      // Remove the key this call may have created, after its Txn settled.
-      await cleanUpAfter(inFlight, () => deletePendingKey(session, pending, log), noLocalTurn, log);
-      throw err;
-    } finally {
-      linked.dispose();
-    }
+    // Keys are unique per call: no local turn is needed.
+    const turn = await joinLine<LineData>(session, {
+      what, log, wait, signals: [options.signal],
+      enter: (pending, signal) => this.#enter(pending, signal),
+      read: (key, rev) => this.#readLine(key, rev),
+    });
+    if (!turn) return undefined;
+    // We may have been seen as a waiter: wake the ones behind us.
+    if (turn.waited && turn.state.data) this.#wakeBehind(turn.state.data);
+    log('%s: permit acquired by %s, token %s', what, showKey(turn.key), turn.rev);
+    return new Holding(session, turn.key, turn.rev, turn.releaseLocal, what, log);
   }
 
   /** The two reads every line state comes from: the first `permits + 1` keys, and our key with its predecessor. */
@@ -195,7 +171,7 @@ export class Semaphore {
    * retry whose earlier attempt did land finds the key with our lease and
    * adopts it.
    */
-  async #acquireTxn(pending: PendingKey, signal: AbortSignal): Promise<{ key: Buffer; rev: bigint; state: LineState<LineData> }> {
+  async #enter(pending: PendingKey, signal: AbortSignal): Promise<LineState<LineData>> {
     const { client, leaseId } = this.session;
     const count = String(this.permits);
     let createCount = false;
@@ -214,7 +190,7 @@ export class Semaphore {
         pending.rev = res.revision;
         if (createCount) log('semaphore %s: stored %s permits in %s', showKey(this.name), count, showKey(this.#permitsKey));
         const state = this.#lineState(key, res.revision, res.revision, rangeAt(res, writes.length).kvs, rangeAt(res, writes.length + 1).kvs);
-        return { key, rev: res.revision, state };
+        return state;
       }
       const stored = rangeAt(res, 0).kvs[0];
       const existing = rangeAt(res, 1).kvs[0];
@@ -223,7 +199,7 @@ export class Semaphore {
         const rev = existing.createRevision;
         pending.rev = rev;
         const state = await retrying(() => this.#readLine(key, rev), { signals: [signal], maxElapsedMs: Infinity });
-        return { key, rev, state };
+        return state;
       }
       if (!stored) {
         createCount = true; // first use of this name (or the count key was deleted)

@@ -226,10 +226,23 @@ export class EtcdMember {
     clearTimeout(timer);
   }
 
-  /** Starts a stopped (or killed) member again on the same ports and data. */
-  async restart(): Promise<void> {
+  /** Starts a stopped (or killed) member again on the same ports and data, and waits until it is healthy. */
+  async restart(timeoutMs = 30_000): Promise<void> {
     await this.stop();
     await this.spawn();
+    await this.waitHealthy(timeoutMs);
+  }
+
+  /** Waits (bounded) until this member answers /health with true. */
+  async waitHealthy(timeoutMs = 30_000): Promise<void> {
+    const deadline = performance.now() + timeoutMs;
+    let pause = 20;
+    while (!(await this.healthy())) {
+      if (this.#state === 'stopped') throw new Error(`member ${this.name} exited:\n${this.recentLog.split('\n').slice(-10).join('\n')}`);
+      if (performance.now() + pause > deadline) throw new Error(`member ${this.name} not healthy after ${timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, pause));
+      pause = Math.min(pause * 2, 250);
+    }
   }
 
   /** GET /health once: true when the member is up and sees a leader. */
