@@ -12,6 +12,7 @@ import { isTransient, retrying } from '../core/retry.js';
 import { checkSession, type Session } from '../core/session.js';
 import { checkClient, checkInteger, checkName, checkOptions, checkSignal, checkValue } from '../core/validate.js';
 import { openWatch, WatchCompactedError, type WatchEvent, type WatchHandle } from '../core/watch-hub.js';
+import { emitSafely } from '../core/events.js';
 
 const log = logger('election');
 
@@ -216,13 +217,8 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     this.#emitSafely('lost', reason);
   }
 
-  /** Emits without letting a throwing listener break our state: its error surfaces as an uncaught exception, as usual for listeners. */
   #emitSafely<K extends keyof ElectionEvents>(event: K, ...args: ElectionEvents[K]): void {
-    try {
-      (this as EventEmitter).emit(event, ...args);
-    } catch (err) {
-      queueMicrotask(() => { throw err; });
-    }
+    emitSafely(this, event as string, args);
   }
 
   /**

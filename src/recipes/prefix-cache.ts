@@ -8,6 +8,7 @@ import { logger } from '../core/log.js';
 import { isTransient, retrying } from '../core/retry.js';
 import { checkClient, checkInteger, checkName, checkOptions, checkSignal } from '../core/validate.js';
 import { openWatch, WatchCompactedError, type WatchEvent, type WatchHandle } from '../core/watch-hub.js';
+import { emitSafely } from '../core/events.js';
 
 const log = logger('prefix-cache');
 
@@ -505,17 +506,12 @@ export class PrefixCache extends EventEmitter<PrefixCacheEvents> implements Asyn
     this.#safeEmit('change', c);
   }
 
-  /** Emits without letting a throwing listener break the cache; the error is rethrown asynchronously. */
   #safeEmit<K extends keyof PrefixCacheEvents>(event: K, ...args: PrefixCacheEvents[K]): void {
-    try {
-      (this.emit as (e: K, ...a: PrefixCacheEvents[K]) => boolean)(event, ...args);
-    } catch (err) {
-      process.nextTick(() => { throw err; });
-    }
+    emitSafely(this, event as string, args);
   }
 
   #emitError(err: Error): void {
-    if (this.listenerCount('error') > 0) this.#safeEmit('error', err);
+    this.#safeEmit('error', err);
   }
 }
 

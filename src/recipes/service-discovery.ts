@@ -6,6 +6,7 @@ import { logger } from '../core/log.js';
 import { checkClient, checkInteger, checkOptions, checkSignal } from '../core/validate.js';
 import { PrefixCache, type CachedKeyValue, type PrefixCacheChange, type PrefixCacheWaitOptions } from './prefix-cache.js';
 import { checkRoot, checkServiceName, DEFAULT_SERVICE_ROOT, servicePrefix, type ServiceMetadata } from './service-registry.js';
+import { emitSafely } from '../core/events.js';
 
 const log = logger('service-discovery');
 
@@ -329,11 +330,7 @@ export class ServiceDiscovery<M extends object = ServiceMetadata> extends EventE
   }
 
   #safeEmit<K extends keyof ServiceDiscoveryEvents<M>>(event: K, ...args: ServiceDiscoveryEvents<M>[K]): void {
-    try {
-      (this.emit as (e: K, ...a: ServiceDiscoveryEvents<M>[K]) => boolean)(event, ...args);
-    } catch (err) {
-      process.nextTick(() => { throw err; });
-    }
+    emitSafely(this, event as string, args);
   }
 }
 

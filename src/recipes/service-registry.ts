@@ -8,6 +8,7 @@ import { isTransient, retrying } from '../core/retry.js';
 import { Session } from '../core/session.js';
 import { checkBoolean, checkClient, checkInteger, checkOptions, checkSignal } from '../core/validate.js';
 import { openWatch, type WatchEvent, type WatchHandle } from '../core/watch-hub.js';
+import { emitSafely } from '../core/events.js';
 
 const log = logger('service-registry');
 
@@ -576,14 +577,10 @@ export class ServiceRegistry<M extends object = ServiceMetadata> extends EventEm
   }
 
   #safeEmit<K extends keyof ServiceRegistryEvents>(event: K, ...args: ServiceRegistryEvents[K]): void {
-    try {
-      (this.emit as (e: K, ...a: ServiceRegistryEvents[K]) => boolean)(event, ...args);
-    } catch (err) {
-      process.nextTick(() => { throw err; });
-    }
+    emitSafely(this, event as string, args);
   }
 
   #emitError(err: Error): void {
-    if (this.listenerCount('error') > 0) this.#safeEmit('error', err);
+    this.#safeEmit('error', err);
   }
 }
