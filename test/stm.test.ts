@@ -300,8 +300,10 @@ describe('runSTM', () => {
     const before2 = await kvRequests(url);
     await runSTM(client, async (tx) => {
       runs++;
-      if (tx.attempt === 1) await etcd().client().put('prefetch/b').value('7'); // never read by fn, but prefetched
-      tx.put('prefetch/sum', String(Number(await tx.get('prefetch/a')) + Number(await tx.get('prefetch/b'))));
+      // Served from the prefetch read (awaiting it makes sure that read is done before we meddle).
+      const a = Number(await tx.get('prefetch/a'));
+      if (tx.attempt === 1) await etcd().client().put('prefetch/b').value('7'); // prefetched, read by fn only after the change
+      tx.put('prefetch/sum', String(a + Number(await tx.get('prefetch/b'))));
     }, { prefetch: ['prefetch/a', 'prefetch/b'] });
     const after2 = await kvRequests(url);
     expect(runs).toBe(2);

@@ -42,6 +42,17 @@ export function linkSignals(...sources: (AbortSignal | undefined)[]): LinkedSign
 }
 
 /**
+ * One signal for several sources, like {@link linkSignals}, but without a new
+ * AbortController when only one source is defined (the common case of a call
+ * without its own signal): that source is used as is.
+ */
+export function combineSignals(...sources: (AbortSignal | undefined)[]): { signal: AbortSignal; dispose(): void } {
+  const defined = sources.filter((s): s is AbortSignal => !!s);
+  if (defined.length === 1) return { signal: defined[0]!, dispose: () => undefined };
+  return linkSignals(...defined);
+}
+
+/**
  * Settles like `promise`, or rejects with the reason of the first signal that
  * aborts first. The promise keeps running; callers clean up after it.
  */

@@ -1,5 +1,4 @@
 import type { ComparatorBuilder } from 'etcd3';
-import { linkSignals, type LinkedSignal } from './abort.js';
 import { LockNotHeldError, withoutStack } from './errors.js';
 import { cmp, op, txn } from './kv.js';
 import { showKey } from './keys.js';
@@ -72,18 +71,27 @@ export interface HeldKey extends AsyncDisposable {
   release(): Promise<void>;
 }
 
-/** @internal The implementation behind every {@link HeldKey}. */
+/**
+ * @internal The implementation behind every {@link HeldKey}. Its signal is
+ * made on first use: a lock taken and released in a loop by code that never
+ * looks at it costs no AbortController.
+ */
 export class Holding implements HeldKey {
   readonly fencingToken: bigint;
   readonly #session: Session;
   readonly #key: Buffer;
-  readonly #linked: LinkedSignal;
   readonly #releaseLocal: LocalRelease;
   readonly #what: string;
   readonly #log: Debugger | undefined;
+  #controller: AbortController | undefined;
+  #detach: (() => void) | undefined;
   #releasing: Promise<void> | undefined;
-  #releaseStarted = false;
 
+  /**
+   * `releaseLocal` lets the next local caller on the same per-session key go;
+   * it is called once our key is deleted. (When the session is lost instead,
+   * the local callers behind us fail on the session's signal by themselves.)
+   */
   constructor(session: Session, key: Buffer, rev: bigint, releaseLocal: LocalRelease, what: string, log?: Debugger) {
     this.#session = session;
     this.#key = key;
@@ -91,10 +99,6 @@ export class Holding implements HeldKey {
     this.#releaseLocal = releaseLocal;
     this.#what = what;
     this.#log = log;
-    this.#linked = linkSignals(session.signal);
-    if (this.#linked.signal.aborted) releaseLocal();
-    // Lost (not released): let the next local caller go; its own calls will see the session expired.
-    else this.#linked.signal.addEventListener('abort', () => { if (!this.#releaseStarted) releaseLocal(); }, { once: true });
   }
 
   get key(): string {
@@ -107,11 +111,23 @@ export class Holding implements HeldKey {
   }
 
   get signal(): AbortSignal {
-    return this.#linked.signal;
+    if (!this.#controller) {
+      const controller = new AbortController();
+      this.#controller = controller;
+      const lost = this.#session.signal;
+      if (this.#releasing) controller.abort(this.#releasedReason());
+      else if (lost.aborted) controller.abort(lost.reason);
+      else {
+        const onLost = () => controller.abort(lost.reason);
+        lost.addEventListener('abort', onLost, { once: true });
+        this.#detach = () => lost.removeEventListener('abort', onLost);
+      }
+    }
+    return this.#controller.signal;
   }
 
   get released(): boolean {
-    return this.#linked.signal.aborted;
+    return !!this.#releasing || this.#session.expired;
   }
 
   ifOwner(): ComparatorBuilder {
@@ -120,20 +136,32 @@ export class Holding implements HeldKey {
   }
 
   release(): Promise<void> {
-    this.#releasing ??= (async () => {
-      // Set before aborting our signal: the next local caller must wait until our key is deleted,
-      // or it would adopt our key (same lease, same name) and then see it deleted under it.
-      this.#releaseStarted = true;
-      const lost = this.#linked.signal.aborted;
-      this.#linked.abort(withoutStack(() => new LockNotHeldError(`${this.#what} released`)));
+    if (this.#releasing) return this.#releasing;
+    let done!: () => void;
+    let failed!: (err: unknown) => void;
+    // Assigned before anything else runs: a listener of our signal may call release() again.
+    this.#releasing = new Promise<void>((resolve, reject) => { done = resolve; failed = reject; });
+    void (async () => {
+      this.#detach?.();
+      const controller = this.#controller;
+      if (controller && !controller.signal.aborted) controller.abort(this.#releasedReason());
       try {
-        if (!lost || !this.#session.expired) await deleteOwnKey(this.#session, this.#key, this.fencingToken, this.#log);
+        // The local turn passes on only after our key is gone: the next local caller would
+        // otherwise adopt our key (same lease, same name) and then see it deleted under it.
+        if (!this.#session.expired) await deleteOwnKey(this.#session, this.#key, this.fencingToken, this.#log);
         this.#log?.('%s released (token %s)', this.#what, this.fencingToken);
+        done();
+      } catch (err) {
+        failed(err);
       } finally {
         this.#releaseLocal();
       }
     })();
     return this.#releasing;
+  }
+
+  #releasedReason(): LockNotHeldError {
+    return withoutStack(() => new LockNotHeldError(`${this.#what} released`));
   }
 
   [Symbol.asyncDispose](): Promise<void> {

@@ -1,5 +1,5 @@
 import type { Debugger } from 'debug';
-import { linkSignals, raceAbort } from './abort.js';
+import { combineSignals, raceAbort } from './abort.js';
 import { cleanUpAfter, deleteOwnKey } from './holding.js';
 import { childPrefix, sessionKey, showKey, uniqueKey } from './keys.js';
 import { cmp, op, range, rangeAt, txn, type KeyValue, type Op, type OpResult, type RangeOptions } from './kv.js';
@@ -71,7 +71,7 @@ const noLocalTurn: LocalRelease = () => undefined;
  */
 export async function joinLine<T>(session: Session, o: JoinLineOptions<T>): Promise<Turn<T> | undefined> {
   const { what, log } = o;
-  const linked = linkSignals(...o.signals, session.signal);
+  const linked = combineSignals(...o.signals, session.signal);
   const signal = linked.signal;
   const pending: PendingKey = {};
   let releaseLocal: LocalRelease | undefined;
