@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Namespace } from 'etcd3';
 import { childPrefix, showKey, toBuffer } from '../core/keys.js';
-import { cmp, op, range, rangeAt, txn, type KeyValue } from '../core/kv.js';
+import { cmp, op, range, rangeAt, txn, type KeyValue, type TxnResult } from '../core/kv.js';
 import { logger } from '../core/log.js';
 import { retrying } from '../core/retry.js';
 import { checkClient, checkInteger, checkName, checkOptions, checkSignal, checkValue } from '../core/validate.js';
@@ -44,6 +44,8 @@ export class PriorityQueue implements AsyncDisposable {
   readonly #own: OwnSession;
   readonly #line: ConsumerLine<QueueItem>;
   readonly #what: string;
+  /** Per priority: the next sequence number and the revision at which we knew it was free. */
+  readonly #levels = new Map<number, { next: bigint; seen: bigint }>();
 
   /**
    * @param client - an etcd3 client or namespace
@@ -94,27 +96,42 @@ export class PriorityQueue implements AsyncDisposable {
     // Go writes "" here and only compares its mod revision; a unique token
     // lets a retried Txn whose first reply was lost recognise its own commit.
     const token = randomBytes(9).toString('base64url');
-    const lastOf = (key: Buffer | undefined) => op.range(key ?? levelPrefix, { prefix: true, sortTarget: 'Key', sortOrder: 'Descend', limit: 1, keysOnly: true });
-    const first = await retrying(() => range(this.client, levelPrefix, { prefix: true, sortTarget: 'Key', sortOrder: 'Descend', limit: 1, keysOnly: true }));
-    let last: KeyValue | undefined = first.kvs[0];
-    let seen = first.revision;
+    const lastKey = op.range(levelPrefix, { prefix: true, sortTarget: 'Key', sortOrder: 'Descend', limit: 1, keysOnly: true });
+    // Go reads the last key before every allocation. After our own allocation we already know it (and the
+    // revision at which nobody else had allocated): try the next number at once; the compare catches anyone else.
+    let known: { next: bigint; seen: bigint } | undefined = this.#levels.get(priority);
+    if (!known) {
+      const first = await retrying(() => txn(this.client, [], [lastKey]));
+      const last = rangeAt(first, 0).kvs[0];
+      known = { next: last ? parseSequence(last.key) + 1n : 0n, seen: first.revision };
+    }
     for (let attempt = 0; ; attempt++) {
-      const seq = last ? parseSequence(last.key) + 1n : 0n;
-      const key = Buffer.concat([levelPrefix, Buffer.from(pad16(seq))]);
-      const res = await retrying(() => txn(this.client, [cmp.mod(base, '<', seen + 1n)],
+      const key = Buffer.concat([levelPrefix, Buffer.from(pad16(known.next))]);
+      const seen: bigint = known.seen;
+      const res: TxnResult = await retrying(() => txn(this.client, [cmp.mod(base, '<', seen + 1n)],
         [op.put(base, token), op.put(key, val)],
-        [op.range(base), op.range(key), lastOf(undefined)]));
-      if (res.succeeded) return key.toString();
+        [op.range(base), op.range(key), lastKey]));
+      if (res.succeeded) {
+        this.#remember(priority, { next: known.next + 1n, seen: res.revision });
+        return key.toString();
+      }
       const baseKv = rangeAt(res, 0).kvs[0];
       const mine = rangeAt(res, 1).kvs[0];
       if (mine && mine.version === 1n && mine.value.equals(val) && await this.#wroteIt(base, baseKv, mine.createRevision, token)) {
         log('%s: enqueue of %s committed on an earlier try', this.#what, showKey(key));
+        this.#levels.delete(priority);
         return key.toString();
       }
-      last = rangeAt(res, 2).kvs[0];
-      seen = res.revision;
+      const last: KeyValue | undefined = rangeAt(res, 2).kvs[0];
+      known = { next: last ? parseSequence(last.key) + 1n : 0n, seen: res.revision };
       if (attempt > 0 && attempt % 100 === 0) log('%s: enqueue still contended after %d tries', this.#what, attempt);
     }
+  }
+
+  #remember(priority: number, level: { next: bigint; seen: bigint }): void {
+    this.#levels.delete(priority);
+    this.#levels.set(priority, level);
+    if (this.#levels.size > 256) this.#levels.delete(this.#levels.keys().next().value!);
   }
 
   /** Did the Txn that created our key at `rev` carry our token? */

@@ -238,7 +238,7 @@ export class ConsumerLine<R> {
           cands = [];
           if (!waiter) {
             const scan = this.#parse(out.scan);
-            cands = scan.incomplete && !beyondLine(scan).length ? await this.#freeScan(signal) : beyondLine(scan);
+            cands = scan.incomplete && !beyondLine(scan).length ? await this.#freeScan(signal) : this.#surplus(beyondLine(scan));
             from = 'failure';
             if (cands.length) continue;
           }
@@ -312,6 +312,17 @@ export class ConsumerLine<R> {
       this.#freeSlots.push(slot);
       this.#sessions.end();
     }
+  }
+
+  /**
+   * What a consumer that is not the head may claim from the surplus beyond
+   * the line: all of it normally, but only a real backlog (a full window)
+   * while consumers have been colliding. With just a few items and several
+   * free consumers, racing costs more than queueing: join the line, whose
+   * head takes them one by one without a lost claim.
+   */
+  #surplus(free: Candidate[]): Candidate[] {
+    return free.length < WINDOW ? [] : free;
   }
 
   /** Reads the candidates a consumer outside the line may take (the surplus beyond the line). */
@@ -441,18 +452,22 @@ export class ConsumerLine<R> {
       } finally {
         pw.close();
       }
-      const iw = await this.#openHeadWatch(signal);
-      let keep = false;
-      try {
-        const s = await this.#readRetrying(waiter, signal);
-        if (settled(s)) {
-          keep = idleHead(s);
-          return keep ? { state: s, watch: iw } : { state: s };
-        }
-        state = s; // an earlier waiter left: wait on the new predecessor
-      } finally {
-        if (!keep) iw.close();
+      // Both at once: if the watch was created after the read, #waitAsHead confirms with one more read.
+      const opening = this.#openHeadWatch(signal);
+      const reading = this.#readRetrying(waiter, signal);
+      const [w, r] = await Promise.allSettled([opening, reading]);
+      if (w.status === 'rejected' || r.status === 'rejected') {
+        if (w.status === 'fulfilled') w.value.close();
+        throw w.status === 'rejected' ? w.reason : (r as PromiseRejectedResult).reason;
       }
+      const s = r.value;
+      if (settled(s)) {
+        if (idleHead(s)) return { state: s, watch: w.value };
+        w.value.close();
+        return { state: s };
+      }
+      w.value.close();
+      state = s; // an earlier waiter left: wait on the new predecessor
     }
   }
 
