@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { isRecipeError, Session, WorkQueue } from '../src/index.js';
+import { isRecipeError, Session, WorkQueue, type Job } from '../src/index.js';
 import { keysUnder, stillPending, useCluster, within } from './helpers.js';
 import { tally, waitForCount } from './queue-helpers.js';
 
@@ -43,7 +43,7 @@ describe('WorkQueue', () => {
     await using session = await Session.create(etcd().client(), { ttl: 10 });
     const wq = new WorkQueue(session, 'order');
     for (const [v, p] of [['a', 5], ['b', undefined], ['c', 0], ['d', 5], ['e', undefined]] as const) await wq.add(v, { priority: p });
-    const jobs = [];
+    const jobs: Job[] = [];
     for (let i = 0; i < 5; i++) jobs.push(await wq.claim());
     expect(jobs.map((j) => j.value)).toEqual(['c', 'a', 'd', 'b', 'e']);
     expect(jobs.map((j) => j.priority)).toEqual([0, 5, 5, 100, 100]);
