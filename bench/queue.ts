@@ -82,7 +82,6 @@ async function deliveries(ctx: BenchContext, what: string, seconds: number, prod
   }
   producing = false;
   if (delivered >= produced) stop.abort();
-  console.error('producer done', what, produced, delivered);
   const drainTimer = setTimeout(() => stop.abort(), 30_000);
   await Promise.all(loops);
   clearTimeout(drainTimer);
@@ -232,7 +231,6 @@ export default async function run(ctx: BenchContext): Promise<void> {
   await pq.close();
   await session.close();
 
-  console.log('phase b');
   // (b) 1 producer, 4 consumers
   const results: RunResult[] = [];
   const consumers = 4;

@@ -95,7 +95,6 @@ describe('Queue', () => {
     const perItem = (after.txn + after.range - before.txn - before.range) / items;
     // Go's Queue: every waiting consumer tries to claim every item (>= 9 requests here).
     // Ours: enqueue, claim, the next waiter's read, the claimer re-joining the line (and at most a confirming read).
-    console.log('requests per item', perItem, (after.watch - before.watch) / items);
     expect(perItem).toBeLessThanOrEqual(6);
     await Promise.all(consumers.map((c) => c.close()));
   });

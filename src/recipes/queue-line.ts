@@ -128,8 +128,6 @@ export interface SessionSource {
 
 /** How many leading candidates a read returns (keys only). */
 export const WINDOW = 16;
-export const STATS: Record<string, number> = {};
-const bump = (k: string) => { STATS[k] = (STATS[k] ?? 0) + 1; };
 /** After a lost race, spread this many following claims over the window. */
 const CONTENTION_CLAIMS = 32;
 
@@ -217,16 +215,13 @@ export class ConsumerLine<R> {
     let waited = false;
     let state: State | undefined;
     let cands: Candidate[] = this.#cache.splice(0);
-    let from = cands.length ? 'cache' : 'none';
     let rereads = 0;
     try {
       session = await this.#sessions.acquire(signal);
-      if (!cands.length && !this.#lastTakeWaited) { cands = await this.#freeScan(signal); from = 'freescan'; }
+      if (!cands.length && !this.#lastTakeWaited) cands = await this.#freeScan(signal);
       for (;;) {
         if (cands.length) {
-          bump('from-' + from);
           const out = await this.#claim(cands, session, waiter, slot);
-          if (!out.won) bump('lostfrom-' + from);
           if (out.won) {
             waiter = undefined; // the claim Txn deleted it
             this.#cache = out.next ? beyondLine(this.#parse(out.next)) : [];
@@ -234,12 +229,10 @@ export class ConsumerLine<R> {
             return out.result;
           }
           this.#contention = CONTENTION_CLAIMS;
-          bump('lost');
           cands = [];
           if (!waiter) {
             const scan = this.#parse(out.scan);
             cands = scan.incomplete && !beyondLine(scan).length ? await this.#freeScan(signal) : this.#surplus(beyondLine(scan));
-            from = 'failure';
             if (cands.length) continue;
           }
           state = undefined; // in line: read our place again
@@ -269,7 +262,6 @@ export class ConsumerLine<R> {
           continue;
         }
         cands = claimableInLine(state);
-        from = state.pred ? 'line-surplus' : 'line-head';
         if (cands.length) continue;
         if (state.scan.incomplete) {
           // The read window was too small: read again with the window the source widened.
@@ -283,7 +275,7 @@ export class ConsumerLine<R> {
           if (state.pred) ({ state, watch: opened } = await this.#waitForTurn(waiter, state, linked.signal));
           if (idleHead(state)) {
             const got = await this.#waitAsHead(waiter, state, linked.signal, opened);
-            if (got.cands) { cands = got.cands; from = 'event'; }
+            if (got.cands) cands = got.cands;
             else state = got.state;
           } else {
             opened?.close();
@@ -329,7 +321,6 @@ export class ConsumerLine<R> {
   async #freeScan(signal: AbortSignal | undefined): Promise<Candidate[]> {
     const src = this.#src;
     for (let i = 0; i < 100; i++) {
-      bump('scan');
       const res = await retrying(() => txn(src.client, [], this.#scanOps()), { signals: [signal], maxElapsedMs: Infinity });
       const scan = this.#parse(res.responses);
       const free = beyondLine(scan);
@@ -353,7 +344,6 @@ export class ConsumerLine<R> {
       if (n > 1) pick = cands[randomInt(n)]!;
     }
     const ctx: ClaimContext = { session, attemptId: newAttemptId(), waiter, slot, scan: this.#scanOps() };
-    bump(waiter ? 'claim-waiter' : 'claim');
     try {
       return await retrying(() => src.claim(pick, ctx), {
         signals: [session.signal], maxElapsedMs: Infinity,
@@ -377,7 +367,6 @@ export class ConsumerLine<R> {
     const src = this.#src;
     for (let attempt = 0; attempt < 100; attempt++) {
       const key = Buffer.concat([src.waitersPrefix, Buffer.from(uniqueSuffix())]);
-      bump('join');
       const pending = retrying(() => txn(src.client, [cmp.create(key, '==', 0n)], [
         op.put(key, '', session.leaseId),
         op.range(src.waitersPrefix, { prefix: true, sortTarget: 'Create', sortOrder: 'Descend', limit: 2, keysOnly: true }),
@@ -400,7 +389,6 @@ export class ConsumerLine<R> {
 
   /** One read: our key and our predecessor (newest first, up to ours), and the candidates. */
   async #read(waiter: Waiter): Promise<State> {
-    bump('read');
     const src = this.#src;
     const res = await txn(src.client, [], [
       op.range(src.waitersPrefix, { prefix: true, maxCreateRevision: waiter.rev, sortTarget: 'Create', sortOrder: 'Descend', limit: 2, keysOnly: true }),
