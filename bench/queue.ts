@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events';
 import type { Etcd3 } from 'etcd3';
 import { cmp, op, rangeAt, txn } from '../src/core/kv.js';
 import { openWatch, type WatchEvent, type WatchHandle } from '../src/core/watch-hub.js';
@@ -57,6 +58,7 @@ async function deliveries(ctx: BenchContext, what: string, seconds: number, prod
   let producing = true;
   let lastDelivery = 0;
   const stop = new AbortController();
+  setMaxListeners(1000, stop.signal); // every consumer listens to it
   const before = await grpcMessages(ctx.metricsUrl);
   const started = performance.now();
   const loops = consumers.map(async (c) => {
@@ -296,6 +298,7 @@ export default async function run(ctx: BenchContext): Promise<void> {
     const started = performance.now();
     let got = 0;
     const stop = new AbortController();
+    setMaxListeners(1000, stop.signal);
     await Promise.all(cs.map(async (c) => {
       while ((await c.take(stop.signal)) !== undefined) if (++got === items) stop.abort();
     }));
