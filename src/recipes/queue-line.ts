@@ -182,7 +182,8 @@ export class ConsumerLine<R> {
   readonly #countWaiters: Op;
   #cache: Candidate[] = [];
   #contention = 0;
-  #lastTakeWaited = false;
+  /** Skip the first read of the next take and join the line at once: nothing was free when we last looked. */
+  #joinNext = false;
   readonly #freeSlots: number[] = [];
   #nextSlot = 0;
 
@@ -218,14 +219,15 @@ export class ConsumerLine<R> {
     let rereads = 0;
     try {
       session = await this.#sessions.acquire(signal);
-      if (!cands.length && !this.#lastTakeWaited) cands = await this.#freeScan(signal);
+      if (!cands.length && !this.#joinNext) cands = await this.#freeScan(signal);
       for (;;) {
         if (cands.length) {
           const out = await this.#claim(cands, session, waiter, slot);
           if (out.won) {
             waiter = undefined; // the claim Txn deleted it
             this.#cache = out.next ? beyondLine(this.#parse(out.next)) : [];
-            this.#lastTakeWaited = waited;
+            // The claim read the items a moment ago: if none was free then, the next take joins the line at once.
+            this.#joinNext = waited || (!!out.next && !this.#cache.length);
             return out.result;
           }
           this.#contention = CONTENTION_CLAIMS;
