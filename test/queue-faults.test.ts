@@ -67,3 +67,27 @@ describe('Queue when a consumer process dies at the head of the line', () => {
     }
   });
 });
+
+describe('Queue when the revision its consumers watch from is compacted', () => {
+  const etcd = useCluster();
+
+  it('consumers re-read and go on after their watches are cancelled for compaction', async () => {
+    const cluster = etcd();
+    const admin = cluster.client();
+    const consumers = Array.from({ length: 3 }, () => new Queue(cluster.client(), 'compact'));
+    const pending = consumers.map((q) => q.dequeue());
+    await waitForCount(admin, '__compact/waiters/', 3); // a head watching the items, two waiters behind it
+    // Move the store on, compact everything up to now, and break every watch stream: the watches
+    // resume from revisions that no longer exist, and etcd cancels them.
+    for (let i = 0; i < 20; i++) await admin.put(`compact-filler/${i}`).value('x');
+    const rev = (await admin.get('compact-filler/0').exec()).header.revision;
+    await admin.kv.compact({ revision: rev, physical: true });
+    await cluster.members[0]!.restart();
+    await cluster.waitHealthy();
+    const producer = new Queue(admin, 'compact');
+    for (const v of ['a', 'b', 'c']) await producer.enqueue(v);
+    expect((await within(20_000, Promise.all(pending), 'deliveries after compaction')).sort()).toEqual(['a', 'b', 'c']);
+    await Promise.all(consumers.map((c) => c.close()));
+    expect(await keysUnder(admin, '__compact/')).toEqual([]);
+  });
+});
