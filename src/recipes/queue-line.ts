@@ -23,7 +23,10 @@ import { openWatch, type WatchEvent, type WatchHandle, type WatchSpec } from '..
  * in the same round trip. A consumer that lost a race recently spreads its
  * next claims at random over the leading candidates that are interchangeable
  * (same priority), so competing consumers stop colliding on the head; one
- * consumer alone always takes the head, in order.
+ * consumer alone always takes the head, in order. Every read also counts the
+ * waiters in line, and a consumer that is not the head of the line only takes
+ * candidates beyond that count: the first ones belong to the line, whose head
+ * was woken for them.
  *
  * Waiting. A consumer that finds nothing joins a line of waiter keys
  * (`<waiters>/<unique>`, attached to a lease, ordered by create revision).
@@ -309,11 +312,10 @@ export class ConsumerLine<R> {
   }
 
   /**
-   * What a consumer that is not the head may claim from the surplus beyond
-   * the line: all of it normally, but only a real backlog (a full window)
-   * while consumers have been colliding. With just a few items and several
-   * free consumers, racing costs more than queueing: join the line, whose
-   * head takes them one by one without a lost claim.
+   * After a lost race, a consumer outside the line only chases a real backlog
+   * (a full window of surplus). With just a few items and several free
+   * consumers, racing on costs more than queueing: it joins the line, whose
+   * head takes items without colliding.
    */
   #surplus(free: Candidate[]): Candidate[] {
     return free.length < WINDOW ? [] : free;
