@@ -15,7 +15,7 @@ import { fmt, grpcMessages, interleaved, percentile, requestsBetween, table, typ
  *     duration, the consumers take items until all are delivered.
  *       - raw floor: the producer's put plus a delete per item, the consumers
  *         handed keys in process (no coordination at all);
- *       - Go's recipe.Queue algorithm, ported line by line onto etcd3 (herd:
+ *       - Go's recipe.Queue algorithm, ported line by line (herd:
  *         every waiting consumer watches the prefix from the read's revision
  *         and races for each item);
  *       - our Queue, PriorityQueue, and WorkQueue (claim + ack).
@@ -245,7 +245,7 @@ export default async function run(ctx: BenchContext): Promise<void> {
     await connect(clients);
     const pc = ctx.client();
     const producer = new Queue(pc, 'bench/queue/go');
-    results.push(await deliveries(ctx, 'Go\'s recipe.Queue algorithm on etcd3', s,
+    results.push(await deliveries(ctx, 'Go\'s recipe.Queue algorithm, ported', s,
       { put: (v) => producer.enqueue(v), close: () => producer.close() }, clients.map((c) => goStyleConsumer(c, 'bench/queue/go/'))));
   }
   {
