@@ -11,8 +11,10 @@ import { fmt, grpcMessages, interleaved, percentile, requestsBetween, table, typ
  * (a) enqueue/s against raw etcd writes, one at a time: a plain put, and the
  *     create-if-absent Txn an enqueue cannot do without.
  * (b) deliveries/s with 1 producer and 4 consumers, each on its own
- *     connection: the producer enqueues one item at a time for the run's
- *     duration, the consumers take items until all are delivered.
+ *     connection: the producer enqueues for the run's duration, one item at
+ *     a time (deliveries are bounded by its enqueue rate, and latency shows),
+ *     then with 16 enqueues in flight (the consumers are the bottleneck);
+ *     the consumers take items until all are delivered.
  *       - raw floor: the producer's put plus a delete per item, the consumers
  *         handed keys in process (no coordination at all);
  *       - Go's recipe.Queue algorithm, ported line by line (herd:
@@ -48,7 +50,7 @@ interface Producer {
 }
 
 /** One producer enqueueing back to back for `seconds`, `consumers` consumers taking until everything is delivered. */
-async function deliveries(ctx: BenchContext, what: string, seconds: number, producer: Producer, consumers: Consumer[]): Promise<RunResult> {
+async function deliveries(ctx: BenchContext, what: string, seconds: number, producer: Producer, consumers: Consumer[], inFlight = 1): Promise<RunResult> {
   const sentAt = new Map<string, number>();
   const latencies: number[] = [];
   const seen = new Set<string>();
@@ -76,12 +78,15 @@ async function deliveries(ctx: BenchContext, what: string, seconds: number, prod
     }
   });
   const end = started + seconds * 1000;
-  for (let i = 0; performance.now() < end; i++) {
-    const v = `${i}-${VALUE}`;
-    await producer.put(v);
-    sentAt.set(v, performance.now());
-    produced++;
-  }
+  let n = 0;
+  await Promise.all(Array.from({ length: inFlight }, async () => {
+    while (performance.now() < end) {
+      const v = `${n++}-${VALUE}`;
+      await producer.put(v);
+      sentAt.set(v, performance.now());
+      produced++;
+    }
+  }));
   producing = false;
   if (delivered >= produced) stop.abort();
   const drainTimer = setTimeout(() => stop.abort(), 30_000);
@@ -233,53 +238,55 @@ export default async function run(ctx: BenchContext): Promise<void> {
   await pq.close();
   await session.close();
 
-  // (b) 1 producer, 4 consumers
-  const results: RunResult[] = [];
+  // (b) 1 producer, 4 consumers: the producer one enqueue at a time, then with 16 enqueues in flight
   const consumers = 4;
-  {
-    const floor = rawFloor(ctx, consumers);
-    results.push(await deliveries(ctx, 'raw floor: put + delete per item (keys handed over in process)', s, floor.producer, floor.consumers));
+  for (const inFlight of [1, 16]) {
+    const results: RunResult[] = [];
+    {
+      const floor = rawFloor(ctx, consumers);
+      results.push(await deliveries(ctx, 'raw floor: put + delete per item (keys handed over in process)', s, floor.producer, floor.consumers, inFlight));
+    }
+    {
+      const clients = Array.from({ length: consumers }, () => ctx.client());
+      await connect(clients);
+      const producer = new Queue(ctx.client(), `bench/queue/go-${inFlight}`);
+      results.push(await deliveries(ctx, 'Go\'s recipe.Queue algorithm, ported', s,
+        { put: (v) => producer.enqueue(v), close: () => producer.close() }, clients.map((c) => goStyleConsumer(c, `bench/queue/go-${inFlight}/`)), inFlight));
+    }
+    {
+      const clients = Array.from({ length: consumers }, () => ctx.client());
+      await connect(clients);
+      const producer = new Queue(ctx.client(), `bench/queue/ours-${inFlight}`);
+      results.push(await deliveries(ctx, 'Queue', s, { put: (v) => producer.enqueue(v), close: () => producer.close() },
+        clients.map((c) => queueConsumer(new Queue(c, `bench/queue/ours-${inFlight}`))), inFlight));
+    }
+    {
+      const clients = Array.from({ length: consumers }, () => ctx.client());
+      await connect(clients);
+      const producer = new PriorityQueue(ctx.client(), `bench/queue/prio-${inFlight}`);
+      let n = 0;
+      results.push(await deliveries(ctx, 'PriorityQueue (4 priorities)', s, { put: (v) => producer.enqueue(v, n++ % 4), close: () => producer.close() },
+        clients.map((c) => queueConsumer(new PriorityQueue(c, `bench/queue/prio-${inFlight}`))), inFlight));
+    }
+    {
+      const clients = Array.from({ length: consumers }, () => ctx.client());
+      await connect(clients);
+      const ps = await Session.create(ctx.client(), { ttl: 30 });
+      const producer = new WorkQueue(ps, `bench/queue/work-${inFlight}`);
+      results.push(await deliveries(ctx, 'WorkQueue (claim + ack)', s, { put: (v) => producer.add(v), close: () => ps.close() },
+        await Promise.all(clients.map((c) => workQueueConsumer(c, `bench/queue/work-${inFlight}`))), inFlight));
+    }
+    const floorRate = results[0]!.perSecond;
+    const goRate = results[1]!.perSecond;
+    table(`1 producer (${inFlight === 1 ? 'one enqueue at a time' : `${inFlight} enqueues in flight`}, ${s} s) and ${consumers} consumers, each on its own connection`, [
+      'what', 'delivered/s', '÷ raw floor', '÷ Go algorithm', 'latency p50 ms', 'p99 ms', 'KV req/item', 'watch msgs/item', 'lost/dup',
+    ], results.map((r) => [
+      r.what, fmt.n(r.perSecond), fmt.ratio(r.perSecond / floorRate), fmt.ratio(r.perSecond / goRate),
+      fmt.ms(percentile(r.latencies, 50)), fmt.ms(percentile(r.latencies, 99)),
+      fmt.n(r.kvPerItem, 2), fmt.n(r.watchPerItem, 2), `${r.produced - r.delivered + r.duplicates}`,
+    ]));
+    if (results.some((r) => r.duplicates > 0 || r.delivered !== r.produced)) throw new Error('an item was lost or delivered twice');
   }
-  {
-    const clients = Array.from({ length: consumers }, () => ctx.client());
-    await connect(clients);
-    const pc = ctx.client();
-    const producer = new Queue(pc, 'bench/queue/go');
-    results.push(await deliveries(ctx, 'Go\'s recipe.Queue algorithm, ported', s,
-      { put: (v) => producer.enqueue(v), close: () => producer.close() }, clients.map((c) => goStyleConsumer(c, 'bench/queue/go/'))));
-  }
-  {
-    const clients = Array.from({ length: consumers }, () => ctx.client());
-    await connect(clients);
-    const producer = new Queue(ctx.client(), 'bench/queue/ours');
-    results.push(await deliveries(ctx, 'Queue', s, { put: (v) => producer.enqueue(v), close: () => producer.close() },
-      clients.map((c) => queueConsumer(new Queue(c, 'bench/queue/ours')))));
-  }
-  {
-    const clients = Array.from({ length: consumers }, () => ctx.client());
-    await connect(clients);
-    const producer = new PriorityQueue(ctx.client(), 'bench/queue/prio');
-    let n = 0;
-    results.push(await deliveries(ctx, 'PriorityQueue (4 priorities)', s, { put: (v) => producer.enqueue(v, n++ % 4), close: () => producer.close() },
-      clients.map((c) => queueConsumer(new PriorityQueue(c, 'bench/queue/prio')))));
-  }
-  {
-    const clients = Array.from({ length: consumers }, () => ctx.client());
-    await connect(clients);
-    const ps = await Session.create(ctx.client(), { ttl: 30 });
-    const producer = new WorkQueue(ps, 'bench/queue/work');
-    results.push(await deliveries(ctx, 'WorkQueue (claim + ack)', s, { put: (v) => producer.add(v), close: () => ps.close() },
-      await Promise.all(clients.map((c) => workQueueConsumer(c, 'bench/queue/work')))));
-  }
-  const floorRate = results[0]!.perSecond;
-  const goRate = results[1]!.perSecond;
-  table(`1 producer (one item at a time, ${s} s) and ${consumers} consumers, each on its own connection`, [
-    'what', 'delivered/s', '÷ raw floor', '÷ Go algorithm', 'latency p50 ms', 'p99 ms', 'KV req/item', 'watch msgs/item', 'lost/dup',
-  ], results.map((r) => [
-    r.what, fmt.n(r.perSecond), fmt.ratio(r.perSecond / floorRate), fmt.ratio(r.perSecond / goRate),
-    fmt.ms(percentile(r.latencies, 50)), fmt.ms(percentile(r.latencies, 99)),
-    fmt.n(r.kvPerItem, 2), fmt.n(r.watchPerItem, 2), `${r.produced - r.delivered + r.duplicates}`,
-  ]));
 
   // (c) backlog drain and (d) many waiting consumers
   const drain: (string | number)[][] = [];
@@ -327,5 +334,4 @@ export default async function run(ctx: BenchContext): Promise<void> {
   console.log('\nKV req/item counts every Range/Txn/Put/DeleteRange etcd received, the enqueue included; watch msgs are');
   console.log('watch create/cancel messages. Go\'s algorithm sends one claim per waiting consumer per item, and its watch');
   console.log('from a past revision waits for etcd 3.4\'s 100 ms catch-up loop.');
-  if (results.some((r) => r.duplicates > 0 || r.delivered !== r.produced)) throw new Error('an item was lost or delivered twice');
 }
