@@ -514,7 +514,7 @@ async function deleteWaiter(client: Namespace, session: Session, key: Buffer, lo
  * One watch from "now" that collects the candidates its events name. The
  * end of the watch (compaction, cancellation) asks for a re-read.
  */
-export class EventWatch {
+class EventWatch {
   readonly createdRevision: bigint;
   readonly #handle: WatchHandle;
   readonly #select: (events: WatchEvent[]) => Candidate[] | undefined;
