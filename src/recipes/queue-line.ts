@@ -1,0 +1,712 @@
+import { randomBytes, randomInt } from 'node:crypto';
+import type { Namespace } from 'etcd3';
+import type { Debugger } from 'debug';
+import { abortReason, linkSignals, raceAbort } from '../core/abort.js';
+import { isRecipeError, SessionExpiredError } from '../core/errors.js';
+import { cleanUpAfter } from '../core/holding.js';
+import { showKey, uniqueSuffix } from '../core/keys.js';
+import { cmp, op, rangeAt, txn, type Compare, type KeyValue, type Op, type OpResult } from '../core/kv.js';
+import { retrying } from '../core/retry.js';
+import { Session } from '../core/session.js';
+import { ChangeWatch } from '../core/wait.js';
+import { openWatch, type WatchEvent, type WatchHandle, type WatchSpec } from '../core/watch-hub.js';
+
+/*
+ * The consumer side shared by Queue, PriorityQueue and WorkQueue: take one
+ * item out of a set of claimable candidates, exactly once, waiting herd-free
+ * while there is none.
+ *
+ * Claiming. A consumer reads the oldest candidates (keys only, one request)
+ * and claims one with a guarded Txn (Queue: delete if the item still has the
+ * mod revision we read; WorkQueue: create the claim key if absent). A lost
+ * race costs nothing extra: the Txn's failure branch re-reads the candidates
+ * in the same round trip. A consumer that lost a race recently spreads its
+ * next claims at random over the leading candidates that are interchangeable
+ * (same priority), so competing consumers stop colliding on the head; one
+ * consumer alone always takes the head, in order. Every read also counts the
+ * waiters in line, and a consumer that is not the head of the line only takes
+ * candidates beyond that count: the first ones belong to the line, whose head
+ * was woken for them.
+ *
+ * Waiting. A consumer that finds nothing joins a line of waiter keys
+ * (`<waiters>/<unique>`, attached to a lease, ordered by create revision).
+ * Only the head of the line watches the items; every other waiter watches
+ * just its predecessor's key (core/wait.ts), as a Mutex waiter does. A new
+ * item therefore wakes one consumer, not all of them. The head claims the
+ * item and deletes its own waiter key in the same Txn, which wakes the next
+ * waiter, who reads the items before it watches them.
+ *
+ * Why no item and no wake-up is lost: items are durable keys, so the only
+ * risk is that every consumer waits while an item is there. The head of the
+ * line always reads the items after it became head and before it waits on
+ * its watch, and that watch starts no later than that read (a watch from
+ * "now" plus a confirming read when the store moved in between, as in
+ * core/wait.ts). A consumer that is not waiting reads before it joins. A
+ * watch that etcd cancels (compaction, a broken stream it cannot resume) is a
+ * wake-up too: the waiter re-reads and watches again.
+ *
+ * Exactly once over lost replies. etcd3 retries a Txn whose reply was lost,
+ * and our own retry does too; the retried claim then fails its compare
+ * although the first try succeeded. Every claim therefore writes a token the
+ * consumer can recognise (Queue: a receipt key per consumer slot; WorkQueue:
+ * the claim key's value), and the failure branch reads it back.
+ */
+
+/** A claimable item: its key and the revision the claim compares against. */
+export interface Candidate {
+  key: Buffer;
+  /** Mod revision (Queue, PriorityQueue) or create revision (WorkQueue jobs). */
+  rev: bigint;
+}
+
+/** What a recipe's own scan ops found. */
+export interface SourceScan {
+  /** Claimable candidates, in delivery order. */
+  cands: Candidate[];
+  /** True when the read window held no claimable candidate but more keys exist: read again. */
+  incomplete?: boolean;
+}
+
+/** The candidates found by one read, and how many consumers wait in line at that revision. */
+export interface Scan extends SourceScan {
+  waiters: number;
+}
+
+/** A consumer's own waiter key. */
+export interface Waiter {
+  key: Buffer;
+  rev: bigint;
+}
+
+/** What a claim attempt knows. */
+export interface ClaimContext {
+  session: Session;
+  /** Unique per claim attempt (the same across retries of that attempt). */
+  attemptId: string;
+  /** The consumer's waiter key, to delete in the claim Txn. */
+  waiter: Waiter | undefined;
+  /** The consumer's slot (small integer, unique among concurrent takes of one object). */
+  slot: number;
+  /** Range ops that re-read the candidates; put them last in a branch and hand back their responses. */
+  scan: Op[];
+}
+
+export type ClaimOutcome<R> =
+  | { won: true; result: R; next?: OpResult[] }
+  | { won: false; scan: OpResult[] };
+
+/** What a recipe tells the line about its items. */
+export interface ClaimSource<R> {
+  readonly client: Namespace;
+  readonly what: string;
+  readonly log: Debugger;
+  /** Prefix of the waiter keys (ends with '/'). */
+  readonly waitersPrefix: Buffer;
+  /** What the head of the line watches for new candidates. */
+  readonly headWatch: WatchSpec;
+  /** Range ops (inside a Txn) that read the candidates. */
+  scanOps(): Op[];
+  /** Candidates from the responses of {@link scanOps}. */
+  parseScan(results: OpResult[]): SourceScan;
+  /** Candidates named by watch events; [] when irrelevant, undefined when a re-read is needed. */
+  fromEvents(events: WatchEvent[]): Candidate[] | undefined;
+  /** How many leading candidates may be taken in any order (e.g. those of the first one's priority). */
+  interchangeable(cands: Candidate[]): number;
+  /** One claim attempt (retried by the caller on transient errors, never raced with an abort). */
+  claim(c: Candidate, ctx: ClaimContext): Promise<ClaimOutcome<R>>;
+  /** Best-effort undo of a claim attempt whose outcome stayed unknown. */
+  abandon?(c: Candidate, ctx: ClaimContext): Promise<void>;
+}
+
+/** Where a take gets its lease from. */
+export interface SessionSource {
+  /** A live session; may create one. */
+  acquire(signal: AbortSignal | undefined): Promise<Session>;
+  /** True when a lost session may be replaced by a new one (Queue); false ends the take (WorkQueue). */
+  readonly replaceable: boolean;
+  /** A take starts / ends (for idle handling). */
+  begin(): void;
+  end(): void;
+}
+
+/** How many leading candidates a read returns (keys only). */
+export const WINDOW = 16;
+/** After a lost race, spread this many following claims over the window. */
+const CONTENTION_CLAIMS = 32;
+
+interface State {
+  /** Our waiter key still exists with our create revision. */
+  alive: boolean;
+  /** The waiter just ahead of us, if any. */
+  pred?: { key: Buffer; createRevision: bigint };
+  scan: Scan;
+  revision: bigint;
+}
+
+/** Compare a key's lease. */
+export function leaseIs(key: Buffer, leaseId: string): Compare {
+  return { key, target: 'Lease', result: '==', value: leaseId };
+}
+
+/** A fresh token for one claim attempt. */
+export function newAttemptId(): string {
+  return randomBytes(9).toString('base64url');
+}
+
+/**
+ * Candidates left over once every waiter in line has one: the first
+ * `waiters` candidates are the line's, and a consumer that is not at its
+ * head takes only what lies beyond them. So a consumer arriving at a queue
+ * with a line never races the head for the item the head was woken for.
+ */
+function beyondLine(scan: Scan): Candidate[] {
+  return scan.cands.length > scan.waiters ? scan.cands.slice(scan.waiters) : [];
+}
+
+/** What a consumer in line may claim now: everything at the head, the surplus elsewhere. */
+function claimableInLine(state: State): Candidate[] {
+  if (!state.alive) return [];
+  return state.pred ? beyondLine(state.scan) : state.scan.cands;
+}
+
+/** True when `state` is the head of the line with nothing to claim: time to watch the items. */
+function idleHead(state: State): boolean {
+  return state.alive && !state.pred && !state.scan.cands.length && !state.scan.incomplete;
+}
+
+/**
+ * The consumer side of one recipe object. Holds what several takes share: a
+ * cache of candidates read by the last claim, the contention estimate, and
+ * the slot numbers.
+ */
+export class ConsumerLine<R> {
+  readonly #src: ClaimSource<R>;
+  readonly #sessions: SessionSource;
+  readonly #countWaiters: Op;
+  #cache: Candidate[] = [];
+  #contention = 0;
+  /** Skip the first read of the next take and join the line at once: nothing was free when we last looked. */
+  #joinNext = false;
+  readonly #freeSlots: number[] = [];
+  #nextSlot = 0;
+
+  constructor(src: ClaimSource<R>, sessions: SessionSource) {
+    this.#src = src;
+    this.#sessions = sessions;
+    this.#countWaiters = op.range(src.waitersPrefix, { prefix: true, countOnly: true });
+  }
+
+  #scanOps(): Op[] {
+    return [this.#countWaiters, ...this.#src.scanOps()];
+  }
+
+  #parse(results: OpResult[]): Scan {
+    const count = results[0];
+    if (!count || count.type !== 'range') throw new Error('internal: scan response is not a range');
+    return { ...this.#src.parseScan(results.slice(1)), waiters: Number(count.count) };
+  }
+
+  /** Takes one item: claims it now, or waits in line until one is there. */
+  async take(signal: AbortSignal | undefined): Promise<R> {
+    signal?.throwIfAborted();
+    const src = this.#src;
+    this.#sessions.begin();
+    const slot = this.#freeSlots.pop() ?? this.#nextSlot++;
+    let session: Session | undefined;
+    let waiter: Waiter | undefined;
+    // The key of a join Txn that may still land, and that Txn.
+    const track: { joining?: { key: Buffer; session: Session; txn: Promise<unknown> } } = {};
+    let waited = false;
+    let state: State | undefined;
+    let cands: Candidate[] = this.#cache.splice(0);
+    let rereads = 0;
+    try {
+      session = await this.#sessions.acquire(signal);
+      if (!cands.length && !this.#joinNext) cands = await this.#freeScan(signal);
+      for (;;) {
+        if (cands.length) {
+          const out = await this.#claim(cands, session, waiter, slot);
+          if (out.won) {
+            waiter = undefined; // the claim Txn deleted it
+            this.#cache = out.next ? beyondLine(this.#parse(out.next)) : [];
+            // The claim read the items a moment ago: if none was free then, the next take joins the line at once.
+            this.#joinNext = waited || (!!out.next && !this.#cache.length);
+            return out.result;
+          }
+          this.#contention = CONTENTION_CLAIMS;
+          cands = [];
+          if (!waiter) {
+            const scan = this.#parse(out.scan);
+            cands = scan.incomplete && !beyondLine(scan).length ? await this.#freeScan(signal) : this.#surplus(beyondLine(scan));
+            if (cands.length) continue;
+          }
+          state = undefined; // in line: read our place again
+        }
+        signal?.throwIfAborted();
+        if (session.expired) {
+          if (!this.#sessions.replaceable) session.throwIfExpired();
+          waiter = undefined;
+          state = undefined;
+          session = await this.#sessions.acquire(signal);
+        }
+        if (!waiter) {
+          const s = session;
+          const joined = await this.#join(s, signal, (key, pending) => { track.joining = { key, session: s, txn: pending }; });
+          track.joining = undefined;
+          waiter = joined.waiter;
+          state = joined.state;
+          waited = true;
+        } else if (!state) {
+          state = await this.#readRetrying(waiter, signal);
+        }
+        if (!state.alive) {
+          src.log('%s: waiter key %s is gone (lease lost?); joining again', src.what, showKey(waiter.key));
+          waiter = undefined;
+          state = undefined;
+          if (!this.#sessions.replaceable && session.expired) session.throwIfExpired();
+          continue;
+        }
+        cands = claimableInLine(state);
+        if (cands.length) continue;
+        if (state.scan.incomplete) {
+          // The read window was too small: read again with the window the source widened.
+          if (++rereads > 100) throw new Error(`${src.what}: candidate window did not converge`);
+          state = undefined;
+          continue;
+        }
+        const linked = linkSignals(signal, session.signal);
+        try {
+          let opened: EventWatch | undefined;
+          if (state.pred) ({ state, watch: opened } = await this.#waitForTurn(waiter, state, linked.signal));
+          if (idleHead(state)) {
+            const got = await this.#waitAsHead(waiter, state, linked.signal, opened);
+            if (got.cands) cands = got.cands;
+            else state = got.state;
+          } else {
+            opened?.close();
+          }
+        } catch (err) {
+          // Our lease was lost while waiting: Queue gets a new one and joins again; WorkQueue gives up.
+          const sessionLost = session.expired && !signal?.aborted;
+          const keyGone = isRecipeError(err, 'SESSION_EXPIRED') && !signal?.aborted;
+          if (!sessionLost && !keyGone) throw err;
+          if (!this.#sessions.replaceable && session.expired) throw session.signal.reason;
+          waiter = undefined;
+          state = undefined;
+        } finally {
+          linked.dispose();
+        }
+      }
+    } finally {
+      const leftover = waiter;
+      const pending = track.joining;
+      const s = session;
+      if (s && (leftover || pending)) {
+        const key = (leftover ?? pending!).key;
+        const owner = pending?.session ?? s;
+        await cleanUpAfter(pending?.txn ?? Promise.resolve(), () => deleteWaiter(src.client, owner, key, src.log), () => undefined, src.log);
+      }
+      this.#freeSlots.push(slot);
+      this.#sessions.end();
+    }
+  }
+
+  /**
+   * After a lost race, a consumer outside the line only chases a real backlog
+   * (a full window of surplus). With just a few items and several free
+   * consumers, racing on costs more than queueing: it joins the line, whose
+   * head takes items without colliding.
+   */
+  #surplus(free: Candidate[]): Candidate[] {
+    return free.length < WINDOW ? [] : free;
+  }
+
+  /** Reads the candidates a consumer outside the line may take (the surplus beyond the line). */
+  async #freeScan(signal: AbortSignal | undefined): Promise<Candidate[]> {
+    const src = this.#src;
+    for (let i = 0; i < 100; i++) {
+      const res = await retrying(() => txn(src.client, [], this.#scanOps()), { signals: [signal], maxElapsedMs: Infinity });
+      const scan = this.#parse(res.responses);
+      const free = beyondLine(scan);
+      if (free.length || !scan.incomplete) return free;
+    }
+    throw new Error(`${src.what}: candidate window did not converge`);
+  }
+
+  /**
+   * One claim, retried on transient errors until its outcome is known or the
+   * session (which holds the token that tells a lost reply from a lost race)
+   * is gone. Not raced with the caller's signal: a claim that was sent is
+   * seen through, so an item is never taken and then dropped.
+   */
+  async #claim(cands: Candidate[], session: Session, waiter: Waiter | undefined, slot: number): Promise<ClaimOutcome<R>> {
+    const src = this.#src;
+    let pick = cands[0]!;
+    if (this.#contention > 0) {
+      this.#contention--;
+      const n = Math.min(src.interchangeable(cands), WINDOW);
+      if (n > 1) pick = cands[randomInt(n)]!;
+    }
+    const ctx: ClaimContext = { session, attemptId: newAttemptId(), waiter, slot, scan: this.#scanOps() };
+    try {
+      return await retrying(() => src.claim(pick, ctx), {
+        signals: [session.signal], maxElapsedMs: Infinity,
+        onRetry: (err) => src.log('%s: claim of %s failed, retrying: %s', src.what, showKey(pick.key), (err as Error).message),
+      });
+    } catch (err) {
+      src.log('%s: claim of %s has an unknown outcome: %s', src.what, showKey(pick.key), (err as Error).message);
+      await src.abandon?.(pick, ctx).catch(() => undefined);
+      throw err;
+    }
+  }
+
+  /**
+   * Creates our waiter key and, in the same Txn, reads our predecessor and
+   * the candidates. Waiter names are unique (19-digit nanoseconds); a
+   * collision with another process's key is retried with a new name, and a
+   * key that exists with our lease is ours (an earlier try whose reply was lost).
+   */
+  async #join(session: Session, signal: AbortSignal | undefined,
+    onSend: (key: Buffer, pending: Promise<unknown>) => void): Promise<{ waiter: Waiter; state: State }> {
+    const src = this.#src;
+    for (let attempt = 0; attempt < 100; attempt++) {
+      const key = Buffer.concat([src.waitersPrefix, Buffer.from(uniqueSuffix())]);
+      const pending = retrying(() => txn(src.client, [cmp.create(key, '==', 0n)], [
+        op.put(key, '', session.leaseId),
+        op.range(src.waitersPrefix, { prefix: true, sortTarget: 'Create', sortOrder: 'Descend', limit: 2, keysOnly: true }),
+        ...this.#scanOps(),
+      ], [op.range(key, { keysOnly: true })]), { signals: [signal] });
+      onSend(key, pending);
+      const res = await raceAbort(pending, signal);
+      if (res.succeeded) {
+        const waiter = { key, rev: res.revision };
+        return { waiter, state: this.#state(rangeAt(res, 1).kvs, waiter, res.revision, res.responses.slice(2)) };
+      }
+      const existing = rangeAt(res, 0).kvs[0];
+      if (existing && existing.lease === session.leaseId) {
+        const waiter = { key, rev: existing.createRevision };
+        return { waiter, state: await this.#readRetrying(waiter, signal) };
+      }
+    }
+    throw new Error(`${src.what}: could not create a unique waiter key`);
+  }
+
+  /** One read: our key and our predecessor (newest first, up to ours), and the candidates. */
+  async #read(waiter: Waiter): Promise<State> {
+    const src = this.#src;
+    const res = await txn(src.client, [], [
+      op.range(src.waitersPrefix, { prefix: true, maxCreateRevision: waiter.rev, sortTarget: 'Create', sortOrder: 'Descend', limit: 2, keysOnly: true }),
+      ...this.#scanOps(),
+    ]);
+    return this.#state(rangeAt(res, 0).kvs, waiter, res.revision, res.responses.slice(1));
+  }
+
+  #readRetrying(waiter: Waiter, signal: AbortSignal | undefined): Promise<State> {
+    return retrying(() => this.#read(waiter), { signals: [signal], maxElapsedMs: Infinity,
+      onRetry: (err) => this.#src.log('%s: read failed, retrying: %s', this.#src.what, (err as Error).message) });
+  }
+
+  #state(waiters: KeyValue[], waiter: Waiter, revision: bigint, scanResults: OpResult[]): State {
+    const [first, pred] = waiters;
+    const alive = !!first && first.key.equals(waiter.key) && first.createRevision === waiter.rev;
+    return {
+      alive,
+      pred: alive && pred ? { key: pred.key, createRevision: pred.createRevision } : undefined,
+      scan: this.#parse(scanResults),
+      revision,
+    };
+  }
+
+  /**
+   * Not at the head: wait on our predecessor only (one key, for its
+   * deletion), until we are head or a read finds surplus candidates. When
+   * the predecessor goes, open the head's watch on the items first and read
+   * second: if that read says we are head with nothing to claim, the watch
+   * already covers everything after it, and no confirming read is needed.
+   */
+  async #waitForTurn(waiter: Waiter, state: State, signal: AbortSignal): Promise<{ state: State; watch?: EventWatch }> {
+    const src = this.#src;
+    const settled = (s: State) => !s.alive || !s.pred || claimableInLine(s).length > 0 || !!s.scan.incomplete;
+    for (;;) {
+      const pred = state.pred!;
+      const target = { kind: 'key' as const, key: pred.key, createRevision: pred.createRevision };
+      const pw = await retrying(() => ChangeWatch.open(src.client, target, signal), { signals: [signal], maxElapsedMs: Infinity,
+        onRetry: (err) => src.log('%s: watch failed, retrying: %s', src.what, (err as Error).message) });
+      try {
+        if (pw.createdRevision > state.revision && !pw.changed) {
+          // The store moved between our read and the watch: was our predecessor deleted in between?
+          const s = await this.#readRetrying(waiter, signal);
+          if (settled(s) || !samePred(s, pred)) return { state: s };
+          state = s;
+        }
+        src.log('%s: waiting behind %s', src.what, showKey(pred.key));
+        await pw.untilChanged(signal);
+      } finally {
+        pw.close();
+      }
+      // Both at once: if the watch was created after the read, #waitAsHead confirms with one more read.
+      const opening = this.#openHeadWatch(signal);
+      const reading = this.#readRetrying(waiter, signal);
+      const [w, r] = await Promise.allSettled([opening, reading]);
+      if (w.status === 'rejected' || r.status === 'rejected') {
+        if (w.status === 'fulfilled') w.value.close();
+        throw w.status === 'rejected' ? w.reason : (r as PromiseRejectedResult).reason;
+      }
+      const s = r.value;
+      if (settled(s)) {
+        if (idleHead(s)) return { state: s, watch: w.value };
+        w.value.close();
+        return { state: s };
+      }
+      w.value.close();
+      state = s; // an earlier waiter left: wait on the new predecessor
+    }
+  }
+
+  #openHeadWatch(signal: AbortSignal): Promise<EventWatch> {
+    const src = this.#src;
+    return retrying(() => EventWatch.open(src.client, src.headWatch, (evs) => src.fromEvents(evs), signal), {
+      signals: [signal], maxElapsedMs: Infinity,
+      onRetry: (err) => src.log('%s: watch failed, retrying: %s', src.what, (err as Error).message),
+    });
+  }
+
+  /**
+   * Head of the line with nothing to claim: watch for candidates. Resolves
+   * with candidates named by events, or with a new state (undefined: read
+   * again) when a confirming read or the end of the watch says so. `opened`
+   * is a watch created before the read that produced `state`.
+   */
+  async #waitAsHead(waiter: Waiter, state: State, signal: AbortSignal, opened?: EventWatch): Promise<{ cands?: Candidate[]; state?: State }> {
+    const src = this.#src;
+    const watch = opened ?? await this.#openHeadWatch(signal);
+    try {
+      if (watch.createdRevision > state.revision && !watch.ready) {
+        // The store moved between our read and the watch: anything put in between shows up here.
+        const confirmed = await this.#readRetrying(waiter, signal);
+        if (!idleHead(confirmed)) return { state: confirmed };
+      }
+      src.log('%s: head of the line, waiting for items', src.what);
+      const cands = await watch.next(signal);
+      return cands ? { cands } : {};
+    } finally {
+      watch.close();
+    }
+  }
+}
+
+function samePred(s: State, pred: { key: Buffer; createRevision: bigint }): boolean {
+  return !!s.pred && s.pred.key.equals(pred.key) && s.pred.createRevision === pred.createRevision;
+}
+
+/** Deletes a waiter key if it still carries our lease; gives up once the lease is gone (so is the key). */
+async function deleteWaiter(client: Namespace, session: Session, key: Buffer, log: Debugger): Promise<void> {
+  if (session.expired) return;
+  await retrying(() => txn(client, [leaseIs(key, session.leaseId)], [op.delete(key)]), { signals: [session.signal], maxElapsedMs: Infinity,
+    onRetry: (err) => log('delete of waiter %s failed, retrying: %s', showKey(key), (err as Error).message) })
+    .catch((err: unknown) => {
+      if (session.expired) return;
+      throw err;
+    });
+}
+
+/**
+ * One watch from "now" that collects the candidates its events name. The
+ * end of the watch (compaction, cancellation) asks for a re-read.
+ */
+class EventWatch {
+  readonly createdRevision: bigint;
+  readonly #handle: WatchHandle;
+  readonly #select: (events: WatchEvent[]) => Candidate[] | undefined;
+  #pending: Candidate[] = [];
+  #reread = false;
+  #wake: (() => void) | undefined;
+
+  private constructor(handle: WatchHandle, select: (events: WatchEvent[]) => Candidate[] | undefined) {
+    this.#handle = handle;
+    this.createdRevision = handle.createdRevision;
+    this.#select = select;
+  }
+
+  static async open(client: Namespace, spec: WatchSpec, select: (events: WatchEvent[]) => Candidate[] | undefined,
+    signal: AbortSignal): Promise<EventWatch> {
+    let self: EventWatch | undefined;
+    const early: WatchEvent[][] = [];
+    let ended = false;
+    const handle = await openWatch(client, spec, {
+      onEvents: (events) => {
+        if (self) self.#push(events);
+        else early.push(events);
+      },
+      onEnd: () => {
+        if (self) self.#end();
+        else ended = true;
+      },
+    }, signal);
+    self = new EventWatch(handle, select);
+    for (const evs of early) self.#push(evs);
+    if (ended) self.#end();
+    return self;
+  }
+
+  get ready(): boolean {
+    return this.#reread || this.#pending.length > 0;
+  }
+
+  #push(events: WatchEvent[]): void {
+    const found = this.#select(events);
+    if (found === undefined) this.#reread = true;
+    else if (found.length) this.#pending.push(...found);
+    else return;
+    this.#wake?.();
+  }
+
+  #end(): void {
+    this.#reread = true;
+    this.#wake?.();
+  }
+
+  /** Candidates, or undefined when a re-read is needed. Rejects with the signal's reason. */
+  async next(signal: AbortSignal): Promise<Candidate[] | undefined> {
+    if (!this.ready) {
+      signal.throwIfAborted();
+      await new Promise<void>((resolve, reject) => {
+        const onAbort = () => {
+          this.#wake = undefined;
+          reject(abortReason(signal));
+        };
+        signal.addEventListener('abort', onAbort, { once: true });
+        this.#wake = () => {
+          this.#wake = undefined;
+          signal.removeEventListener('abort', onAbort);
+          resolve();
+        };
+      });
+    }
+    if (this.#reread) return undefined;
+    return this.#pending.splice(0);
+  }
+
+  close(): void {
+    this.#wake = undefined;
+    this.#handle.close();
+  }
+}
+
+/**
+ * The lease of a Queue or PriorityQueue, which take a client rather than a
+ * session: created on the first dequeue, shared by every dequeue of the
+ * object, replaced when lost, and revoked after `idleMs` without a dequeue
+ * (or by `close()`). Its keys (waiters, receipts) vanish with it.
+ */
+export class OwnSession implements SessionSource {
+  readonly replaceable = true;
+  readonly #client: Namespace;
+  readonly #ttl: number;
+  readonly #idleMs: number;
+  readonly #log: Debugger;
+  #session: Session | undefined;
+  #creating: Promise<Session> | undefined;
+  #users = 0;
+  #idleTimer: NodeJS.Timeout | undefined;
+  #closed = false;
+
+  constructor(client: Namespace, ttl: number, idleMs: number, log: Debugger) {
+    this.#client = client;
+    this.#ttl = ttl;
+    this.#idleMs = idleMs;
+    this.#log = log;
+  }
+
+  /** The current session, if any (for tests and stats). */
+  get current(): Session | undefined {
+    return this.#session;
+  }
+
+  begin(): void {
+    this.#users++;
+    clearTimeout(this.#idleTimer);
+  }
+
+  end(): void {
+    if (--this.#users > 0) return;
+    clearTimeout(this.#idleTimer);
+    this.#idleTimer = setTimeout(() => {
+      if (this.#users === 0) void this.#drop();
+    }, this.#idleMs).unref();
+  }
+
+  async acquire(signal: AbortSignal | undefined): Promise<Session> {
+    if (this.#closed) throw new SessionExpiredError('queue closed');
+    const live = this.#session;
+    if (live && !live.expired) return live;
+    this.#creating ??= (async () => {
+      try {
+        const s = await retrying(() => Session.create(this.#client, { ttl: this.#ttl }), { maxElapsedMs: Infinity });
+        this.#log('own lease %s granted', s.leaseHex);
+        if (this.#closed) {
+          await s.close();
+          throw new SessionExpiredError('queue closed');
+        }
+        this.#session = s;
+        return s;
+      } finally {
+        this.#creating = undefined;
+      }
+    })();
+    return raceAbort(this.#creating, signal);
+  }
+
+  async #drop(): Promise<void> {
+    const s = this.#session;
+    this.#session = undefined;
+    if (s) {
+      this.#log('own lease %s idle: revoking', s.leaseHex);
+      await s.close();
+    }
+  }
+
+  /** Revokes the lease (deleting its keys); later takes fail. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    clearTimeout(this.#idleTimer);
+    await this.#creating?.catch(() => undefined);
+    await this.#drop();
+  }
+}
+
+/** A caller's Session (WorkQueue): never replaced; its loss ends the take. */
+export class GivenSession implements SessionSource {
+  readonly replaceable = false;
+  readonly #session: Session;
+
+  constructor(session: Session) {
+    this.#session = session;
+  }
+
+  acquire(): Promise<Session> {
+    this.#session.throwIfExpired();
+    return Promise.resolve(this.#session);
+  }
+
+  begin(): void {}
+  end(): void {}
+}
+
+/**
+ * Creates `makeKey()` with `value` if absent (Go's `putNewKV`), retrying
+ * with a new name on a collision. A key that already holds exactly our value
+ * and was never modified is our own earlier try whose reply was lost: adopt
+ * it rather than enqueue twice.
+ */
+export async function createUnique(client: Namespace, makeKey: () => Buffer, value: Buffer, what: string,
+  lease?: string): Promise<{ key: Buffer; revision: bigint }> {
+  for (let attempt = 0; attempt < 100; attempt++) {
+    const key = makeKey();
+    const res = await retrying(() => txn(client, [cmp.create(key, '==', 0n)], [op.put(key, value, lease)], [op.range(key)]));
+    if (res.succeeded) return { key, revision: res.revision };
+    const kv = rangeAt(res, 0).kvs[0];
+    if (kv && kv.version === 1n && kv.value.equals(value)) return { key, revision: kv.createRevision };
+  }
+  throw new Error(`${what}: could not create a unique key`);
+}

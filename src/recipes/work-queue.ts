@@ -1,0 +1,479 @@
+import type { ComparatorBuilder, Namespace } from 'etcd3';
+import type { Debugger } from 'debug';
+import { linkSignals, type LinkedSignal } from '../core/abort.js';
+import { InvalidArgumentError, LockNotHeldError } from '../core/errors.js';
+import { childPrefix, showKey, toBuffer, uniqueSuffix } from '../core/keys.js';
+import { cmp, op, range, rangeAt, txn, type Op, type OpResult } from '../core/kv.js';
+import { logger } from '../core/log.js';
+import { retrying } from '../core/retry.js';
+import { checkSession, type Session } from '../core/session.js';
+import { checkInteger, checkName, checkOptions, checkSignal, checkValue } from '../core/validate.js';
+import type { WatchEvent, WatchSpec } from '../core/watch-hub.js';
+import {
+  ConsumerLine, createUnique, GivenSession, WINDOW,
+  type Candidate, type ClaimContext, type ClaimOutcome, type ClaimSource, type SourceScan,
+} from './queue-line.js';
+
+const log = logger('work-queue');
+
+/** The priority of a job added without one. Lower numbers are claimed first (0–65535). */
+export const DEFAULT_JOB_PRIORITY = 100;
+
+/** Options of the {@link WorkQueue} constructor. */
+export interface WorkQueueOptions {
+  /**
+   * Dead-letter a job once it has been claimed this many times without an
+   * ack (its claimers died, lost their session, or released it): the claim
+   * that would be attempt `maxAttempts + 1` moves it to `<prefix>/dead/<id>`
+   * instead of handing it out. Default: never.
+   */
+  maxAttempts?: number;
+}
+
+/** Options of {@link WorkQueue.add}. */
+export interface AddJobOptions {
+  /** 0 (claimed first) to 65535; default {@link DEFAULT_JOB_PRIORITY}. */
+  priority?: number;
+}
+
+/** Options of {@link WorkQueue.claim}. */
+export interface ClaimOptions {
+  /** Abort the wait; the call then rejects with the signal's reason and leaves no key behind. */
+  signal?: AbortSignal;
+}
+
+/** A claimed job, from {@link WorkQueue.claim}. Ack it when done; dispose it (or release it) to give it back. */
+export interface Job extends AsyncDisposable {
+  /** The job's ID, `<%05d priority>-<19 digits>`, unique in the queue. */
+  readonly id: string;
+  /** The job's priority (lower first). */
+  readonly priority: number;
+  /** The job's value as a UTF-8 string. */
+  readonly value: string;
+  /** The job's value as bytes. */
+  readonly buffer: Buffer;
+  /** How many times the job has been claimed, this claim included (1 the first time). */
+  readonly attempts: number;
+  /** The claim key's create revision: larger for every later claim of any job. Fence side effects with it. */
+  readonly fencingToken: bigint;
+  /** The claim key, `<prefix>/claims/<id>`. */
+  readonly key: string;
+  /** Aborted when the claim may be lost (the session's lease) or ends (ack, release, dead-letter). */
+  readonly signal: AbortSignal;
+  /** True once acked, released, dead-lettered or lost. */
+  readonly done: boolean;
+  /** An etcd3 Txn builder with `CreateRevision(claim key) == fencingToken` already added. */
+  ifOwner(): ComparatorBuilder;
+  /**
+   * Completes the job: deletes it, its claim and its attempt counter in one
+   * Txn guarded by the claim.
+   * @throws LockNotHeldError if the claim was lost (session expired, released): another worker may run the job
+   */
+  ack(): Promise<void>;
+  /** Gives the job back (deletes the claim); it is claimable again at once. Idempotent; a no-op after ack. */
+  release(): Promise<void>;
+  /**
+   * Moves the job to `<prefix>/dead/<id>` (a poison job), guarded by the claim.
+   * @throws LockNotHeldError if the claim was lost
+   */
+  deadLetter(): Promise<void>;
+}
+
+/** Counts from {@link WorkQueue.stats}. */
+export interface WorkQueueStats {
+  /** Jobs not yet acked, claimed or not. */
+  jobs: number;
+  /** Jobs claimed right now. */
+  claimed: number;
+  /** Dead-lettered jobs. */
+  dead: number;
+  /** Claimers waiting for a job. */
+  waiting: number;
+}
+
+/** A dead-lettered job, from {@link WorkQueue.deadLetters}. */
+export interface DeadJob {
+  id: string;
+  value: string;
+  buffer: Buffer;
+}
+
+interface Claimed {
+  id: string;
+  value: Buffer;
+  attempts: number;
+  token: bigint;
+}
+
+const ID = /^[0-9]{5}-[0-9]+$/;
+
+/** The keys of one work queue. */
+class Layout {
+  readonly root: Buffer;
+  readonly jobs: Buffer;
+  readonly claims: Buffer;
+  readonly attempts: Buffer;
+  readonly waiters: Buffer;
+  readonly dead: Buffer;
+
+  constructor(prefix: string | Buffer) {
+    this.root = childPrefix(prefix);
+    const sub = (s: string) => Buffer.concat([this.root, Buffer.from(s)]);
+    this.jobs = sub('jobs/');
+    this.claims = sub('claims/');
+    this.attempts = sub('attempts/');
+    this.waiters = sub('waiters/');
+    this.dead = sub('dead/');
+  }
+
+  job(id: string): Buffer { return Buffer.concat([this.jobs, Buffer.from(id)]); }
+  claim(id: string): Buffer { return Buffer.concat([this.claims, Buffer.from(id)]); }
+  attempt(id: string): Buffer { return Buffer.concat([this.attempts, Buffer.from(id)]); }
+  deadKey(id: string): Buffer { return Buffer.concat([this.dead, Buffer.from(id)]); }
+
+  /** The ID in a key under `under`, or undefined. */
+  idIn(under: Buffer, key: Buffer): string | undefined {
+    if (key.length <= under.length || !key.subarray(0, under.length).equals(under)) return undefined;
+    return key.subarray(under.length).toString();
+  }
+}
+
+/**
+ * @internal Jobs that a claimer takes by creating a claim key next to them:
+ * a job is claimable while no claim key exists for it. Candidates are the
+ * unclaimed jobs in key order (priority, then age).
+ */
+class JobSource implements ClaimSource<Claimed> {
+  readonly client: Namespace;
+  readonly what: string;
+  readonly log: Debugger = log;
+  readonly waitersPrefix: Buffer;
+  readonly headWatch: WatchSpec;
+  readonly #k: Layout;
+  /** Jobs read per scan: enough to see past every claimed job at the front. */
+  #window = WINDOW;
+
+  constructor(client: Namespace, k: Layout, what: string) {
+    this.client = client;
+    this.#k = k;
+    this.what = what;
+    this.waitersPrefix = k.waiters;
+    this.headWatch = { key: k.root, prefix: true };
+  }
+
+  scanOps(): Op[] {
+    return [
+      op.range(this.#k.claims, { prefix: true, keysOnly: true }),
+      op.range(this.#k.jobs, { prefix: true, sortTarget: 'Key', sortOrder: 'Ascend', limit: this.#window, keysOnly: true }),
+    ];
+  }
+
+  parseScan(results: OpResult[]): SourceScan {
+    const [claims, jobs] = results;
+    if (claims?.type !== 'range' || jobs?.type !== 'range') throw new Error('internal: scan responses are not ranges');
+    const claimed = new Set(claims.kvs.map((kv) => this.#k.idIn(this.#k.claims, kv.key)));
+    const cands = jobs.kvs.filter((kv) => !claimed.has(this.#k.idIn(this.#k.jobs, kv.key)))
+      .map((kv) => ({ key: kv.key, rev: kv.createRevision }));
+    const wanted = claimed.size + WINDOW;
+    const incomplete = !cands.length && jobs.more;
+    if (incomplete) this.#window = Math.max(wanted, this.#window * 2);
+    else if (wanted > this.#window || this.#window > 4 * wanted) this.#window = wanted;
+    return { cands, incomplete };
+  }
+
+  fromEvents(events: WatchEvent[]): Candidate[] | undefined {
+    const k = this.#k;
+    const ackedIds = new Set<string>();
+    for (const e of events) if (e.type === 'delete') {
+      const id = k.idIn(k.jobs, e.kv.key);
+      if (id) ackedIds.add(id);
+    }
+    const cands: Candidate[] = [];
+    let released = false;
+    for (const e of events) {
+      if (e.type === 'put' && e.kv.version === 1n && k.idIn(k.jobs, e.kv.key)) cands.push({ key: e.kv.key, rev: e.kv.createRevision });
+      if (e.type === 'delete') {
+        const id = k.idIn(k.claims, e.kv.key);
+        // A claim deleted without its job: released, or its claimer's lease expired.
+        if (id && !ackedIds.has(id)) released = true;
+      }
+    }
+    return released ? undefined : cands;
+  }
+
+  interchangeable(cands: Candidate[]): number {
+    const prio = (c: Candidate) => this.#k.idIn(this.#k.jobs, c.key)?.slice(0, 5);
+    const head = cands[0] && prio(cands[0]);
+    let n = 0;
+    while (n < cands.length && prio(cands[n]!) === head) n++;
+    return n;
+  }
+
+  async claim(c: Candidate, ctx: ClaimContext): Promise<ClaimOutcome<Claimed>> {
+    const k = this.#k;
+    const id = k.idIn(k.jobs, c.key)!;
+    const claimKey = k.claim(id);
+    const attemptsKey = k.attempt(id);
+    const waiterOps = ctx.waiter ? [op.delete(ctx.waiter.key)] : [];
+    const res = await txn(this.client, [cmp.create(claimKey, '==', 0n), cmp.create(c.key, '==', c.rev)], [
+      op.put(claimKey, ctx.attemptId, ctx.session.leaseId),
+      op.put(attemptsKey, ctx.session.leaseHex),
+      op.range(c.key),
+      op.range(attemptsKey, { keysOnly: true }),
+      ...waiterOps,
+    ], [op.range(claimKey), op.range(c.key), op.range(attemptsKey, { keysOnly: true }), ...ctx.scan]);
+    if (res.succeeded) {
+      const job = rangeAt(res, 2).kvs[0]!;
+      const attempts = Number(rangeAt(res, 3).kvs[0]?.version ?? 1n);
+      return { won: true, result: { id, value: job.value, attempts, token: res.revision } };
+    }
+    const claim = rangeAt(res, 0).kvs[0];
+    const job = rangeAt(res, 1).kvs[0];
+    if (claim && claim.value.toString() === ctx.attemptId && job) {
+      // An earlier try of this very claim committed and its reply was lost.
+      log('%s: claim of %s committed on an earlier try', this.what, id);
+      const attempts = Number(rangeAt(res, 2).kvs[0]?.version ?? 1n);
+      return { won: true, result: { id, value: job.value, attempts, token: claim.createRevision } };
+    }
+    return { won: false, scan: res.responses.slice(3) };
+  }
+
+  async abandon(c: Candidate, ctx: ClaimContext): Promise<void> {
+    const claimKey = this.#k.claim(this.#k.idIn(this.#k.jobs, c.key)!);
+    await txn(this.client, [cmp.value(claimKey, '==', ctx.attemptId)], [op.delete(claimKey)]);
+  }
+}
+
+/**
+ * A crash-safe work queue for job schedulers (Go's recipes and etcd3 have
+ * none): at-least-once delivery with acknowledgements.
+ *
+ * A job is a key `<prefix>/jobs/<id>` (no lease). Claiming it creates
+ * `<prefix>/claims/<id>`, attached to the claimer's session lease, in a Txn
+ * that only succeeds while no claim exists. If the worker dies, its lease
+ * expires, the claim vanishes and the job is claimable again: nothing is
+ * lost, and a job runs twice only if a claimer died (or lost its session)
+ * before acking it. `ack()` deletes the job and its claim in one Txn guarded
+ * by the claim, so a worker that lost its claim cannot ack.
+ *
+ * Claimers wait herd-free (one line, one watcher of the jobs), and jobs are
+ * claimed in order of priority (lower first), then age.
+ */
+export class WorkQueue {
+  /** The session whose lease holds this object's claims and waiter keys. */
+  readonly session: Session;
+  /** The queue's name; keys live under `<prefix>/`. */
+  readonly prefix: string | Buffer;
+  readonly #k: Layout;
+  readonly #line: ConsumerLine<Claimed>;
+  readonly #maxAttempts: number | undefined;
+  readonly #what: string;
+
+  /**
+   * @param session - the session whose lease holds claims; when it is lost, its claims are released
+   * @param prefix - the queue's name; keys live under `<prefix>/`
+   * @param options - dead-letter settings
+   * @throws InvalidArgumentError for a non-Session, an empty prefix or bad options
+   */
+  constructor(session: Session, prefix: string | Buffer, options: WorkQueueOptions = {}) {
+    checkSession(session);
+    checkName(prefix, 'prefix');
+    checkOptions(options);
+    if (options.maxAttempts !== undefined) checkInteger(options.maxAttempts, 'options.maxAttempts', 1);
+    this.session = session;
+    this.prefix = prefix;
+    this.#k = new Layout(prefix);
+    this.#maxAttempts = options.maxAttempts;
+    this.#what = `work queue ${showKey(prefix)}`;
+    this.#line = new ConsumerLine(new JobSource(session.client, this.#k, this.#what), new GivenSession(session));
+  }
+
+  /**
+   * Adds a job: `<prefix>/jobs/<%05d priority>-<19-digit nanoseconds>`, no
+   * lease, created if absent (a collision retries with a new name).
+   * @returns the job's ID
+   * @throws InvalidArgumentError for a non-string/Buffer value or a priority outside 0–65535
+   */
+  async add(value: string | Buffer, options: AddJobOptions = {}): Promise<string> {
+    checkValue(value, 'value');
+    checkOptions(options);
+    const priority = options.priority ?? DEFAULT_JOB_PRIORITY;
+    checkInteger(priority, 'options.priority', 0, 65535);
+    const pfx = `${priority.toString().padStart(5, '0')}-`;
+    const { key } = await createUnique(this.session.client, () => this.#k.job(pfx + uniqueSuffix()), toBuffer(value), this.#what);
+    return this.#k.idIn(this.#k.jobs, key)!;
+  }
+
+  /**
+   * Claims the next job (lowest priority number, then oldest), waiting
+   * while none is claimable. The claim lives on this object's session.
+   * @throws SessionExpiredError if the session's lease is lost while waiting
+   */
+  async claim(options: ClaimOptions = {}): Promise<Job> {
+    checkOptions(options);
+    checkSignal(options.signal);
+    for (;;) {
+      const c = await this.#line.take(options.signal);
+      const job = new ClaimedJob(this.session, this.#k, c, this.#what);
+      if (this.#maxAttempts === undefined || c.attempts <= this.#maxAttempts) {
+        log('%s: claimed %s (attempt %d, token %s)', this.#what, c.id, c.attempts, c.token);
+        return job;
+      }
+      log('%s: %s claimed %d times without an ack: dead-lettering it', this.#what, c.id, c.attempts - 1);
+      await job.deadLetter().catch((err: unknown) => log('%s: dead-letter of %s failed: %s', this.#what, c.id, (err as Error).message));
+    }
+  }
+
+  /** Counts of jobs, claims, dead letters and waiting claimers, read at one revision. */
+  async stats(): Promise<WorkQueueStats> {
+    const k = this.#k;
+    const count = (p: Buffer) => op.range(p, { prefix: true, countOnly: true });
+    const res = await retrying(() => txn(this.session.client, [], [count(k.jobs), count(k.claims), count(k.dead), count(k.waiters)]));
+    const n = (i: number) => Number(rangeAt(res, i).count);
+    return { jobs: n(0), claimed: n(1), dead: n(2), waiting: n(3) };
+  }
+
+  /** Dead-lettered jobs, oldest ID first (at most `limit`, default 1000). */
+  async deadLetters(limit = 1000): Promise<DeadJob[]> {
+    checkInteger(limit, 'limit', 1);
+    const r = await retrying(() => range(this.session.client, this.#k.dead, { prefix: true, sortTarget: 'Key', sortOrder: 'Ascend', limit }));
+    return r.kvs.map((kv) => ({ id: this.#k.idIn(this.#k.dead, kv.key)!, value: kv.value.toString(), buffer: kv.value }));
+  }
+
+  /**
+   * Puts a dead-lettered job back in the queue (same ID, attempts reset).
+   * @returns false if there is no such dead job
+   * @throws InvalidArgumentError for a malformed ID
+   */
+  async retryDead(id: string): Promise<boolean> {
+    if (typeof id !== 'string' || !ID.test(id)) throw new InvalidArgumentError('id', `must be a job ID like "00100-1732212345678901234", got ${typeof id === 'string' ? JSON.stringify(id) : typeof id}`);
+    const k = this.#k;
+    const dead = await retrying(() => range(this.session.client, k.deadKey(id)));
+    const kv = dead.kvs[0];
+    if (!kv) return false;
+    const res = await retrying(() => txn(this.session.client, [cmp.mod(k.deadKey(id), '==', kv.modRevision), cmp.create(k.job(id), '==', 0n)],
+      [op.put(k.job(id), kv.value), op.delete(k.deadKey(id)), op.delete(k.attempt(id))]));
+    return res.succeeded;
+  }
+}
+
+/** A claimed job. */
+class ClaimedJob implements Job {
+  readonly id: string;
+  readonly priority: number;
+  readonly buffer: Buffer;
+  readonly attempts: number;
+  readonly fencingToken: bigint;
+  readonly #session: Session;
+  readonly #k: Layout;
+  readonly #what: string;
+  readonly #linked: LinkedSignal;
+  #ending: Promise<void> | undefined;
+  #outcome: 'acked' | 'released' | 'dead' | undefined;
+
+  constructor(session: Session, k: Layout, c: Claimed, what: string) {
+    this.#session = session;
+    this.#k = k;
+    this.id = c.id;
+    this.priority = Number(c.id.slice(0, 5));
+    this.buffer = c.value;
+    this.attempts = c.attempts;
+    this.fencingToken = c.token;
+    this.#what = `${what} job ${c.id}`;
+    this.#linked = linkSignals(session.signal);
+  }
+
+  get value(): string {
+    return this.buffer.toString();
+  }
+
+  get key(): string {
+    return this.#k.claim(this.id).toString();
+  }
+
+  get signal(): AbortSignal {
+    return this.#linked.signal;
+  }
+
+  get done(): boolean {
+    return this.#linked.signal.aborted;
+  }
+
+  ifOwner(): ComparatorBuilder {
+    if (this.done) throw new LockNotHeldError(`${this.#what} is not held (${this.#outcome ?? 'claim lost'})`);
+    return this.#session.client.if(this.#k.claim(this.id), 'Create', '==', this.fencingToken.toString());
+  }
+
+  ack(): Promise<void> {
+    return this.#finish('acked', [], 'ack');
+  }
+
+  deadLetter(): Promise<void> {
+    return this.#finish('dead', [op.put(this.#k.deadKey(this.id), this.buffer)], 'dead-letter');
+  }
+
+  /**
+   * Deletes the job, its claim and its counter (plus `extra`) in one Txn
+   * guarded by the claim. A compare that fails because an earlier try of
+   * this very Txn committed (its reply lost) is recognised: the claim and
+   * the job are gone while our session, and so our claim's lease, is alive.
+   */
+  #finish(outcome: 'acked' | 'dead', extra: Op[], verb: string): Promise<void> {
+    if (this.#ending) {
+      if (this.#outcome === outcome) return this.#ending;
+      return Promise.reject(new LockNotHeldError(`${this.#what}: cannot ${verb}, already ${this.#outcome ?? 'ending'}`));
+    }
+    this.#outcome = outcome;
+    const session = this.#session;
+    const k = this.#k;
+    const claim = k.claim(this.id);
+    const job = k.job(this.id);
+    this.#ending = (async () => {
+      if (session.expired) {
+        this.#linked.abort(session.signal.reason);
+        throw new LockNotHeldError(`${this.#what}: cannot ${verb}, the session's lease was lost (the job may run again elsewhere)`);
+      }
+      let res;
+      try {
+        res = await retrying(() => txn(session.client, [cmp.create(claim, '==', this.fencingToken)],
+          [op.delete(job), op.delete(claim), op.delete(k.attempt(this.id)), ...extra],
+          [op.range(claim, { keysOnly: true }), op.range(job, { keysOnly: true })]), { signals: [session.signal], maxElapsedMs: Infinity });
+      } catch (err) {
+        this.#linked.abort(err);
+        if (session.expired) throw new LockNotHeldError(`${this.#what}: cannot ${verb}, the session's lease was lost (the job may run again elsewhere)`, { cause: err });
+        throw err;
+      }
+      const mineGone = !res.succeeded && !rangeAt(res, 0).kvs[0] && !rangeAt(res, 1).kvs[0] && !session.expired;
+      if (!res.succeeded && !mineGone) {
+        this.#linked.abort(new LockNotHeldError(`${this.#what}: claim lost`));
+        throw new LockNotHeldError(`${this.#what}: cannot ${verb}, the claim is gone (the job may run again elsewhere)`);
+      }
+      this.#linked.abort(new LockNotHeldError(`${this.#what} ${outcome}`));
+      log('%s %s', this.#what, outcome);
+    })();
+    return this.#ending;
+  }
+
+  release(): Promise<void> {
+    if (this.#ending) return this.#ending.catch(() => undefined);
+    this.#outcome = 'released';
+    const session = this.#session;
+    const claim = this.#k.claim(this.id);
+    this.#linked.abort(new LockNotHeldError(`${this.#what} released`));
+    this.#ending = (async () => {
+      if (session.expired) return; // the claim went with the lease
+      await retrying(() => txn(session.client, [cmp.create(claim, '==', this.fencingToken)], [op.delete(claim)]), {
+        signals: [session.signal], maxElapsedMs: Infinity,
+      }).catch((err: unknown) => {
+        if (session.expired) return;
+        throw err;
+      });
+      log('%s released', this.#what);
+    })();
+    return this.#ending;
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.release();
+  }
+}

@@ -1,0 +1,197 @@
+import { describe, expect, it } from 'vitest';
+import { isRecipeError, Session, WorkQueue, type Job } from '../src/index.js';
+import { keysUnder, stillPending, useCluster, within } from './helpers.js';
+import { tally, waitForCount } from './queue-helpers.js';
+
+/** Resolves with the abort reason once `signal` aborts (bounded). */
+function aborted(signal: AbortSignal, ms = 10_000): Promise<unknown> {
+  return within(ms, new Promise((resolve) => {
+    if (signal.aborted) resolve(signal.reason);
+    else signal.addEventListener('abort', () => resolve(signal.reason), { once: true });
+  }), 'job signal');
+}
+
+describe('WorkQueue', () => {
+  const etcd = useCluster();
+
+  it('writes jobs, claims on the session lease and attempt counters; ack removes all of them in one Txn', async () => {
+    const client = etcd().client();
+    await using session = await Session.create(client, { ttl: 10 });
+    const wq = new WorkQueue(session, 'lay');
+    const id = await wq.add('payload');
+    expect(id).toMatch(/^00100-[0-9]{19}$/);
+    const job = (await client.getAll().prefix('lay/').exec()).kvs;
+    expect(job.map((kv) => [kv.key.toString(), kv.value.toString(), kv.lease])).toEqual([[`lay/jobs/${id}`, 'payload', '0']]);
+    const claimed = await wq.claim();
+    expect(claimed).toMatchObject({ id, value: 'payload', attempts: 1, priority: 100, key: `lay/claims/${id}`, done: false });
+    expect(claimed.buffer).toEqual(Buffer.from('payload'));
+    const claim = (await client.getAll().prefix('lay/claims/').exec()).kvs[0]!;
+    expect(claim.lease).toBe(session.leaseId);
+    expect(claimed.fencingToken).toBe(BigInt(claim.create_revision));
+    expect((await client.getAll().prefix('lay/attempts/').exec()).kvs[0]!.lease).toBe('0');
+    expect(await wq.stats()).toEqual({ jobs: 1, claimed: 1, dead: 0, waiting: 0 });
+    await claimed.ack();
+    expect(claimed.done).toBe(true);
+    expect(isRecipeError(claimed.signal.reason, 'LOCK_NOT_HELD')).toBe(true);
+    expect(await keysUnder(client, 'lay/')).toEqual([]);
+    await claimed.ack(); // idempotent
+    await claimed.release(); // a no-op after ack
+    expect(await keysUnder(client, 'lay/')).toEqual([]);
+  });
+
+  it('claims lower priorities first, oldest first within a priority; skips claimed jobs', async () => {
+    await using session = await Session.create(etcd().client(), { ttl: 10 });
+    const wq = new WorkQueue(session, 'order');
+    for (const [v, p] of [['a', 5], ['b', undefined], ['c', 0], ['d', 5], ['e', undefined]] as const) await wq.add(v, { priority: p });
+    const jobs: Job[] = [];
+    for (let i = 0; i < 5; i++) jobs.push(await wq.claim());
+    expect(jobs.map((j) => j.value)).toEqual(['c', 'a', 'd', 'b', 'e']);
+    expect(jobs.map((j) => j.priority)).toEqual([0, 5, 5, 100, 100]);
+    for (let i = 1; i < jobs.length; i++) expect(jobs[i]!.fencingToken > jobs[i - 1]!.fencingToken).toBe(true);
+    await jobs[1]!.release();
+    const again = await wq.claim();
+    expect(again.value).toBe('a');
+    expect(again.attempts).toBe(2);
+    expect(again.fencingToken > jobs[4]!.fencingToken).toBe(true);
+    await Promise.all([again, ...jobs.filter((j) => j !== jobs[1])].map((j) => j.ack()));
+    expect(await keysUnder(etcd().client(), 'order/')).toEqual([]);
+  });
+
+  it('a worker whose session is lost cannot ack; the job goes to the next worker, fenced', async () => {
+    const client = etcd().client();
+    const a = await Session.create(client, { ttl: 3 }); // keepalives every second: it learns of the revoke soon
+    await using b = await Session.create(etcd().client(), { ttl: 10 });
+    const wa = new WorkQueue(a, 'lost');
+    const wb = new WorkQueue(b, 'lost');
+    await wa.add('job');
+    const job = await wa.claim();
+    const next = wb.claim();
+    await waitForCount(client, 'lost/waiters/', 1);
+    expect(await stillPending(next, 200)).toBe(true);
+    // The worker's lease disappears (it was paused past its TTL, or an operator revoked it).
+    await client.leaseClient.leaseRevoke({ ID: a.leaseId });
+    expect(isRecipeError(await aborted(job.signal), 'SESSION_EXPIRED')).toBe(true);
+    const taken = await within(10_000, next, 'claim after the lease was lost');
+    expect(taken).toMatchObject({ id: job.id, attempts: 2 });
+    expect(taken.fencingToken > job.fencingToken).toBe(true);
+    await expect(job.ack()).rejects.toMatchObject({ code: 'LOCK_NOT_HELD' });
+    expect(() => job.ifOwner()).toThrow(expect.objectContaining({ code: 'LOCK_NOT_HELD' }));
+    // A write fenced by the stale claim cannot land; the current claimer's can.
+    const stale = await client.if(`lost/claims/${job.id}`, 'Create', '==', job.fencingToken.toString()).then(client.put('lost/out').value('stale')).commit();
+    expect(stale.succeeded).toBe(false);
+    expect((await taken.ifOwner().then(client.put('lost/out').value('fresh')).commit()).succeeded).toBe(true);
+    await taken.ack();
+    expect(await keysUnder(client, 'lost/')).toEqual(['lost/out']);
+  });
+
+  it('one new job wakes one waiting claimer; a released job goes to the next', async () => {
+    const client = etcd().client();
+    const sessions = await Promise.all(Array.from({ length: 3 }, () => Session.create(etcd().client(), { ttl: 10 })));
+    const queues = sessions.map((s) => new WorkQueue(s, 'wake'));
+    const claims = [];
+    for (let i = 0; i < 3; i++) {
+      claims.push(queues[i]!.claim());
+      await waitForCount(client, 'wake/waiters/', i + 1);
+    }
+    await queues[0]!.add('one');
+    const first = await within(5000, claims[0]!);
+    expect(first.value).toBe('one');
+    expect(await stillPending(Promise.race(claims.slice(1)), 300)).toBe(true);
+    await first.release();
+    const second = await within(5000, claims[1]!);
+    expect(second).toMatchObject({ value: 'one', attempts: 2 });
+    expect(await stillPending(claims[2]!, 200)).toBe(true);
+    await second.ack();
+    await queues[0]!.add('two');
+    expect((await within(5000, claims[2]!)).value).toBe('two');
+    await Promise.all(sessions.map((s) => s.close()));
+  });
+
+  it('dead-letters a job claimed maxAttempts times without an ack; it can be retried', async () => {
+    const client = etcd().client();
+    await using session = await Session.create(client, { ttl: 10 });
+    const wq = new WorkQueue(session, 'dlq', { maxAttempts: 2 });
+    const id = await wq.add('poison');
+    for (let i = 1; i <= 2; i++) {
+      const job = await wq.claim();
+      expect(job.attempts).toBe(i);
+      await job.release();
+    }
+    await expect(wq.claim({ signal: AbortSignal.timeout(300) })).rejects.toMatchObject({ name: 'TimeoutError' });
+    expect(await wq.deadLetters()).toEqual([{ id, value: 'poison', buffer: Buffer.from('poison') }]);
+    expect(await keysUnder(client, 'dlq/')).toEqual([`dlq/dead/${id}`]);
+    expect(await wq.retryDead(id)).toBe(true);
+    expect(await wq.retryDead(id)).toBe(false);
+    const again = await wq.claim();
+    expect(again).toMatchObject({ id, attempts: 1 });
+    await again.deadLetter(); // a poison job sent to the dead letters explicitly
+    expect(await wq.stats()).toEqual({ jobs: 0, claimed: 0, dead: 1, waiting: 0 });
+    expect(await keysUnder(client, 'dlq/')).toEqual([`dlq/dead/${id}`]);
+  });
+
+  it('M workers on their own connections: every job acked exactly once', async () => {
+    const client = etcd().client();
+    await using producer = await Session.create(client, { ttl: 10 });
+    const sessions = await Promise.all(Array.from({ length: 4 }, () => Session.create(etcd().client(), { ttl: 10 })));
+    const total = 80;
+    const done: string[] = [];
+    const stop = new AbortController();
+    const workers = sessions.map(async (s) => {
+      const wq = new WorkQueue(s, 'many');
+      for (;;) {
+        const job = await wq.claim({ signal: stop.signal }).catch(() => undefined);
+        if (!job) return;
+        expect(job.attempts).toBe(1);
+        await job.ack();
+        done.push(job.value);
+        if (done.length === total) stop.abort();
+      }
+    });
+    const wq = new WorkQueue(producer, 'many');
+    for (let i = 0; i < total; i++) await wq.add(`j${i}`, { priority: i % 4 });
+    await within(30_000, Promise.all(workers), 'workers');
+    const counts = tally(done);
+    expect(counts.size).toBe(total);
+    expect([...counts.values()].every((n) => n === 1)).toBe(true);
+    expect(await keysUnder(client, 'many/')).toEqual([]);
+    await Promise.all(sessions.map((s) => s.close()));
+  });
+
+  it('an aborted claim rejects with the signal\'s reason and leaves no key', async () => {
+    const client = etcd().client();
+    await using session = await Session.create(client, { ttl: 10 });
+    const wq = new WorkQueue(session, 'abort');
+    const controller = new AbortController();
+    const pending = wq.claim({ signal: controller.signal });
+    await waitForCount(client, 'abort/waiters/', 1);
+    const reason = new Error('shutting down');
+    controller.abort(reason);
+    await expect(pending).rejects.toBe(reason);
+    await expect(wq.claim({ signal: AbortSignal.abort(reason) })).rejects.toBe(reason);
+    expect(await keysUnder(client, 'abort/')).toEqual([]);
+    // A claim on an expired session rejects.
+    const gone = await Session.create(client, { ttl: 10 });
+    await gone.close();
+    await expect(new WorkQueue(gone, 'abort').claim()).rejects.toMatchObject({ code: 'SESSION_EXPIRED' });
+  });
+
+  it('rejects bad input before writing anything', async () => {
+    const client = etcd().client();
+    await using session = await Session.create(client, { ttl: 10 });
+    const bad = (fn: () => unknown) => expect(fn).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
+    bad(() => new WorkQueue(client as never, 'x'));
+    bad(() => new WorkQueue(session, ''));
+    bad(() => new WorkQueue(session, 'x', { maxAttempts: 0 }));
+    bad(() => new WorkQueue(session, 'x', { maxAttempts: 2.5 }));
+    const wq = new WorkQueue(session, 'badin');
+    await expect(wq.add(5 as never)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', argument: 'value' });
+    for (const priority of [-1, 65536, 0.5, '1']) {
+      await expect(wq.add('v', { priority: priority as never })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', argument: 'options.priority' });
+    }
+    await expect(wq.add('v', 7 as never)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', argument: 'options' });
+    await expect(wq.claim({ signal: 1 as never })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', argument: 'options.signal' });
+    await expect(wq.retryDead('../x')).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', argument: 'id' });
+    await expect(wq.deadLetters(0)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', argument: 'limit' });
+    expect(await keysUnder(client, 'badin')).toEqual([]);
+  });
+});
