@@ -1,7 +1,7 @@
 import { cpus, loadavg } from 'node:os';
 import { execFileSync } from 'node:child_process';
 import { Etcd3 } from 'etcd3';
-import { EtcdCluster, findEtcdBinary } from '../src/testing/index.js';
+import { EtcdCluster, findEtcdBinary, requestCounts } from '../src/testing/index.js';
 
 /*
  * Shared benchmark plumbing: a fresh etcd (data on disk unless --shm), the
@@ -108,18 +108,12 @@ export function percentile(values: number[], p: number): number {
   return sorted[i]!;
 }
 
-/** etcd's own count of gRPC messages received, by method (Range, Txn, Put, DeleteRange, Watch, LeaseKeepAlive...). */
+/**
+ * etcd's own count of gRPC messages received, by method (Range, Txn, Put,
+ * DeleteRange, Watch, LeaseKeepAlive...); empty without a metrics URL.
+ */
 export async function grpcMessages(metricsUrl: string | undefined): Promise<Map<string, number>> {
-  const counts = new Map<string, number>();
-  if (!metricsUrl) return counts;
-  const text = await (await fetch(`${metricsUrl}/metrics`)).text();
-  for (const line of text.split('\n')) {
-    const m = /^grpc_server_msg_received_total\{([^}]*)\}\s+([0-9.e+]+)/.exec(line);
-    if (!m) continue;
-    const method = /grpc_method="([^"]+)"/.exec(m[1]!)?.[1];
-    if (method) counts.set(method, (counts.get(method) ?? 0) + Number(m[2]));
-  }
-  return counts;
+  return metricsUrl ? new Map((await requestCounts(metricsUrl)).byMethod) : new Map();
 }
 
 /** Requests between two {@link grpcMessages} snapshots: KV calls plus watch create/cancel messages, no keepalives. */

@@ -1,8 +1,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import type { Etcd3, Namespace } from 'etcd3';
+import type { Namespace } from 'etcd3';
 import { afterAll, beforeAll } from 'vitest';
+import { openWatch } from '../src/core/watch-hub.js';
 import { EtcdCluster, type EtcdClusterOptions } from '../src/testing/index.js';
 
 /** Starts a throwaway cluster for the enclosing describe/file and stops it afterwards. */
@@ -26,61 +27,56 @@ export async function keysUnder(client: Namespace, prefix = ''): Promise<string[
   return kvs.sort();
 }
 
-/** Resolves with the value once `key` exists; watch-driven, bounded by `timeoutMs`. */
-export async function waitForKey(client: Etcd3 | Namespace, key: string, timeoutMs = 20_000): Promise<string> {
-  const watcher = await client.watch().key(key).create();
+/**
+ * Resolves with `check()`'s first defined result, re-checking on every event
+ * under `key` (or every key starting with it). The watch is our own watch
+ * stream (core/watch-hub), opened before the first check, so no change
+ * between a check and the watch is missed; bounded by `timeoutMs`. (etcd3's
+ * Watcher resets the client's gRPC channels when its last watcher is
+ * cancelled, which would disturb the code under test on the same client.)
+ */
+export async function waitUntil<T>(client: Namespace, key: string, prefix: boolean, check: () => Promise<T | undefined>,
+  timeoutMs: number, what: string): Promise<T> {
+  let wake = () => undefined as void;
+  const handle = await openWatch(client, { key: Buffer.from(key), prefix }, { onEvents: () => wake(), onEnd: () => wake() });
+  const deadline = performance.now() + timeoutMs;
   try {
-    const existing = await client.get(key).string();
-    if (existing !== null) return existing;
-    return await new Promise<string>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`key ${key} did not appear within ${timeoutMs} ms`)), timeoutMs);
-      watcher.on('put', (kv) => {
-        clearTimeout(timer);
-        resolve(kv.value.toString());
-      });
-    });
+    for (;;) {
+      const changed = new Promise<void>((resolve) => { wake = resolve; });
+      const found = await check();
+      if (found !== undefined) return found;
+      const left = deadline - performance.now();
+      if (left <= 0) throw new Error(`${what} after ${timeoutMs} ms`);
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([changed, new Promise<void>((resolve) => { timer = setTimeout(resolve, left); })]);
+      clearTimeout(timer);
+    }
   } finally {
-    await watcher.cancel();
+    handle.close();
   }
 }
 
-/** Resolves once `key` is absent; watch-driven, bounded by `timeoutMs`. */
-export async function waitForKeyGone(client: Etcd3 | Namespace, key: string, timeoutMs = 20_000): Promise<void> {
-  const watcher = await client.watch().key(key).create();
-  try {
-    if ((await client.get(key).string()) === null) return;
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`key ${key} still present after ${timeoutMs} ms`)), timeoutMs);
-      watcher.on('delete', () => {
-        clearTimeout(timer);
-        resolve();
-      });
-    });
-  } finally {
-    await watcher.cancel();
-  }
+/** Resolves with the value once `key` exists. */
+export function waitForKey(client: Namespace, key: string, timeoutMs = 20_000): Promise<string> {
+  return waitUntil(client, key, false, async () => (await client.get(key).string()) ?? undefined, timeoutMs, `key ${key} did not appear`);
 }
 
-/** Resolves once `count` keys exist under `prefix` (watch-driven, bounded). */
-export async function waitForKeyCount(client: Etcd3 | Namespace, prefix: string, count: number, timeoutMs = 20_000): Promise<void> {
-  const watcher = await client.watch().prefix(prefix).create();
-  try {
-    const check = async () => (await client.getAll().prefix(prefix).count()) >= count;
-    if (await check()) return;
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`fewer than ${count} keys under ${prefix} after ${timeoutMs} ms`)), timeoutMs);
-      watcher.on('put', () => {
-        void check().then((ok) => {
-          if (ok) {
-            clearTimeout(timer);
-            resolve();
-          }
-        });
-      });
-    });
-  } finally {
-    await watcher.cancel();
-  }
+/** Resolves once `key` is absent. */
+export function waitForKeyGone(client: Namespace, key: string, timeoutMs = 20_000): Promise<void> {
+  return waitUntil(client, key, false, async () => ((await client.get(key).string()) === null ? true : undefined), timeoutMs,
+    `key ${key} still present`).then(() => undefined);
+}
+
+/** Resolves once at least `count` keys exist under `prefix`. */
+export function waitForKeyCount(client: Namespace, prefix: string, count: number, timeoutMs = 20_000): Promise<void> {
+  return waitUntil(client, prefix, true, async () => ((await client.getAll().prefix(prefix).count()) >= count ? true : undefined), timeoutMs,
+    `fewer than ${count} keys under ${prefix}`).then(() => undefined);
+}
+
+/** Resolves once no key starts with `prefix`. */
+export function waitForPrefixEmpty(client: Namespace, prefix: string, timeoutMs = 30_000): Promise<void> {
+  return waitUntil(client, prefix, true, async () => ((await client.getAll().prefix(prefix).count()) === 0 ? true : undefined), timeoutMs,
+    `keys still under ${prefix}`).then(() => undefined);
 }
 
 /** Rejects with a clear message if `promise` has not settled within `ms`. */

@@ -4,14 +4,12 @@ import {
   isRecipeError, ServiceDiscovery, ServiceIdTakenError, ServiceRegistry, type DisplacedInfo, type ServiceChange, type ServiceInstance,
 } from '../src/index.js';
 import { converged, freshInstances, until, viewOf } from './fixtures/discovery-helpers.js';
+import { requestCounts } from '../src/testing/index.js';
 import { keysUnder, useCluster, within } from './helpers.js';
 
 /** etcd's count of Range requests received so far (from /metrics). */
 async function rangeRequests(metricsUrl: string): Promise<number> {
-  const text = await (await fetch(`${metricsUrl}/metrics`)).text();
-  let n = 0;
-  for (const m of text.matchAll(/^grpc_server_msg_received_total\{[^}]*grpc_method="Range"[^}]*\}\s+([0-9.e+]+)/gm)) n += Number(m[1]);
-  return n;
+  return (await requestCounts(metricsUrl)).range;
 }
 
 async function leaseCount(client: Etcd3): Promise<number> {

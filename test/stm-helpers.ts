@@ -1,21 +1,11 @@
 import type { Etcd3, Namespace } from 'etcd3';
 import { isRecipeError, runSTM, type STMIsolation } from '../src/index.js';
+import { requestCounts } from '../src/testing/index.js';
 
 /** etcd's own count of gRPC requests received (Range + Txn + Put + DeleteRange), from /metrics. */
 export async function kvRequests(clientUrl: string): Promise<{ range: number; txn: number; total: number }> {
-  const text = await (await fetch(`${clientUrl}/metrics`)).text();
-  const count = (method: string) => {
-    let n = 0;
-    for (const line of text.split('\n')) {
-      if (line.startsWith('grpc_server_msg_received_total{') && line.includes(`grpc_method="${method}"`)) {
-        n += Number(line.slice(line.lastIndexOf(' ') + 1));
-      }
-    }
-    return n;
-  };
-  const range = count('Range');
-  const txn = count('Txn');
-  return { range, txn, total: range + txn + count('Put') + count('DeleteRange') };
+  const c = await requestCounts(clientUrl);
+  return { range: c.range, txn: c.txn, total: c.kv };
 }
 
 /** A one-shot gate: `open()` lets every `wait()` through. */

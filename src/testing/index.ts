@@ -6,3 +6,5 @@ export { EtcdCluster, EtcdMember } from './cluster.js';
 export type { EtcdClusterOptions, MemberState } from './cluster.js';
 export { findEtcdBinary, findEtcdctlBinary, EtcdNotFoundError } from './etcd-binary.js';
 export type { FindEtcdOptions } from './etcd-binary.js';
+export { requestCounts, requestsBetween } from './metrics.js';
+export type { RequestCounts } from './metrics.js';
