@@ -10,7 +10,6 @@ function deferred<T = void>() {
   return { promise, resolve };
 }
 
-/** Resolves with the signal's reason once it aborts. */
 /** The leader once there is one whose value is not `exclude` (observe-driven, bounded). */
 async function nextLeader(client: Etcd3, name: string, exclude?: string): Promise<LeaderInfo> {
   return within(30_000, (async () => {
@@ -21,6 +20,7 @@ async function nextLeader(client: Etcd3, name: string, exclude?: string): Promis
   })(), `a leader of ${name}`);
 }
 
+/** Resolves with the signal's reason once it aborts. */
 const aborted = (signal: AbortSignal) => new Promise<unknown>((resolve) => {
   if (signal.aborted) resolve(signal.reason);
   else signal.addEventListener('abort', () => resolve(signal.reason), { once: true });
@@ -101,13 +101,16 @@ describe('runAsLeader', () => {
     const c2 = new AbortController();
     holding.abort(new Error('holder done'));
     await expect(holder).rejects.toThrow('holder done');
+    const started = deferred();
     const run = runAsLeader(client, 'run/abort', async (signal) => {
+      started.resolve();
       ours.resolve(await aborted(signal));
       keyWhileStopping.resolve(await keysUnder(client, 'run/abort/'));
       await release.promise;
       return 'late';
     }, { ttl: 10, signal: c2.signal });
-    await waitForKeyCount(client, 'run/abort/', 1);
+    // Elected and running (the key alone would only say the campaign's Txn landed).
+    await within(20_000, started.promise, 'the task to start');
     const stopReason = new Error('stop');
     c2.abort(stopReason);
     expect(await ours.promise).toBe(stopReason);
