@@ -75,9 +75,15 @@ export function raceAbort<T>(promise: Promise<T>, ...signals: (AbortSignal | und
   });
 }
 
-/** Waits `ms` milliseconds, or rejects when a signal aborts. The timer never holds the process open. */
+/**
+ * Waits `ms` milliseconds, or rejects when a signal aborts (clearing the
+ * timer). The timer keeps the process alive: a caller is awaiting it, and a
+ * process must not exit in the middle of a retry's backoff.
+ */
 export function delay(ms: number, ...signals: (AbortSignal | undefined)[]): Promise<void> {
-  return raceAbort(new Promise<void>((resolve) => setTimeout(resolve, ms).unref()), ...signals);
+  let timer: NodeJS.Timeout | undefined;
+  const slept = new Promise<void>((resolve) => { timer = setTimeout(resolve, ms); });
+  return raceAbort(slept, ...signals).finally(() => clearTimeout(timer));
 }
 
 /** A promise that resolves once `signal` aborts (never rejects). */

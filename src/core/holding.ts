@@ -51,7 +51,7 @@ export function cleanUpAfter(inFlight: Promise<unknown>, cleanup: () => Promise<
     .catch((err) => log?.('cleanup failed (the key expires with the lease): %s', (err as Error).message))
     .finally(releaseLocal);
   let timer: NodeJS.Timeout | undefined;
-  return Promise.race([done, new Promise<void>((r) => { timer = setTimeout(r, waitMs).unref(); })])
+  return Promise.race([done, new Promise<void>((r) => { timer = setTimeout(r, waitMs); })])
     .finally(() => clearTimeout(timer));
 }
 
