@@ -4,9 +4,9 @@ import { childPrefix, showKey, toBuffer } from '../core/keys.js';
 import { cmp, op, range, rangeAt, txn, type KeyValue, type TxnResult } from '../core/kv.js';
 import { logger } from '../core/log.js';
 import { retrying } from '../core/retry.js';
-import { checkClient, checkInteger, checkName, checkOptions, checkSignal, checkValue } from '../core/validate.js';
-import { ConsumerLine, OwnSession, type Candidate } from './queue-line.js';
-import { bookPrefix, ItemSource, type DequeueOptions, type QueueItem, type QueueOptions } from './queue.js';
+import { checkInteger, checkValue } from '../core/validate.js';
+import type { Candidate } from './queue-line.js';
+import { ItemQueue, type QueueOptions } from './queue.js';
 
 const log = logger('priority-queue');
 
@@ -24,6 +24,19 @@ function pad16(n: bigint): string {
 }
 
 /**
+ * Candidates of the head's priority may be taken in any order by competing
+ * consumers; never one of a lower priority first.
+ */
+function samePriority(items: Buffer): (cands: Candidate[]) => number {
+  return (cands) => {
+    const head = cands[0]?.key.subarray(items.length, items.length + 6);
+    let n = 0;
+    while (head && n < cands.length && cands[n]!.key.subarray(items.length, items.length + 6).equals(head)) n++;
+    return n;
+  };
+}
+
+/**
  * A distributed priority queue, wire-compatible with Go's
  * `recipe.PriorityQueue`: an item of priority `p` (0–65535, lower goes
  * first) is the key `<name>/<%05d p>/<%016d sequence>` (no lease) holding the
@@ -34,16 +47,9 @@ function pad16(n: bigint): string {
  * Consumers wait and claim as {@link Queue}'s do: herd-free, each item to
  * exactly one consumer, at most once past `dequeue()`.
  */
-export class PriorityQueue implements AsyncDisposable {
-  /** The etcd3 client (or namespace). */
-  readonly client: Namespace;
+export class PriorityQueue extends ItemQueue {
   /** The queue's name (Go's `key`); items live under `<name>/`. */
   readonly name: string | Buffer;
-  readonly #items: Buffer;
-  readonly #book: Buffer;
-  readonly #own: OwnSession;
-  readonly #line: ConsumerLine<QueueItem>;
-  readonly #what: string;
   /** Per priority: the next sequence number and the revision at which we knew it was free. */
   readonly #levels = new Map<number, { next: bigint; seen: bigint }>();
 
@@ -54,27 +60,8 @@ export class PriorityQueue implements AsyncDisposable {
    * @throws InvalidArgumentError for an empty name, a non-client or bad options
    */
   constructor(client: Namespace, name: string | Buffer, options: QueueOptions = {}) {
-    checkClient(client);
-    checkName(name, 'name');
-    checkOptions(options);
-    if (options.ttl !== undefined) checkInteger(options.ttl, 'options.ttl', 1, 3600);
-    if (options.idleMs !== undefined) checkInteger(options.idleMs, 'options.idleMs', 0);
-    this.client = client;
+    super(client, name, 'name', options, 'priority queue', 'Key', samePriority, log);
     this.name = name;
-    this.#items = childPrefix(name);
-    this.#book = bookPrefix(name);
-    this.#what = `priority queue ${showKey(name)}`;
-    this.#own = new OwnSession(client, options.ttl ?? 5, options.idleMs ?? 10_000, log);
-    const itemsLength = this.#items.length;
-    // Candidates of the head's priority may be taken in any order by competing consumers; never a lower priority first.
-    const samePriority = (cands: Candidate[]): number => {
-      const head = cands[0]?.key.subarray(itemsLength, itemsLength + 6);
-      let n = 0;
-      while (head && n < cands.length && cands[n]!.key.subarray(itemsLength, itemsLength + 6).equals(head)) n++;
-      return n;
-    };
-    const source = new ItemSource(client, this.#items, this.#book, 'Key', this.#what, log, samePriority);
-    this.#line = new ConsumerLine(source, this.#own);
   }
 
   /**
@@ -90,7 +77,7 @@ export class PriorityQueue implements AsyncDisposable {
     checkValue(value, 'value');
     checkInteger(priority, 'priority', 0, MAX_PRIORITY);
     const val = toBuffer(value);
-    const level = Buffer.concat([this.#items, Buffer.from(pad5(priority))]);
+    const level = Buffer.concat([this.items, Buffer.from(pad5(priority))]);
     const levelPrefix = childPrefix(level);
     const base = Buffer.concat([Buffer.from('__'), level]);
     // Go writes "" here and only compares its mod revision; a unique token
@@ -118,13 +105,13 @@ export class PriorityQueue implements AsyncDisposable {
       const baseKv = rangeAt(res, 0).kvs[0];
       const mine = rangeAt(res, 1).kvs[0];
       if (mine && mine.version === 1n && mine.value.equals(val) && await this.#wroteIt(base, baseKv, mine.createRevision, token)) {
-        log('%s: enqueue of %s committed on an earlier try', this.#what, showKey(key));
+        log('%s: enqueue of %s committed on an earlier try', this.what, showKey(key));
         this.#levels.delete(priority);
         return key.toString();
       }
       const last: KeyValue | undefined = rangeAt(res, 2).kvs[0];
       known = { next: last ? parseSequence(last.key) + 1n : 0n, seen: res.revision };
-      if (attempt > 0 && attempt % 100 === 0) log('%s: enqueue still contended after %d tries', this.#what, attempt);
+      if (attempt > 0 && attempt % 100 === 0) log('%s: enqueue still contended after %d tries', this.what, attempt);
     }
   }
 
@@ -139,38 +126,6 @@ export class PriorityQueue implements AsyncDisposable {
     if (baseKv && baseKv.modRevision === rev) return baseKv.value.toString() === token;
     const then = await retrying(() => range(this.client, base, { revision: rev }));
     return then.kvs[0]?.modRevision === rev && then.kvs[0].value.toString() === token;
-  }
-
-  /**
-   * Removes and returns the item with the lowest priority number (oldest
-   * first within a priority), waiting while the queue is empty.
-   * @returns the item's value as a UTF-8 string
-   */
-  async dequeue(options: DequeueOptions = {}): Promise<string> {
-    return (await this.dequeueItem(options)).value.toString();
-  }
-
-  /** Like {@link PriorityQueue.dequeue}, returning the item's key and its value as bytes. */
-  async dequeueItem(options: DequeueOptions = {}): Promise<QueueItem> {
-    checkOptions(options);
-    checkSignal(options.signal);
-    return this.#line.take(options.signal);
-  }
-
-  /** The number of items in the queue now, all priorities. */
-  async size(): Promise<number> {
-    const r = await range(this.client, this.#items, { prefix: true, countOnly: true });
-    return Number(r.count);
-  }
-
-  /** Revokes the lease this object uses for its consumers' bookkeeping keys. Items are untouched. */
-  close(): Promise<void> {
-    return this.#own.close();
-  }
-
-  /** `await using q = new PriorityQueue(...)` closes it at scope exit. */
-  [Symbol.asyncDispose](): Promise<void> {
-    return this.close();
   }
 }
 

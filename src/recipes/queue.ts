@@ -126,66 +126,40 @@ export class ItemSource implements ClaimSource<QueueItem> {
 }
 
 /**
- * A distributed FIFO queue, wire-compatible with Go's `recipe.Queue`: each
- * item is the key `<prefix>/<19-digit nanoseconds>` (no lease) holding the
- * value, and items come out in order of their mod revision. Each item is
- * delivered to exactly one consumer (a delete guarded by its mod revision).
- *
- * Unlike Go's, consumers do not herd: an idle consumer waits in a line, and
- * only the head of the line watches the items, so one new item wakes one
- * consumer. Consumers that compete for a backlog spread their claims over
- * the oldest items instead of all racing for the first one.
- *
- * Delivery is at most once past `dequeue()`: the item is deleted when it is
- * handed out. For at-least-once processing with acknowledgements use
- * {@link WorkQueue}.
+ * @internal What Queue and PriorityQueue share: the consumer side (a
+ * herd-free line over the items) and the lease of its bookkeeping keys.
  */
-export class Queue implements AsyncDisposable {
+export abstract class ItemQueue implements AsyncDisposable {
   /** The etcd3 client (or namespace). */
   readonly client: Namespace;
-  /** The queue's name; items live under `<prefix>/`. */
-  readonly prefix: string | Buffer;
-  readonly #items: Buffer;
+  /** `<name>/`: where the items live. */
+  protected readonly items: Buffer;
+  /** Names the queue in errors and logs. */
+  protected readonly what: string;
   readonly #own: OwnSession;
   readonly #line: ConsumerLine<QueueItem>;
-  readonly #what: string;
 
   /**
-   * @param client - an etcd3 client or namespace
-   * @param prefix - the queue's name (Go's `keyPrefix`); items live under `<prefix>/`
-   * @param options - lease settings of the consumers' bookkeeping
-   * @throws InvalidArgumentError for an empty prefix, a non-client or bad options
+   * @param argument - the name argument's name, for error messages
+   * @param interchangeable - how many leading candidates competing consumers may take in any order
    */
-  constructor(client: Namespace, prefix: string | Buffer, options: QueueOptions = {}) {
+  protected constructor(client: Namespace, name: string | Buffer, argument: string, options: QueueOptions, kind: string,
+    sort: 'Mod' | 'Key', interchangeable: (items: Buffer) => (cands: Candidate[]) => number, queueLog: Debugger) {
     checkClient(client);
-    checkName(prefix, 'prefix');
+    checkName(name, argument);
     checkOptions(options);
     if (options.ttl !== undefined) checkInteger(options.ttl, 'options.ttl', 1, 3600);
     if (options.idleMs !== undefined) checkInteger(options.idleMs, 'options.idleMs', 0);
     this.client = client;
-    this.prefix = prefix;
-    this.#items = childPrefix(prefix);
-    this.#what = `queue ${showKey(prefix)}`;
-    this.#own = new OwnSession(client, options.ttl ?? 5, options.idleMs ?? 10_000, log);
-    const source = new ItemSource(client, this.#items, bookPrefix(prefix), 'Mod', this.#what, log, (c) => c.length);
+    this.items = childPrefix(name);
+    this.what = `${kind} ${showKey(name)}`;
+    this.#own = new OwnSession(client, options.ttl ?? 5, options.idleMs ?? 10_000, queueLog);
+    const source = new ItemSource(client, this.items, bookPrefix(name), sort, this.what, queueLog, interchangeable(this.items));
     this.#line = new ConsumerLine(source, this.#own);
   }
 
   /**
-   * Appends an item: creates `<prefix>/<19-digit nanoseconds>` (no lease)
-   * if absent, retrying with a new name on a collision (Go's `newUniqueKV`).
-   * @returns the item's key
-   * @throws InvalidArgumentError if `value` is not a string or Buffer
-   */
-  async enqueue(value: string | Buffer): Promise<string> {
-    checkValue(value, 'value');
-    const { key } = await createUnique(this.client, () => Buffer.concat([this.#items, Buffer.from(uniqueSuffix())]),
-      toBuffer(value), this.#what);
-    return key.toString();
-  }
-
-  /**
-   * Removes and returns the oldest item, waiting while the queue is empty.
+   * Removes and returns the next item, waiting while the queue is empty.
    * If the signal aborts while a claim is already in flight and that claim
    * wins, the item is returned rather than dropped.
    * @returns the item's value as a UTF-8 string
@@ -194,7 +168,7 @@ export class Queue implements AsyncDisposable {
     return (await this.dequeueItem(options)).value.toString();
   }
 
-  /** Like {@link Queue.dequeue}, returning the item's key and its value as bytes. */
+  /** Like `dequeue()`, returning the item's key and its value as bytes. */
   async dequeueItem(options: DequeueOptions = {}): Promise<QueueItem> {
     checkOptions(options);
     checkSignal(options.signal);
@@ -203,7 +177,7 @@ export class Queue implements AsyncDisposable {
 
   /** The number of items in the queue now. */
   async size(): Promise<number> {
-    const r = await range(this.client, this.#items, { prefix: true, countOnly: true });
+    const r = await range(this.client, this.items, { prefix: true, countOnly: true });
     return Number(r.count);
   }
 
@@ -218,5 +192,49 @@ export class Queue implements AsyncDisposable {
   /** `await using q = new Queue(...)` closes it at scope exit. */
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
+  }
+}
+
+/**
+ * A distributed FIFO queue, wire-compatible with Go's `recipe.Queue`: each
+ * item is the key `<prefix>/<19-digit nanoseconds>` (no lease) holding the
+ * value, and items come out in order of their mod revision. Each item is
+ * delivered to exactly one consumer (a delete guarded by its mod revision).
+ *
+ * Unlike Go's, consumers do not herd: an idle consumer waits in a line, and
+ * only the head of the line watches the items, so one new item wakes one
+ * consumer. Consumers that compete for a backlog spread their claims over
+ * the oldest items instead of all racing for the first one.
+ *
+ * Delivery is at most once past `dequeue()`: the item is deleted when it is
+ * handed out. For at-least-once processing with acknowledgements use
+ * {@link WorkQueue}.
+ */
+export class Queue extends ItemQueue {
+  /** The queue's name; items live under `<prefix>/`. */
+  readonly prefix: string | Buffer;
+
+  /**
+   * @param client - an etcd3 client or namespace
+   * @param prefix - the queue's name (Go's `keyPrefix`); items live under `<prefix>/`
+   * @param options - lease settings of the consumers' bookkeeping
+   * @throws InvalidArgumentError for an empty prefix, a non-client or bad options
+   */
+  constructor(client: Namespace, prefix: string | Buffer, options: QueueOptions = {}) {
+    super(client, prefix, 'prefix', options, 'queue', 'Mod', () => (c) => c.length, log);
+    this.prefix = prefix;
+  }
+
+  /**
+   * Appends an item: creates `<prefix>/<19-digit nanoseconds>` (no lease)
+   * if absent, retrying with a new name on a collision (Go's `newUniqueKV`).
+   * @returns the item's key
+   * @throws InvalidArgumentError if `value` is not a string or Buffer
+   */
+  async enqueue(value: string | Buffer): Promise<string> {
+    checkValue(value, 'value');
+    const { key } = await createUnique(this.client, () => Buffer.concat([this.items, Buffer.from(uniqueSuffix())]),
+      toBuffer(value), this.what);
+    return key.toString();
   }
 }
