@@ -91,3 +91,25 @@ export function whenAborted(signal: AbortSignal): Promise<unknown> {
   if (signal.aborted) return Promise.resolve(abortReason(signal));
   return new Promise((resolve) => signal.addEventListener('abort', () => resolve(abortReason(signal)), { once: true }));
 }
+
+/**
+ * Resolves at the first call of the wake function that `arm` is given, or
+ * rejects with the signal's reason if it aborts first. `arm` stores the wake
+ * function where the event source calls it; it is called again with
+ * `undefined` when the wait ends either way.
+ */
+export function untilWoken(signal: AbortSignal, arm: (wake: (() => void) | undefined) => void): Promise<void> {
+  if (signal.aborted) return Promise.reject(abortReason(signal));
+  return new Promise<void>((resolve, reject) => {
+    const onAbort = () => {
+      arm(undefined);
+      reject(abortReason(signal));
+    };
+    signal.addEventListener('abort', onAbort, { once: true });
+    arm(() => {
+      arm(undefined);
+      signal.removeEventListener('abort', onAbort);
+      resolve();
+    });
+  });
+}

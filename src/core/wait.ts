@@ -1,6 +1,6 @@
 import type { Namespace } from 'etcd3';
 import { openWatch, WatchCompactedError, type WatchHandle, type WatchSpec } from './watch-hub.js';
-import { abortReason } from './abort.js';
+import { untilWoken } from './abort.js';
 import { SessionExpiredError } from './errors.js';
 import { showKey } from './keys.js';
 import type { Debugger } from 'debug';
@@ -169,19 +169,7 @@ export class ChangeWatch {
   /** Resolves when the watched thing changed; rejects with the signal's reason on abort. */
   untilChanged(signal: AbortSignal): Promise<void> {
     if (this.changed) return Promise.resolve();
-    signal.throwIfAborted();
-    return new Promise<void>((resolve, reject) => {
-      const onAbort = () => {
-        this.#wake = undefined;
-        reject(abortReason(signal));
-      };
-      signal.addEventListener('abort', onAbort, { once: true });
-      this.#wake = () => {
-        this.#wake = undefined;
-        signal.removeEventListener('abort', onAbort);
-        resolve();
-      };
-    });
+    return untilWoken(signal, (wake) => { this.#wake = wake; });
   }
 
   /** Cancels the watch. */

@@ -1,7 +1,7 @@
 import { randomBytes, randomInt } from 'node:crypto';
 import type { Namespace } from 'etcd3';
 import type { Debugger } from 'debug';
-import { abortReason, linkSignals, raceAbort } from '../core/abort.js';
+import { linkSignals, raceAbort, untilWoken } from '../core/abort.js';
 import { isRecipeError, SessionExpiredError } from '../core/errors.js';
 import { cleanUpAfter } from '../core/holding.js';
 import { showKey, uniqueSuffix } from '../core/keys.js';
@@ -568,21 +568,7 @@ class EventWatch {
 
   /** Candidates, or undefined when a re-read is needed. Rejects with the signal's reason. */
   async next(signal: AbortSignal): Promise<Candidate[] | undefined> {
-    if (!this.ready) {
-      signal.throwIfAborted();
-      await new Promise<void>((resolve, reject) => {
-        const onAbort = () => {
-          this.#wake = undefined;
-          reject(abortReason(signal));
-        };
-        signal.addEventListener('abort', onAbort, { once: true });
-        this.#wake = () => {
-          this.#wake = undefined;
-          signal.removeEventListener('abort', onAbort);
-          resolve();
-        };
-      });
-    }
+    if (!this.ready) await untilWoken(signal, (wake) => { this.#wake = wake; });
     if (this.#reread) return undefined;
     return this.#pending.splice(0);
   }
