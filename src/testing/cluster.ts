@@ -115,6 +115,7 @@ export class EtcdMember {
     return this.#pid;
   }
 
+  /** Running, paused (SIGSTOP) or stopped. */
   get state(): MemberState {
     return this.#state;
   }
