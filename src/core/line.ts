@@ -121,11 +121,11 @@ export const MAX_UNIQUE_ATTEMPTS = 50;
  * adopted, and `reads` is undefined (re-read the line). A name another lease
  * holds (the same nanosecond elsewhere) gets a new suffix.
  */
-export async function createUniqueKey(session: Session, dir: Buffer, reads: Op[], pending: PendingKey, signal: AbortSignal,
+export async function createUniqueKey(session: Session, dir: Buffer, reads: Op[], pending: PendingKey, signal?: AbortSignal,
 ): Promise<{ key: Buffer; rev: bigint; reads: OpResult[] | undefined }> {
   const { client, leaseId } = session;
   for (let attempt = 1; ; attempt++) {
-    signal.throwIfAborted();
+    signal?.throwIfAborted();
     const key = uniqueKey(dir);
     pending.key = key;
     pending.rev = undefined;

@@ -1,7 +1,7 @@
 import { linkSignals, raceAbort } from '../core/abort.js';
 import { BarrierFullError, InvalidArgumentError, SessionExpiredError } from '../core/errors.js';
 import { cleanUpAfter } from '../core/holding.js';
-import { showKey, toBuffer, uniqueSuffix } from '../core/keys.js';
+import { showKey, toBuffer, uniqueKey } from '../core/keys.js';
 import { cmp, op, range, rangeAt, txn, type Compare, type KeyValue, type TxnResult } from '../core/kv.js';
 import { logger } from '../core/log.js';
 import { retrying } from '../core/retry.js';
@@ -232,7 +232,7 @@ export class DoubleBarrier {
     Promise<{ key: Buffer; rev: bigint; position: number; state: LineState<bigint> }> {
     const { session } = this;
     for (let attempt = 0; attempt < 50; attempt++) {
-      const key = Buffer.concat([this.#waiters, Buffer.from(uniqueSuffix())]);
+      const key = uniqueKey(this.#waiters);
       let tries = 0;
       const creating = retrying(() => {
         tries++;

@@ -3,9 +3,10 @@ import type { Namespace } from 'etcd3';
 import type { Debugger } from 'debug';
 import { linkSignals, raceAbort, untilWoken } from '../core/abort.js';
 import { isRecipeError, SessionExpiredError } from '../core/errors.js';
-import { cleanUpAfter } from '../core/holding.js';
-import { showKey, uniqueSuffix } from '../core/keys.js';
-import { cmp, op, rangeAt, txn, type Compare, type KeyValue, type Op, type OpResult } from '../core/kv.js';
+import { cleanUpAfter, deleteOwnKey } from '../core/holding.js';
+import { createUniqueKey, type PendingKey } from '../core/line.js';
+import { showKey } from '../core/keys.js';
+import { cmp, op, rangeAt, txn, type Compare, type KeyValue, type Op, type OpResult, type RangeResult } from '../core/kv.js';
 import { retrying } from '../core/retry.js';
 import { Session } from '../core/session.js';
 import { ChangeWatch } from '../core/wait.js';
@@ -215,7 +216,7 @@ export class ConsumerLine<R> {
     let session: Session | undefined;
     let waiter: Waiter | undefined;
     // The key of a join Txn that may still land, and that Txn.
-    const track: { joining?: { key: Buffer; session: Session; txn: Promise<unknown> } } = {};
+    const track: { joining?: { pending: PendingKey; session: Session; txn: Promise<unknown> } } = {};
     let waited = false;
     let state: State | undefined;
     let cands: Candidate[] = this.#cache.splice(0);
@@ -251,7 +252,10 @@ export class ConsumerLine<R> {
         }
         if (!waiter) {
           const s = session;
-          const joined = await this.#join(s, signal, (key, pending) => { track.joining = { key, session: s, txn: pending }; });
+          const pending: PendingKey = {};
+          const joining = this.#join(s, signal, pending);
+          track.joining = { pending, session: s, txn: joining };
+          const joined = await raceAbort(joining, signal);
           track.joining = undefined;
           waiter = joined.waiter;
           state = joined.state;
@@ -298,13 +302,15 @@ export class ConsumerLine<R> {
         }
       }
     } finally {
-      const leftover = waiter;
-      const pending = track.joining;
-      const s = session;
-      if (s && (leftover || pending)) {
-        const key = (leftover ?? pending!).key;
-        const owner = pending?.session ?? s;
-        await cleanUpAfter(pending?.txn ?? Promise.resolve(), () => deleteWaiter(src.client, owner, key, src.log), () => undefined, src.log);
+      // Our waiter key, or the one a join still in flight may create: delete it once that Txn settled.
+      const joining = track.joining;
+      const owner = joining?.session ?? session;
+      const own = waiter;
+      if (owner && (own || joining)) {
+        await cleanUpAfter(joining?.txn ?? Promise.resolve(), async () => {
+          const key = own?.key ?? joining?.pending.key;
+          if (key) await deleteOwnKey(owner, key, own?.rev ?? joining?.pending.rev, src.log);
+        }, () => undefined, src.log);
       }
       this.#freeSlots.push(slot);
       this.#sessions.end();
@@ -361,34 +367,17 @@ export class ConsumerLine<R> {
   }
 
   /**
-   * Creates our waiter key and, in the same Txn, reads our predecessor and
-   * the candidates. Waiter names are unique (19-digit nanoseconds); a
-   * collision with another process's key is retried with a new name, and a
-   * key that exists with our lease is ours (an earlier try whose reply was lost).
+   * Creates our waiter key (a unique name on our lease, core/line.ts) and, in
+   * the same Txn, reads our predecessor and the candidates. A key adopted
+   * after a lost reply is read anew.
    */
-  async #join(session: Session, signal: AbortSignal | undefined,
-    onSend: (key: Buffer, pending: Promise<unknown>) => void): Promise<{ waiter: Waiter; state: State }> {
+  async #join(session: Session, signal: AbortSignal | undefined, pending: PendingKey): Promise<{ waiter: Waiter; state: State }> {
     const src = this.#src;
-    for (let attempt = 0; attempt < 100; attempt++) {
-      const key = Buffer.concat([src.waitersPrefix, Buffer.from(uniqueSuffix())]);
-      const pending = retrying(() => txn(src.client, [cmp.create(key, '==', 0n)], [
-        op.put(key, '', session.leaseId),
-        op.range(src.waitersPrefix, { prefix: true, sortTarget: 'Create', sortOrder: 'Descend', limit: 2, keysOnly: true }),
-        ...this.#scanOps(),
-      ], [op.range(key, { keysOnly: true })]), { signals: [signal] });
-      onSend(key, pending);
-      const res = await raceAbort(pending, signal);
-      if (res.succeeded) {
-        const waiter = { key, rev: res.revision };
-        return { waiter, state: this.#state(rangeAt(res, 1).kvs, waiter, res.revision, res.responses.slice(2)) };
-      }
-      const existing = rangeAt(res, 0).kvs[0];
-      if (existing && existing.lease === session.leaseId) {
-        const waiter = { key, rev: existing.createRevision };
-        return { waiter, state: await this.#readRetrying(waiter, signal) };
-      }
-    }
-    throw new Error(`${src.what}: could not create a unique waiter key`);
+    const reads = [op.range(src.waitersPrefix, { prefix: true, sortTarget: 'Create', sortOrder: 'Descend', limit: 2, keysOnly: true }), ...this.#scanOps()];
+    const created = await createUniqueKey(session, src.waitersPrefix, reads, pending, signal);
+    const waiter = { key: created.key, rev: created.rev };
+    if (!created.reads) return { waiter, state: await this.#readRetrying(waiter, signal) };
+    return { waiter, state: this.#state((created.reads[0] as RangeResult).kvs, waiter, created.rev, created.reads.slice(1)) };
   }
 
   /** One read: our key and our predecessor (newest first, up to ours), and the candidates. */
@@ -497,17 +486,6 @@ export class ConsumerLine<R> {
 
 function samePred(s: State, pred: { key: Buffer; createRevision: bigint }): boolean {
   return !!s.pred && s.pred.key.equals(pred.key) && s.pred.createRevision === pred.createRevision;
-}
-
-/** Deletes a waiter key if it still carries our lease; gives up once the lease is gone (so is the key). */
-async function deleteWaiter(client: Namespace, session: Session, key: Buffer, log: Debugger): Promise<void> {
-  if (session.expired) return;
-  await retrying(() => txn(client, [leaseIs(key, session.leaseId)], [op.delete(key)]), { signals: [session.signal], maxElapsedMs: Infinity,
-    onRetry: (err) => log('delete of waiter %s failed, retrying: %s', showKey(key), (err as Error).message) })
-    .catch((err: unknown) => {
-      if (session.expired) return;
-      throw err;
-    });
 }
 
 /**

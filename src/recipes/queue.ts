@@ -1,6 +1,6 @@
 import type { Namespace } from 'etcd3';
 import type { Debugger } from 'debug';
-import { childPrefix, showKey, toBuffer, uniqueSuffix } from '../core/keys.js';
+import { childPrefix, showKey, toBuffer, uniqueKey } from '../core/keys.js';
 import { cmp, op, range, rangeAt, txn, type Op, type OpResult } from '../core/kv.js';
 import { logger } from '../core/log.js';
 import { checkClient, checkInteger, checkName, checkOptions, checkSignal, checkValue } from '../core/validate.js';
@@ -233,7 +233,7 @@ export class Queue extends ItemQueue {
    */
   async enqueue(value: string | Buffer): Promise<string> {
     checkValue(value, 'value');
-    const { key } = await createUnique(this.client, () => Buffer.concat([this.items, Buffer.from(uniqueSuffix())]),
+    const { key } = await createUnique(this.client, () => uniqueKey(this.items),
       toBuffer(value), this.what);
     return key.toString();
   }
