@@ -2,6 +2,7 @@ import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { describe, expect, it } from 'vitest';
 import { Mutex, Session } from '../src/index.js';
+import { openWatch } from '../src/core/watch-hub.js';
 import { findEtcdctlBinary } from '../src/testing/index.js';
 import { keysUnder, spawnWorker, stillPending, useCluster, waitForKey, waitForKeyCount, within } from './helpers.js';
 
@@ -103,6 +104,44 @@ describe('Mutex across an etcd restart', () => {
     expect(a.expired || b.expired).toBe(false);
     expect(await keysUnder(client, 'restart/lock/')).toEqual([waiter.key]);
     await waiter.unlock();
+  });
+});
+
+describe('Mutex aborted while its acquire Txn is in flight', () => {
+  const etcd = useCluster();
+
+  it('removes the key that Txn creates when it lands after the abort', async () => {
+    const cluster = etcd();
+    const client = cluster.client();
+    await using session = await Session.create(client, { ttl: 20 });
+    const m = new Mutex(session, 'inflight/lock');
+    await m.tryLock(); // connections are up before etcd freezes
+    await m.unlock();
+    const events: string[] = [];
+    let deleted!: () => void;
+    const gone = new Promise<void>((resolve) => { deleted = resolve; });
+    // Watching from after the warm-up: only what the aborted call does shows up.
+    const watch = await openWatch(cluster.client(), { key: Buffer.from(m.key) }, {
+      onEvents: (evs) => evs.forEach((e) => { events.push(e.type); if (e.type === 'delete') deleted(); }),
+      onEnd: () => undefined,
+    });
+    try {
+      cluster.members[0]!.pause();
+      const controller = new AbortController();
+      const locking = m.lock({ signal: controller.signal });
+      // No event tells us the Txn has left: give it a moment while etcd is frozen.
+      await new Promise((r) => setTimeout(r, 100));
+      const reason = new Error('gave up');
+      controller.abort(reason);
+      await expect(within(5000, locking)).rejects.toBe(reason);
+      cluster.members[0]!.resume();
+      await within(15_000, gone, 'the late key to be removed');
+      expect(events).toEqual(['put', 'delete']);
+      expect(await keysUnder(client, 'inflight/')).toEqual([]);
+    } finally {
+      if (cluster.members[0]!.state === 'paused') cluster.members[0]!.resume();
+      watch.close();
+    }
   });
 });
 

@@ -86,12 +86,6 @@ export function delay(ms: number, ...signals: (AbortSignal | undefined)[]): Prom
   return raceAbort(slept, ...signals).finally(() => clearTimeout(timer));
 }
 
-/** A promise that resolves once `signal` aborts (never rejects). */
-export function whenAborted(signal: AbortSignal): Promise<unknown> {
-  if (signal.aborted) return Promise.resolve(abortReason(signal));
-  return new Promise((resolve) => signal.addEventListener('abort', () => resolve(abortReason(signal)), { once: true }));
-}
-
 /**
  * Resolves at the first call of the wake function that `arm` is given, or
  * rejects with the signal's reason if it aborts first. `arm` stores the wake

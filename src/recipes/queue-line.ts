@@ -150,7 +150,7 @@ export function leaseIs(key: Buffer, leaseId: string): Compare {
 }
 
 /** A fresh token for one claim attempt. */
-export function newAttemptId(): string {
+function newAttemptId(): string {
   return randomBytes(9).toString('base64url');
 }
 

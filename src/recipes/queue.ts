@@ -39,7 +39,7 @@ export interface QueueItem {
 }
 
 /** Go's bookkeeping prefix for a queue name: `__<name>/` (outside the items' prefix). */
-export function bookPrefix(name: string | Buffer): Buffer {
+function bookPrefix(name: string | Buffer): Buffer {
   return Buffer.concat([Buffer.from('__'), toBuffer(name), Buffer.from('/')]);
 }
 
@@ -49,7 +49,7 @@ export function bookPrefix(name: string | Buffer): Buffer {
  * revision, or by key for the priority queue), and a claim is Go's
  * `deleteRevKey` (delete if the mod revision is still the one we read).
  */
-export class ItemSource implements ClaimSource<QueueItem> {
+class ItemSource implements ClaimSource<QueueItem> {
   readonly client: Namespace;
   readonly what: string;
   readonly log: Debugger;
