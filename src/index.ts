@@ -3,8 +3,9 @@
  * @packageDocumentation
  */
 export {
-  RecipeError, SessionExpiredError, LockNotHeldError, NotLeaderError, NoLeaderError, STMConflictError,
-  InvalidArgumentError, TimeoutError, isRecipeError,
+  RecipeError, SessionExpiredError, LockNotHeldError, NotLeaderError, STMConflictError,
+  InvalidArgumentError, ServiceIdTakenError, PermissionDeniedError, ClosedError, OutcomeUnknownError,
+  isRecipeError, RECIPE_ERROR_CODES,
 } from './core/errors.js';
 export type { RecipeErrorCode, RecipeErrorByCode } from './core/errors.js';
 export { Session } from './core/session.js';
@@ -30,7 +31,7 @@ export type { LeaderContext, RunAsLeaderOptions } from './recipes/run-as-leader.
 
 export { PrefixCache, CachedKeyValue } from './recipes/prefix-cache.js';
 export type { PrefixCacheOptions, PrefixCacheWaitOptions, PrefixCacheChange, PrefixCacheResync, PrefixCacheEvents } from './recipes/prefix-cache.js';
-export { ServiceRegistry, ServiceIdTakenError, DEFAULT_SERVICE_ROOT } from './recipes/service-registry.js';
+export { ServiceRegistry, DEFAULT_SERVICE_ROOT } from './recipes/service-registry.js';
 export type { RegisterOptions, RegistrationUpdate, DisplacedInfo, ServiceRegistryEvents, ServiceMetadata } from './recipes/service-registry.js';
 export { ServiceDiscovery } from './recipes/service-discovery.js';
 export type { PickStrategy, ServiceDiscoveryOptions, ServiceInstance, ServiceChange, ServiceDiscoveryEvents } from './recipes/service-discovery.js';

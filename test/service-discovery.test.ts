@@ -156,8 +156,8 @@ describe('ServiceRegistry and ServiceDiscovery', () => {
     const leasesBefore = await leaseCount(client);
     const err = await ServiceRegistry.register(client, { service: 'dup', id: 'one', address: 'second:1', ttl: 5 }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(ServiceIdTakenError);
-    expect(isRecipeError(err, 'INVALID_ARGUMENT')).toBe(true);
-    expect((err as ServiceIdTakenError).argument).toBe('options.id');
+    expect(isRecipeError(err, 'SERVICE_ID_TAKEN')).toBe(true);
+    expect((err as ServiceIdTakenError).code).toBe('SERVICE_ID_TAKEN');
     expect((err as ServiceIdTakenError).holderLeaseId).toBe(first.leaseId);
     expect((err as Error).message).toMatch(/services\/dup\/one is already registered.*replace: true/);
     expect(await leaseCount(client)).toBe(leasesBefore); // its lease was revoked

@@ -5,16 +5,25 @@
  * there are two copies of each class, and `instanceof` only knows one of them.
  */
 
+/**
+ * Every stable code of {@link RecipeError}, declared once: the type, the
+ * runtime check and the README's list (tested against it) come from here.
+ */
+export const RECIPE_ERROR_CODES = [
+  'SESSION_EXPIRED',
+  'LOCK_NOT_HELD',
+  'NOT_LEADER',
+  'STM_CONFLICT',
+  'INVALID_ARGUMENT',
+  'BARRIER_FULL',
+  'SERVICE_ID_TAKEN',
+  'PERMISSION_DENIED',
+  'CLOSED',
+  'OUTCOME_UNKNOWN',
+] as const;
+
 /** The stable codes of {@link RecipeError}. */
-export type RecipeErrorCode =
-  | 'SESSION_EXPIRED'
-  | 'LOCK_NOT_HELD'
-  | 'NOT_LEADER'
-  | 'NO_LEADER'
-  | 'STM_CONFLICT'
-  | 'INVALID_ARGUMENT'
-  | 'TIMEOUT'
-  | 'BARRIER_FULL';
+export type RecipeErrorCode = (typeof RECIPE_ERROR_CODES)[number];
 
 /** Base class of every error raised by etcd-recipes. */
 export class RecipeError extends Error {
@@ -57,14 +66,6 @@ export class NotLeaderError extends RecipeError {
   }
 }
 
-/** The election currently has no leader. */
-export class NoLeaderError extends RecipeError {
-  /** @param message - which election */
-  constructor(message = 'the election has no leader', options?: ErrorOptions) {
-    super('NO_LEADER', message, options);
-  }
-}
-
 /** An STM transaction kept conflicting until its retries ran out. */
 export class STMConflictError extends RecipeError {
   /** Keys whose compares failed in the last attempt (best effort). */
@@ -99,14 +100,6 @@ export class InvalidArgumentError extends RecipeError {
   }
 }
 
-/** A bounded wait ran out of time. */
-export class TimeoutError extends RecipeError {
-  /** @param message - what timed out */
-  constructor(message = 'timed out', options?: ErrorOptions) {
-    super('TIMEOUT', message, options);
-  }
-}
-
 /**
  * A double barrier already has its `count` participants, or a round is in
  * progress (Go's `ErrTooManyClients`). Nothing was left behind; try again
@@ -119,21 +112,84 @@ export class BarrierFullError extends RecipeError {
   }
 }
 
+/**
+ * Registering a service ID that another live instance holds. Pass
+ * `{ replace: true }` to take it over.
+ */
+export class ServiceIdTakenError extends RecipeError {
+  /** The key in question. */
+  readonly key: string;
+  /** The lease ID (decimal string) of the instance holding it; '0' if none. */
+  readonly holderLeaseId: string;
+
+  /**
+   * @param key - the registration key
+   * @param holderLeaseId - the lease of its current holder
+   */
+  constructor(key: string, holderLeaseId: string, options?: ErrorOptions) {
+    super('SERVICE_ID_TAKEN', `${key} is already registered by another live instance (lease ${holderLeaseId === '0' ? 'none' : BigInt(holderLeaseId).toString(16)}); pass { replace: true } to take it over`, options);
+    this.key = key;
+    this.holderLeaseId = holderLeaseId;
+  }
+}
+
+/**
+ * The client (or the library, through `closeRecipes`) was closed while the
+ * call was pending or before it started. Nothing more will be attempted.
+ */
+export class ClosedError extends RecipeError {
+  /** @param message - what was pending */
+  constructor(message = 'the etcd client was closed', options?: ErrorOptions) {
+    super('CLOSED', message, options);
+  }
+}
+
+/**
+ * etcd refused the call for lack of permission (auth enabled, the user's
+ * role does not grant the key). Never retried.
+ */
+export class PermissionDeniedError extends RecipeError {
+  /** The key (as the recipe names it) the refused call touched, when known. */
+  readonly key: string | undefined;
+
+  /**
+   * @param key - the key the call touched, if known
+   * @param message - what was refused
+   */
+  constructor(key: string | undefined, message: string, options?: ErrorOptions) {
+    super('PERMISSION_DENIED', message, options);
+    this.key = key;
+  }
+}
+
+/**
+ * A write's reply was lost and etcd's state no longer proves whether it
+ * landed (for example the history it would be read from was compacted).
+ * The message names what may or may not have happened. The library never
+ * guesses: decide from your own state whether to repeat the call.
+ */
+export class OutcomeUnknownError extends RecipeError {
+  /** @param message - what may or may not have happened */
+  constructor(message: string, options?: ErrorOptions) {
+    super('OUTCOME_UNKNOWN', message, options);
+  }
+}
+
 /** The error class behind each code, for {@link isRecipeError}'s narrowing. */
 export interface RecipeErrorByCode {
   SESSION_EXPIRED: SessionExpiredError;
   LOCK_NOT_HELD: LockNotHeldError;
   NOT_LEADER: NotLeaderError;
-  NO_LEADER: NoLeaderError;
   STM_CONFLICT: STMConflictError;
   INVALID_ARGUMENT: InvalidArgumentError;
-  TIMEOUT: TimeoutError;
   BARRIER_FULL: BarrierFullError;
+  SERVICE_ID_TAKEN: ServiceIdTakenError;
+  PERMISSION_DENIED: PermissionDeniedError;
+  CLOSED: ClosedError;
+  OUTCOME_UNKNOWN: OutcomeUnknownError;
 }
 
-const codes: ReadonlySet<string> = new Set<RecipeErrorCode>([
-  'SESSION_EXPIRED', 'LOCK_NOT_HELD', 'NOT_LEADER', 'NO_LEADER', 'STM_CONFLICT', 'INVALID_ARGUMENT', 'TIMEOUT', 'BARRIER_FULL',
-]);
+const codes: ReadonlySet<string> = new Set<string>(RECIPE_ERROR_CODES);
 
 /**
  * True when `err` is a {@link RecipeError} (optionally with the given code,

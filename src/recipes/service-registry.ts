@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { ClientClosedError, type Namespace } from 'etcd3';
 import { delay, linkSignals, raceAbort } from '../core/abort.js';
-import { InvalidArgumentError, isRecipeError, SessionExpiredError } from '../core/errors.js';
+import { InvalidArgumentError, isRecipeError, ServiceIdTakenError, SessionExpiredError } from '../core/errors.js';
 import { cmp, op, range, rangeAt, txn, type Compare, type KeyValue } from '../core/kv.js';
 import { logger } from '../core/log.js';
 import { isTransient, retrying } from '../core/retry.js';
@@ -80,27 +80,6 @@ export interface ServiceRegistryEvents {
   deregistered: [];
 }
 
-/**
- * Registering an ID that another live instance holds. Its `code` is
- * `INVALID_ARGUMENT` (naming `options.id`): the chosen ID is not available.
- * Pass `{ replace: true }` to take it over.
- */
-export class ServiceIdTakenError extends InvalidArgumentError {
-  /** The key in question. */
-  readonly key: string;
-  /** The lease ID (decimal string) of the instance holding it; '0' if none. */
-  readonly holderLeaseId: string;
-
-  /**
-   * @param key - the registration key
-   * @param holderLeaseId - the lease of its current holder
-   */
-  constructor(key: string, holderLeaseId: string) {
-    super('options.id', `${key} is already registered by another live instance (lease ${holderLeaseId === '0' ? 'none' : BigInt(holderLeaseId).toString(16)}); pass { replace: true } to take it over`);
-    this.key = key;
-    this.holderLeaseId = holderLeaseId;
-  }
-}
 
 // ---------------------------------------------------------------------------
 // The key layout, shared with ServiceDiscovery.
@@ -221,7 +200,7 @@ export class ServiceRegistry<M extends object = ServiceMetadata> extends EventEm
    * Registers an instance and keeps it registered until `deregister()`.
    * Resolves once the key is written.
    * @throws InvalidArgumentError on bad input, before anything is written
-   * @throws ServiceIdTakenError (code `INVALID_ARGUMENT`) if another live
+   * @throws ServiceIdTakenError (code `SERVICE_ID_TAKEN`) if another live
    *   instance holds the ID and `replace` is not set; nothing is left behind
    */
   static async register<M extends object = ServiceMetadata>(client: Namespace, options: RegisterOptions<M>): Promise<ServiceRegistry<M>> {
