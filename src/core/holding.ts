@@ -6,6 +6,7 @@ import type { LocalRelease } from './local-lock.js';
 import type { Debugger } from 'debug';
 import { retrying } from './retry.js';
 import type { Session } from './session.js';
+import { watchOwnKey } from './own-key.js';
 
 /*
  * What a recipe hands to the caller once it holds something (a lock, a read
@@ -61,7 +62,10 @@ export interface HeldKey extends AsyncDisposable {
   readonly key: string;
   /** The key's create revision: a fencing token that grows with every new holder. */
   readonly fencingToken: bigint;
-  /** Aborted when the hold ends: released, or the session lost (reason: SessionExpiredError). */
+  /**
+   * Aborted when the hold ends: released, the session lost (reason: SessionExpiredError), the
+   * key deleted by someone else (LockNotHeldError), or the client closed (ClosedError).
+   */
   readonly signal: AbortSignal;
   /** True once released (or lost). */
   readonly released: boolean;
@@ -86,6 +90,7 @@ export class Holding implements HeldKey {
   #controller: AbortController | undefined;
   #detach: (() => void) | undefined;
   #releasing: Promise<void> | undefined;
+  #lostKey = false;
 
   /**
    * `releaseLocal` lets the next local caller on the same per-session key go;
@@ -118,16 +123,34 @@ export class Holding implements HeldKey {
       if (this.#releasing) controller.abort(this.#releasedReason());
       else if (lost.aborted) controller.abort(lost.reason);
       else {
-        const onLost = () => controller.abort(lost.reason);
+        const onLost = () => {
+          stopWatching();
+          controller.abort(lost.reason);
+        };
         lost.addEventListener('abort', onLost, { once: true });
-        this.#detach = () => lost.removeEventListener('abort', onLost);
+        // Someone else may delete our key (an operator, a revoked lease): the hold is then lost too.
+        const stopWatching = watchOwnKey(this.#session.client, this.#key, this.fencingToken, (err) => {
+          this.#lostKey = true;
+          this.#log?.('%s lost: its key %s', this.#what, err.message);
+          if (err.name === 'ClosedError') return controller.abort(err);
+          // Deleted with our lease (revoked, expired): say so as the session's loss, which onLost reports.
+          void this.#session.verifyLease().then((alive) => {
+            if (!alive) return;
+            lost.removeEventListener('abort', onLost);
+            controller.abort(new LockNotHeldError(`${this.#what} lost: its key ${showKey(this.#key)} was ${err.message}`, { cause: err }));
+          });
+        });
+        this.#detach = () => {
+          lost.removeEventListener('abort', onLost);
+          stopWatching();
+        };
       }
     }
     return this.#controller.signal;
   }
 
   get released(): boolean {
-    return !!this.#releasing || this.#session.expired;
+    return !!this.#releasing || this.#lostKey || this.#session.expired;
   }
 
   ifOwner(): ComparatorBuilder {

@@ -1,5 +1,6 @@
 import { isRecoverableError } from 'etcd3';
 import { delay } from './abort.js';
+import { clientClosings } from './client.js';
 import { isRecipeError } from './errors.js';
 
 /*
@@ -20,7 +21,7 @@ export function isTransient(err: unknown): boolean {
   } catch {
     // isRecoverableError uses the `in` operator, which is safe on Errors; be defensive anyway.
   }
-  if (err.name === 'BrokenCircuitError' || err.constructor?.name === 'BrokenCircuitError') return true;
+  if (err.name === 'BrokenCircuitError' || err.name === 'MemberAvoidedError' || err.constructor?.name === 'BrokenCircuitError') return true;
   return transientMessage.test(err.message);
 }
 
@@ -50,8 +51,24 @@ export async function retrying<T>(fn: () => Promise<T>, options: RetryOptions = 
     } catch (err) {
       if (!isTransient(err) || performance.now() - started + backoff > maxElapsedMs) throw err;
       onRetry?.(err, attempt);
-      await delay(backoff / 2 + Math.random() * backoff / 2, ...signals);
+      await backoffSleep(backoff / 2 + Math.random() * backoff / 2, signals);
       backoff = Math.min(backoff * 2, 1000);
     }
   }
+}
+
+/**
+ * A retry's pause: rejects when a signal aborts, and ends early when any
+ * client of the process closes, so that the next attempt on a closed client
+ * fails with CLOSED at once instead of after the pause.
+ */
+function backoffSleep(ms: number, signals: (AbortSignal | undefined)[]): Promise<void> {
+  const woken = new AbortController();
+  const wake = () => woken.abort();
+  clientClosings.addEventListener('close', wake, { once: true });
+  return delay(ms, ...signals, woken.signal)
+    .catch((err: unknown) => {
+      if (!woken.signal.aborted || signals.some((s) => s?.aborted)) throw err;
+    })
+    .finally(() => clientClosings.removeEventListener('close', wake));
 }
