@@ -8,6 +8,8 @@ export {
   isRecipeError, RECIPE_ERROR_CODES,
 } from './core/errors.js';
 export type { RecipeErrorCode, RecipeErrorByCode } from './core/errors.js';
+export { createClient, closeClient } from './core/client.js';
+export type { ClientOptions } from './core/client.js';
 export { Session } from './core/session.js';
 export type { SessionOptions, SessionEvents } from './core/session.js';
 export type { HeldKey } from './core/holding.js';
