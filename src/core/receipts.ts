@@ -42,8 +42,14 @@ export interface ProvenTxn {
 
 /** What became of a proven write. */
 export type ProvenOutcome =
-  /** It landed (`res` is the reply of the attempt that did, or undefined when only the receipt said so; `value` is the receipt's value then). */
-  | { landed: true; res: TxnResult | undefined; receiptValue?: Buffer }
+  /**
+   * It landed, at `revision`. `res` is the reply of the attempt that did, or
+   * undefined when only the receipt said so (`receiptValue` is then the
+   * value given to the write). `aborted` is the signal's reason when the
+   * caller gave up after the send and the write had landed all the same:
+   * the caller undoes it if it can (and rejects), or reports it.
+   */
+  | { landed: true; revision: bigint; res: TxnResult | undefined; receiptValue?: Buffer; aborted?: unknown }
   /** The compares failed and no attempt of ours landed: `failure` holds the failure branch's reads. */
   | { landed: false; failure: OpResult[] };
 
@@ -108,16 +114,19 @@ export class ReceiptBook {
       // (closed client) nothing more can be known; the error says which.
       throw err;
     }
+    // Aborted while the attempt that landed was in flight: the caller learns it landed all the same.
+    const aborted = o.signal?.aborted ? o.signal.reason as unknown : undefined;
     if (res.succeeded) {
       this.spend(receipt);
-      return { landed: true, res: { ...res, responses: res.responses.slice(0, t.success.length) } };
+      return { landed: true, revision: res.revision, res: { ...res, responses: res.responses.slice(0, t.success.length) }, aborted };
     }
     const [found, ...failure] = res.responses;
     const kv = found?.type === 'range' ? found.kvs[0] : undefined;
     if (kv) {
       this.spend(receipt);
-      return { landed: true, res: undefined, receiptValue: kv.value.subarray(LANDED.length) };
+      return { landed: true, revision: kv.createRevision, res: undefined, receiptValue: kv.value.subarray(LANDED.length), aborted };
     }
+    if (aborted !== undefined) throw aborted;
     return { landed: false, failure: failure.slice(0, t.failure?.length ?? 0) };
   }
 
@@ -126,7 +135,8 @@ export class ReceiptBook {
    * way to etcd, so reading the receipt is not enough: void it (create it
    * with a mark no write carries), and no later copy can land. Voided: the
    * call rejects with the abort reason and nothing was written. Found landed:
-   * the write happened, and the call reports it. Unreachable: OUTCOME_UNKNOWN.
+   * the write happened, and the caller learns it (`aborted`). Unreachable:
+   * OUTCOME_UNKNOWN.
    */
   async #settleAborted(receipt: Buffer, o: ProvenWriteOptions, reason: unknown): Promise<ProvenOutcome> {
     for (let attempt = 0; attempt < 5; attempt++) {
@@ -139,7 +149,7 @@ export class ReceiptBook {
           throw reason;
         }
         this.spend(receipt);
-        return { landed: true, res: undefined, receiptValue: kv.value.subarray(LANDED.length) };
+        return { landed: true, revision: kv.createRevision, res: undefined, receiptValue: kv.value.subarray(LANDED.length), aborted: reason };
       } catch (err) {
         if (err === reason || !isTransient(err)) throw err;
         await new Promise((r) => setTimeout(r, 100 * (attempt + 1)));
