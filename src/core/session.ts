@@ -32,10 +32,6 @@ export interface SessionOptions {
   signal?: AbortSignal;
 }
 
-/** @internal Sessions the library creates for itself (withLock, runAsLeader, queues...) are revoked when the client closes. */
-export interface OwnedSessionOptions extends SessionOptions {
-  owned?: boolean;
-}
 
 /** Events of a {@link Session}. */
 export interface SessionEvents {
@@ -147,7 +143,7 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
     const session = new Session(client, id, granted, sentAt, expiryMarginMs ?? defaultMargin(granted));
     session.#start();
     log('granted lease %s (%s) ttl=%ds', id, session.leaseHex, granted);
-    if ((options as OwnedSessionOptions).owned) session.#ownedBy(client);
+    if (owned.has(options)) session.#ownedBy(client);
     return session;
   }
 
@@ -401,6 +397,19 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
 
 function defaultMargin(ttlSeconds: number): number {
   return Math.min(2000, Math.max(100, ttlSeconds * 100));
+}
+
+const owned = new WeakSet<object>();
+
+/**
+ * @internal A session the library creates for itself (withLock,
+ * runAsLeader, registrations, queue consumers): revoked when its client
+ * closes, like everything else the library keeps on that client.
+ */
+export function createOwnedSession(client: Namespace, options: SessionOptions): Promise<Session> {
+  const own = { ...options };
+  owned.add(own);
+  return Session.create(client, own);
 }
 
 /** Throws an InvalidArgumentError unless `value` is a live-or-dead {@link Session}. */

@@ -4,7 +4,7 @@ import { abortReason, delay, linkSignals } from '../core/abort.js';
 import { isRecipeError } from '../core/errors.js';
 import { logger } from '../core/log.js';
 import { isTransient } from '../core/retry.js';
-import { Session } from '../core/session.js';
+import { createOwnedSession, Session } from '../core/session.js';
 import { checkClient, checkFunction, checkInteger, checkName, checkOptions, checkSignal, checkValue } from '../core/validate.js';
 import { Election, observeLeader, type LeaderInfo } from './election.js';
 
@@ -137,7 +137,7 @@ export async function runAsLeader<T>(client: Namespace, name: string | Buffer,
       try {
         let election: Election;
         try {
-          session = await Session.create(client, { ttl, signal: outer });
+          session = await createOwnedSession(client, { ttl, signal: outer });
           election = new Election(session, name);
           await election.campaign(value, { signal: outer });
         } catch (err) {
