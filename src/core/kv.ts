@@ -1,4 +1,5 @@
 import type { Namespace } from 'etcd3';
+import { classifyEtcdError, txnKey } from './etcd-errors.js';
 import { prefixEnd, toBuffer } from './keys.js';
 
 /*
@@ -198,7 +199,7 @@ export async function txn(client: Namespace, compares: Compare[], success: Op[],
     compare: compares.map((c) => encodeCompare(client, c)),
     success: success.map((o) => encodeOp(client, o)),
     failure: failure.map((o) => encodeOp(client, o)),
-  } as never);
+  } as never).catch((err: unknown) => { throw classifyEtcdError(err, () => txnKey(compares, success)); });
   const revision = BigInt(res.header.revision);
   return {
     succeeded: res.succeeded,
@@ -209,7 +210,8 @@ export async function txn(client: Namespace, compares: Compare[], success: Op[],
 
 /** One range read. */
 export async function range(client: Namespace, key: string | Buffer, options?: RangeOptions): Promise<RangeResult> {
-  const res = await client.kv.range(encodeRange(client, key, options) as never);
+  const res = await client.kv.range(encodeRange(client, key, options) as never)
+    .catch((err: unknown) => { throw classifyEtcdError(err, key); });
   return decodeRange(client, res as never);
 }
 
@@ -219,7 +221,7 @@ export async function del(client: Namespace, key: string | Buffer, options: { pr
   const req: Raw = { key: encodeKey(client, k) };
   const end = rangeEnd(client, k, options);
   if (end) req.range_end = end;
-  const res = await client.kv.deleteRange(req as never);
+  const res = await client.kv.deleteRange(req as never).catch((err: unknown) => { throw classifyEtcdError(err, key); });
   return { type: 'delete', revision: BigInt(res.header.revision), deleted: BigInt(res.deleted ?? '0'), prevKvs: [] };
 }
 

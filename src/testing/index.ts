@@ -10,3 +10,6 @@ export { requestCounts, requestsBetween } from './metrics.js';
 export type { RequestCounts } from './metrics.js';
 export { FaultProxy } from './fault-proxy.js';
 export type { FaultMode, FaultProxyStats } from './fault-proxy.js';
+export type { EtcdClusterTls, EtcdCredentials, EtcdGrant } from './cluster.js';
+export { TestCertificateAuthority, findOpenssl } from './certs.js';
+export type { CertificatePair } from './certs.js';
