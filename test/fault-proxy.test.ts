@@ -1,4 +1,5 @@
 import { afterAll, describe, expect, it } from 'vitest';
+import { Queue } from '../src/index.js';
 import { FaultProxy } from '../src/testing/index.js';
 import { stillPending, useCluster, waitForKey, within } from './helpers.js';
 
@@ -123,6 +124,20 @@ describe('FaultProxy', () => {
     proxy.restore();
     await untilOk(() => proxied.put('fp/cut-after').value('ok').exec(), 20_000);
     expect(await direct.get('fp/cut-after').string()).toBe('ok');
+  });
+
+  it('the docs/testing.md example: an enqueue whose reply is lost is delivered once', async () => {
+    const { proxy, direct: observer, proxied: app } = await setup();
+    const committed = await observer.watch().prefix('fp-jobs/').create();
+    const seen = new Promise((resolve) => committed.once('put', resolve));
+    const caught = proxy.dropNextReply();
+    const enqueued = new Queue(app, 'fp-jobs').enqueue('report-42');
+    expect(await within(10_000, caught, 'request caught')).toBe(true);
+    await within(10_000, seen, 'item committed');
+    proxy.restore();
+    await within(20_000, enqueued, 'enqueue after restore');
+    expect(await observer.getAll().prefix('fp-jobs/').count()).toBe(1);
+    await committed.cancel();
   });
 
   it('rejects a malformed target', async () => {
