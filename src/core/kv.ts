@@ -2,7 +2,8 @@ import { ClientClosedError, type Namespace } from 'etcd3';
 import { raceAbort } from './abort.js';
 import { clientScope } from './client.js';
 import { ClosedError } from './errors.js';
-import { prefixEnd, showKey, toBuffer } from './keys.js';
+import { classifyEtcdError, txnKey } from './etcd-errors.js';
+import { prefixEnd, toBuffer } from './keys.js';
 
 /*
  * The one place that builds raw etcd requests. etcd3's builders cannot express
@@ -200,7 +201,7 @@ function decodeOpResult(client: Namespace, r: Raw, revision: bigint): OpResult {
  * closed (grpc-js lets calls on a closed channel hang), and turning etcd3's
  * errors into the library's where they have a meaning for the caller.
  */
-async function send<T>(client: Namespace, key: string | Buffer, call: () => Promise<T>): Promise<T> {
+async function send<T>(client: Namespace, key: string | Buffer | (() => string | Buffer | undefined), call: () => Promise<T>): Promise<T> {
   const { signal } = clientScope(client);
   signal.throwIfAborted();
   try {
@@ -210,16 +211,15 @@ async function send<T>(client: Namespace, key: string | Buffer, call: () => Prom
   }
 }
 
-/** The library's error for an etcd3 error, where it has one; else the error as is. */
-export function callError(err: unknown, key: string | Buffer): unknown {
-  if (err instanceof ClientClosedError) return new ClosedError(`the etcd client was closed (call on ${showKey(toBuffer(key))})`, { cause: err });
-  return err;
+/** The library's error for an etcd3 error, where it has one (closed, permission denied); else the error as is. */
+export function callError(err: unknown, key: string | Buffer | (() => string | Buffer | undefined)): unknown {
+  if (err instanceof ClientClosedError) return new ClosedError('the etcd client was closed', { cause: err });
+  return classifyEtcdError(err, key);
 }
 
 /** Runs one Txn: `if (compares) then (success) else (failure)`. */
 export async function txn(client: Namespace, compares: Compare[], success: Op[], failure: Op[] = []): Promise<TxnResult> {
-  const first = compares[0]?.key ?? success[0]?.key ?? '';
-  const res = await send(client, first, () => client.kv.txn({
+  const res = await send(client, () => txnKey(compares, success), () => client.kv.txn({
     compare: compares.map((c) => encodeCompare(client, c)),
     success: success.map((o) => encodeOp(client, o)),
     failure: failure.map((o) => encodeOp(client, o)),

@@ -2,6 +2,7 @@ import { isRecoverableError } from 'etcd3';
 import { delay } from './abort.js';
 import { clientClosings } from './client.js';
 import { isRecipeError } from './errors.js';
+import { isPermissionDenied } from './etcd-errors.js';
 
 /*
  * Transient failures (a member restarting, a leader election, a dropped
@@ -13,7 +14,7 @@ const transientMessage = /leader changed|no leader|request timed out|timed out|u
 
 /** True for failures that may go away by themselves: retry these. */
 export function isTransient(err: unknown): boolean {
-  if (isRecipeError(err)) return false;
+  if (isRecipeError(err) || isPermissionDenied(err)) return false;
   if (!(err instanceof Error)) return false;
   if (err.name === 'AbortError' || err.name === 'TimeoutError') return false;
   try {
