@@ -1,7 +1,7 @@
 import type { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  Election, Mutex, PermissionDeniedError, Queue, runSTM, Semaphore, ServiceDiscovery, ServiceRegistry, Session, WorkQueue,
+  Election, Mutex, observeLeader, PermissionDeniedError, Queue, runSTM, Semaphore, ServiceDiscovery, ServiceRegistry, Session, WorkQueue,
   isRecipeError, type LeaderState,
 } from '../src/index.js';
 import { EtcdCluster, requestCounts, requestsBetween, type EtcdClusterOptions, type EtcdGrant } from '../src/testing/index.js';
@@ -198,5 +198,14 @@ describe.each(modes)('recipes over %s', (mode, options) => {
     expect(elapsed).toBeLessThan(1000);
     await session.close();
     expect(await keysUnder(admin, 'sec/forbidden')).toEqual([]);
+  });
+
+  it.runIf(!!options.auth)('observing an election outside the role ends with PERMISSION_DENIED naming the key', async () => {
+    const client = await clientFor('mutex', 'sec/allowed');
+    const err = await within(10_000, (async () => {
+      for await (const state of observeLeader(client, 'sec/forbidden-election', { signal: AbortSignal.timeout(8000) })) void state;
+    })().then(() => undefined, (e: unknown) => e), 'denied observe');
+    expect(isRecipeError(err, 'PERMISSION_DENIED'), String(err)).toBe(true);
+    expect((err as PermissionDeniedError).key).toMatch(/^sec\/forbidden-election/);
   });
 });

@@ -2,6 +2,7 @@ import { ClientClosedError, type Namespace } from 'etcd3';
 import { abortReason } from './abort.js';
 import { clientScope, reportSilentStream } from './client.js';
 import { ClosedError } from './errors.js';
+import { classifyEtcdError } from './etcd-errors.js';
 import { decodeKv, encodeKey, type KeyValue, type RawKv } from './kv.js';
 import { prefixEnd } from './keys.js';
 import { logger } from './log.js';
@@ -137,6 +138,8 @@ class WatchHub {
   #connecting = false;
   #nextId = 1n;
   #backoff = 25;
+  /** Creates sent on the current stream and not yet answered, oldest first. */
+  #unanswered: Entry[] = [];
   #reconnectTimer: NodeJS.Timeout | undefined;
   #idleCheck: NodeJS.Immediate | undefined;
   #probeTimer: NodeJS.Timeout | undefined;
@@ -262,6 +265,7 @@ class WatchHub {
     if (filters.length) req.filters = filters;
     if (spec.prevKv) req.prev_kv = true;
     entry.created = false;
+    this.#unanswered.push(entry);
     this.#write({ create_request: req });
   }
 
@@ -282,15 +286,23 @@ class WatchHub {
     const revision = BigInt(res.header.revision);
     const entry = this.#entries.get(res.watch_id);
     if (res.created) {
-      // etcd >= 3.4 answers with our own watch_id. A watch closed while its create was in flight
-      // is no longer among the entries: cancel it, never revive it.
+      // Creates are answered in the order they were sent. etcd answers with our own watch_id, except
+      // when it refuses a watch (auth: watch_id -1): that answer is the oldest unanswered create's.
+      const at = this.#unanswered.findIndex((e) => e.id === res.watch_id);
+      const answered = at >= 0 ? this.#unanswered.splice(at, 1)[0] : res.canceled ? this.#unanswered.shift() : undefined;
+      if (!entry && answered && !answered.closed && res.canceled) {
+        this.#end(answered, this.#cancelError(res, answered));
+        return;
+      }
+      // A watch closed while its create was in flight is no longer among the entries: cancel it,
+      // never revive it.
       if (!entry || entry.closed) {
         // Closed while the create was in flight: cancel it now that it has an ID.
         if (!res.canceled) this.#write({ cancel_request: { watch_id: res.watch_id } });
         return;
       }
       if (res.canceled) {
-        this.#end(entry, this.#cancelError(res));
+        this.#end(entry, this.#cancelError(res, entry));
         return;
       }
       entry.created = true;
@@ -303,7 +315,7 @@ class WatchHub {
     }
     if (!entry || entry.closed) return;
     if (res.canceled) {
-      this.#end(entry, this.#cancelError(res));
+      this.#end(entry, this.#cancelError(res, entry));
       return;
     }
     const events = (res.events ?? []).map((ev): WatchEvent => ({
@@ -327,10 +339,12 @@ class WatchHub {
     }
   }
 
-  #cancelError(res: RawResponse): Error {
+  #cancelError(res: RawResponse, entry: Entry): Error {
     const compact = BigInt(res.compact_revision || '0');
     if (compact > 0n) return new WatchCompactedError(compact);
-    return new Error(`watch cancelled by etcd${res.cancel_reason ? `: ${res.cancel_reason}` : ''}`);
+    // A refused watch (auth) is a PermissionDeniedError naming the key, like any refused call.
+    return classifyEtcdError(new Error(`watch cancelled by etcd${res.cancel_reason ? `: ${res.cancel_reason}` : ''}`),
+      entry.spec.key) as Error;
   }
 
   #end(entry: Entry, err: Error): void {
@@ -368,6 +382,7 @@ class WatchHub {
   #dropStream(): void {
     const stream = this.#stream;
     this.#stream = undefined;
+    this.#unanswered = [];
     clearTimeout(this.#probeTimer);
     if (stream) closeStreamQuietly(stream);
   }
