@@ -15,16 +15,18 @@ header .meta { color:#b8c0d0; font-size:13px; }
 #status { margin-left:auto; font-size:13px; }
 #status::before { content:""; display:inline-block; width:9px; height:9px; border-radius:50%; margin-right:6px; background:#999; }
 #status.live::before { background:#3ccf7a; } #status.down::before { background:#e5534b; }
-main { padding:16px 24px 40px; }
-section h2 { font-size:13px; text-transform:uppercase; letter-spacing:.06em; color:var(--mute); margin:22px 0 8px; }
-.grid { display:grid; grid-template-columns:repeat(auto-fill,minmax(440px,1fr)); gap:14px; }
-.card { background:var(--card); border:1px solid var(--line); border-radius:8px; padding:12px 14px; }
+main { padding:6px 24px 40px; column-width:560px; column-gap:20px; }
+section { break-inside:avoid; padding-top:16px; }
+section h2 { font-size:13px; text-transform:uppercase; letter-spacing:.06em; color:var(--mute); margin:0 0 8px; }
+.grid { display:grid; grid-template-columns:1fr; gap:12px; }
+.card { background:var(--card); border:1px solid var(--line); border-radius:8px; padding:12px 14px; overflow-x:auto; }
 .card h3 { margin:0 0 2px; font-size:15px; font-family:ui-monospace,SFMono-Regular,Menlo,monospace; word-break:break-all; }
 .kind { display:inline-block; font:600 11px system-ui,sans-serif; text-transform:uppercase; color:var(--accent); background:#eaf0fd; border-radius:4px; padding:1px 6px; margin-right:6px; vertical-align:2px; }
 .summary { color:var(--mute); font-size:13px; margin-bottom:8px; }
 table { width:100%; border-collapse:collapse; font-size:12.5px; }
-th { text-align:left; font-weight:600; color:var(--mute); border-bottom:1px solid var(--line); padding:4px 6px; }
-td { border-bottom:1px solid #f0f1f4; padding:4px 6px; font-family:ui-monospace,SFMono-Regular,Menlo,monospace; word-break:break-all; }
+th { text-align:left; font-weight:600; color:var(--mute); border-bottom:1px solid var(--line); padding:4px 6px; white-space:nowrap; }
+td { border-bottom:1px solid #f0f1f4; padding:4px 6px; font-family:ui-monospace,SFMono-Regular,Menlo,monospace; white-space:nowrap; }
+td.k { white-space:normal; word-break:break-all; }
 tr:last-child td { border-bottom:0; }
 .role { font-family:system-ui,sans-serif; font-weight:600; white-space:nowrap; }
 tr[data-role=holder] .role, tr[data-role=leader] .role, tr[data-role=claimed] .role { color:var(--hold); }
@@ -53,7 +55,8 @@ function table(head, rows) {
   if (!rows.length) return el('div', { class: 'empty' }, 'none');
   return el('table', {}, el('thead', {}, el('tr', {}, ...head.map((h) => el('th', {}, h)))),
     el('tbody', {}, ...rows.map((r) => el('tr', { 'data-role': r.role, 'data-key': r.key || '' },
-      el('td', { class: 'role' }, r.label), ...r.cells.map((c) => el('td', c === 'expired' ? { class: 'expired' } : {}, c))))));
+      el('td', { class: 'role' }, r.label),
+      ...r.cells.map((c, n) => el('td', { class: (n === 0 ? 'k' : '') + (c === 'expired' ? ' expired' : '') }, String(c)))))));
 }
 const keyCells = (k, extra = []) => [k.key, k.leaseHex, ttl(k.leaseTtl), k.createRevision, ...extra];
 const KEY_HEAD = ['', 'key', 'lease (hex)', 'TTL', 'create rev'];
@@ -75,8 +78,10 @@ function electionCard(i) {
 }
 function queueCard(i) {
   const h = i.head;
-  const rows = h ? [{ role: 'head', key: h.key, label: 'head', cells: [h.key, h.priority ?? '-', h.ageRevisions, cut(h.value)] }] : [];
-  return [i.depth + ' item' + (i.depth === 1 ? '' : 's') + ' \\u00b7 ' + i.waitingConsumers + ' consumer(s) waiting', table(['', 'key', 'priority', 'age (revs)', 'value'], rows)];
+  const pq = i.kind === 'priority-queue';
+  const rows = h ? [{ role: 'head', key: h.key, label: 'head', cells: [h.key, ...(pq ? [h.priority] : []), h.ageRevisions, cut(h.value)] }] : [];
+  return [i.depth + ' item' + (i.depth === 1 ? '' : 's') + ' \\u00b7 ' + i.waitingConsumers + ' consumer(s) waiting',
+    table(['', 'key', ...(pq ? ['priority'] : []), 'age (revs)', 'value'], rows)];
 }
 function workQueueCard(i) {
   const c = i.counts;
