@@ -8,6 +8,7 @@ import { checkBoolean, checkClient, checkInteger, checkOptions } from '../core/v
 import { discoverRecipes, inspectRecipe, type RecipeInspection } from '../inspect/discover.js';
 import { inspectionJSON } from '../inspect/format.js';
 import { LiveView } from '../inspect/live.js';
+import { mapInChunks } from '../inspect/read.js';
 import { allowed, isLoopbackHost } from './access.js';
 import { dashboardPage } from './page.js';
 
@@ -17,7 +18,7 @@ const log = logger('dashboard');
 export interface DashboardOptions {
   /** Show the recipes whose keys are under this prefix (default `''`: the whole keyspace). */
   prefix?: string;
-  /** TCP port (default 0: any free port; see {@link Dashboard.port}). */
+  /** TCP port (default 0, which picks a free one; see {@link Dashboard.port}). */
   port?: number;
   /**
    * Interface to bind (default `'127.0.0.1'`). Anything but a loopback
@@ -100,11 +101,8 @@ export async function startDashboard(client: Namespace, options: DashboardOption
 
   const read = async (): Promise<DashboardState> => {
     const found = await discoverRecipes(client, prefix);
-    const recipes: RecipeInspection[] = [];
     // A few at a time: a prefix may hold many recipes.
-    for (let i = 0; i < found.length; i += 8) {
-      recipes.push(...await Promise.all(found.slice(i, i + 8).map((r) => inspectRecipe(client, r, { limit }))));
-    }
+    const recipes = await mapInChunks(found, 8, (r) => inspectRecipe(client, r, { limit }));
     const revision = recipes.reduce((max, r) => (r.inspection.revision > max ? r.inspection.revision : max), 0n);
     return { prefix, revision, updatedAt: new Date().toISOString(), recipes };
   };

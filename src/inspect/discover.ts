@@ -5,7 +5,7 @@ import { checkClient, checkInteger, checkOptions, checkSignal } from '../core/va
 import { inspectElection, type ElectionInspection } from './election.js';
 import { inspectLock, inspectRWMutex, inspectSemaphore, type LockInspection, type RWMutexInspection, type SemaphoreInspection } from './locks.js';
 import { inspectQueue, type QueueInspection } from './queue.js';
-import { SnapshotReader, type InspectOptions } from './read.js';
+import { mapInChunks, SnapshotReader, type InspectOptions } from './read.js';
 import { inspectServices, parseObject, type ServicesInspection } from './services.js';
 import { inspectWorkQueue, type WorkQueueInspection } from './work-queue.js';
 
@@ -137,21 +137,23 @@ export async function discoverRecipes(client: Namespace, prefix: string, options
   }
   for (const name of priorityQueues) add('priority-queue', name);
   for (const name of queues) if (!priorityQueues.has(name)) add('queue', name);
-  for (const dir of hexDirs) {
-    const r = await reader.range(childPrefix(dir), { prefix: true, limit: 100 });
-    add(r.kvs.some((kv) => kv.value.length > 0) ? 'election' : 'lock', dir);
-  }
-  for (const dir of serviceDirs) {
-    if (hexDirs.has(dir)) continue;
-    const r = await reader.range(childPrefix(dir), { prefix: true, limit: 20 });
-    const isInstance = r.kvs.some((kv) => {
+  // A few small value reads per candidate directory, some at a time.
+  const values = (dir: string, limit: number) => reader.range(childPrefix(dir), { prefix: true, limit }).then((r) => r.kvs);
+  const hex = [...hexDirs];
+  (await mapInChunks(hex, 8, (dir) => values(dir, 100))).forEach((kvs, i) => {
+    add(kvs.some((kv) => kv.value.length > 0) ? 'election' : 'lock', hex[i]!);
+  });
+  const svc = [...serviceDirs].filter((dir) => !hexDirs.has(dir));
+  (await mapInChunks(svc, 8, (dir) => values(dir, 20))).forEach((kvs, i) => {
+    const isInstance = kvs.some((kv) => {
       const o = parseObject(kv.value.toString());
       return typeof o?.address === 'string' || typeof o?.Addr === 'string';
     });
-    if (!isInstance) continue;
+    if (!isInstance) return;
+    const dir = svc[i]!;
     const slash = dir.lastIndexOf('/');
     add('service', dir.slice(slash + 1), dir.slice(0, slash + 1));
-  }
+  });
   const order: RecipeKind[] = ['lock', 'rwmutex', 'semaphore', 'election', 'queue', 'priority-queue', 'work-queue', 'service'];
   return [...found.values()].sort((a, b) => order.indexOf(a.kind) - order.indexOf(b.kind) ||
     (a.root ?? '').localeCompare(b.root ?? '') || a.name.localeCompare(b.name));

@@ -113,13 +113,8 @@ export class SnapshotReader {
    */
   async leaseTtls(leases: Iterable<string>): Promise<Map<string, number>> {
     const wanted = [...new Set(leases)].filter((l) => l !== '0');
-    const out = new Map<string, number>();
-    for (let i = 0; i < wanted.length; i += TTL_CONCURRENCY) {
-      const batch = wanted.slice(i, i + TTL_CONCURRENCY);
-      const ttls = await Promise.all(batch.map((id) => this.#ttl(id)));
-      batch.forEach((id, j) => out.set(id, ttls[j]!));
-    }
-    return out;
+    const ttls = await mapInChunks(wanted, TTL_CONCURRENCY, (id) => this.#ttl(id));
+    return new Map(wanted.map((id, i) => [id, ttls[i]!]));
   }
 
   #ttl(id: string): Promise<number> {
@@ -150,6 +145,13 @@ export function describeKey(kv: KeyValue, ttls: ReadonlyMap<string, number>): In
     createRevision: kv.createRevision,
     modRevision: kv.modRevision,
   };
+}
+
+/** @internal `fn` over `items`, `size` calls at a time (etcd has no batch read of leases or of many prefixes). */
+export async function mapInChunks<T, R>(items: readonly T[], size: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const out: R[] = [];
+  for (let i = 0; i < items.length; i += size) out.push(...await Promise.all(items.slice(i, i + size).map(fn)));
+  return out;
 }
 
 /** @internal `parts` appended to `base` as bytes. */
