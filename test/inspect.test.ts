@@ -2,7 +2,7 @@ import type { Namespace } from 'etcd3';
 import { describe, expect, it } from 'vitest';
 import {
   discoverRecipes, Election, formatStatus, inspectElection, inspectionJSON, inspectLock, inspectQueue, inspectRWMutex, inspectSemaphore,
-  inspectServices, inspectStatus, inspectWorkQueue, isRecipeError, Mutex, PriorityQueue, Queue, RWMutex, Semaphore, ServiceRegistry,
+  inspectServices, inspectStatus, inspectWorkQueue, watchStatus, isRecipeError, Mutex, PriorityQueue, Queue, RWMutex, Semaphore, ServiceRegistry,
   Session, WorkQueue,
 } from '../src/index.js';
 import { requestCounts, requestsBetween } from '../src/testing/index.js';
@@ -297,6 +297,32 @@ describe('inspection', () => {
       await e.resign();
       await m.unlock();
     }
+  });
+
+  it('watchStatus yields the current status, then each change', async () => {
+    const client = etcd().client();
+    await using s1 = await Session.create(client, { ttl: 30 });
+    await using s2 = await Session.create(client, { ttl: 30 });
+    const a = new Mutex(s1, 'insp/watched');
+    const b = new Mutex(s2, 'insp/watched');
+    await a.lock();
+    const ac = new AbortController();
+    const updates = watchStatus(client, 'insp/watched', { signal: ac.signal, periodMs: 60_000 });
+    const holders = async () => {
+      const { value } = await within(10_000, updates.next(), 'a status update');
+      const lock = value![0]!;
+      if (lock.kind !== 'lock') throw new Error(`not a lock: ${lock.kind}`);
+      return [lock.inspection.holders.map((k) => k.key), lock.inspection.waiters.map((k) => k.key)];
+    };
+    expect(await holders()).toEqual([[a.key], []]);
+    const bLocking = b.lock();
+    expect(await holders()).toEqual([[a.key], [b.key]]);
+    await a.unlock();
+    await bLocking;
+    expect(await holders()).toEqual([[b.key], []]);
+    ac.abort(new Error('done'));
+    await expect(updates.next()).rejects.toThrow('done');
+    await b.unlock();
   });
 
   it('rejects bad arguments before reading', async () => {
