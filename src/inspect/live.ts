@@ -51,10 +51,15 @@ export class LiveView<T> {
     this.#settleMs = options.settleMs ?? 50;
   }
 
-  /** Opens the watches, then reads once. */
+  /**
+   * Reads at once (so a view shows something even while etcd is slow to
+   * create watches), opens the watches, then reads again: a change between
+   * the first read and the watches is not missed.
+   */
   async start(): Promise<void> {
-    for (const key of this.#prefixes) await this.#watch(key);
+    this.poke(0);
     if (this.#periodMs > 0) this.#period = setInterval(() => this.poke(0), this.#periodMs);
+    for (const key of this.#prefixes) await this.#watch(key);
     this.poke(0);
   }
 

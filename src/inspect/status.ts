@@ -87,7 +87,7 @@ export async function* watchStatus(client: Namespace, name: string, options: Wat
   const onAbort = () => wake?.();
   signal?.addEventListener('abort', onAbort);
   try {
-    await view.start();
+    view.start().catch((err: unknown) => { failure = { err }; wake?.(); });
     for (;;) {
       if (signal?.aborted) throw abortReason(signal);
       if (failure) throw failure.err;
