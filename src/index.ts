@@ -46,3 +46,6 @@ export type { QueueOptions, DequeueOptions, QueueItem } from './recipes/queue.js
 export { PriorityQueue, MAX_PRIORITY } from './recipes/priority-queue.js';
 export { WorkQueue, DEFAULT_JOB_PRIORITY } from './recipes/work-queue.js';
 export type { WorkQueueOptions, AddJobOptions, ClaimOptions, Job, WorkQueueStats, DeadJob } from './recipes/work-queue.js';
+
+export { runWithSession } from './recipes/run-with-session.js';
+export type { RunWithSessionOptions } from './recipes/run-with-session.js';
