@@ -49,3 +49,5 @@ export type { WorkQueueOptions, AddJobOptions, ClaimOptions, Job, WorkQueueStats
 
 export { runWithSession } from './recipes/run-with-session.js';
 export type { RunWithSessionOptions } from './recipes/run-with-session.js';
+export { acquireAll, withLocks } from './recipes/multi-lock.js';
+export type { MultiLockHandle, MultiLockContext } from './recipes/multi-lock.js';
