@@ -51,3 +51,4 @@ export { runWithSession } from './recipes/run-with-session.js';
 export type { RunWithSessionOptions } from './recipes/run-with-session.js';
 export { acquireAll, withLocks } from './recipes/multi-lock.js';
 export type { MultiLockHandle, MultiLockContext } from './recipes/multi-lock.js';
+export { MAX_PERMITS_PER_ACQUIRE } from './recipes/semaphore.js';
