@@ -52,3 +52,4 @@ export type { RunWithSessionOptions } from './recipes/run-with-session.js';
 export { acquireAll, withLocks } from './recipes/multi-lock.js';
 export type { MultiLockHandle, MultiLockContext } from './recipes/multi-lock.js';
 export { MAX_PERMITS_PER_ACQUIRE } from './recipes/semaphore.js';
+export type { STMRangeItem } from './recipes/stm.js';
