@@ -151,10 +151,12 @@ export class Semaphore {
   }
 
   /**
-   * Blocks until a permit is held and returns a handle for it (its key,
-   * fencing token, signal and release). FIFO among waiters. Use with
-   * `await using`.
-   * @throws InvalidArgumentError if `<name>/permits` holds another count (nothing is written)
+   * Blocks until `options.permits` permits (default 1) are held, all at
+   * once, and returns a handle for them (its key, fencing token, signal and
+   * release). FIFO among waiters: a request waits until everything ahead
+   * of it was served and its permits fit. Use with `await using`.
+   * @throws InvalidArgumentError if `<name>/permits` holds another count, or for a bad
+   *   `options.permits` (nothing is written)
    * @throws SessionExpiredError if the session's lease is lost while waiting
    */
   acquire(options: PermitOptions = {}): Promise<PermitHandle> {
@@ -162,7 +164,8 @@ export class Semaphore {
   }
 
   /**
-   * Takes a permit if one is free right now and nobody waits; never waits.
+   * Takes `options.permits` permits (default 1) if they are free right now
+   * and nobody waits; never waits.
    * @returns the handle, or undefined (leaving no key behind)
    * @throws InvalidArgumentError if `<name>/permits` holds another count
    */
