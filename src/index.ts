@@ -49,6 +49,12 @@ export { PriorityQueue, MAX_PRIORITY } from './recipes/priority-queue.js';
 export { WorkQueue, DEFAULT_JOB_PRIORITY } from './recipes/work-queue.js';
 export type { WorkQueueOptions, AddJobOptions, ClaimOptions, Job, WorkQueueStats, DeadJob } from './recipes/work-queue.js';
 
+export { runWithSession } from './recipes/run-with-session.js';
+export type { RunWithSessionOptions } from './recipes/run-with-session.js';
+export { acquireAll, withLocks } from './recipes/multi-lock.js';
+export type { MultiLockHandle, MultiLockContext } from './recipes/multi-lock.js';
+export { MAX_PERMITS_PER_ACQUIRE } from './recipes/semaphore.js';
+export type { STMRangeItem } from './recipes/stm.js';
 export { inspectLock, inspectSemaphore, inspectRWMutex } from './inspect/locks.js';
 export type { LockInspection, SemaphoreInspection, RWMutexInspection, RWLockKey } from './inspect/locks.js';
 export type { InspectOptions, InspectedKey } from './inspect/read.js';

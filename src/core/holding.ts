@@ -23,10 +23,11 @@ import { watchOwnKey } from './own-key.js';
  * wire-compatible with Go (whose Unlock deletes unconditionally) and never
  * deletes a key that a later call re-created.
  */
-export async function deleteOwnKey(session: Session, key: Buffer, rev: bigint | undefined, log?: Debugger): Promise<void> {
+export async function deleteOwnKey(session: Session, key: Buffer, rev: bigint | undefined, log?: Debugger, group?: Buffer): Promise<void> {
   const client = session.client;
   const guard = rev === undefined ? { key, target: 'Lease' as const, result: '==' as const, value: session.leaseId } : cmp.create(key, '==', rev);
-  await retrying(() => txn(client, [guard], [op.delete(key)]), {
+  // A group (keys written together under one unique prefix, `key` among them) goes as one.
+  await retrying(() => txn(client, [guard], [group ? op.deletePrefix(group) : op.delete(key)]), {
     signals: [session.signal],
     maxElapsedMs: Infinity,
     onRetry: (err) => log?.('delete of %s failed, retrying: %s', showKey(key), (err as Error).message),
@@ -87,6 +88,7 @@ export class Holding implements HeldKey {
   readonly #releaseLocal: LocalRelease;
   readonly #what: string;
   readonly #log: Debugger | undefined;
+  readonly #group: Buffer | undefined;
   #controller: AbortController | undefined;
   #detach: (() => void) | undefined;
   #releasing: Promise<void> | undefined;
@@ -96,14 +98,16 @@ export class Holding implements HeldKey {
    * `releaseLocal` lets the next local caller on the same per-session key go;
    * it is called once our key is deleted. (When the session is lost instead,
    * the local callers behind us fail on the session's signal by themselves.)
+   * `group`: the hold is every key under this prefix (`key` among them), deleted together.
    */
-  constructor(session: Session, key: Buffer, rev: bigint, releaseLocal: LocalRelease, what: string, log?: Debugger) {
+  constructor(session: Session, key: Buffer, rev: bigint, releaseLocal: LocalRelease, what: string, log?: Debugger, group?: Buffer) {
     this.#session = session;
     this.#key = key;
     this.fencingToken = rev;
     this.#releaseLocal = releaseLocal;
     this.#what = what;
     this.#log = log;
+    this.#group = group;
   }
 
   get key(): string {
@@ -171,7 +175,7 @@ export class Holding implements HeldKey {
       try {
         // The local turn passes on only after our key is gone: the next local caller would
         // otherwise adopt our key (same lease, same name) and then see it deleted under it.
-        if (!this.#session.expired) await deleteOwnKey(this.#session, this.#key, this.fencingToken, this.#log);
+        if (!this.#session.expired) await deleteOwnKey(this.#session, this.#key, this.fencingToken, this.#log, this.#group);
         this.#log?.('%s released (token %s)', this.#what, this.fencingToken);
         done();
       } catch (err) {

@@ -32,6 +32,8 @@ export interface Compare {
   result: '==' | '!=' | '<' | '>';
   /** Revisions/versions as bigint; values as string or Buffer; lease as decimal string. */
   value: bigint | string | Buffer;
+  /** Compare every key starting with `key` (etcd's range_end; true only if it holds for each). */
+  prefix?: boolean;
 }
 
 /** Options of a range read. */
@@ -119,7 +121,9 @@ function rangeEnd(client: Namespace, key: Buffer, options: { prefix?: boolean; e
 function encodeCompare(client: Namespace, c: Compare): Raw {
   const v = c.value;
   const encoded = typeof v === 'bigint' ? v.toString() : c.target === 'Value' ? toBuffer(v) : v;
-  return { key: encodeKey(client, c.key), target: c.target, result: resultNames[c.result], [targetFields[c.target]]: encoded };
+  const req: Raw = { key: encodeKey(client, c.key), target: c.target, result: resultNames[c.result], [targetFields[c.target]]: encoded };
+  if (c.prefix) req.range_end = rangeEnd(client, toBuffer(c.key), { prefix: true });
+  return req;
 }
 
 function encodeRange(client: Namespace, key: string | Buffer, o: RangeOptions = {}): Raw {

@@ -22,6 +22,8 @@ export interface PendingKey {
   key?: Buffer;
   /** Its create revision, once the Txn's reply arrived. */
   rev?: bigint;
+  /** Set when the entry is several keys under this prefix (`key` among them), written and deleted together. */
+  group?: Buffer;
 }
 
 /** Options of {@link joinLine}. */
@@ -89,7 +91,7 @@ export async function joinLine<T>(session: Session, o: JoinLineOptions<T>): Prom
     const waited = !!state.blocker;
     if (state.blocker) {
       if (!o.wait) {
-        await deleteOwnKey(session, key, rev, log);
+        await deleteOwnKey(session, key, rev, log, pending.group);
         releaseLocal();
         return undefined;
       }
@@ -102,7 +104,7 @@ export async function joinLine<T>(session: Session, o: JoinLineOptions<T>): Prom
   } catch (err) {
     if (releaseLocal) {
       const release = releaseLocal;
-      await cleanUpAfter(inFlight, () => (pending.key ? deleteOwnKey(session, pending.key, pending.rev, log) : Promise.resolve()), release, log);
+      await cleanUpAfter(inFlight, () => (pending.key ? deleteOwnKey(session, pending.key, pending.rev, log, pending.group) : Promise.resolve()), release, log);
     }
     throw err;
   } finally {

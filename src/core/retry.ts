@@ -34,6 +34,8 @@ export interface RetryOptions {
   maxElapsedMs?: number;
   /** Called before each retry, for logging. */
   onRetry?: (err: unknown, attempt: number) => void;
+  /** Which errors to retry; default {@link isTransient}. */
+  retryIf?: (err: unknown) => boolean;
 }
 
 /**
@@ -42,7 +44,7 @@ export interface RetryOptions {
  * by the signals.
  */
 export async function retrying<T>(fn: () => Promise<T>, options: RetryOptions = {}): Promise<T> {
-  const { signals = [], maxElapsedMs = 30_000, onRetry } = options;
+  const { signals = [], maxElapsedMs = 30_000, onRetry, retryIf = isTransient } = options;
   const started = performance.now();
   let backoff = 25;
   for (let attempt = 1; ; attempt++) {
@@ -50,7 +52,7 @@ export async function retrying<T>(fn: () => Promise<T>, options: RetryOptions = 
     try {
       return await fn();
     } catch (err) {
-      if (!isTransient(err) || performance.now() - started + backoff > maxElapsedMs) throw err;
+      if (!retryIf(err) || performance.now() - started + backoff > maxElapsedMs) throw err;
       onRetry?.(err, attempt);
       await backoffSleep(backoff / 2 + Math.random() * backoff / 2, signals);
       backoff = Math.min(backoff * 2, 1000);
