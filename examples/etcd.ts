@@ -1,4 +1,5 @@
-import { Etcd3 } from 'etcd3';
+import type { Etcd3 } from 'etcd3';
+import { createClient } from '../src/index.js';
 import { EtcdCluster } from '../src/testing/index.js';
 
 /**
@@ -17,7 +18,7 @@ export async function exampleEtcd(): Promise<{ endpoints: string[]; client: Etcd
     endpoints = cluster.endpoints;
     console.log(`started a throwaway etcd at ${endpoints.join(',')} (set ETCD_ENDPOINTS to use your own)`);
   }
-  const client = new Etcd3({ hosts: endpoints });
+  const client = createClient({ hosts: endpoints });
   return {
     endpoints,
     client,
