@@ -60,11 +60,20 @@ export function checkSignal(value: unknown, argument = 'options.signal'): assert
   throw new InvalidArgumentError(argument, `must be an AbortSignal or undefined, got ${describe(value)}`);
 }
 
-/** An optional options object. */
+/**
+ * An optional options object: a plain object. A JavaScript caller who passes
+ * an AbortSignal where the options go (`acquire(AbortSignal.timeout(1000))`)
+ * is told so, rather than having the signal silently ignored.
+ */
 export function checkOptions(value: unknown, argument = 'options'): asserts value is object | undefined {
   if (value === undefined) return;
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
-    throw new InvalidArgumentError(argument, `must be an object or undefined, got ${describe(value)}`);
+  if (value instanceof AbortSignal) {
+    throw new InvalidArgumentError(argument, 'must be an options object, got an AbortSignal: pass it as { signal }');
+  }
+  const proto = typeof value === 'object' && value !== null ? Object.getPrototypeOf(value) as unknown : undefined;
+  if (typeof value !== 'object' || value === null || Array.isArray(value) ||
+      (proto !== Object.prototype && proto !== null && Object.getPrototypeOf(proto) !== null)) {
+    throw new InvalidArgumentError(argument, `must be a plain object or undefined, got ${describe(value)}`);
   }
 }
 

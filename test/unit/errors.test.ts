@@ -1,0 +1,46 @@
+import { readFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import { GRPCDeadlineExceededError, GRPCUnavailableError, EtcdPermissionDeniedError } from 'etcd3';
+import {
+  ClosedError, InvalidArgumentError, isRecipeError, OutcomeUnknownError, PermissionDeniedError, RECIPE_ERROR_CODES,
+  RecipeError, ServiceIdTakenError,
+} from '../../src/core/errors.js';
+import { classifyEtcdError } from '../../src/core/etcd-errors.js';
+import { isTransient } from '../../src/core/retry.js';
+
+describe('error vocabulary (no etcd)', () => {
+  it('declares each code once, and isRecipeError knows exactly those', () => {
+    expect(new Set(RECIPE_ERROR_CODES).size).toBe(RECIPE_ERROR_CODES.length);
+    for (const code of RECIPE_ERROR_CODES) expect(isRecipeError(new RecipeError(code, 'x'), code)).toBe(true);
+    const fake = Object.assign(new Error('x'), { code: 'ECONNRESET' });
+    expect(isRecipeError(fake)).toBe(false);
+    expect(new ServiceIdTakenError('k', '0').code).toBe('SERVICE_ID_TAKEN');
+    expect(new InvalidArgumentError('options.ttl', 'bad').message).toContain('options.ttl');
+  });
+
+  it('the README lists exactly the declared codes', () => {
+    const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
+    const listed = new Set([...readme.matchAll(/`([A-Z][A-Z_]+)`/g)].map((m) => m[1]!).filter((c) => c.includes('_') || c === 'CLOSED'));
+    for (const code of RECIPE_ERROR_CODES) expect(listed.has(code), `${code} in README.md`).toBe(true);
+  });
+
+  it('classifies what to retry: connection faults yes; refusals, aborts and our own errors no', () => {
+    expect(isTransient(new GRPCUnavailableError('14 UNAVAILABLE: No connection established'))).toBe(true);
+    expect(isTransient(new GRPCDeadlineExceededError('4 DEADLINE_EXCEEDED: Deadline exceeded'))).toBe(true);
+    expect(isTransient(Object.assign(new Error('member x is avoided'), { name: 'MemberAvoidedError' }))).toBe(true);
+    expect(isTransient(new ClosedError())).toBe(false);
+    expect(isTransient(new OutcomeUnknownError('maybe'))).toBe(false);
+    expect(isTransient(new EtcdPermissionDeniedError('etcdserver: permission denied'))).toBe(false);
+    expect(isTransient(new DOMException('aborted', 'AbortError'))).toBe(false);
+    expect(isTransient(new DOMException('timed out', 'TimeoutError'))).toBe(false);
+    expect(isTransient('not an error')).toBe(false);
+  });
+
+  it('turns etcd\'s permission refusal into PERMISSION_DENIED naming the key', () => {
+    const err = classifyEtcdError(new EtcdPermissionDeniedError('etcdserver: permission denied'), 'locks/x');
+    expect(err).toBeInstanceOf(PermissionDeniedError);
+    expect((err as PermissionDeniedError).key).toBe('locks/x');
+    const other = new Error('something else');
+    expect(classifyEtcdError(other, 'k')).toBe(other);
+  });
+});

@@ -1,0 +1,86 @@
+import { describe, expect, it } from 'vitest';
+import { abortReason, linkSignals, raceAbort, untilWoken } from '../../src/core/abort.js';
+import { InvalidArgumentError } from '../../src/core/errors.js';
+import { retrying } from '../../src/core/retry.js';
+import { checkInteger, checkOptions, checkSignal } from '../../src/core/validate.js';
+
+const transient = () => Object.assign(new Error('14 UNAVAILABLE: No connection established'), { name: 'GRPCUnavailableError' });
+
+describe('retry policy (no etcd)', () => {
+  it('retries transient failures with backoff and returns the first success', async () => {
+    let calls = 0;
+    const value = await retrying(async () => {
+      if (++calls < 4) throw transient();
+      return 'ok';
+    });
+    expect(value).toBe('ok');
+    expect(calls).toBe(4);
+  });
+
+  it('rethrows a permanent failure at once', async () => {
+    let calls = 0;
+    const permanent = new Error('etcdserver: mvcc: required revision has been compacted');
+    await expect(retrying(async () => { calls++; throw permanent; })).rejects.toBe(permanent);
+    expect(calls).toBe(1);
+  });
+
+  it('gives up after maxElapsedMs, and on the signal with its reason', async () => {
+    const started = performance.now();
+    await expect(retrying(async () => { throw transient(); }, { maxElapsedMs: 200 })).rejects.toThrow(/UNAVAILABLE/);
+    expect(performance.now() - started).toBeLessThan(2000);
+    const reason = new Error('stop');
+    const controller = new AbortController();
+    setTimeout(() => controller.abort(reason), 50);
+    await expect(retrying(async () => { throw transient(); }, { signals: [controller.signal], maxElapsedMs: Infinity })).rejects.toBe(reason);
+  });
+
+  it('retryIf chooses what to retry', async () => {
+    let calls = 0;
+    await expect(retrying(async () => { calls++; throw new Error('custom'); }, { retryIf: () => calls < 3 })).rejects.toThrow('custom');
+    expect(calls).toBe(3);
+  });
+});
+
+describe('signals (no etcd)', () => {
+  it('links signals and detaches on dispose', () => {
+    const a = new AbortController();
+    const b = new AbortController();
+    const linked = linkSignals(a.signal, undefined, b.signal);
+    b.abort('why');
+    expect(linked.signal.aborted).toBe(true);
+    expect(abortReason(linked.signal)).toBe('why');
+    const c = new AbortController();
+    const l2 = linkSignals(c.signal);
+    l2.dispose();
+    c.abort();
+    expect(l2.signal.aborted).toBe(false);
+  });
+
+  it('raceAbort rejects with the reason; untilWoken resolves on wake', async () => {
+    const c = new AbortController();
+    const never = new Promise<never>(() => undefined);
+    const racing = raceAbort(never, c.signal);
+    c.abort(new Error('gone'));
+    await expect(racing).rejects.toThrow('gone');
+    let wake: (() => void) | undefined;
+    const waiting = untilWoken(new AbortController().signal, (w) => { wake = w; });
+    wake!();
+    await expect(waiting).resolves.toBeUndefined();
+  });
+});
+
+describe('argument checks (no etcd)', () => {
+  it('name the argument and the accepted range', () => {
+    expect(() => checkInteger(0, 'options.ttl', 1)).toThrow(InvalidArgumentError);
+    expect(() => checkInteger(1.5, 'count', 1)).toThrow(/count/);
+    expect(() => checkSignal('x')).toThrow(/options.signal/);
+  });
+
+  it('refuse an AbortSignal where the options go, and non-plain objects', () => {
+    expect(() => checkOptions(AbortSignal.timeout(1000))).toThrow(/pass it as \{ signal \}/);
+    expect(() => checkOptions(new Map())).toThrow(InvalidArgumentError);
+    expect(() => checkOptions([])).toThrow(InvalidArgumentError);
+    expect(() => checkOptions({ signal: AbortSignal.timeout(1000) })).not.toThrow();
+    expect(() => checkOptions(Object.create(null))).not.toThrow();
+  });
+});
