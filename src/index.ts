@@ -44,7 +44,8 @@ export { Semaphore, MAX_PERMITS } from './recipes/semaphore.js';
 export type { PermitOptions, PermitHandle, SemaphoreUsage } from './recipes/semaphore.js';
 
 export { Queue } from './recipes/queue.js';
-export type { QueueOptions, DequeueOptions, QueueItem } from './recipes/queue.js';
+export type { QueueOptions, DequeueOptions, EnqueueOptions, QueueItem } from './recipes/queue.js';
 export { PriorityQueue, MAX_PRIORITY } from './recipes/priority-queue.js';
 export { WorkQueue, DEFAULT_JOB_PRIORITY } from './recipes/work-queue.js';
-export type { WorkQueueOptions, AddJobOptions, ClaimOptions, Job, WorkQueueStats, DeadJob } from './recipes/work-queue.js';
+export type { WorkQueueOptions, AddJobOptions, GuardedWriteOptions, ClaimOptions, Job, WorkQueueStats, DeadJob } from './recipes/work-queue.js';
+export type { Guard, GuardCompare } from './core/guard.js';
