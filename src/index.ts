@@ -44,10 +44,11 @@ export { Semaphore, MAX_PERMITS } from './recipes/semaphore.js';
 export type { PermitOptions, PermitHandle, SemaphoreUsage } from './recipes/semaphore.js';
 
 export { Queue } from './recipes/queue.js';
-export type { QueueOptions, DequeueOptions, QueueItem } from './recipes/queue.js';
+export type { QueueOptions, DequeueOptions, EnqueueOptions, QueueItem } from './recipes/queue.js';
 export { PriorityQueue, MAX_PRIORITY } from './recipes/priority-queue.js';
 export { WorkQueue, DEFAULT_JOB_PRIORITY } from './recipes/work-queue.js';
-export type { WorkQueueOptions, AddJobOptions, ClaimOptions, Job, WorkQueueStats, DeadJob } from './recipes/work-queue.js';
+export type { WorkQueueOptions, AddJobOptions, GuardedWriteOptions, ClaimOptions, Job, WorkQueueStats, DeadJob } from './recipes/work-queue.js';
+export type { Guard, GuardCompare } from './core/guard.js';
 
 export { runWithSession } from './recipes/run-with-session.js';
 export type { RunWithSessionOptions } from './recipes/run-with-session.js';

@@ -38,7 +38,7 @@ describe('Queue in a 3-member cluster when the Raft leader is killed', () => {
     expect([...counts.entries()].filter(([, n]) => n !== 1)).toEqual([]);
     const admin = cluster.client();
     expect(await keysUnder(admin, 'ha/')).toEqual([]);
-    await Promise.all(consumers.map((c) => c.close()));
+    await Promise.all([...producers, ...consumers].map((c) => c.close()));
     expect(await keysUnder(admin, '__ha/')).toEqual([]);
   });
 });
@@ -87,7 +87,7 @@ describe('Queue when the revision its consumers watch from is compacted', () => 
     const producer = new Queue(admin, 'compact');
     for (const v of ['a', 'b', 'c']) await producer.enqueue(v);
     expect((await within(20_000, Promise.all(pending), 'deliveries after compaction')).sort()).toEqual(['a', 'b', 'c']);
-    await Promise.all(consumers.map((c) => c.close()));
+    await Promise.all([producer, ...consumers].map((c) => c.close()));
     expect(await keysUnder(admin, '__compact/')).toEqual([]);
   });
 });

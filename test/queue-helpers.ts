@@ -21,3 +21,50 @@ export function tally(values: string[]): Map<string, number> {
   for (const v of values) m.set(v, (m.get(v) ?? 0) + 1);
   return m;
 }
+
+/** The parts of a raw Txn request the fault tests look at. */
+export interface RawTxn {
+  success?: Record<string, { key?: Buffer; lease?: unknown } | undefined>[];
+}
+
+/** A Txn whose success branch puts (or deletes) a key under `prefix`. */
+export const putsUnder = (prefix: string) => (req: RawTxn): boolean =>
+  !!req.success?.some((op) => op.request_put?.key?.toString().startsWith(prefix));
+export const deletesUnder = (prefix: string) => (req: RawTxn): boolean =>
+  !!req.success?.some((op) => op.request_delete_range?.key?.toString().startsWith(prefix));
+
+/**
+ * Runs `before` just before the client sends its next `times` Txns that
+ * match (e.g. to switch a proxy to dropping replies exactly for that
+ * request), and counts the Txns the code under test sends (etcd3's own
+ * silent re-sends happen below this hook and are not counted).
+ */
+export function beforeTxn(client: Namespace, match: (req: RawTxn) => boolean, before: (req: RawTxn) => void | Promise<void>,
+  times = 1): { readonly hits: number; readonly calls: number } {
+  const kv = client.kv as unknown as { txn: (req: unknown, options?: unknown) => Promise<unknown> };
+  const real = kv.txn.bind(kv);
+  const state = { hits: 0, calls: 0 };
+  kv.txn = async (req: unknown, options?: unknown) => {
+    state.calls++;
+    if (state.hits < times && match(req as RawTxn)) {
+      state.hits++;
+      await before(req as RawTxn);
+    }
+    return real(req, options);
+  };
+  return state;
+}
+
+/** Moves the store on and compacts its whole history up to now (physically). */
+export async function compactAll(client: Namespace, filler: string): Promise<bigint> {
+  for (let i = 0; i < 5; i++) await client.put(`${filler}/${i}`).value('x');
+  const rev = BigInt((await client.get(`${filler}/0`).exec()).header.revision);
+  await client.kv.compact({ revision: rev.toString(), physical: true });
+  await client.delete().prefix(`${filler}/`);
+  return rev;
+}
+
+/** The length of an injected fault (an outage), not a wait for an event. */
+export function faultFor(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}

@@ -15,7 +15,7 @@ type TxnFn = (req: unknown) => Promise<unknown>;
 
 interface RawTxn {
   compare?: { target: string }[];
-  success?: Record<string, unknown>[];
+  success?: Record<string, { key?: Buffer } | undefined>[];
 }
 
 /** Makes the next `times` Txns that match `which` commit and then fail as if the connection dropped. */
@@ -34,8 +34,11 @@ function loseReplies(client: Etcd3, which: (req: RawTxn) => boolean, times = 1):
   return { lost: () => lost };
 }
 
-const deletes = (req: RawTxn) => !!req.success?.some((op) => 'request_delete_range' in op);
-const compares = (target: string) => (req: RawTxn) => !!req.compare?.some((c) => c.target === target);
+/** A Txn whose success branch puts (or deletes) a key under `prefix`. */
+const writes = (kind: 'request_put' | 'request_delete_range', prefix: string) => (req: RawTxn) =>
+  !!req.success?.some((op) => op[kind]?.key?.toString().startsWith(prefix));
+const puts = (prefix: string) => writes('request_put', prefix);
+const deletes = (prefix: string) => writes('request_delete_range', prefix);
 
 describe('lost Txn replies', () => {
   const etcd = useCluster();
@@ -44,17 +47,18 @@ describe('lost Txn replies', () => {
     const client = etcd().client();
     const q = new Queue(client, 'lr-q');
     for (const v of ['a', 'b', 'c']) await q.enqueue(v);
-    const fault = loseReplies(client, (r) => compares('Mod')(r) && deletes(r));
+    const fault = loseReplies(client, deletes('lr-q/'));
     expect([await q.dequeue(), await q.dequeue(), await q.dequeue()]).toEqual(['a', 'b', 'c']);
     expect(fault.lost()).toBe(1);
     expect(await q.size()).toBe(0);
     await q.close();
+    expect(await keysUnder(client, '__lr-q/')).toEqual([]);
   });
 
   it('Queue: an enqueue that committed is not enqueued twice', async () => {
     const client = etcd().client();
     const q = new Queue(client, 'lr-e');
-    const fault = loseReplies(client, (r) => compares('Create')(r));
+    const fault = loseReplies(client, puts('lr-e/'));
     await q.enqueue('once');
     expect(fault.lost()).toBe(1);
     expect(await q.size()).toBe(1);
@@ -64,7 +68,7 @@ describe('lost Txn replies', () => {
     const client = etcd().client();
     const q = new PriorityQueue(client, 'lr-p');
     await q.enqueue('first', 1);
-    const fault = loseReplies(client, (r) => compares('Mod')(r) && !deletes(r));
+    const fault = loseReplies(client, puts('lr-p/'));
     expect(await q.enqueue('same', 1)).toBe('lr-p/00001/0000000000000001');
     expect(fault.lost()).toBe(1);
     // A different producer enqueued the same value meanwhile: both items stay.
@@ -78,14 +82,15 @@ describe('lost Txn replies', () => {
     await using session = await Session.create(client, { ttl: 10 });
     const wq = new WorkQueue(session, 'lr-w');
     await wq.add('job');
-    const claimFault = loseReplies(client, (r) => compares('Create')(r) && !deletes(r));
+    const claimFault = loseReplies(client, puts('lr-w/claims/'));
     const job = await wq.claim();
     expect(claimFault.lost()).toBe(1);
     expect(job.attempts).toBe(1);
     expect(await wq.stats()).toMatchObject({ jobs: 1, claimed: 1 });
-    const ackFault = loseReplies(client, (r) => compares('Create')(r) && deletes(r));
+    const ackFault = loseReplies(client, deletes('lr-w/jobs/'));
     await job.ack();
     expect(ackFault.lost()).toBe(1);
+    await wq.close();
     expect(await keysUnder(client, 'lr-w/')).toEqual([]);
   });
 });

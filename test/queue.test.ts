@@ -125,7 +125,7 @@ describe('Queue', () => {
     const admin = cluster.client();
     expect(await keysUnder(admin, 'nm/')).toEqual([]);
     expect(await keysUnder(admin, '__nm/waiters/')).toEqual([]);
-    await Promise.all(consumers.map((c) => c.close()));
+    await Promise.all([...producers, ...consumers].map((c) => c.close()));
     expect(await keysUnder(admin, '__nm/')).toEqual([]);
   });
 

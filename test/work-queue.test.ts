@@ -20,7 +20,7 @@ describe('WorkQueue', () => {
     const wq = new WorkQueue(session, 'lay');
     const id = await wq.add('payload');
     expect(id).toMatch(/^00100-[0-9]{19}$/);
-    const job = (await client.getAll().prefix('lay/').exec()).kvs;
+    const job = (await client.getAll().prefix('lay/jobs/').exec()).kvs;
     expect(job.map((kv) => [kv.key.toString(), kv.value.toString(), kv.lease])).toEqual([[`lay/jobs/${id}`, 'payload', '0']]);
     const claimed = await wq.claim();
     expect(claimed).toMatchObject({ id, value: 'payload', attempts: 1, priority: 100, key: `lay/claims/${id}`, done: false });
@@ -33,9 +33,11 @@ describe('WorkQueue', () => {
     await claimed.ack();
     expect(claimed.done).toBe(true);
     expect(isRecipeError(claimed.signal.reason, 'LOCK_NOT_HELD')).toBe(true);
-    expect(await keysUnder(client, 'lay/')).toEqual([]);
+    // What is left is the ack's spent receipt, deleted by the next write or by close().
+    expect(await keysUnder(client, 'lay/')).toEqual([expect.stringMatching(/^lay\/receipts\/[0-9]{19}$/)]);
     await claimed.ack(); // idempotent
     await claimed.release(); // a no-op after ack
+    await wq.close();
     expect(await keysUnder(client, 'lay/')).toEqual([]);
   });
 
@@ -54,6 +56,7 @@ describe('WorkQueue', () => {
     expect(again.attempts).toBe(2);
     expect(again.fencingToken > jobs[4]!.fencingToken).toBe(true);
     await Promise.all([again, ...jobs.filter((j) => j !== jobs[1])].map((j) => j.ack()));
+    await wq.close();
     expect(await keysUnder(etcd().client(), 'order/')).toEqual([]);
   });
 
@@ -81,6 +84,7 @@ describe('WorkQueue', () => {
     expect(stale.succeeded).toBe(false);
     expect((await taken.ifOwner().then(client.put('lost/out').value('fresh')).commit()).succeeded).toBe(true);
     await taken.ack();
+    await Promise.all([wa.close(), wb.close()]);
     expect(await keysUnder(client, 'lost/')).toEqual(['lost/out']);
   });
 
@@ -119,6 +123,7 @@ describe('WorkQueue', () => {
     }
     await expect(wq.claim({ signal: AbortSignal.timeout(300) })).rejects.toMatchObject({ name: 'TimeoutError' });
     expect(await wq.deadLetters()).toEqual([{ id, value: 'poison', buffer: Buffer.from('poison') }]);
+    await wq.close();
     expect(await keysUnder(client, 'dlq/')).toEqual([`dlq/dead/${id}`]);
     expect(await wq.retryDead(id)).toBe(true);
     expect(await wq.retryDead(id)).toBe(false);
@@ -126,6 +131,7 @@ describe('WorkQueue', () => {
     expect(again).toMatchObject({ id, attempts: 1 });
     await again.deadLetter(); // a poison job sent to the dead letters explicitly
     expect(await wq.stats()).toEqual({ jobs: 0, claimed: 0, dead: 1, waiting: 0 });
+    await wq.close();
     expect(await keysUnder(client, 'dlq/')).toEqual([`dlq/dead/${id}`]);
   });
 
@@ -137,7 +143,7 @@ describe('WorkQueue', () => {
     const done: string[] = [];
     const stop = new AbortController();
     const workers = sessions.map(async (s) => {
-      const wq = new WorkQueue(s, 'many');
+      await using wq = new WorkQueue(s, 'many');
       for (;;) {
         const job = await wq.claim({ signal: stop.signal }).catch(() => undefined);
         if (!job) return;
@@ -150,6 +156,7 @@ describe('WorkQueue', () => {
     const wq = new WorkQueue(producer, 'many');
     for (let i = 0; i < total; i++) await wq.add(`j${i}`, { priority: i % 4 });
     await within(30_000, Promise.all(workers), 'workers');
+    await wq.close();
     const counts = tally(done);
     expect(counts.size).toBe(total);
     expect([...counts.values()].every((n) => n === 1)).toBe(true);
@@ -179,7 +186,8 @@ describe('WorkQueue', () => {
     const client = etcd().client();
     await using session = await Session.create(client, { ttl: 10 });
     const bad = (fn: () => unknown) => expect(fn).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
-    bad(() => new WorkQueue(client as never, 'x'));
+    bad(() => new WorkQueue({} as never, 'x'));
+    bad(() => new WorkQueue(undefined as never, 'x'));
     bad(() => new WorkQueue(session, ''));
     bad(() => new WorkQueue(session, 'x', { maxAttempts: 0 }));
     bad(() => new WorkQueue(session, 'x', { maxAttempts: 2.5 }));
@@ -192,6 +200,10 @@ describe('WorkQueue', () => {
     await expect(wq.claim({ signal: 1 as never })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', argument: 'options.signal' });
     await expect(wq.retryDead('../x')).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', argument: 'id' });
     await expect(wq.deadLetters(0)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', argument: 'limit' });
+    await expect(wq.add('v', { guard: 'leader' as never })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', argument: 'options.guard' });
+    await expect(wq.add('v', { guard: [{ key: 'k', target: 'Create', result: '==', value: 1 }] as never }))
+      .rejects.toMatchObject({ code: 'INVALID_ARGUMENT', argument: 'options.guard[0].value' });
+    await expect(wq.retryDead('00100-1', { signal: 'x' as never })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', argument: 'options.signal' });
     expect(await keysUnder(client, 'badin')).toEqual([]);
   });
 });

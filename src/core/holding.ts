@@ -1,4 +1,5 @@
 import type { ComparatorBuilder } from 'etcd3';
+import { markGuard } from './guard.js';
 import { LockNotHeldError, withoutStack } from './errors.js';
 import { cmp, op, txn } from './kv.js';
 import { showKey } from './keys.js';
@@ -159,7 +160,7 @@ export class Holding implements HeldKey {
 
   ifOwner(): ComparatorBuilder {
     if (this.released) throw new LockNotHeldError(`${this.#what} is not held (released or session lost)`);
-    return this.#session.client.if(this.#key, 'Create', '==', this.fencingToken.toString());
+    return markGuard(this.#session.client.if(this.#key, 'Create', '==', this.fencingToken.toString()), 'LOCK_NOT_HELD', this.#what);
   }
 
   release(): Promise<void> {

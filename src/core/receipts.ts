@@ -169,6 +169,16 @@ export class ReceiptBook {
     }, 2000).unref();
   }
 
+  /**
+   * Hands over up to 32 spent receipts for the caller to delete in a Txn of
+   * its own (in both branches), so that a writer whose next write is not a
+   * proven one (a claim proven by its lease) still cleans up without an
+   * extra round trip. Give them back with {@link spend} if that Txn failed.
+   */
+  takeSpent(): Buffer[] {
+    return this.#spent.splice(0, 32);
+  }
+
   /** Deletes every spent receipt now (on close). */
   async flush(): Promise<void> {
     clearTimeout(this.#flushTimer);

@@ -2,6 +2,7 @@ import { EventEmitter } from 'node:events';
 import { ClientClosedError, type ComparatorBuilder, type Namespace } from 'etcd3';
 import { delay, linkSignals, raceAbort, type LinkedSignal } from '../core/abort.js';
 import { InvalidArgumentError, isRecipeError, NotLeaderError, withoutStack } from '../core/errors.js';
+import { markGuard } from '../core/guard.js';
 import { deleteOwnKey } from '../core/holding.js';
 import { childPrefix, showKey, toBuffer } from '../core/keys.js';
 import { cmp, op, range, txn, type KeyValue } from '../core/kv.js';
@@ -281,7 +282,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
   ifLeader(): ComparatorBuilder {
     const term = this.#term;
     if (!term || term.signal.aborted) throw new NotLeaderError(`${this.#what}: not the leader`);
-    return this.session.client.if(this.#key, 'Create', '==', term.revision.toString());
+    return markGuard(this.session.client.if(this.#key, 'Create', '==', term.revision.toString()), 'NOT_LEADER', this.#what);
   }
 
   /**

@@ -1,12 +1,12 @@
-import { randomBytes } from 'node:crypto';
 import type { Namespace } from 'etcd3';
-import { childPrefix, showKey, toBuffer } from '../core/keys.js';
-import { cmp, op, range, rangeAt, txn, type KeyValue, type TxnResult } from '../core/kv.js';
+import { resolveGuard } from '../core/guard.js';
+import { childPrefix, toBuffer } from '../core/keys.js';
+import { cmp, op, rangeAt, txn, type KeyValue } from '../core/kv.js';
 import { logger } from '../core/log.js';
 import { retrying } from '../core/retry.js';
 import { checkInteger, checkValue } from '../core/validate.js';
 import type { Candidate } from './queue-line.js';
-import { ItemQueue, type QueueOptions } from './queue.js';
+import { ItemQueue, type EnqueueOptions, type QueueOptions } from './queue.js';
 
 const log = logger('priority-queue');
 
@@ -68,50 +68,54 @@ export class PriorityQueue extends ItemQueue {
    * Adds an item with a priority (Go's `Enqueue(val, pr uint16)`): the key
    * `<name>/<%05d priority>/<%016d next sequence number>`, created in a Txn
    * that also bumps `__<name>/<%05d priority>` and only commits if nobody
-   * allocated a number since we read the last one (else we read again).
+   * allocated a number since we read the last one (else we read again). The
+   * same Txn writes a receipt under `__<name>/sent/`, so a retry after a
+   * lost reply neither enqueues twice nor takes a second number.
    * @param priority - 0 (first) to 65535 (last)
+   * @param options - `guard` (fencing) and `signal`, as for {@link Queue.enqueue}
    * @returns the item's key
-   * @throws InvalidArgumentError for a non-string/Buffer value or a priority out of range
+   * @throws InvalidArgumentError for a non-string/Buffer value, a priority out of range or a bad guard
+   * @throws NotLeaderError / LockNotHeldError if the guard does not hold (nothing written)
+   * @throws OutcomeUnknownError if the signal aborted while etcd was unreachable mid-write
    */
-  async enqueue(value: string | Buffer, priority: number): Promise<string> {
+  async enqueue(value: string | Buffer, priority: number, options: EnqueueOptions = {}): Promise<string> {
     checkValue(value, 'value');
     checkInteger(priority, 'priority', 0, MAX_PRIORITY);
+    ItemQueue.checkEnqueueOptions(options);
+    const { signal } = options;
+    const guard = await resolveGuard(this.client, options.guard);
     const val = toBuffer(value);
     const level = Buffer.concat([this.items, Buffer.from(pad5(priority))]);
     const levelPrefix = childPrefix(level);
     const base = Buffer.concat([Buffer.from('__'), level]);
-    // Go writes "" here and only compares its mod revision; a unique token
-    // lets a retried Txn whose first reply was lost recognise its own commit.
-    const token = randomBytes(9).toString('base64url');
     const lastKey = op.range(levelPrefix, { prefix: true, sortTarget: 'Key', sortOrder: 'Descend', limit: 1, keysOnly: true });
     // Go reads the last key before every allocation. After our own allocation we already know it (and the
     // revision at which nobody else had allocated): try the next number at once; the compare catches anyone else.
     let known: { next: bigint; seen: bigint } | undefined = this.#levels.get(priority);
     if (!known) {
-      const first = await retrying(() => txn(this.client, [], [lastKey]));
+      const first = await retrying(() => txn(this.client, [], [lastKey]), { signals: [signal] });
       const last = rangeAt(first, 0).kvs[0];
       known = { next: last ? parseSequence(last.key) + 1n : 0n, seen: first.revision };
     }
-    for (let attempt = 0; ; attempt++) {
+    const what = `${this.what}: enqueue`;
+    for (let attempt = 1; ; attempt++) {
       const key = Buffer.concat([levelPrefix, Buffer.from(pad16(known.next))]);
-      const seen: bigint = known.seen;
-      const res: TxnResult = await retrying(() => txn(this.client, [cmp.mod(base, '<', seen + 1n)],
-        [op.put(base, token), op.put(key, val)],
-        [op.range(base), op.range(key), lastKey]));
-      if (res.succeeded) {
-        this.#remember(priority, { next: known.next + 1n, seen: res.revision });
+      const out = await this.sent.write({
+        compares: [cmp.mod(base, '<', known.seen + 1n), ...guard.compares],
+        // Go writes "" to the base key too: only its mod revision matters.
+        success: [op.put(base, ''), op.put(key, val)],
+        failure: [lastKey, ...guard.reads],
+      }, { signal, what });
+      if (out.landed) {
+        if (out.res) this.#remember(priority, { next: known.next + 1n, seen: out.res.revision });
+        else this.#levels.delete(priority);
         return key.toString();
       }
-      const baseKv = rangeAt(res, 0).kvs[0];
-      const mine = rangeAt(res, 1).kvs[0];
-      if (mine && mine.version === 1n && mine.value.equals(val) && await this.#wroteIt(base, baseKv, mine.createRevision, token)) {
-        log('%s: enqueue of %s committed on an earlier try', this.what, showKey(key));
-        this.#levels.delete(priority);
-        return key.toString();
-      }
-      const last: KeyValue | undefined = rangeAt(res, 2).kvs[0];
-      known = { next: last ? parseSequence(last.key) + 1n : 0n, seen: res.revision };
-      if (attempt > 0 && attempt % 100 === 0) log('%s: enqueue still contended after %d tries', this.what, attempt);
+      const [lastRead, ...reads] = out.failure;
+      if (!guard.holds(reads)) throw guard.error(what);
+      const last: KeyValue | undefined = lastRead?.type === 'range' ? lastRead.kvs[0] : undefined;
+      known = { next: last ? parseSequence(last.key) + 1n : 0n, seen: lastRead?.revision ?? known.seen };
+      if (attempt % 100 === 0) log('%s: enqueue still contended after %d tries', this.what, attempt);
     }
   }
 
@@ -119,13 +123,6 @@ export class PriorityQueue extends ItemQueue {
     this.#levels.delete(priority);
     this.#levels.set(priority, level);
     if (this.#levels.size > 256) this.#levels.delete(this.#levels.keys().next().value!);
-  }
-
-  /** Did the Txn that created our key at `rev` carry our token? */
-  async #wroteIt(base: Buffer, baseKv: KeyValue | undefined, rev: bigint, token: string): Promise<boolean> {
-    if (baseKv && baseKv.modRevision === rev) return baseKv.value.toString() === token;
-    const then = await retrying(() => range(this.client, base, { revision: rev }));
-    return then.kvs[0]?.modRevision === rev && then.kvs[0].value.toString() === token;
   }
 }
 

@@ -3,12 +3,14 @@ import type { Namespace } from 'etcd3';
 import type { Debugger } from 'debug';
 import { linkSignals, raceAbort, untilWoken } from '../core/abort.js';
 import { isRecipeError, SessionExpiredError } from '../core/errors.js';
+import type { ResolvedGuard } from '../core/guard.js';
 import { cleanUpAfter, deleteOwnKey } from '../core/holding.js';
 import { createUniqueKey, type PendingKey } from '../core/line.js';
 import { showKey } from '../core/keys.js';
 import { cmp, op, rangeAt, txn, type Compare, type KeyValue, type Op, type OpResult, type RangeResult } from '../core/kv.js';
+import type { ReceiptBook } from '../core/receipts.js';
 import { retrying } from '../core/retry.js';
-import { Session } from '../core/session.js';
+import { createOwnedSession, type Session } from '../core/session.js';
 import { ChangeWatch } from '../core/wait.js';
 import { openWatch, type WatchEvent, type WatchHandle, type WatchSpec } from '../core/watch-hub.js';
 
@@ -46,11 +48,17 @@ import { openWatch, type WatchEvent, type WatchHandle, type WatchSpec } from '..
  * watch that etcd cancels (compaction, a broken stream it cannot resume) is a
  * wake-up too: the waiter re-reads and watches again.
  *
- * Exactly once over lost replies. etcd3 retries a Txn whose reply was lost,
- * and our own retry does too; the retried claim then fails its compare
- * although the first try succeeded. Every claim therefore writes a token the
- * consumer can recognise (Queue: a receipt key per consumer slot; WorkQueue:
- * the claim key's value), and the failure branch reads it back.
+ * Exactly once over lost replies. etcd3 may re-send a Txn whose reply was
+ * lost, and our own retry does too; the retried claim then fails its compare
+ * although the first try succeeded. Every claim therefore carries its proof,
+ * which the failure branch reads back. Queue: a receipt (core/receipts.ts)
+ * that also holds the item's value, with no lease, so an outage of any length
+ * or a compaction cannot take the proof or the value away. WorkQueue: the
+ * claim key itself, on the claimer's lease, whose value names the attempt.
+ *
+ * The waiter line lives on a lease (the queue's own, for Queue), but nothing
+ * that delivers an item depends on it: a line key refused because etcd
+ * already dropped that lease only sends the consumer back to join again.
  */
 
 /** A claimable item: its key and the revision the claim compares against. */
@@ -58,6 +66,8 @@ export interface Candidate {
   key: Buffer;
   /** Mod revision (Queue, PriorityQueue) or create revision (WorkQueue jobs). */
   rev: bigint;
+  /** The item's value at `rev`, when the read that found it carried it. */
+  value?: Buffer;
 }
 
 /** What a recipe's own scan ops found. */
@@ -86,10 +96,10 @@ export interface ClaimContext {
   attemptId: string;
   /** The consumer's waiter key, to delete in the claim Txn. */
   waiter: Waiter | undefined;
-  /** The consumer's slot (small integer, unique among concurrent takes of one object). */
-  slot: number;
   /** Range ops that re-read the candidates; put them last in a branch and hand back their responses. */
   scan: Op[];
+  /** The caller's signal. */
+  signal: AbortSignal | undefined;
 }
 
 export type ClaimOutcome<R> =
@@ -113,10 +123,13 @@ export interface ClaimSource<R> {
   fromEvents(events: WatchEvent[]): Candidate[] | undefined;
   /** How many leading candidates may be taken in any order (e.g. those of the first one's priority). */
   interchangeable(cands: Candidate[]): number;
-  /** One claim attempt (retried by the caller on transient errors, never raced with an abort). */
+  /**
+   * One claim, seen through until its outcome is known (the source retries
+   * transient errors itself, with its own proof). Rejects only when the
+   * outcome cannot be had: the session it depends on is lost, the signal
+   * aborted (after voiding the claim), or the client closed.
+   */
   claim(c: Candidate, ctx: ClaimContext): Promise<ClaimOutcome<R>>;
-  /** Best-effort undo of a claim attempt whose outcome stayed unknown. */
-  abandon?(c: Candidate, ctx: ClaimContext): Promise<void>;
 }
 
 /** Where a take gets its lease from. */
@@ -177,8 +190,7 @@ function idleHead(state: State): boolean {
 
 /**
  * The consumer side of one recipe object. Holds what several takes share: a
- * cache of candidates read by the last claim, the contention estimate, and
- * the slot numbers.
+ * cache of candidates read by the last claim and the contention estimate.
  */
 export class ConsumerLine<R> {
   readonly #src: ClaimSource<R>;
@@ -188,8 +200,6 @@ export class ConsumerLine<R> {
   #contention = 0;
   /** Skip the first read of the next take and join the line at once: nothing was free when we last looked. */
   #joinNext = false;
-  readonly #freeSlots: number[] = [];
-  #nextSlot = 0;
 
   constructor(src: ClaimSource<R>, sessions: SessionSource) {
     this.#src = src;
@@ -212,7 +222,6 @@ export class ConsumerLine<R> {
     signal?.throwIfAborted();
     const src = this.#src;
     this.#sessions.begin();
-    const slot = this.#freeSlots.pop() ?? this.#nextSlot++;
     let session: Session | undefined;
     let waiter: Waiter | undefined;
     // The key of a join Txn that may still land, and that Txn.
@@ -226,7 +235,7 @@ export class ConsumerLine<R> {
       if (!cands.length && !this.#joinNext) cands = await this.#freeScan(signal);
       for (;;) {
         if (cands.length) {
-          const out = await this.#claim(cands, session, waiter, slot);
+          const out = await this.#claim(cands, session, waiter, signal);
           if (out.won) {
             waiter = undefined; // the claim Txn deleted it
             this.#cache = out.next ? beyondLine(this.#parse(out.next)) : [];
@@ -255,7 +264,17 @@ export class ConsumerLine<R> {
           const pending: PendingKey = {};
           const joining = this.#join(s, signal, pending);
           track.joining = { pending, session: s, txn: joining };
-          const joined = await raceAbort(joining, signal);
+          let joined: { waiter: Waiter; state: State };
+          try {
+            joined = await raceAbort(joining, signal);
+          } catch (err) {
+            // etcd dropped the lease before our session noticed: the join wrote nothing.
+            const lost = s.leaseError(err, src.what);
+            if (lost === err || signal?.aborted || !this.#sessions.replaceable) throw lost;
+            src.log('%s: lease %s gone while joining the line; joining on a new one', src.what, s.leaseHex);
+            track.joining = undefined;
+            continue;
+          }
           track.joining = undefined;
           waiter = joined.waiter;
           state = joined.state;
@@ -312,7 +331,6 @@ export class ConsumerLine<R> {
           if (key) await deleteOwnKey(owner, key, own?.rev ?? joining?.pending.rev, src.log);
         }, () => undefined, src.log);
       }
-      this.#freeSlots.push(slot);
       this.#sessions.end();
     }
   }
@@ -340,12 +358,10 @@ export class ConsumerLine<R> {
   }
 
   /**
-   * One claim, retried on transient errors until its outcome is known or the
-   * session (which holds the token that tells a lost reply from a lost race)
-   * is gone. Not raced with the caller's signal: a claim that was sent is
-   * seen through, so an item is never taken and then dropped.
+   * One claim of one of `cands` (the head, or a random interchangeable one
+   * under contention), seen through by the source until its outcome is known.
    */
-  async #claim(cands: Candidate[], session: Session, waiter: Waiter | undefined, slot: number): Promise<ClaimOutcome<R>> {
+  async #claim(cands: Candidate[], session: Session, waiter: Waiter | undefined, signal: AbortSignal | undefined): Promise<ClaimOutcome<R>> {
     const src = this.#src;
     let pick = cands[0]!;
     if (this.#contention > 0) {
@@ -353,15 +369,11 @@ export class ConsumerLine<R> {
       const n = Math.min(src.interchangeable(cands), WINDOW);
       if (n > 1) pick = cands[randomInt(n)]!;
     }
-    const ctx: ClaimContext = { session, attemptId: newAttemptId(), waiter, slot, scan: this.#scanOps() };
+    const ctx: ClaimContext = { session, attemptId: newAttemptId(), waiter, scan: this.#scanOps(), signal };
     try {
-      return await retrying(() => src.claim(pick, ctx), {
-        signals: [session.signal], maxElapsedMs: Infinity,
-        onRetry: (err) => src.log('%s: claim of %s failed, retrying: %s', src.what, showKey(pick.key), (err as Error).message),
-      });
+      return await src.claim(pick, ctx);
     } catch (err) {
-      src.log('%s: claim of %s has an unknown outcome: %s', src.what, showKey(pick.key), (err as Error).message);
-      await src.abandon?.(pick, ctx).catch(() => undefined);
+      src.log('%s: claim of %s ended without an item: %s', src.what, showKey(pick.key), (err as Error).message);
       throw err;
     }
   }
@@ -606,7 +618,10 @@ export class OwnSession implements SessionSource {
     if (live && !live.expired) return live;
     this.#creating ??= (async () => {
       try {
-        const s = await retrying(() => Session.create(this.#client, { ttl: this.#ttl }), { maxElapsedMs: Infinity });
+        const create = () => retrying(() => createOwnedSession(this.#client, { ttl: this.#ttl }), { maxElapsedMs: Infinity });
+        let s = await create();
+        // A grant that took longer than its TTL (a long outage) hands back a session already given up.
+        for (let i = 0; s.expired && i < 100; i++) s = await create();
         this.#log('own lease %s granted', s.leaseHex);
         if (this.#closed) {
           await s.close();
@@ -659,18 +674,26 @@ export class GivenSession implements SessionSource {
 
 /**
  * Creates `makeKey()` with `value` if absent (Go's `putNewKV`), retrying
- * with a new name on a collision. A key that already holds exactly our value
- * and was never modified is our own earlier try whose reply was lost: adopt
- * it rather than enqueue twice.
+ * with a new name on a collision, as one proven write (core/receipts.ts): a
+ * lost reply is settled by the write's receipt, never by looking at the item,
+ * which a consumer may already have taken. With a guard, the item is created
+ * only while the guard holds; otherwise nothing is written and the guard's
+ * error is thrown.
+ * @returns the item's key
  */
-export async function createUnique(client: Namespace, makeKey: () => Buffer, value: Buffer, what: string,
-  lease?: string): Promise<{ key: Buffer; revision: bigint }> {
+export async function createItem(book: ReceiptBook, makeKey: () => Buffer, value: Buffer, guard: ResolvedGuard, what: string,
+  signal: AbortSignal | undefined): Promise<Buffer> {
   for (let attempt = 0; attempt < 100; attempt++) {
     const key = makeKey();
-    const res = await retrying(() => txn(client, [cmp.create(key, '==', 0n)], [op.put(key, value, lease)], [op.range(key)]));
-    if (res.succeeded) return { key, revision: res.revision };
-    const kv = rangeAt(res, 0).kvs[0];
-    if (kv && kv.version === 1n && kv.value.equals(value)) return { key, revision: kv.createRevision };
+    const out = await book.write({
+      compares: [cmp.create(key, '==', 0n), ...guard.compares],
+      success: [op.put(key, value)],
+      failure: [op.range(key, { keysOnly: true }), ...guard.reads],
+    }, { signal, what });
+    if (out.landed) return key;
+    const [taken, ...reads] = out.failure;
+    if (taken?.type === 'range' && taken.kvs.length) continue; // the same name from another writer
+    if (!guard.holds(reads)) throw guard.error(what);
   }
   throw new Error(`${what}: could not create a unique key`);
 }

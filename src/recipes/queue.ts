@@ -1,12 +1,15 @@
 import type { Namespace } from 'etcd3';
 import type { Debugger } from 'debug';
+import { checkGuard, resolveGuard, type Guard } from '../core/guard.js';
 import { childPrefix, showKey, toBuffer, uniqueKey } from '../core/keys.js';
 import { cmp, op, range, rangeAt, txn, type Op, type OpResult } from '../core/kv.js';
 import { logger } from '../core/log.js';
+import { ReceiptBook } from '../core/receipts.js';
+import { retrying } from '../core/retry.js';
 import { checkClient, checkInteger, checkName, checkOptions, checkSignal, checkValue } from '../core/validate.js';
 import type { WatchEvent, WatchSpec } from '../core/watch-hub.js';
 import {
-  ConsumerLine, createUnique, OwnSession, WINDOW,
+  ConsumerLine, createItem, OwnSession, WINDOW,
   type Candidate, type ClaimContext, type ClaimOutcome, type ClaimSource, type SourceScan,
 } from './queue-line.js';
 
@@ -14,7 +17,28 @@ const log = logger('queue');
 
 /** Options of {@link Queue.dequeue}. */
 export interface DequeueOptions {
-  /** Abort the wait; the call then rejects with the signal's reason and leaves no key behind. */
+  /**
+   * Abort the wait; the call then rejects with the signal's reason and
+   * leaves no key behind. A claim already sent is settled first: if it
+   * took the item, the item is returned.
+   */
+  signal?: AbortSignal;
+}
+
+/** Options of {@link Queue.enqueue} and {@link PriorityQueue.enqueue}. */
+export interface EnqueueOptions {
+  /**
+   * Fencing: the item is written only if these compares hold, in the same
+   * Txn (e.g. `election.ifLeader()`). Otherwise nothing is written and the
+   * call rejects with the guard's code (`NOT_LEADER`, `LOCK_NOT_HELD`).
+   */
+  guard?: Guard;
+  /**
+   * Stop retrying. An attempt already sent is then voided (it can no longer
+   * land) and the call rejects with the signal's reason, or it is found to
+   * have landed and the call resolves; if etcd cannot be reached to settle
+   * that, the call rejects with OUTCOME_UNKNOWN.
+   */
   signal?: AbortSignal;
 }
 
@@ -22,9 +46,10 @@ export interface DequeueOptions {
 export interface QueueOptions {
   /**
    * TTL in seconds (default 5) of the lease the object creates for its
-   * consumers' bookkeeping keys (waiter line and receipts; items never have
-   * a lease). A consumer process that dies while waiting holds up the idle
-   * consumers behind it for at most this long.
+   * consumers' waiter line (items and receipts never have a lease). A
+   * consumer process that dies while waiting holds up the idle consumers
+   * behind it for at most this long. Losing this lease never fails a
+   * dequeue: the consumer joins the line again on a new one.
    */
   ttl?: number;
   /** Revoke that lease after this many ms without a dequeue (default 10 000). */
@@ -38,10 +63,12 @@ export interface QueueItem {
   value: Buffer;
 }
 
-/** Go's bookkeeping prefix for a queue name: `__<name>/` (outside the items' prefix). */
+/** Go's bookkeeping prefix for a queue name: `__<name>/` (outside the items' prefix, unseen by Go's consumers). */
 function bookPrefix(name: string | Buffer): Buffer {
   return Buffer.concat([Buffer.from('__'), toBuffer(name), Buffer.from('/')]);
 }
+
+const sub = (book: Buffer, dir: string) => Buffer.concat([book, Buffer.from(dir)]);
 
 /**
  * @internal Items under one prefix that a consumer takes by deleting them
@@ -56,72 +83,82 @@ class ItemSource implements ClaimSource<QueueItem> {
   readonly waitersPrefix: Buffer;
   readonly headWatch: WatchSpec;
   readonly #items: Buffer;
-  readonly #receipts: Buffer;
+  readonly #taken: ReceiptBook;
   readonly #sort: 'Mod' | 'Key';
   readonly #interchangeable: (cands: Candidate[]) => number;
 
-  constructor(client: Namespace, items: Buffer, book: Buffer, sort: 'Mod' | 'Key', what: string, log: Debugger,
+  constructor(client: Namespace, items: Buffer, book: Buffer, taken: ReceiptBook, sort: 'Mod' | 'Key', what: string, log: Debugger,
     interchangeable: (cands: Candidate[]) => number) {
     this.client = client;
     this.#items = items;
     this.#sort = sort;
     this.what = what;
     this.log = log;
-    this.waitersPrefix = Buffer.concat([book, Buffer.from('waiters/')]);
-    this.#receipts = Buffer.concat([book, Buffer.from('receipts/')]);
+    this.waitersPrefix = sub(book, 'waiters/');
+    this.#taken = taken;
     this.headWatch = { key: items, prefix: true, noDelete: true };
     this.#interchangeable = interchangeable;
   }
 
+  /**
+   * The leading candidates (keys only), and the first one with its value:
+   * the item a consumer alone takes next, whose value its claim's receipt
+   * must carry. Other values are read only when claimed, so a read never
+   * carries more than one item's value.
+   */
   scanOps(): Op[] {
-    return [op.range(this.#items, { prefix: true, sortTarget: this.#sort, sortOrder: 'Ascend', limit: WINDOW, keysOnly: true })];
+    return [
+      op.range(this.#items, { prefix: true, sortTarget: this.#sort, sortOrder: 'Ascend', limit: WINDOW, keysOnly: true }),
+      op.range(this.#items, { prefix: true, sortTarget: this.#sort, sortOrder: 'Ascend', limit: 1 }),
+    ];
   }
 
   parseScan(results: OpResult[]): SourceScan {
-    const r = results[0];
-    if (!r || r.type !== 'range') throw new Error('internal: scan response is not a range');
-    return { cands: r.kvs.map((kv) => ({ key: kv.key, rev: kv.modRevision })) };
+    const [keys, head] = results;
+    if (keys?.type !== 'range' || head?.type !== 'range') throw new Error('internal: scan responses are not ranges');
+    const cands: Candidate[] = keys.kvs.map((kv) => ({ key: kv.key, rev: kv.modRevision }));
+    const first = head.kvs[0];
+    if (first && cands[0] && first.key.equals(cands[0].key) && first.modRevision === cands[0].rev) cands[0].value = first.value;
+    return { cands };
   }
 
   fromEvents(events: WatchEvent[]): Candidate[] {
-    return events.filter((e) => e.type === 'put').map((e) => ({ key: e.kv.key, rev: e.kv.modRevision }));
+    return events.filter((e) => e.type === 'put').map((e) => ({ key: e.kv.key, rev: e.kv.modRevision, value: e.kv.value }));
   }
 
   interchangeable(cands: Candidate[]): number {
     return this.#interchangeable(cands);
   }
 
-  /** `__<name>/receipts/<lease hex>-<slot>`: the token of a consumer's last claim. */
-  receiptKey(ctx: ClaimContext): Buffer {
-    return Buffer.concat([this.#receipts, Buffer.from(`${ctx.session.leaseHex}-${ctx.slot}`)]);
-  }
-
+  /**
+   * Go's `deleteRevKey` (delete the item if its mod revision is still the
+   * one we read), sent as a proven write whose receipt holds the item's
+   * value: a claim whose reply was lost is found by its receipt, with the
+   * value, after any outage and any compaction, and delivered once. The
+   * value at `c.rev` is known before the claim (a delete guarded by that
+   * mod revision takes exactly that value); if the read that found the
+   * item did not carry it, one read fetches it first.
+   */
   async claim(c: Candidate, ctx: ClaimContext): Promise<ClaimOutcome<QueueItem>> {
-    const receipt = this.receiptKey(ctx);
-    const waiterOps = ctx.waiter ? [op.delete(ctx.waiter.key)] : [];
-    const scan = ctx.scan;
-    const res = await txn(this.client, [cmp.mod(c.key, '==', c.rev)], [
-      op.range(c.key),
-      op.delete(c.key),
-      op.put(receipt, ctx.attemptId, ctx.session.leaseId),
-      ...waiterOps,
-      ...scan,
-    ], [op.range(receipt), ...scan]);
-    if (res.succeeded) {
+    let value = c.value;
+    if (!value) {
+      const res = await retrying(() => txn(this.client, [], [op.range(c.key), ...ctx.scan]), { signals: [ctx.signal], maxElapsedMs: Infinity });
       const kv = rangeAt(res, 0).kvs[0];
-      if (!kv) throw new Error(`internal: claimed ${showKey(c.key)} without a value`);
-      return { won: true, result: { key: c.key, value: kv.value }, next: res.responses.slice(3 + waiterOps.length) };
+      if (!kv || kv.modRevision !== c.rev) return { won: false, scan: res.responses.slice(1) };
+      value = kv.value;
     }
-    const mine = rangeAt(res, 0).kvs[0];
-    if (mine && mine.value.toString() === ctx.attemptId) {
-      // An earlier try of this very claim committed and its reply was lost: the item is ours.
-      const before = await range(this.client, c.key, { revision: mine.modRevision - 1n });
-      const kv = before.kvs[0];
-      if (!kv) throw new Error(`${this.what}: claimed ${showKey(c.key)} but cannot read its value at revision ${mine.modRevision - 1n}`);
+    const waiterOps = ctx.waiter ? [op.delete(ctx.waiter.key)] : [];
+    const out = await this.#taken.write({
+      compares: [cmp.mod(c.key, '==', c.rev)],
+      success: [op.delete(c.key), ...waiterOps, ...ctx.scan],
+      failure: ctx.scan,
+    }, { signal: ctx.signal, what: `${this.what}: claim of ${showKey(c.key)}`, receiptValue: value });
+    if (!out.landed) return { won: false, scan: out.failure };
+    if (!out.res) {
       this.log('%s: claim of %s committed on an earlier try', this.what, showKey(c.key));
-      return { won: true, result: { key: c.key, value: kv.value } };
+      return { won: true, result: { key: c.key, value: out.receiptValue ?? value } };
     }
-    return { won: false, scan: res.responses.slice(1) };
+    return { won: true, result: { key: c.key, value }, next: out.res.responses.slice(1 + waiterOps.length) };
   }
 }
 
@@ -136,8 +173,13 @@ export abstract class ItemQueue implements AsyncDisposable {
   protected readonly items: Buffer;
   /** Names the queue in errors and logs. */
   protected readonly what: string;
+  /** Receipts of this object's enqueues, under `__<name>/sent/`. */
+  protected readonly sent: ReceiptBook;
+  /** Receipts of this object's claims, under `__<name>/taken/`. */
+  readonly #taken: ReceiptBook;
   readonly #own: OwnSession;
   readonly #line: ConsumerLine<QueueItem>;
+  readonly #log: Debugger;
 
   /**
    * @param argument - the name argument's name, for error messages
@@ -153,16 +195,32 @@ export abstract class ItemQueue implements AsyncDisposable {
     this.client = client;
     this.items = childPrefix(name);
     this.what = `${kind} ${showKey(name)}`;
+    this.#log = queueLog;
+    const book = bookPrefix(name);
+    this.sent = new ReceiptBook(client, sub(book, 'sent/'));
+    this.#taken = new ReceiptBook(client, sub(book, 'taken/'));
     this.#own = new OwnSession(client, options.ttl ?? 5, options.idleMs ?? 10_000, queueLog);
-    const source = new ItemSource(client, this.items, bookPrefix(name), sort, this.what, queueLog, interchangeable(this.items));
+    const source = new ItemSource(client, this.items, book, this.#taken, sort, this.what, queueLog, interchangeable(this.items));
     this.#line = new ConsumerLine(source, this.#own);
+  }
+
+  /** Checks enqueue options (before anything is written). */
+  protected static checkEnqueueOptions(options: EnqueueOptions): void {
+    checkOptions(options);
+    checkGuard(options.guard);
+    checkSignal(options.signal);
   }
 
   /**
    * Removes and returns the next item, waiting while the queue is empty.
-   * If the signal aborts while a claim is already in flight and that claim
-   * wins, the item is returned rather than dropped.
+   * Each item is returned by exactly one dequeue, also when a reply is lost,
+   * whatever the outage or compaction that follows; losing the queue's
+   * internal lease never fails it. If the signal aborts while a claim is
+   * already in flight and that claim wins, the item is returned rather than
+   * dropped.
    * @returns the item's value as a UTF-8 string
+   * @throws OutcomeUnknownError only if the signal aborted while a claim was in flight and etcd stayed
+   *   unreachable: the item may have been taken; its value is kept in the claim's receipt (docs/queue.md)
    */
   async dequeue(options: DequeueOptions = {}): Promise<string> {
     return (await this.dequeueItem(options)).value.toString();
@@ -182,11 +240,14 @@ export abstract class ItemQueue implements AsyncDisposable {
   }
 
   /**
-   * Revokes the lease this object uses for its consumers' bookkeeping keys.
-   * Items are untouched. Dequeues after `close()` reject.
+   * Revokes the lease this object uses for its consumers' waiter line and
+   * deletes its spent receipts. Items are untouched. Dequeues after
+   * `close()` reject.
    */
-  close(): Promise<void> {
-    return this.#own.close();
+  async close(): Promise<void> {
+    await this.#own.close();
+    await Promise.all([this.sent.flush(), this.#taken.flush()]).catch((err: unknown) =>
+      this.#log('%s: receipt cleanup failed (left for the next writer): %s', this.what, (err as Error).message));
   }
 
   /** `await using q = new Queue(...)` closes it at scope exit. */
@@ -228,13 +289,19 @@ export class Queue extends ItemQueue {
   /**
    * Appends an item: creates `<prefix>/<19-digit nanoseconds>` (no lease)
    * if absent, retrying with a new name on a collision (Go's `newUniqueKV`).
+   * The same Txn writes a receipt under `__<prefix>/sent/`, so a retry after
+   * a lost reply never enqueues twice.
+   * @param options - `guard` (fencing) and `signal`
    * @returns the item's key
-   * @throws InvalidArgumentError if `value` is not a string or Buffer
+   * @throws InvalidArgumentError if `value` is not a string or Buffer, or for a bad guard
+   * @throws NotLeaderError / LockNotHeldError if the guard does not hold (nothing written)
+   * @throws OutcomeUnknownError if the signal aborted while etcd was unreachable mid-write
    */
-  async enqueue(value: string | Buffer): Promise<string> {
+  async enqueue(value: string | Buffer, options: EnqueueOptions = {}): Promise<string> {
     checkValue(value, 'value');
-    const { key } = await createUnique(this.client, () => uniqueKey(this.items),
-      toBuffer(value), this.what);
+    ItemQueue.checkEnqueueOptions(options);
+    const guard = await resolveGuard(this.client, options.guard);
+    const key = await createItem(this.sent, () => uniqueKey(this.items), toBuffer(value), guard, `${this.what}: enqueue`, options.signal);
     return key.toString();
   }
 }
