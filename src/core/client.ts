@@ -16,8 +16,8 @@ const log = logger('client');
  * blip into lost sessions. `createClient` builds a client suited to
  * coordination instead: no hidden re-sends (the recipes retry, with proof),
  * a deadline on every unary call, fast reconnects, and a host policy that
- * steers calls away from a member that just timed out or went silent, as
- * long as another member is not suspect too.
+ * steers calls away from a member that just timed out or went silent, to
+ * the least suspect one.
  */
 
 /** Options of {@link createClient}: etcd3's own, plus the recipes' deadline. */
@@ -25,7 +25,7 @@ export interface ClientOptions extends Omit<IOptions, 'hosts'> {
   /** `host:port` endpoints (a comma-separated string, or a list); `http(s)://` prefixes are accepted. */
   hosts: string | string[];
   /**
-   * Deadline of every unary call, in ms (default 2000). A call still
+   * Deadline of every unary call, in ms (default 1500). A call still
    * unanswered by then fails and is retried (with proof) on another member:
    * this is how a frozen member or a silent connection is left behind.
    */
@@ -34,7 +34,7 @@ export interface ClientOptions extends Omit<IOptions, 'hosts'> {
 
 /** How long a member that timed out or went silent is avoided while another is available. */
 const AVOID_MS = 3000;
-const DEFAULT_CALL_TIMEOUT_MS = 2000;
+const DEFAULT_CALL_TIMEOUT_MS = 1500;
 
 /** The pool object etcd3 shares between a client and its namespaces (internal to etcd3, stable in 1.1.x). */
 interface Pool { close(): void }
@@ -116,7 +116,8 @@ class HostHealth {
     this.#hosts.push(state);
     return {
       execute: async (fn, signal) => {
-        if (performance.now() < state.avoidUntil && this.#hosts.some((h) => h !== state && performance.now() >= h.avoidUntil)) {
+        // Step aside for a member less suspect than this one (all may be suspect during an election).
+        if (performance.now() < state.avoidUntil && this.#hosts.some((h) => h !== state && h.avoidUntil < state.avoidUntil)) {
           throw new MemberAvoidedError(host);
         }
         try {

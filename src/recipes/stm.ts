@@ -1,6 +1,6 @@
 import type { Namespace } from 'etcd3';
 import { abortReason, delay, raceAbort } from '../core/abort.js';
-import { InvalidArgumentError, STMConflictError } from '../core/errors.js';
+import { InvalidArgumentError, STMConflictError, OutcomeUnknownError } from '../core/errors.js';
 import { showKey, toBuffer } from '../core/keys.js';
 import { cmp, op, range, rangeAt, txn, type Compare, type KeyValue, type Op, type RangeOptions } from '../core/kv.js';
 import { logger } from '../core/log.js';
@@ -472,7 +472,8 @@ class Runner<T> implements AttemptHost {
         throw new RestartAttempt(`commit failed without applying: ${message}`, err);
       }
       log('commit outcome unknown: %s', message);
-      throw err;
+      throw new OutcomeUnknownError(`STM commit of ${writes.length} write(s): the Txn was sent and its reply lost (${message}); ` +
+        'it may or may not have applied. Check your own state before running the transaction again.', { cause: err });
     }
     if (res.succeeded) return { committed: true, value };
 
