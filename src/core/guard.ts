@@ -177,3 +177,20 @@ function evaluate(c: Compare, kv: KeyValue | undefined): boolean {
     case '>': return order > 0;
   }
 }
+
+/** Options of a write the library makes for a user: a fencing guard and a signal. */
+export interface GuardedWriteOptions {
+  /**
+   * Fencing: the write lands only if these compares hold, in the same Txn
+   * (e.g. `election.ifLeader()`). Otherwise nothing is written and the call
+   * rejects with the guard's code (`NOT_LEADER`, `LOCK_NOT_HELD`).
+   */
+  guard?: Guard;
+  /**
+   * Stop retrying. An attempt already sent is then voided (it can no longer
+   * land) and the call rejects with the signal's reason, or it is found to
+   * have landed and the call resolves; if etcd cannot be reached to settle
+   * that, the call rejects with OUTCOME_UNKNOWN.
+   */
+  signal?: AbortSignal;
+}

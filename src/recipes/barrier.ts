@@ -1,5 +1,6 @@
 import type { Namespace } from 'etcd3';
 import { linkSignals, raceAbort } from '../core/abort.js';
+import { checkGuard, resolveGuard, type Guard } from '../core/guard.js';
 import { ReceiptBook } from '../core/receipts.js';
 import { showKey, toBuffer } from '../core/keys.js';
 import { cmp, op, range } from '../core/kv.js';
@@ -22,6 +23,8 @@ export interface BarrierHoldOptions {
   session?: Session;
   /** Abort the call; it then rejects with the signal's reason and leaves no key behind. */
   signal?: AbortSignal;
+  /** Fencing: hold only if these compares hold (e.g. `election.ifLeader()`), in the same Txn; else reject with the guard's code. */
+  guard?: Guard;
 }
 
 /** Options of {@link Barrier.wait}, {@link Barrier.release} and {@link Barrier.isHeld}. */
@@ -77,6 +80,7 @@ export class Barrier {
   async hold(options: BarrierHoldOptions = {}): Promise<boolean> {
     checkOptions(options);
     checkSignal(options.signal);
+    checkGuard(options.guard);
     const { session } = options;
     if (session !== undefined) checkSession(session, 'options.session');
     options.signal?.throwIfAborted();
@@ -84,10 +88,12 @@ export class Barrier {
     const lease = session?.leaseId;
     const linked = linkSignals(options.signal, session?.signal);
     try {
+      const guard = await resolveGuard(this.client, options.guard);
       // A receipt proves a landed hold after a lost reply, even once someone released it again.
       const out = await this.#receipts().write({
-        compares: [cmp.version(this.#key, '==', 0n)],
+        compares: [cmp.version(this.#key, '==', 0n), ...guard.compares],
         success: [op.put(this.#key, '', lease)],
+        failure: guard.reads,
       }, { signal: linked.signal, what: `${this.#what}: hold` }).catch((err: unknown) => {
         // The session's lease may be gone on the server before the session noticed.
         throw session ? session.leaseError(err, this.#what) : err;
@@ -98,6 +104,7 @@ export class Barrier {
           { what: `${this.#what}: undo an aborted hold` }).catch((err: unknown) => log('%s: could not undo: %s', this.#what, (err as Error).message));
         throw out.aborted;
       }
+      if (!out.landed && !guard.holds(out.failure)) throw guard.error(`${this.#what}: hold`);
       log('%s: %s', this.#what, out.landed ? `held${lease ? ` (lease ${session!.leaseHex})` : ''}` : 'already held');
       return out.landed;
     } finally {

@@ -2,10 +2,10 @@ import { EventEmitter } from 'node:events';
 import { ClientClosedError, type ComparatorBuilder, type Namespace } from 'etcd3';
 import { delay, linkSignals, raceAbort, type LinkedSignal } from '../core/abort.js';
 import { InvalidArgumentError, isRecipeError, NotLeaderError, withoutStack } from '../core/errors.js';
-import { markGuard } from '../core/guard.js';
+import { checkGuard, markGuard, resolveGuard, type GuardedWriteOptions } from '../core/guard.js';
 import { deleteOwnKey } from '../core/holding.js';
 import { childPrefix, showKey, toBuffer } from '../core/keys.js';
-import { cmp, op, range, txn, type KeyValue } from '../core/kv.js';
+import { cmp, op, range, rangeAt, txn, type KeyValue } from '../core/kv.js';
 import { joinLine, SessionLine } from '../core/line.js';
 import type { LocalRelease } from '../core/local-lock.js';
 import { logger } from '../core/log.js';
@@ -227,22 +227,28 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
    * guarded by our key's create revision, so it cannot land once we lost.
    * @throws NotLeaderError if this object is not (or no longer) the leader
    */
-  async proclaim(value: string | Buffer, options: CampaignOptions = {}): Promise<void> {
+  async proclaim(value: string | Buffer, options: GuardedWriteOptions = {}): Promise<void> {
     checkValue(value, 'value');
     checkOptions(options);
     checkSignal(options.signal);
+    checkGuard(options.guard);
     const term = this.#term;
     if (!term || term.signal.aborted) throw new NotLeaderError(`${this.#what}: cannot proclaim, not the leader`);
     options.signal?.throwIfAborted();
     const bytes = toBuffer(value);
     const { client, leaseId } = this.session;
+    const guard = await resolveGuard(client, options.guard);
+    // Re-sending is harmless: the same value put again under the same compares.
     const res = await retrying(
-      () => raceAbort(txn(client, [cmp.create(this.#key, '==', term.revision)], [op.put(this.#key, bytes, leaseId)]), options.signal, term.signal),
+      () => raceAbort(txn(client, [cmp.create(this.#key, '==', term.revision), ...guard.compares], [op.put(this.#key, bytes, leaseId)],
+        [op.range(this.#key, { keysOnly: true }), ...guard.reads]), options.signal, term.signal),
       { signals: [options.signal, term.signal], maxElapsedMs: Infinity },
     ).catch((err: unknown) => {
       // The lease may be gone on the server before our session noticed: the term is over.
       throw this.session.leaseError(err, this.#what);
     });
+    const ours = res.succeeded || rangeAt(res, 0).kvs[0]?.createRevision === term.revision;
+    if (ours && !res.succeeded) throw guard.error(`${this.#what}: proclaim`);
     if (!res.succeeded) {
       const err = new NotLeaderError(`${this.#what}: our key ${this.key} was deleted; not the leader any more`);
       term.lose(err);

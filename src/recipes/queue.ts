@@ -1,6 +1,6 @@
 import type { Namespace } from 'etcd3';
 import type { Debugger } from 'debug';
-import { checkGuard, resolveGuard, type Guard } from '../core/guard.js';
+import { checkGuard, resolveGuard, type GuardedWriteOptions } from '../core/guard.js';
 import { childPrefix, showKey, toBuffer, uniqueKey } from '../core/keys.js';
 import { cmp, op, range, rangeAt, txn, type Op, type OpResult } from '../core/kv.js';
 import { logger } from '../core/log.js';
@@ -26,21 +26,7 @@ export interface DequeueOptions {
 }
 
 /** Options of {@link Queue.enqueue} and {@link PriorityQueue.enqueue}. */
-export interface EnqueueOptions {
-  /**
-   * Fencing: the item is written only if these compares hold, in the same
-   * Txn (e.g. `election.ifLeader()`). Otherwise nothing is written and the
-   * call rejects with the guard's code (`NOT_LEADER`, `LOCK_NOT_HELD`).
-   */
-  guard?: Guard;
-  /**
-   * Stop retrying. An attempt already sent is then voided (it can no longer
-   * land) and the call rejects with the signal's reason, or it is found to
-   * have landed and the call resolves; if etcd cannot be reached to settle
-   * that, the call rejects with OUTCOME_UNKNOWN.
-   */
-  signal?: AbortSignal;
-}
+export type EnqueueOptions = GuardedWriteOptions;
 
 /** Options of the {@link Queue} and {@link PriorityQueue} constructors. */
 export interface QueueOptions {

@@ -9,6 +9,7 @@ import { createOwnedSession, Session } from '../core/session.js';
 import { checkBoolean, checkClient, checkInteger, checkOptions, checkSignal } from '../core/validate.js';
 import { openWatch, type WatchEvent, type WatchHandle } from '../core/watch-hub.js';
 import { emitSafely } from '../core/events.js';
+import { checkGuard, resolveGuard, type GuardedWriteOptions } from '../core/guard.js';
 
 const log = logger('service-registry');
 
@@ -285,23 +286,32 @@ export class ServiceRegistry<M extends object = ServiceMetadata> extends EventEm
    * again.
    * @throws InvalidArgumentError on bad input, or after `deregister()` or displacement
    */
-  async update(changes: RegistrationUpdate<M>, options: { signal?: AbortSignal } = {}): Promise<void> {
+  async update(changes: RegistrationUpdate<M>, options: GuardedWriteOptions = {}): Promise<void> {
     checkOptions(changes, 'changes');
     if (changes === undefined) throw new InvalidArgumentError('changes', 'must be an object with address and/or metadata');
     if (changes.address !== undefined) checkNonEmptyString(changes.address, 'changes.address');
     checkMetadata(changes.metadata, 'changes.metadata');
     checkOptions(options);
     checkSignal(options.signal);
+    checkGuard(options.guard);
     if (this.#deregistering || this.#displaced) {
       throw new InvalidArgumentError('this', `${this.key} is no longer registered (${this.#displaced ? 'displaced' : 'deregistered'})`);
     }
     options.signal?.throwIfAborted();
+    const before = { address: this.#address, metadata: this.#metadata };
     if (changes.address !== undefined) this.#address = changes.address;
     if (changes.metadata !== undefined) this.#metadata = changes.metadata;
     const session = this.#session;
     if (!this.#registered || !session) return;
-    const res = await retrying(() => raceAbort(txn(this.client, [leaseIs(this.key, session.leaseId)],
-      [op.put(this.key, this.#value(), session.leaseId)]), options.signal), { signals: [options.signal, session.signal] });
+    const guard = await resolveGuard(this.client, options.guard);
+    // Re-sending is harmless: the same value put again under the same compares.
+    const res = await retrying(() => raceAbort(txn(this.client, [leaseIs(this.key, session.leaseId), ...guard.compares],
+      [op.put(this.key, this.#value(), session.leaseId)], [op.range(this.key, { keysOnly: true }), ...guard.reads]), options.signal),
+    { signals: [options.signal, session.signal] });
+    if (!res.succeeded && rangeAt(res, 0).kvs[0]?.lease === session.leaseId && !guard.holds(res.responses.slice(1))) {
+      ({ address: this.#address, metadata: this.#metadata } = before);
+      throw guard.error(`${this.key}: update`);
+    }
     if (res.succeeded) {
       if (res.revision > this.#revision) this.#revision = res.revision;
       log('%s updated (revision %s)', this.key, res.revision);

@@ -2,7 +2,7 @@ import type { ComparatorBuilder, Namespace } from 'etcd3';
 import type { Debugger } from 'debug';
 import { linkSignals, type LinkedSignal } from '../core/abort.js';
 import { InvalidArgumentError, LockNotHeldError } from '../core/errors.js';
-import { checkGuard, markGuard, resolveGuard, type Guard } from '../core/guard.js';
+import { checkGuard, markGuard, resolveGuard, type GuardedWriteOptions } from '../core/guard.js';
 import { childPrefix, showKey, toBuffer, uniqueSuffix } from '../core/keys.js';
 import { cmp, op, range, rangeAt, txn, type Op, type OpResult } from '../core/kv.js';
 import { logger } from '../core/log.js';
@@ -32,22 +32,7 @@ export interface WorkQueueOptions {
   maxAttempts?: number;
 }
 
-/** Options of the writes a caller fences: {@link WorkQueue.add}, {@link Job.ack}, {@link WorkQueue.retryDead}... */
-export interface GuardedWriteOptions {
-  /**
-   * Fencing: the write lands only if these compares hold, in the same Txn
-   * (e.g. `election.ifLeader()`). Otherwise nothing is written and the call
-   * rejects with the guard's code (`NOT_LEADER`, `LOCK_NOT_HELD`).
-   */
-  guard?: Guard;
-  /**
-   * Stop retrying. An attempt already sent is then voided (it can no longer
-   * land) and the call rejects with the signal's reason, or it is found to
-   * have landed and the call resolves; if etcd cannot be reached to settle
-   * that, the call rejects with OUTCOME_UNKNOWN.
-   */
-  signal?: AbortSignal;
-}
+export type { GuardedWriteOptions } from '../core/guard.js';
 
 /** Options of {@link WorkQueue.add}. */
 export interface AddJobOptions extends GuardedWriteOptions {
