@@ -129,18 +129,21 @@ function releaseGates(dir: string): void {
 }
 
 /**
- * A child command that prints `start <label> <token>`, waits until the test
- * opens its gate (the fifo `<dir>/gate-<label>`), prints `end <label>` and
- * exits with `code`. On SIGTERM it prints `term <label>` and exits 0 (unless
- * `ignoreTerm`). `label` may use shell variables (e.g. the fencing token).
+ * A child command that prints `start <label> <token> <pid>`, waits until the
+ * test opens its gate (the fifo `<dir>/gate-<label>`), prints `end <label>`
+ * and exits with `code`. On SIGTERM it prints `term <label>` and exits 0
+ * (unless `ignoreTerm`). `label` may use shell variables (e.g. the fencing
+ * token). With `log`, the start and end lines are also appended to that file,
+ * in the order they happen across processes.
  */
-export function gatedChild(dir: string, label: string, options: { code?: number; ignoreTerm?: boolean } = {}): string[] {
+export function gatedChild(dir: string, label: string, options: { code?: number; ignoreTerm?: boolean; log?: string } = {}): string[] {
   const gate = `${dir}/gate-${label}`;
+  const say = (line: string) => `echo "${line}"${options.log ? `; echo "${line}" >> "${options.log}"` : ''}`;
   // The wait runs in the background so that the shell runs its TERM trap at once (and stops it). An
   // external command with its output to /dev/null keeps no copy of the tool's stdout if orphaned.
   const trap = options.ignoreTerm ? `trap 'echo "ignored ${label}"' TERM` : `trap 'echo "term ${label}"; kill $p 2>/dev/null; exit 0' TERM`;
-  const script = `${trap}; [ -p "${gate}" ] || mkfifo "${gate}"; echo "start ${label} $ETCD_RECIPES_FENCING_TOKEN"; `
-    + `cat "${gate}" > /dev/null 2>&1 & p=$!; while ! wait $p; do kill -0 $p 2>/dev/null || break; done; echo "end ${label}"; exit ${options.code ?? 0}`;
+  const script = `${trap}; [ -p "${gate}" ] || mkfifo "${gate}"; ${say(`start ${label} $ETCD_RECIPES_FENCING_TOKEN $$`)}; `
+    + `cat "${gate}" > /dev/null 2>&1 & p=$!; while ! wait $p; do kill -0 $p 2>/dev/null || break; done; ${say(`end ${label}`)}; exit ${options.code ?? 0}`;
   return ['sh', '-c', script];
 }
 

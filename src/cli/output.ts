@@ -6,7 +6,8 @@ export function say(stream: NodeJS.WritableStream, message: string): void {
   stream.write(`${PROGRAM}: ${message}\n`);
 }
 
-const BIG = '\u0000bigint:';
+// A private-use character: JSON.stringify leaves it as is (it would escape a control character).
+const BIG = '\uE000bigint:';
 
 /**
  * JSON with bigints (revisions, fencing tokens) written as exact numbers:
