@@ -4,6 +4,7 @@ import { clientScope } from './client.js';
 import { ClosedError } from './errors.js';
 import { classifyEtcdError, txnKey } from './etcd-errors.js';
 import { prefixEnd, toBuffer } from './keys.js';
+import { retrying } from './retry.js';
 
 /*
  * The one place that builds raw etcd requests. etcd3's builders cannot express
@@ -221,8 +222,22 @@ export function callError(err: unknown, key: string | Buffer | (() => string | B
   return classifyEtcdError(err, key);
 }
 
-/** Runs one Txn: `if (compares) then (success) else (failure)`. */
+/**
+ * How long a read is retried on transient errors (a deadline, a member
+ * restarting) before its caller sees the error. Reads are harmless to repeat;
+ * writes are retried by their recipe, which proves whether they landed.
+ */
+const READ_RETRY_MS = 30_000;
+
+/** Runs one Txn: `if (compares) then (success) else (failure)`. A read-only Txn is retried like a read. */
 export async function txn(client: Namespace, compares: Compare[], success: Op[], failure: Op[] = []): Promise<TxnResult> {
+  if (compares.length === 0 && success.every((o) => o.type === 'range')) {
+    return retrying(() => sendTxn(client, compares, success, failure), { maxElapsedMs: READ_RETRY_MS });
+  }
+  return sendTxn(client, compares, success, failure);
+}
+
+async function sendTxn(client: Namespace, compares: Compare[], success: Op[], failure: Op[]): Promise<TxnResult> {
   const res = await send(client, () => txnKey(compares, success), () => client.kv.txn({
     compare: compares.map((c) => encodeCompare(client, c)),
     success: success.map((o) => encodeOp(client, o)),
@@ -236,9 +251,10 @@ export async function txn(client: Namespace, compares: Compare[], success: Op[],
   };
 }
 
-/** One range read. */
+/** One range read, retried on transient errors. */
 export async function range(client: Namespace, key: string | Buffer, options?: RangeOptions): Promise<RangeResult> {
-  const res = await send(client, key, () => client.kv.range(encodeRange(client, key, options) as never));
+  const res = await retrying(() => send(client, key, () => client.kv.range(encodeRange(client, key, options) as never)),
+    { maxElapsedMs: READ_RETRY_MS });
   return decodeRange(client, res as never);
 }
 

@@ -16,7 +16,7 @@ import { inspectWorkQueue, type WorkQueueInspection } from './work-queue.js';
  *
  *  1. `X/jobs|claims|attempts|dead/<5 digits>-<digits>`: work queue `X`
  *     (and then `X/waiters/...` is its claimers' line);
- *  2. `__X/waiters/...`, `__X/receipts/...`: queue `X`; `__X/<5 digits>`:
+ *  2. `__X/waiters/...`: queue `X`; `__X/<5 digits>`:
  *     priority queue `X` (the bookkeeping of Queue and PriorityQueue);
  *  3. `X/read/<19 digits>` or `X/write/<19 digits>` with a lease: RWMutex `X`;
  *  4. `X/queue/<19 digits>` with a lease, or `X/permits`: semaphore `X`;
@@ -57,7 +57,9 @@ export interface DiscoverOptions {
 const PAGE = 5000;
 const WQ = /^(.+)\/(jobs|claims|attempts|dead)\/[0-9]{5}-[0-9]+$/;
 const WQ_WAITER = /^(.+)\/waiters\/[0-9]+$/;
-const BOOK = /^__(.+)\/(?:(waiters|receipts)\/.*|([0-9]{5}))$/;
+const BOOK = /^__(.+)\/(?:(waiters)\/.*|([0-9]{5}))$/;
+/** Receipts of proven writes (core/receipts.ts): bookkeeping, never a recipe of their own. */
+const RECEIPT = /^(?:__.+\/(?:sent|taken|receipts)|.+\/receipts)\/[0-9]{19}$/;
 const RW = /^(.+)\/(read|write)\/[0-9]{19}$/;
 const SEM = /^(.+)\/(?:queue\/[0-9]{19}|(permits))$/;
 const PQ = /^(.+)\/[0-9]{5}\/[0-9]{16}$/;
@@ -118,7 +120,7 @@ export async function discoverRecipes(client: Namespace, prefix: string, options
   for (const { key, lease } of keys) {
     const leased = lease !== '0';
     let m: RegExpExecArray | null;
-    if (WQ.test(key)) continue;
+    if (WQ.test(key) || RECEIPT.test(key)) continue;
     if ((m = WQ_WAITER.exec(key)) && workQueues.has(m[1]!)) continue;
     if ((m = BOOK.exec(key))) {
       (m[3] ? priorityQueues : queues).add(m[1]!);
