@@ -3,7 +3,7 @@ import { LockNotHeldError, withoutStack } from './errors.js';
 import { cmp, op, txn } from './kv.js';
 import { showKey } from './keys.js';
 import type { LocalRelease } from './local-lock.js';
-import type { Debugger } from 'debug';
+import type { Logger } from './log.js';
 import { retrying } from './retry.js';
 import type { Session } from './session.js';
 
@@ -22,7 +22,7 @@ import type { Session } from './session.js';
  * wire-compatible with Go (whose Unlock deletes unconditionally) and never
  * deletes a key that a later call re-created.
  */
-export async function deleteOwnKey(session: Session, key: Buffer, rev: bigint | undefined, log?: Debugger): Promise<void> {
+export async function deleteOwnKey(session: Session, key: Buffer, rev: bigint | undefined, log?: Logger): Promise<void> {
   const client = session.client;
   const guard = rev === undefined ? { key, target: 'Lease' as const, result: '==' as const, value: session.leaseId } : cmp.create(key, '==', rev);
   await retrying(() => txn(client, [guard], [op.delete(key)]), {
@@ -44,7 +44,7 @@ export async function deleteOwnKey(session: Session, key: Buffer, rev: bigint | 
  * background); never rejects.
  */
 export function cleanUpAfter(inFlight: Promise<unknown>, cleanup: () => Promise<void>, releaseLocal: LocalRelease,
-  log?: Debugger, waitMs = 1000): Promise<void> {
+  log?: Logger, waitMs = 1000): Promise<void> {
   const done = inFlight
     .catch(() => undefined)
     .then(cleanup)
@@ -82,7 +82,7 @@ export class Holding implements HeldKey {
   readonly #key: Buffer;
   readonly #releaseLocal: LocalRelease;
   readonly #what: string;
-  readonly #log: Debugger | undefined;
+  readonly #log: Logger | undefined;
   #controller: AbortController | undefined;
   #detach: (() => void) | undefined;
   #releasing: Promise<void> | undefined;
@@ -92,7 +92,7 @@ export class Holding implements HeldKey {
    * it is called once our key is deleted. (When the session is lost instead,
    * the local callers behind us fail on the session's signal by themselves.)
    */
-  constructor(session: Session, key: Buffer, rev: bigint, releaseLocal: LocalRelease, what: string, log?: Debugger) {
+  constructor(session: Session, key: Buffer, rev: bigint, releaseLocal: LocalRelease, what: string, log?: Logger) {
     this.#session = session;
     this.#key = key;
     this.fencingToken = rev;

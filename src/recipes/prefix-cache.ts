@@ -50,7 +50,11 @@ export class CachedKeyValue {
   readonly #rawKey: Buffer | undefined;
   readonly #rawValue: Buffer | undefined;
 
-  /** @internal */
+  /**
+   * Made by the cache for each entry; not meant to be called directly.
+   * @param kv - the key-value as etcd3 returned it
+   * @param key - the key as a string
+   */
   constructor(kv: KeyValue, key: string) {
     this.key = key;
     this.value = kv.value.toString('utf8');

@@ -1,5 +1,5 @@
 import type { Namespace } from 'etcd3';
-import type { Debugger } from 'debug';
+import type { Logger } from '../core/log.js';
 import { childPrefix, showKey, toBuffer, uniqueKey } from '../core/keys.js';
 import { cmp, op, range, rangeAt, txn, type Op, type OpResult } from '../core/kv.js';
 import { logger } from '../core/log.js';
@@ -52,7 +52,7 @@ function bookPrefix(name: string | Buffer): Buffer {
 class ItemSource implements ClaimSource<QueueItem> {
   readonly client: Namespace;
   readonly what: string;
-  readonly log: Debugger;
+  readonly log: Logger;
   readonly waitersPrefix: Buffer;
   readonly headWatch: WatchSpec;
   readonly #items: Buffer;
@@ -60,7 +60,7 @@ class ItemSource implements ClaimSource<QueueItem> {
   readonly #sort: 'Mod' | 'Key';
   readonly #interchangeable: (cands: Candidate[]) => number;
 
-  constructor(client: Namespace, items: Buffer, book: Buffer, sort: 'Mod' | 'Key', what: string, log: Debugger,
+  constructor(client: Namespace, items: Buffer, book: Buffer, sort: 'Mod' | 'Key', what: string, log: Logger,
     interchangeable: (cands: Candidate[]) => number) {
     this.client = client;
     this.#items = items;
@@ -126,7 +126,7 @@ class ItemSource implements ClaimSource<QueueItem> {
 }
 
 /**
- * @internal What Queue and PriorityQueue share: the consumer side (a
+ * What Queue and PriorityQueue share: the consumer side (a
  * herd-free line over the items) and the lease of its bookkeeping keys.
  */
 export abstract class ItemQueue implements AsyncDisposable {
@@ -144,7 +144,7 @@ export abstract class ItemQueue implements AsyncDisposable {
    * @param interchangeable - how many leading candidates competing consumers may take in any order
    */
   protected constructor(client: Namespace, name: string | Buffer, argument: string, options: QueueOptions, kind: string,
-    sort: 'Mod' | 'Key', interchangeable: (items: Buffer) => (cands: Candidate[]) => number, queueLog: Debugger) {
+    sort: 'Mod' | 'Key', interchangeable: (items: Buffer) => (cands: Candidate[]) => number, queueLog: Logger) {
     checkClient(client);
     checkName(name, argument);
     checkOptions(options);

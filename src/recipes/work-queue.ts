@@ -1,5 +1,5 @@
 import type { ComparatorBuilder, Namespace } from 'etcd3';
-import type { Debugger } from 'debug';
+import type { Logger } from '../core/log.js';
 import { linkSignals, type LinkedSignal } from '../core/abort.js';
 import { InvalidArgumentError, LockNotHeldError } from '../core/errors.js';
 import { childPrefix, showKey, toBuffer, uniqueSuffix } from '../core/keys.js';
@@ -146,7 +146,7 @@ class Layout {
 class JobSource implements ClaimSource<Claimed> {
   readonly client: Namespace;
   readonly what: string;
-  readonly log: Debugger = log;
+  readonly log: Logger = log;
   readonly waitersPrefix: Buffer;
   readonly headWatch: WatchSpec;
   readonly #k: Layout;

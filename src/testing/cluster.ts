@@ -99,7 +99,7 @@ export class EtcdMember {
   #exited: Promise<number | null> = Promise.resolve(null);
   #log: string[] = [];
 
-  /** @internal */
+  /** Made by {@link EtcdCluster.start}; not meant to be called directly. */
   constructor(bin: string, name: string, clientPort: number, peerPort: number, dataDir: string, args: string[]) {
     this.#bin = bin;
     this.name = name;
