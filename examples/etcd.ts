@@ -1,5 +1,5 @@
 import { Etcd3 } from 'etcd3';
-import { EtcdCluster } from '../src/testing/index.js';
+import { EtcdCluster } from 'etcd-recipes/testing';
 
 /**
  * The etcd an example talks to: ETCD_ENDPOINTS (comma-separated host:port)
