@@ -32,6 +32,7 @@ export interface PrefixCacheWaitOptions {
 /**
  * One key of a {@link PrefixCache}, as etcd last reported it. Immutable: a
  * change replaces the object.
+ * @hideconstructor
  */
 export class CachedKeyValue {
   /** The key (UTF-8 decoded; see {@link CachedKeyValue.keyBuffer} for the exact bytes). */

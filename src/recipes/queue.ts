@@ -35,6 +35,7 @@ export interface QueueOptions {
 export interface QueueItem {
   /** The item's key, e.g. `<prefix>/<19 digits>`. */
   key: Buffer;
+  /** The item's value, as enqueued. */
   value: Buffer;
 }
 

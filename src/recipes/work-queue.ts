@@ -93,8 +93,11 @@ export interface WorkQueueStats {
 
 /** A dead-lettered job, from {@link WorkQueue.deadLetters}. */
 export interface DeadJob {
+  /** The job's ID, as `Job.id` had it. */
   id: string;
+  /** The job's value (UTF-8). */
   value: string;
+  /** The job's value, as bytes. */
   buffer: Buffer;
 }
 

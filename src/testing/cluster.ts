@@ -22,7 +22,12 @@ export interface EtcdClusterOptions {
    * leader failover and 1–2 s lease TTLs behave in tests. `'default'`: etcd's
    * own 100 ms / 1000 ms. Or explicit values.
    */
-  timing?: 'fast' | 'default' | { heartbeatMs: number; electionMs: number };
+  timing?: 'fast' | 'default' | {
+    /** etcd's `--heartbeat-interval`, in milliseconds. */
+    heartbeatMs: number;
+    /** etcd's `--election-timeout`, in milliseconds. */
+    electionMs: number;
+  };
   /** Path of the etcd binary; default from {@link findEtcdBinary}. */
   etcdBin?: string;
   /** Install etcd with apt-get when missing (root only). Default false. */
@@ -89,7 +94,9 @@ export class EtcdMember {
   readonly endpoint: string;
   /** `http://127.0.0.1:<port>` */
   readonly clientUrl: string;
+  /** `http://127.0.0.1:<port>`: where the other members reach it. */
   readonly peerUrl: string;
+  /** This member's data directory. */
   readonly dataDir: string;
   #args: string[];
   #bin: string;
@@ -259,7 +266,14 @@ export class EtcdMember {
   }
 
   /** The member's status: its own ID and the leader's ID as it sees it (decimal strings). */
-  async status(timeoutMs = 1000): Promise<{ memberId: string; leaderId: string; raftTerm: string }> {
+  async status(timeoutMs = 1000): Promise<{
+    /** This member's ID. */
+    memberId: string;
+    /** The leader's ID, as this member sees it. */
+    leaderId: string;
+    /** The current Raft term. */
+    raftTerm: string;
+  }> {
     const res = await fetch(`${this.clientUrl}/v3/maintenance/status`, {
       method: 'POST', body: '{}', signal: AbortSignal.timeout(timeoutMs),
     });
@@ -291,6 +305,7 @@ function defaultDataRoot(dataDir: EtcdClusterOptions['dataDir']): string {
  * ```
  */
 export class EtcdCluster implements AsyncDisposable {
+  /** The members, in start order (`m0`, `m1`, ...). */
   readonly members: readonly EtcdMember[];
   /** Root directory of this cluster's data (removed on stop). */
   readonly dataDir: string;
@@ -432,6 +447,7 @@ export class EtcdCluster implements AsyncDisposable {
     rmSync(this.dataDir, { recursive: true, force: true });
   }
 
+  /** `await using etcd = await EtcdCluster.start()` stops it at scope exit. */
   [Symbol.asyncDispose](): Promise<void> {
     return this.stop();
   }
