@@ -8,6 +8,8 @@ export {
   isRecipeError, RECIPE_ERROR_CODES,
 } from './core/errors.js';
 export type { RecipeErrorCode, RecipeErrorByCode } from './core/errors.js';
+export { createClient, closeClient } from './core/client.js';
+export type { ClientOptions } from './core/client.js';
 export { Session } from './core/session.js';
 export type { SessionOptions, SessionEvents } from './core/session.js';
 export type { HeldKey } from './core/holding.js';
@@ -46,3 +48,29 @@ export type { QueueOptions, DequeueOptions, QueueItem } from './recipes/queue.js
 export { PriorityQueue, MAX_PRIORITY } from './recipes/priority-queue.js';
 export { WorkQueue, DEFAULT_JOB_PRIORITY } from './recipes/work-queue.js';
 export type { WorkQueueOptions, AddJobOptions, ClaimOptions, Job, WorkQueueStats, DeadJob } from './recipes/work-queue.js';
+
+export { runWithSession } from './recipes/run-with-session.js';
+export type { RunWithSessionOptions } from './recipes/run-with-session.js';
+export { acquireAll, withLocks } from './recipes/multi-lock.js';
+export type { MultiLockHandle, MultiLockContext } from './recipes/multi-lock.js';
+export { MAX_PERMITS_PER_ACQUIRE } from './recipes/semaphore.js';
+export type { STMRangeItem } from './recipes/stm.js';
+export { inspectLock, inspectSemaphore, inspectRWMutex } from './inspect/locks.js';
+export type { LockInspection, SemaphoreInspection, RWMutexInspection, RWLockKey } from './inspect/locks.js';
+export type { InspectOptions, InspectedKey } from './inspect/read.js';
+export { inspectElection } from './inspect/election.js';
+export type { ElectionInspection, Candidate as ElectionCandidate } from './inspect/election.js';
+export { inspectQueue } from './inspect/queue.js';
+export type { QueueInspection, QueueHead, QueueKind, InspectQueueOptions } from './inspect/queue.js';
+export { inspectWorkQueue } from './inspect/work-queue.js';
+export type { WorkQueueInspection, InspectedJob, ClaimedJob, InspectedDeadJob } from './inspect/work-queue.js';
+export { inspectServices } from './inspect/services.js';
+export type { ServicesInspection, InspectedInstance, InspectServicesOptions } from './inspect/services.js';
+export { discoverRecipes, inspectRecipe } from './inspect/discover.js';
+export type { RecipeKind, DiscoveredRecipe, DiscoverOptions, RecipeInspection } from './inspect/discover.js';
+export { inspectStatus, watchStatus } from './inspect/status.js';
+export type { StatusOptions, WatchStatusOptions } from './inspect/status.js';
+export { formatStatus, formatInspection, inspectionJSON } from './inspect/format.js';
+export type { FormatOptions } from './inspect/format.js';
+export { startDashboard } from './dashboard/server.js';
+export type { Dashboard, DashboardOptions, DashboardState } from './dashboard/server.js';

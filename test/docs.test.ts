@@ -14,7 +14,8 @@ import { RECIPE_ERROR_CODES } from '../src/index.js';
  * a first line `// docs-check: skip — <reason>`.
  *
  * Blocks are excerpts: they may use, without declaring them, the names below
- * (an `Etcd3` called `client`, a `Session`, a `signal`, a `log`). A block
+ * (an `Etcd3` called `client`, a `Session`, a `signal`, a `log`, the
+ * reader's own `runJob(value, signal)`). A block
  * that declares one of them shadows it.
  */
 const root = fileURLToPath(new URL('..', import.meta.url));
@@ -29,6 +30,8 @@ declare global {
   var session: Session;
   var signal: AbortSignal;
   var log: { info(message: string): void; warn(message: string): void; error(message: string): void };
+  /** The reader's own work, as docs/patterns.md says. */
+  function runJob(value: string, signal: AbortSignal): Promise<string>;
 }
 export {};
 `;

@@ -1,6 +1,7 @@
 import { findEtcdBinary, findEtcdctlBinary, EtcdNotFoundError } from '../src/testing/index.js';
+import { ensureChromium } from './fixtures/chromium.js';
 
-/** Makes sure etcd (and etcdctl) exist before any test starts, installing them when allowed. */
+/** Makes sure etcd (and etcdctl), and Chromium for the dashboard test, exist before any test starts, installing them when allowed. */
 export default function setup(): void {
   try {
     // Validates ETCD_BIN / ETCDCTL_BIN when set, else finds (or installs) the binaries.
@@ -14,4 +15,7 @@ export default function setup(): void {
     }
     throw err;
   }
+  // The dashboard's browser test needs Chromium; without it that test is skipped, not failed.
+  const chromium = ensureChromium();
+  if (chromium) process.env.CHROMIUM_BIN = chromium;
 }

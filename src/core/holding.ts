@@ -6,6 +6,7 @@ import type { LocalRelease } from './local-lock.js';
 import type { Logger } from './log.js';
 import { retrying } from './retry.js';
 import type { Session } from './session.js';
+import { watchOwnKey } from './own-key.js';
 
 /*
  * What a recipe hands to the caller once it holds something (a lock, a read
@@ -22,10 +23,11 @@ import type { Session } from './session.js';
  * wire-compatible with Go (whose Unlock deletes unconditionally) and never
  * deletes a key that a later call re-created.
  */
-export async function deleteOwnKey(session: Session, key: Buffer, rev: bigint | undefined, log?: Logger): Promise<void> {
+export async function deleteOwnKey(session: Session, key: Buffer, rev: bigint | undefined, log?: Logger, group?: Buffer): Promise<void> {
   const client = session.client;
   const guard = rev === undefined ? { key, target: 'Lease' as const, result: '==' as const, value: session.leaseId } : cmp.create(key, '==', rev);
-  await retrying(() => txn(client, [guard], [op.delete(key)]), {
+  // A group (keys written together under one unique prefix, `key` among them) goes as one.
+  await retrying(() => txn(client, [guard], [group ? op.deletePrefix(group) : op.delete(key)]), {
     signals: [session.signal],
     maxElapsedMs: Infinity,
     onRetry: (err) => log?.('delete of %s failed, retrying: %s', showKey(key), (err as Error).message),
@@ -61,7 +63,10 @@ export interface HeldKey extends AsyncDisposable {
   readonly key: string;
   /** The key's create revision: a fencing token that grows with every new holder. */
   readonly fencingToken: bigint;
-  /** Aborted when the hold ends: released, or the session lost (reason: SessionExpiredError). */
+  /**
+   * Aborted when the hold ends: released, the session lost (reason: SessionExpiredError), the
+   * key deleted by someone else (LockNotHeldError), or the client closed (ClosedError).
+   */
   readonly signal: AbortSignal;
   /** True once released (or lost). */
   readonly released: boolean;
@@ -83,22 +88,26 @@ export class Holding implements HeldKey {
   readonly #releaseLocal: LocalRelease;
   readonly #what: string;
   readonly #log: Logger | undefined;
+  readonly #group: Buffer | undefined;
   #controller: AbortController | undefined;
   #detach: (() => void) | undefined;
   #releasing: Promise<void> | undefined;
+  #lostKey = false;
 
   /**
    * `releaseLocal` lets the next local caller on the same per-session key go;
    * it is called once our key is deleted. (When the session is lost instead,
    * the local callers behind us fail on the session's signal by themselves.)
+   * `group`: the hold is every key under this prefix (`key` among them), deleted together.
    */
-  constructor(session: Session, key: Buffer, rev: bigint, releaseLocal: LocalRelease, what: string, log?: Logger) {
+  constructor(session: Session, key: Buffer, rev: bigint, releaseLocal: LocalRelease, what: string, log?: Logger, group?: Buffer) {
     this.#session = session;
     this.#key = key;
     this.fencingToken = rev;
     this.#releaseLocal = releaseLocal;
     this.#what = what;
     this.#log = log;
+    this.#group = group;
   }
 
   get key(): string {
@@ -118,16 +127,34 @@ export class Holding implements HeldKey {
       if (this.#releasing) controller.abort(this.#releasedReason());
       else if (lost.aborted) controller.abort(lost.reason);
       else {
-        const onLost = () => controller.abort(lost.reason);
+        const onLost = () => {
+          stopWatching();
+          controller.abort(lost.reason);
+        };
         lost.addEventListener('abort', onLost, { once: true });
-        this.#detach = () => lost.removeEventListener('abort', onLost);
+        // Someone else may delete our key (an operator, a revoked lease): the hold is then lost too.
+        const stopWatching = watchOwnKey(this.#session.client, this.#key, this.fencingToken, (err) => {
+          this.#lostKey = true;
+          this.#log?.('%s lost: its key %s', this.#what, err.message);
+          if (err.name === 'ClosedError') return controller.abort(err);
+          // Deleted with our lease (revoked, expired): say so as the session's loss, which onLost reports.
+          void this.#session.verifyLease().then((alive) => {
+            if (!alive) return;
+            lost.removeEventListener('abort', onLost);
+            controller.abort(new LockNotHeldError(`${this.#what} lost: its key ${showKey(this.#key)} was ${err.message}`, { cause: err }));
+          });
+        });
+        this.#detach = () => {
+          lost.removeEventListener('abort', onLost);
+          stopWatching();
+        };
       }
     }
     return this.#controller.signal;
   }
 
   get released(): boolean {
-    return !!this.#releasing || this.#session.expired;
+    return !!this.#releasing || this.#lostKey || this.#session.expired;
   }
 
   ifOwner(): ComparatorBuilder {
@@ -148,7 +175,7 @@ export class Holding implements HeldKey {
       try {
         // The local turn passes on only after our key is gone: the next local caller would
         // otherwise adopt our key (same lease, same name) and then see it deleted under it.
-        if (!this.#session.expired) await deleteOwnKey(this.#session, this.#key, this.fencingToken, this.#log);
+        if (!this.#session.expired) await deleteOwnKey(this.#session, this.#key, this.fencingToken, this.#log, this.#group);
         this.#log?.('%s released (token %s)', this.#what, this.fencingToken);
         done();
       } catch (err) {

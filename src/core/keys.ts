@@ -2,7 +2,7 @@
  * Key encoding: the one place that turns names into etcd keys.
  */
 
-import { perProcess } from './per-process.js';
+import { processWide } from './shared.js';
 
 /** Encodes a string (UTF-8) or passes a Buffer through. */
 export function toBuffer(key: string | Buffer): Buffer {
@@ -66,7 +66,7 @@ export function showKey(key: Buffer | string): string {
 export function uniqueSuffix(): string {
   const now = BigInt(Date.now()) * 1_000_000n;
   const sub = process.hrtime.bigint() % 1_000_000n;
-  const last = (clock ??= perProcess('uniqueClock.v1', () => ({ last: 0n })));
+  const last = (clock ??= processWide('unique-clock.v1', () => ({ last: 0n })));
   let n = now + sub;
   if (n <= last.last) n = last.last + 1n;
   last.last = n;

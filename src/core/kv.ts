@@ -1,4 +1,8 @@
-import type { Namespace } from 'etcd3';
+import { ClientClosedError, type Namespace } from 'etcd3';
+import { raceAbort } from './abort.js';
+import { clientScope } from './client.js';
+import { ClosedError } from './errors.js';
+import { classifyEtcdError, txnKey } from './etcd-errors.js';
 import { prefixEnd, toBuffer } from './keys.js';
 
 /*
@@ -28,6 +32,8 @@ export interface Compare {
   result: '==' | '!=' | '<' | '>';
   /** Revisions/versions as bigint; values as string or Buffer; lease as decimal string. */
   value: bigint | string | Buffer;
+  /** Compare every key starting with `key` (etcd's range_end; true only if it holds for each). */
+  prefix?: boolean;
 }
 
 /** Options of a range read. */
@@ -115,7 +121,9 @@ function rangeEnd(client: Namespace, key: Buffer, options: { prefix?: boolean; e
 function encodeCompare(client: Namespace, c: Compare): Raw {
   const v = c.value;
   const encoded = typeof v === 'bigint' ? v.toString() : c.target === 'Value' ? toBuffer(v) : v;
-  return { key: encodeKey(client, c.key), target: c.target, result: resultNames[c.result], [targetFields[c.target]]: encoded };
+  const req: Raw = { key: encodeKey(client, c.key), target: c.target, result: resultNames[c.result], [targetFields[c.target]]: encoded };
+  if (c.prefix) req.range_end = rangeEnd(client, toBuffer(c.key), { prefix: true });
+  return req;
 }
 
 function encodeRange(client: Namespace, key: string | Buffer, o: RangeOptions = {}): Raw {
@@ -192,13 +200,34 @@ function decodeOpResult(client: Namespace, r: Raw, revision: bigint): OpResult {
   return { type: 'delete', revision, deleted: BigInt(d.deleted ?? '0'), prevKvs: (d.prev_kvs ?? []).map((kv) => decodeKv(client, kv)) };
 }
 
+/**
+ * Sends one call, settling it with a ClosedError as soon as the client is
+ * closed (grpc-js lets calls on a closed channel hang), and turning etcd3's
+ * errors into the library's where they have a meaning for the caller.
+ */
+async function send<T>(client: Namespace, key: string | Buffer | (() => string | Buffer | undefined), call: () => Promise<T>): Promise<T> {
+  const { signal } = clientScope(client);
+  signal.throwIfAborted();
+  try {
+    return await raceAbort(call(), signal);
+  } catch (err) {
+    throw callError(err, key);
+  }
+}
+
+/** The library's error for an etcd3 error, where it has one (closed, permission denied); else the error as is. */
+export function callError(err: unknown, key: string | Buffer | (() => string | Buffer | undefined)): unknown {
+  if (err instanceof ClientClosedError) return new ClosedError('the etcd client was closed', { cause: err });
+  return classifyEtcdError(err, key);
+}
+
 /** Runs one Txn: `if (compares) then (success) else (failure)`. */
 export async function txn(client: Namespace, compares: Compare[], success: Op[], failure: Op[] = []): Promise<TxnResult> {
-  const res = await client.kv.txn({
+  const res = await send(client, () => txnKey(compares, success), () => client.kv.txn({
     compare: compares.map((c) => encodeCompare(client, c)),
     success: success.map((o) => encodeOp(client, o)),
     failure: failure.map((o) => encodeOp(client, o)),
-  } as never);
+  } as never));
   const revision = BigInt(res.header.revision);
   return {
     succeeded: res.succeeded,
@@ -209,7 +238,7 @@ export async function txn(client: Namespace, compares: Compare[], success: Op[],
 
 /** One range read. */
 export async function range(client: Namespace, key: string | Buffer, options?: RangeOptions): Promise<RangeResult> {
-  const res = await client.kv.range(encodeRange(client, key, options) as never);
+  const res = await send(client, key, () => client.kv.range(encodeRange(client, key, options) as never));
   return decodeRange(client, res as never);
 }
 
@@ -219,7 +248,7 @@ export async function del(client: Namespace, key: string | Buffer, options: { pr
   const req: Raw = { key: encodeKey(client, k) };
   const end = rangeEnd(client, k, options);
   if (end) req.range_end = end;
-  const res = await client.kv.deleteRange(req as never);
+  const res = await send(client, key, () => client.kv.deleteRange(req as never));
   return { type: 'delete', revision: BigInt(res.header.revision), deleted: BigInt(res.deleted ?? '0'), prevKvs: [] };
 }
 

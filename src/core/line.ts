@@ -2,7 +2,7 @@ import type { Logger } from './log.js';
 import { combineSignals, raceAbort } from './abort.js';
 import { cleanUpAfter, deleteOwnKey } from './holding.js';
 import { childPrefix, sessionKey, showKey, uniqueKey } from './keys.js';
-import { cmp, op, range, rangeAt, txn, type KeyValue, type Op, type OpResult, type RangeOptions } from './kv.js';
+import { cmp, op, range, rangeAt, txn, type Compare, type KeyValue, type Op, type OpResult, type RangeOptions } from './kv.js';
 import { takeLocalTurn, type LocalRelease } from './local-lock.js';
 import { retrying } from './retry.js';
 import type { Session } from './session.js';
@@ -22,6 +22,8 @@ export interface PendingKey {
   key?: Buffer;
   /** Its create revision, once the Txn's reply arrived. */
   rev?: bigint;
+  /** Set when the entry is several keys under this prefix (`key` among them), written and deleted together. */
+  group?: Buffer;
 }
 
 /** Options of {@link joinLine}. */
@@ -89,7 +91,7 @@ export async function joinLine<T>(session: Session, o: JoinLineOptions<T>): Prom
     const waited = !!state.blocker;
     if (state.blocker) {
       if (!o.wait) {
-        await deleteOwnKey(session, key, rev, log);
+        await deleteOwnKey(session, key, rev, log, pending.group);
         releaseLocal();
         return undefined;
       }
@@ -102,7 +104,7 @@ export async function joinLine<T>(session: Session, o: JoinLineOptions<T>): Prom
   } catch (err) {
     if (releaseLocal) {
       const release = releaseLocal;
-      await cleanUpAfter(inFlight, () => (pending.key ? deleteOwnKey(session, pending.key, pending.rev, log) : Promise.resolve()), release, log);
+      await cleanUpAfter(inFlight, () => (pending.key ? deleteOwnKey(session, pending.key, pending.rev, log, pending.group) : Promise.resolve()), release, log);
     }
     throw err;
   } finally {
@@ -113,26 +115,43 @@ export async function joinLine<T>(session: Session, o: JoinLineOptions<T>): Prom
 /** Bound on unique-name collisions in a row (two processes picking one nanosecond): never reached in practice. */
 export const MAX_UNIQUE_ATTEMPTS = 50;
 
+/** Extra conditions of {@link createUniqueKey}'s Txn. */
+export interface UniqueKeyConditions {
+  /** More compares besides "our key is absent" (e.g. "no round in progress"). */
+  compares?: Compare[];
+  /** Reads returned when one of `compares` fails (our key was not created). */
+  failureReads?: Op[];
+}
+
 /**
  * Creates a fresh per-call key `<dir><19-digit ns>` (Go's `newUniqueKV`
  * layout), empty and attached to the session's lease, with `reads` in the
- * same Txn. Transient failures are retried with the same name; if an earlier
- * attempt did land (its reply lost), the key carries our lease and is
- * adopted, and `reads` is undefined (re-read the line). A name another lease
- * holds (the same nanosecond elsewhere) gets a new suffix.
+ * same Txn. Transient failures are retried with the same name. The proof
+ * that an earlier copy of the Txn landed (our retry, or one etcd3 re-sent
+ * unseen) is the key carrying our lease: it is then adopted, never
+ * duplicated, whatever an attempt counter says; `reads` is undefined then
+ * (re-read the line). A name another lease holds (the same nanosecond
+ * elsewhere) gets a new suffix. Resolves undefined, with the failure reads,
+ * when one of `conditions.compares` failed and nothing was created.
  */
 export async function createUniqueKey(session: Session, dir: Buffer, reads: Op[], pending: PendingKey, signal?: AbortSignal,
-): Promise<{ key: Buffer; rev: bigint; reads: OpResult[] | undefined }> {
+): Promise<{ key: Buffer; rev: bigint; reads: OpResult[] | undefined }>;
+export async function createUniqueKey(session: Session, dir: Buffer, reads: Op[], pending: PendingKey, signal: AbortSignal | undefined,
+  conditions: UniqueKeyConditions): Promise<{ key: Buffer; rev: bigint; reads: OpResult[] | undefined } | { failure: OpResult[] }>;
+export async function createUniqueKey(session: Session, dir: Buffer, reads: Op[], pending: PendingKey, signal?: AbortSignal,
+  conditions: UniqueKeyConditions = {},
+): Promise<{ key: Buffer; rev: bigint; reads: OpResult[] | undefined } | { failure: OpResult[] }> {
   const { client, leaseId } = session;
+  const { compares = [], failureReads = [] } = conditions;
   for (let attempt = 1; ; attempt++) {
     signal?.throwIfAborted();
     const key = uniqueKey(dir);
     pending.key = key;
     pending.rev = undefined;
     const res = await retrying(() => txn(client,
-      [cmp.create(key, '==', 0n)],
+      [cmp.create(key, '==', 0n), ...compares],
       [op.put(key, '', leaseId), ...reads],
-      [op.range(key, { keysOnly: true })]), { signals: [signal], maxElapsedMs: Infinity });
+      [op.range(key, { keysOnly: true }), ...failureReads]), { signals: [signal], maxElapsedMs: Infinity });
     if (res.succeeded) {
       pending.rev = res.revision;
       return { key, rev: res.revision, reads: res.responses.slice(1) };
@@ -141,6 +160,10 @@ export async function createUniqueKey(session: Session, dir: Buffer, reads: Op[]
     if (existing && existing.lease === leaseId) {
       pending.rev = existing.createRevision;
       return { key, rev: existing.createRevision, reads: undefined };
+    }
+    if (!existing) {
+      pending.key = undefined;
+      return { failure: res.responses.slice(1) };
     }
     if (attempt >= MAX_UNIQUE_ATTEMPTS) throw new Error(`no unique key under ${showKey(dir)} after ${attempt} attempts`);
   }

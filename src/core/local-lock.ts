@@ -1,5 +1,5 @@
 import { raceAbort } from './abort.js';
-import { perProcess } from './per-process.js';
+import { processWide } from './shared.js';
 
 /*
  * Go's layout gives a session exactly one key per lock name, so two holders
@@ -9,15 +9,16 @@ import { perProcess } from './per-process.js';
  * first, keyed by (lease, key): local callers take turns, and only the one at
  * the head of the local queue touches etcd.
  *
- * The queues are per process (see per-process.ts): a Mutex from the ESM
- * build and one from the CJS build on one Session must queue together. So
- * the entry is a plain FIFO chain of promises whose shape this file owns,
- * not an object of a third-party class another copy might not agree with.
+ * The queues are per process (see shared.ts): a Mutex from the ESM build and
+ * one from the CJS build on one Session must queue together, and so must two
+ * versions of the library. So the entry is a plain FIFO chain of promises
+ * whose shape this file owns (a new shape gets a new name: `.v1`), not an
+ * object of a third-party class another copy might not agree with.
  */
 
 /**
  * One (lease, key)'s local queue, shared by every copy of the library in the
- * process. Contract `localTurns.v1`: the map key is
+ * process. Contract `local-turns.v1`: the map key is
  * `<leaseId>\u0000<key as hex>`; `tail` settles when the last caller in line
  * has passed its turn on; `users` counts callers in line or holding, and
  * whoever brings it to 0 deletes the entry.
@@ -25,7 +26,7 @@ import { perProcess } from './per-process.js';
 interface Turns { tail: Promise<void>; users: number }
 
 let registry: Map<string, Turns> | undefined;
-const turns = (): Map<string, Turns> => (registry ??= perProcess('localTurns.v1', () => new Map<string, Turns>()));
+const turns = (): Map<string, Turns> => (registry ??= processWide('local-turns.v1', () => new Map<string, Turns>()));
 
 /** Releases a local turn; idempotent. */
 export type LocalRelease = () => void;

@@ -1,6 +1,8 @@
 import { isRecoverableError } from 'etcd3';
 import { delay } from './abort.js';
+import { clientClosings } from './client.js';
 import { isRecipeError } from './errors.js';
+import { isPermissionDenied } from './etcd-errors.js';
 
 /*
  * Transient failures (a member restarting, a leader election, a dropped
@@ -12,7 +14,7 @@ const transientMessage = /leader changed|no leader|request timed out|timed out|u
 
 /** True for failures that may go away by themselves: retry these. */
 export function isTransient(err: unknown): boolean {
-  if (isRecipeError(err)) return false;
+  if (isRecipeError(err) || isPermissionDenied(err)) return false;
   if (!(err instanceof Error)) return false;
   if (err.name === 'AbortError' || err.name === 'TimeoutError') return false;
   try {
@@ -20,7 +22,7 @@ export function isTransient(err: unknown): boolean {
   } catch {
     // isRecoverableError uses the `in` operator, which is safe on Errors; be defensive anyway.
   }
-  if (err.name === 'BrokenCircuitError' || err.constructor?.name === 'BrokenCircuitError') return true;
+  if (err.name === 'BrokenCircuitError' || err.name === 'MemberAvoidedError' || err.constructor?.name === 'BrokenCircuitError') return true;
   return transientMessage.test(err.message);
 }
 
@@ -32,6 +34,8 @@ export interface RetryOptions {
   maxElapsedMs?: number;
   /** Called before each retry, for logging. */
   onRetry?: (err: unknown, attempt: number) => void;
+  /** Which errors to retry; default {@link isTransient}. */
+  retryIf?: (err: unknown) => boolean;
 }
 
 /**
@@ -40,7 +44,7 @@ export interface RetryOptions {
  * by the signals.
  */
 export async function retrying<T>(fn: () => Promise<T>, options: RetryOptions = {}): Promise<T> {
-  const { signals = [], maxElapsedMs = 30_000, onRetry } = options;
+  const { signals = [], maxElapsedMs = 30_000, onRetry, retryIf = isTransient } = options;
   const started = performance.now();
   let backoff = 25;
   for (let attempt = 1; ; attempt++) {
@@ -48,10 +52,26 @@ export async function retrying<T>(fn: () => Promise<T>, options: RetryOptions = 
     try {
       return await fn();
     } catch (err) {
-      if (!isTransient(err) || performance.now() - started + backoff > maxElapsedMs) throw err;
+      if (!retryIf(err) || performance.now() - started + backoff > maxElapsedMs) throw err;
       onRetry?.(err, attempt);
-      await delay(backoff / 2 + Math.random() * backoff / 2, ...signals);
+      await backoffSleep(backoff / 2 + Math.random() * backoff / 2, signals);
       backoff = Math.min(backoff * 2, 1000);
     }
   }
+}
+
+/**
+ * A retry's pause: rejects when a signal aborts, and ends early when any
+ * client of the process closes, so that the next attempt on a closed client
+ * fails with CLOSED at once instead of after the pause.
+ */
+function backoffSleep(ms: number, signals: (AbortSignal | undefined)[]): Promise<void> {
+  const woken = new AbortController();
+  const wake = () => woken.abort();
+  clientClosings().addEventListener('close', wake, { once: true });
+  return delay(ms, ...signals, woken.signal)
+    .catch((err: unknown) => {
+      if (!woken.signal.aborted || signals.some((s) => s?.aborted)) throw err;
+    })
+    .finally(() => clientClosings().removeEventListener('close', wake));
 }

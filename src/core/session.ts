@@ -1,7 +1,8 @@
 import { EventEmitter } from 'node:events';
 import type { Namespace } from 'etcd3';
 import { raceAbort } from './abort.js';
-import { InvalidArgumentError, SessionExpiredError } from './errors.js';
+import { clientScope, reportSilentStream } from './client.js';
+import { ClosedError, InvalidArgumentError, SessionExpiredError } from './errors.js';
 import { leaseHex } from './keys.js';
 import { closeStreamQuietly } from './streams.js';
 import { logger } from './log.js';
@@ -30,6 +31,7 @@ export interface SessionOptions {
   /** Aborts the grant. */
   signal?: AbortSignal;
 }
+
 
 /** Events of a {@link Session}. */
 export interface SessionEvents {
@@ -74,6 +76,7 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
   #stream: KeepAliveStream | undefined;
   #pendingSends: number[] = [];
   #sendTimer: NodeJS.Timeout | undefined;
+  #ackTimer: NodeJS.Timeout | undefined;
   #deadlineTimer: NodeJS.Timeout | undefined;
   #closing: Promise<void> | undefined;
   #reconnectBackoff = 50;
@@ -107,11 +110,14 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
     if (expiryMarginMs !== undefined) checkNumber(expiryMarginMs, 'options.expiryMarginMs', 0, ttl * 1000 / 2);
     signal?.throwIfAborted();
 
+    clientScope(client).signal.throwIfAborted();
     let id: string;
     let granted: number;
-    const sentAt = performance.now();
+    let sentAt = performance.now();
     if (leaseId === undefined) {
       const res = await retrying(async () => {
+        // The lease runs from the attempt that landed: a slow first attempt must not age the session.
+        sentAt = performance.now();
         const granting = client.leaseClient.leaseGrant({ TTL: ttl });
         try {
           return await raceAbort(granting, signal);
@@ -137,7 +143,14 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
     const session = new Session(client, id, granted, sentAt, expiryMarginMs ?? defaultMargin(granted));
     session.#start();
     log('granted lease %s (%s) ttl=%ds', id, session.leaseHex, granted);
+    if (owned.has(options)) session.#ownedBy(client);
     return session;
+  }
+
+  /** Closing the client revokes this session; the session forgets the client when it ends first. */
+  #ownedBy(client: Namespace): void {
+    const disown = clientScope(client).own(this);
+    this.#controller.signal.addEventListener('abort', disown, { once: true });
   }
 
   /** Aborted, with a {@link SessionExpiredError}, once the lease is lost, may have expired, or the session is closed. */
@@ -178,7 +191,7 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
    */
   close(): Promise<void> {
     this.#closing ??= (async () => {
-      const wasLive = !this.expired;
+      const wasLive = !this.expired || (this.signal.reason as Error | undefined)?.name === 'ClosedError';
       this.#stop(new SessionExpiredError(`session ${this.leaseHex} closed`));
       if (wasLive) await this.#revoke();
       this.emit('closed');
@@ -207,6 +220,23 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
     return this.signal.reason;
   }
 
+  /**
+   * @internal Asks etcd whether the lease still exists; if it does not, the
+   * session is lost (as if its keepalive had said so). Resolves false then,
+   * true when the lease is alive or etcd could not tell.
+   */
+  async verifyLease(): Promise<boolean> {
+    if (this.expired) return false;
+    try {
+      const res = await this.client.leaseClient.leaseTimeToLive({ ID: this.leaseId });
+      if (Number(res.TTL) > 0) return true;
+    } catch (err) {
+      if (!/lease not found/i.test((err as Error).message)) return !this.expired;
+    }
+    this.#lose(new SessionExpiredError(`session ${this.leaseHex} expired: etcd reports the lease gone (expired or revoked)`));
+    return false;
+  }
+
   /** `await using session = await Session.create(...)` closes it at scope exit. */
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
@@ -215,11 +245,20 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
   // -------------------------------------------------------------------------
 
   #start(): void {
+    const closed = clientScope(this.client).signal;
+    if (closed.aborted) {
+      this.#stop(closed.reason as ClosedError);
+      return;
+    }
+    // A closed client can keep no lease alive: stop (the owner of an owned session revokes it first).
+    const onClientClosed = () => this.#stop(closed.reason as ClosedError);
+    closed.addEventListener('abort', onClientClosed, { once: true });
+    this.#controller.signal.addEventListener('abort', () => closed.removeEventListener('abort', onClientClosed), { once: true });
     this.#armDeadline();
     void this.#connect();
   }
 
-  #stop(reason: SessionExpiredError): boolean {
+  #stop(reason: SessionExpiredError | ClosedError): boolean {
     if (this.#controller.signal.aborted) return false;
     this.#controller.abort(reason);
     clearTimeout(this.#sendTimer);
@@ -294,6 +333,7 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
       this.#onStreamEnd(stream, err as Error);
       return;
     }
+    this.#ackTimer ??= setTimeout(() => this.#onSilent(stream), this.#ackTimeoutMs()).unref();
     this.#sendTimer = setTimeout(() => this.#send(), Math.max(100, (this.ttl * 1000) / 3)).unref();
   }
 
@@ -306,10 +346,27 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
       return;
     }
     this.#reconnectBackoff = 50;
+    clearTimeout(this.#ackTimer);
+    this.#ackTimer = this.#pendingSends.length ? setTimeout(() => this.#onSilent(stream), this.#ackTimeoutMs()).unref() : undefined;
     if (sentAt === undefined) return;
     this.#lastAckedSendAt = sentAt;
     this.#deadline = Math.max(this.#deadline, sentAt + ttl * 1000 - this.#marginMs);
     this.#armDeadline();
+  }
+
+  /**
+   * A keepalive went unanswered: the member may be frozen with its connection
+   * open. Re-open the stream on another member well before the TTL runs out.
+   */
+  #ackTimeoutMs(): number {
+    return Math.min(2000, Math.max(500, (this.ttl * 1000) / 4));
+  }
+
+  #onSilent(stream: KeepAliveStream): void {
+    this.#ackTimer = undefined;
+    if (stream !== this.#stream || this.expired) return;
+    reportSilentStream(stream);
+    this.#onStreamEnd(stream, new Error(`keepalive unanswered for ${this.#ackTimeoutMs()} ms`));
   }
 
   #onStreamEnd(stream: KeepAliveStream, err: Error): void {
@@ -332,12 +389,27 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
     const stream = this.#stream;
     this.#stream = undefined;
     this.#pendingSends = [];
+    clearTimeout(this.#ackTimer);
+    this.#ackTimer = undefined;
     if (stream) closeStreamQuietly(stream);
   }
 }
 
 function defaultMargin(ttlSeconds: number): number {
   return Math.min(2000, Math.max(100, ttlSeconds * 100));
+}
+
+const owned = new WeakSet<object>();
+
+/**
+ * @internal A session the library creates for itself (withLock,
+ * runAsLeader, registrations, queue consumers): revoked when its client
+ * closes, like everything else the library keeps on that client.
+ */
+export function createOwnedSession(client: Namespace, options: SessionOptions): Promise<Session> {
+  const own = { ...options };
+  owned.add(own);
+  return Session.create(client, own);
 }
 
 /** Throws an InvalidArgumentError unless `value` is a live-or-dead {@link Session}. */

@@ -1,3 +1,4 @@
+import { checkTransport } from './client.js';
 import { InvalidArgumentError } from './errors.js';
 import type { Namespace } from 'etcd3';
 
@@ -85,4 +86,5 @@ export function checkClient(value: unknown, argument = 'client'): asserts value 
       typeof c.leaseClient !== 'object' || !Buffer.isBuffer(c.prefix)) {
     throw new InvalidArgumentError(argument, `must be an etcd3 client (new Etcd3(...) or client.namespace(...)), got ${describe(value)}`);
   }
+  checkTransport(c as Namespace);
 }

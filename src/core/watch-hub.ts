@@ -1,5 +1,8 @@
 import { ClientClosedError, type Namespace } from 'etcd3';
 import { abortReason } from './abort.js';
+import { clientScope, reportSilentStream } from './client.js';
+import { ClosedError } from './errors.js';
+import { classifyEtcdError } from './etcd-errors.js';
 import { decodeKv, encodeKey, type KeyValue, type RawKv } from './kv.js';
 import { prefixEnd } from './keys.js';
 import { logger } from './log.js';
@@ -25,6 +28,12 @@ const log = logger('watch');
  * pipelined, a broken stream is re-opened and each watch resumes after the
  * last revision it saw, compaction ends a watch with a WatchCompactedError,
  * and an idle stream is closed without touching the client's channels.
+ *
+ * A stream can also go silent without breaking (a frozen member keeps its
+ * TCP connection open): after a second without a word from etcd we ask for
+ * a progress report, and a stream that stays silent for two seconds is
+ * dropped and re-opened on another member. Closing the client ends every
+ * watch with a ClosedError.
  */
 
 /** What to watch. Keys are as the recipe sees them (the client's namespace is applied here). */
@@ -99,7 +108,10 @@ interface RawResponse {
 type Stream = Awaited<ReturnType<Namespace['watchClient']['watch']>>;
 
 const hubs = new WeakMap<Namespace, WatchHub>();
-const IDLE_LINGER_MS = 3000;
+/** Silence after which we ask etcd for a progress report on the stream. */
+const PROBE_AFTER_MS = 1000;
+/** Silence after which the stream counts as dead (a frozen member) and is re-opened elsewhere. */
+const SILENT_AFTER_MS = 2000;
 
 /** The watch hub of `client`. */
 function watchHub(client: Namespace): WatchHub {
@@ -122,22 +134,27 @@ export function openWatch(client: Namespace, spec: WatchSpec, listener: WatchLis
 class WatchHub {
   readonly #client: Namespace;
   readonly #entries = new Map<string, Entry>();
-  /** Creates sent on the current stream and not yet answered, oldest first (for servers that ignore watch_id). */
-  #awaitingCreate: Entry[] = [];
   #stream: Stream | undefined;
   #connecting = false;
   #nextId = 1n;
   #backoff = 25;
+  /** Creates sent on the current stream and not yet answered, oldest first. */
+  #unanswered: Entry[] = [];
   #reconnectTimer: NodeJS.Timeout | undefined;
-  #idleTimer: NodeJS.Timeout | undefined;
+  #idleCheck: NodeJS.Immediate | undefined;
+  #probeTimer: NodeJS.Timeout | undefined;
+  #lastHeard = 0;
+  readonly #closed: AbortSignal;
 
   constructor(client: Namespace) {
     this.#client = client;
+    this.#closed = clientScope(client).signal;
+    this.#closed.addEventListener('abort', () => this.#shutDown(), { once: true });
   }
 
   open(spec: WatchSpec, listener: WatchListener, signal?: AbortSignal): Promise<WatchHandle> {
     if (signal?.aborted) return Promise.reject(abortReason(signal));
-    clearTimeout(this.#idleTimer);
+    if (this.#closed.aborted) return Promise.reject(abortReason(this.#closed));
     const entry: Entry = {
       id: (this.#nextId++).toString(), spec, listener, nextRevision: spec.startRevision,
       created: false, closed: false, onCreated: undefined, onFailed: undefined,
@@ -174,34 +191,61 @@ class WatchHub {
     entry.onCreated = entry.onFailed = undefined;
     this.#entries.delete(entry.id);
     if (entry.created && this.#stream) this.#write({ cancel_request: { watch_id: entry.id } });
-    if (this.#entries.size === 0) this.#armIdle();
+    if (this.#entries.size === 0) this.#closeWhenIdle();
   }
 
-  #armIdle(): void {
-    clearTimeout(this.#idleTimer);
-    this.#idleTimer = setTimeout(() => this.#closeIdle(), IDLE_LINGER_MS).unref();
+  /**
+   * An open stream keeps the process alive, so it closes as soon as no watch
+   * needs it: after the current turn of the event loop, which lets a waiter
+   * that closes one watch and opens the next (the common handoff) keep it.
+   */
+  #closeWhenIdle(): void {
+    this.#idleCheck ??= setImmediate(() => {
+      this.#idleCheck = undefined;
+      if (this.#entries.size > 0) return;
+      clearTimeout(this.#reconnectTimer);
+      this.#dropStream();
+    });
   }
 
-  #closeIdle(): void {
-    if (this.#entries.size > 0) return;
+  #shutDown(): void {
     clearTimeout(this.#reconnectTimer);
     this.#dropStream();
+    for (const entry of [...this.#entries.values()]) this.#end(entry, abortReason(this.#closed) as Error);
+  }
+
+  /** Asks a quiet stream for a sign of life; drops one that stayed silent (see the module comment). */
+  #probe(stream: Stream): void {
+    if (stream !== this.#stream) return;
+    const silentFor = performance.now() - this.#lastHeard;
+    if (silentFor >= SILENT_AFTER_MS && this.#entries.size > 0) {
+      log('watch stream silent for %d ms; re-opening it on another member', Math.round(silentFor));
+      reportSilentStream(stream);
+      this.#onBroken(stream, new Error('watch stream went silent'));
+      return;
+    }
+    if (silentFor >= PROBE_AFTER_MS && this.#entries.size > 0) this.#write({ progress_request: {} });
+    this.#probeTimer = setTimeout(() => this.#probe(stream), PROBE_AFTER_MS / 2).unref();
   }
 
   #connect(): void {
-    if (this.#stream || this.#connecting) return;
+    if (this.#stream || this.#connecting || this.#closed.aborted) return;
     clearTimeout(this.#reconnectTimer);
     this.#connecting = true;
     this.#client.watchClient.watch().then((stream) => {
       this.#connecting = false;
+      if (this.#closed.aborted) {
+        closeStreamQuietly(stream);
+        return;
+      }
       this.#stream = stream;
-      this.#awaitingCreate = [];
+      this.#lastHeard = performance.now();
       stream.on('data', (res: unknown) => this.#onResponse(stream, res as RawResponse));
       stream.on('error', (err: Error) => this.#onBroken(stream, err));
       stream.on('end', () => this.#onBroken(stream, new Error('watch stream ended')));
-      // Every watch may have closed while we connected: keep the stream for the
-      // idle linger anyway, the next watch is likely to come soon.
-      if (this.#entries.size === 0) this.#armIdle();
+      clearTimeout(this.#probeTimer);
+      this.#probeTimer = setTimeout(() => this.#probe(stream), PROBE_AFTER_MS / 2).unref();
+      if (this.#entries.size === 0) this.#closeWhenIdle();
       for (const entry of this.#entries.values()) this.#sendCreate(entry);
     }, (err: unknown) => {
       this.#connecting = false;
@@ -221,7 +265,7 @@ class WatchHub {
     if (filters.length) req.filters = filters;
     if (spec.prevKv) req.prev_kv = true;
     entry.created = false;
-    this.#awaitingCreate.push(entry);
+    this.#unanswered.push(entry);
     this.#write({ create_request: req });
   }
 
@@ -238,25 +282,27 @@ class WatchHub {
   #onResponse(stream: Stream, res: RawResponse): void {
     if (stream !== this.#stream) return;
     this.#backoff = 25;
+    this.#lastHeard = performance.now();
     const revision = BigInt(res.header.revision);
-    let entry = this.#entries.get(res.watch_id);
+    const entry = this.#entries.get(res.watch_id);
     if (res.created) {
-      // Servers before 3.4 ignore our watch_id and answer creates in order.
-      const idx = entry ? this.#awaitingCreate.indexOf(entry) : 0;
-      const pending = this.#awaitingCreate.splice(Math.max(idx, 0), 1)[0];
-      if (!entry && pending) {
-        entry = pending;
-        this.#entries.delete(entry.id);
-        entry.id = res.watch_id;
-        this.#entries.set(entry.id, entry);
+      // Creates are answered in the order they were sent. etcd answers with our own watch_id, except
+      // when it refuses a watch (auth: watch_id -1): that answer is the oldest unanswered create's.
+      const at = this.#unanswered.findIndex((e) => e.id === res.watch_id);
+      const answered = at >= 0 ? this.#unanswered.splice(at, 1)[0] : res.canceled ? this.#unanswered.shift() : undefined;
+      if (!entry && answered && !answered.closed && res.canceled) {
+        this.#end(answered, this.#cancelError(res, answered));
+        return;
       }
+      // A watch closed while its create was in flight is no longer among the entries: cancel it,
+      // never revive it.
       if (!entry || entry.closed) {
         // Closed while the create was in flight: cancel it now that it has an ID.
         if (!res.canceled) this.#write({ cancel_request: { watch_id: res.watch_id } });
         return;
       }
       if (res.canceled) {
-        this.#end(entry, this.#cancelError(res));
+        this.#end(entry, this.#cancelError(res, entry));
         return;
       }
       entry.created = true;
@@ -269,7 +315,7 @@ class WatchHub {
     }
     if (!entry || entry.closed) return;
     if (res.canceled) {
-      this.#end(entry, this.#cancelError(res));
+      this.#end(entry, this.#cancelError(res, entry));
       return;
     }
     const events = (res.events ?? []).map((ev): WatchEvent => ({
@@ -293,10 +339,12 @@ class WatchHub {
     }
   }
 
-  #cancelError(res: RawResponse): Error {
+  #cancelError(res: RawResponse, entry: Entry): Error {
     const compact = BigInt(res.compact_revision || '0');
     if (compact > 0n) return new WatchCompactedError(compact);
-    return new Error(`watch cancelled by etcd${res.cancel_reason ? `: ${res.cancel_reason}` : ''}`);
+    // A refused watch (auth) is a PermissionDeniedError naming the key, like any refused call.
+    return classifyEtcdError(new Error(`watch cancelled by etcd${res.cancel_reason ? `: ${res.cancel_reason}` : ''}`),
+      entry.spec.key) as Error;
   }
 
   #end(entry: Entry, err: Error): void {
@@ -315,9 +363,10 @@ class WatchHub {
   #onBroken(stream: Stream | undefined, err: Error): void {
     if (stream && stream !== this.#stream) return;
     this.#dropStream();
-    if (err instanceof ClientClosedError || /client was already closed/i.test(err.message)) {
+    if (this.#closed.aborted || err instanceof ClientClosedError || /client was already closed/i.test(err.message)) {
       // The user closed the client: end every watch, never reconnect.
-      for (const entry of [...this.#entries.values()]) this.#end(entry, err);
+      const reason = this.#closed.aborted ? abortReason(this.#closed) as Error : new ClosedError(undefined, { cause: err });
+      for (const entry of [...this.#entries.values()]) this.#end(entry, reason);
       return;
     }
     if (this.#entries.size === 0) return;
@@ -333,7 +382,8 @@ class WatchHub {
   #dropStream(): void {
     const stream = this.#stream;
     this.#stream = undefined;
-    this.#awaitingCreate = [];
+    this.#unanswered = [];
+    clearTimeout(this.#probeTimer);
     if (stream) closeStreamQuietly(stream);
   }
 }

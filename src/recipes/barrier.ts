@@ -1,8 +1,8 @@
 import type { Namespace } from 'etcd3';
 import { linkSignals, raceAbort } from '../core/abort.js';
-import { cleanUpAfter } from '../core/holding.js';
+import { ReceiptBook } from '../core/receipts.js';
 import { showKey, toBuffer } from '../core/keys.js';
-import { cmp, op, range, rangeAt, txn } from '../core/kv.js';
+import { cmp, op, range } from '../core/kv.js';
 import { logger } from '../core/log.js';
 import { retrying } from '../core/retry.js';
 import { checkSession, type Session } from '../core/session.js';
@@ -48,6 +48,7 @@ export class Barrier {
   readonly key: string | Buffer;
   readonly #key: Buffer;
   readonly #what: string;
+  #book: ReceiptBook | undefined;
 
   /**
    * @param client - an etcd3 client or namespace
@@ -82,48 +83,26 @@ export class Barrier {
     session?.throwIfExpired();
     const lease = session?.leaseId;
     const linked = linkSignals(options.signal, session?.signal);
-    const signal = linked.signal;
-    // The create revision of the key if one of our attempts created it.
-    let created: bigint | undefined;
-    let attempts = 0;
-    const attempt = async (): Promise<boolean> => {
-      attempts++;
-      for (let i = 0; i < 100; i++) {
-        const res = await txn(this.client, [cmp.version(this.#key, '==', 0n)], [op.put(this.#key, '', lease)], [op.range(this.#key)]);
-        if (res.succeeded) {
-          created = res.revision;
-          return true;
-        }
-        const kv = rangeAt(res, 0).kvs[0];
-        if (!kv) continue; // released in between: try again
-        // A retried Txn whose first reply was lost: with a session we recognise our own key by its lease.
-        if (attempts > 1 && lease !== undefined && kv.lease === lease) {
-          created = kv.createRevision;
-          return true;
-        }
-        return false;
-      }
-      return false;
-    };
-    const inFlight = retrying(attempt, {
-      signals: [signal],
-      onRetry: (err) => log('%s: hold failed, retrying: %s', this.#what, (err as Error).message),
-    });
     try {
-      const mine = await raceAbort(inFlight, signal).catch((err: unknown) => {
+      // A receipt proves a landed hold after a lost reply, even once someone released it again.
+      const out = await this.#receipts().write({
+        compares: [cmp.version(this.#key, '==', 0n)],
+        success: [op.put(this.#key, '', lease)],
+      }, { signal: linked.signal, what: `${this.#what}: hold` }).catch((err: unknown) => {
         // The session's lease may be gone on the server before the session noticed.
         throw session ? session.leaseError(err, this.#what) : err;
       });
-      log('%s: %s', this.#what, mine ? `held${lease ? ` (lease ${session!.leaseHex})` : ''}` : 'already held');
-      return mine;
-    } catch (err) {
-      // Aborted while the Txn was in flight: once it settled, delete the key if it was ours.
-      await cleanUpAfter(inFlight, async () => {
-        if (created !== undefined) await this.#deleteIfCreated(created);
-      }, () => undefined, log);
-      throw err;
+      if (out.landed && out.aborted !== undefined) {
+        // Given up, yet the hold landed: take it back (only this very hold, by its create revision).
+        await this.#receipts().write({ compares: [cmp.create(this.#key, '==', out.revision)], success: [op.delete(this.#key)] },
+          { what: `${this.#what}: undo an aborted hold` }).catch((err: unknown) => log('%s: could not undo: %s', this.#what, (err as Error).message));
+        throw out.aborted;
+      }
+      log('%s: %s', this.#what, out.landed ? `held${lease ? ` (lease ${session!.leaseHex})` : ''}` : 'already held');
+      return out.landed;
     } finally {
       linked.dispose();
+      await this.#flushReceipts();
     }
   }
 
@@ -135,14 +114,26 @@ export class Barrier {
   async release(options: BarrierWaitOptions = {}): Promise<boolean> {
     checkOptions(options);
     checkSignal(options.signal);
-    options.signal?.throwIfAborted();
-    const res = await raceAbort(retrying(
-      () => txn(this.client, [], [op.delete(this.#key)]),
-      { signals: [options.signal] },
-    ), options.signal);
-    const deleted = res.responses[0]?.type === 'delete' && res.responses[0].deleted > 0n;
-    log('%s: %s', this.#what, deleted ? 'released' : 'release: was not held');
-    return deleted;
+    try {
+      const out = await this.#receipts().write({
+        compares: [cmp.version(this.#key, '>', 0n)],
+        success: [op.delete(this.#key)],
+      }, { signal: options.signal, what: `${this.#what}: release` });
+      log('%s: %s', this.#what, out.landed ? 'released' : 'release: was not held');
+      return out.landed;
+    } finally {
+      await this.#flushReceipts();
+    }
+  }
+
+  /** Receipts of this barrier's holds and releases (`__<key>/receipts/`), deleted once their call returned. */
+  #receipts(): ReceiptBook {
+    this.#book ??= new ReceiptBook(this.client, Buffer.concat([Buffer.from('__'), this.#key, Buffer.from('/receipts/')]));
+    return this.#book;
+  }
+
+  async #flushReceipts(): Promise<void> {
+    await this.#book?.flush().catch((err: unknown) => log('%s: receipt cleanup failed: %s', this.#what, (err as Error).message));
   }
 
   /** True if the barrier is held right now (one linearizable read). */
@@ -194,14 +185,5 @@ export class Barrier {
       revision: r.revision,
       blocker: blocked ? { kind: 'key', key: this.#key, createRevision: kv.createRevision } : undefined,
     };
-  }
-
-  async #deleteIfCreated(rev: bigint): Promise<void> {
-    try {
-      await retrying(() => txn(this.client, [cmp.create(this.#key, '==', rev)], [op.delete(this.#key)]), { maxElapsedMs: 10_000 });
-      log('%s: aborted hold removed', this.#what);
-    } catch (err) {
-      log('%s: could not remove the aborted hold: %s', this.#what, (err as Error).message);
-    }
   }
 }

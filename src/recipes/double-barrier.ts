@@ -1,8 +1,9 @@
 import { linkSignals, raceAbort } from '../core/abort.js';
 import { BarrierFullError, InvalidArgumentError, SessionExpiredError } from '../core/errors.js';
-import { cleanUpAfter } from '../core/holding.js';
-import { showKey, toBuffer, uniqueKey } from '../core/keys.js';
-import { cmp, op, range, rangeAt, txn, type Compare, type KeyValue, type TxnResult } from '../core/kv.js';
+import { cleanUpAfter, deleteOwnKey } from '../core/holding.js';
+import { showKey, toBuffer } from '../core/keys.js';
+import { createUniqueKey, type PendingKey } from '../core/line.js';
+import { cmp, op, range, rangeAt, txn, type KeyValue, type TxnResult } from '../core/kv.js';
 import { logger } from '../core/log.js';
 import { retrying } from '../core/retry.js';
 import { checkSession, type Session } from '../core/session.js';
@@ -116,18 +117,12 @@ export class DoubleBarrier {
     this.#phase = 'entering';
     const linked = linkSignals(options.signal, session.signal);
     const signal = linked.signal;
-    let key: Buffer | undefined;
-    let rev: bigint | undefined;
+    const pending: PendingKey = {};
     let inFlight: Promise<unknown> = Promise.resolve();
     let removed = false;
     try {
-      // #join reports each key it may be creating, and undefined once it knows it created none.
-      const joined = await this.#join(signal, (k, creating) => {
-        key = k;
-        inFlight = creating;
-      });
-      key = joined.key;
-      rev = joined.rev;
+      // #join keeps `pending` on the key it may be creating (undefined once it knows it created none).
+      const joined = await this.#join(signal, pending, (creating) => { inFlight = creating; });
       const myKey = joined.key;
       const myRev = joined.rev;
       let round: bigint;
@@ -154,11 +149,9 @@ export class DoubleBarrier {
       this.#phase = 'entered';
     } catch (err) {
       this.#phase = 'idle';
-      if (key && !removed) {
-        const k = key;
-        const r = rev;
+      if (!removed) {
         // Remove the key this call may have created, after its Txn settled.
-        await cleanUpAfter(inFlight, () => this.#deleteMine(k, r), noop, log);
+        await cleanUpAfter(inFlight, () => (pending.key ? this.#deleteMine(pending.key, pending.rev) : Promise.resolve()), noop, log);
       }
       throw err;
     } finally {
@@ -228,51 +221,42 @@ export class DoubleBarrier {
    * A stale `ready` key (its round has no member left: a crash) is removed
    * first.
    */
-  async #join(signal: AbortSignal, onAttempt: (key: Buffer | undefined, creating: Promise<unknown>) => void):
+  async #join(signal: AbortSignal, pending: PendingKey, onAttempt: (creating: Promise<unknown>) => void):
     Promise<{ key: Buffer; rev: bigint; position: number; state: LineState<bigint> }> {
     const { session } = this;
     for (let attempt = 0; attempt < 50; attempt++) {
-      const key = uniqueKey(this.#waiters);
-      let tries = 0;
-      const creating = retrying(() => {
-        tries++;
-        return txn(session.client,
-          [cmp.version(key, '==', 0n), cmp.version(this.#ready, '==', 0n)],
-          [op.put(key, '', session.leaseId), op.range(this.#waiters, { prefix: true, countOnly: true })],
-          [op.range(key), op.range(this.#ready),
-            op.range(this.#waiters, { prefix: true, sortTarget: 'Create', sortOrder: 'Ascend', limit: 1 })]);
-      }, { signals: [signal] });
-      onAttempt(key, creating);
-      const res: TxnResult = await raceAbort(creating, signal).catch((err: unknown) => {
+      // core/line.ts proves a landed attempt by our lease on the key, never by counting attempts:
+      // etcd3 may have re-sent the Txn unseen, and a second participant key would be a phantom.
+      const creating = createUniqueKey(session, this.#waiters, [op.range(this.#waiters, { prefix: true, countOnly: true })],
+        pending, signal, {
+          compares: [cmp.version(this.#ready, '==', 0n)],
+          failureReads: [op.range(this.#ready), op.range(this.#waiters, { prefix: true, sortTarget: 'Create', sortOrder: 'Ascend', limit: 1 })],
+        });
+      onAttempt(creating);
+      const res = await raceAbort(creating, signal).catch((err: unknown) => {
         // The lease may be gone on the server before our session noticed.
         throw session.leaseError(err, this.#what);
       });
-      if (res.succeeded) {
-        const position = Number(rangeAt(res, 1).count);
-        const state: LineState<bigint> = { alive: true, revision: res.revision, blocker: this.#readyBlocker(undefined) };
-        return { key, rev: res.revision, position, state };
-      }
-      const mine = rangeAt(res, 0).kvs[0];
-      const ready = rangeAt(res, 1).kvs[0];
-      const oldest = rangeAt(res, 2).kvs[0];
-      if (mine && mine.lease === session.leaseId && tries > 1) {
-        // Our earlier attempt landed and its reply was lost: adopt the key and
-        // learn its position as of its creation.
-        const rev = mine.createRevision;
+      if ('key' in res) {
+        const { key, rev } = res;
+        if (res.reads) {
+          const position = Number(rangeAt({ responses: res.reads } as TxnResult, 0).count);
+          return { key, rev, position, state: { alive: true, revision: rev, blocker: this.#readyBlocker(undefined) } };
+        }
+        // Adopted after a lost reply: learn the position as of the key's creation.
         const position = await raceAbort(retrying(() => this.#positionAt(rev), { signals: [signal] }), signal);
         const state = await raceAbort(retrying(() => this.#readEnter(key, rev), { signals: [signal] }), signal);
         return { key, rev, position, state };
       }
-      // This attempt created nothing.
-      onAttempt(undefined, Promise.resolve());
-      if (mine) continue; // another participant's key of the same name: pick another name
-      if (ready) {
-        if (oldest && oldest.createRevision < ready.modRevision) {
-          throw new BarrierFullError(`${this.#what}: a round of ${this.count} is in progress`);
-        }
-        // No member of that round is left (crashed): its ready key is stale.
-        await raceAbort(retrying(() => this.#removeStaleReady(ready.modRevision), { signals: [signal] }), signal);
+      const [readyRes, oldestRes] = res.failure;
+      const ready = readyRes?.type === 'range' ? readyRes.kvs[0] : undefined;
+      const oldest = oldestRes?.type === 'range' ? oldestRes.kvs[0] : undefined;
+      if (!ready) continue; // the round ended in between: try again
+      if (oldest && oldest.createRevision < ready.modRevision) {
+        throw new BarrierFullError(`${this.#what}: a round of ${this.count} is in progress`);
       }
+      // No member of that round is left (crashed): its ready key is stale.
+      await raceAbort(retrying(() => this.#removeStaleReady(ready.modRevision), { signals: [signal] }), signal);
     }
     throw new BarrierFullError(`${this.#what}: could not enter (the barrier kept changing)`);
   }
@@ -361,9 +345,7 @@ export class DoubleBarrier {
 
   /** The last member leaves: delete its key and the round's ready key in one Txn. */
   #finishRound(me: Participant): () => Promise<void> {
-    let attempts = 0;
     return async () => {
-      attempts++;
       const res = await txn(this.session.client,
         [cmp.create(me.key, '==', me.rev), cmp.mod(this.#ready, '==', me.round)],
         [op.delete(me.key), op.delete(this.#ready)],
@@ -371,8 +353,9 @@ export class DoubleBarrier {
       if (res.succeeded) return;
       const mine = rangeAt(res, 0).kvs[0];
       if (!mine || mine.createRevision !== me.rev) {
-        // A retry whose first attempt landed finds its key gone; otherwise the lease expired.
-        if (attempts > 1 && !this.session.expired) return;
+        // Gone while our lease lives: an earlier copy of this Txn (ours, or one etcd3 re-sent unseen)
+        // landed; only we delete our key. Otherwise the lease expired and took it.
+        if (await this.session.verifyLease()) return;
         throw new SessionExpiredError(`${this.#what}: our key is gone; the session's lease expired before leaving`);
       }
       // The ready key is not our round's (deleted or rewritten by someone else): leave it alone.
@@ -391,22 +374,8 @@ export class DoubleBarrier {
     }
   }
 
-  /**
-   * Deletes this participant's key: guarded by its create revision when
-   * known, else by our lease (the name is unique, but never delete another
-   * participant's key of the same name). Retries until the session is gone;
-   * then the lease takes the key with it.
-   */
-  async #deleteMine(key: Buffer, rev: bigint | undefined): Promise<void> {
-    const { session } = this;
-    const guard: Compare = rev !== undefined ? cmp.create(key, '==', rev) : { key, target: 'Lease', result: '==', value: session.leaseId };
-    await retrying(() => txn(session.client, [guard], [op.delete(key)]), {
-      signals: [session.signal],
-      maxElapsedMs: Infinity,
-      onRetry: (err) => log('%s: delete of %s failed, retrying: %s', this.#what, showKey(key), (err as Error).message),
-    }).catch((err: unknown) => {
-      if (session.expired) return;
-      throw err;
-    });
+  #deleteMine(key: Buffer, rev: bigint | undefined): Promise<void> {
+    return deleteOwnKey(this.session, key, rev, log);
   }
+
 }

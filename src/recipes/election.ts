@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { ClientClosedError, type ComparatorBuilder, type Namespace } from 'etcd3';
 import { delay, linkSignals, raceAbort, type LinkedSignal } from '../core/abort.js';
-import { InvalidArgumentError, NotLeaderError, withoutStack } from '../core/errors.js';
+import { InvalidArgumentError, isRecipeError, NotLeaderError, withoutStack } from '../core/errors.js';
 import { deleteOwnKey } from '../core/holding.js';
 import { childPrefix, showKey, toBuffer } from '../core/keys.js';
 import { cmp, op, range, txn, type KeyValue } from '../core/kv.js';
@@ -654,7 +654,8 @@ export class LeaderObserver implements AsyncIterableIterator<LeaderState>, Async
         this.#apply(early);
         backoff = 25;
         const err = await raceAbort(ended, signal);
-        if (isClientClosed(err)) throw err;
+        // A closed client or a refused watch (permission) ends the observer; anything else re-reads.
+        if (isClientClosed(err) || isRecipeError(err)) throw err;
         log('%s: watch ended (%s); re-reading', this.#what, err.message);
         if (err instanceof WatchCompactedError) continue;
       } catch (err) {

@@ -5,7 +5,7 @@ import { Holding, type HeldKey } from '../core/holding.js';
 import { showKey } from '../core/keys.js';
 import { joinLine, SessionLine } from '../core/line.js';
 import { logger } from '../core/log.js';
-import { checkSession, Session } from '../core/session.js';
+import { checkSession, createOwnedSession, Session } from '../core/session.js';
 import { checkClient, checkFunction, checkInteger, checkName, checkOptions, checkSignal } from '../core/validate.js';
 
 const log = logger('mutex');
@@ -206,7 +206,7 @@ export async function withLock<T>(client: Namespace, name: string | Buffer,
   checkSignal(options.signal);
   if (options.session !== undefined) checkSession(options.session, 'options.session');
   else if (options.ttl !== undefined) checkInteger(options.ttl, 'options.ttl', 1);
-  const session = options.session ?? await Session.create(client, { ttl: options.ttl, signal: options.signal });
+  const session = options.session ?? await createOwnedSession(client, { ttl: options.ttl, signal: options.signal });
   try {
     const handle = await new Mutex(session, name).acquire({ signal: options.signal });
     const linked = linkSignals(handle.signal, options.signal);

@@ -2,6 +2,8 @@ import { EventEmitter } from 'node:events';
 import { isAscii, isUtf8 } from 'node:buffer';
 import { ClientClosedError, type Namespace } from 'etcd3';
 import { abortReason, delay } from '../core/abort.js';
+import { clientScope } from '../core/client.js';
+import { ClosedError, isRecipeError } from '../core/errors.js';
 import { prefixEnd, showKey, toBuffer } from '../core/keys.js';
 import { range, type KeyValue } from '../core/kv.js';
 import { logger } from '../core/log.js';
@@ -201,6 +203,7 @@ export class PrefixCache extends EventEmitter<PrefixCacheEvents> implements Asyn
   readonly #stop = new AbortController();
   readonly #streams = new Set<ChangeStream>();
   #closing: Promise<void> | undefined;
+  readonly #disown: () => void;
 
   /**
    * Starts loading the prefix at once; `await ready()` before reading.
@@ -221,6 +224,8 @@ export class PrefixCache extends EventEmitter<PrefixCacheEvents> implements Asyn
     this.#prefix = toBuffer(prefix);
     this.#end = prefixEnd(this.#prefix);
     this.#pageSize = pageSize;
+    // Closing the client closes the cache; pending ready() calls then reject with CLOSED.
+    this.#disown = clientScope(client).own({ close: () => this.#close(new ClosedError(`PrefixCache ${showKey(this.#prefix)}: the etcd client was closed`)) });
     this.#requestSync(undefined);
   }
 
@@ -325,12 +330,17 @@ export class PrefixCache extends EventEmitter<PrefixCacheEvents> implements Asyn
 
   /** Stops the watch, ends the iterators and rejects pending `ready()` calls. Idempotent. */
   close(): Promise<void> {
+    return this.#close(closedError());
+  }
+
+  #close(reason: Error): Promise<void> {
     this.#closing ??= (async () => {
-      this.#stop.abort(closedError());
+      this.#stop.abort(reason);
+      this.#disown();
       this.#generation++;
       this.#watch?.close();
       this.#watch = undefined;
-      for (const w of this.#readyWaiters.splice(0)) w.reject(closedError());
+      for (const w of this.#readyWaiters.splice(0)) w.reject(reason);
       for (const s of [...this.#streams]) s.end();
       this.#streams.clear();
       log('%s: closed', showKey(this.#prefix));
@@ -521,7 +531,7 @@ export class PrefixCache extends EventEmitter<PrefixCacheEvents> implements Asyn
 }
 
 function isClientClosed(err: unknown): boolean {
-  return err instanceof ClientClosedError || (err instanceof Error && /client was already closed/i.test(err.message));
+  return err instanceof ClientClosedError || isRecipeError(err, 'CLOSED') || (err instanceof Error && /client was already closed/i.test(err.message));
 }
 
 function makeEntry(mapKey: string, kv: KeyValue): CachedKeyValue {

@@ -1,10 +1,11 @@
 import { hostname } from 'node:os';
 import type { ComparatorBuilder, Namespace } from 'etcd3';
-import { abortReason, delay, linkSignals } from '../core/abort.js';
+import { abortReason, linkSignals } from '../core/abort.js';
 import { isRecipeError } from '../core/errors.js';
 import { logger } from '../core/log.js';
 import { isTransient } from '../core/retry.js';
-import { Session } from '../core/session.js';
+import { inFreshSessions, type RoundOutcome } from '../core/fresh-sessions.js';
+import type { Session } from '../core/session.js';
 import { checkClient, checkFunction, checkInteger, checkName, checkOptions, checkSignal, checkValue } from '../core/validate.js';
 import { Election, observeLeader, type LeaderInfo } from './election.js';
 
@@ -129,42 +130,28 @@ export async function runAsLeader<T>(client: Namespace, name: string | Buffer,
   })() : undefined;
 
   try {
-    let backoff = 50;
-    for (;;) {
-      outer?.throwIfAborted();
-      let session: Session | undefined;
-      let outcome: Outcome<T>;
+    return await inFreshSessions(client, { ttl, signal: outer, what: `runAsLeader ${String(name)}`, log }, async (session): Promise<RoundOutcome<T>> => {
+      const election = new Election(session, name);
       try {
-        let election: Election;
-        try {
-          session = await Session.create(client, { ttl, signal: outer });
-          election = new Election(session, name);
-          await election.campaign(value, { signal: outer });
-        } catch (err) {
-          if (outer?.aborted) throw abortReason(outer);
-          // The session was lost while we waited, or etcd is unreachable: a fresh session, after a pause.
-          if (!isRecipeError(err, 'SESSION_EXPIRED') && !isTransient(err)) throw err;
-          log('runAsLeader: campaign for %s failed (%s); campaigning again', String(name), (err as Error)?.message);
-          await delay(backoff, outer);
-          backoff = Math.min(backoff * 2, 2000);
-          continue;
-        }
-        backoff = 50;
-        outcome = await term(election, session, task, outer, onElected);
-        if (outcome.kind !== 'lost' || outcome.started) {
-          call('onDeposed', onDeposed, outcome.kind === 'lost' ? election.signal!.reason
-            : outcome.kind === 'stopped' ? abortReason(outer!) : undefined);
-        }
-      } finally {
-        await session?.close();
+        await election.campaign(value, { signal: outer });
+      } catch (err) {
+        // The session was lost while we waited, or etcd is unreachable: a fresh session, after a pause.
+        if (outer?.aborted || (!isRecipeError(err, 'SESSION_EXPIRED') && !isTransient(err))) throw err;
+        log('runAsLeader: campaign for %s failed (%s); campaigning again', String(name), (err as Error)?.message);
+        return { lost: true, reason: err };
+      }
+      const outcome = await term(election, session, task, outer, onElected);
+      if (outcome.kind !== 'lost' || outcome.started) {
+        call('onDeposed', onDeposed, outcome.kind === 'lost' ? election.signal!.reason
+          : outcome.kind === 'stopped' ? abortReason(outer!) : undefined);
       }
       switch (outcome.kind) {
-        case 'finished': return outcome.value;
+        case 'finished': return { lost: false, value: outcome.value };
         case 'threw': throw outcome.error;
         case 'stopped': throw abortReason(outer!);
-        case 'lost': continue;
+        case 'lost': return { lost: true, reason: election.signal!.reason };
       }
-    }
+    });
   } finally {
     watching.abort();
     await observing;

@@ -18,10 +18,23 @@ const log = logger('semaphore');
  */
 export const MAX_PERMITS = 10_000;
 
+/**
+ * The most permits one acquire takes at once. A request for n permits
+ * writes n keys in one Txn, and etcd refuses a Txn of more than
+ * `--max-txn-ops` (default 128) operations.
+ */
+export const MAX_PERMITS_PER_ACQUIRE = 100;
+
 /** Options of {@link Semaphore.acquire}. */
 export interface PermitOptions {
   /** Abort the wait; the call then rejects with the signal's reason and leaves no key behind. */
   signal?: AbortSignal;
+  /**
+   * How many permits to take, all at once or none (default 1; at most the
+   * semaphore's count and {@link MAX_PERMITS_PER_ACQUIRE}). The request keeps
+   * its place in the FIFO line: requests behind it wait until it is served.
+   */
+  permits?: number;
 }
 
 /** A held permit, from {@link Semaphore.acquire}. Dispose it (or call `release()`) to give the permit back. */
@@ -31,23 +44,47 @@ export type PermitHandle = HeldKey;
 export interface SemaphoreUsage {
   /** Permits held (at most `permits`). */
   holders: number;
-  /** Callers queued for a permit. */
+  /** Permits asked for by queued callers (the number of callers when each asks for one). */
   waiters: number;
 }
 
 
 /** What a waiter's read tells it beyond "blocked or not": who to wake once it holds. */
 interface LineData {
-  /** Our own key as read (its mod revision shows whether someone touched it already). */
-  own: KeyValue;
-  /** Our place in line, 0-based; `permits` or more means waiting. */
+  /** Our own keys as read (their mod revisions show whether someone touched them already). */
+  own: KeyValue[];
+  /** Our place in line: how many keys are ahead of ours (0-based; we hold while `place + n <= permits`). */
   place: number;
   /** The keys right behind ours, oldest first (at most `min(permits - 1, WAKE_AHEAD)`). */
   behind: KeyValue[];
+  /** True when `behind` may have been cut short by its limit. */
+  behindCut: boolean;
+}
+
+/** One request's keys: one key for one permit (the original layout), n keys under one unique prefix for n. */
+interface Request {
+  n: number;
+  keys: Buffer[];
+  /** The keys' common prefix `<name>/queue/<19 digits>-` when n > 1. */
+  group: Buffer | undefined;
 }
 
 /** How many waiters behind it an admitted waiter wakes at most in one go (see `#wakeBehind`). */
 const WAKE_AHEAD = 32;
+
+/** The most keys touched in one Txn (etcd's default `--max-txn-ops` is 128). */
+const TOUCH_BATCH = 64;
+
+/** Keys sorted by create revision, grouped into requests (the keys of one request share a revision). */
+function groupByRevision(kvs: KeyValue[]): KeyValue[][] {
+  const groups: KeyValue[][] = [];
+  for (const kv of kvs) {
+    const last = groups[groups.length - 1];
+    if (last && last[0]!.createRevision === kv.createRevision) last.push(kv);
+    else groups.push([kv]);
+  }
+  return groups;
+}
 
 /**
  * A distributed counting semaphore: at most `permits` holders at a time,
@@ -66,6 +103,13 @@ const WAKE_AHEAD = 32;
  *
  * Keys are unique per call, so one session can hold any number of permits at
  * once (one handle each); no in-process queueing is involved.
+ *
+ * `acquire({ permits: n })` takes n permits at once: it writes n keys
+ * `<name>/queue/<19-digit ns>-<3-digit i>` in one Txn, so they share one
+ * create revision and stand together in line; the request holds once the
+ * keys ahead of it plus its own n fit in `permits`. Counting keys, a
+ * single-permit caller of an older version sees such a request as n
+ * permits, so both can share a name.
  */
 export class Semaphore {
   /** The session whose lease owns the permit keys. */
@@ -107,10 +151,12 @@ export class Semaphore {
   }
 
   /**
-   * Blocks until a permit is held and returns a handle for it (its key,
-   * fencing token, signal and release). FIFO among waiters. Use with
-   * `await using`.
-   * @throws InvalidArgumentError if `<name>/permits` holds another count (nothing is written)
+   * Blocks until `options.permits` permits (default 1) are held, all at
+   * once, and returns a handle for them (its key, fencing token, signal and
+   * release). FIFO among waiters: a request waits until everything ahead
+   * of it was served and its permits fit. Use with `await using`.
+   * @throws InvalidArgumentError if `<name>/permits` holds another count, or for a bad
+   *   `options.permits` (nothing is written)
    * @throws SessionExpiredError if the session's lease is lost while waiting
    */
   acquire(options: PermitOptions = {}): Promise<PermitHandle> {
@@ -118,7 +164,8 @@ export class Semaphore {
   }
 
   /**
-   * Takes a permit if one is free right now and nobody waits; never waits.
+   * Takes `options.permits` permits (default 1) if they are free right now
+   * and nobody waits; never waits.
    * @returns the handle, or undefined (leaving no key behind)
    * @throws InvalidArgumentError if `<name>/permits` holds another count
    */
@@ -126,11 +173,22 @@ export class Semaphore {
     return this.#acquire(options, false);
   }
 
-  /** Counts holders and waiters now (one range; nested names under `<name>/queue/` would count too). */
+  /**
+   * Permits held and permits asked for by waiters, now (one range; nested
+   * names under `<name>/queue/` would count too).
+   */
   async usage(): Promise<SemaphoreUsage> {
-    const r = await range(this.session.client, this.#queueDir, { prefix: true, countOnly: true });
-    const n = Number(r.count);
-    return { holders: Math.min(n, this.permits), waiters: Math.max(0, n - this.permits) };
+    const r = await range(this.session.client, this.#queueDir, {
+      prefix: true, sortTarget: 'Create', sortOrder: 'Ascend', limit: this.permits + 1, keysOnly: true,
+    });
+    // Requests hold in order while they fit; the first one that does not fit (or is cut by the limit) waits.
+    let holders = 0;
+    for (const g of groupByRevision(r.kvs.slice(0, this.permits))) {
+      const complete = holders + g.length < r.kvs.length && r.kvs[holders + g.length]!.createRevision !== g[0]!.createRevision;
+      if (holders + g.length > this.permits || (!complete && holders + g.length < Number(r.count))) break;
+      holders += g.length;
+    }
+    return { holders, waiters: Number(r.count) - holders };
   }
 
   // -------------------------------------------------------------------------
@@ -138,68 +196,89 @@ export class Semaphore {
   async #acquire(options: PermitOptions, wait: boolean): Promise<PermitHandle | undefined> {
     checkOptions(options);
     checkSignal(options.signal);
+    const n = options.permits ?? 1;
+    checkInteger(n, 'options.permits', 1, Math.min(this.permits, MAX_PERMITS_PER_ACQUIRE));
     const { session } = this;
     const what = `semaphore ${showKey(this.name)}`;
     options.signal?.throwIfAborted();
     session.throwIfExpired();
+    let request: Request | undefined;
     // Keys are unique per call: no local turn is needed.
     const turn = await joinLine<LineData>(session, {
       what, log, wait, signals: [options.signal],
-      enter: (pending, signal) => this.#enter(pending, signal),
-      read: (key, rev) => this.#readLine(key, rev),
+      enter: async (pending, signal) => {
+        const entered = await this.#enter(n, pending, signal);
+        request = entered.request;
+        return entered.state;
+      },
+      read: (_key, rev) => this.#readLine(request!, rev),
     });
     if (!turn) return undefined;
     // We may have been seen as a waiter: wake the ones behind us.
-    if (turn.waited && turn.state.data) this.#wakeBehind(turn.state.data);
-    log('%s: permit acquired by %s, token %s', what, showKey(turn.key), turn.rev);
-    return new Holding(session, turn.key, turn.rev, turn.releaseLocal, what, log);
+    if (turn.waited && turn.state.data) this.#wakeBehind(n, turn.state.data);
+    log('%s: %d permit(s) acquired by %s, token %s', what, n, showKey(turn.key), turn.rev);
+    return new Holding(session, turn.key, turn.rev, turn.releaseLocal, what, log, request!.group);
   }
 
-  /** The two reads every line state comes from: the first `permits + 1` keys, and our key with its predecessor. */
-  #lineReads(maxCreateRevision?: bigint): Op[] {
+  /** A fresh request of `n` keys (one unique name; n > 1 adds `-<i>` suffixes under it). */
+  #request(n: number): Request {
+    const base = uniqueKey(this.#queueDir);
+    if (n === 1) return { n, keys: [base], group: undefined };
+    const group = Buffer.concat([base, Buffer.from('-')]);
+    return { n, group, keys: Array.from({ length: n }, (_, i) => Buffer.concat([group, Buffer.from(String(i).padStart(3, '0'))])) };
+  }
+
+  /**
+   * The two reads every line state comes from: the first `permits + 1`
+   * keys, and our `n` keys with our predecessor's (the newest key older than ours).
+   */
+  #lineReads(n: number, maxCreateRevision?: bigint): Op[] {
     return [
       op.range(this.#queueDir, { prefix: true, maxCreateRevision, sortTarget: 'Create', sortOrder: 'Ascend', limit: this.permits + 1, keysOnly: true }),
-      op.range(this.#queueDir, { prefix: true, maxCreateRevision, sortTarget: 'Create', sortOrder: 'Descend', limit: 2, keysOnly: true }),
+      op.range(this.#queueDir, { prefix: true, maxCreateRevision, sortTarget: 'Create', sortOrder: 'Descend', limit: n + 1, keysOnly: true }),
     ];
   }
 
   /**
-   * Creates our unique key (create-if-absent, lease attached) in a Txn that
-   * also checks the stored permit count and reads our place in line. The
-   * first acquire for a name stores the count in the same Txn. A mismatch
-   * rejects before anything is written. Retried until the signal aborts; a
-   * retry whose earlier attempt did land finds the key with our lease and
-   * adopts it.
+   * Creates our unique key(s) (create-if-absent, lease attached) in a Txn
+   * that also checks the stored permit count and reads our place in line.
+   * The first acquire for a name stores the count in the same Txn. A
+   * mismatch rejects before anything is written. Retried until the signal
+   * aborts; a retry whose earlier attempt did land finds the first key with
+   * our lease and adopts the request (its keys were written together).
    */
-  async #enter(pending: PendingKey, signal: AbortSignal): Promise<LineState<LineData>> {
+  async #enter(n: number, pending: PendingKey, signal: AbortSignal): Promise<{ request: Request; state: LineState<LineData> }> {
     const { client, leaseId } = this.session;
     const count = String(this.permits);
     let createCount = false;
     for (let attempt = 1; ; attempt++) {
       signal.throwIfAborted();
-      const key = uniqueKey(this.#queueDir);
+      const request = this.#request(n);
+      const key = request.keys[0]!;
       pending.key = key;
       pending.rev = undefined;
+      pending.group = request.group;
       const countGuard = createCount ? cmp.create(this.#permitsKey, '==', 0n) : cmp.value(this.#permitsKey, '==', count);
-      const writes = createCount ? [op.put(this.#permitsKey, count), op.put(key, '', leaseId)] : [op.put(key, '', leaseId)];
+      const puts = request.keys.map((k) => op.put(k, '', leaseId));
+      const writes = createCount ? [op.put(this.#permitsKey, count), ...puts] : puts;
       const res: TxnResult = await retrying(() => txn(client,
-        [countGuard, cmp.create(key, '==', 0n)],
-        [...writes, ...this.#lineReads()],
+        [countGuard, ...request.keys.map((k) => cmp.create(k, '==', 0n))],
+        [...writes, ...this.#lineReads(n)],
         [op.range(this.#permitsKey), op.range(key, { keysOnly: true })]), { signals: [signal], maxElapsedMs: Infinity });
       if (res.succeeded) {
         pending.rev = res.revision;
         if (createCount) log('semaphore %s: stored %s permits in %s', showKey(this.name), count, showKey(this.#permitsKey));
-        const state = this.#lineState(key, res.revision, res.revision, rangeAt(res, writes.length).kvs, rangeAt(res, writes.length + 1).kvs);
-        return state;
+        const state = this.#lineState(request, res.revision, res.revision, rangeAt(res, writes.length).kvs, rangeAt(res, writes.length + 1).kvs);
+        return { request, state };
       }
       const stored = rangeAt(res, 0).kvs[0];
       const existing = rangeAt(res, 1).kvs[0];
       if (existing && existing.lease === leaseId) {
-        // An earlier attempt of this Txn landed but its reply was lost: adopt the key.
+        // An earlier attempt of this Txn landed but its reply was lost: adopt the request.
         const rev = existing.createRevision;
         pending.rev = rev;
-        const state = await retrying(() => this.#readLine(key, rev), { signals: [signal], maxElapsedMs: Infinity });
-        return state;
+        const state = await retrying(() => this.#readLine(request, rev), { signals: [signal], maxElapsedMs: Infinity });
+        return { request, state };
       }
       if (!stored) {
         createCount = true; // first use of this name (or the count key was deleted)
@@ -217,35 +296,39 @@ export class Semaphore {
   }
 
   /** One request: our liveness, our place in line and our blocker, and who is right behind us. */
-  async #readLine(key: Buffer, rev: bigint): Promise<LineState<LineData>> {
-    const reads = this.#lineReads(rev);
+  async #readLine(request: Request, rev: bigint): Promise<LineState<LineData>> {
+    const reads = this.#lineReads(request.n, rev);
     const behind = Math.min(this.permits - 1, WAKE_AHEAD);
     if (behind > 0) {
       reads.push(op.range(this.#queueDir, { prefix: true, minCreateRevision: rev + 1n, sortTarget: 'Create', sortOrder: 'Ascend', limit: behind, keysOnly: true }));
     }
     const res = await txn(this.session.client, [], reads);
-    return this.#lineState(key, rev, res.revision, rangeAt(res, 0).kvs, rangeAt(res, 1).kvs, behind > 0 ? rangeAt(res, 2).kvs : []);
+    const after = behind > 0 ? rangeAt(res, 2).kvs : [];
+    return this.#lineState(request, rev, res.revision, rangeAt(res, 0).kvs, rangeAt(res, 1).kvs, after, after.length === behind);
   }
 
   /**
-   * `first`: the oldest `permits + 1` keys created at or before our key;
-   * `last`: our key and its predecessor (newest first). Among the first
-   * `permits` we hold. Right after them we are the first waiter and must
-   * wake on any release, whichever holder it is: we watch deletions under
-   * the queue. Further back, only a change of our predecessor can move us
-   * up to first waiter (its deletion, or its touch when it became a holder):
-   * we watch that one key.
+   * `first`: the oldest `permits + 1` keys created at or before our keys;
+   * `last`: our keys and the newest key older than them (newest first). The
+   * keys of one request share a create revision, so they stand together and
+   * `place` (how many keys are older than ours) decides: we hold while
+   * `place + n <= permits`. If we do not hold but everything ahead of us
+   * does (`place <= permits`), we are the first waiter and must wake on any
+   * release, whichever holder it is: we watch deletions under the queue.
+   * Further back, only a change of our predecessor can move us up to first
+   * waiter (its deletion, or its touch when it became a holder): we watch
+   * one of its keys (it touches them all).
    */
-  #lineState(key: Buffer, rev: bigint, revision: bigint, first: KeyValue[], last: KeyValue[], behind: KeyValue[] = []): LineState<LineData> {
-    const mine = (kv: KeyValue | undefined) => !!kv && kv.createRevision === rev && kv.key.equals(key);
-    const own = last[0];
-    if (!own || !mine(own)) return { alive: false, revision };
-    const found = first.findIndex(mine);
-    const place = found >= 0 ? found : this.permits + 1;
-    const data: LineData = { own, place, behind };
-    if (place < this.permits) return { alive: true, revision, data };
-    const pred = last[1];
-    if (place === this.permits || !pred) return { alive: true, revision, data, blocker: { kind: 'prefix-deletes', prefix: this.#queueDir } };
+  #lineState(request: Request, rev: bigint, revision: bigint, first: KeyValue[], last: KeyValue[],
+    behind: KeyValue[] = [], behindCut = false): LineState<LineData> {
+    const own = last.filter((kv) => kv.createRevision === rev);
+    const key = request.keys[0]!;
+    if (own.length !== request.n || !own.some((kv) => kv.key.equals(key))) return { alive: false, revision };
+    const place = first.filter((kv) => kv.createRevision < rev).length;
+    const data: LineData = { own, place, behind, behindCut };
+    if (place + request.n <= this.permits) return { alive: true, revision, data };
+    const pred = last.find((kv) => kv.createRevision < rev);
+    if (place <= this.permits || !pred) return { alive: true, revision, data, blocker: { kind: 'prefix-deletes', prefix: this.#queueDir } };
     return { alive: true, revision, data, blocker: { kind: 'key', key: pred.key, createRevision: pred.createRevision, anyEvent: true } };
   }
 
@@ -259,25 +342,36 @@ export class Semaphore {
    * one after another. Keys already touched are skipped. In the background:
    * a failed touch only delays a waiter until the touched key is deleted.
    */
-  #wakeBehind(data: LineData): void {
-    const { own, place, behind } = data;
-    const targets = own.modRevision === own.createRevision ? [own] : [];
-    // Waiters at places place+1 .. permits-1 are admitted too; the one at `permits` becomes first waiter.
-    for (const kv of behind.slice(0, Math.max(0, this.permits - 1 - place))) {
-      if (kv.modRevision === kv.createRevision) targets.push(kv);
+  #wakeBehind(n: number, data: LineData): void {
+    const { own, place, behind, behindCut } = data;
+    const untouched = (kvs: KeyValue[]) => kvs.every((kv) => kv.modRevision === kv.createRevision);
+    const groups: KeyValue[][] = untouched(own) ? [own] : [];
+    // Requests right behind us that fit in the permits left are admitted too (in order, each as a
+    // whole); the first that does not fit becomes the first waiter. The last request read may be
+    // cut short by the read's limit: its size is unknown, so it is left alone.
+    let pos = place + n;
+    const behindGroups = groupByRevision(behind);
+    if (behindCut) behindGroups.pop();
+    for (const g of behindGroups) {
+      if (pos + g.length > this.permits) break;
+      pos += g.length;
+      if (untouched(g)) groups.push(g);
     }
-    if (targets.length === 0) return;
+    if (groups.length === 0) return;
     const { client, signal } = this.session;
     // The key's own lease: a put without it would detach the key from its owner's lease.
     const touch = (kvs: KeyValue[]) => retrying(() => txn(client,
       kvs.map((kv) => cmp.create(kv.key, '==', kv.createRevision)),
       kvs.map((kv) => op.put(kv.key, '', kv.lease))), { signals: [signal], maxElapsedMs: Infinity });
     const failed = (err: unknown) => log('touch failed (the waiter behind wakes when the key is deleted): %s', (err as Error).message);
-    // All in one Txn, so that every woken waiter reads them all done; if one of the keys
-    // is gone meanwhile (its owner left), touch the others one by one.
-    void touch(targets).then((res) => {
-      if (res.succeeded || targets.length === 1) return;
-      return Promise.all(targets.map((kv) => touch([kv]).catch(failed))).then(() => undefined);
-    }).catch(failed);
+    // All in one Txn when it fits etcd's op limit, so that every woken waiter reads them all
+    // done; otherwise, or if one of the requests is gone meanwhile (its owner left), request by request.
+    const all = groups.flat();
+    const oneByOne = () => Promise.all(groups.map((g) => touch(g).catch(failed))).then(() => undefined);
+    if (groups.length === 1 || all.length > TOUCH_BATCH) {
+      void oneByOne();
+      return;
+    }
+    void touch(all).then((res) => (res.succeeded ? undefined : oneByOne())).catch(failed);
   }
 }

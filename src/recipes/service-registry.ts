@@ -5,7 +5,7 @@ import { InvalidArgumentError, isRecipeError, ServiceIdTakenError, SessionExpire
 import { cmp, op, range, rangeAt, txn, type Compare, type KeyValue } from '../core/kv.js';
 import { logger } from '../core/log.js';
 import { isTransient, retrying } from '../core/retry.js';
-import { Session } from '../core/session.js';
+import { createOwnedSession, Session } from '../core/session.js';
 import { checkBoolean, checkClient, checkInteger, checkOptions, checkSignal } from '../core/validate.js';
 import { openWatch, type WatchEvent, type WatchHandle } from '../core/watch-hub.js';
 import { emitSafely } from '../core/events.js';
@@ -378,7 +378,7 @@ export class ServiceRegistry<M extends object = ServiceMetadata> extends EventEm
   async #registerOnce(signal: AbortSignal | undefined): Promise<void> {
     // Not Session.create's own signal: if we give up while the grant is in flight, the lease it
     // lands with must still be revoked, so we keep hold of the pending session and close it.
-    const creating = Session.create(this.client, { ttl: this.ttl });
+    const creating = createOwnedSession(this.client, { ttl: this.ttl });
     let session: Session;
     try {
       session = await raceAbort(creating, signal, this.#stop.signal);
@@ -465,7 +465,7 @@ export class ServiceRegistry<M extends object = ServiceMetadata> extends EventEm
         return;
       } catch (err) {
         if (stop.aborted) return;
-        if (err instanceof ClientClosedError || /client was already closed/i.test((err as Error).message)) {
+        if (err instanceof ClientClosedError || isRecipeError(err, 'CLOSED') || /client was already closed/i.test((err as Error).message)) {
           // The application closed the client without deregistering: nothing more we can do.
           log('%s: client closed; giving up re-registering', this.key);
           this.#emitError(err as Error);

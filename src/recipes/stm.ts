@@ -108,6 +108,16 @@ export interface STMTransaction {
    * ignores buffered writes.
    */
   rev(key: string | Buffer): Promise<bigint>;
+  /**
+   * Every key starting with `prefix`, sorted by key, with this attempt's
+   * buffered writes applied (read-your-writes). Under every level but
+   * `'read-committed'` the commit conflicts if any key under `prefix` was
+   * added, changed or deleted after this read (docs/stm.md, "Ranges"). The
+   * keys read join the read set; the whole range counts towards `maxTxnOps`
+   * (one compare per key, plus one for the range).
+   * @throws InvalidArgumentError (rejecting `runSTM`) if the range holds more keys than `maxTxnOps` allows
+   */
+  getRange(prefix: string | Buffer): Promise<STMRangeItem[]>;
   /** Buffers a put of `key`; the last write of a key in an attempt wins. */
   put(key: string | Buffer, value: string | Buffer): void;
   /** Buffers a put of `JSON.stringify(value)`. */
@@ -116,7 +126,28 @@ export interface STMTransaction {
   delete(key: string | Buffer): void;
 }
 
+/** One key of a range read, from {@link STMTransaction.getRange}. */
+export interface STMRangeItem {
+  /** The key (relative to the client's namespace), as UTF-8 text. */
+  readonly key: string;
+  /** The value as UTF-8 text. */
+  readonly value: string;
+  /** The key as bytes. */
+  readonly keyBuffer: Buffer;
+  /** The value as bytes. */
+  readonly buffer: Buffer;
+}
+
 // ---------------------------------------------------------------------------
+
+/** A range of the read set: every key under `prefix` as of revision `at`. */
+interface RangeEntry {
+  readonly prefix: Buffer;
+  /** The revision the range was read at (the snapshot, or the read's header revision). */
+  readonly at: bigint;
+  /** The keys the read returned. */
+  readonly kvs: KeyValue[];
+}
 
 /** One key of the read set. */
 interface ReadEntry {
@@ -174,6 +205,7 @@ interface AttemptHost {
   /** The revision of `prefetched` (the failed commit's). */
   prefetchedAt: bigint;
   readKeys(keys: Buffer[], opts: RangeOptions): Promise<{ kvs: (KeyValue | null)[]; revision: bigint }>;
+  readRange(prefix: Buffer, opts: RangeOptions): Promise<{ kvs: KeyValue[]; more: boolean; revision: bigint }>;
 }
 
 /** Internal: a method of a finished attempt was called. */
@@ -182,6 +214,8 @@ function attemptOver(method: string): Error {
 }
 
 const idOf = (key: Buffer): string => key.toString('latin1');
+
+const startsWith = (key: Buffer, prefix: Buffer): boolean => key.length >= prefix.length && key.subarray(0, prefix.length).equals(prefix);
 
 /**
  * Runs `fn` as a transaction on etcd and returns what `fn` returns.
@@ -341,6 +375,22 @@ class Runner<T> implements AttemptHost {
     return { kvs, revision };
   }
 
+  /** Reads every key under `prefix` with `opts` (a limit, when given, to detect an oversized range). */
+  async readRange(prefix: Buffer, opts: RangeOptions): Promise<{ kvs: KeyValue[]; more: boolean; revision: bigint }> {
+    const read = async (o: RangeOptions): Promise<{ kvs: KeyValue[]; more: boolean; revision: bigint }> => {
+      try {
+        const r = await range(this.client, prefix, { ...o, prefix: true });
+        return { kvs: r.kvs, more: r.more, revision: r.revision };
+      } catch (err) {
+        const message = err instanceof Error ? err.message : '';
+        if (o.serializable && o.revision !== undefined && /future revision/i.test(message)) return read({ ...o, serializable: false });
+        if (/has been compacted/i.test(message)) throw new RestartAttempt(`snapshot revision ${o.revision} was compacted`, err);
+        throw err;
+      }
+    };
+    return retrying(() => read(opts), { signals: [this.signal] });
+  }
+
   async #readChunk(keys: Buffer[], opts: RangeOptions): Promise<{ kvs: (KeyValue | null)[]; revision: bigint }> {
     try {
       if (keys.length === 1) {
@@ -365,25 +415,32 @@ class Runner<T> implements AttemptHost {
   async #commit(tx: Attempt, value: T): Promise<{ committed: true; value: T } | { committed: false; keys: string[] }> {
     const level = this.isolation;
     const reads = [...tx.reads.values()];
+    const ranges = [...tx.ranges.values()];
     const writes = [...tx.writes.values()];
+    const seenAt = [...reads.map((r) => r.at), ...ranges.map((g) => g.at)];
     if (writes.length === 0) {
       // Nothing to write. A read set that is one snapshot (one revision,
       // first read linearizable) is already serializable: no Txn needed.
       // Go sends a compare-only Txn here; the outcome is the same.
-      if (level === 'read-committed' || reads.length === 0) return { committed: true, value };
-      if (this.snapshotLevel && reads.every((r) => r.at === reads[0]!.at)) return { committed: true, value };
+      if (level === 'read-committed' || seenAt.length === 0) return { committed: true, value };
+      if (this.snapshotLevel && seenAt.every((at) => at === seenAt[0])) return { committed: true, value };
     }
     const compares: Compare[] = [];
     const failure: Op[] = [];
     let first: bigint | undefined;
     if (level !== 'read-committed') {
       for (const r of reads) compares.push(cmp.mod(r.key, '==', r.kv ? r.kv.modRevision : 0n));
+      // A range: no key under it modified (or created) after it was read. Deleted keys have no
+      // mod revision left to compare: the per-key compares above (every key the range returned
+      // is in the read set) catch those.
+      for (const g of ranges) compares.push({ ...cmp.mod(g.prefix, '<', g.at + 1n), prefix: true });
     }
     const writeOnly = level === 'serializable-snapshot' ? writes.filter((w) => !tx.reads.has(w.id)) : [];
-    if (level === 'serializable-snapshot' && reads.length > 0) {
+    if (level === 'serializable-snapshot' && seenAt.length > 0) {
       // Go: MOD(w) < first + 1 for every written key, read or not (blind writes).
-      first = reads.reduce((min, r) => (r.at < min ? r.at : min), reads[0]!.at);
-      for (const w of writes) compares.push(cmp.mod(w.key, '<', first + 1n));
+      const snapshot = seenAt.reduce((min, at) => (at < min ? at : min), seenAt[0]!);
+      first = snapshot;
+      for (const w of writes) compares.push(cmp.mod(w.key, '<', snapshot + 1n));
     }
     if (this.snapshotLevel) {
       // Go's Else branch: re-read the read set, to prefetch the next attempt.
@@ -392,6 +449,11 @@ class Runner<T> implements AttemptHost {
       for (const w of writeOnly) failure.push(op.range(w.key, { keysOnly: true }));
     } else if (level === 'repeatable-reads') {
       for (const r of reads) failure.push(op.range(r.key, { keysOnly: true }));
+    }
+    // Which ranges changed, to name them in STMConflictError: keys modified since each was read.
+    const rangesAt = failure.length;
+    if (level !== 'read-committed') {
+      for (const g of ranges) failure.push(op.range(g.prefix, { prefix: true, minModRevision: g.at + 1n, countOnly: true }));
     }
     const success = writes.map((w) => (w.value === undefined ? op.delete(w.key) : op.put(w.key, w.value)));
 
@@ -430,6 +492,9 @@ class Runner<T> implements AttemptHost {
         const cur = rangeAt(res, reads.length + i).kvs[0];
         if (first !== undefined && cur && cur.modRevision >= first + 1n) keys.push(showKey(w.key));
       });
+      ranges.forEach((g, i) => {
+        if (rangeAt(res, rangesAt + i).count > 0n) keys.push(`${showKey(g.prefix)}*`);
+      });
     }
     if (this.snapshotLevel) {
       this.prefetched = prefetched;
@@ -461,6 +526,9 @@ class Attempt implements STMTransaction {
   readonly isolation: STMIsolation;
   readonly reads = new Map<string, ReadEntry>();
   readonly writes = new Map<string, WriteEntry>();
+  /** Ranges read, by prefix; each is read once per attempt. */
+  readonly ranges = new Map<string, RangeEntry>();
+  readonly #rangeReads = new Map<string, Promise<RangeEntry>>();
   /** The first read failure of this attempt (fails the attempt even if fn caught it). */
   failure: unknown;
   /** The newest header revision any read of this attempt returned. */
@@ -505,6 +573,86 @@ class Attempt implements STMTransaction {
     checkName(key, 'key');
     const entry = await this.#readEntry(toBuffer(key));
     return entry.kv ? entry.kv.modRevision : 0n;
+  }
+
+  async getRange(prefix: string | Buffer): Promise<STMRangeItem[]> {
+    this.#assertOpen('getRange');
+    checkName(prefix, 'prefix');
+    const p = toBuffer(prefix);
+    const id = idOf(p);
+    let reading = this.#rangeReads.get(id);
+    if (!reading) {
+      reading = this.#readRange(p);
+      reading.catch(() => undefined);
+      this.#rangeReads.set(id, reading);
+      this.#flushes.push(reading.then(() => undefined, () => undefined));
+    }
+    const entry = await raceAbort(reading, this.#run.signal);
+    // The values this attempt relies on: the read set's (the same data under the snapshot
+    // levels), then this attempt's own writes on top.
+    const byKey = new Map<string, KeyValue>();
+    for (const kv of entry.kvs) {
+      const kid = idOf(kv.key);
+      const read = this.reads.get(kid);
+      const seen = read?.settled && read.error === undefined ? read.kv : kv;
+      if (seen) byKey.set(kid, seen);
+    }
+    for (const w of this.writes.values()) {
+      if (!startsWith(w.key, p)) continue;
+      if (w.value === undefined) byKey.delete(w.id);
+      else byKey.set(w.id, { key: w.key, value: w.value, createRevision: 0n, modRevision: 0n, version: 0n, lease: '0' });
+    }
+    return [...byKey.values()]
+      .sort((a, b) => Buffer.compare(a.key, b.key))
+      .map((kv) => ({ key: kv.key.toString('utf8'), value: kv.value.toString('utf8'), keyBuffer: kv.key, buffer: Buffer.from(kv.value) }));
+  }
+
+  /**
+   * Reads the range once for this attempt (at the snapshot under the
+   * serializable levels; the first read of an attempt defines the snapshot)
+   * and adds every key it returns to the read set.
+   */
+  async #readRange(prefix: Buffer): Promise<RangeEntry> {
+    const run = this.#run;
+    const guarded = run.isolation !== 'read-committed';
+    if (guarded) this.checkSize(0, 0, 1);
+    let opts: RangeOptions;
+    let pinned: bigint | undefined;
+    let defineSnapshot: { resolve(rev: bigint): void; reject(err: unknown): void } | undefined;
+    if (!run.snapshotLevel) opts = { serializable: true };
+    else if (!this.#snapshot) {
+      this.#snapshot = new Promise<bigint>((res, rej) => { defineSnapshot = { resolve: res, reject: rej }; });
+      this.#snapshot.catch(() => undefined);
+      opts = {};
+    } else {
+      pinned = await this.#snapshot;
+      opts = { revision: pinned, serializable: true };
+    }
+    // One key more than can fit: enough to know the range is too large, without reading all of it.
+    if (guarded) opts.limit = run.maxTxnOps + 1;
+    let read;
+    try {
+      read = await run.readRange(prefix, opts);
+    } catch (err) {
+      defineSnapshot?.reject(err);
+      if (this.failure === undefined) this.failure = err;
+      throw err;
+    }
+    defineSnapshot?.resolve(read.revision);
+    if (read.revision > this.maxSeen) this.maxSeen = read.revision;
+    const at = pinned ?? read.revision;
+    const fresh = read.kvs.filter((kv) => !this.reads.has(idOf(kv.key)));
+    if (guarded) {
+      if (read.more) this.checkSize(run.maxTxnOps + 1, 0, 1);
+      this.checkSize(fresh.length, 0, 1);
+    }
+    for (const kv of fresh) {
+      const kid = idOf(kv.key);
+      this.reads.set(kid, { key: kv.key, id: kid, done: Promise.resolve(), settled: true, error: undefined, kv, at });
+    }
+    const entry: RangeEntry = { prefix, at, kvs: read.kvs };
+    this.ranges.set(idOf(prefix), entry);
+    return entry;
   }
 
   put(key: string | Buffer, value: string | Buffer): void {
@@ -554,20 +702,22 @@ class Attempt implements STMTransaction {
    * branch after adding `reads` keys to the read set and `writes` to the write
    * set.
    */
-  checkSize(reads: number, writes: number): void {
+  checkSize(reads: number, writes: number, ranges = 0): void {
     const run = this.#run;
     const R = this.reads.size + reads;
     const W = this.writes.size + writes;
+    const G = this.ranges.size + ranges;
     let needed: number;
     switch (run.isolation) {
       case 'serializable-snapshot':
-        // Compares: one per key read plus one per key written (when there
-        // are reads); Then: the writes; Else: the reads and blind writes.
-        needed = R > 0 ? R + W : W;
+        // Compares: one per key read and per range, plus one per key
+        // written (when anything was read); Then: the writes; Else: the
+        // reads, blind writes and ranges.
+        needed = R + G > 0 ? R + G + W : W;
         break;
       case 'serializable':
       case 'repeatable-reads':
-        needed = Math.max(R, W);
+        needed = Math.max(R + G, W);
         break;
       case 'read-committed':
         needed = W;
@@ -575,7 +725,7 @@ class Attempt implements STMTransaction {
     }
     if (needed > run.maxTxnOps) {
       throw new InvalidArgumentError('fn', `this transaction would need ${needed} operations in one etcd Txn ` +
-        `(${R} keys read, ${W} written, isolation '${run.isolation}'), more than maxTxnOps = ${run.maxTxnOps} ` +
+        `(${R} keys read${G ? ` (${G} range(s))` : ''}, ${W} written, isolation '${run.isolation}'), more than maxTxnOps = ${run.maxTxnOps} ` +
         '(etcd\'s --max-txn-ops, default 128); split it into smaller transactions, or raise both limits');
     }
   }

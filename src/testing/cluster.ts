@@ -1,10 +1,13 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import { request as httpRequest } from 'node:http';
+import { request as httpsRequest } from 'node:https';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Etcd3, type IOptions } from 'etcd3';
+import { Etcd3, Range, type IOptions } from 'etcd3';
+import { TestCertificateAuthority, type CertificatePair } from './certs.js';
 import { findEtcdBinary } from './etcd-binary.js';
 
 /** Options of {@link EtcdCluster.start}. */
@@ -36,6 +39,92 @@ export interface EtcdClusterOptions {
   extraArgs?: string[];
   /** How long to wait for the cluster to become healthy, in ms. Default 30 000. */
   startTimeoutMs?: number;
+  /**
+   * Serve clients and peers over TLS, with certificates made at start by
+   * `openssl` in the cluster's temporary directory (no key is stored
+   * anywhere else). `true`: server certificates only, like a server behind
+   * HTTPS. `{ clientCertAuth: true }`: members also require a client
+   * certificate signed by the cluster's CA (etcd's `--client-cert-auth`);
+   * {@link EtcdCluster.client} presents one. Client URLs become `https://`;
+   * health and metrics stay on a plain-HTTP {@link EtcdMember.metricsUrl}.
+   */
+  tls?: boolean | {
+    /** Members require a client certificate. */
+    clientCertAuth?: boolean;
+  };
+  /**
+   * Enable etcd's authentication once the cluster is up: the `root` user
+   * (with the `root` role) is created and auth is enabled.
+   * {@link EtcdCluster.client} then logs in as root; make users with only
+   * the permissions you want with {@link EtcdCluster.createUser}.
+   */
+  auth?: boolean | {
+    /** The root user's password (default: a random one). */
+    rootPassword?: string;
+  };
+}
+
+/** User name and password of an etcd user, as etcd3's `auth` option takes them. */
+export interface EtcdCredentials {
+  /** The user's name. */
+  readonly username: string;
+  /** The user's password. */
+  readonly password: string;
+}
+
+/** One permission of {@link EtcdCluster.createUser}: a key, a prefix or a range `[key, end)`. */
+export type EtcdGrant =
+  | {
+    /** Every key starting with this. */
+    readonly prefix: string;
+    /** Default `'readwrite'`. */
+    readonly permission?: 'read' | 'write' | 'readwrite';
+  }
+  | {
+    /** This one key. */
+    readonly key: string;
+    /** Default `'readwrite'`. */
+    readonly permission?: 'read' | 'write' | 'readwrite';
+  }
+  | {
+    /** The first key of the range. */
+    readonly key: string;
+    /** The end of the range (excluded). */
+    readonly end: string;
+    /** Default `'readwrite'`. */
+    readonly permission?: 'read' | 'write' | 'readwrite';
+  };
+
+/** The TLS material of a cluster started with `tls`. */
+export interface EtcdClusterTls {
+  /** The test CA that signed every certificate (trust it as `rootCertificate`). */
+  readonly ca: CertificatePair;
+  /** The members' certificate (server and peer). */
+  readonly server: CertificatePair;
+  /** Whether members require a client certificate. */
+  readonly clientCertAuth: boolean;
+  /** The certificate {@link EtcdCluster.client} presents when `clientCertAuth` is on. */
+  readonly client: CertificatePair | undefined;
+}
+
+/*
+ * Test certificates name 127.0.0.1 and localhost. grpc-js would send the IP
+ * as the TLS server name, which RFC 6066 forbids (Node warns, DEP0123);
+ * naming the target `localhost` is what a real deployment does with a DNS
+ * name, and the certificate covers it.
+ */
+const TLS_GRPC_OPTIONS = { 'grpc.ssl_target_name_override': 'localhost' } as const;
+
+/** etcd3's fault policy that neither retries nor breaks: one status probe, one answer. */
+const noRetry = {
+  execute: <T>(fn: (context: { signal: AbortSignal }) => PromiseLike<T> | T) => Promise.resolve(fn({ signal: new AbortController().signal })),
+} as unknown as NonNullable<NonNullable<IOptions['faultHandling']>['global']>;
+
+/** TLS material for plain-Node requests to a member. */
+interface MemberTls {
+  ca: Buffer;
+  cert?: Buffer;
+  key?: Buffer;
 }
 
 /** Where a member is in its life. */
@@ -86,20 +175,30 @@ const WRAPPER = [
   'echo "exit:$code"',
 ].join('\n');
 
-/** One etcd process of an {@link EtcdCluster}. */
+/**
+ * One etcd process of an {@link EtcdCluster}.
+ * @hideconstructor
+ */
 export class EtcdMember {
   /** Member name, `m0`, `m1`, ... */
   readonly name: string;
   /** `127.0.0.1:<port>`: what etcd3's `hosts` option takes. */
   readonly endpoint: string;
-  /** `http://127.0.0.1:<port>` */
+  /** `http://127.0.0.1:<port>`, or `https://` on a TLS cluster. */
   readonly clientUrl: string;
+  /**
+   * Where `/health` and `/metrics` answer over plain HTTP: the client URL,
+   * or on a TLS cluster a separate `--listen-metrics-urls` port. Pass it to
+   * {@link requestCounts}.
+   */
+  readonly metricsUrl: string;
   /** `http://127.0.0.1:<port>`: where the other members reach it. */
   readonly peerUrl: string;
   /** This member's data directory. */
   readonly dataDir: string;
   #args: string[];
   #bin: string;
+  #tls: MemberTls | undefined;
   #wrapper: ChildProcess | undefined;
   #pid: number | undefined;
   #state: MemberState = 'stopped';
@@ -107,14 +206,18 @@ export class EtcdMember {
   #log: string[] = [];
 
   /** Made by {@link EtcdCluster.start}; not meant to be called directly. */
-  constructor(bin: string, name: string, clientPort: number, peerPort: number, dataDir: string, args: string[]) {
+  constructor(bin: string, name: string, ports: { client: number; peer: number; metrics?: number }, dataDir: string, args: string[],
+    tls?: MemberTls) {
+    const scheme = tls ? 'https' : 'http';
     this.#bin = bin;
     this.name = name;
-    this.endpoint = `127.0.0.1:${clientPort}`;
-    this.clientUrl = `http://127.0.0.1:${clientPort}`;
-    this.peerUrl = `http://127.0.0.1:${peerPort}`;
+    this.endpoint = `127.0.0.1:${ports.client}`;
+    this.clientUrl = `${scheme}://127.0.0.1:${ports.client}`;
+    this.metricsUrl = ports.metrics ? `http://127.0.0.1:${ports.metrics}` : this.clientUrl;
+    this.peerUrl = `${scheme}://127.0.0.1:${ports.peer}`;
     this.dataDir = dataDir;
     this.#args = args;
+    this.#tls = tls;
   }
 
   /** etcd's pid while it runs. */
@@ -257,8 +360,7 @@ export class EtcdMember {
   async healthy(timeoutMs = 1000): Promise<boolean> {
     if (this.#state !== 'running') return false;
     try {
-      const res = await fetch(`${this.clientUrl}/health`, { signal: AbortSignal.timeout(timeoutMs) });
-      const body = await res.json() as { health?: string };
+      const body = await requestJson(`${this.metricsUrl}/health`, { timeoutMs }) as { health?: string };
       return body.health === 'true';
     } catch {
       return false;
@@ -274,10 +376,23 @@ export class EtcdMember {
     /** The current Raft term. */
     raftTerm: string;
   }> {
-    const res = await fetch(`${this.clientUrl}/v3/maintenance/status`, {
-      method: 'POST', body: '{}', signal: AbortSignal.timeout(timeoutMs),
-    });
-    const body = await res.json() as { header: { member_id: string; raft_term: string }; leader: string };
+    if (this.#tls) {
+      // etcd's HTTP gateway refuses requests that carry a client certificate once auth is on: ask over gRPC.
+      const client = new Etcd3({
+        hosts: [this.endpoint],
+        credentials: { rootCertificate: this.#tls.ca, ...(this.#tls.cert ? { certChain: this.#tls.cert, privateKey: this.#tls.key } : {}) },
+        grpcOptions: TLS_GRPC_OPTIONS,
+        faultHandling: { global: noRetry, host: () => noRetry },
+      });
+      try {
+        const res = await client.maintenance.status({ deadline: new Date(Date.now() + timeoutMs) });
+        return { memberId: res.header.member_id, leaderId: res.leader, raftTerm: res.header.raft_term };
+      } finally {
+        client.close();
+      }
+    }
+    const body = await requestJson(`${this.clientUrl}/v3/maintenance/status`, { body: '{}', timeoutMs }) as
+      { header: { member_id: string; raft_term: string }; leader: string };
     return { memberId: body.header.member_id, leaderId: body.leader, raftTerm: body.header.raft_term };
   }
 
@@ -285,6 +400,34 @@ export class EtcdMember {
   removeData(): void {
     rmSync(this.dataDir, { recursive: true, force: true });
   }
+}
+
+/** GET (or POST `body`) and parse JSON; node:http(s) rather than fetch, since fetch cannot take a private CA. */
+function requestJson(url: string, options: { body?: string; timeoutMs: number; tls?: MemberTls }): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    const send = url.startsWith('https:') ? httpsRequest : httpRequest;
+    const req = send(url, {
+      method: options.body === undefined ? 'GET' : 'POST',
+      timeout: options.timeoutMs,
+      agent: false,
+      ...(options.tls ? { ca: options.tls.ca, cert: options.tls.cert, key: options.tls.key } : {}),
+    }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => { text += d; });
+      res.on('end', () => {
+        try {
+          resolve(JSON.parse(text));
+        } catch {
+          reject(new Error(`${url}: HTTP ${res.statusCode}: ${text.slice(0, 200)}`));
+        }
+      });
+      res.on('error', reject);
+    });
+    req.on('timeout', () => req.destroy(new Error(`${url}: no answer within ${options.timeoutMs} ms`)));
+    req.on('error', reject);
+    req.end(options.body);
+  });
 }
 
 function defaultDataRoot(dataDir: EtcdClusterOptions['dataDir']): string {
@@ -309,17 +452,24 @@ export class EtcdCluster implements AsyncDisposable {
   readonly members: readonly EtcdMember[];
   /** Root directory of this cluster's data (removed on stop). */
   readonly dataDir: string;
+  /** Certificates of a cluster started with `tls`; undefined otherwise. */
+  readonly tls: EtcdClusterTls | undefined;
   readonly #clients = new Set<Etcd3>();
   readonly #startTimeoutMs: number;
+  readonly #authority: TestCertificateAuthority | undefined;
+  #root: EtcdCredentials | undefined;
   #stopped = false;
 
-  private constructor(members: EtcdMember[], dataDir: string, startTimeoutMs: number) {
+  private constructor(members: EtcdMember[], dataDir: string, startTimeoutMs: number,
+    authority: TestCertificateAuthority | undefined, tls: EtcdClusterTls | undefined) {
     this.members = members;
     this.dataDir = dataDir;
     this.#startTimeoutMs = startTimeoutMs;
+    this.#authority = authority;
+    this.tls = tls;
   }
 
-  /** Starts a cluster and waits until every member is healthy. */
+  /** Starts a cluster and waits until every member is healthy (and, with `auth`, until auth is on). */
   static async start(options: EtcdClusterOptions = {}): Promise<EtcdCluster> {
     const size = options.members ?? 1;
     if (size !== 1 && size !== 3) throw new RangeError(`members must be 1 or 3, got ${String(size)}`);
@@ -331,26 +481,57 @@ export class EtcdCluster implements AsyncDisposable {
     mkdirSync(root, { recursive: true });
     const startTimeoutMs = options.startTimeoutMs ?? 30_000;
 
+    let authority: TestCertificateAuthority | undefined;
+    let tls: EtcdClusterTls | undefined;
+    if (options.tls) {
+      const clientCertAuth = typeof options.tls === 'object' && !!options.tls.clientCertAuth;
+      const certDir = join(root, 'certs');
+      mkdirSync(certDir, { recursive: true, mode: 0o700 });
+      try {
+        authority = TestCertificateAuthority.create(certDir, { install: options.install });
+        tls = {
+          ca: authority.ca,
+          server: authority.server(),
+          clientCertAuth,
+          // Not a user name etcd knows: with auth on, identity comes from the password, never from this CN.
+          client: clientCertAuth ? authority.client('etcd-recipes-test-client') : undefined,
+        };
+      } catch (err) {
+        rmSync(root, { recursive: true, force: true });
+        throw err;
+      }
+    }
+    const tlsArgs = tls ? [
+      '--cert-file', tls.server.certFile, '--key-file', tls.server.keyFile,
+      ...(tls.clientCertAuth ? ['--client-cert-auth', '--trusted-ca-file', tls.ca.certFile] : []),
+      '--peer-cert-file', tls.server.certFile, '--peer-key-file', tls.server.keyFile,
+      '--peer-client-cert-auth', '--peer-trusted-ca-file', tls.ca.certFile,
+    ] : [];
+    const memberTls: MemberTls | undefined = tls ? { ca: tls.ca.cert, cert: tls.client?.cert, key: tls.client?.key } : undefined;
+    const scheme = tls ? 'https' : 'http';
+    const portsPerMember = tls ? 3 : 2;
+
     for (let attempt = 1; ; attempt++) {
       const ports: number[] = [];
-      while (ports.length < size * 2) {
+      while (ports.length < size * portsPerMember) {
         const p = await freePort();
         if (!ports.includes(p)) ports.push(p);
       }
       const names = Array.from({ length: size }, (_, i) => `m${i}`);
-      const initialCluster = names.map((n, i) => `${n}=http://127.0.0.1:${ports[size + i]}`).join(',');
+      const initialCluster = names.map((n, i) => `${n}=${scheme}://127.0.0.1:${ports[size + i]}`).join(',');
       const token = `etcd-recipes-${randomBytes(6).toString('hex')}`;
       const members = names.map((name, i) => {
         const client = ports[i]!;
         const peer = ports[size + i]!;
+        const metrics = tls ? ports[2 * size + i]! : undefined;
         const dir = join(root, `${name}-${attempt}`);
-        return new EtcdMember(bin, name, client, peer, dir, [
+        return new EtcdMember(bin, name, { client, peer, metrics }, dir, [
           '--name', name,
           '--data-dir', dir,
-          '--listen-client-urls', `http://127.0.0.1:${client}`,
-          '--advertise-client-urls', `http://127.0.0.1:${client}`,
-          '--listen-peer-urls', `http://127.0.0.1:${peer}`,
-          '--initial-advertise-peer-urls', `http://127.0.0.1:${peer}`,
+          '--listen-client-urls', `${scheme}://127.0.0.1:${client}`,
+          '--advertise-client-urls', `${scheme}://127.0.0.1:${client}`,
+          '--listen-peer-urls', `${scheme}://127.0.0.1:${peer}`,
+          '--initial-advertise-peer-urls', `${scheme}://127.0.0.1:${peer}`,
           '--initial-cluster', initialCluster,
           '--initial-cluster-state', 'new',
           '--initial-cluster-token', token,
@@ -359,14 +540,15 @@ export class EtcdCluster implements AsyncDisposable {
           '--logger', 'zap',
           '--log-outputs', 'stderr',
           '--log-level', 'warn',
+          ...(metrics ? ['--listen-metrics-urls', `http://127.0.0.1:${metrics}`] : []),
+          ...tlsArgs,
           ...(options.extraArgs ?? []),
-        ]);
+        ], memberTls);
       });
-      const cluster = new EtcdCluster(members, root, startTimeoutMs);
+      const cluster = new EtcdCluster(members, root, startTimeoutMs, authority, tls);
       try {
         await Promise.all(members.map((m) => m.spawn()));
         await cluster.waitHealthy();
-        return cluster;
       } catch (err) {
         const logs = members.map((m) => `--- ${m.name}\n${m.recentLog.split('\n').slice(-15).join('\n')}`).join('\n');
         await Promise.all(members.map((m) => m.kill()));
@@ -376,7 +558,100 @@ export class EtcdCluster implements AsyncDisposable {
         rmSync(root, { recursive: true, force: true });
         throw new Error(`etcd cluster did not start: ${(err as Error).message}\n${logs}`);
       }
+      if (options.auth) {
+        try {
+          await cluster.#enableAuth(typeof options.auth === 'object' ? options.auth.rootPassword : undefined);
+        } catch (err) {
+          await cluster.stop();
+          throw new Error(`etcd cluster started but enabling auth failed: ${(err as Error).message}`);
+        }
+      }
+      return cluster;
     }
+  }
+
+  /** Creates root (with the root role) and enables auth, through a short-lived client. */
+  async #enableAuth(password = randomBytes(12).toString('base64url')): Promise<void> {
+    const admin = new Etcd3(this.clientOptions());
+    try {
+      await admin.user('root').create(password);
+      try {
+        await admin.role('root').create();
+      } catch (err) {
+        if (!/role name already exists/i.test((err as Error).message)) throw err;
+      }
+      await admin.user('root').addRole('root');
+      await admin.auth.authEnable({});
+    } finally {
+      admin.close();
+    }
+    this.#root = { username: 'root', password };
+  }
+
+  /** The root user's credentials on a cluster started with `auth`; undefined otherwise. */
+  get rootUser(): EtcdCredentials | undefined {
+    return this.#root;
+  }
+
+  /**
+   * Creates a user whose one role (named after the user) grants only
+   * `grants`, and returns its credentials, for testing code under least
+   * privilege: `cluster.client({ auth: await cluster.createUser('app', [{ prefix: 'locks/app' }]) })`.
+   * Needs a cluster started with `auth`. The password is random unless given.
+   */
+  async createUser(name: string, grants: readonly EtcdGrant[], password = randomBytes(12).toString('base64url')): Promise<EtcdCredentials> {
+    if (!this.#root) throw new Error('createUser needs a cluster started with { auth: true }');
+    if (!/^[A-Za-z0-9._-]{1,64}$/.test(name) || name === 'root') {
+      throw new RangeError(`user name must be 1-64 of [A-Za-z0-9._-] and not root, got ${JSON.stringify(name)}`);
+    }
+    const admin = new Etcd3(this.clientOptions());
+    try {
+      const role = admin.role(`${name}-role`);
+      await role.create();
+      for (const g of grants) {
+        const permission = g.permission === 'read' ? 'Read' : g.permission === 'write' ? 'Write' : 'Readwrite';
+        if ('prefix' in g) await role.grant({ permission, range: Range.prefix(g.prefix) });
+        else if ('end' in g) await role.grant({ permission, range: new Range(g.key, g.end) });
+        else await role.grant({ permission, key: g.key });
+      }
+      await admin.user(name).create(password);
+      await admin.user(name).addRole(role);
+    } finally {
+      admin.close();
+    }
+    return { username: name, password };
+  }
+
+  /**
+   * A new client certificate signed by the cluster's CA, with `commonName`
+   * as its subject. With `tls: { clientCertAuth: true }` and `auth`, etcd
+   * takes the common name as the user name of a client that sends no
+   * password. Pass it as etcd3's `credentials`:
+   * `{ rootCertificate: cluster.tls.ca.cert, certChain: pair.cert, privateKey: pair.key }`.
+   */
+  clientCertificate(commonName: string): CertificatePair {
+    if (!this.#authority) throw new Error('clientCertificate needs a cluster started with { tls: ... }');
+    return this.#authority.client(commonName);
+  }
+
+  /**
+   * etcd3 options for this cluster: every member's endpoint (unless `hosts`
+   * is given), the TLS credentials (CA, and the client certificate when
+   * required) and, with auth, root's login. Anything in `options` wins, so
+   * `clientOptions({ auth: user })` logs in as `user`. Hand it to your own
+   * client factory; {@link EtcdCluster.client} uses it too.
+   */
+  clientOptions(options: Partial<IOptions> = {}): IOptions {
+    const base: IOptions = { hosts: this.endpoints };
+    if (this.tls) {
+      base.credentials = {
+        rootCertificate: this.tls.ca.cert,
+        ...(this.tls.client ? { certChain: this.tls.client.cert, privateKey: this.tls.client.key } : {}),
+      };
+    }
+    if (this.#root) base.auth = { ...this.#root };
+    const grpcOptions = this.tls ? { ...TLS_GRPC_OPTIONS, ...options.grpcOptions } : options.grpcOptions;
+    return { ...base, ...options, hosts: options.hosts ?? this.endpoints, ...(grpcOptions ? { grpcOptions } : {}) };
   }
 
   /** Client endpoints of every member, `127.0.0.1:<port>`. */
@@ -385,11 +660,12 @@ export class EtcdCluster implements AsyncDisposable {
   }
 
   /**
-   * A new etcd3 client for this cluster (all members unless `hosts` is
-   * given), closed by {@link EtcdCluster.stop}.
+   * A new etcd3 client for this cluster, built from
+   * {@link EtcdCluster.clientOptions} (so with TLS and root's login when
+   * the cluster has them), closed by {@link EtcdCluster.stop}.
    */
   client(options: Partial<IOptions> = {}): Etcd3 {
-    const client = new Etcd3({ ...options, hosts: options.hosts ?? this.endpoints });
+    const client = new Etcd3(this.clientOptions(options));
     this.#clients.add(client);
     return client;
   }

@@ -21,7 +21,8 @@ function isExecutable(path: string): boolean {
   }
 }
 
-function onPath(name: string): string | undefined {
+/** @internal An executable named `name` on PATH or in the usual bin directories. */
+export function onPath(name: string): string | undefined {
   for (const dir of (process.env.PATH ?? '').split(delimiter)) {
     if (!dir) continue;
     const candidate = join(dir, name);
@@ -34,23 +35,26 @@ function onPath(name: string): string | undefined {
   return undefined;
 }
 
-function canInstallWithApt(): boolean {
+/** @internal Root on Linux with apt-get. */
+export function canInstallWithApt(): boolean {
   return process.platform === 'linux' && typeof process.getuid === 'function' && process.getuid() === 0 &&
     existsSync('/usr/bin/apt-get');
 }
 
-let installAttempted = false;
+const installAttempted = new Set<string>();
 
-function installWithApt(): void {
-  if (installAttempted) return;
-  installAttempted = true;
+/** @internal Installs Debian packages (once per set per process); default etcd's. */
+export function installWithApt(packages: string[] = ['etcd-server', 'etcd-client']): void {
+  const what = packages.join(' ');
+  if (installAttempted.has(what)) return;
+  installAttempted.add(what);
   const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
-  process.stderr.write('etcd-recipes: etcd is missing; installing Debian packages etcd-server and etcd-client...\n');
+  process.stderr.write(`etcd-recipes: installing missing Debian packages ${what}...\n`);
   // One attempt straight away (fast when the package lists are fresh), then with an update.
-  const quick = spawnSync('apt-get', ['install', '-y', '-qq', 'etcd-server', 'etcd-client'], { env, stdio: 'ignore' });
+  const quick = spawnSync('apt-get', ['install', '-y', '-qq', ...packages], { env, stdio: 'ignore' });
   if (quick.status === 0) return;
   execFileSync('apt-get', ['update', '-qq'], { env, stdio: 'ignore' });
-  execFileSync('apt-get', ['install', '-y', '-qq', 'etcd-server', 'etcd-client'], { env, stdio: 'ignore' });
+  execFileSync('apt-get', ['install', '-y', '-qq', ...packages], { env, stdio: 'ignore' });
 }
 
 /** Options of {@link findEtcdBinary}. */

@@ -8,3 +8,8 @@ export { findEtcdBinary, findEtcdctlBinary, EtcdNotFoundError } from './etcd-bin
 export type { FindEtcdOptions } from './etcd-binary.js';
 export { requestCounts, requestsBetween } from './metrics.js';
 export type { RequestCounts } from './metrics.js';
+export { FaultProxy } from './fault-proxy.js';
+export type { FaultMode, FaultProxyStats } from './fault-proxy.js';
+export type { EtcdClusterTls, EtcdCredentials, EtcdGrant } from './cluster.js';
+export { TestCertificateAuthority, findOpenssl } from './certs.js';
+export type { CertificatePair } from './certs.js';

@@ -1,0 +1,43 @@
+import { PermissionDeniedError } from './errors.js';
+import type { Compare, Op } from './kv.js';
+
+/*
+ * Turns etcd's refusals that a caller must act on into the library's typed
+ * errors. Matched by class name, gRPC code and message rather than by
+ * `instanceof`, because the user's etcd3 may be another copy than ours.
+ */
+
+/** gRPC status code PERMISSION_DENIED. */
+const GRPC_PERMISSION_DENIED = 7;
+
+/** True when etcd refused the call because the user's role does not grant the key (auth enabled). */
+export function isPermissionDenied(err: unknown): boolean {
+  if (!(err instanceof Error) || err instanceof PermissionDeniedError) return false;
+  if (err.constructor?.name === 'EtcdPermissionDeniedError') return true;
+  if ((err as { code?: unknown }).code === GRPC_PERMISSION_DENIED) return true;
+  return /permission denied/i.test(err.message);
+}
+
+/**
+ * `err` as the caller should see it: a {@link PermissionDeniedError} naming
+ * `key` when etcd refused for lack of permission, else `err` itself.
+ * `key` may be a function, so the key is only worked out on failure.
+ */
+export function classifyEtcdError(err: unknown, key: string | Buffer | undefined | (() => string | Buffer | undefined)): unknown {
+  if (!isPermissionDenied(err)) return err;
+  const k = typeof key === 'function' ? key() : key;
+  const name = k === undefined ? undefined : Buffer.isBuffer(k) ? k.toString('utf8') : k;
+  return new PermissionDeniedError(name,
+    `etcd refused access to ${name === undefined ? 'a key' : JSON.stringify(name)}: permission denied ` +
+    '(auth is enabled and the user\'s role does not grant this key; see docs/security.md for the role each recipe needs)',
+    { cause: err });
+}
+
+/**
+ * The key to name when a Txn is refused: the first key it writes, else the
+ * first it compares, else the first it reads. etcd does not say which key of
+ * a Txn it refused; the written key is the recipe's own and the likeliest.
+ */
+export function txnKey(compares: readonly Compare[], success: readonly Op[]): string | Buffer | undefined {
+  return success.find((o) => o.type !== 'range')?.key ?? compares[0]?.key ?? success[0]?.key;
+}

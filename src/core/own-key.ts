@@ -1,0 +1,63 @@
+import type { Namespace } from 'etcd3';
+import { range } from './kv.js';
+import { logger } from './log.js';
+import { openWatch, WatchCompactedError, type WatchHandle } from './watch-hub.js';
+
+const log = logger('own-key');
+
+/**
+ * Watches a key we hold (identified by name and create revision) and calls
+ * `onGone` once it is deleted or re-created by someone else: our lease was
+ * revoked, an operator ran `etcdctl del`, or etcd's own bug #15247 revoked a
+ * live lease. The watch starts just after the key's creation, so a deletion
+ * that happened before we started watching is replayed, not missed; if that
+ * history is compacted, one read decides. Returns the stop function.
+ */
+export function watchOwnKey(client: Namespace, key: Buffer, createRevision: bigint, onGone: (err: Error) => void): () => void {
+  let stopped = false;
+  let handle: WatchHandle | undefined;
+  const gone = (err: Error) => {
+    if (stopped) return;
+    stopped = true;
+    handle?.close();
+    onGone(err);
+  };
+  const listener = {
+    onEvents: (events: { type: 'put' | 'delete'; kv: { createRevision: bigint; modRevision: bigint } }[]) => {
+      for (const ev of events) {
+        if (ev.type === 'delete' || ev.kv.createRevision !== createRevision) {
+          gone(new Error(`deleted at revision ${ev.kv.modRevision}`));
+          return;
+        }
+      }
+    },
+    onEnd: (err: Error) => {
+      if (err instanceof WatchCompactedError) void watchFromNow();
+      else if (err.name === 'ClosedError') gone(err);
+      else void watchFromNow();
+    },
+  };
+  const watchFromNow = async () => {
+    if (stopped) return;
+    try {
+      const h = await openWatch(client, { key }, listener);
+      if (stopped) return h.close();
+      handle = h;
+      const now = await range(client, key);
+      const kv = now.kvs[0];
+      if (!kv || kv.createRevision !== createRevision) gone(new Error('deleted (found gone after a compaction)'));
+    } catch (err) {
+      // The client closed, or etcd is unreachable: the session's own deadline covers the lease.
+      log('own-key watch on %s could not resume: %s', key.toString(), (err as Error).message);
+      if ((err as Error).name === 'ClosedError') gone(err as Error);
+    }
+  };
+  openWatch(client, { key, startRevision: createRevision + 1n }, listener).then((h) => {
+    if (stopped) h.close();
+    else handle = h;
+  }, (err: unknown) => listener.onEnd(err as Error));
+  return () => {
+    stopped = true;
+    handle?.close();
+  };
+}

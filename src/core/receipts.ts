@@ -1,0 +1,186 @@
+import type { Namespace } from 'etcd3';
+import { toBuffer, uniqueKey } from './keys.js';
+import { cmp, op, rangeAt, txn, type Compare, type Op, type OpResult, type TxnResult } from './kv.js';
+import { logger } from './log.js';
+import { OutcomeUnknownError } from './errors.js';
+import { isTransient, retrying } from './retry.js';
+
+const log = logger('receipts');
+
+/*
+ * The one way the recipes write something whose reply may be lost (see
+ * docs/internals.md, "Outcome unknown means prove it").
+ *
+ * etcd3 re-sends a failed call on its own, our retries re-send too, and a
+ * deadline can fire after etcd committed: an attempt counter proves nothing.
+ * A write is therefore sent as a Txn that is harmless to repeat (its
+ * compares fail once any earlier attempt landed) and that carries its own
+ * proof of landing, which the failure branch reads back:
+ *
+ *  - a key on our lease (line keys, claims): a key that exists with our
+ *    lease is ours; see core/line.ts `createUniqueKey`;
+ *  - a receipt: a key of its own, written in the same Txn, that nobody else
+ *    deletes. Items that someone else consumes (a queue item, a job) cannot
+ *    prove anything by their own existence, since a consumer may already have
+ *    taken them when we retry; the receipt outlives them. Receipts carry no
+ *    lease, so the proof survives any outage and any compaction. The writer
+ *    deletes a receipt once its outcome is known, in its next write (no
+ *    extra round trip) or on close; a writer that dies leaves one small key.
+ */
+
+/** The first byte of a receipt: the write landed (the caller's receipt value follows), or it was voided. */
+const LANDED = Buffer.from('L');
+const VOIDED = Buffer.from('V');
+
+/** A Txn that may be re-sent, with the receipt that proves it landed. */
+export interface ProvenTxn {
+  compares: Compare[];
+  success: Op[];
+  /** Reads for the caller when the compares fail for a reason other than our own earlier landing. */
+  failure?: Op[];
+}
+
+/** What became of a proven write. */
+export type ProvenOutcome =
+  /**
+   * It landed, at `revision`. `res` is the reply of the attempt that did, or
+   * undefined when only the receipt said so (`receiptValue` is then the
+   * value given to the write). `aborted` is the signal's reason when the
+   * caller gave up after the send and the write had landed all the same:
+   * the caller undoes it if it can (and rejects), or reports it.
+   */
+  | { landed: true; revision: bigint; res: TxnResult | undefined; receiptValue?: Buffer; aborted?: unknown }
+  /** The compares failed and no attempt of ours landed: `failure` holds the failure branch's reads. */
+  | { landed: false; failure: OpResult[] };
+
+/** Options of {@link ReceiptBook.write}. */
+export interface ProvenWriteOptions {
+  /**
+   * Stops the retries. If an attempt was already sent, the write is then
+   * voided (it can no longer land) and the call rejects with the reason, or
+   * it is found landed and reported as such; never left to chance.
+   */
+  signal?: AbortSignal;
+  /** What the write is, for logs and the OUTCOME_UNKNOWN message. */
+  what: string;
+  /** A value to store in the receipt (e.g. the value a consume took), returned when only the receipt proves the landing. */
+  receiptValue?: string | Buffer;
+}
+
+/** Receipts of one writer (a queue object, a consumer...) under `dir`. */
+export class ReceiptBook {
+  readonly #client: Namespace;
+  readonly #dir: Buffer;
+  readonly #spent: Buffer[] = [];
+  #flushTimer: NodeJS.Timeout | undefined;
+
+  /**
+   * @param client - the client the writes go through
+   * @param dir - the receipts' directory, ending with '/'; nothing else lives there
+   */
+  constructor(client: Namespace, dir: Buffer) {
+    this.#client = client;
+    this.#dir = dir;
+  }
+
+  /**
+   * Sends `t` until its outcome is known. The receipt's put joins the
+   * success branch and its absence joins the compares, so a re-sent Txn
+   * whose first copy landed fails and finds the receipt. Receipts spent by
+   * earlier writes are deleted in the same Txn. Transient errors are
+   * retried for as long as the signal allows; the receipt stays valid across
+   * any outage, so this never has to guess.
+   */
+  async write(t: ProvenTxn, o: ProvenWriteOptions): Promise<ProvenOutcome> {
+    o.signal?.throwIfAborted();
+    const receipt = uniqueKey(this.#dir);
+    const spent = this.#spent.splice(0, 32);
+    const cleanup = spent.map((k) => op.delete(k));
+    const landedMark = Buffer.concat([LANDED, toBuffer(o.receiptValue ?? '')]);
+    let sent = false;
+    let res: TxnResult;
+    try {
+      res = await retrying(() => {
+        sent = true;
+        return txn(this.#client,
+          [...t.compares, cmp.create(receipt, '==', 0n)],
+          [...t.success, op.put(receipt, landedMark), ...cleanup],
+          [op.range(receipt), ...(t.failure ?? []), ...cleanup]);
+      }, { signals: [o.signal], maxElapsedMs: Infinity });
+    } catch (err) {
+      this.#spent.push(...spent);
+      if (sent && o.signal?.aborted) return this.#settleAborted(receipt, o, err);
+      // etcd refused the write (permission, a bad lease, a closed client): nothing landed, or
+      // (closed client) nothing more can be known; the error says which.
+      throw err;
+    }
+    // Aborted while the attempt that landed was in flight: the caller learns it landed all the same.
+    const aborted = o.signal?.aborted ? o.signal.reason as unknown : undefined;
+    if (res.succeeded) {
+      this.spend(receipt);
+      return { landed: true, revision: res.revision, res: { ...res, responses: res.responses.slice(0, t.success.length) }, aborted };
+    }
+    const [found, ...failure] = res.responses;
+    const kv = found?.type === 'range' ? found.kvs[0] : undefined;
+    if (kv) {
+      this.spend(receipt);
+      return { landed: true, revision: kv.createRevision, res: undefined, receiptValue: kv.value.subarray(LANDED.length), aborted };
+    }
+    if (aborted !== undefined) throw aborted;
+    return { landed: false, failure: failure.slice(0, t.failure?.length ?? 0) };
+  }
+
+  /**
+   * The caller gave up after a send. A copy of the write may still be on its
+   * way to etcd, so reading the receipt is not enough: void it (create it
+   * with a mark no write carries), and no later copy can land. Voided: the
+   * call rejects with the abort reason and nothing was written. Found landed:
+   * the write happened, and the caller learns it (`aborted`). Unreachable:
+   * OUTCOME_UNKNOWN.
+   */
+  async #settleAborted(receipt: Buffer, o: ProvenWriteOptions, reason: unknown): Promise<ProvenOutcome> {
+    for (let attempt = 0; attempt < 5; attempt++) {
+      try {
+        const res = await txn(this.#client, [cmp.create(receipt, '==', 0n)], [op.put(receipt, VOIDED)], [op.range(receipt)]);
+        const kv = res.succeeded ? undefined : rangeAt(res, 0).kvs[0];
+        if (!kv || kv.value.equals(VOIDED)) {
+          // A copy delayed inside etcd for longer than this would be unheard of; then the receipt goes.
+          setTimeout(() => this.spend(receipt), 60_000).unref();
+          throw reason;
+        }
+        this.spend(receipt);
+        return { landed: true, revision: kv.createRevision, res: undefined, receiptValue: kv.value.subarray(LANDED.length), aborted: reason };
+      } catch (err) {
+        if (err === reason || !isTransient(err)) throw err;
+        await new Promise((r) => setTimeout(r, 100 * (attempt + 1)));
+      }
+    }
+    throw new OutcomeUnknownError(`${o.what}: aborted while etcd was unreachable; the write may or may not ` +
+      'have happened', { cause: reason });
+  }
+
+  /** The receipt is no longer needed: it is deleted with the next write, or by {@link flush}. */
+  spend(receipt: Buffer): void {
+    this.#spent.push(receipt);
+    // A writer that stops writing still cleans up, a little later.
+    this.#flushTimer ??= setTimeout(() => {
+      this.#flushTimer = undefined;
+      void this.flush().catch((err: unknown) => log('receipt cleanup failed: %s', (err as Error).message));
+    }, 2000).unref();
+  }
+
+  /** Deletes every spent receipt now (on close). */
+  async flush(): Promise<void> {
+    clearTimeout(this.#flushTimer);
+    this.#flushTimer = undefined;
+    const batch = this.#spent.splice(0);
+    if (!batch.length) return;
+    try {
+      await txn(this.#client, [], batch.map((k) => op.delete(k)));
+    } catch (err) {
+      this.#spent.push(...batch);
+      throw err;
+    }
+  }
+
+}

@@ -1,0 +1,221 @@
+import type { Namespace } from 'etcd3';
+import { InvalidArgumentError } from '../core/errors.js';
+import { childPrefix, leaseHex, prefixEnd, toBuffer } from '../core/keys.js';
+import { checkClient, checkInteger, checkOptions, checkSignal } from '../core/validate.js';
+import { inspectElection, type ElectionInspection } from './election.js';
+import { inspectLock, inspectRWMutex, inspectSemaphore, type LockInspection, type RWMutexInspection, type SemaphoreInspection } from './locks.js';
+import { inspectQueue, type QueueInspection } from './queue.js';
+import { mapInChunks, SnapshotReader, type InspectOptions } from './read.js';
+import { inspectServices, parseObject, type ServicesInspection } from './services.js';
+import { inspectWorkQueue, type WorkQueueInspection } from './work-queue.js';
+
+/*
+ * Finding the recipes under a prefix from their key layouts alone (no
+ * registry of names exists in etcd). The rules, first match wins, for each
+ * key `K` (leaf = the part after the last `/`, dir = the part before):
+ *
+ *  1. `X/jobs|claims|attempts|dead/<5 digits>-<digits>`: work queue `X`
+ *     (and then `X/waiters/...` is its claimers' line);
+ *  2. `__X/waiters/...`, `__X/receipts/...`: queue `X`; `__X/<5 digits>`:
+ *     priority queue `X` (the bookkeeping of Queue and PriorityQueue);
+ *  3. `X/read/<19 digits>` or `X/write/<19 digits>` with a lease: RWMutex `X`;
+ *  4. `X/queue/<19 digits>` with a lease, or `X/permits`: semaphore `X`;
+ *  5. `X/<5 digits>/<16 digits>` without a lease: priority queue `X`;
+ *  6. `X/<19 digits>` without a lease: queue `X`;
+ *  7. a leaf equal to the hex of the key's own lease: Go's Mutex/Election
+ *     layout; `X` is an election if any of its keys has a non-empty value
+ *     (a proposal), else a lock (`etcdctl lock` and Mutex write "");
+ *  8. any other key with a lease: a service `<root><service>/<id>` if one
+ *     of the keys under its dir holds an instance's JSON (`address` or Go's
+ *     `Addr`).
+ *
+ * Anything else (barriers, STM data, application keys) is not shown. A queue
+ * whose items and consumers are all gone leaves nothing to find; a priority
+ * queue leaves its `__X/<%05d>` keys and stays visible.
+ */
+
+/** The recipe families inspection knows. */
+export type RecipeKind = 'lock' | 'election' | 'semaphore' | 'rwmutex' | 'queue' | 'priority-queue' | 'work-queue' | 'service';
+
+/** A recipe found under a prefix. */
+export interface DiscoveredRecipe {
+  /** What the keys under `name` look like. */
+  readonly kind: RecipeKind;
+  /** The recipe's name (the service's name for `'service'`). */
+  readonly name: string;
+  /** For `'service'`: the registry root, e.g. `'services/'`. */
+  readonly root?: string;
+}
+
+/** Options of {@link discoverRecipes}. */
+export interface DiscoverOptions {
+  /** Abort the reads. */
+  signal?: AbortSignal;
+  /** Most keys scanned (1 to 1 000 000, default 100 000); keys past it are not classified. */
+  maxKeys?: number;
+}
+
+const PAGE = 5000;
+const WQ = /^(.+)\/(jobs|claims|attempts|dead)\/[0-9]{5}-[0-9]+$/;
+const WQ_WAITER = /^(.+)\/waiters\/[0-9]+$/;
+const BOOK = /^__(.+)\/(?:(waiters|receipts)\/.*|([0-9]{5}))$/;
+const RW = /^(.+)\/(read|write)\/[0-9]{19}$/;
+const SEM = /^(.+)\/(?:queue\/[0-9]{19}|(permits))$/;
+const PQ = /^(.+)\/[0-9]{5}\/[0-9]{16}$/;
+const Q = /^(.+)\/[0-9]{19}$/;
+
+/**
+ * The recipes whose keys live under `prefix` (`''`: the whole keyspace),
+ * told apart by their key layouts (rules in the module's source and in
+ * docs/observability.md). Read-only: key-only ranges, plus one small read of
+ * values per candidate lock/election/service. Sorted by kind, then name.
+ * @throws InvalidArgumentError for a bad client or options
+ */
+export async function discoverRecipes(client: Namespace, prefix: string, options: DiscoverOptions = {}): Promise<DiscoveredRecipe[]> {
+  checkClient(client);
+  checkOptions(options);
+  checkSignal(options.signal);
+  if (typeof prefix !== 'string') throw new InvalidArgumentError('prefix', `must be a string ('' for the whole keyspace), got ${typeof prefix}`);
+  if (options.maxKeys !== undefined) checkInteger(options.maxKeys, 'options.maxKeys', 1, 1_000_000);
+  const maxKeys = options.maxKeys ?? 100_000;
+  const reader = new SnapshotReader(client, options.signal);
+  const found = new Map<string, DiscoveredRecipe>();
+  const add = (kind: RecipeKind, name: string, root?: string) => {
+    const id = `${kind}\0${root ?? ''}\0${name}`;
+    if (!found.has(id)) found.set(id, root === undefined ? { kind, name } : { kind, name, root });
+  };
+
+  const keys: { key: string; lease: string }[] = [];
+  const scan = async (from: string) => {
+    const fromKey = toBuffer(from);
+    // Pages end where the prefix ends. The whole keyspace of a namespaced client has no
+    // namespace-relative end: read it in one page.
+    const end = from ? prefixEnd(fromKey) : client.prefix.length ? undefined : Buffer.from([0]);
+    // etcd rejects an empty key; the whole keyspace starts at \0.
+    let start = fromKey.length || client.prefix.length ? fromKey : Buffer.from([0]);
+    for (let seen = 0; seen < maxKeys;) {
+      const limit = Math.min(end ? PAGE : maxKeys, maxKeys - seen);
+      const r = await reader.range(start, { ...(end ? { end } : { prefix: true }), limit, keysOnly: true });
+      for (const kv of r.kvs) keys.push({ key: kv.key.toString(), lease: kv.lease });
+      seen += r.kvs.length;
+      if (!end || !r.more || r.kvs.length === 0) break;
+      start = Buffer.concat([r.kvs[r.kvs.length - 1]!.key, Buffer.from([0])]);
+    }
+  };
+  await scan(prefix);
+  // Queue bookkeeping lives beside the prefix, under `__<prefix>`.
+  if (prefix && !prefix.startsWith('__')) await scan(`__${prefix}`);
+
+  const workQueues = new Set<string>();
+  for (const { key } of keys) {
+    const m = WQ.exec(key);
+    if (m) workQueues.add(m[1]!);
+  }
+  for (const name of workQueues) add('work-queue', name);
+  const hexDirs = new Set<string>();
+  const serviceDirs = new Set<string>();
+  const priorityQueues = new Set<string>();
+  const queues = new Set<string>();
+  for (const { key, lease } of keys) {
+    const leased = lease !== '0';
+    let m: RegExpExecArray | null;
+    if (WQ.test(key)) continue;
+    if ((m = WQ_WAITER.exec(key)) && workQueues.has(m[1]!)) continue;
+    if ((m = BOOK.exec(key))) {
+      (m[3] ? priorityQueues : queues).add(m[1]!);
+      continue;
+    }
+    if ((m = RW.exec(key)) && leased) { add('rwmutex', m[1]!); continue; }
+    if ((m = SEM.exec(key)) && (leased || m[2])) { add('semaphore', m[1]!); continue; }
+    if ((m = PQ.exec(key)) && !leased) { priorityQueues.add(m[1]!); continue; }
+    if ((m = Q.exec(key)) && !leased) { queues.add(m[1]!); continue; }
+    if (!leased) continue;
+    const slash = key.lastIndexOf('/');
+    if (slash <= 0) continue;
+    const dir = key.slice(0, slash);
+    if (key.slice(slash + 1) === leaseHex(lease)) hexDirs.add(dir);
+    else serviceDirs.add(dir);
+  }
+  for (const name of priorityQueues) add('priority-queue', name);
+  for (const name of queues) if (!priorityQueues.has(name)) add('queue', name);
+  // A few small value reads per candidate directory, some at a time.
+  const values = (dir: string, limit: number) => reader.range(childPrefix(dir), { prefix: true, limit }).then((r) => r.kvs);
+  const hex = [...hexDirs];
+  (await mapInChunks(hex, 8, (dir) => values(dir, 100))).forEach((kvs, i) => {
+    add(kvs.some((kv) => kv.value.length > 0) ? 'election' : 'lock', hex[i]!);
+  });
+  const svc = [...serviceDirs].filter((dir) => !hexDirs.has(dir));
+  (await mapInChunks(svc, 8, (dir) => values(dir, 20))).forEach((kvs, i) => {
+    const isInstance = kvs.some((kv) => {
+      const o = parseObject(kv.value.toString());
+      return typeof o?.address === 'string' || typeof o?.Addr === 'string';
+    });
+    if (!isInstance) return;
+    const dir = svc[i]!;
+    const slash = dir.lastIndexOf('/');
+    add('service', dir.slice(slash + 1), dir.slice(0, slash + 1));
+  });
+  const order: RecipeKind[] = ['lock', 'rwmutex', 'semaphore', 'election', 'queue', 'priority-queue', 'work-queue', 'service'];
+  return [...found.values()].sort((a, b) => order.indexOf(a.kind) - order.indexOf(b.kind) ||
+    (a.root ?? '').localeCompare(b.root ?? '') || a.name.localeCompare(b.name));
+}
+
+/** One recipe's inspection, tagged with its kind. */
+export type RecipeInspection =
+  | {
+    /** The recipe's kind. */
+    readonly kind: 'lock';
+    /** What the inspection of that kind returns. */
+    readonly inspection: LockInspection;
+  }
+  | {
+    /** The recipe's kind. */
+    readonly kind: 'election';
+    /** What the inspection of that kind returns. */
+    readonly inspection: ElectionInspection;
+  }
+  | {
+    /** The recipe's kind. */
+    readonly kind: 'semaphore';
+    /** What the inspection of that kind returns. */
+    readonly inspection: SemaphoreInspection;
+  }
+  | {
+    /** The recipe's kind. */
+    readonly kind: 'rwmutex';
+    /** What the inspection of that kind returns. */
+    readonly inspection: RWMutexInspection;
+  }
+  | {
+    /** The recipe's kind. */
+    readonly kind: 'queue' | 'priority-queue';
+    /** What the inspection of that kind returns. */
+    readonly inspection: QueueInspection;
+  }
+  | {
+    /** The recipe's kind. */
+    readonly kind: 'work-queue';
+    /** What the inspection of that kind returns. */
+    readonly inspection: WorkQueueInspection;
+  }
+  | {
+    /** The recipe's kind. */
+    readonly kind: 'service';
+    /** What the inspection of that kind returns. */
+    readonly inspection: ServicesInspection;
+  };
+
+/** Inspects one discovered recipe with the inspection function of its kind. */
+export async function inspectRecipe(client: Namespace, recipe: DiscoveredRecipe, options: InspectOptions = {}): Promise<RecipeInspection> {
+  const { name } = recipe;
+  switch (recipe.kind) {
+    case 'lock': return { kind: 'lock', inspection: await inspectLock(client, name, options) };
+    case 'election': return { kind: 'election', inspection: await inspectElection(client, name, options) };
+    case 'semaphore': return { kind: 'semaphore', inspection: await inspectSemaphore(client, name, options) };
+    case 'rwmutex': return { kind: 'rwmutex', inspection: await inspectRWMutex(client, name, options) };
+    case 'queue':
+    case 'priority-queue': return { kind: recipe.kind, inspection: await inspectQueue(client, name, { signal: options.signal, kind: recipe.kind }) };
+    case 'work-queue': return { kind: 'work-queue', inspection: await inspectWorkQueue(client, name, options) };
+    case 'service': return { kind: 'service', inspection: await inspectServices(client, name, { ...options, root: recipe.root ?? '' }) };
+  }
+}

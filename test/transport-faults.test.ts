@@ -1,0 +1,227 @@
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { Etcd3 } from 'etcd3';
+// etcd3 tries hosts in a random order; its own switch makes it try the last one first.
+import { ConnectionPool } from 'etcd3/lib/connection-pool.js';
+import {
+  Barrier, closeClient, createClient, isRecipeError, Mutex, PrefixCache, Queue, Semaphore, RWMutex, Session,
+  type ClientOptions,
+} from '../src/index.js';
+import { TcpProxy } from './fixtures/tcp-proxy.js';
+import { spawnWorker, useCluster, waitForKey, within } from './helpers.js';
+
+/*
+ * The transport promises of docs/faults.md, against real etcd: blips and
+ * restarts shorter than a session's TTL are invisible, a frozen member is
+ * left behind within seconds, and a holder learns at once when its key is
+ * deleted behind its back.
+ */
+
+const clients: Etcd3[] = [];
+function client(options: ClientOptions): Etcd3 {
+  const c = createClient(options);
+  clients.push(c);
+  return c;
+}
+afterEach(async () => {
+  await Promise.all(clients.splice(0).map((c) => closeClient(c)));
+});
+
+/** Resolves after `ms`: the length of a fault, not a wait for an event. */
+const faultFor = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+describe('a single member behind a proxy', () => {
+  const etcd = useCluster();
+
+  it('a session with TTL 5 survives blips of 300 ms and 1 s and a member restart; its waiter resumes within 1.5 s', async () => {
+    const cluster = etcd();
+    const proxy = await TcpProxy.start(cluster.endpoints[0]!);
+    try {
+      const direct = client({ hosts: cluster.endpoints });
+      const viaProxy = client({ hosts: proxy.endpoint });
+      await using holderSession = await Session.create(direct, { ttl: 5 });
+      await using session = await Session.create(viaProxy, { ttl: 5 });
+      const lost: unknown[] = [];
+      session.on('lost', (err) => lost.push(err));
+      const outages: [string, () => Promise<void>][] = [
+        ['300 ms blip', async () => { proxy.cut(); await faultFor(300); proxy.restore(); }],
+        ['1 s blip', async () => { proxy.cut(); await faultFor(1000); proxy.restore(); }],
+        ['member restart', () => cluster.members[0]!.restart()],
+      ];
+      for (const [name, outage] of outages) {
+        const held = await new Mutex(holderSession, 'blip/lock').acquire();
+        const waiting = new Mutex(session, 'blip/lock').acquire();
+        await waitForKey(direct, `blip/lock/${session.leaseHex}`);
+        const released = held.release();
+        await outage();
+        const back = performance.now();
+        const mine = await within(10_000, waiting, `the waiter after the ${name}`);
+        const resumedAfter = performance.now() - back;
+        await released;
+        expect(resumedAfter, `resumed ${Math.round(resumedAfter)} ms after the ${name}`).toBeLessThan(1500);
+        expect(mine.fencingToken > held.fencingToken).toBe(true);
+        await mine.release();
+      }
+      expect(lost).toEqual([]);
+      expect(session.expired).toBe(false);
+    } finally {
+      await proxy.close();
+    }
+  }, 60_000);
+
+  it('a holder whose key is deleted behind its back is told within 200 ms (Mutex, RWMutex, Semaphore)', async () => {
+    const direct = client({ hosts: etcd().endpoints });
+    await using session = await Session.create(direct, { ttl: 10 });
+    const holds = [
+      await new Mutex(session, 'outside/mutex').acquire(),
+      await new RWMutex(session, 'outside/rw').acquireWrite(),
+      await new Semaphore(session, 'outside/sem', 2).acquire(),
+    ];
+    for (const held of holds) {
+      const told = new Promise<unknown>((resolve) => held.signal.addEventListener('abort', () => resolve(held.signal.reason), { once: true }));
+      // The watch on the holder's own key is live once the signal exists; delete as an operator would.
+      await faultFor(50);
+      const deletedAt = performance.now();
+      await direct.delete().key(held.key);
+      const reason = await within(5000, told, `the holder of ${held.key}`);
+      const after = performance.now() - deletedAt;
+      expect(isRecipeError(reason, 'LOCK_NOT_HELD'), String(reason)).toBe(true);
+      expect(after, `told ${Math.round(after)} ms after the delete`).toBeLessThan(200 * 2);
+      expect(held.released).toBe(true);
+      expect(session.expired).toBe(false);
+    }
+  });
+});
+
+describe('a 3-member cluster', () => {
+  const etcd = useCluster({ members: 3, timing: 'default' });
+  beforeAll(() => { ConnectionPool.deterministicOrder = true; });
+  afterAll(() => { ConnectionPool.deterministicOrder = false; });
+
+  it('with a follower frozen for 8 s, none of 12 sessions with TTL 3 is lost', async () => {
+    const cluster = etcd();
+    const follower = (await cluster.followers())[0]!;
+    // Half of the clients try the follower first (the last host, in etcd3's deterministic order).
+    const sessions = await Promise.all(Array.from({ length: 12 }, (_, i) => {
+      const others = cluster.endpoints.filter((e) => e !== follower.endpoint);
+      const hosts = i % 2 === 0 ? [...others, follower.endpoint] : [follower.endpoint, ...others];
+      return Session.create(client({ hosts }), { ttl: 3 });
+    }));
+    const lost = sessions.map(() => false);
+    sessions.forEach((s, i) => s.on('lost', () => { lost[i] = true; }));
+    follower.pause();
+    try {
+      await faultFor(8000);
+    } finally {
+      follower.resume();
+    }
+    expect(lost.filter(Boolean).length).toBe(0);
+    await Promise.all(sessions.map((s) => s.close()));
+  }, 60_000);
+
+  it('with one member frozen for 10 s, waiters, consumers and caches connected through it wake within 3 s', async () => {
+    const cluster = etcd();
+    const frozen = (await cluster.followers())[0]!;
+    const others = cluster.members.filter((m) => m !== frozen).map((m) => m.endpoint);
+    const writer = client({ hosts: others });
+    // Connected through the frozen member first: calls and streams must move to the others by themselves.
+    const viaFrozen = () => client({ hosts: [...others, frozen.endpoint] });
+    await using holderSession = await Session.create(writer, { ttl: 10 });
+    const held = await new Mutex(holderSession, 'frozen/lock').acquire();
+    await new Barrier(writer, 'frozen/gate').hold();
+
+    const waiterClient = viaFrozen();
+    await using waiterSession = await Session.create(waiterClient, { ttl: 10 });
+    const lockWaiter = new Mutex(waiterSession, 'frozen/lock').acquire();
+    const barrierWaiter = new Barrier(viaFrozen(), 'frozen/gate').wait();
+    const queue = new Queue(viaFrozen(), 'frozen/queue');
+    const consumer = queue.dequeue();
+    const cache = new PrefixCache(viaFrozen(), 'frozen/cache/');
+    await cache.ready();
+    await waitForKey(writer, `frozen/lock/${waiterSession.leaseHex}`);
+
+    frozen.pause();
+    try {
+      const start = performance.now();
+      const sawPut = new Promise<void>((resolve) => cache.on('change', (c) => { if (c.key === 'frozen/cache/k') resolve(); }));
+      await Promise.all([
+        held.release(),
+        new Barrier(writer, 'frozen/gate').release(),
+        new Queue(writer, 'frozen/queue').enqueue('job'),
+        writer.put('frozen/cache/k').value('v'),
+      ]);
+      const events = performance.now();
+      const woke = await within(10_000, Promise.all([
+        lockWaiter.then(() => performance.now() - events),
+        barrierWaiter.then(() => performance.now() - events),
+        consumer.then(() => performance.now() - events),
+        sawPut.then(() => performance.now() - events),
+      ]), 'everyone to wake');
+      const [lock, barrier, dequeued, cached] = woke.map(Math.round);
+      expect({ lock, barrier, dequeued, cached }).toEqual({
+        lock: expect.any(Number), barrier: expect.any(Number), dequeued: expect.any(Number), cached: expect.any(Number),
+      });
+      for (const ms of woke) expect(ms, `woke ${JSON.stringify({ lock, barrier, dequeued, cached })} ms after the events`).toBeLessThan(3000);
+      expect(performance.now() - start).toBeLessThan(10_000);
+    } finally {
+      frozen.resume();
+    }
+    await (await lockWaiter).release();
+    await queue.close();
+    await cache.close();
+  }, 60_000);
+
+  it('when the Raft leader is SIGKILLed, no lock or enqueue call stalls more than 3 s', async () => {
+    const cluster = etcd();
+    const c = client({ hosts: cluster.endpoints });
+    await using session = await Session.create(c, { ttl: 10 });
+    const mutex = new Mutex(session, 'leader-kill/lock');
+    const queue = new Queue(c, 'leader-kill/queue');
+    const leader = await cluster.leader();
+    let worst = 0;
+    let calls = 0;
+    const stop = performance.now() + 6000;
+    let killed = false;
+    try {
+      while (performance.now() < stop) {
+        if (!killed && calls === 20) {
+          killed = true;
+          void leader.kill();
+        }
+        const t = performance.now();
+        const held = await mutex.acquire();
+        await held.release();
+        await queue.enqueue(String(calls));
+        worst = Math.max(worst, performance.now() - t);
+        calls++;
+      }
+    } finally {
+      await leader.restart();
+    }
+    expect(killed).toBe(true);
+    expect(worst, `the slowest lock+unlock+enqueue took ${Math.round(worst)} ms`).toBeLessThan(3000);
+    await queue.close();
+  }, 60_000);
+});
+
+describe('shutdown', () => {
+  const etcd = useCluster();
+
+  it('closing the client settles every pending call with CLOSED, and the process exits at once', async () => {
+    const worker = spawnWorker('fixtures/shutdown.ts', [etcd().endpoints.join(',')]);
+    const closing = await worker.waitFor(/^closing \d+$/, 60_000);
+    const closedAt = Number(closing.split(' ')[1]);
+    const code = await within(10_000, worker.exited, 'the process to exit');
+    const exitedAfter = Date.now() - closedAt;
+    expect(code).toBe(0);
+    const [, settledMs, json] = /^settled (\d+) (.*)$/.exec(worker.lines.find((l) => l.startsWith('settled '))!)!;
+    const outcome = JSON.parse(json!) as Record<string, string>;
+    expect(outcome).toEqual({
+      lock: 'CLOSED', campaign: 'CLOSED', barrier: 'CLOSED', double: 'CLOSED', semaphore: 'CLOSED', rlock: 'CLOSED',
+      dequeue: 'CLOSED', claim: 'CLOSED', observe: 'CLOSED', cacheChanges: 'fulfilled', discoveryClosed: 'fulfilled',
+    });
+    expect(Number(settledMs), 'ms until every call settled').toBeLessThan(2000);
+    // Process teardown included; the library itself keeps nothing alive (see the figure in docs/faults.md).
+    expect(exitedAfter, `exited ${exitedAfter} ms after close()`).toBeLessThan(1000);
+    console.log(`shutdown: settled in ${settledMs} ms, exited ${exitedAfter} ms after close()`);
+  }, 90_000);
+});
