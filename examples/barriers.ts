@@ -3,7 +3,7 @@
 // together.
 // Run: npx tsx examples/barriers.ts   (uses ETCD_ENDPOINTS, or starts a throwaway etcd)
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Barrier, DoubleBarrier, isRecipeError, Session } from '../src/index.js';
+import { Barrier, DoubleBarrier, isRecipeError, Session } from 'etcd-recipes';
 import { exampleEtcd } from './etcd.js';
 
 const etcd = await exampleEtcd();

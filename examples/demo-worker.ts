@@ -1,7 +1,7 @@
 // One worker process of the demo: takes turns on a lock and does fenced work under it.
 // argv: <name> <endpoints> <rounds>
 import { Etcd3 } from 'etcd3';
-import { Mutex, Session } from '../src/index.js';
+import { Mutex, Session } from 'etcd-recipes';
 
 const [name, endpoints, rounds] = process.argv.slice(2) as [string, string, string];
 const client = new Etcd3({ hosts: endpoints.split(',') });

@@ -1,6 +1,6 @@
 import type { Etcd3 } from 'etcd3';
-import { createClient } from '../src/index.js';
-import { EtcdCluster } from '../src/testing/index.js';
+import { createClient } from 'etcd-recipes';
+import { EtcdCluster } from 'etcd-recipes/testing';
 
 /**
  * The etcd an example talks to: ETCD_ENDPOINTS (comma-separated host:port)

@@ -3,7 +3,7 @@
 // worker runs the job again (attempt 2). A poison job that keeps failing ends in the dead letters.
 // Run: npx tsx examples/job-scheduler.ts   (uses ETCD_ENDPOINTS, or starts a throwaway etcd)
 import { Etcd3 } from 'etcd3';
-import { Session, WorkQueue } from '../src/index.js';
+import { Session, WorkQueue } from 'etcd-recipes';
 import { exampleEtcd } from './etcd.js';
 
 const etcd = await exampleEtcd();

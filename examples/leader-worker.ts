@@ -5,7 +5,7 @@
 // stops at once, another takes over, and it campaigns again.
 // Run: npx tsx examples/leader-worker.ts   (uses ETCD_ENDPOINTS, or starts a throwaway etcd)
 import { Etcd3 } from 'etcd3';
-import { getLeader, observeLeader, runAsLeader, type LeaderContext } from '../src/index.js';
+import { getLeader, observeLeader, runAsLeader, type LeaderContext } from 'etcd-recipes';
 import { exampleEtcd } from './etcd.js';
 
 const ELECTION = 'elections/scheduler';

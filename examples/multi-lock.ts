@@ -2,7 +2,7 @@
 // accounts' locks. They list the accounts in whatever order; withLocks takes locks in one global
 // order, so two transfers a->b and b->a never deadlock. The write is fenced by both locks.
 // Run: npx tsx examples/multi-lock.ts   (uses ETCD_ENDPOINTS, or starts a throwaway etcd)
-import { Session, withLocks } from '../src/index.js';
+import { Session, withLocks } from 'etcd-recipes';
 import { exampleEtcd } from './etcd.js';
 
 const etcd = await exampleEtcd();

@@ -1,6 +1,6 @@
 // A job scheduler's lock: only one instance runs the nightly report at a time.
 // Run: npx tsx examples/mutex.ts   (uses ETCD_ENDPOINTS, or starts a throwaway etcd)
-import { Mutex, Session, withLock } from '../src/index.js';
+import { Mutex, Session, withLock } from 'etcd-recipes';
 import { exampleEtcd } from './etcd.js';
 
 const etcd = await exampleEtcd();

@@ -1,7 +1,7 @@
 // A mail sender fed by two queues: a FIFO Queue of newsletters and a
 // PriorityQueue of transactional mail (lower number first).
 // Run: npx tsx examples/queues.ts   (uses ETCD_ENDPOINTS, or starts a throwaway etcd)
-import { PriorityQueue, Queue } from '../src/index.js';
+import { PriorityQueue, Queue } from 'etcd-recipes';
 import { exampleEtcd } from './etcd.js';
 
 const etcd = await exampleEtcd();

@@ -1,6 +1,6 @@
 // A shared configuration: many readers at once, one writer at a time, writers not starved.
 // Run: npx tsx examples/rwmutex.ts   (uses ETCD_ENDPOINTS, or starts a throwaway etcd)
-import { RWMutex, Session } from '../src/index.js';
+import { RWMutex, Session } from 'etcd-recipes';
 import { exampleEtcd } from './etcd.js';
 
 const etcd = await exampleEtcd();

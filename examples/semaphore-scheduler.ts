@@ -1,7 +1,7 @@
 // A job scheduler: 3 worker instances share a backlog of jobs, each worker runs up to
 // 2 jobs at a time, and a Semaphore caps the whole fleet at 3 running jobs (say, 3 GPUs).
 // Run: npx tsx examples/semaphore-scheduler.ts   (uses ETCD_ENDPOINTS, or starts a throwaway etcd)
-import { isRecipeError, Semaphore, Session, type PermitHandle } from '../src/index.js';
+import { isRecipeError, Semaphore, Session, type PermitHandle } from 'etcd-recipes';
 import { exampleEtcd } from './etcd.js';
 
 const etcd = await exampleEtcd();

@@ -4,7 +4,7 @@
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { Etcd3 } from 'etcd3';
-import { ServiceDiscovery, ServiceRegistry } from '../src/index.js';
+import { ServiceDiscovery, ServiceRegistry } from 'etcd-recipes';
 import { exampleEtcd } from './etcd.js';
 
 if (process.argv[2] === 'instance') {

@@ -2,7 +2,7 @@
 // and a consistent audit. Run: npx tsx examples/stm-bank.ts
 // (uses ETCD_ENDPOINTS, or starts a throwaway etcd)
 import { Etcd3 } from 'etcd3';
-import { isRecipeError, runSTM, type STMTransaction } from '../src/index.js';
+import { isRecipeError, runSTM, type STMTransaction } from 'etcd-recipes';
 import { exampleEtcd } from './etcd.js';
 
 interface Account { owner: string; balance: number }

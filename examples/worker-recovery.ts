@@ -4,7 +4,7 @@
 // paused past its TTL); the job it held comes back and is done on the new session.
 // Run: npx tsx examples/worker-recovery.ts   (uses ETCD_ENDPOINTS, or starts a throwaway etcd)
 import { Etcd3 } from 'etcd3';
-import { runWithSession, Session, WorkQueue } from '../src/index.js';
+import { runWithSession, Session, WorkQueue } from 'etcd-recipes';
 import { exampleEtcd } from './etcd.js';
 
 const etcd = await exampleEtcd();

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { readdirSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { useCluster } from './helpers.js';
@@ -27,6 +27,15 @@ function run(file: string, endpoints: string): Promise<{ code: number | null; ou
 // The examples are documentation: they must keep running as the library changes.
 describe('examples', () => {
   const etcd = useCluster();
+
+  it('import the library as its users do: from etcd-recipes, never from ../src', () => {
+    for (const file of readdirSync(new URL('../examples/', import.meta.url)).filter((f) => f.endsWith('.ts'))) {
+      const text = readFileSync(new URL(`../examples/${file}`, import.meta.url), 'utf8');
+      expect(text, file).not.toMatch(/from '\.\.\/|import\('\.\.\//);
+      // etcd.ts (the throwaway cluster) and demo.ts (which starts demo-worker.ts) use the library only through others.
+      if (file !== 'etcd.ts' && file !== 'demo.ts') expect(text, file).toMatch(/from 'etcd-recipes'/);
+    }
+  });
 
   it(`run to completion against a real etcd (${examples.join(', ')})`, async () => {
     expect(examples.length).toBeGreaterThanOrEqual(10);

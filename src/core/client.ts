@@ -96,7 +96,8 @@ const passThrough: Policy = {
 };
 
 /** Streams etcd3 opened through a host policy, so that a silent one can be blamed on its member. */
-const streamHosts = processWide('stream-hosts', () => new WeakMap<object, HostState>());
+// Made on first use, as every processWide value: importing the library has no side effect.
+const streamHosts = () => processWide('stream-hosts', () => new WeakMap<object, HostState>());
 
 interface HostState { host: string; avoidUntil: number }
 
@@ -123,7 +124,7 @@ class HostHealth {
         try {
           const result = await fn({ signal: signal ?? neverAborted });
           if (result && typeof result === 'object' && typeof (result as { on?: unknown }).on === 'function') {
-            streamHosts.set(result, state);
+            streamHosts().set(result, state);
           } else {
             state.avoidUntil = 0;
           }
@@ -154,7 +155,7 @@ function isConnectionFault(err: unknown): boolean {
  * @internal
  */
 export function reportSilentStream(stream: object): void {
-  const state = streamHosts.get(stream);
+  const state = streamHosts().get(stream);
   if (state) avoid(state, 'a stream went silent');
 }
 
@@ -201,7 +202,7 @@ interface ScopeState extends ClientScope {
 const scopes = () => processWide('client-scopes', () => new WeakMap<object, ScopeState>());
 
 /** Wakes every backoff sleeper of the process when any client closes (it re-checks its own client). */
-export const clientClosings = processWide('client-closings', () => new EventTarget());
+export const clientClosings = (): EventTarget => processWide('client-closings', () => new EventTarget());
 
 /**
  * @internal The life cycle of `client`. The first call wraps the client's
@@ -239,7 +240,7 @@ export function clientScope(client: Namespace): ClientScope {
 async function shutDown(scope: ScopeState): Promise<void> {
   scope.closing ??= (async () => {
     scope.controller.abort(new ClosedError());
-    clientClosings.dispatchEvent(new Event('close'));
+    clientClosings().dispatchEvent(new Event('close'));
     const things = [...scope.owned];
     scope.owned.clear();
     let timer: NodeJS.Timeout | undefined;

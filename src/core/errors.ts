@@ -177,15 +177,25 @@ export class OutcomeUnknownError extends RecipeError {
 
 /** The error class behind each code, for {@link isRecipeError}'s narrowing. */
 export interface RecipeErrorByCode {
+  /** {@link SessionExpiredError} */
   SESSION_EXPIRED: SessionExpiredError;
+  /** {@link LockNotHeldError} */
   LOCK_NOT_HELD: LockNotHeldError;
+  /** {@link NotLeaderError} */
   NOT_LEADER: NotLeaderError;
+  /** {@link STMConflictError} */
   STM_CONFLICT: STMConflictError;
+  /** {@link InvalidArgumentError} */
   INVALID_ARGUMENT: InvalidArgumentError;
+  /** {@link BarrierFullError} */
   BARRIER_FULL: BarrierFullError;
+  /** {@link ServiceIdTakenError} */
   SERVICE_ID_TAKEN: ServiceIdTakenError;
+  /** {@link PermissionDeniedError} */
   PERMISSION_DENIED: PermissionDeniedError;
+  /** {@link ClosedError} */
   CLOSED: ClosedError;
+  /** {@link OutcomeUnknownError} */
   OUTCOME_UNKNOWN: OutcomeUnknownError;
 }
 

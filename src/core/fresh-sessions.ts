@@ -1,5 +1,5 @@
 import type { Namespace } from 'etcd3';
-import type { Debugger } from 'debug';
+import type { Logger } from './log.js';
 import { abortReason } from './abort.js';
 import { isTransient, retrying } from './retry.js';
 import { createOwnedSession, type Session } from './session.js';
@@ -23,7 +23,7 @@ export interface FreshSessionsOptions {
   signal?: AbortSignal;
   /** Names the caller in logs. */
   what: string;
-  log: Debugger;
+  log: Logger;
 }
 
 /** Thrown inside the retry loop to ask for another round; never escapes it. */

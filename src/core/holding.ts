@@ -4,7 +4,7 @@ import { LockNotHeldError, withoutStack } from './errors.js';
 import { cmp, op, txn } from './kv.js';
 import { showKey } from './keys.js';
 import type { LocalRelease } from './local-lock.js';
-import type { Debugger } from 'debug';
+import type { Logger } from './log.js';
 import { retrying } from './retry.js';
 import type { Session } from './session.js';
 import { watchOwnKey } from './own-key.js';
@@ -24,7 +24,7 @@ import { watchOwnKey } from './own-key.js';
  * wire-compatible with Go (whose Unlock deletes unconditionally) and never
  * deletes a key that a later call re-created.
  */
-export async function deleteOwnKey(session: Session, key: Buffer, rev: bigint | undefined, log?: Debugger, group?: Buffer): Promise<void> {
+export async function deleteOwnKey(session: Session, key: Buffer, rev: bigint | undefined, log?: Logger, group?: Buffer): Promise<void> {
   const client = session.client;
   const guard = rev === undefined ? { key, target: 'Lease' as const, result: '==' as const, value: session.leaseId } : cmp.create(key, '==', rev);
   // A group (keys written together under one unique prefix, `key` among them) goes as one.
@@ -47,7 +47,7 @@ export async function deleteOwnKey(session: Session, key: Buffer, rev: bigint | 
  * background); never rejects.
  */
 export function cleanUpAfter(inFlight: Promise<unknown>, cleanup: () => Promise<void>, releaseLocal: LocalRelease,
-  log?: Debugger, waitMs = 1000): Promise<void> {
+  log?: Logger, waitMs = 1000): Promise<void> {
   const done = inFlight
     .catch(() => undefined)
     .then(cleanup)
@@ -88,7 +88,7 @@ export class Holding implements HeldKey {
   readonly #key: Buffer;
   readonly #releaseLocal: LocalRelease;
   readonly #what: string;
-  readonly #log: Debugger | undefined;
+  readonly #log: Logger | undefined;
   readonly #group: Buffer | undefined;
   #controller: AbortController | undefined;
   #detach: (() => void) | undefined;
@@ -101,7 +101,7 @@ export class Holding implements HeldKey {
    * the local callers behind us fail on the session's signal by themselves.)
    * `group`: the hold is every key under this prefix (`key` among them), deleted together.
    */
-  constructor(session: Session, key: Buffer, rev: bigint, releaseLocal: LocalRelease, what: string, log?: Debugger, group?: Buffer) {
+  constructor(session: Session, key: Buffer, rev: bigint, releaseLocal: LocalRelease, what: string, log?: Logger, group?: Buffer) {
     this.#session = session;
     this.#key = key;
     this.fencingToken = rev;

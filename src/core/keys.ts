@@ -2,6 +2,8 @@
  * Key encoding: the one place that turns names into etcd keys.
  */
 
+import { processWide } from './shared.js';
+
 /** Encodes a string (UTF-8) or passes a Buffer through. */
 export function toBuffer(key: string | Buffer): Buffer {
   return typeof key === 'string' ? Buffer.from(key, 'utf8') : key;
@@ -64,12 +66,14 @@ export function showKey(key: Buffer | string): string {
 export function uniqueSuffix(): string {
   const now = BigInt(Date.now()) * 1_000_000n;
   const sub = process.hrtime.bigint() % 1_000_000n;
+  const last = (clock ??= processWide('unique-clock.v1', () => ({ last: 0n })));
   let n = now + sub;
-  if (n <= lastUnique) n = lastUnique + 1n;
-  lastUnique = n;
+  if (n <= last.last) n = last.last + 1n;
+  last.last = n;
   return n.toString();
 }
-let lastUnique = 0n;
+// Shared by every copy of the library in the process, so that two copies never make the same suffix.
+let clock: { last: bigint } | undefined;
 
 /** A fresh `<dir><19-digit ns>` key (Go's `newUniqueKV` layout; `dir` ends with `/`). */
 export function uniqueKey(dir: Buffer): Buffer {

@@ -1,4 +1,4 @@
-import type { Debugger } from 'debug';
+import type { Logger } from './log.js';
 import { combineSignals, raceAbort } from './abort.js';
 import { cleanUpAfter, deleteOwnKey } from './holding.js';
 import { childPrefix, sessionKey, showKey, uniqueKey } from './keys.js';
@@ -30,7 +30,7 @@ export interface PendingKey {
 export interface JoinLineOptions<T> {
   /** Names the caller in errors and logs. */
   what: string;
-  log: Debugger;
+  log: Logger;
   /** The caller's signal (and any other that should abort the call); the session's is added. */
   signals: (AbortSignal | undefined)[];
   /**

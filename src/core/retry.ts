@@ -68,10 +68,10 @@ export async function retrying<T>(fn: () => Promise<T>, options: RetryOptions = 
 function backoffSleep(ms: number, signals: (AbortSignal | undefined)[]): Promise<void> {
   const woken = new AbortController();
   const wake = () => woken.abort();
-  clientClosings.addEventListener('close', wake, { once: true });
+  clientClosings().addEventListener('close', wake, { once: true });
   return delay(ms, ...signals, woken.signal)
     .catch((err: unknown) => {
       if (!woken.signal.aborted || signals.some((s) => s?.aborted)) throw err;
     })
-    .finally(() => clientClosings.removeEventListener('close', wake));
+    .finally(() => clientClosings().removeEventListener('close', wake));
 }

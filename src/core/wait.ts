@@ -3,7 +3,7 @@ import { openWatch, WatchCompactedError, type WatchHandle, type WatchSpec } from
 import { untilWoken } from './abort.js';
 import { SessionExpiredError } from './errors.js';
 import { showKey } from './keys.js';
-import type { Debugger } from 'debug';
+import type { Logger } from './log.js';
 import { retrying } from './retry.js';
 
 /*
@@ -68,7 +68,7 @@ export interface WaitInLineOptions<T> {
   signal: AbortSignal;
   /** Names the waiter in errors and logs. */
   what: string;
-  log?: Debugger;
+  log?: Logger;
 }
 
 function sameTarget(a: WatchTarget, b: WatchTarget): boolean {

@@ -43,11 +43,13 @@ export interface DashboardOptions {
 
 /** The state the page shows, as `GET /state` and each server-sent event carry it (JSON, bigints as strings). */
 export interface DashboardState {
+  /** The prefix the dashboard looks under. */
   prefix: string;
   /** The highest store revision among the reads. */
   revision: bigint;
   /** ISO time of the read. */
   updatedAt: string;
+  /** Every recipe found under the prefix, inspected. */
   recipes: RecipeInspection[];
   /** Why the last read failed (the recipes are then the previous ones). */
   error?: string;
@@ -57,7 +59,9 @@ export interface DashboardState {
 export interface Dashboard extends AsyncDisposable {
   /** `http://<host>:<port>/` (without the token). */
   readonly url: string;
+  /** The address it listens on. */
   readonly host: string;
+  /** The port it listens on. */
   readonly port: number;
   /** Reads the state once, as `GET /state` does. */
   state(): Promise<DashboardState>;

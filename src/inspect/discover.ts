@@ -39,6 +39,7 @@ export type RecipeKind = 'lock' | 'election' | 'semaphore' | 'rwmutex' | 'queue'
 
 /** A recipe found under a prefix. */
 export interface DiscoveredRecipe {
+  /** What the keys under `name` look like. */
   readonly kind: RecipeKind;
   /** The recipe's name (the service's name for `'service'`). */
   readonly name: string;
@@ -163,13 +164,48 @@ export async function discoverRecipes(client: Namespace, prefix: string, options
 
 /** One recipe's inspection, tagged with its kind. */
 export type RecipeInspection =
-  | { readonly kind: 'lock'; readonly inspection: LockInspection }
-  | { readonly kind: 'election'; readonly inspection: ElectionInspection }
-  | { readonly kind: 'semaphore'; readonly inspection: SemaphoreInspection }
-  | { readonly kind: 'rwmutex'; readonly inspection: RWMutexInspection }
-  | { readonly kind: 'queue' | 'priority-queue'; readonly inspection: QueueInspection }
-  | { readonly kind: 'work-queue'; readonly inspection: WorkQueueInspection }
-  | { readonly kind: 'service'; readonly inspection: ServicesInspection };
+  | {
+    /** The recipe's kind. */
+    readonly kind: 'lock';
+    /** What the inspection of that kind returns. */
+    readonly inspection: LockInspection;
+  }
+  | {
+    /** The recipe's kind. */
+    readonly kind: 'election';
+    /** What the inspection of that kind returns. */
+    readonly inspection: ElectionInspection;
+  }
+  | {
+    /** The recipe's kind. */
+    readonly kind: 'semaphore';
+    /** What the inspection of that kind returns. */
+    readonly inspection: SemaphoreInspection;
+  }
+  | {
+    /** The recipe's kind. */
+    readonly kind: 'rwmutex';
+    /** What the inspection of that kind returns. */
+    readonly inspection: RWMutexInspection;
+  }
+  | {
+    /** The recipe's kind. */
+    readonly kind: 'queue' | 'priority-queue';
+    /** What the inspection of that kind returns. */
+    readonly inspection: QueueInspection;
+  }
+  | {
+    /** The recipe's kind. */
+    readonly kind: 'work-queue';
+    /** What the inspection of that kind returns. */
+    readonly inspection: WorkQueueInspection;
+  }
+  | {
+    /** The recipe's kind. */
+    readonly kind: 'service';
+    /** What the inspection of that kind returns. */
+    readonly inspection: ServicesInspection;
+  };
 
 /** Inspects one discovered recipe with the inspection function of its kind. */
 export async function inspectRecipe(client: Namespace, recipe: DiscoveredRecipe, options: InspectOptions = {}): Promise<RecipeInspection> {

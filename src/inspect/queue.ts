@@ -20,6 +20,7 @@ export interface QueueHead {
   readonly value: string;
   /** Its priority (priority queues only). */
   readonly priority: number | undefined;
+  /** The revision it was created at. */
   readonly createRevision: bigint;
   /** The revision it was (last) written at: a queue hands items out in this order. */
   readonly modRevision: bigint;
@@ -31,6 +32,7 @@ export interface QueueHead {
 export interface QueueInspection {
   /** The queue's name, as given. */
   readonly name: string;
+  /** A FIFO queue or a priority queue. */
   readonly kind: QueueKind;
   /** The store revision the keys were read at. */
   readonly revision: bigint;

@@ -35,10 +35,13 @@ export interface ClaimedJob extends InspectedJob {
 
 /** A dead-lettered job. */
 export interface InspectedDeadJob {
+  /** The job's ID. */
   readonly id: string;
   /** `<prefix>/dead/<id>`. */
   readonly key: string;
+  /** Its priority (lower first). */
   readonly priority: number;
+  /** Its value, as UTF-8. */
   readonly value: string;
   /** The revision it was dead-lettered at. */
   readonly createRevision: bigint;
@@ -59,7 +62,18 @@ export interface WorkQueueInspection {
   /** Claimers waiting for a job (their waiter keys, first in line first; at most `limit`). */
   readonly waiting: InspectedKey[];
   /** Exact totals, even past the limit. */
-  readonly counts: { readonly jobs: number; readonly pending: number; readonly claimed: number; readonly dead: number; readonly waiting: number };
+  readonly counts: {
+    /** Jobs in the queue, claimed or not. */
+    readonly jobs: number;
+    /** Jobs nobody has claimed. */
+    readonly pending: number;
+    /** Jobs a claimer holds. */
+    readonly claimed: number;
+    /** Dead-lettered jobs. */
+    readonly dead: number;
+    /** Claimers waiting for a job. */
+    readonly waiting: number;
+  };
   /** True if some list was cut by `options.limit`. */
   readonly truncated: boolean;
 }

@@ -504,7 +504,12 @@ export class LeaderObserver implements AsyncIterableIterator<LeaderState>, Async
   #finished = false;
   #failure: { err: unknown } | undefined;
 
-  /** @internal Use {@link observeLeader} or {@link Election.observe}. */
+  /**
+   * Made by {@link observeLeader} and {@link Election.observe}; use those.
+   * @param client - the etcd3 client (or namespace)
+   * @param name - the election's name
+   * @param options - `signal`
+   */
   constructor(client: Namespace, name: string | Buffer, options: ObserveOptions) {
     this.#client = client;
     this.#prefix = childPrefix(name);

@@ -34,6 +34,7 @@ export interface PrefixCacheWaitOptions {
 /**
  * One key of a {@link PrefixCache}, as etcd last reported it. Immutable: a
  * change replaces the object.
+ * @hideconstructor
  */
 export class CachedKeyValue {
   /** The key (UTF-8 decoded; see {@link CachedKeyValue.keyBuffer} for the exact bytes). */
@@ -52,7 +53,11 @@ export class CachedKeyValue {
   readonly #rawKey: Buffer | undefined;
   readonly #rawValue: Buffer | undefined;
 
-  /** @internal */
+  /**
+   * Made by the cache for each entry; not meant to be called directly.
+   * @param kv - the key-value as etcd3 returned it
+   * @param key - the key as a string
+   */
   constructor(kv: KeyValue, key: string) {
     this.key = key;
     this.value = kv.value.toString('utf8');

@@ -1,6 +1,6 @@
 import { randomBytes, randomInt } from 'node:crypto';
 import type { Namespace } from 'etcd3';
-import type { Debugger } from 'debug';
+import type { Logger } from '../core/log.js';
 import { linkSignals, raceAbort, untilWoken } from '../core/abort.js';
 import { isRecipeError, SessionExpiredError } from '../core/errors.js';
 import type { ResolvedGuard } from '../core/guard.js';
@@ -110,7 +110,7 @@ export type ClaimOutcome<R> =
 export interface ClaimSource<R> {
   readonly client: Namespace;
   readonly what: string;
-  readonly log: Debugger;
+  readonly log: Logger;
   /** Prefix of the waiter keys (ends with '/'). */
   readonly waitersPrefix: Buffer;
   /** What the head of the line watches for new candidates. */
@@ -580,14 +580,14 @@ export class OwnSession implements SessionSource {
   readonly #client: Namespace;
   readonly #ttl: number;
   readonly #idleMs: number;
-  readonly #log: Debugger;
+  readonly #log: Logger;
   #session: Session | undefined;
   #creating: Promise<Session> | undefined;
   #users = 0;
   #idleTimer: NodeJS.Timeout | undefined;
   #closed = false;
 
-  constructor(client: Namespace, ttl: number, idleMs: number, log: Debugger) {
+  constructor(client: Namespace, ttl: number, idleMs: number, log: Logger) {
     this.#client = client;
     this.#ttl = ttl;
     this.#idleMs = idleMs;

@@ -1,6 +1,6 @@
 import type { Namespace } from 'etcd3';
-import type { Debugger } from 'debug';
 import { checkGuard, resolveGuard, type GuardedWriteOptions } from '../core/guard.js';
+import type { Logger } from '../core/log.js';
 import { childPrefix, showKey, toBuffer, uniqueKey } from '../core/keys.js';
 import { cmp, op, range, rangeAt, txn, type Op, type OpResult } from '../core/kv.js';
 import { logger } from '../core/log.js';
@@ -46,6 +46,7 @@ export interface QueueOptions {
 export interface QueueItem {
   /** The item's key, e.g. `<prefix>/<19 digits>`. */
   key: Buffer;
+  /** The item's value, as enqueued. */
   value: Buffer;
 }
 
@@ -65,7 +66,7 @@ const sub = (book: Buffer, dir: string) => Buffer.concat([book, Buffer.from(dir)
 class ItemSource implements ClaimSource<QueueItem> {
   readonly client: Namespace;
   readonly what: string;
-  readonly log: Debugger;
+  readonly log: Logger;
   readonly waitersPrefix: Buffer;
   readonly headWatch: WatchSpec;
   readonly #items: Buffer;
@@ -73,7 +74,7 @@ class ItemSource implements ClaimSource<QueueItem> {
   readonly #sort: 'Mod' | 'Key';
   readonly #interchangeable: (cands: Candidate[]) => number;
 
-  constructor(client: Namespace, items: Buffer, book: Buffer, taken: ReceiptBook, sort: 'Mod' | 'Key', what: string, log: Debugger,
+  constructor(client: Namespace, items: Buffer, book: Buffer, taken: ReceiptBook, sort: 'Mod' | 'Key', what: string, log: Logger,
     interchangeable: (cands: Candidate[]) => number) {
     this.client = client;
     this.#items = items;
@@ -149,7 +150,7 @@ class ItemSource implements ClaimSource<QueueItem> {
 }
 
 /**
- * @internal What Queue and PriorityQueue share: the consumer side (a
+ * What Queue and PriorityQueue share: the consumer side (a
  * herd-free line over the items) and the lease of its bookkeeping keys.
  */
 export abstract class ItemQueue implements AsyncDisposable {
@@ -165,14 +166,14 @@ export abstract class ItemQueue implements AsyncDisposable {
   readonly #taken: ReceiptBook;
   readonly #own: OwnSession;
   readonly #line: ConsumerLine<QueueItem>;
-  readonly #log: Debugger;
+  readonly #log: Logger;
 
   /**
    * @param argument - the name argument's name, for error messages
    * @param interchangeable - how many leading candidates competing consumers may take in any order
    */
   protected constructor(client: Namespace, name: string | Buffer, argument: string, options: QueueOptions, kind: string,
-    sort: 'Mod' | 'Key', interchangeable: (items: Buffer) => (cands: Candidate[]) => number, queueLog: Debugger) {
+    sort: 'Mod' | 'Key', interchangeable: (items: Buffer) => (cands: Candidate[]) => number, queueLog: Logger) {
     checkClient(client);
     checkName(name, argument);
     checkOptions(options);

@@ -47,7 +47,9 @@ export interface RegisterOptions<M extends object = ServiceMetadata> {
 
 /** What {@link ServiceRegistry.update} may change. */
 export interface RegistrationUpdate<M extends object = ServiceMetadata> {
+  /** The new address; unchanged when absent. */
   address?: string;
+  /** The new metadata, replacing the old as a whole; unchanged when absent. */
   metadata?: M;
 }
 
@@ -68,7 +70,12 @@ export interface ServiceRegistryEvents {
    */
   lost: [err: SessionExpiredError];
   /** Registered again after `lost`, under a new lease. */
-  're-registered': [info: { leaseId: string; revision: bigint }];
+  're-registered': [info: {
+    /** The new lease (decimal string). */
+    leaseId: string;
+    /** The revision of the new registration write. */
+    revision: bigint;
+  }];
   /**
    * The key was deleted or taken over by someone else while our lease lived.
    * The registry stops (it revokes its lease and does not re-register): the

@@ -1,5 +1,5 @@
 import type { ComparatorBuilder, Namespace } from 'etcd3';
-import type { Debugger } from 'debug';
+import type { Logger } from '../core/log.js';
 import { linkSignals, type LinkedSignal } from '../core/abort.js';
 import { InvalidArgumentError, LockNotHeldError } from '../core/errors.js';
 import { checkGuard, markGuard, resolveGuard, type GuardedWriteOptions } from '../core/guard.js';
@@ -103,8 +103,11 @@ export interface WorkQueueStats {
 
 /** A dead-lettered job, from {@link WorkQueue.deadLetters}. */
 export interface DeadJob {
+  /** The job's ID, as `Job.id` had it. */
   id: string;
+  /** The job's value (UTF-8). */
   value: string;
+  /** The job's value, as bytes. */
   buffer: Buffer;
 }
 
@@ -158,7 +161,7 @@ class Layout {
 class JobSource implements ClaimSource<Claimed> {
   readonly client: Namespace;
   readonly what: string;
-  readonly log: Debugger = log;
+  readonly log: Logger = log;
   readonly waitersPrefix: Buffer;
   readonly headWatch: WatchSpec;
   readonly #k: Layout;

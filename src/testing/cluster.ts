@@ -25,7 +25,12 @@ export interface EtcdClusterOptions {
    * leader failover and 1–2 s lease TTLs behave in tests. `'default'`: etcd's
    * own 100 ms / 1000 ms. Or explicit values.
    */
-  timing?: 'fast' | 'default' | { heartbeatMs: number; electionMs: number };
+  timing?: 'fast' | 'default' | {
+    /** etcd's `--heartbeat-interval`, in milliseconds. */
+    heartbeatMs: number;
+    /** etcd's `--election-timeout`, in milliseconds. */
+    electionMs: number;
+  };
   /** Path of the etcd binary; default from {@link findEtcdBinary}. */
   etcdBin?: string;
   /** Install etcd with apt-get when missing (root only). Default false. */
@@ -43,27 +48,52 @@ export interface EtcdClusterOptions {
    * {@link EtcdCluster.client} presents one. Client URLs become `https://`;
    * health and metrics stay on a plain-HTTP {@link EtcdMember.metricsUrl}.
    */
-  tls?: boolean | { clientCertAuth?: boolean };
+  tls?: boolean | {
+    /** Members require a client certificate. */
+    clientCertAuth?: boolean;
+  };
   /**
    * Enable etcd's authentication once the cluster is up: the `root` user
    * (with the `root` role) is created and auth is enabled.
    * {@link EtcdCluster.client} then logs in as root; make users with only
    * the permissions you want with {@link EtcdCluster.createUser}.
    */
-  auth?: boolean | { rootPassword?: string };
+  auth?: boolean | {
+    /** The root user's password (default: a random one). */
+    rootPassword?: string;
+  };
 }
 
 /** User name and password of an etcd user, as etcd3's `auth` option takes them. */
 export interface EtcdCredentials {
+  /** The user's name. */
   readonly username: string;
+  /** The user's password. */
   readonly password: string;
 }
 
 /** One permission of {@link EtcdCluster.createUser}: a key, a prefix or a range `[key, end)`. */
 export type EtcdGrant =
-  | { readonly prefix: string; readonly permission?: 'read' | 'write' | 'readwrite' }
-  | { readonly key: string; readonly permission?: 'read' | 'write' | 'readwrite' }
-  | { readonly key: string; readonly end: string; readonly permission?: 'read' | 'write' | 'readwrite' };
+  | {
+    /** Every key starting with this. */
+    readonly prefix: string;
+    /** Default `'readwrite'`. */
+    readonly permission?: 'read' | 'write' | 'readwrite';
+  }
+  | {
+    /** This one key. */
+    readonly key: string;
+    /** Default `'readwrite'`. */
+    readonly permission?: 'read' | 'write' | 'readwrite';
+  }
+  | {
+    /** The first key of the range. */
+    readonly key: string;
+    /** The end of the range (excluded). */
+    readonly end: string;
+    /** Default `'readwrite'`. */
+    readonly permission?: 'read' | 'write' | 'readwrite';
+  };
 
 /** The TLS material of a cluster started with `tls`. */
 export interface EtcdClusterTls {
@@ -145,7 +175,10 @@ const WRAPPER = [
   'echo "exit:$code"',
 ].join('\n');
 
-/** One etcd process of an {@link EtcdCluster}. */
+/**
+ * One etcd process of an {@link EtcdCluster}.
+ * @hideconstructor
+ */
 export class EtcdMember {
   /** Member name, `m0`, `m1`, ... */
   readonly name: string;
@@ -159,7 +192,9 @@ export class EtcdMember {
    * {@link requestCounts}.
    */
   readonly metricsUrl: string;
+  /** `http://127.0.0.1:<port>`: where the other members reach it. */
   readonly peerUrl: string;
+  /** This member's data directory. */
   readonly dataDir: string;
   #args: string[];
   #bin: string;
@@ -170,7 +205,7 @@ export class EtcdMember {
   #exited: Promise<number | null> = Promise.resolve(null);
   #log: string[] = [];
 
-  /** @internal */
+  /** Made by {@link EtcdCluster.start}; not meant to be called directly. */
   constructor(bin: string, name: string, ports: { client: number; peer: number; metrics?: number }, dataDir: string, args: string[],
     tls?: MemberTls) {
     const scheme = tls ? 'https' : 'http';
@@ -333,7 +368,14 @@ export class EtcdMember {
   }
 
   /** The member's status: its own ID and the leader's ID as it sees it (decimal strings). */
-  async status(timeoutMs = 1000): Promise<{ memberId: string; leaderId: string; raftTerm: string }> {
+  async status(timeoutMs = 1000): Promise<{
+    /** This member's ID. */
+    memberId: string;
+    /** The leader's ID, as this member sees it. */
+    leaderId: string;
+    /** The current Raft term. */
+    raftTerm: string;
+  }> {
     if (this.#tls) {
       // etcd's HTTP gateway refuses requests that carry a client certificate once auth is on: ask over gRPC.
       const client = new Etcd3({
@@ -406,6 +448,7 @@ function defaultDataRoot(dataDir: EtcdClusterOptions['dataDir']): string {
  * ```
  */
 export class EtcdCluster implements AsyncDisposable {
+  /** The members, in start order (`m0`, `m1`, ...). */
   readonly members: readonly EtcdMember[];
   /** Root directory of this cluster's data (removed on stop). */
   readonly dataDir: string;
@@ -680,6 +723,7 @@ export class EtcdCluster implements AsyncDisposable {
     rmSync(this.dataDir, { recursive: true, force: true });
   }
 
+  /** `await using etcd = await EtcdCluster.start()` stops it at scope exit. */
   [Symbol.asyncDispose](): Promise<void> {
     return this.stop();
   }

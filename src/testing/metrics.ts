@@ -2,9 +2,13 @@
 export interface RequestCounts {
   /** Every method's count (`Range`, `Txn`, `Put`, `DeleteRange`, `Watch`, `LeaseKeepAlive`, ...). */
   readonly byMethod: ReadonlyMap<string, number>;
+  /** `Range` requests. */
   readonly range: number;
+  /** `Txn` requests. */
   readonly txn: number;
+  /** `Put` requests. */
   readonly put: number;
+  /** `DeleteRange` requests. */
   readonly deleteRange: number;
   /** KV requests: range + txn + put + deleteRange. */
   readonly kv: number;
