@@ -19,7 +19,7 @@ async function run(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code:
 
 describe('etcd-recipes command line', () => {
   it('has --help with a usage line and a copy-paste example for every command', async () => {
-    expect(COMMANDS.map((c) => c.name)).toEqual(['lock', 'semaphore', 'elect', 'observe', 'queue', 'work', 'register', 'services']);
+    expect(COMMANDS.map((c) => c.name)).toEqual(['lock', 'semaphore', 'elect', 'observe', 'queue', 'work', 'register', 'services', 'status', 'dashboard']);
     for (const c of COMMANDS) {
       const { code, out, err } = await run([c.name, '--help']);
       expect(code, c.name).toBe(0);

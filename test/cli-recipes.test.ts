@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { cli, etcdctl, gatedChild, openGate, tempDir, type Proc } from './cli-helpers.js';
+import { Mutex, Session } from '../src/index.js';
 import { keysUnder, useCluster, waitForKeyCount, waitForPrefixEmpty } from './helpers.js';
 
 const LOST = 79;
@@ -107,6 +108,28 @@ describe('etcd-recipes semaphore, elect, observe, queue, work, register, service
     expect(await etcdctl(ep(), ['del', key!]).exited).toBe(0);
     await tool.waitFor(/^term ec/);
     expect(await tool.exited).toBe(LOST);
+  });
+
+  it('status shows a lock\'s holder and its waiter with their leases, as a table and as JSON; nothing found exits 1', async () => {
+    const client = cluster().client();
+    const holder = await Session.create(client, { ttl: 30 });
+    const waiter = await Session.create(client, { ttl: 30 });
+    const held = await new Mutex(holder, 'st/lock').acquire();
+    const waiting = new Mutex(waiter, 'st/lock').acquire();
+    await waitForKeyCount(client, 'st/lock/', 2);
+    const json = cli(ep(), ['status', 'st/lock', '--json']);
+    expect(await json.exited).toBe(0);
+    const [lock] = JSON.parse(json.stdout.join('\n')) as { kind: string; inspection: { holders: { key: string }[]; waiters: { key: string }[] } }[];
+    expect(lock!.kind).toBe('lock');
+    expect(lock!.inspection.holders.map((h) => h.key)).toEqual([held.key]);
+    expect(lock!.inspection.waiters.map((w) => w.key)).toEqual([`st/lock/${waiter.leaseHex}`]);
+    const table = cli(ep(), ['status', 'st/lock']);
+    expect(await table.exited).toBe(0);
+    expect(table.stdout.join('\n')).toContain(holder.leaseHex);
+    expect(await cli(ep(), ['status', 'st/nothing']).exited).toBe(1);
+    await held.release();
+    await (await waiting).release();
+    await Promise.all([holder.close(), waiter.close()]);
   });
 
   it('queue push and pop: FIFO, one line per value; pop --timeout on an empty queue exits with the conflict code', async () => {

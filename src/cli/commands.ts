@@ -1,4 +1,5 @@
 import type { Command } from './command.js';
+import { dashboardCommand } from './commands/dashboard.js';
 import { electCommand } from './commands/elect.js';
 import { lockCommand } from './commands/lock.js';
 import { observeCommand } from './commands/observe.js';
@@ -6,6 +7,7 @@ import { queueCommand } from './commands/queue.js';
 import { registerCommand } from './commands/register.js';
 import { semaphoreCommand } from './commands/semaphore.js';
 import { servicesCommand } from './commands/services.js';
+import { statusCommand } from './commands/status.js';
 import { workCommand } from './commands/work.js';
 
 /** Every command of the tool, in the order `--help` lists them. Add a command: one module, one line here. */
@@ -18,4 +20,6 @@ export const COMMANDS: readonly Command[] = [
   workCommand,
   registerCommand,
   servicesCommand,
+  statusCommand,
+  dashboardCommand,
 ];

@@ -1,22 +1,23 @@
-import { Etcd3, type IOptions } from 'etcd3';
+import type { Etcd3 } from 'etcd3';
+import { createClient, type ClientOptions } from '../core/client.js';
 import type { ConnectionOptions } from './connection.js';
 import { CliExit, EXIT, UsageError } from './exit-codes.js';
 import { formatDuration } from './args.js';
 
 /**
- * Builds the tool's etcd client. The one place a client is made, so that
- * switching to the library's coordination client is a one-line change.
+ * Builds the tool's etcd client: the library's coordination client
+ * (per-call deadlines, no hidden re-sends; docs/faults.md).
  * @throws UsageError for settings etcd3 rejects (e.g. TLS options it cannot use)
  */
 export function createEtcdClient(o: ConnectionOptions): Etcd3 {
-  const options: IOptions = { hosts: o.endpoints, dialTimeout: o.dialTimeoutMs };
+  const options: ClientOptions = { hosts: o.endpoints, dialTimeout: o.dialTimeoutMs };
   if (o.cacert || o.cert) {
     // etcd3 types the CA as required; grpc-js takes undefined as "the system's CAs".
     options.credentials = { rootCertificate: o.cacert as Buffer, privateKey: o.key, certChain: o.cert };
   }
   if (o.user !== undefined) options.auth = { username: o.user, password: o.password ?? '' };
   try {
-    return new Etcd3(options);
+    return createClient(options);
   } catch (err) {
     throw new UsageError(`cannot configure the etcd client: ${(err as Error).message}`);
   }

@@ -7,7 +7,6 @@ import type { CommandContext, OptionSpec, OptionValues } from './command.js';
 import { EXIT, UsageError } from './exit-codes.js';
 import { InterruptedError, signalNumber } from './interrupts.js';
 import { errorMessage, say } from './output.js';
-import { watchOwnKey } from './own-key.js';
 
 /** The default session TTL of the tool, in seconds (as `etcdctl lock --ttl`). */
 export const DEFAULT_TTL_SECONDS = 10;
@@ -92,19 +91,12 @@ export async function runWhileHolding(ctx: CommandContext, s: HoldSettings, what
       await held.release();
       return waitEnded(ctx.interrupts.signal.reason, s.conflictCode, ctx, what, undefined);
     }
-    const keyWatch = watchOwnKey(client, held.key, held.fencingToken);
-    const lost = linkSignals(held.signal, keyWatch.signal);
-    let result;
-    try {
-      result = await runChild({
-        command: ctx.child, env: childEnv(held), lost: lost.signal, killAfterMs: s.killAfterMs, interrupts: ctx.interrupts,
-        onLost: (reason) => say(ctx.stderr, `${what} lost (${errorMessage(reason)}); stopping the command`),
-        onSpawnError: (message) => say(ctx.stderr, message),
-      });
-    } finally {
-      lost.dispose();
-      keyWatch.dispose();
-    }
+    // The hold's signal aborts when the session is lost and when its key is deleted from outside.
+    const result = await runChild({
+      command: ctx.child, env: childEnv(held), lost: held.signal, killAfterMs: s.killAfterMs, interrupts: ctx.interrupts,
+      onLost: (reason) => say(ctx.stderr, `${what} lost (${errorMessage(reason)}); stopping the command`),
+      onSpawnError: (message) => say(ctx.stderr, message),
+    });
     await held.release().catch((err: unknown) => say(ctx.stderr, `${what}: release failed (${errorMessage(err)}); it ends when the lease expires`));
     return result.lost ? EXIT.LOST : result.code;
   } finally {

@@ -1,3 +1,4 @@
+import { closeClient } from '../core/client.js';
 import type { Etcd3 } from 'etcd3';
 import { isRecipeError } from '../index.js';
 import { isTransient } from '../core/retry.js';
@@ -89,7 +90,8 @@ async function runCommand(command: Command, base: Omit<CommandContext, 'interrup
       connect: async () => (client ??= await connect(base.connection)),
     });
   } finally {
-    client?.close();
+    // Settles anything still pending and revokes the sessions the commands created.
+    if (client) await closeClient(client);
     interrupts.dispose();
   }
 }
