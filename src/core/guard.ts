@@ -19,9 +19,13 @@ import { processWide } from './shared.js';
  * Revisions and versions are bigint, a lease is its decimal ID.
  */
 export interface GuardCompare {
+  /** The key compared (as the recipe names it, without the client's namespace). */
   key: string | Buffer;
+  /** What of the key is compared: create, mod revision, version, value or lease. */
   target: 'Create' | 'Mod' | 'Version' | 'Value' | 'Lease';
+  /** How it is compared. */
   result: '==' | '!=' | '<' | '>';
+  /** Revisions and versions as bigint, values as string or Buffer, leases as decimal string. */
   value: bigint | string | Buffer;
 }
 

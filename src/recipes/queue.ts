@@ -160,7 +160,7 @@ export abstract class ItemQueue implements AsyncDisposable {
   protected readonly items: Buffer;
   /** Names the queue in errors and logs. */
   protected readonly what: string;
-  /** Receipts of this object's enqueues, under `__<name>/sent/`. */
+  /** @internal Receipts of this object's enqueues, under `__<name>/sent/`. */
   protected readonly sent: ReceiptBook;
   /** Receipts of this object's claims, under `__<name>/taken/`. */
   readonly #taken: ReceiptBook;

@@ -6,6 +6,7 @@ import { checkGuard, markGuard, resolveGuard, type GuardedWriteOptions } from '.
 import { childPrefix, showKey, toBuffer, uniqueSuffix } from '../core/keys.js';
 import { cmp, op, range, rangeAt, txn, type Op, type OpResult } from '../core/kv.js';
 import { logger } from '../core/log.js';
+import { watchOwnKey } from '../core/own-key.js';
 import { ReceiptBook } from '../core/receipts.js';
 import { retrying } from '../core/retry.js';
 import { checkSession, type Session } from '../core/session.js';
@@ -493,6 +494,7 @@ class ClaimedJob implements Job {
   readonly #linked: LinkedSignal;
   #ending: Promise<void> | undefined;
   #outcome: 'acked' | 'released' | 'dead' | undefined;
+  #stopWatch: (() => void) | undefined;
 
   constructor(session: Session, k: Layout, c: Claimed, what: string, book: ReceiptBook) {
     this.#session = session;
@@ -516,6 +518,15 @@ class ClaimedJob implements Job {
   }
 
   get signal(): AbortSignal {
+    // Someone else may delete our claim (an operator, a revoked lease): the job is then lost too.
+    // Watched from the first look at the signal until the job ends.
+    if (!this.#stopWatch && !this.#ending && !this.#linked.signal.aborted) {
+      const stop = watchOwnKey(this.#session.client, this.#k.claim(this.id), this.fencingToken, (err) => {
+        this.#linked.abort(err.name === 'ClosedError' ? err : new LockNotHeldError(`${this.#what} lost: its claim key was ${err.message}`));
+      });
+      this.#stopWatch = stop;
+      this.#linked.signal.addEventListener('abort', stop, { once: true });
+    }
     return this.#linked.signal;
   }
 
@@ -558,6 +569,7 @@ class ClaimedJob implements Job {
       return Promise.reject(new LockNotHeldError(`${this.#what}: cannot ${verb}, already ${this.#outcome ?? 'ending'}`));
     }
     this.#outcome = outcome;
+    this.#stopWatch?.(); // our own delete is not a loss
     const session = this.#session;
     const k = this.#k;
     const claim = k.claim(this.id);
@@ -566,6 +578,7 @@ class ClaimedJob implements Job {
     const reopen = (err: unknown): never => {
       this.#ending = undefined;
       this.#outcome = undefined;
+      this.#stopWatch = undefined; // watched again from the next look at the signal
       throw err;
     };
     this.#ending = (async () => {
@@ -608,6 +621,7 @@ class ClaimedJob implements Job {
   release(): Promise<void> {
     if (this.#ending) return this.#ending.catch(() => undefined);
     this.#outcome = 'released';
+    this.#stopWatch?.();
     const session = this.#session;
     const claim = this.#k.claim(this.id);
     this.#linked.abort(new LockNotHeldError(`${this.#what} released`));
