@@ -26,6 +26,13 @@ export interface BenchContext {
   profileDir: string | undefined;
 }
 
+/**
+ * The per-call deadline of benchmark clients. createClient's default (2 s)
+ * is for production; on a shared 2-core machine running several test suites
+ * a call can take longer, and one deadline error would end the whole run.
+ */
+export const CALL_TIMEOUT_MS = 15_000;
+
 export type Benchmark = (ctx: BenchContext) => Promise<void>;
 
 export async function withBenchEtcd(args: string[], fn: (ctx: BenchContext) => Promise<void>): Promise<void> {
@@ -50,7 +57,7 @@ export async function withBenchEtcd(args: string[], fn: (ctx: BenchContext) => P
       endpoints,
       metricsUrl,
       client: () => {
-        const c = createClient({ hosts: endpoints });
+        const c = createClient({ hosts: endpoints, callTimeoutMs: CALL_TIMEOUT_MS });
         clients.push(c);
         return c;
       },

@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events';
 import { readdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { withBenchEtcd, type Benchmark } from './lib.js';
@@ -12,6 +13,8 @@ import { withBenchEtcd, type Benchmark } from './lib.js';
 // tsx turns source maps on; a user's compiled build runs without them (they make every
 // stack trace grpc-js formats cost a source-map lookup, which would inflate client CPU).
 process.setSourceMapsEnabled(false);
+// Hundreds of recipe objects share a session's or a client's signal in the scale runs; that is no leak.
+setMaxListeners(10_000);
 
 const dir = fileURLToPath(new URL('.', import.meta.url));
 const available = readdirSync(dir).filter((f) => f.endsWith('.ts') && !['run.ts', 'lib.ts'].includes(f)).map((f) => f.slice(0, -3)).sort();

@@ -1,7 +1,9 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Etcd3 } from 'etcd3';
+import { setMaxListeners } from 'node:events';
 import { closeClient, createClient } from '../../src/index.js';
+import { CALL_TIMEOUT_MS } from '../lib.js';
 import type { FromWorker, ToWorker } from './protocol.js';
 import { scenarios, type Runner } from './scenarios.js';
 
@@ -17,6 +19,8 @@ import { scenarios, type Runner } from './scenarios.js';
 // tsx turns source maps on; a user's compiled build runs without them, and with them every
 // stack trace grpc-js captures per call costs a source-map lookup.
 process.setSourceMapsEnabled(false);
+// Hundreds of recipe objects share a session's or a client's signal here; that is no leak.
+setMaxListeners(10_000);
 
 const clients: Etcd3[] = [];
 let runner: Runner | undefined;
@@ -34,7 +38,7 @@ async function handle(msg: ToWorker): Promise<void> {
       runner = await make({
         endpoints: msg.endpoints, proc: msg.proc, procs: msg.procs,
         client: () => {
-          const c = createClient({ hosts: msg.endpoints });
+          const c = createClient({ hosts: msg.endpoints, callTimeoutMs: CALL_TIMEOUT_MS });
           clients.push(c);
           return c;
         },
