@@ -1,6 +1,6 @@
 import type { Etcd3 } from 'etcd3';
 import { Election, observeLeader, Session } from '../src/index.js';
-import { fmt, grpcMessages, interleaved, percentile, requestsBetween, table, type BenchContext } from './lib.js';
+import { cpuMs, fmt, grpcMessages, interleaved, percentile, requestsBetween, table, type BenchContext } from './lib.js';
 
 /*
  * npm run bench -- election
@@ -142,30 +142,34 @@ export default async function run(ctx: BenchContext): Promise<void> {
   await session.close();
 
   const req = (r: { kv: number; watch: number; lease: number }) => `${fmt.n(r.kv, 1)} KV + ${fmt.n(r.watch, 1)} watch + ${fmt.n(r.lease, 1)} lease`;
-  table('Uncontended campaign + resign (one client)', ['what', 'cycles/s', 'p50 ms', 'p99 ms', 'ratio', 'requests/cycle'], [
-    ['(a) raw floor: create-if-absent Txn + delete', fmt.n(floor!.perSecond), fmt.ms(percentile(floor!.latencies, 50)), fmt.ms(percentile(floor!.latencies, 99)), '1.00×', '2 KV'],
+  table('Uncontended campaign + resign (one client)', ['what', 'cycles/s', 'p50 ms', 'p99 ms', 'ratio', 'requests/cycle', 'client CPU ms/cycle'], [
+    ['(a) raw floor: create-if-absent Txn + delete', fmt.n(floor!.perSecond), fmt.ms(percentile(floor!.latencies, 50)), fmt.ms(percentile(floor!.latencies, 99)), '1.00×', '2 KV', fmt.cpu(floor!.cpuPerOp)],
     ['(b) etcd-recipes Election campaign+resign', fmt.n(ours!.perSecond), fmt.ms(percentile(ours!.latencies, 50)), fmt.ms(percentile(ours!.latencies, 99)),
-      `${fmt.ratio(ours!.perSecond / floor!.perSecond)} of floor`, req(oursReq)],
+      `${fmt.ratio(ours!.perSecond / floor!.perSecond)} of floor`, req(oursReq), fmt.cpu(ours!.cpuPerOp)],
     ['(c) etcd3 Election campaign+wait+resign', fmt.n(etcd3!.perSecond), fmt.ms(percentile(etcd3!.latencies, 50)), fmt.ms(percentile(etcd3!.latencies, 99)),
-      `ours = ${fmt.ratio(ours!.perSecond / etcd3!.perSecond)} etcd3`, req(etcd3Req)],
+      `ours = ${fmt.ratio(ours!.perSecond / etcd3!.perSecond)} etcd3`, req(etcd3Req), fmt.cpu(etcd3!.cpuPerOp)],
   ]);
 
   const rows: (string | number)[][] = [];
   for (const settleMs of [0, 10]) {
     const when = settleMs ? `queued ${settleMs} ms before` : 'queued just before';
+    let cpu = process.cpuUsage();
     const handoff = await oursHandoff(ctx, s, settleMs);
+    const oursCpu = cpuMs(cpu) / handoff.latencies.length;
+    cpu = process.cpuUsage();
     const etcd3Handoffs = await etcd3Handoff(ctx, Math.max(1, s / 2), settleMs);
+    const etcd3Cpu = cpuMs(cpu) / etcd3Handoffs.length;
     rows.push(
       [`etcd-recipes: resign() → successor's campaign() resolves (${when})`, handoff.latencies.length,
-        fmt.ms(percentile(handoff.latencies, 50)), fmt.ms(percentile(handoff.latencies, 99)), settleMs ? '' : 'p50 ≤ 5, p99 ≤ 20'],
+        fmt.ms(percentile(handoff.latencies, 50)), fmt.ms(percentile(handoff.latencies, 99)), fmt.cpu(oursCpu), settleMs ? '' : 'p50 ≤ 5, p99 ≤ 20'],
       [`etcd-recipes: resign() → an observer sees the successor (${when})`, handoff.observed.length,
-        fmt.ms(percentile(handoff.observed, 50)), fmt.ms(percentile(handoff.observed, 99)), ''],
+        fmt.ms(percentile(handoff.observed, 50)), fmt.ms(percentile(handoff.observed, 99)), '(same loop)', ''],
       [`etcd3 Election: resign() → successor's wait() resolves (${when})`, etcd3Handoffs.length,
-        fmt.ms(percentile(etcd3Handoffs, 50)), fmt.ms(percentile(etcd3Handoffs, 99)), ''],
+        fmt.ms(percentile(etcd3Handoffs, 50)), fmt.ms(percentile(etcd3Handoffs, 99)), fmt.cpu(etcd3Cpu), ''],
     );
   }
   table('Handoff: the leader calls resign(); the successor, on another connection, is elected', [
-    'what', 'handoffs', 'p50 ms', 'p99 ms', 'target',
+    'what', 'handoffs', 'p50 ms', 'p99 ms', 'client CPU ms/handoff', 'target',
   ], rows);
   console.log('\n"queued just before": the successor\'s key exists when resign() is called (its wait may still be');
   console.log('setting up); "queued 10 ms before": it has settled into its wait. The observer is on a third');
@@ -173,5 +177,6 @@ export default async function run(ctx: BenchContext): Promise<void> {
   console.log('(perf-facts). Go and etcd3 start the predecessor watch at the revision of their read; etcd 3.4 serves a');
   console.log('watch whose start revision is not above the current one from its 100 ms catch-up loop, so a settled');
   console.log('successor hears of the delete only at the next tick. etcd3 is fast only when the delete lands before');
-  console.log('its read.');
+  console.log('its read. client CPU ms/handoff: the bench process\'s CPU over the whole handoff loop (campaigns, resigns,');
+  console.log('the observer, the check that the successor is queued) ÷ handoffs.');
 }

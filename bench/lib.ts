@@ -1,6 +1,8 @@
 import { cpus, loadavg } from 'node:os';
 import { execFileSync } from 'node:child_process';
-import { Etcd3 } from 'etcd3';
+import { fileURLToPath } from 'node:url';
+import type { Etcd3 } from 'etcd3';
+import { closeClient, createClient } from '../src/index.js';
 import { EtcdCluster, findEtcdBinary, requestCounts } from '../src/testing/index.js';
 
 /*
@@ -20,7 +22,16 @@ export interface BenchContext {
   seconds: number;
   /** Extra command-line arguments after the benchmark name. */
   args: string[];
+  /** With --profile: the folder where benchmarks that support it write CPU profiles. */
+  profileDir: string | undefined;
 }
+
+/**
+ * The per-call deadline of benchmark clients. createClient's default (2 s)
+ * is for production; on a shared 2-core machine running several test suites
+ * a call can take longer, and one deadline error would end the whole run.
+ */
+export const CALL_TIMEOUT_MS = 15_000;
 
 export type Benchmark = (ctx: BenchContext) => Promise<void>;
 
@@ -46,17 +57,23 @@ export async function withBenchEtcd(args: string[], fn: (ctx: BenchContext) => P
       endpoints,
       metricsUrl,
       client: () => {
-        const c = new Etcd3({ hosts: endpoints });
+        const c = createClient({ hosts: endpoints, callTimeoutMs: CALL_TIMEOUT_MS });
         clients.push(c);
         return c;
       },
       seconds: Number(process.env.BENCH_SECONDS ?? 3),
       args: args.filter((a) => !a.startsWith('--')),
+      profileDir: args.includes('--profile') ? profileFolder() : undefined,
     });
   } finally {
-    for (const c of clients) c.close();
+    await Promise.all(clients.map((c) => closeClient(c)));
     await cluster?.stop();
   }
+}
+
+/** A fresh folder under bench/profiles/ (git-ignored) for this run's CPU profiles. */
+function profileFolder(): string {
+  return fileURLToPath(new URL(`./profiles/${new Date().toISOString().replace(/[:.]/g, '-')}/`, import.meta.url));
 }
 
 function etcdVersion(): string {
@@ -67,10 +84,20 @@ function etcdVersion(): string {
   }
 }
 
-/** Runs `op` back to back for `seconds` (after a short warm-up); returns ops/s and latencies in ms. */
-export async function timed(seconds: number, op: () => Promise<unknown>, warmup = 20): Promise<{ perSecond: number; count: number; latencies: number[] }> {
+/** What {@link timed} and {@link interleaved} measure. */
+export interface Timed {
+  perSecond: number;
+  count: number;
+  latencies: number[];
+  /** This process's CPU time (user + system) per operation, ms. */
+  cpuPerOp: number;
+}
+
+/** Runs `op` back to back for `seconds` (after a short warm-up); returns ops/s, latencies in ms and CPU ms per op. */
+export async function timed(seconds: number, op: () => Promise<unknown>, warmup = 20): Promise<Timed> {
   for (let i = 0; i < warmup; i++) await op();
   const latencies: number[] = [];
+  const cpu = process.cpuUsage();
   const start = performance.now();
   const end = start + seconds * 1000;
   let now = start;
@@ -80,7 +107,13 @@ export async function timed(seconds: number, op: () => Promise<unknown>, warmup 
     now = performance.now();
     latencies.push(now - t);
   }
-  return { perSecond: latencies.length / ((now - start) / 1000), count: latencies.length, latencies };
+  return { perSecond: latencies.length / ((now - start) / 1000), count: latencies.length, latencies, cpuPerOp: cpuMs(cpu) / latencies.length };
+}
+
+/** CPU ms (user + system) this process used since `since`. */
+export function cpuMs(since: NodeJS.CpuUsage): number {
+  const used = process.cpuUsage(since);
+  return (used.user + used.system) / 1000;
 }
 
 /**
@@ -88,17 +121,18 @@ export async function timed(seconds: number, op: () => Promise<unknown>, warmup 
  * machine (disk flushes, other load) hits all of them alike. Returns one
  * result per operation, as {@link timed} does.
  */
-export async function interleaved(seconds: number, ops: (() => Promise<unknown>)[], rounds = 6): Promise<{ perSecond: number; count: number; latencies: number[] }[]> {
-  const results = ops.map(() => ({ count: 0, latencies: [] as number[], elapsed: 0 }));
+export async function interleaved(seconds: number, ops: (() => Promise<unknown>)[], rounds = 6): Promise<Timed[]> {
+  const results = ops.map(() => ({ count: 0, latencies: [] as number[], elapsed: 0, cpu: 0 }));
   for (let r = 0; r < rounds; r++) {
     for (let i = 0; i < ops.length; i++) {
       const res = await timed(seconds / rounds, ops[i]!, r === 0 ? 20 : 2);
       results[i]!.count += res.count;
       results[i]!.latencies.push(...res.latencies);
       results[i]!.elapsed += res.count / res.perSecond;
+      results[i]!.cpu += res.cpuPerOp * res.count;
     }
   }
-  return results.map((x) => ({ count: x.count, latencies: x.latencies, perSecond: x.count / x.elapsed }));
+  return results.map((x) => ({ count: x.count, latencies: x.latencies, perSecond: x.count / x.elapsed, cpuPerOp: x.cpu / x.count }));
 }
 
 export function percentile(values: number[], p: number): number {
@@ -128,6 +162,8 @@ export const fmt = {
   n: (x: number, digits = 0) => (Number.isFinite(x) ? x.toFixed(digits) : '-'),
   ms: (x: number) => (Number.isFinite(x) ? x.toFixed(2) : '-'),
   ratio: (x: number) => (Number.isFinite(x) ? `${x.toFixed(2)}×` : '-'),
+  /** Client CPU ms per operation. */
+  cpu: (x: number) => (Number.isFinite(x) ? x.toFixed(3) : '-'),
 };
 
 /** Prints a markdown table (so the output can be pasted into docs/). */
@@ -144,4 +180,44 @@ export function table(title: string, header: string[], rows: (string | number)[]
 /** Wall-clock time in ms with sub-ms resolution, comparable across processes on one machine. */
 export function epochMs(): number {
   return performance.timeOrigin + performance.now();
+}
+
+/**
+ * Mutex handoffs from sections recorded as [calledAt, acquiredAt, unlockAt]
+ * (any processes, epoch ms): sorted by acquisition, a section whose lock()
+ * was called before the previous holder's unlock() is a handoff, timed from
+ * that unlock() call to the acquisition.
+ */
+export function mutexHandoffs(records: number[][]): number[] {
+  const sorted = records.slice().sort((a, b) => a[1]! - b[1]!);
+  const out: number[] = [];
+  for (let i = 1; i < sorted.length; i++) {
+    const [calledAt, acquiredAt] = sorted[i]!;
+    const prevUnlock = sorted[i - 1]![2]!;
+    if (calledAt! < prevUnlock) out.push(acquiredAt! - prevUnlock);
+  }
+  return out;
+}
+
+/**
+ * FIFO semaphore handoffs from cycles recorded as [calledAt, acquiredAt,
+ * releaseAt]: replayed in time order, each acquisition consumes the oldest
+ * release not yet consumed; if the acquire was called before that release
+ * (it had to wait for it), the time from the release call to the
+ * acquisition is a handoff.
+ */
+export function fifoHandoffs(records: number[][]): number[] {
+  const events: [number, 'acquire' | 'release', number][] = [];
+  for (const [calledAt, acquiredAt, releaseAt] of records) {
+    events.push([acquiredAt!, 'acquire', calledAt!], [releaseAt!, 'release', 0]);
+  }
+  events.sort((a, b) => a[0] - b[0] || (a[1] === 'acquire' ? -1 : 1));
+  const releases: number[] = [];
+  const out: number[] = [];
+  for (const [t, kind, calledAt] of events) {
+    if (kind === 'release') { releases.push(t); continue; }
+    const release = releases.shift();
+    if (release !== undefined && calledAt < release) out.push(t - release);
+  }
+  return out;
 }

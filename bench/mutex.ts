@@ -1,6 +1,6 @@
 import { Mutex, Session } from '../src/index.js';
-import type { Etcd3 } from 'etcd3';
-import { fmt, grpcMessages, interleaved, percentile, requestsBetween, table, type BenchContext } from './lib.js';
+import { cpuMs, fmt, grpcMessages, interleaved, mutexHandoffs, percentile, requestsBetween, table, type BenchContext } from './lib.js';
+import { merged, WorkerGroup } from './workers/pool.js';
 
 /*
  * npm run bench -- mutex
@@ -8,68 +8,48 @@ import { fmt, grpcMessages, interleaved, percentile, requestsBetween, table, typ
  * (a) raw floor: create-if-absent Txn + delete per cycle
  * (b) our Mutex, uncontended lock+unlock
  * (c) etcd3's built-in Lock acquire+release
- * (d) contended: W workers, each on its own connection, lock → read-modify-write a counter → unlock
+ * (d) contended: W workers, each on its own connection, lock → read-modify-write a counter → unlock,
+ *     all in one worker process, and (W = 8, 32) spread over 4 worker processes
  * (e) chain floor: delete, range, get, put in sequence: the least a contended section can cost
  * plus a scale run with 1000 queued waiters.
  */
 
 interface ContendedResult {
   workers: number;
+  procs: number;
   sections: number;
   perSecond: number;
   handoffs: number[];
   counterOk: boolean;
   kvPerSection: number;
   watchPerSection: number;
+  /** Client CPU ms per section, summed over the worker processes. */
+  cpuPerSection: number;
 }
 
-async function contended(ctx: BenchContext, workers: number, seconds: number): Promise<ContendedResult> {
+/** W workers, each on its own connection and session, spread over `procs` worker processes. */
+async function contended(ctx: BenchContext, workers: number, procs: number, seconds: number): Promise<ContendedResult> {
   const admin = ctx.client();
-  const counterKey = `bench/mutex/counter-${workers}`;
-  const lockName = `bench/mutex/lock-${workers}`;
-  await admin.put(counterKey).value('0');
-  const clients: Etcd3[] = Array.from({ length: workers }, () => ctx.client());
-  const sessions = await Promise.all(clients.map((c) => Session.create(c, { ttl: 30 })));
-  await Promise.all(clients.map((c) => c.get(counterKey).string())); // connect before the clock starts
-  const handoffs: number[] = [];
-  let sections = 0;
-  let lastUnlockCall = 0;
-  let stop = false;
-  const before = await grpcMessages(ctx.metricsUrl);
-  const started = performance.now();
-  const timer = setTimeout(() => { stop = true; }, seconds * 1000);
-  await Promise.all(sessions.map(async (session, i) => {
-    const client = clients[i]!;
-    const m = new Mutex(session, lockName);
-    while (!stop) {
-      const calledAt = performance.now();
-      await m.lock();
-      const acquiredAt = performance.now();
-      // A handoff: we were already queued when the previous holder called unlock().
-      if (calledAt < lastUnlockCall) handoffs.push(acquiredAt - lastUnlockCall);
-      const n = Number(await client.get(counterKey).string());
-      await client.put(counterKey).value(String(n + 1));
-      sections++;
-      lastUnlockCall = performance.now();
-      await m.unlock();
-    }
-  }));
-  const elapsed = (performance.now() - started) / 1000;
-  clearTimeout(timer);
-  const after = await grpcMessages(ctx.metricsUrl);
-  const req = requestsBetween(before, after);
-  const counter = Number(await admin.get(counterKey).string());
-  await Promise.all(sessions.map((s) => s.close()));
-  return {
-    workers,
-    sections,
-    perSecond: sections / elapsed,
-    handoffs,
-    counterOk: counter === sections,
-    // The workload's own get + put are not the lock's cost.
-    kvPerSection: (req.kv - 2 * sections) / sections,
-    watchPerSection: req.watch / sections,
-  };
+  const counter = `bench/mutex/counter-${workers}-${procs}`;
+  await admin.put(counter).value('0');
+  const group = await WorkerGroup.start(ctx.endpoints, 'mutex', { workers, lock: `bench/mutex/lock-${workers}-${procs}`, counter }, { procs });
+  try {
+    const before = await grpcMessages(ctx.metricsUrl);
+    const run = merged(await group.run(seconds));
+    const req = requestsBetween(before, await grpcMessages(ctx.metricsUrl));
+    const value = Number(await admin.get(counter).string());
+    return {
+      workers, procs, sections: run.ops, perSecond: run.perSecond,
+      handoffs: mutexHandoffs(run.records),
+      counterOk: value === run.ops,
+      // The workload's own get + put are not the lock's cost.
+      kvPerSection: (req.kv - 2 * run.ops) / run.ops,
+      watchPerSection: req.watch / run.ops,
+      cpuPerSection: run.cpuPerOp,
+    };
+  } finally {
+    await group.close();
+  }
 }
 
 /** 1000 waiters queued at once (over 25 connections), each takes the lock once. */
@@ -80,6 +60,7 @@ async function scale(ctx: BenchContext, waiters: number): Promise<ContendedResul
   let sections = 0;
   let lastUnlockCall = 0;
   const before = await grpcMessages(ctx.metricsUrl);
+  const cpu = process.cpuUsage();
   const started = performance.now();
   await Promise.all(sessions.map(async (session) => {
     const m = new Mutex(session, 'bench/mutex/scale');
@@ -91,12 +72,13 @@ async function scale(ctx: BenchContext, waiters: number): Promise<ContendedResul
     await m.unlock();
   }));
   const elapsed = (performance.now() - started) / 1000;
+  const cpuPerSection = cpuMs(cpu) / sections;
   const after = await grpcMessages(ctx.metricsUrl);
   const req = requestsBetween(before, after);
   await Promise.all(sessions.map((s) => s.close()));
   return {
-    workers: waiters, sections, perSecond: sections / elapsed, handoffs, counterOk: sections === waiters,
-    kvPerSection: req.kv / sections, watchPerSection: req.watch / sections,
+    workers: waiters, procs: 1, sections, perSecond: sections / elapsed, handoffs, counterOk: sections === waiters,
+    kvPerSection: req.kv / sections, watchPerSection: req.watch / sections, cpuPerSection,
   };
 }
 
@@ -133,29 +115,34 @@ export default async function run(ctx: BenchContext): Promise<void> {
     await client.put(chainKey).value(String(n + 1));
   };
   const [floor, ours, etcd3Lock, chain] = await interleaved(s, [floorOp, oursOp, etcd3Op, chainOp]);
+  // Requests per uncontended cycle, counted apart (etcd's counters cannot split interleaved rounds).
+  const reqBefore = await grpcMessages(ctx.metricsUrl);
+  for (let i = 0; i < 100; i++) await oursOp();
+  const oursReq = requestsBetween(reqBefore, await grpcMessages(ctx.metricsUrl)).kv / 100;
   await session.close();
 
-  table('Uncontended (one client)', ['what', 'cycles/s', 'p50 ms', 'p99 ms', 'ratio'], [
-    ['(a) raw floor: create-if-absent Txn + delete', fmt.n(floor!.perSecond), fmt.ms(percentile(floor!.latencies, 50)), fmt.ms(percentile(floor!.latencies, 99)), '1.00×'],
-    ['(b) etcd-recipes Mutex lock+unlock', fmt.n(ours!.perSecond), fmt.ms(percentile(ours!.latencies, 50)), fmt.ms(percentile(ours!.latencies, 99)), `${fmt.ratio(ours!.perSecond / floor!.perSecond)} of floor`],
-    ['(c) etcd3 Lock acquire+release', fmt.n(etcd3Lock!.perSecond), fmt.ms(percentile(etcd3Lock!.latencies, 50)), fmt.ms(percentile(etcd3Lock!.latencies, 99)), `ours = ${fmt.ratio(ours!.perSecond / etcd3Lock!.perSecond)} etcd3`],
-    ['(e) chain floor: delete, range, get, put', fmt.n(chain!.perSecond), fmt.ms(percentile(chain!.latencies, 50)), fmt.ms(percentile(chain!.latencies, 99)), ''],
+  table('Uncontended (one client)', ['what', 'cycles/s', 'p50 ms', 'p99 ms', 'ratio', 'KV req/cycle', 'client CPU ms/cycle'], [
+    ['(a) raw floor: create-if-absent Txn + delete', fmt.n(floor!.perSecond), fmt.ms(percentile(floor!.latencies, 50)), fmt.ms(percentile(floor!.latencies, 99)), '1.00×', '2', fmt.cpu(floor!.cpuPerOp)],
+    ['(b) etcd-recipes Mutex lock+unlock', fmt.n(ours!.perSecond), fmt.ms(percentile(ours!.latencies, 50)), fmt.ms(percentile(ours!.latencies, 99)), `${fmt.ratio(ours!.perSecond / floor!.perSecond)} of floor`, fmt.n(oursReq, 2), fmt.cpu(ours!.cpuPerOp)],
+    ['(c) etcd3 Lock acquire+release', fmt.n(etcd3Lock!.perSecond), fmt.ms(percentile(etcd3Lock!.latencies, 50)), fmt.ms(percentile(etcd3Lock!.latencies, 99)), `ours = ${fmt.ratio(ours!.perSecond / etcd3Lock!.perSecond)} etcd3`, '2 + 2 lease', fmt.cpu(etcd3Lock!.cpuPerOp)],
+    ['(e) chain floor: delete, range, get, put', fmt.n(chain!.perSecond), fmt.ms(percentile(chain!.latencies, 50)), fmt.ms(percentile(chain!.latencies, 99)), '', '4', fmt.cpu(chain!.cpuPerOp)],
   ]);
 
   const rows: ContendedResult[] = [];
-  for (const w of [2, 8, 32]) rows.push(await contended(ctx, w, s));
+  for (const [w, procs] of [[2, 1], [8, 1], [8, 4], [32, 1], [32, 4]] as const) rows.push(await contended(ctx, w, procs, s));
   const scaleRun = await scale(ctx, 1000);
   table('Contended: W workers on separate connections, lock → get+put counter → unlock', [
-    'W', 'sections/s', '÷ chain floor', 'handoff p50 ms', 'handoff p99 ms', 'lock KV req/section', 'watch msgs/section', 'counter ok',
+    'W', 'processes', 'sections/s', '÷ chain floor', 'handoff p50 ms', 'handoff p99 ms', 'lock KV req/section', 'watch msgs/section', 'client CPU ms/section', 'counter ok',
   ], [...rows, scaleRun].map((r) => [
-    r === scaleRun ? `${r.workers} (queued once each, no workload)` : r.workers,
+    r === scaleRun ? `${r.workers} (queued once each, no workload)` : r.workers, r === scaleRun ? '1 (bench)' : r.procs,
     fmt.n(r.perSecond), r === scaleRun ? '' : fmt.ratio(r.perSecond / chain!.perSecond),
     fmt.ms(percentile(r.handoffs, 50)), fmt.ms(percentile(r.handoffs, 99)),
-    fmt.n(r.kvPerSection, 2), fmt.n(r.watchPerSection, 2), r.counterOk ? 'yes' : 'NO',
+    fmt.n(r.kvPerSection, 2), fmt.n(r.watchPerSection, 2), fmt.cpu(r.cpuPerSection), r.counterOk ? 'yes' : 'NO',
   ]));
   console.log('\nlock KV req/section counts every Range/Txn/Put/DeleteRange etcd received for the lock itself (the');
   console.log('workload\'s get+put are subtracted); watch msgs are watch create/cancel messages. Of these, only the');
   console.log('holder\'s delete and the successor\'s post-wake range lie on the handoff path; the acquire Txn, the watch');
-  console.log('and the confirming range happen while the waiter is queued.');
+  console.log('and the confirming range happen while the waiter is queued. client CPU ms/section is the CPU time of');
+  console.log('all worker processes during the run (user + system), divided by the sections, the workload included.');
   if (rows.some((r) => !r.counterOk) || !scaleRun.counterOk) throw new Error('counter mismatch: mutual exclusion violated');
 }

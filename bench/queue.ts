@@ -3,7 +3,7 @@ import type { Etcd3 } from 'etcd3';
 import { cmp, op, rangeAt, txn } from '../src/core/kv.js';
 import { openWatch, type WatchEvent, type WatchHandle } from '../src/core/watch-hub.js';
 import { PriorityQueue, Queue, Session, WorkQueue } from '../src/index.js';
-import { fmt, grpcMessages, interleaved, percentile, requestsBetween, table, type BenchContext } from './lib.js';
+import { cpuMs, fmt, grpcMessages, interleaved, percentile, requestsBetween, table, type BenchContext } from './lib.js';
 
 /*
  * npm run bench -- queue
@@ -36,6 +36,8 @@ interface RunResult {
   kvPerItem: number;
   watchPerItem: number;
   duplicates: number;
+  /** Client CPU ms per delivered item (this process: producer and consumers). */
+  cpuPerItem: number;
 }
 
 interface Consumer {
@@ -62,6 +64,7 @@ async function deliveries(ctx: BenchContext, what: string, seconds: number, prod
   const stop = new AbortController();
   setMaxListeners(1000, stop.signal); // every consumer listens to it
   const before = await grpcMessages(ctx.metricsUrl);
+  const cpu = process.cpuUsage();
   const started = performance.now();
   const loops = consumers.map(async (c) => {
     for (;;) {
@@ -92,12 +95,13 @@ async function deliveries(ctx: BenchContext, what: string, seconds: number, prod
   const drainTimer = setTimeout(() => stop.abort(), 30_000);
   await Promise.all(loops);
   clearTimeout(drainTimer);
+  const cpuPerItem = cpuMs(cpu) / delivered;
   const after = await grpcMessages(ctx.metricsUrl);
   const req = requestsBetween(before, after);
   await Promise.all([producer.close(), ...consumers.map((c) => c.close())]);
   return {
     what, delivered, produced, perSecond: delivered / ((lastDelivery - started) / 1000), latencies,
-    kvPerItem: req.kv / delivered, watchPerItem: req.watch / delivered, duplicates,
+    kvPerItem: req.kv / delivered, watchPerItem: req.watch / delivered, duplicates, cpuPerItem,
   };
 }
 
@@ -225,12 +229,10 @@ export default async function run(ctx: BenchContext): Promise<void> {
   const session = await Session.create(client, { ttl: 30 });
   const wq = new WorkQueue(session, 'bench/queue/wenq');
   const [put, tx, enq, penq, add] = await interleaved(s, [rawPut, rawTxn, () => q.enqueue(VALUE), () => pq.enqueue(VALUE, i++ % 4), () => wq.add(VALUE)]);
-  table('Enqueue, one at a time (one client)', ['what', 'ops/s', 'p50 ms', 'p99 ms', 'ratio'], [
-    ['raw put', fmt.n(put!.perSecond), fmt.ms(percentile(put!.latencies, 50)), fmt.ms(percentile(put!.latencies, 99)), '1.00×'],
-    ['raw create-if-absent Txn + put', fmt.n(tx!.perSecond), fmt.ms(percentile(tx!.latencies, 50)), fmt.ms(percentile(tx!.latencies, 99)), fmt.ratio(tx!.perSecond / put!.perSecond)],
-    ['Queue.enqueue', fmt.n(enq!.perSecond), fmt.ms(percentile(enq!.latencies, 50)), fmt.ms(percentile(enq!.latencies, 99)), fmt.ratio(enq!.perSecond / put!.perSecond)],
-    ['PriorityQueue.enqueue (4 priorities)', fmt.n(penq!.perSecond), fmt.ms(percentile(penq!.latencies, 50)), fmt.ms(percentile(penq!.latencies, 99)), fmt.ratio(penq!.perSecond / put!.perSecond)],
-    ['WorkQueue.add', fmt.n(add!.perSecond), fmt.ms(percentile(add!.latencies, 50)), fmt.ms(percentile(add!.latencies, 99)), fmt.ratio(add!.perSecond / put!.perSecond)],
+  table('Enqueue, one at a time (one client)', ['what', 'ops/s', 'p50 ms', 'p99 ms', 'ratio', 'client CPU ms/op'], [
+    ['raw put', fmt.n(put!.perSecond), fmt.ms(percentile(put!.latencies, 50)), fmt.ms(percentile(put!.latencies, 99)), '1.00×', fmt.cpu(put!.cpuPerOp)],
+    ...([['raw create-if-absent Txn + put', tx!], ['Queue.enqueue', enq!], ['PriorityQueue.enqueue (4 priorities)', penq!], ['WorkQueue.add', add!]] as const).map(([name, r]) =>
+      [name, fmt.n(r.perSecond), fmt.ms(percentile(r.latencies, 50)), fmt.ms(percentile(r.latencies, 99)), fmt.ratio(r.perSecond / put!.perSecond), fmt.cpu(r.cpuPerOp)]),
   ]);
   await client.delete().prefix('bench/queue/');
   await client.delete().prefix('__bench/queue/');
@@ -279,11 +281,11 @@ export default async function run(ctx: BenchContext): Promise<void> {
     const floorRate = results[0]!.perSecond;
     const goRate = results[1]!.perSecond;
     table(`1 producer (${inFlight === 1 ? 'one enqueue at a time' : `${inFlight} enqueues in flight`}, ${s} s) and ${consumers} consumers, each on its own connection`, [
-      'what', 'delivered/s', '÷ raw floor', '÷ Go algorithm', 'latency p50 ms', 'p99 ms', 'KV req/item', 'watch msgs/item', 'lost/dup',
+      'what', 'delivered/s', '÷ raw floor', '÷ Go algorithm', 'latency p50 ms', 'p99 ms', 'KV req/item', 'watch msgs/item', 'client CPU ms/item', 'lost/dup',
     ], results.map((r) => [
       r.what, fmt.n(r.perSecond), fmt.ratio(r.perSecond / floorRate), fmt.ratio(r.perSecond / goRate),
       fmt.ms(percentile(r.latencies, 50)), fmt.ms(percentile(r.latencies, 99)),
-      fmt.n(r.kvPerItem, 2), fmt.n(r.watchPerItem, 2), `${r.produced - r.delivered + r.duplicates}`,
+      fmt.n(r.kvPerItem, 2), fmt.n(r.watchPerItem, 2), fmt.cpu(r.cpuPerItem), `${r.produced - r.delivered + r.duplicates}`,
     ]));
     if (results.some((r) => r.duplicates > 0 || r.delivered !== r.produced)) throw new Error('an item was lost or delivered twice');
   }
@@ -302,6 +304,7 @@ export default async function run(ctx: BenchContext): Promise<void> {
     await connect(clients);
     const cs = clients.map((c) => make(c, prefix));
     const before = await grpcMessages(ctx.metricsUrl);
+    const cpu = process.cpuUsage();
     const started = performance.now();
     let got = 0;
     const stop = new AbortController();
@@ -310,8 +313,9 @@ export default async function run(ctx: BenchContext): Promise<void> {
       while ((await c.take(stop.signal)) !== undefined) if (++got === items) stop.abort();
     }));
     const elapsed = (performance.now() - started) / 1000;
+    const cpuPerItem = cpuMs(cpu) / got;
     const req = requestsBetween(before, await grpcMessages(ctx.metricsUrl));
-    drain.push([`${label}: drain ${items} queued items, ${consumers} consumers`, fmt.n(got / elapsed), fmt.n(req.kv / got, 2), fmt.n(req.watch / got, 2)]);
+    drain.push([`${label}: drain ${items} queued items, ${consumers} consumers`, fmt.n(got / elapsed), fmt.n(req.kv / got, 2), fmt.n(req.watch / got, 2), fmt.cpu(cpuPerItem)]);
     await Promise.all(cs.map((c) => c.close()));
     await producer.close();
   }
@@ -328,10 +332,12 @@ export default async function run(ctx: BenchContext): Promise<void> {
       put(v: string) { return this.q.enqueue(v); }
       close() { return this.q.close(); }
     })(), clients.map((c) => make(c, prefix)));
-    drain.push([`${label}: 1 producer, ${waiters} consumers`, fmt.n(r.perSecond), fmt.n(r.kvPerItem, 2), fmt.n(r.watchPerItem, 2)]);
+    drain.push([`${label}: 1 producer, ${waiters} consumers`, fmt.n(r.perSecond), fmt.n(r.kvPerItem, 2), fmt.n(r.watchPerItem, 2), fmt.cpu(r.cpuPerItem)]);
   }
-  table('Where the herd shows: etcd requests per delivered item', ['what', 'delivered/s', 'KV req/item', 'watch msgs/item'], drain);
+  table('Where the herd shows: etcd requests per delivered item', ['what', 'delivered/s', 'KV req/item', 'watch msgs/item', 'client CPU ms/item'], drain);
   console.log('\nKV req/item counts every Range/Txn/Put/DeleteRange etcd received, the enqueue included; watch msgs are');
   console.log('watch create/cancel messages. Go\'s algorithm sends one claim per waiting consumer per item, and its watch');
-  console.log('from a past revision waits for etcd 3.4\'s 100 ms catch-up loop.');
+  console.log('from a past revision waits for etcd 3.4\'s 100 ms catch-up loop. client CPU ms/item: this process\'s CPU');
+  console.log('time (producer and consumers together) ÷ items. The same workload with the consumers split over 4');
+  console.log('processes is in the workqueue benchmark.');
 }

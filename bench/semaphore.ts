@@ -1,6 +1,7 @@
 import type { Etcd3 } from 'etcd3';
 import { Mutex, RWMutex, Semaphore, Session } from '../src/index.js';
-import { fmt, grpcMessages, interleaved, percentile, requestsBetween, table, type BenchContext } from './lib.js';
+import { cpuMs, fifoHandoffs, fmt, grpcMessages, interleaved, percentile, requestsBetween, table, type BenchContext } from './lib.js';
+import { merged, WorkerGroup } from './workers/pool.js';
 
 /*
  * npm run bench -- semaphore
@@ -13,7 +14,8 @@ import { fmt, grpcMessages, interleaved, percentile, requestsBetween, table, typ
  * Concurrent, each worker on its own connection and session:
  *   (f) raw floor ×N: N clients each doing (a) on their own key, the ceiling for N parallel holders
  *   (g) 8 readers looping rLock → rUnlock on one RWMutex
- *   (h) Semaphore with 4 permits and 4 workers (never waits), then 16 workers (4× oversubscribed)
+ *   (h) Semaphore with 4 permits and 4 workers (never waits), then 16 workers (4× oversubscribed),
+ *       these in worker processes: all in one, and spread over 4
  * Burst: 8 holders of an 8-permit Semaphore release at once with 16 waiters queued; time until 8 hold.
  */
 
@@ -24,6 +26,9 @@ interface LoopResult {
   handoffs: number[];
   kvPerCycle: number;
   watchPerCycle: number;
+  /** Client CPU ms per cycle (the bench process, or the sum over worker processes). */
+  cpuPerCycle: number;
+  procs?: number;
 }
 
 /** Runs `cycle` in a loop on `workers` connections for `seconds`; `cycle` resolves after a full acquire+release. */
@@ -39,6 +44,7 @@ async function loop(ctx: BenchContext, workers: number, seconds: number,
   for (const c of cycles) await c(marks); // warm-up: one cycle each
   marks.reset();
   const before = await grpcMessages(ctx.metricsUrl);
+  const cpu = process.cpuUsage();
   const started = performance.now();
   const timer = setTimeout(() => { stop = true; }, seconds * 1000);
   await Promise.all(cycles.map(async (cycle) => {
@@ -48,13 +54,30 @@ async function loop(ctx: BenchContext, workers: number, seconds: number,
     }
   }));
   const elapsed = (performance.now() - started) / 1000;
+  const cpuPerCycle = cpuMs(cpu) / count;
   clearTimeout(timer);
   const req = requestsBetween(before, await grpcMessages(ctx.metricsUrl));
   await Promise.all(sessions.map((s) => s.close()));
   return {
     workers, cycles: count, perSecond: count / elapsed, handoffs: marks.handoffs,
-    kvPerCycle: req.kv / count, watchPerCycle: req.watch / count,
+    kvPerCycle: req.kv / count, watchPerCycle: req.watch / count, cpuPerCycle,
   };
+}
+
+/** The oversubscribed Semaphore in worker processes: `workers` workers, `permits` permits, over `procs` processes. */
+async function semGroup(ctx: BenchContext, workers: number, permits: number, procs: number, seconds: number): Promise<LoopResult> {
+  const group = await WorkerGroup.start(ctx.endpoints, 'semaphore', { workers, permits, name: `bench/semaphore/group-${workers}-${procs}` }, { procs });
+  try {
+    const before = await grpcMessages(ctx.metricsUrl);
+    const run = merged(await group.run(seconds));
+    const req = requestsBetween(before, await grpcMessages(ctx.metricsUrl));
+    return {
+      workers, cycles: run.ops, perSecond: run.perSecond, handoffs: fifoHandoffs(run.records),
+      kvPerCycle: req.kv / run.ops, watchPerCycle: req.watch / run.ops, cpuPerCycle: run.cpuPerOp, procs,
+    };
+  } finally {
+    await group.close();
+  }
 }
 
 /**
@@ -116,11 +139,11 @@ export default async function run(ctx: BenchContext): Promise<void> {
   const [floor, semSolo, mutexSolo, readSolo, writeSolo] = await interleaved(s, [floorOp, semOp, mutexOp, readOp, writeOp]);
   await session.close();
   const ratio = (x: number) => `${fmt.ratio(x / floor!.perSecond)} of floor`;
-  table('Uncontended (one client)', ['what', 'cycles/s', 'p50 ms', 'p99 ms', 'ratio'], [
-    ['(a) raw floor: create-if-absent Txn + delete', fmt.n(floor!.perSecond), fmt.ms(percentile(floor!.latencies, 50)), fmt.ms(percentile(floor!.latencies, 99)), '1.00×'],
+  table('Uncontended (one client)', ['what', 'cycles/s', 'p50 ms', 'p99 ms', 'ratio', 'client CPU ms/cycle'], [
+    ['(a) raw floor: create-if-absent Txn + delete', fmt.n(floor!.perSecond), fmt.ms(percentile(floor!.latencies, 50)), fmt.ms(percentile(floor!.latencies, 99)), '1.00×', fmt.cpu(floor!.cpuPerOp)],
     ...([['(b) Semaphore acquire+release (4 permits)', semSolo!], ['(c) Mutex lock+unlock', mutexSolo!],
       ['(d) RWMutex rLock+rUnlock', readSolo!], ['(e) RWMutex lock+unlock', writeSolo!]] as const).map(([name, r]) =>
-      [name, fmt.n(r.perSecond), fmt.ms(percentile(r.latencies, 50)), fmt.ms(percentile(r.latencies, 99)), ratio(r.perSecond)]),
+      [name, fmt.n(r.perSecond), fmt.ms(percentile(r.latencies, 50)), fmt.ms(percentile(r.latencies, 99)), ratio(r.perSecond), fmt.cpu(r.cpuPerOp)]),
   ]);
 
   // (f) raw floor with N parallel clients, each on its own key.
@@ -156,21 +179,22 @@ export default async function run(ctx: BenchContext): Promise<void> {
     };
   });
   const sem4 = await semLoop(4);
-  const sem16 = await semLoop(16);
+  const sem16 = await semGroup(ctx, 16, 4, 1, s);
+  const sem16x4 = await semGroup(ctx, 16, 4, 4, s);
 
   table('Concurrent: workers on separate connections and sessions', [
-    'what', 'workers', 'cycles/s', 'ratio', 'handoff p50 ms', 'handoff p99 ms', 'KV req/cycle', 'watch msgs/cycle',
+    'what', 'workers', 'processes', 'cycles/s', 'ratio', 'handoff p50 ms', 'handoff p99 ms', 'KV req/cycle', 'watch msgs/cycle', 'client CPU ms/cycle',
   ], [
-    ['(f) raw floor, own key per client', 4, fmt.n(raw4.perSecond), '', '', '', fmt.n(raw4.kvPerCycle, 2), ''],
-    ['(f) raw floor, own key per client', 8, fmt.n(raw8.perSecond), '', '', '', fmt.n(raw8.kvPerCycle, 2), ''],
-    ['(f) raw floor, own key per client', 16, fmt.n(raw16.perSecond), '', '', '', fmt.n(raw16.kvPerCycle, 2), ''],
-    ['(g) RWMutex readers, rLock+rUnlock', 8, fmt.n(readers.perSecond),
+    ['(f) raw floor, own key per client', 4, '1 (bench)', fmt.n(raw4.perSecond), '', '', '', fmt.n(raw4.kvPerCycle, 2), '', fmt.cpu(raw4.cpuPerCycle)],
+    ['(f) raw floor, own key per client', 8, '1 (bench)', fmt.n(raw8.perSecond), '', '', '', fmt.n(raw8.kvPerCycle, 2), '', fmt.cpu(raw8.cpuPerCycle)],
+    ['(f) raw floor, own key per client', 16, '1 (bench)', fmt.n(raw16.perSecond), '', '', '', fmt.n(raw16.kvPerCycle, 2), '', fmt.cpu(raw16.cpuPerCycle)],
+    ['(g) RWMutex readers, rLock+rUnlock', 8, '1 (bench)', fmt.n(readers.perSecond),
       `${fmt.ratio(readers.perSecond / mutexSolo!.perSecond)} Mutex (c), ${fmt.ratio(readers.perSecond / raw8.perSecond)} raw×8`,
-      '', '', fmt.n(readers.kvPerCycle, 2), fmt.n(readers.watchPerCycle, 2)],
-    ['(h) Semaphore(4), never waits', 4, fmt.n(sem4.perSecond), `${fmt.ratio(sem4.perSecond / raw4.perSecond)} raw×4`,
-      '', '', fmt.n(sem4.kvPerCycle, 2), fmt.n(sem4.watchPerCycle, 2)],
-    ['(h) Semaphore(4), 4× oversubscribed', 16, fmt.n(sem16.perSecond), `${fmt.ratio(sem16.perSecond / raw16.perSecond)} raw×16`,
-      fmt.ms(percentile(sem16.handoffs, 50)), fmt.ms(percentile(sem16.handoffs, 99)), fmt.n(sem16.kvPerCycle, 2), fmt.n(sem16.watchPerCycle, 2)],
+      '', '', fmt.n(readers.kvPerCycle, 2), fmt.n(readers.watchPerCycle, 2), fmt.cpu(readers.cpuPerCycle)],
+    ['(h) Semaphore(4), never waits', 4, '1 (bench)', fmt.n(sem4.perSecond), `${fmt.ratio(sem4.perSecond / raw4.perSecond)} raw×4`,
+      '', '', fmt.n(sem4.kvPerCycle, 2), fmt.n(sem4.watchPerCycle, 2), fmt.cpu(sem4.cpuPerCycle)],
+    ...[sem16, sem16x4].map((r) => ['(h) Semaphore(4), 4× oversubscribed', 16, r.procs ?? 1, fmt.n(r.perSecond), `${fmt.ratio(r.perSecond / raw16.perSecond)} raw×16`,
+      fmt.ms(percentile(r.handoffs, 50)), fmt.ms(percentile(r.handoffs, 99)), fmt.n(r.kvPerCycle, 2), fmt.n(r.watchPerCycle, 2), fmt.cpu(r.cpuPerCycle)]),
   ]);
   console.log('\nratio for (g) compares 8 readers\' total rate with one uncontended Mutex (c) and with 8 raw clients (f);');
   console.log('for (h) with as many raw clients as workers. Handoff: from a release call to the acquisition of the');

@@ -1,6 +1,9 @@
 import type { Etcd3 } from 'etcd3';
 import { isRecipeError, runSTM, type STMIsolation } from '../src/index.js';
 import { fmt, grpcMessages, percentile, requestsBetween, table, type BenchContext } from './lib.js';
+import { buildGo, GoProcess } from './workers/go.js';
+import { merged, WorkerGroup } from './workers/pool.js';
+import { formatSummary, summarize } from './workers/profile-summary.js';
 
 /*
  * npm run bench -- stm
@@ -22,6 +25,15 @@ import { fmt, grpcMessages, percentile, requestsBetween, table, type BenchContex
  * contenders take turns in three slices of BENCH_SECONDS / 3 each.
  *
  * STM_ONLY=<regexp> and STM_W=1,8 narrow a run (for profiling).
+ *
+ * Then the plain bank workload (the issue's): C = 8 transfers at a time,
+ * each get(a), then get(b), then put, put, through runSTM with no prefetch,
+ * in worker processes: the raw floor and runSTM in one process, runSTM in
+ * 4 processes, and Go's clientv3/concurrency STM (etcd 3.4's own, built from
+ * bench/go/stmbank when Go is installed) in one process, in the same run,
+ * taking turns in three slices. With --profile, the one-process runSTM
+ * worker is profiled and its top costs printed. STM_PLAIN_ONLY=1 runs only
+ * this part.
  */
 
 const ACCOUNTS = 100;
@@ -198,7 +210,98 @@ function etcd3Transfer(isolation: STMIsolation): Transfer {
   };
 }
 
+/** One contender of the plain workload, whatever runs it (worker processes or Go). */
+interface PlainContender {
+  what: string;
+  procs: number;
+  prefix: string;
+  run(seconds: number): Promise<{ ops: number; bodies: number; gaveUp: number; latencies: number[]; cpuMs: number; elapsed: number }>;
+  close(): Promise<void>;
+}
+
+async function plainBank(ctx: BenchContext): Promise<void> {
+  const admin = ctx.client();
+  const workers = 8;
+  const contenders: PlainContender[] = [];
+  const group = async (what: string, kind: 'raw' | 'stm', procs: number, profileDir?: string): Promise<PlainContender> => {
+    const prefix = `bench/stm/plain/${contenders.length}/`;
+    await openAccounts(admin, prefix);
+    const g = await WorkerGroup.start(ctx.endpoints, 'bank', { kind, workers, prefix, accounts: ACCOUNTS }, { procs, profileDir });
+    return {
+      what, procs, prefix,
+      async run(seconds) {
+        const r = await g.run(seconds);
+        const m = merged(r);
+        return { ops: m.ops, bodies: m.counts.bodies ?? 0, gaveUp: m.counts.gaveUp ?? 0, latencies: m.latencies, cpuMs: m.cpuMs, elapsed: r.elapsed };
+      },
+      close: () => g.close(),
+    };
+  };
+  const profileDir = ctx.profileDir ? `${ctx.profileDir}stm-plain` : undefined;
+  contenders.push(await group('raw floor (read Txn + commit Txn)', 'raw', 1));
+  contenders.push(await group('etcd-recipes runSTM', 'stm', 1, profileDir));
+  contenders.push(await group('etcd-recipes runSTM', 'stm', 4));
+  const go = buildGo('stmbank');
+  if ('path' in go) {
+    const prefix = `bench/stm/plain/${contenders.length}/`;
+    await openAccounts(admin, prefix);
+    const p = await GoProcess.start(go.path, ['-endpoints', ctx.endpoints.join(','), '-workers', String(workers), '-prefix', prefix, '-accounts', String(ACCOUNTS)]);
+    contenders.push({
+      what: 'Go clientv3/concurrency STM (etcd 3.4)', procs: 1, prefix,
+      async run(seconds) {
+        const { report, elapsed } = await p.run<{ ops: number; bodies: number; latencies: number[] | null; cpuMs: number }>(seconds);
+        return { ops: report.ops, bodies: report.bodies, gaveUp: 0, latencies: report.latencies ?? [], cpuMs: report.cpuMs, elapsed };
+      },
+      close: () => p.close(),
+    });
+  } else {
+    console.log(`\n(Go row skipped: ${go.skipped})`);
+  }
+  const totals = contenders.map(() => ({ ops: 0, bodies: 0, gaveUp: 0, latencies: [] as number[], cpuMs: 0, elapsed: 0, kv: 0 }));
+  const rounds = 3;
+  try {
+    for (let round = 0; round < rounds; round++) {
+      for (const [i, c] of contenders.entries()) {
+        const before = await grpcMessages(ctx.metricsUrl);
+        const r = await c.run(ctx.seconds / rounds);
+        const t = totals[i]!;
+        t.kv += requestsBetween(before, await grpcMessages(ctx.metricsUrl)).kv;
+        t.ops += r.ops;
+        t.bodies += r.bodies;
+        t.gaveUp += r.gaveUp;
+        t.latencies.push(...r.latencies);
+        t.cpuMs += r.cpuMs;
+        t.elapsed += r.elapsed;
+      }
+    }
+  } finally {
+    for (const c of contenders) await c.close();
+  }
+  const conserved = await Promise.all(contenders.map(async (c) => {
+    const values = Object.values(await admin.getAll().prefix(c.prefix).strings()).map(Number);
+    return values.length === ACCOUNTS && values.reduce((a, b) => a + b, 0) === ACCOUNTS * OPENING;
+  }));
+  const rate = (i: number) => totals[i]!.ops / totals[i]!.elapsed;
+  const goIndex = contenders.findIndex((c) => c.what.startsWith('Go'));
+  table(`Plain bank workload: C = ${workers}, get(a), get(b), put, put, no prefetch, ${ACCOUNTS} accounts, ${ctx.seconds} s per row in ${rounds} slices`, [
+    'what', 'processes', 'commits/s', '÷ Go STM', '÷ raw floor', 'conflicts/commit', 'gave up', 'p50 ms', 'p99 ms', 'KV req/commit', 'client CPU ms/commit', 'total conserved',
+  ], contenders.map((c, i) => {
+    const t = totals[i]!;
+    return [
+      c.what, c.procs, fmt.n(rate(i)), goIndex >= 0 ? fmt.ratio(rate(i) / rate(goIndex)) : '-', fmt.ratio(rate(i) / rate(0)),
+      fmt.n((t.bodies - t.ops) / t.ops, 2), t.gaveUp, fmt.ms(percentile(t.latencies, 50)), fmt.ms(percentile(t.latencies, 99)),
+      fmt.n(t.kv / t.ops, 2), fmt.cpu(t.cpuMs / t.ops), conserved[i] ? 'yes' : 'NO',
+    ];
+  }));
+  console.log('\nEach contender has its own 100 accounts and its own 8 connections. runSTM and Go\'s STM run at');
+  console.log('serializable-snapshot (both defaults); Go\'s retries without limit, runSTM gives up after 11 attempts.');
+  console.log('client CPU ms/commit: CPU time of the worker processes (the Go process\'s own rusage for Go).');
+  if (profileDir) console.log(formatSummary('runSTM, plain bank workload, one process (self time)', summarize(profileDir), 15));
+  if (conserved.some((ok) => !ok)) throw new Error('plain bank workload: total not conserved');
+}
+
 export default async function run(ctx: BenchContext): Promise<void> {
+  if (process.env.STM_PLAIN_ONLY) return plainBank(ctx);
   const only = process.env.STM_ONLY ? new RegExp(process.env.STM_ONLY) : undefined;
   const onlyW = process.env.STM_W ? process.env.STM_W.split(",").map(Number) : undefined;
   const clients = Array.from({ length: 32 }, () => ctx.client());
@@ -234,4 +337,5 @@ export default async function run(ctx: BenchContext): Promise<void> {
   console.log('concurrent transfers overwrite each other: its total is not conserved under contention (by design).');
   const broken = results.filter((r) => !r.conserved && !r.what.endsWith('read-committed'));
   if (broken.length) throw new Error(`total not conserved: ${broken.map((r) => `${r.what} W=${r.workers}`).join(', ')}`);
+  await plainBank(ctx);
 }

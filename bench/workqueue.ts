@@ -1,0 +1,161 @@
+import { Queue, Session, WorkQueue } from '../src/index.js';
+import { cpuMs, fmt, grpcMessages, percentile, requestsBetween, table, type BenchContext } from './lib.js';
+import { merged, WorkerGroup } from './workers/pool.js';
+import { formatSummary, summarize } from './workers/profile-summary.js';
+
+/*
+ * npm run bench -- workqueue
+ *
+ * (a) 1 producer (one add at a time) and 4 consumers, each on its own
+ *     connection, for BENCH_SECONDS, in worker processes:
+ *       - raw floor: a put per job, and a delete by the consumer it is
+ *         handed to in process (no coordination at all), one process;
+ *       - Queue (enqueue / dequeue), one process and 4 processes;
+ *       - WorkQueue (add / claim + ack), one process and 4 processes.
+ *     delivered/s counts items dequeued (or acked) within the run; latency
+ *     runs from add() resolving to ack() resolving (dequeue for Queue).
+ *     Items still queued at the deadline stay in etcd and are counted, so
+ *     nothing is lost or duplicated (checked).
+ * (b) claim cost: one consumer claims and acks 200 jobs one at a time,
+ *     first with no other job claimed, then with 1,000 jobs claimed (in
+ *     flight) by another session.
+ * With --profile, the one-process WorkQueue worker is profiled.
+ */
+
+const CONSUMERS = 4;
+
+interface Row {
+  what: string;
+  procs: number;
+  perSecond: number;
+  latencies: number[];
+  kvPerItem: number;
+  watchPerItem: number;
+  cpuPerItem: number;
+  lostOrDup: number;
+}
+
+async function deliveries(ctx: BenchContext, what: string, kind: 'raw' | 'queue' | 'work', procs: number, profileDir?: string): Promise<Row> {
+  const prefix = `bench/wq/${kind}-${procs}`;
+  const group = await WorkerGroup.start(ctx.endpoints, 'queue', { kind, consumers: CONSUMERS, prefix }, { procs, profileDir });
+  let run: ReturnType<typeof merged>;
+  let req: ReturnType<typeof requestsBetween>;
+  try {
+    const before = await grpcMessages(ctx.metricsUrl);
+    run = merged(await group.run(ctx.seconds));
+    req = requestsBetween(before, await grpcMessages(ctx.metricsUrl));
+  } finally {
+    await group.close();
+  }
+  // Join the producer's [0, seq, addedAt] with the consumers' [1, seq, deliveredAt].
+  const added = new Map<number, number>();
+  for (const [role, seq, at] of run.records) if (role === 0) added.set(seq!, at!);
+  const seen = new Set<number>();
+  let duplicates = 0;
+  const latencies: number[] = [];
+  for (const [role, seq, at] of run.records) {
+    if (role !== 1) continue;
+    if (seen.has(seq!)) duplicates++;
+    seen.add(seq!);
+    const t = added.get(seq!);
+    if (t !== undefined) latencies.push(at! - t);
+  }
+  const admin = ctx.client();
+  let remaining: number;
+  if (kind === 'work') {
+    const s = await Session.create(admin, { ttl: 10 });
+    remaining = (await new WorkQueue(s, prefix).stats()).jobs;
+    await s.close();
+  } else if (kind === 'queue') {
+    const q = new Queue(admin, prefix);
+    remaining = await q.size();
+    await q.close();
+  } else {
+    remaining = Number(await admin.getAll().prefix(`${prefix}/`).count());
+  }
+  const produced = run.counts.produced ?? 0;
+  return {
+    what, procs, perSecond: run.perSecond, latencies,
+    kvPerItem: req.kv / run.ops, watchPerItem: req.watch / run.ops, cpuPerItem: run.cpuPerOp,
+    lostOrDup: Math.abs(produced - seen.size - remaining) + duplicates,
+  };
+}
+
+interface ClaimCost {
+  inFlight: number;
+  claimMs: number[];
+  kvPerJob: number;
+  cpuPerJob: number;
+}
+
+/** One consumer claims and acks `jobs` jobs one at a time while `inFlight` other jobs stay claimed. */
+async function claimCost(ctx: BenchContext, inFlight: number, jobs: number): Promise<ClaimCost> {
+  const prefix = `bench/wq/cost-${inFlight}`;
+  const holderClient = ctx.client();
+  const holder = await Session.create(holderClient, { ttl: 60 });
+  const holderQueue = new WorkQueue(holder, prefix);
+  for (let i = 0; i < inFlight; i += 50) {
+    await Promise.all(Array.from({ length: Math.min(50, inFlight - i) }, (_, k) => holderQueue.add(`held-${i + k}`)));
+  }
+  // Claimed in 10 parallel lines; never acked while we measure.
+  const held = (await Promise.all(Array.from({ length: 10 }, async (_, line) => {
+    const mine = [];
+    for (let i = line; i < inFlight; i += 10) mine.push(await holderQueue.claim());
+    return mine;
+  }))).flat();
+  for (let i = 0; i < jobs; i += 50) {
+    await Promise.all(Array.from({ length: Math.min(50, jobs - i) }, (_, k) => holderQueue.add(`job-${i + k}`)));
+  }
+  const session = await Session.create(ctx.client(), { ttl: 60 });
+  const wq = new WorkQueue(session, prefix);
+  await (await wq.claim()).release(); // warm up; the job is claimable again at once
+  const claimMs: number[] = [];
+  const before = await grpcMessages(ctx.metricsUrl);
+  const cpu = process.cpuUsage();
+  for (let i = 0; i < jobs; i++) {
+    const t = performance.now();
+    const job = await wq.claim();
+    claimMs.push(performance.now() - t);
+    await job.ack();
+  }
+  const cpuPerJob = cpuMs(cpu) / jobs;
+  const req = requestsBetween(before, await grpcMessages(ctx.metricsUrl));
+  if (held.length !== inFlight) throw new Error(`held ${held.length} jobs, wanted ${inFlight}`);
+  await session.close();
+  await holder.close();
+  return { inFlight, claimMs, kvPerJob: req.kv / jobs, cpuPerJob };
+}
+
+export default async function run(ctx: BenchContext): Promise<void> {
+  const profileDir = ctx.profileDir ? `${ctx.profileDir}workqueue` : undefined;
+  const rows: Row[] = [];
+  rows.push(await deliveries(ctx, 'raw floor: put + delete per item (keys handed over in process)', 'raw', 1));
+  rows.push(await deliveries(ctx, 'Queue (enqueue / dequeue)', 'queue', 1));
+  rows.push(await deliveries(ctx, 'Queue (enqueue / dequeue)', 'queue', 4));
+  rows.push(await deliveries(ctx, 'WorkQueue (add / claim + ack)', 'work', 1, profileDir));
+  rows.push(await deliveries(ctx, 'WorkQueue (add / claim + ack)', 'work', 4));
+  const floor = rows[0]!.perSecond;
+  table(`1 producer (one add at a time) and ${CONSUMERS} consumers, each on its own connection, ${ctx.seconds} s`, [
+    'what', 'processes', 'delivered/s', '÷ raw floor', 'latency p50 ms', 'p99 ms', 'KV req/item', 'watch msgs/item', 'client CPU ms/item', 'lost/dup',
+  ], rows.map((r) => [
+    r.what, r.procs, fmt.n(r.perSecond), fmt.ratio(r.perSecond / floor),
+    fmt.ms(percentile(r.latencies, 50)), fmt.ms(percentile(r.latencies, 99)),
+    fmt.n(r.kvPerItem, 2), fmt.n(r.watchPerItem, 2), fmt.cpu(r.cpuPerItem), r.lostOrDup,
+  ]));
+  console.log('\nlatency: from add() (enqueue) resolving to ack() (dequeue) resolving, in ms. With 4 processes the');
+  console.log('producer shares process 0 with one consumer. KV req/item counts every Range/Txn/Put/DeleteRange etcd');
+  console.log('received, the add included; client CPU ms/item is the CPU time of all worker processes ÷ items delivered.');
+
+  const jobs = 200;
+  const idle = await claimCost(ctx, 0, jobs);
+  const busy = await claimCost(ctx, 1000, jobs);
+  table(`Claim cost: one consumer claims + acks ${jobs} jobs one at a time while other jobs stay claimed`, [
+    'jobs in flight', 'claim p50 ms', 'claim p99 ms', 'KV req/job (claim + ack)', 'client CPU ms/job', 'p50 ÷ 0 in flight', 'CPU ÷ 0 in flight',
+  ], [idle, busy].map((c) => [
+    c.inFlight, fmt.ms(percentile(c.claimMs, 50)), fmt.ms(percentile(c.claimMs, 99)), fmt.n(c.kvPerJob, 2), fmt.cpu(c.cpuPerJob),
+    fmt.ratio(percentile(c.claimMs, 50) / percentile(idle.claimMs, 50)), fmt.ratio(c.cpuPerJob / idle.cpuPerJob),
+  ]));
+  console.log('\nA claim scans the claim keys (keys only) to skip claimed jobs, so its response grows with the jobs in flight.');
+  if (profileDir) console.log(formatSummary('WorkQueue, 1 producer + 4 consumers, one process (self time)', summarize(profileDir), 15));
+  if (rows.some((r) => r.lostOrDup !== 0)) throw new Error('an item was lost or delivered twice');
+}
