@@ -24,10 +24,11 @@ const work = join(root, '.docs-check');
 const SKIP = /^\/\/ docs-check: skip\b\s*[—:-]?\s*(.*)$/;
 
 const ambient = `import type { Etcd3 } from 'etcd3';
-import type { Session } from 'etcd-recipes';
+import type { Election, Session } from 'etcd-recipes';
 declare global {
   var client: Etcd3;
   var session: Session;
+  var election: Election;
   var signal: AbortSignal;
   var log: { info(message: string): void; warn(message: string): void; error(message: string): void };
   /** The reader's own work, as docs/patterns.md says. */

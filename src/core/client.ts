@@ -190,11 +190,14 @@ export interface ClientScope {
   readonly signal: AbortSignal;
   /** Closes `thing` when the client closes; returns the undo. */
   own(thing: Closable): () => void;
+  /** Runs `tidy` (bounded) when the client closes, before pending calls are ended: last writes such as receipt clean-up. */
+  beforeClose(tidy: () => Promise<void>): () => void;
 }
 
 interface ScopeState extends ClientScope {
   controller: AbortController;
   owned: Set<Closable>;
+  tidies: Set<() => Promise<void>>;
   closing: Promise<void> | undefined;
   originalClose: () => void;
 }
@@ -214,9 +217,11 @@ export function clientScope(client: Namespace): ClientScope {
   if (!scope) {
     const controller = new AbortController();
     const owned = new Set<Closable>();
+    const tidies = new Set<() => Promise<void>>();
     const created: ScopeState = {
       controller,
       owned,
+      tidies,
       signal: controller.signal,
       closing: undefined,
       originalClose: pool.close.bind(pool),
@@ -227,6 +232,10 @@ export function clientScope(client: Namespace): ClientScope {
         }
         owned.add(thing);
         return () => owned.delete(thing);
+      },
+      beforeClose(tidy) {
+        tidies.add(tidy);
+        return () => tidies.delete(tidy);
       },
     };
     scope = created;
@@ -239,18 +248,23 @@ export function clientScope(client: Namespace): ClientScope {
 
 async function shutDown(scope: ScopeState): Promise<void> {
   scope.closing ??= (async () => {
+    if (scope.tidies.size) await bounded(Promise.allSettled([...scope.tidies].map((tidy) => tidy())), 500);
     scope.controller.abort(new ClosedError());
     clientClosings().dispatchEvent(new Event('close'));
     const things = [...scope.owned];
     scope.owned.clear();
-    let timer: NodeJS.Timeout | undefined;
-    const bounded = new Promise<void>((resolve) => { timer = setTimeout(resolve, 1000); });
-    await Promise.race([Promise.allSettled(things.map(async (t) => t.close())), bounded]);
-    clearTimeout(timer);
+    await bounded(Promise.allSettled(things.map(async (t) => t.close())), 1000);
     scope.originalClose();
     log('client closed: %d owned object(s) closed', things.length);
   })();
   return scope.closing;
+}
+
+/** Waits for `work`, at most `ms`. */
+async function bounded(work: Promise<unknown>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([work, new Promise<void>((resolve) => { timer = setTimeout(resolve, ms); })]);
+  clearTimeout(timer);
 }
 
 /**

@@ -7,7 +7,7 @@ import type { LocalRelease } from './local-lock.js';
 import type { Logger } from './log.js';
 import { retrying } from './retry.js';
 import type { Session } from './session.js';
-import { watchOwnKey } from './own-key.js';
+import { watchHeldKey } from './own-key.js';
 
 /*
  * What a recipe hands to the caller once it holds something (a lock, a read
@@ -134,16 +134,11 @@ export class Holding implements HeldKey {
         };
         lost.addEventListener('abort', onLost, { once: true });
         // Someone else may delete our key (an operator, a revoked lease): the hold is then lost too.
-        const stopWatching = watchOwnKey(this.#session.client, this.#key, this.fencingToken, (err) => {
+        const stopWatching = watchHeldKey(this.#session, this.#key, this.fencingToken, this.#what, (reason) => {
           this.#lostKey = true;
-          this.#log?.('%s lost: its key %s', this.#what, err.message);
-          if (err.name === 'ClosedError') return controller.abort(err);
-          // Deleted with our lease (revoked, expired): say so as the session's loss, which onLost reports.
-          void this.#session.verifyLease().then((alive) => {
-            if (!alive) return;
-            lost.removeEventListener('abort', onLost);
-            controller.abort(new LockNotHeldError(`${this.#what} lost: its key ${showKey(this.#key)} was ${err.message}`, { cause: err }));
-          });
+          this.#log?.('%s lost: %s', this.#what, reason.message);
+          lost.removeEventListener('abort', onLost);
+          controller.abort(reason);
         });
         this.#detach = () => {
           lost.removeEventListener('abort', onLost);

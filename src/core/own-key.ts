@@ -1,6 +1,9 @@
 import type { Namespace } from 'etcd3';
+import { LockNotHeldError } from './errors.js';
+import { showKey } from './keys.js';
 import { range } from './kv.js';
 import { logger } from './log.js';
+import type { Session } from './session.js';
 import { openWatch, WatchCompactedError, type WatchHandle } from './watch-hub.js';
 
 const log = logger('own-key');
@@ -60,4 +63,20 @@ export function watchOwnKey(client: Namespace, key: Buffer, createRevision: bigi
     stopped = true;
     handle?.close();
   };
+}
+
+/**
+ * {@link watchOwnKey} for a key held on `session`'s lease: `lose` is called
+ * with a LockNotHeldError when someone else deleted the key, or with the
+ * ClosedError when the client closed. A key that went with the lease itself
+ * (revoked, expired) is the session's loss: the session says so (and so the
+ * signals linked to it), as SESSION_EXPIRED, and `lose` is not called.
+ */
+export function watchHeldKey(session: Session, key: Buffer, createRevision: bigint, what: string, lose: (reason: Error) => void): () => void {
+  return watchOwnKey(session.client, key, createRevision, (err) => {
+    if (err.name === 'ClosedError') return lose(err);
+    void session.verifyLease().then((alive) => {
+      if (alive) lose(new LockNotHeldError(`${what} lost: its key ${showKey(key)} was ${err.message}`, { cause: err }));
+    });
+  });
 }

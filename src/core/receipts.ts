@@ -2,7 +2,9 @@ import type { Namespace } from 'etcd3';
 import { toBuffer, uniqueKey } from './keys.js';
 import { cmp, op, rangeAt, txn, type Compare, type Op, type OpResult, type TxnResult } from './kv.js';
 import { logger } from './log.js';
+import { clientScope } from './client.js';
 import { OutcomeUnknownError } from './errors.js';
+import { processWide } from './shared.js';
 import { isTransient, retrying } from './retry.js';
 
 const log = logger('receipts');
@@ -67,12 +69,29 @@ export interface ProvenWriteOptions {
   receiptValue?: string | Buffer;
 }
 
+/**
+ * Books with receipts still to delete. A process that finishes its work
+ * without closing its client deletes them on its way out ('beforeExit'),
+ * instead of leaving one small key per writer behind; closing the client
+ * deletes them first too (ClientScope.beforeClose).
+ */
+const unflushed = () => processWide('unflushed-receipts', () => {
+  const books = new Set<ReceiptBook>();
+  process.on('beforeExit', () => {
+    const batch = [...books];
+    books.clear();
+    for (const book of batch) void book.flush().catch(() => undefined);
+  });
+  return books;
+});
+
 /** Receipts of one writer (a queue object, a consumer...) under `dir`. */
 export class ReceiptBook {
   readonly #client: Namespace;
   readonly #dir: Buffer;
   readonly #spent: Buffer[] = [];
   #flushTimer: NodeJS.Timeout | undefined;
+  #untidy: (() => void) | undefined;
 
   /**
    * @param client - the client the writes go through
@@ -162,6 +181,8 @@ export class ReceiptBook {
   /** The receipt is no longer needed: it is deleted with the next write, or by {@link flush}. */
   spend(receipt: Buffer): void {
     this.#spent.push(receipt);
+    this.#untidy ??= clientScope(this.#client).beforeClose(() => this.flush());
+    unflushed().add(this);
     // A writer that stops writing still cleans up, a little later.
     this.#flushTimer ??= setTimeout(() => {
       this.#flushTimer = undefined;
@@ -184,6 +205,9 @@ export class ReceiptBook {
     clearTimeout(this.#flushTimer);
     this.#flushTimer = undefined;
     const batch = this.#spent.splice(0);
+    this.#untidy?.();
+    this.#untidy = undefined;
+    unflushed().delete(this);
     if (!batch.length) return;
     try {
       await txn(this.#client, [], batch.map((k) => op.delete(k)));

@@ -6,7 +6,7 @@ import { checkGuard, markGuard, resolveGuard, type GuardedWriteOptions } from '.
 import { childPrefix, showKey, toBuffer, uniqueSuffix } from '../core/keys.js';
 import { cmp, op, range, rangeAt, txn, type Op, type OpResult } from '../core/kv.js';
 import { logger } from '../core/log.js';
-import { watchOwnKey } from '../core/own-key.js';
+import { watchHeldKey } from '../core/own-key.js';
 import { ReceiptBook } from '../core/receipts.js';
 import { retrying } from '../core/retry.js';
 import { checkSession, type Session } from '../core/session.js';
@@ -521,9 +521,7 @@ class ClaimedJob implements Job {
     // Someone else may delete our claim (an operator, a revoked lease): the job is then lost too.
     // Watched from the first look at the signal until the job ends.
     if (!this.#stopWatch && !this.#ending && !this.#linked.signal.aborted) {
-      const stop = watchOwnKey(this.#session.client, this.#k.claim(this.id), this.fencingToken, (err) => {
-        this.#linked.abort(err.name === 'ClosedError' ? err : new LockNotHeldError(`${this.#what} lost: its claim key was ${err.message}`));
-      });
+      const stop = watchHeldKey(this.#session, this.#k.claim(this.id), this.fencingToken, this.#what, (reason) => this.#linked.abort(reason));
       this.#stopWatch = stop;
       this.#linked.signal.addEventListener('abort', stop, { once: true });
     }
