@@ -148,7 +148,7 @@ export interface LockLostMessage extends LockReleasedMessage {
 }
 
 /** The context of `etcd-recipes:multi-lock` (acquireAll, withLocks); each lock also has its own `etcd-recipes:lock` events. */
-export interface MultiLockContext {
+export interface MultiLockAcquireContext {
   /** The names, in the order they are taken. */
   names: string[];
   leaseId: string;
@@ -250,7 +250,7 @@ export interface JobMessage {
 }
 
 /** The context of `etcd-recipes:work-queue:claim`. */
-export interface ClaimContext {
+export interface JobClaimContext {
   name: string;
   leaseId: string;
   result?: JobMessage & { waitMs: number };
@@ -258,7 +258,7 @@ export interface ClaimContext {
 }
 
 /** The context of `etcd-recipes:work-queue:ack`. */
-export interface AckContext extends JobMessage {
+export interface JobAckContext extends JobMessage {
   result?: Record<string, never>;
   /** A LockNotHeldError when the claim was lost. */
   error?: unknown;
@@ -345,14 +345,14 @@ export interface DiagnosticsMessages {
 /** The context object of each tracing channel, by name. */
 export interface TracingContexts {
   'etcd-recipes:lock': LockAcquireContext;
-  'etcd-recipes:multi-lock': MultiLockContext;
+  'etcd-recipes:multi-lock': MultiLockAcquireContext;
   'etcd-recipes:election:campaign': CampaignContext;
   'etcd-recipes:stm': STMContext;
   'etcd-recipes:stm:attempt': STMAttemptContext;
   'etcd-recipes:queue:enqueue': EnqueueContext;
   'etcd-recipes:queue:dequeue': DequeueContext;
-  'etcd-recipes:work-queue:claim': ClaimContext;
-  'etcd-recipes:work-queue:ack': AckContext;
+  'etcd-recipes:work-queue:claim': JobClaimContext;
+  'etcd-recipes:work-queue:ack': JobAckContext;
 }
 
 /** A point channel's name. */

@@ -273,10 +273,11 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
   }
 
   #lose(reason: SessionExpiredError): void {
+    // Published before the signal aborts: subscribers hear of the cause before its effects (locks lost, leaders deposed).
+    if (!this.expired) publish('sessionLost', () => ({ ...sessionFields(this), error: reason }));
     if (!this.#stop(reason)) return;
     log('lease %s lost: %s', this.leaseHex, reason.message);
     this.emit('lost', reason);
-    publish('sessionLost', () => ({ ...sessionFields(this), error: reason }));
     // The lease may still exist (etcd unreachable, or slow): revoke it in the
     // background so that waiters behind our keys move on as soon as possible.
     void this.#revoke();
