@@ -85,3 +85,10 @@ export type {
   WatchReconnectMessage, WatchCompactedMessage, PrefixCacheResyncMessage,
   ServiceMessage, ServiceLostMessage, ServiceReregisteredMessage,
 } from './core/diagnostics.js';
+export { RecipeMetrics } from './metrics/recipe-metrics.js';
+export type { RecipeMetricsOptions, MetricSnapshot, CounterPoint, HistogramPoint } from './metrics/recipe-metrics.js';
+export { RECIPE_METRICS, DEFAULT_DURATION_BUCKETS, prometheusName } from './metrics/instruments.js';
+export type { MetricDefinition, InstrumentKind, RecipeMetricKey } from './metrics/instruments.js';
+export type { MetricAttributes } from './metrics/recorder.js';
+export type { PrometheusRegistryLike, PrometheusMetricLike, PrometheusValue } from './metrics/prometheus.js';
+export type { OpenTelemetryMeterLike, OpenTelemetryInstrumentOptions } from './metrics/opentelemetry.js';
