@@ -75,3 +75,21 @@ export { formatStatus, formatInspection, inspectionJSON } from './inspect/format
 export type { FormatOptions } from './inspect/format.js';
 export { startDashboard } from './dashboard/server.js';
 export type { Dashboard, DashboardOptions, DashboardState } from './dashboard/server.js';
+export { DIAGNOSTICS_CHANNELS, TRACING_CHANNELS, subscribeDiagnostics, subscribeTracing } from './core/diagnostics.js';
+export type {
+  DiagnosticsMessages, TracingContexts, DiagnosticsChannelName, TracingChannelName, TracingHandlers,
+  SessionMessage, SessionRenewedLateMessage, SessionLostMessage,
+  LockRecipe, LockTarget, LockAcquireContext, LockAcquireResult, LockWaitMessage, LockReleasedMessage, LockLostMessage, MultiLockAcquireContext,
+  ElectionTarget, CampaignContext, ElectionDeposedMessage, ElectionResignedMessage, ElectionLeaderMessage,
+  STMContext, STMAttemptContext,
+  QueueRecipe, EnqueueContext, DequeueContext, JobMessage, JobClaimContext, JobAckContext, JobRetryMessage, JobDeadLetterMessage,
+  WatchReconnectMessage, WatchCompactedMessage, PrefixCacheResyncMessage,
+  ServiceMessage, ServiceLostMessage, ServiceReregisteredMessage,
+} from './core/diagnostics.js';
+export { RecipeMetrics } from './metrics/recipe-metrics.js';
+export type { RecipeMetricsOptions, MetricSnapshot, CounterPoint, HistogramPoint } from './metrics/recipe-metrics.js';
+export { RECIPE_METRICS, DEFAULT_DURATION_BUCKETS, prometheusName } from './metrics/instruments.js';
+export type { MetricDefinition, InstrumentKind, RecipeMetricKey } from './metrics/instruments.js';
+export type { MetricAttributes } from './metrics/recorder.js';
+export type { PrometheusRegistryLike, PrometheusMetricLike, PrometheusValue } from './metrics/prometheus.js';
+export type { OpenTelemetryMeterLike, OpenTelemetryInstrumentOptions } from './metrics/opentelemetry.js';

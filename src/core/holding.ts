@@ -1,5 +1,6 @@
 import type { ComparatorBuilder } from 'etcd3';
 import { markGuard } from './guard.js';
+import { HoldTrace, type LockTarget } from './diagnostics.js';
 import { LockNotHeldError, withoutStack } from './errors.js';
 import { cmp, op, txn } from './kv.js';
 import { showKey } from './keys.js';
@@ -94,14 +95,17 @@ export class Holding implements HeldKey {
   #detach: (() => void) | undefined;
   #releasing: Promise<void> | undefined;
   #lostKey = false;
+  readonly #trace: HoldTrace | undefined;
 
   /**
    * `releaseLocal` lets the next local caller on the same per-session key go;
    * it is called once our key is deleted. (When the session is lost instead,
    * the local callers behind us fail on the session's signal by themselves.)
    * `group`: the hold is every key under this prefix (`key` among them), deleted together.
+   * `lock`: publish the hold's end on the `etcd-recipes:lock` channels.
    */
-  constructor(session: Session, key: Buffer, rev: bigint, releaseLocal: LocalRelease, what: string, log?: Logger, group?: Buffer) {
+  constructor(session: Session, key: Buffer, rev: bigint, releaseLocal: LocalRelease, what: string, log?: Logger, group?: Buffer,
+    lock?: LockTarget) {
     this.#session = session;
     this.#key = key;
     this.fencingToken = rev;
@@ -109,6 +113,7 @@ export class Holding implements HeldKey {
     this.#what = what;
     this.#log = log;
     this.#group = group;
+    this.#trace = lock && new HoldTrace(lock, session.signal, key, rev);
   }
 
   get key(): string {
@@ -136,6 +141,7 @@ export class Holding implements HeldKey {
         // Someone else may delete our key (an operator, a revoked lease): the hold is then lost too.
         const stopWatching = watchHeldKey(this.#session, this.#key, this.fencingToken, this.#what, (reason) => {
           this.#lostKey = true;
+          this.#trace?.lost(reason);
           this.#log?.('%s lost: %s', this.#what, reason.message);
           lost.removeEventListener('abort', onLost);
           controller.abort(reason);
@@ -173,6 +179,8 @@ export class Holding implements HeldKey {
         // otherwise adopt our key (same lease, same name) and then see it deleted under it.
         if (!this.#session.expired) await deleteOwnKey(this.#session, this.#key, this.fencingToken, this.#log, this.#group);
         this.#log?.('%s released (token %s)', this.#what, this.fencingToken);
+        if (this.#session.expired) this.#trace?.lost(this.#session.signal.reason);
+        else this.#trace?.released();
         done();
       } catch (err) {
         failed(err);

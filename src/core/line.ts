@@ -1,5 +1,6 @@
 import type { Logger } from './log.js';
 import { combineSignals, raceAbort } from './abort.js';
+import { traceLock, type LockTarget } from './diagnostics.js';
 import { cleanUpAfter, deleteOwnKey } from './holding.js';
 import { childPrefix, sessionKey, showKey, uniqueKey } from './keys.js';
 import { cmp, op, range, rangeAt, txn, type Compare, type KeyValue, type Op, type OpResult, type RangeOptions } from './kv.js';
@@ -50,6 +51,8 @@ export interface JoinLineOptions<T> {
   read(key: Buffer, rev: bigint): Promise<LineState<T>>;
   /** False: if blocked, leave the line (deleting our key) and resolve undefined. */
   wait: boolean;
+  /** Set for locks and permits: the call is published on the `etcd-recipes:lock` channels. */
+  lock?: LockTarget;
 }
 
 /** A call's turn: its key, the key's create revision (the fencing token) and the final line state. */
@@ -71,7 +74,12 @@ const noLocalTurn: LocalRelease = () => undefined;
  * (including a write etcd refused because the lease was already gone), and
  * leaves no key behind in either case.
  */
-export async function joinLine<T>(session: Session, o: JoinLineOptions<T>): Promise<Turn<T> | undefined> {
+export function joinLine<T>(session: Session, o: JoinLineOptions<T>): Promise<Turn<T> | undefined> {
+  return traceLock(o.lock, o.wait, (onWait) => enterAndWait(session, o, onWait));
+}
+
+async function enterAndWait<T>(session: Session, o: JoinLineOptions<T>,
+  onWait: ((key: Buffer, rev: bigint, blocker: Buffer | undefined) => void) | undefined): Promise<Turn<T> | undefined> {
   const { what, log } = o;
   const linked = combineSignals(...o.signals, session.signal);
   const signal = linked.signal;
@@ -96,6 +104,7 @@ export async function joinLine<T>(session: Session, o: JoinLineOptions<T>): Prom
         return undefined;
       }
       log('%s: %s@%s queued behind %s', what, showKey(key), rev, state.blocker.kind === 'key' ? showKey(state.blocker.key) : 'deletes');
+      onWait?.(key, rev, state.blocker.kind === 'key' ? state.blocker.key : undefined);
       state = await waitInLine(session.client, { initial: state, read: () => o.read(key, rev), signal, what, log });
     }
     // Aborted at the last moment: do not hand out a turn the caller gave up on.

@@ -2,6 +2,7 @@ import { EventEmitter } from 'node:events';
 import type { Namespace } from 'etcd3';
 import { raceAbort } from './abort.js';
 import { clientScope, reportSilentStream } from './client.js';
+import { publish, sessionFields } from './diagnostics.js';
 import { ClosedError, InvalidArgumentError, SessionExpiredError } from './errors.js';
 import { leaseHex } from './keys.js';
 import { closeStreamQuietly } from './streams.js';
@@ -80,6 +81,8 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
   #deadlineTimer: NodeJS.Timeout | undefined;
   #closing: Promise<void> | undefined;
   #reconnectBackoff = 50;
+  /** The keepalive stream was re-opened since the last ack. */
+  #resumed = false;
 
   private constructor(client: Namespace, leaseId: string, ttl: number, sentAt: number, marginMs: number) {
     super();
@@ -195,6 +198,7 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
       this.#stop(new SessionExpiredError(`session ${this.leaseHex} closed`));
       if (wasLive) await this.#revoke();
       this.emit('closed');
+      publish('sessionClosed', () => sessionFields(this));
     })();
     return this.#closing;
   }
@@ -256,6 +260,7 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
     this.#controller.signal.addEventListener('abort', () => closed.removeEventListener('abort', onClientClosed), { once: true });
     this.#armDeadline();
     void this.#connect();
+    publish('sessionCreated', () => sessionFields(this));
   }
 
   #stop(reason: SessionExpiredError | ClosedError): boolean {
@@ -268,6 +273,8 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
   }
 
   #lose(reason: SessionExpiredError): void {
+    // Published before the signal aborts: subscribers hear of the cause before its effects (locks lost, leaders deposed).
+    if (!this.expired) publish('sessionLost', () => ({ ...sessionFields(this), error: reason }));
     if (!this.#stop(reason)) return;
     log('lease %s lost: %s', this.leaseHex, reason.message);
     this.emit('lost', reason);
@@ -349,6 +356,9 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
     clearTimeout(this.#ackTimer);
     this.#ackTimer = this.#pendingSends.length ? setTimeout(() => this.#onSilent(stream), this.#ackTimeoutMs()).unref() : undefined;
     if (sentAt === undefined) return;
+    const left = this.#lastAckedSendAt + this.ttl * 1000 - performance.now();
+    if (this.#resumed || left < this.ttl * 500) publish('sessionRenewedLate', () => ({ ...sessionFields(this), reason: this.#resumed ? 'reconnect' : 'late', remainingMs: left }));
+    this.#resumed = false;
     this.#lastAckedSendAt = sentAt;
     this.#deadline = Math.max(this.#deadline, sentAt + ttl * 1000 - this.#marginMs);
     this.#armDeadline();
@@ -381,6 +391,7 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
     if (this.expired) return;
     log('keepalive for %s interrupted (%s); retrying in %d ms', this.leaseHex, (err as Error)?.message, this.#reconnectBackoff);
     clearTimeout(this.#sendTimer);
+    this.#resumed = true;
     this.#sendTimer = setTimeout(() => void this.#connect(), this.#reconnectBackoff).unref();
     this.#reconnectBackoff = Math.min(this.#reconnectBackoff * 2, 500);
   }

@@ -1,10 +1,11 @@
 import { ClientClosedError, type Namespace } from 'etcd3';
 import { abortReason } from './abort.js';
 import { clientScope, reportSilentStream } from './client.js';
+import { publish } from './diagnostics.js';
 import { ClosedError } from './errors.js';
 import { classifyEtcdError } from './etcd-errors.js';
 import { decodeKv, encodeKey, type KeyValue, type RawKv } from './kv.js';
-import { prefixEnd } from './keys.js';
+import { prefixEnd, showKey } from './keys.js';
 import { logger } from './log.js';
 import { closeStreamQuietly } from './streams.js';
 
@@ -341,7 +342,10 @@ class WatchHub {
 
   #cancelError(res: RawResponse, entry: Entry): Error {
     const compact = BigInt(res.compact_revision || '0');
-    if (compact > 0n) return new WatchCompactedError(compact);
+    if (compact > 0n) {
+      publish('watchCompacted', () => ({ key: showKey(entry.spec.key), prefix: !!entry.spec.prefix, compactRevision: compact }));
+      return new WatchCompactedError(compact);
+    }
     // A refused watch (auth) is a PermissionDeniedError naming the key, like any refused call.
     return classifyEtcdError(new Error(`watch cancelled by etcd${res.cancel_reason ? `: ${res.cancel_reason}` : ''}`),
       entry.spec.key) as Error;
@@ -371,6 +375,7 @@ class WatchHub {
     }
     if (this.#entries.size === 0) return;
     log('watch stream broken (%s); reconnecting in %d ms', err.message, this.#backoff);
+    publish('watchReconnect', () => ({ watches: this.#entries.size, delayMs: this.#backoff, error: err }));
     for (const entry of this.#entries.values()) entry.created = false;
     clearTimeout(this.#reconnectTimer);
     // Not unref'd: a caller is waiting on one of these watches.

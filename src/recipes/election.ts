@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { ClientClosedError, type ComparatorBuilder, type Namespace } from 'etcd3';
 import { delay, linkSignals, raceAbort, type LinkedSignal } from '../core/abort.js';
+import { electionTarget, publish, traced } from '../core/diagnostics.js';
 import { InvalidArgumentError, isRecipeError, NotLeaderError, withoutStack } from '../core/errors.js';
 import { checkGuard, markGuard, resolveGuard, type GuardedWriteOptions } from '../core/guard.js';
 import { deleteOwnKey } from '../core/holding.js';
@@ -185,7 +186,8 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     options.signal?.throwIfAborted();
     this.session.throwIfExpired();
     const stop = new AbortController();
-    const done = this.#campaignOnce(bytes, options.signal, stop.signal);
+    const done = traced('campaign', () => electionTarget(this.name, this.#key, this.session),
+      () => this.#campaignOnce(bytes, options.signal, stop.signal), (_, __, waitMs) => ({ revision: this.#term!.revision, waitMs }));
     this.#campaign = { stop, done };
     try {
       await done;
@@ -216,6 +218,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
   #onLost(term: Term, reason: unknown): void {
     log('%s: leadership of %s@%s lost: %s', this.#what, this.key, term.revision, (reason as Error)?.message);
     this.#emitSafely('lost', reason);
+    publish('electionDeposed', () => ({ ...electionTarget(this.name, this.#key, this.session), revision: term.revision, error: reason }));
   }
 
   #emitSafely<K extends keyof ElectionEvents>(event: K, ...args: ElectionEvents[K]): void {
@@ -270,7 +273,9 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
       await campaign.done.catch(() => undefined);
     }
     const term = this.#term;
+    const leading = term && !term.signal.aborted;
     if (term) await term.resign();
+    if (leading) publish('electionResigned', () => ({ ...electionTarget(this.name, this.#key, this.session), revision: term.revision }));
   }
 
   /**
@@ -491,6 +496,7 @@ function isClientClosed(err: unknown): boolean {
 export class LeaderObserver implements AsyncIterableIterator<LeaderState>, AsyncDisposable {
   readonly #client: Namespace;
   readonly #prefix: Buffer;
+  readonly #name: string;
   readonly #what: string;
   readonly #max: number;
   readonly #linked: LinkedSignal;
@@ -514,6 +520,7 @@ export class LeaderObserver implements AsyncIterableIterator<LeaderState>, Async
     this.#client = client;
     this.#prefix = childPrefix(name);
     this.#what = `election ${showKey(name)} observer`;
+    this.#name = showKey(name);
     this.#max = options.buffer ?? 16;
     this.#linked = linkSignals(options.signal);
     const signal = this.#linked.signal;
@@ -582,6 +589,7 @@ export class LeaderObserver implements AsyncIterableIterator<LeaderState>, Async
     // After a reconnect to a member that is behind, a read may be older than what we reported: skip it.
     if (last && (revision <= last.revision || sameState(last, state))) return;
     this.#last = state;
+    publish('electionLeader', () => ({ name: this.#name, leader: state.leader, revision }));
     const waiter = this.#waiters.shift();
     if (waiter) {
       waiter.resolve({ value: state, done: false });

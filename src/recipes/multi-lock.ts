@@ -1,5 +1,6 @@
 import type { ComparatorBuilder, Namespace } from 'etcd3';
 import { linkSignals, type LinkedSignal } from '../core/abort.js';
+import { traced } from '../core/diagnostics.js';
 import { InvalidArgumentError, LockNotHeldError } from '../core/errors.js';
 import { sessionKey, showKey, toBuffer } from '../core/keys.js';
 import { logger } from '../core/log.js';
@@ -92,7 +93,9 @@ export async function acquireAll(session: Session, names: readonly (string | Buf
   session.throwIfExpired();
   const held: LockHandle[] = [];
   try {
-    for (const name of ordered) held.push(await new Mutex(session, name).acquire({ signal: options.signal }));
+    await traced('multiLock', () => ({ names: ordered.map((n) => showKey(n)), leaseId: session.leaseId }), async () => {
+      for (const name of ordered) held.push(await new Mutex(session, name).acquire({ signal: options.signal }));
+    }, (_, __, waitMs) => ({ keys: held.map((h) => h.key), fencingTokens: held.map((h) => h.fencingToken), waitMs }));
   } catch (err) {
     log('acquiring %d locks failed after %d: %s', ordered.length, held.length, (err as Error)?.message);
     await Promise.all(held.map((h) => h.release().catch(() => undefined)));

@@ -1,5 +1,6 @@
 import type { ComparatorBuilder, Namespace } from 'etcd3';
 import { linkSignals } from '../core/abort.js';
+import { lockTarget } from '../core/diagnostics.js';
 import { InvalidArgumentError, LockNotHeldError } from '../core/errors.js';
 import { Holding, type HeldKey } from '../core/holding.js';
 import { showKey } from '../core/keys.js';
@@ -156,14 +157,15 @@ export class Mutex {
     options.signal?.throwIfAborted();
     session.throwIfExpired();
     const line = this.#line;
+    const lock = lockTarget('mutex', this.name, session);
     const turn = await joinLine(session, {
-      what, log, wait, signals: [options.signal], localTurn: line.key,
+      what, log, wait, lock, signals: [options.signal], localTurn: line.key,
       enter: (pending, signal) => line.enter(EMPTY, false, pending, signal),
       read: (_key, rev) => line.read(rev),
     });
     if (!turn) return undefined;
     log('%s: acquired by %s, token %s', what, this.key, turn.rev);
-    return new Holding(session, turn.key, turn.rev, turn.releaseLocal, what, log);
+    return new Holding(session, turn.key, turn.rev, turn.releaseLocal, what, log, undefined, lock);
   }
 }
 

@@ -3,6 +3,7 @@ import { isAscii, isUtf8 } from 'node:buffer';
 import { ClientClosedError, type Namespace } from 'etcd3';
 import { abortReason, delay } from '../core/abort.js';
 import { clientScope } from '../core/client.js';
+import { publish } from '../core/diagnostics.js';
 import { ClosedError, isRecipeError } from '../core/errors.js';
 import { prefixEnd, showKey, toBuffer } from '../core/keys.js';
 import { range, type KeyValue } from '../core/kv.js';
@@ -470,6 +471,7 @@ export class PrefixCache extends EventEmitter<PrefixCacheEvents> implements Asyn
     log('%s: re-listed at revision %s after compaction: %d changes', showKey(this.#prefix), revision, changes.length);
     for (const [k, c] of changes) this.#publish(k, c);
     if (this.listenerCount('resync') > 0) this.#safeEmit('resync', { revision, compactRevision, changes: changes.length });
+    publish('prefixCacheResync', () => ({ prefix: showKey(this.#prefix), revision, compactRevision, changes: changes.length }));
   }
 
   #becomeReady(): void {

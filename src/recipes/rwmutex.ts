@@ -1,5 +1,6 @@
 import type { ComparatorBuilder } from 'etcd3';
 import { InvalidArgumentError, LockNotHeldError } from '../core/errors.js';
+import { lockTarget } from '../core/diagnostics.js';
 import { Holding, type HeldKey } from '../core/holding.js';
 import { childPrefix, showKey } from '../core/keys.js';
 import { op, range, rangeAt, txn, type KeyValue, type RangeOptions, type RangeResult } from '../core/kv.js';
@@ -228,15 +229,16 @@ export class RWMutex {
     const what = `rwmutex ${showKey(this.name)} (${mode})`;
     options.signal?.throwIfAborted();
     session.throwIfExpired();
+    const lock = lockTarget('rwmutex', this.name, session, 1, mode);
     // Keys are unique per call: no local turn is needed.
     const turn = await joinLine(session, {
-      what, log, wait, signals: [options.signal],
+      what, log, wait, lock, signals: [options.signal],
       enter: (pending, signal) => this.#enter(mode, pending, signal),
       read: (key, rev) => this.#readLine(mode, key, rev),
     });
     if (!turn) return undefined;
     log('%s: acquired by %s, token %s', what, showKey(turn.key), turn.rev);
-    return new Holding(session, turn.key, turn.rev, turn.releaseLocal, what, log);
+    return new Holding(session, turn.key, turn.rev, turn.releaseLocal, what, log, undefined, lock);
   }
 
   /** The range that finds what blocks a `mode` waiter: the newest older writer, or our own key and the newest older key. */

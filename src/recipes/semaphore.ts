@@ -1,4 +1,5 @@
 import { InvalidArgumentError } from '../core/errors.js';
+import { lockTarget } from '../core/diagnostics.js';
 import { Holding, type HeldKey } from '../core/holding.js';
 import { childPrefix, showKey, uniqueKey } from '../core/keys.js';
 import { cmp, op, range, rangeAt, txn, type KeyValue, type Op, type TxnResult } from '../core/kv.js';
@@ -203,9 +204,10 @@ export class Semaphore {
     options.signal?.throwIfAborted();
     session.throwIfExpired();
     let request: Request | undefined;
+    const lock = lockTarget('semaphore', this.name, session, n);
     // Keys are unique per call: no local turn is needed.
     const turn = await joinLine<LineData>(session, {
-      what, log, wait, signals: [options.signal],
+      what, log, wait, lock, signals: [options.signal],
       enter: async (pending, signal) => {
         const entered = await this.#enter(n, pending, signal);
         request = entered.request;
@@ -217,7 +219,7 @@ export class Semaphore {
     // We may have been seen as a waiter: wake the ones behind us.
     if (turn.waited && turn.state.data) this.#wakeBehind(n, turn.state.data);
     log('%s: %d permit(s) acquired by %s, token %s', what, n, showKey(turn.key), turn.rev);
-    return new Holding(session, turn.key, turn.rev, turn.releaseLocal, what, log, request!.group);
+    return new Holding(session, turn.key, turn.rev, turn.releaseLocal, what, log, request!.group, lock);
   }
 
   /** A fresh request of `n` keys (one unique name; n > 1 adds `-<i>` suffixes under it). */

@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { ClientClosedError, type Namespace } from 'etcd3';
 import { delay, linkSignals, raceAbort } from '../core/abort.js';
+import { publish } from '../core/diagnostics.js';
 import { InvalidArgumentError, isRecipeError, ServiceIdTakenError, SessionExpiredError } from '../core/errors.js';
 import { cmp, op, range, rangeAt, txn, type Compare, type KeyValue } from '../core/kv.js';
 import { logger } from '../core/log.js';
@@ -457,6 +458,7 @@ export class ServiceRegistry<M extends object = ServiceMetadata> extends EventEm
     if (this.#oldLeases.length > 4) this.#oldLeases.shift();
     log('%s: lease %s lost (%s); re-registering', this.key, session.leaseHex, err.message);
     this.#safeEmit('lost', err);
+    publish('serviceLost', () => ({ service: this.service, id: this.id, key: this.key, leaseId: session.leaseId, error: err }));
     this.#reregistering ??= this.#reregister().finally(() => { this.#reregistering = undefined; });
   }
 
@@ -472,6 +474,7 @@ export class ServiceRegistry<M extends object = ServiceMetadata> extends EventEm
         const session = this.#session!;
         log('%s re-registered (lease %s, revision %s)', this.key, session.leaseHex, this.#revision);
         this.#safeEmit('re-registered', { leaseId: session.leaseId, revision: this.#revision });
+        publish('serviceReregistered', () => ({ service: this.service, id: this.id, key: this.key, leaseId: session.leaseId, revision: this.#revision }));
         return;
       } catch (err) {
         if (stop.aborted) return;

@@ -1,6 +1,7 @@
 import type { Namespace } from 'etcd3';
 import { abortReason, delay, raceAbort } from '../core/abort.js';
-import { InvalidArgumentError, STMConflictError, OutcomeUnknownError } from '../core/errors.js';
+import { traced } from '../core/diagnostics.js';
+import { InvalidArgumentError, OutcomeUnknownError, STMConflictError } from '../core/errors.js';
 import { showKey, toBuffer } from '../core/keys.js';
 import { cmp, op, range, rangeAt, txn, type Compare, type KeyValue, type Op, type RangeOptions } from '../core/kv.js';
 import { logger } from '../core/log.js';
@@ -276,7 +277,8 @@ export async function runSTM<T>(client: Namespace, fn: (tx: STMTransaction) => T
     }
   }
   options.signal?.throwIfAborted();
-  return new Runner<T>(client, fn, isolation, retries, maxTxnOps, prefetch, options.signal, initialMs, maxMs).run();
+  const runner = new Runner<T>(client, fn, isolation, retries, maxTxnOps, prefetch, options.signal, initialMs, maxMs);
+  return traced('stm', () => ({ isolation, retries }), () => runner.run(), () => ({ attempts: runner.attempts }));
 }
 
 /** The retry loop and everything that talks to etcd. */
@@ -285,6 +287,8 @@ class Runner<T> implements AttemptHost {
   prefetched: Map<string, Prefetched> | undefined;
   prefetchedAt = 0n;
   readonly snapshotLevel: boolean;
+  /** Attempts started so far. */
+  attempts = 0;
 
   constructor(
     readonly client: Namespace,
@@ -305,9 +309,11 @@ class Runner<T> implements AttemptHost {
     for (let attempt = 1; ; attempt++) {
       signal?.throwIfAborted();
       const tx = new Attempt(this, attempt);
+      this.attempts = attempt;
       let outcome: { committed: true; value: T } | { committed: false; keys: string[] };
       try {
-        outcome = await this.#attempt(tx);
+        outcome = await traced('stmAttempt', () => ({ attempt, isolation: this.isolation }), () => this.#attempt(tx),
+          (o) => ({ outcome: o.committed ? 'commit' : 'conflict', conflictKeys: o.committed ? [] : o.keys }));
       } catch (err) {
         if (!(err instanceof RestartAttempt)) throw err;
         if (attempt > this.retries) throw err.original;
