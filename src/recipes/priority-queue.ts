@@ -1,3 +1,4 @@
+import { traced } from '../core/diagnostics.js';
 import type { Namespace } from 'etcd3';
 import { resolveGuard } from '../core/guard.js';
 import { childPrefix, toBuffer } from '../core/keys.js';
@@ -82,6 +83,11 @@ export class PriorityQueue extends ItemQueue {
     checkValue(value, 'value');
     checkInteger(priority, 'priority', 0, MAX_PRIORITY);
     ItemQueue.checkEnqueueOptions(options);
+    return traced('enqueue', () => ({ recipe: 'priority-queue' as const, name: this.diagName, priority }),
+      () => this.#enqueue(value, priority, options), (key) => ({ key }));
+  }
+
+  async #enqueue(value: string | Buffer, priority: number, options: EnqueueOptions): Promise<string> {
     const { signal } = options;
     const guard = await resolveGuard(this.client, options.guard);
     const val = toBuffer(value);

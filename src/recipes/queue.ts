@@ -1,3 +1,4 @@
+import { nameOf, traced } from '../core/diagnostics.js';
 import type { Namespace } from 'etcd3';
 import { checkGuard, resolveGuard, type GuardedWriteOptions } from '../core/guard.js';
 import type { Logger } from '../core/log.js';
@@ -160,6 +161,10 @@ export abstract class ItemQueue implements AsyncDisposable {
   protected readonly items: Buffer;
   /** Names the queue in errors and logs. */
   protected readonly what: string;
+  /** @internal The name and recipe as diagnostics messages show them. */
+  protected readonly diagName: string;
+  /** @internal */
+  protected readonly kind: 'queue' | 'priority-queue';
   /** @internal Receipts of this object's enqueues, under `__<name>/sent/`. */
   protected readonly sent: ReceiptBook;
   /** Receipts of this object's claims, under `__<name>/taken/`. */
@@ -182,6 +187,8 @@ export abstract class ItemQueue implements AsyncDisposable {
     this.client = client;
     this.items = childPrefix(name);
     this.what = `${kind} ${showKey(name)}`;
+    this.diagName = nameOf(name);
+    this.kind = kind === 'priority queue' ? 'priority-queue' : 'queue';
     this.#log = queueLog;
     const book = bookPrefix(name);
     this.sent = new ReceiptBook(client, sub(book, 'sent/'));
@@ -217,7 +224,8 @@ export abstract class ItemQueue implements AsyncDisposable {
   async dequeueItem(options: DequeueOptions = {}): Promise<QueueItem> {
     checkOptions(options);
     checkSignal(options.signal);
-    return this.#line.take(options.signal);
+    return traced('dequeue', () => ({ recipe: this.kind, name: this.diagName }), () => this.#line.take(options.signal),
+      (item, _, waitMs) => ({ key: item.key.toString(), waitMs }));
   }
 
   /** The number of items in the queue now. */
@@ -287,8 +295,10 @@ export class Queue extends ItemQueue {
   async enqueue(value: string | Buffer, options: EnqueueOptions = {}): Promise<string> {
     checkValue(value, 'value');
     ItemQueue.checkEnqueueOptions(options);
-    const guard = await resolveGuard(this.client, options.guard);
-    const key = await createItem(this.sent, () => uniqueKey(this.items), toBuffer(value), guard, `${this.what}: enqueue`, options.signal);
-    return key.toString();
+    return traced('enqueue', () => ({ recipe: 'queue' as const, name: this.diagName }), async () => {
+      const guard = await resolveGuard(this.client, options.guard);
+      const key = await createItem(this.sent, () => uniqueKey(this.items), toBuffer(value), guard, `${this.what}: enqueue`, options.signal);
+      return key.toString();
+    }, (key) => ({ key }));
   }
 }

@@ -1,3 +1,4 @@
+import { nameOf, publish, traced } from '../core/diagnostics.js';
 import type { ComparatorBuilder, Namespace } from 'etcd3';
 import type { Logger } from '../core/log.js';
 import { linkSignals, type LinkedSignal } from '../core/abort.js';
@@ -366,10 +367,12 @@ export class WorkQueue implements AsyncDisposable {
     const priority = options.priority ?? DEFAULT_JOB_PRIORITY;
     checkInteger(priority, 'options.priority', 0, 65535);
     this.#checkLive();
-    const guard = await resolveGuard(this.client, options.guard);
-    const pfx = `${priority.toString().padStart(5, '0')}-`;
-    const key = await createItem(this.#book, () => this.#k.job(pfx + uniqueSuffix()), toBuffer(value), guard, `${this.#what}: add`, options.signal);
-    return this.#k.idIn(this.#k.jobs, key)!;
+    return traced('enqueue', () => ({ recipe: 'work-queue' as const, name: nameOf(this.prefix), priority }), async () => {
+      const guard = await resolveGuard(this.client, options.guard);
+      const pfx = `${priority.toString().padStart(5, '0')}-`;
+      const key = await createItem(this.#book, () => this.#k.job(pfx + uniqueSuffix()), toBuffer(value), guard, `${this.#what}: add`, options.signal);
+      return this.#k.idIn(this.#k.jobs, key)!;
+    }, (id) => ({ key: this.#k.job(id).toString(), id }));
   }
 
   /**
@@ -386,16 +389,21 @@ export class WorkQueue implements AsyncDisposable {
       throw new InvalidArgumentError('session', `${this.#what}: claim() needs a WorkQueue built with a Session ` +
         '(new WorkQueue(session, prefix)); this one was built from a plain client, for producers');
     }
-    for (;;) {
-      const c = await line.take(options.signal);
-      const job = new ClaimedJob(this.session, this.#k, c, this.#what, this.#book);
-      if (this.#maxAttempts === undefined || c.attempts <= this.#maxAttempts) {
-        log('%s: claimed %s (attempt %d, token %s)', this.#what, c.id, c.attempts, c.token);
-        return job;
+    const session = this.session;
+    const name = nameOf(this.prefix);
+    return traced('claim', () => ({ name, leaseId: session.leaseId }), async () => {
+      for (;;) {
+        const c = await line.take(options.signal);
+        const job = new ClaimedJob(session, this.#k, c, this.#what, this.#book, name);
+        if (this.#maxAttempts === undefined || c.attempts <= this.#maxAttempts) {
+          log('%s: claimed %s (attempt %d, token %s)', this.#what, c.id, c.attempts, c.token);
+          if (c.attempts >= 2) publish('workQueueRetry', () => job.message());
+          return job;
+        }
+        log('%s: %s claimed %d times without an ack: dead-lettering it', this.#what, c.id, c.attempts - 1);
+        await job.deadLetter({}, 'max-attempts').catch((err: unknown) => log('%s: dead-letter of %s failed: %s', this.#what, c.id, (err as Error).message));
       }
-      log('%s: %s claimed %d times without an ack: dead-lettering it', this.#what, c.id, c.attempts - 1);
-      await job.deadLetter().catch((err: unknown) => log('%s: dead-letter of %s failed: %s', this.#what, c.id, (err as Error).message));
-    }
+    }, (job, _, waitMs) => ({ ...(job as ClaimedJob).message(), waitMs }));
   }
 
   /**
@@ -496,7 +504,10 @@ class ClaimedJob implements Job {
   #outcome: 'acked' | 'released' | 'dead' | undefined;
   #stopWatch: (() => void) | undefined;
 
-  constructor(session: Session, k: Layout, c: Claimed, what: string, book: ReceiptBook) {
+  readonly #name: string;
+
+  constructor(session: Session, k: Layout, c: Claimed, what: string, book: ReceiptBook, name: string) {
+    this.#name = name;
     this.#session = session;
     this.#k = k;
     this.#book = book;
@@ -537,12 +548,18 @@ class ClaimedJob implements Job {
     return markGuard(this.#session.client.if(this.#k.claim(this.id), 'Create', '==', this.fencingToken.toString()), 'LOCK_NOT_HELD', this.#what);
   }
 
-  ack(options: GuardedWriteOptions = {}): Promise<void> {
-    return this.#finish('acked', [], 'ack', options);
+  /** @internal This job as diagnostics messages show it. */
+  message(): { name: string; id: string; key: string; fencingToken: bigint; attempts: number } {
+    return { name: this.#name, id: this.id, key: this.key, fencingToken: this.fencingToken, attempts: this.attempts };
   }
 
-  deadLetter(options: GuardedWriteOptions = {}): Promise<void> {
-    return this.#finish('dead', [op.put(this.#k.deadKey(this.id), this.buffer)], 'dead-letter', options);
+  ack(options: GuardedWriteOptions = {}): Promise<void> {
+    return traced('ack', () => this.message(), () => this.#finish('acked', [], 'ack', options), () => ({}));
+  }
+
+  async deadLetter(options: GuardedWriteOptions = {}, reason: 'manual' | 'max-attempts' = 'manual'): Promise<void> {
+    await this.#finish('dead', [op.put(this.#k.deadKey(this.id), this.buffer)], 'dead-letter', options);
+    publish('workQueueDeadLetter', () => ({ ...this.message(), reason }));
   }
 
   /**
@@ -633,6 +650,7 @@ class ClaimedJob implements Job {
         throw err;
       });
       log('%s released', this.#what);
+      publish('workQueueRelease', () => this.message());
     })();
     return this.#ending;
   }
