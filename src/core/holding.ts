@@ -72,6 +72,12 @@ export interface HeldKey extends AsyncDisposable {
   readonly signal: AbortSignal;
   /** True once released (or lost). */
   readonly released: boolean;
+  /**
+   * True while the hold is certainly ours now: not released or lost, and the
+   * session's own deadline not passed (`Session.live`), even before a timer
+   * fired. Still guard writes with `ifOwner()`.
+   */
+  readonly held: boolean;
   /** An etcd3 Txn builder with `CreateRevision(key) == fencingToken` already added. */
   ifOwner(): ComparatorBuilder;
   /** Releases the hold (deletes the key). Idempotent. */
@@ -157,6 +163,10 @@ export class Holding implements HeldKey {
 
   get released(): boolean {
     return !!this.#releasing || this.#lostKey || this.#session.expired;
+  }
+
+  get held(): boolean {
+    return !this.released && this.#session.live;
   }
 
   ifOwner(): ComparatorBuilder {

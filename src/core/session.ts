@@ -175,6 +175,16 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
   }
 
   /**
+   * True while the lease is certainly alive now: not lost or closed, and its
+   * own deadline (last acknowledged keepalive + TTL − margin) not yet passed,
+   * on the clock, even if no timer has fired yet. A process woken from a long
+   * pause sees false at once, before its timers run.
+   */
+  get live(): boolean {
+    return !this.expired && performance.now() < this.#deadline;
+  }
+
+  /**
    * `performance.now()` time at which the last acknowledged keepalive (or the
    * grant) was sent: the server's lease runs at least TTL seconds from there.
    */

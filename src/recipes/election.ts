@@ -132,9 +132,14 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     return this.#key.toString();
   }
 
-  /** True while this object leads: elected, not resigned, and leadership not known to be lost. */
+  /**
+   * True while this object certainly leads: elected, not resigned, leadership
+   * not known to be lost, and the session's own deadline not passed (see
+   * `Session.live`): a process woken from a pause past its TTL sees false at
+   * once, before any timer fires. Still guard writes with `ifLeader()`.
+   */
   get isLeader(): boolean {
-    return !!this.#term && !this.#term.watch().aborted;
+    return !!this.#term && !this.#term.watch().aborted && this.session.live;
   }
 
   /**
