@@ -2,8 +2,8 @@
 // that crashes in the middle of a job loses nothing: its claim expires with its lease and another
 // worker runs the job again (attempt 2). A poison job that keeps failing ends in the dead letters.
 // Run: npx tsx examples/job-scheduler.ts   (uses ETCD_ENDPOINTS, or starts a throwaway etcd)
-import { Etcd3 } from 'etcd3';
-import { Session, WorkQueue } from 'etcd-recipes';
+import type { Etcd3 } from 'etcd3';
+import { closeClient, createClient, runWithSession, WorkQueue } from 'etcd-recipes';
 import { exampleEtcd } from './etcd.js';
 
 const etcd = await exampleEtcd();
@@ -11,14 +11,14 @@ const clients: Etcd3[] = [];
 try {
   const prefix = `jobs/example-${process.pid}`;
   const connect = () => {
-    const c = new Etcd3({ hosts: etcd.endpoints });
+    const c = createClient({ hosts: etcd.endpoints });
     clients.push(c);
     return c;
   };
 
-  // Producers: two of them, adding 12 jobs; urgent ones get a lower priority number.
-  const producerSession = await Session.create(connect(), { ttl: 10 });
-  const producer = new WorkQueue(producerSession, prefix);
+  // Producers: two of them, adding 12 jobs; urgent ones get a lower priority number. Adding needs no
+  // session (a leader-only producer would pass { guard: election.ifLeader() }: docs/patterns.md).
+  const producer = new WorkQueue(connect(), prefix);
   await Promise.all([0, 1].map(async (p) => {
     for (let i = 0; i < 6; i++) await producer.add(JSON.stringify({ producer: p, n: i }), { priority: i === 0 ? 0 : 100 });
   }));
@@ -33,13 +33,13 @@ try {
     if ((await producer.stats()).jobs === 0) stop.abort();
   };
 
+  // A worker outlives its sessions: runWithSession starts it again on a fresh one after a loss
+  // (a pause past the TTL, a partition). A short TTL so that a crashed worker's jobs come back quickly.
   async function worker(name: string, crash = false): Promise<void> {
-    // A short TTL so that a crashed worker's jobs come back quickly.
-    const session = await Session.create(connect(), { ttl: 2 });
-    const queue = new WorkQueue(session, prefix, { maxAttempts: 2 });
-    try {
+    await runWithSession(connect(), async (session, signal) => {
+      const queue = new WorkQueue(session, prefix, { maxAttempts: 2 });
       for (;;) {
-        const job = await queue.claim({ signal: stop.signal });
+        const job = await queue.claim({ signal });
         console.log(`${name}: claimed ${job.id} (attempt ${job.attempts}, token ${job.fencingToken}) ${job.value}`);
         if (job.value === 'poison') {
           console.log(`${name}: ${job.id} failed; giving it back`);
@@ -59,19 +59,17 @@ try {
         done.add(job.id);
         await checkFinished();
       }
-    } catch (err) {
+    }, { ttl: 2, signal: stop.signal }).catch((err: unknown) => {
       if (!stop.signal.aborted) throw err;
-    } finally {
-      await session.close();
-    }
+    });
   }
 
   await Promise.all([worker('worker-a', true), worker('worker-b'), worker('worker-c')]);
   console.log(`all ${done.size} jobs acked`, await producer.stats());
   console.log('dead letters:', (await producer.deadLetters()).map((j) => `${j.id} ${j.value}`));
-  await producerSession.close();
+  await producer.close();
   await connect().delete().prefix(`${prefix}/`);
 } finally {
-  for (const c of clients) c.close();
+  await Promise.all(clients.map((c) => closeClient(c)));
   await etcd.close();
 }

@@ -4,7 +4,7 @@
 // Run: npx tsx examples/metrics-prometheus.ts   (uses ETCD_ENDPOINTS, or starts a throwaway etcd)
 import { createServer } from 'node:http';
 import { Registry } from 'prom-client';
-import { Election, Mutex, RecipeMetrics, runSTM, Session, subscribeDiagnostics } from '../src/index.js';
+import { Election, Mutex, RecipeMetrics, runSTM, Session, subscribeDiagnostics } from 'etcd-recipes';
 import { exampleEtcd } from './etcd.js';
 
 // 1. Wire it once at start-up: every recipe in this process is counted from here on.

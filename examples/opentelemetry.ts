@@ -6,7 +6,7 @@
 import { metrics as otelMetrics, SpanStatusCode, trace, type Span } from '@opentelemetry/api';
 import { AggregationTemporality, InMemoryMetricExporter, MeterProvider, PeriodicExportingMetricReader } from '@opentelemetry/sdk-metrics';
 import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
-import { Mutex, RecipeMetrics, Session, subscribeDiagnostics, subscribeTracing, TRACING_CHANNELS, withLock } from '../src/index.js';
+import { Mutex, RecipeMetrics, Session, subscribeDiagnostics, subscribeTracing, TRACING_CHANNELS, withLock } from 'etcd-recipes';
 import { exampleEtcd } from './etcd.js';
 
 // --- SDK set-up (the app's, usually done once elsewhere) ---
