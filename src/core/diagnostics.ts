@@ -15,23 +15,41 @@ import { showKey } from './keys.js';
 
 /** The point channels (one message per event), by event. */
 export const DIAGNOSTICS_CHANNELS = {
+  /** A Session started (lease granted or adopted): {@link SessionMessage}. */
   sessionCreated: 'etcd-recipes:session:created',
+  /** A keepalive was acknowledged late, or first after a reconnect: {@link SessionRenewedLateMessage}. */
   sessionRenewedLate: 'etcd-recipes:session:renewed-late',
+  /** A session's lease was lost: {@link SessionLostMessage}. */
   sessionLost: 'etcd-recipes:session:lost',
+  /** A session's `close()` finished: {@link SessionMessage}. */
   sessionClosed: 'etcd-recipes:session:closed',
+  /** An acquire found others ahead and starts waiting: {@link LockWaitMessage}. */
   lockWait: 'etcd-recipes:lock:wait',
+  /** A lock or permit hold was released: {@link LockReleasedMessage}. */
   lockReleased: 'etcd-recipes:lock:released',
+  /** A hold ended without a release: {@link LockLostMessage}. */
   lockLost: 'etcd-recipes:lock:lost',
+  /** Leadership ended without a resign: {@link ElectionDeposedMessage}. */
   electionDeposed: 'etcd-recipes:election:deposed',
+  /** A leader resigned: {@link ElectionResignedMessage}. */
   electionResigned: 'etcd-recipes:election:resigned',
+  /** An observer saw a leader change: {@link ElectionLeaderMessage}. */
   electionLeader: 'etcd-recipes:election:leader',
+  /** A work-queue claim was given back (`job.release()`): {@link JobMessage}. */
   workQueueRelease: 'etcd-recipes:work-queue:release',
+  /** A job was claimed again after a claim ended without an ack: {@link JobRetryMessage}. */
   workQueueRetry: 'etcd-recipes:work-queue:retry',
+  /** A job moved to the dead letters: {@link JobDeadLetterMessage}. */
   workQueueDeadLetter: 'etcd-recipes:work-queue:dead-letter',
+  /** The shared watch stream broke and is re-opened: {@link WatchReconnectMessage}. */
   watchReconnect: 'etcd-recipes:watch:reconnect',
+  /** A watch's start revision was compacted away: {@link WatchCompactedMessage}. */
   watchCompacted: 'etcd-recipes:watch:compacted',
+  /** A PrefixCache re-listed its prefix after a compaction: {@link PrefixCacheResyncMessage}. */
   prefixCacheResync: 'etcd-recipes:prefix-cache:resync',
+  /** A service registration's lease was lost: {@link ServiceLostMessage}. */
   serviceLost: 'etcd-recipes:service:lost',
+  /** A service registered again under a new lease: {@link ServiceReregisteredMessage}. */
   serviceReregistered: 'etcd-recipes:service:re-registered',
 } as const;
 
@@ -43,14 +61,23 @@ export const DIAGNOSTICS_CHANNELS = {
  * `error` then `asyncEnd` (`context.error`).
  */
 export const TRACING_CHANNELS = {
+  /** Mutex, RWMutex and Semaphore acquires (the `try` forms too): {@link LockAcquireContext}. */
   lock: 'etcd-recipes:lock',
+  /** `acquireAll` / `withLocks`: {@link MultiLockAcquireContext}. */
   multiLock: 'etcd-recipes:multi-lock',
+  /** `Election.campaign` (and so `runAsLeader`): {@link CampaignContext}. */
   campaign: 'etcd-recipes:election:campaign',
+  /** One `runSTM` call: {@link STMContext}. */
   stm: 'etcd-recipes:stm',
+  /** One STM attempt (the function and its commit): {@link STMAttemptContext}. */
   stmAttempt: 'etcd-recipes:stm:attempt',
+  /** Queue.enqueue, PriorityQueue.enqueue and WorkQueue.add: {@link EnqueueContext}. */
   enqueue: 'etcd-recipes:queue:enqueue',
+  /** Queue and PriorityQueue `dequeue`: {@link DequeueContext}. */
   dequeue: 'etcd-recipes:queue:dequeue',
+  /** `WorkQueue.claim`: {@link JobClaimContext}. */
   claim: 'etcd-recipes:work-queue:claim',
+  /** `job.ack()`: {@link JobAckContext}. */
   ack: 'etcd-recipes:work-queue:ack',
 } as const;
 
@@ -87,6 +114,7 @@ export type LockRecipe = 'mutex' | 'rwmutex' | 'semaphore';
 
 /** What is being locked: part of every lock message. */
 export interface LockTarget {
+  /** The recipe: `mutex`, `rwmutex` or `semaphore`. */
   recipe: LockRecipe;
   /** The lock's (or semaphore's) name. */
   name: string;
@@ -136,7 +164,9 @@ export interface LockWaitMessage extends LockTarget {
 
 /** `etcd-recipes:lock:released` (exactly one of released or lost ends a hold). */
 export interface LockReleasedMessage extends LockTarget {
+  /** The held key. */
   key: string;
+  /** The held key's create revision. */
   fencingToken: bigint;
   /** How long it was held, in ms. */
   heldMs: number;
@@ -144,6 +174,7 @@ export interface LockReleasedMessage extends LockTarget {
 
 /** `etcd-recipes:lock:lost`: the hold ended without a release (session lost or closed, or the key deleted by someone else). */
 export interface LockLostMessage extends LockReleasedMessage {
+  /** Why the hold ended (the session's abort reason, or an error saying the key was deleted). */
   error: unknown;
 }
 
@@ -151,8 +182,18 @@ export interface LockLostMessage extends LockReleasedMessage {
 export interface MultiLockAcquireContext {
   /** The names, in the order they are taken. */
   names: string[];
+  /** The session's lease ID, decimal. */
   leaseId: string;
-  result?: { keys: string[]; fencingTokens: bigint[]; waitMs: number };
+  /** Set on `asyncEnd` when every lock was taken. */
+  result?: {
+    /** The held keys, in `names` order. */
+    keys: string[];
+    /** Their create revisions, in the same order. */
+    fencingTokens: bigint[];
+    /** From the call to the outcome, in ms. */
+    waitMs: number;
+  };
+  /** Set on `error` when it rejected. */
   error?: unknown;
 }
 
@@ -162,12 +203,20 @@ export interface ElectionTarget {
   name: string;
   /** Our campaign key, `<name>/<lease hex>`. */
   key: string;
+  /** The session's lease ID, decimal. */
   leaseId: string;
 }
 
 /** The context of `etcd-recipes:election:campaign`. `asyncEnd` with a result: elected. */
 export interface CampaignContext extends ElectionTarget {
-  result?: { revision: bigint; waitMs: number };
+  /** Set on `asyncEnd` when elected. */
+  result?: {
+    /** The term's revision (our key's create revision, its fencing token). */
+    revision: bigint;
+    /** From the call to the outcome, in ms. */
+    waitMs: number;
+  };
+  /** Set on `error` when it rejected (aborted, session lost...). */
   error?: unknown;
 }
 
@@ -175,30 +224,48 @@ export interface CampaignContext extends ElectionTarget {
 export interface ElectionDeposedMessage extends ElectionTarget {
   /** The term's revision (its fencing token). */
   revision: bigint;
+  /** Why the term ended (the session's abort reason, or an error saying the key was deleted). */
   error: unknown;
 }
 
 /** `etcd-recipes:election:resigned`: a leader resigned (its key is deleted). */
 export interface ElectionResignedMessage extends ElectionTarget {
+  /** The term's revision (its fencing token). */
   revision: bigint;
 }
 
 /** `etcd-recipes:election:leader`: an observer (`observe()`, `observeLeader`, runAsLeader's observer) saw a leader change. */
 export interface ElectionLeaderMessage {
+  /** The election's name. */
   name: string;
   /** Undefined: nobody leads. `revision` is the leader key's create revision (its term's fencing token). */
-  leader: { key: string; value: string; revision: bigint; modRevision: bigint; lease: string } | undefined;
+  leader: {
+    /** The leader's key, `<name>/<lease hex>`. */
+    key: string;
+    /** The leader's proposal (its latest proclaimed value), as UTF-8. */
+    value: string;
+    /** The leader key's create revision (its term's fencing token). */
+    revision: bigint;
+    /** The leader key's mod revision (its latest campaign or proclaim). */
+    modRevision: bigint;
+    /** The leader's lease ID, decimal. */
+    lease: string;
+  } | undefined;
   /** The store revision of the change. */
   revision: bigint;
 }
 
 /** The context of `etcd-recipes:stm` (one `runSTM` call). */
 export interface STMContext {
+  /** The isolation level (`serializable-snapshot`, `serializable`, `repeatable-reads` or `read-committed`). */
   isolation: string;
   /** The retries allowed. */
   retries: number;
   /** On commit. */
-  result?: { attempts: number };
+  result?: {
+    /** How many attempts it took, the committing one included. */
+    attempts: number;
+  };
   /** Give-up is an STMConflictError (code `STM_CONFLICT`, with `attempts` and `keys`). */
   error?: unknown;
 }
@@ -207,9 +274,15 @@ export interface STMContext {
 export interface STMAttemptContext {
   /** 1 for the first. */
   attempt: number;
+  /** The isolation level of the run. */
   isolation: string;
   /** `'conflict'`: the commit's compares failed; `conflictKeys` names the keys (best effort). */
-  result?: { outcome: 'commit' | 'conflict'; conflictKeys: string[] };
+  result?: {
+    /** Whether the commit succeeded (`'commit'`) or its compares failed (`'conflict'`). */
+    outcome: 'commit' | 'conflict';
+    /** The keys whose compares failed (best effort; empty on commit). */
+    conflictKeys: string[];
+  };
   /** The function threw, a read failed, or the attempt restarts (its snapshot revision was compacted). */
   error?: unknown;
 }
@@ -219,20 +292,37 @@ export type QueueRecipe = 'queue' | 'priority-queue' | 'work-queue';
 
 /** The context of `etcd-recipes:queue:enqueue` (Queue.enqueue, PriorityQueue.enqueue, WorkQueue.add). */
 export interface EnqueueContext {
+  /** The recipe: `queue`, `priority-queue` or `work-queue`. */
   recipe: QueueRecipe;
+  /** The queue's name (the work queue's prefix). */
   name: string;
   /** PriorityQueue and WorkQueue. */
   priority?: number;
   /** `id`: the WorkQueue job ID. */
-  result?: { key: string; id?: string };
+  result?: {
+    /** The key written. */
+    key: string;
+    /** The WorkQueue job ID. */
+    id?: string;
+  };
+  /** Set on `error` when it rejected. */
   error?: unknown;
 }
 
 /** The context of `etcd-recipes:queue:dequeue` (Queue and PriorityQueue). */
 export interface DequeueContext {
+  /** The recipe: `queue` or `priority-queue`. */
   recipe: 'queue' | 'priority-queue';
+  /** The queue's name. */
   name: string;
-  result?: { key: string; waitMs: number };
+  /** Set on `asyncEnd` when an item was taken. */
+  result?: {
+    /** The key of the item taken. */
+    key: string;
+    /** From the call to the outcome, in ms. */
+    waitMs: number;
+  };
+  /** Set on `error` when it rejected (aborted...). */
   error?: unknown;
 }
 
@@ -244,6 +334,7 @@ export interface JobMessage {
   id: string;
   /** The claim key. */
   key: string;
+  /** The claim key's create revision. */
   fencingToken: bigint;
   /** How many times the job was claimed, this claim included. */
   attempts: number;
@@ -251,14 +342,22 @@ export interface JobMessage {
 
 /** The context of `etcd-recipes:work-queue:claim`. */
 export interface JobClaimContext {
+  /** The work queue's prefix. */
   name: string;
+  /** The claiming session's lease ID, decimal. */
   leaseId: string;
-  result?: JobMessage & { waitMs: number };
+  /** Set on `asyncEnd`: the claimed job and the wait. */
+  result?: JobMessage & {
+    /** From the call to the outcome, in ms. */
+    waitMs: number;
+  };
+  /** Set on `error` when it rejected (aborted, session lost...). */
   error?: unknown;
 }
 
 /** The context of `etcd-recipes:work-queue:ack`. */
 export interface JobAckContext extends JobMessage {
+  /** Set (to `{}`) on `asyncEnd` when the ack succeeded. */
   result?: Record<string, never>;
   /** A LockNotHeldError when the claim was lost. */
   error?: unknown;
@@ -279,21 +378,27 @@ export interface WatchReconnectMessage {
   watches: number;
   /** The pause before re-opening, in ms. */
   delayMs: number;
+  /** What broke the stream. */
   error: Error;
 }
 
 /** `etcd-recipes:watch:compacted`: a watch's start revision was compacted away; its owner re-reads. */
 export interface WatchCompactedMessage {
+  /** The watched key (or prefix). */
   key: string;
+  /** True when the watch is on a prefix. */
   prefix: boolean;
+  /** The compaction revision etcd reported. */
   compactRevision: bigint;
 }
 
 /** `etcd-recipes:prefix-cache:resync`: a PrefixCache re-listed its prefix after a compaction. */
 export interface PrefixCacheResyncMessage {
+  /** The cached prefix. */
   prefix: string;
   /** The revision of the new list. */
   revision: bigint;
+  /** The compaction revision that ended the watch. */
   compactRevision: bigint | undefined;
   /** How many changes the re-list found. */
   changes: number;
@@ -301,7 +406,9 @@ export interface PrefixCacheResyncMessage {
 
 /** Every service-registration message. */
 export interface ServiceMessage {
+  /** The service name. */
   service: string;
+  /** The instance ID. */
   id: string;
   /** The registration key. */
   key: string;
@@ -311,47 +418,77 @@ export interface ServiceMessage {
 export interface ServiceLostMessage extends ServiceMessage {
   /** The lost lease. */
   leaseId: string;
+  /** Why (the session's loss error). */
   error: Error;
 }
 
 /** `etcd-recipes:service:re-registered`: registered again, under a new lease. */
 export interface ServiceReregisteredMessage extends ServiceMessage {
+  /** The new lease ID, decimal. */
   leaseId: string;
+  /** The revision of the new registration write. */
   revision: bigint;
 }
 
 /** The message of each point channel, by name. */
 export interface DiagnosticsMessages {
+  /** The message of `etcd-recipes:session:created`. */
   'etcd-recipes:session:created': SessionMessage;
+  /** The message of `etcd-recipes:session:renewed-late`. */
   'etcd-recipes:session:renewed-late': SessionRenewedLateMessage;
+  /** The message of `etcd-recipes:session:lost`. */
   'etcd-recipes:session:lost': SessionLostMessage;
+  /** The message of `etcd-recipes:session:closed`. */
   'etcd-recipes:session:closed': SessionMessage;
+  /** The message of `etcd-recipes:lock:wait`. */
   'etcd-recipes:lock:wait': LockWaitMessage;
+  /** The message of `etcd-recipes:lock:released`. */
   'etcd-recipes:lock:released': LockReleasedMessage;
+  /** The message of `etcd-recipes:lock:lost`. */
   'etcd-recipes:lock:lost': LockLostMessage;
+  /** The message of `etcd-recipes:election:deposed`. */
   'etcd-recipes:election:deposed': ElectionDeposedMessage;
+  /** The message of `etcd-recipes:election:resigned`. */
   'etcd-recipes:election:resigned': ElectionResignedMessage;
+  /** The message of `etcd-recipes:election:leader`. */
   'etcd-recipes:election:leader': ElectionLeaderMessage;
+  /** The message of `etcd-recipes:work-queue:release`. */
   'etcd-recipes:work-queue:release': JobMessage;
+  /** The message of `etcd-recipes:work-queue:retry`. */
   'etcd-recipes:work-queue:retry': JobRetryMessage;
+  /** The message of `etcd-recipes:work-queue:dead-letter`. */
   'etcd-recipes:work-queue:dead-letter': JobDeadLetterMessage;
+  /** The message of `etcd-recipes:watch:reconnect`. */
   'etcd-recipes:watch:reconnect': WatchReconnectMessage;
+  /** The message of `etcd-recipes:watch:compacted`. */
   'etcd-recipes:watch:compacted': WatchCompactedMessage;
+  /** The message of `etcd-recipes:prefix-cache:resync`. */
   'etcd-recipes:prefix-cache:resync': PrefixCacheResyncMessage;
+  /** The message of `etcd-recipes:service:lost`. */
   'etcd-recipes:service:lost': ServiceLostMessage;
+  /** The message of `etcd-recipes:service:re-registered`. */
   'etcd-recipes:service:re-registered': ServiceReregisteredMessage;
 }
 
 /** The context object of each tracing channel, by name. */
 export interface TracingContexts {
+  /** The context object of `etcd-recipes:lock`. */
   'etcd-recipes:lock': LockAcquireContext;
+  /** The context object of `etcd-recipes:multi-lock`. */
   'etcd-recipes:multi-lock': MultiLockAcquireContext;
+  /** The context object of `etcd-recipes:election:campaign`. */
   'etcd-recipes:election:campaign': CampaignContext;
+  /** The context object of `etcd-recipes:stm`. */
   'etcd-recipes:stm': STMContext;
+  /** The context object of `etcd-recipes:stm:attempt`. */
   'etcd-recipes:stm:attempt': STMAttemptContext;
+  /** The context object of `etcd-recipes:queue:enqueue`. */
   'etcd-recipes:queue:enqueue': EnqueueContext;
+  /** The context object of `etcd-recipes:queue:dequeue`. */
   'etcd-recipes:queue:dequeue': DequeueContext;
+  /** The context object of `etcd-recipes:work-queue:claim`. */
   'etcd-recipes:work-queue:claim': JobClaimContext;
+  /** The context object of `etcd-recipes:work-queue:ack`. */
   'etcd-recipes:work-queue:ack': JobAckContext;
 }
 
@@ -362,10 +499,15 @@ export type TracingChannelName = keyof TracingContexts;
 
 /** Handlers for {@link subscribeTracing}; each gets the operation's context object (the same object throughout one call). */
 export interface TracingHandlers<C> {
+  /** The call began (the context is bound to async stores while it runs). */
   start?(context: C): void;
+  /** The call's synchronous part returned. */
   end?(context: C): void;
+  /** The outcome is in: `context.result` or `context.error` is set. */
   asyncStart?(context: C): void;
+  /** The call ended: `context.result` or `context.error` is set. */
   asyncEnd?(context: C): void;
+  /** The call rejected: `context.error` is set (`asyncStart`/`asyncEnd` follow). */
   error?(context: C): void;
 }
 

@@ -3,16 +3,34 @@ import type { MetricDefinition } from './instruments.js';
 
 /** Options OpenTelemetry's `Meter.create*` take (the part used here). */
 export interface OpenTelemetryInstrumentOptions {
+  /** The metric's description. */
   description?: string;
+  /** The metric's UCUM unit. */
   unit?: string;
-  advice?: { explicitBucketBoundaries?: number[] };
+  /** Hints for the SDK's default aggregation. */
+  advice?: {
+    /** Histogram bucket boundaries (in the metric's unit). */
+    explicitBucketBoundaries?: number[];
+  };
 }
 
 /** The part of `@opentelemetry/api`'s `Meter` the export uses, declared here so it is no dependency. */
 export interface OpenTelemetryMeterLike {
-  createCounter(name: string, options?: OpenTelemetryInstrumentOptions): { add(value: number, attributes?: MetricAttributes): void };
-  createUpDownCounter(name: string, options?: OpenTelemetryInstrumentOptions): { add(value: number, attributes?: MetricAttributes): void };
-  createHistogram(name: string, options?: OpenTelemetryInstrumentOptions): { record(value: number, attributes?: MetricAttributes): void };
+  /** Creates a counter instrument. */
+  createCounter(name: string, options?: OpenTelemetryInstrumentOptions): {
+    /** Adds `value` (non-negative) to the counter. */
+    add(value: number, attributes?: MetricAttributes): void;
+  };
+  /** Creates an up-down counter instrument. */
+  createUpDownCounter(name: string, options?: OpenTelemetryInstrumentOptions): {
+    /** Adds `value` (positive or negative) to the counter. */
+    add(value: number, attributes?: MetricAttributes): void;
+  };
+  /** Creates a histogram instrument. */
+  createHistogram(name: string, options?: OpenTelemetryInstrumentOptions): {
+    /** Records one observation. */
+    record(value: number, attributes?: MetricAttributes): void;
+  };
 }
 
 /** @internal A sink recording on `meter`'s instruments, each created on first use. */

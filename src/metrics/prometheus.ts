@@ -3,7 +3,9 @@ import type { MetricSnapshot } from './recipe-metrics.js';
 
 /** One value line of a prom-client metric. */
 export interface PrometheusValue {
+  /** The sample's value. */
   value: number;
+  /** The sample's labels (attribute names as label names; `le` on histogram buckets). */
   labels: Record<string, string | number>;
   /** Set for a histogram's `_bucket`, `_sum` and `_count` lines. */
   metricName?: string;
@@ -11,11 +13,28 @@ export interface PrometheusValue {
 
 /** What prom-client asks of a registered metric (its `Metric` shape), declared here so prom-client is no dependency. */
 export interface PrometheusMetricLike {
+  /** The Prometheus metric name. */
   name: string;
+  /** The HELP text. */
   help: string;
+  /** The Prometheus type (up-down counters are gauges). */
   type: 'counter' | 'gauge' | 'histogram';
+  /** How prom-client's cluster mode aggregates workers' values. */
   aggregator: 'sum';
-  get(): Promise<{ name: string; help: string; type: 'counter' | 'gauge' | 'histogram'; aggregator: 'sum'; values: PrometheusValue[] }>;
+  /** The metric's current values, read at each scrape. */
+  get(): Promise<{
+    /** The metric name. */
+    name: string;
+    /** The HELP text. */
+    help: string;
+    /** The Prometheus type. */
+    type: 'counter' | 'gauge' | 'histogram';
+    /** As {@link PrometheusMetricLike.aggregator}. */
+    aggregator: 'sum';
+    /** One entry per sample line. */
+    values: PrometheusValue[];
+  }>;
+  /** Does nothing: the values belong to the RecipeMetrics. */
   reset(): void;
 }
 
@@ -27,6 +46,7 @@ export interface PrometheusRegistryLike {
    * meets the contract prom-client's registry uses at run time.
    */
   registerMetric(metric: never): void;
+  /** Unregisters the metric named `name` (used by `RecipeMetrics.close()`). */
   removeSingleMetric?(name: string): void;
 }
 

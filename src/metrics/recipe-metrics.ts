@@ -15,14 +15,19 @@ export interface RecipeMetricsOptions {
 
 /** A counter's or up-down counter's value for one set of attributes. */
 export interface CounterPoint {
+  /** The attribute set. */
   readonly attributes: MetricAttributes;
+  /** The running total (counter) or current amount (up-down counter). */
   readonly value: number;
 }
 
 /** A histogram's state for one set of attributes. */
 export interface HistogramPoint {
+  /** The attribute set. */
   readonly attributes: MetricAttributes;
+  /** How many values were observed. */
   readonly count: number;
+  /** The sum of the observed values (seconds, for durations). */
   readonly sum: number;
   /** Observations per bucket: `bucketCounts[i]` counts values ≤ `boundaries[i]` and above the previous boundary; the last one is above every boundary. */
   readonly bucketCounts: readonly number[];
@@ -30,8 +35,20 @@ export interface HistogramPoint {
 
 /** One metric in a {@link RecipeMetrics.snapshot}. */
 export type MetricSnapshot =
-  | (MetricDefinition & { readonly kind: 'counter' | 'updowncounter'; readonly points: readonly CounterPoint[] })
-  | (MetricDefinition & { readonly kind: 'histogram'; readonly boundaries: readonly number[]; readonly points: readonly HistogramPoint[] });
+  | (MetricDefinition & {
+    /** A counter or an up-down counter. */
+    readonly kind: 'counter' | 'updowncounter';
+    /** One point per attribute set observed. */
+    readonly points: readonly CounterPoint[];
+  })
+  | (MetricDefinition & {
+    /** A histogram. */
+    readonly kind: 'histogram';
+    /** The bucket boundaries, in seconds. */
+    readonly boundaries: readonly number[];
+    /** One point per attribute set observed. */
+    readonly points: readonly HistogramPoint[];
+  });
 
 interface Cell { attributes: MetricAttributes; value: number; count: number; sum: number; buckets: number[] }
 
