@@ -9,6 +9,7 @@ export {
 } from './core/errors.js';
 export type { RecipeErrorCode, RecipeErrorByCode } from './core/errors.js';
 export { createClient, closeClient } from './core/client.js';
+export type { WaitOptions } from './core/options.js';
 export type { ClientOptions } from './core/client.js';
 export { Session } from './core/session.js';
 export type { SessionOptions, SessionEvents } from './core/session.js';

@@ -1,3 +1,6 @@
+import { raceAbort } from './abort.js';
+import type { WaitOptions } from './options.js';
+import { checkOptions, checkSignal } from './validate.js';
 import type { ComparatorBuilder } from 'etcd3';
 import { markGuard } from './guard.js';
 import { HoldTrace, type LockTarget } from './diagnostics.js';
@@ -80,8 +83,12 @@ export interface HeldKey extends AsyncDisposable {
   readonly held: boolean;
   /** An etcd3 Txn builder with `CreateRevision(key) == fencingToken` already added. */
   ifOwner(): ComparatorBuilder;
-  /** Releases the hold (deletes the key). Idempotent. */
-  release(): Promise<void>;
+  /**
+   * Releases the hold (deletes the key). Idempotent. `options.signal` stops
+   * the wait only: the hold ends at once either way, and the delete goes on
+   * in the background (or the key expires with the lease).
+   */
+  release(options?: WaitOptions): Promise<void>;
 }
 
 /**
@@ -174,7 +181,12 @@ export class Holding implements HeldKey {
     return markGuard(this.#session.client.if(this.#key, 'Create', '==', this.fencingToken.toString()), 'LOCK_NOT_HELD', this.#what);
   }
 
-  release(): Promise<void> {
+  release(options?: WaitOptions): Promise<void> {
+    if (options !== undefined) {
+      checkOptions(options);
+      checkSignal(options.signal);
+      return raceAbort(this.release(), options.signal);
+    }
     if (this.#releasing) return this.#releasing;
     let done!: () => void;
     let failed!: (err: unknown) => void;

@@ -1,3 +1,4 @@
+import type { WaitOptions } from '../core/options.js';
 import type { Namespace } from 'etcd3';
 import { linkSignals, raceAbort } from '../core/abort.js';
 import { checkGuard, resolveGuard, type Guard } from '../core/guard.js';
@@ -28,10 +29,7 @@ export interface BarrierHoldOptions {
 }
 
 /** Options of {@link Barrier.wait}, {@link Barrier.release} and {@link Barrier.isHeld}. */
-export interface BarrierWaitOptions {
-  /** Abort the call; it then rejects with the signal's reason. */
-  signal?: AbortSignal;
-}
+export type BarrierWaitOptions = WaitOptions;
 
 /**
  * A barrier: while it is held, {@link Barrier.wait} blocks; `release()` lets

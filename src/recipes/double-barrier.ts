@@ -1,3 +1,4 @@
+import type { WaitOptions } from '../core/options.js';
 import { linkSignals, raceAbort } from '../core/abort.js';
 import { BarrierFullError, InvalidArgumentError, SessionExpiredError } from '../core/errors.js';
 import { cleanUpAfter, deleteOwnKey } from '../core/holding.js';
@@ -13,13 +14,7 @@ import { waitInLine, type LineState, type WatchTarget } from '../core/wait.js';
 const log = logger('double-barrier');
 
 /** Options of {@link DoubleBarrier.enter} and {@link DoubleBarrier.leave}. */
-export interface DoubleBarrierOptions {
-  /**
-   * Abort the wait; the call then rejects with the signal's reason and
-   * deletes this participant's key (an aborted `leave()` has left).
-   */
-  signal?: AbortSignal;
-}
+export type DoubleBarrierOptions = WaitOptions;
 
 /** This participant's key in the current round. */
 interface Participant {

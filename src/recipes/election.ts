@@ -1,3 +1,4 @@
+import type { WaitOptions } from '../core/options.js';
 import { EventEmitter } from 'node:events';
 import { ClientClosedError, type ComparatorBuilder, type Namespace } from 'etcd3';
 import { delay, linkSignals, raceAbort, type LinkedSignal } from '../core/abort.js';
@@ -19,10 +20,7 @@ import { emitSafely } from '../core/events.js';
 const log = logger('election');
 
 /** Options of a blocking election call. */
-export interface CampaignOptions {
-  /** Abort the call; it then rejects with the signal's reason and leaves no key behind. */
-  signal?: AbortSignal;
-}
+export type CampaignOptions = WaitOptions;
 
 /** The leader of an election, as {@link Election.leader} and {@link Election.observe} report it. */
 export interface LeaderInfo {
@@ -150,6 +148,11 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     return this.isLeader ? this.#term!.revision : undefined;
   }
 
+  /** The fencing token of this term, as every recipe names it: the same as {@link Election.revision}. */
+  get fencingToken(): bigint | undefined {
+    return this.revision;
+  }
+
   /**
    * While we lead: a signal that aborts the moment leadership may be lost
    * (session lost or about to expire, our key deleted, or `resign()`).
@@ -269,9 +272,16 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
    * Gives up leadership (deletes our key, guarded by its create revision),
    * or withdraws a pending `campaign()` of this object, which then rejects
    * with a NotLeaderError. Resolves once the key is gone. A no-op when this
-   * object neither leads nor campaigns.
+   * object neither leads nor campaigns. `options.signal` stops the wait
+   * only: leadership ends at once either way, and the delete goes on in the
+   * background (or the key expires with the lease).
    */
-  async resign(): Promise<void> {
+  async resign(options?: WaitOptions): Promise<void> {
+    if (options !== undefined) {
+      checkOptions(options);
+      checkSignal(options.signal);
+      return raceAbort(this.resign(), options.signal);
+    }
     const campaign = this.#campaign;
     if (campaign) {
       campaign.stop.abort(new NotLeaderError(`${this.#what}: resign() called while campaigning`));

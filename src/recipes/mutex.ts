@@ -1,3 +1,4 @@
+import type { WaitOptions } from '../core/options.js';
 import type { ComparatorBuilder, Namespace } from 'etcd3';
 import { linkSignals } from '../core/abort.js';
 import { lockTarget } from '../core/diagnostics.js';
@@ -12,10 +13,7 @@ import { checkClient, checkFunction, checkInteger, checkName, checkOptions, chec
 const log = logger('mutex');
 
 /** Options of a blocking acquire. */
-export interface LockOptions {
-  /** Abort the wait; the call then rejects with the signal's reason and leaves no key behind. */
-  signal?: AbortSignal;
-}
+export type LockOptions = WaitOptions;
 
 /** A held lock, from {@link Mutex.acquire}. Dispose it (or call `release()`) to unlock. */
 export type LockHandle = HeldKey;

@@ -1,3 +1,4 @@
+import type { WaitOptions } from '../core/options.js';
 import { EventEmitter } from 'node:events';
 import { isAscii, isUtf8 } from 'node:buffer';
 import { ClientClosedError, type Namespace } from 'etcd3';
@@ -27,10 +28,7 @@ export interface PrefixCacheOptions {
 }
 
 /** Options of the waiting calls of {@link PrefixCache}. */
-export interface PrefixCacheWaitOptions {
-  /** Stop waiting; the call rejects with the signal's reason. */
-  signal?: AbortSignal;
-}
+export type PrefixCacheWaitOptions = WaitOptions;
 
 /**
  * One key of a {@link PrefixCache}, as etcd last reported it. Immutable: a

@@ -1,3 +1,4 @@
+import type { WaitOptions } from '../core/options.js';
 import { nameOf, traced } from '../core/diagnostics.js';
 import type { Namespace } from 'etcd3';
 import { checkGuard, resolveGuard, type GuardedWriteOptions } from '../core/guard.js';
@@ -17,14 +18,7 @@ import {
 const log = logger('queue');
 
 /** Options of {@link Queue.dequeue}. */
-export interface DequeueOptions {
-  /**
-   * Abort the wait; the call then rejects with the signal's reason and
-   * leaves no key behind. A claim already sent is settled first: if it
-   * took the item, the item is returned.
-   */
-  signal?: AbortSignal;
-}
+export type DequeueOptions = WaitOptions;
 
 /** Options of {@link Queue.enqueue} and {@link PriorityQueue.enqueue}. */
 export type EnqueueOptions = GuardedWriteOptions;
@@ -267,18 +261,21 @@ export abstract class ItemQueue implements AsyncDisposable {
  * {@link WorkQueue}.
  */
 export class Queue extends ItemQueue {
-  /** The queue's name; items live under `<prefix>/`. */
+  /** The queue's name; items live under `<name>/` (the same argument as PriorityQueue's). */
+  readonly name: string | Buffer;
+  /** The same as {@link Queue.name} (Go's `keyPrefix`). */
   readonly prefix: string | Buffer;
 
   /**
    * @param client - an etcd3 client or namespace
-   * @param prefix - the queue's name (Go's `keyPrefix`); items live under `<prefix>/`
+   * @param name - the queue's name (Go's `keyPrefix`); items live under `<name>/`
    * @param options - lease settings of the consumers' bookkeeping
-   * @throws InvalidArgumentError for an empty prefix, a non-client or bad options
+   * @throws InvalidArgumentError for an empty name, a non-client or bad options
    */
-  constructor(client: Namespace, prefix: string | Buffer, options: QueueOptions = {}) {
-    super(client, prefix, 'prefix', options, 'queue', 'Mod', () => (c) => c.length, log);
-    this.prefix = prefix;
+  constructor(client: Namespace, name: string | Buffer, options: QueueOptions = {}) {
+    super(client, name, 'name', options, 'queue', 'Mod', () => (c) => c.length, log);
+    this.name = name;
+    this.prefix = name;
   }
 
   /**

@@ -17,7 +17,9 @@ export interface LeaderContext {
   readonly signal: AbortSignal;
   /** Our campaign key, `<name>/<lease hex>`. */
   readonly key: string;
-  /** The create revision of our key: this term's fencing token. */
+  /** The create revision of our key: this term's fencing token (the name every recipe uses). */
+  readonly fencingToken: bigint;
+  /** The same as {@link LeaderContext.fencingToken} (Go's `Rev()`). */
   readonly revision: bigint;
   /** The Election object of this term (e.g. for `proclaim`). */
   readonly election: Election;
@@ -170,6 +172,7 @@ async function term<T>(election: Election, session: Session, task: (signal: Abor
     signal: linked.signal,
     key: election.key,
     revision,
+    fencingToken: revision,
     election,
     session,
     ifLeader: () => election.ifLeader(),

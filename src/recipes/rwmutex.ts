@@ -1,3 +1,4 @@
+import type { WaitOptions } from '../core/options.js';
 import type { ComparatorBuilder } from 'etcd3';
 import { InvalidArgumentError, LockNotHeldError } from '../core/errors.js';
 import { lockTarget } from '../core/diagnostics.js';
@@ -14,10 +15,7 @@ import type { LineState } from '../core/wait.js';
 const log = logger('rwmutex');
 
 /** Options of a blocking read or write lock. */
-export interface RWLockOptions {
-  /** Abort the wait; the call then rejects with the signal's reason and leaves no key behind. */
-  signal?: AbortSignal;
-}
+export type RWLockOptions = WaitOptions;
 
 /** A held read or write lock, from {@link RWMutex.acquireRead} / {@link RWMutex.acquireWrite}. Dispose it (or `release()`) to unlock. */
 export type RWLockHandle = HeldKey;

@@ -1,3 +1,4 @@
+import type { WaitOptions } from '../core/options.js';
 import { nameOf, publish, traced } from '../core/diagnostics.js';
 import type { ComparatorBuilder, Namespace } from 'etcd3';
 import type { Logger } from '../core/log.js';
@@ -43,10 +44,7 @@ export interface AddJobOptions extends GuardedWriteOptions {
 }
 
 /** Options of {@link WorkQueue.claim}. */
-export interface ClaimOptions {
-  /** Abort the wait; the call then rejects with the signal's reason and leaves no key behind. */
-  signal?: AbortSignal;
-}
+export type ClaimOptions = WaitOptions;
 
 /** A claimed job, from {@link WorkQueue.claim}. Ack it when done; dispose it (or release it) to give it back. */
 export interface Job extends AsyncDisposable {
