@@ -1,6 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
-  Election, Mutex, observeLeader, runSTM, Semaphore, Session, subscribeDiagnostics, subscribeTracing, isRecipeError,
+  Election, Mutex, observeLeader, runSTM, Semaphore, Session, subscribeDiagnostics, subscribeTracing, isRecipeError, WorkQueue,
   DIAGNOSTICS_CHANNELS, TRACING_CHANNELS,
 } from '../src/index.js';
 import { ChannelRecorder, type Seen } from './diagnostics-recorder.js';
@@ -233,4 +233,28 @@ describe('diagnostics channels', () => {
     console.log(`diagnostics code per acquire+release, nobody subscribed: ${(overheadMs * 1e6).toFixed(0)} ns = ${(overheadMs / perOpWithout * 100).toFixed(4)} % of a lock+unlock`);
     expect(overheadMs / perOpWithout).toBeLessThan(0.01);
   }, 120_000);
+
+  it('show a job claimed, failed, retried and acked, in order, with the enqueue first', async () => {
+    const client = etcd().client();
+    const name = 'dc/jobs';
+    await using session = await Session.create(client, { ttl: 10 });
+    const producer = new WorkQueue(client, name);
+    const worker = new WorkQueue(session, name);
+    const id = await producer.add('job');
+    const first = await worker.claim();
+    await first.release(); // the work failed: give the job back
+    const second = await worker.claim();
+    await second.ack();
+    await producer.close();
+    await worker.close();
+    const events = recorder.filter((s) => /^etcd-recipes:(queue:enqueue|work-queue:)/.test(s.what) && (s.message.name === name));
+    const ends = events.filter((s) => !/:(start|end|asyncStart)$/.test(s.what) || /:asyncEnd$/.test(s.what)).map(short);
+    expect(ends).toEqual([
+      'queue:enqueue:asyncEnd', 'work-queue:claim:asyncEnd', 'work-queue:release', 'work-queue:retry',
+      'work-queue:claim:asyncEnd', 'work-queue:ack:asyncEnd',
+    ]);
+    const retry = events.find((s) => s.what === 'etcd-recipes:work-queue:retry')!.message;
+    expect(retry).toMatchObject({ id, attempts: 2 });
+    expect(retry.fencingToken as bigint).toBeGreaterThan(first.fencingToken);
+  });
 });
