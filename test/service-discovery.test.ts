@@ -148,6 +148,26 @@ describe('ServiceRegistry and ServiceDiscovery', () => {
     await Promise.all([b.deregister(), c.deregister()]);
   });
 
+  it('waitForStale: a restart waits for its own stale registration to expire, never for a live one', async () => {
+    const client = etcd().client();
+    // A crashed process: its registration stays until its lease expires (keepalives stopped, no revoke).
+    const crashed = await ServiceRegistry.register(client, { service: 'restart', id: 'w1', address: 'old:1', ttl: 2 });
+    crashed.session!.orphan();
+    const started = performance.now();
+    const restarted = await within(15_000, ServiceRegistry.register(client, { service: 'restart', id: 'w1', address: 'new:1', ttl: 5,
+      waitForStale: true }), 'the restarted registration');
+    expect(performance.now() - started).toBeLessThan(5000);
+    expect(JSON.parse((await client.get('services/restart/w1').string())!).address).toBe('new:1');
+    // A live instance keeps its lease alive: waiting for it ends with SERVICE_ID_TAKEN, and it keeps its key.
+    const err = await ServiceRegistry.register(client, { service: 'restart', id: 'w1', address: 'dup:1', ttl: 5, waitForStale: true })
+      .catch((e: unknown) => e);
+    expect(isRecipeError(err, 'SERVICE_ID_TAKEN')).toBe(true);
+    expect(restarted.registered).toBe(true);
+    expect(JSON.parse((await client.get('services/restart/w1').string())!).address).toBe('new:1');
+    await restarted.deregister();
+    await crashed.deregister();
+  }, 30_000);
+
   it('registering an ID a live instance holds fails clearly and leaves nothing; replace takes it over', async () => {
     const client = etcd().client();
     await using disco = new ServiceDiscovery(client, 'dup');

@@ -10,6 +10,7 @@ import { createOwnedSession, Session } from '../core/session.js';
 import { checkBoolean, checkClient, checkInteger, checkOptions, checkSignal } from '../core/validate.js';
 import { openWatch, type WatchEvent, type WatchHandle } from '../core/watch-hub.js';
 import { emitSafely } from '../core/events.js';
+import { ChangeWatch } from '../core/wait.js';
 import { checkGuard, resolveGuard, type GuardedWriteOptions } from '../core/guard.js';
 
 const log = logger('service-registry');
@@ -36,6 +37,15 @@ export interface RegisterOptions<M extends object = ServiceMetadata> {
   root?: string;
   /** Take over the ID if another live instance holds it (default false: fail with {@link ServiceIdTakenError}). */
   replace?: boolean;
+  /**
+   * When the ID is held by a registration that may be our own stale one (a
+   * supervised restart within the old TTL), wait for it to expire instead of
+   * failing at once: at most the holder lease's remaining TTL (plus 2.5 s).
+   * A holder whose lease is kept alive meanwhile is live, and the call fails
+   * with {@link ServiceIdTakenError}; a live instance is never displaced
+   * (that is what `replace` does). Default false.
+   */
+  waitForStale?: boolean;
   /**
    * Also write the fields etcd's Go `client/v3/naming/endpoints` package
    * reads (`"Op":0,"Addr","Metadata"`), so that gRPC-Go clients resolving
@@ -174,6 +184,7 @@ export class ServiceRegistry<M extends object = ServiceMetadata> extends EventEm
   readonly ttl: number;
 
   readonly #replace: boolean;
+  readonly #waitForStale: boolean;
   readonly #etcdEndpoints: boolean;
   #address: string;
   #metadata: M;
@@ -200,6 +211,7 @@ export class ServiceRegistry<M extends object = ServiceMetadata> extends EventEm
     this.key = `${servicePrefix(options.root, options.service)}${options.id}`;
     this.ttl = options.ttl;
     this.#replace = options.replace;
+    this.#waitForStale = options.waitForStale;
     this.#etcdEndpoints = options.etcdEndpoints;
     this.#address = options.address;
     this.#metadata = options.metadata;
@@ -220,17 +232,18 @@ export class ServiceRegistry<M extends object = ServiceMetadata> extends EventEm
     checkNonEmptyString(options.id, 'options.id');
     checkNonEmptyString(options.address, 'options.address');
     checkMetadata(options.metadata, 'options.metadata');
-    const { ttl = 10, root = DEFAULT_SERVICE_ROOT, replace = false, etcdEndpoints = false, signal } = options;
+    const { ttl = 10, root = DEFAULT_SERVICE_ROOT, replace = false, waitForStale = false, etcdEndpoints = false, signal } = options;
     checkInteger(ttl, 'options.ttl', 1, 9_000_000_000);
     checkRoot(root);
     checkBoolean(options.replace, 'options.replace');
+    checkBoolean(options.waitForStale, 'options.waitForStale');
     checkBoolean(options.etcdEndpoints, 'options.etcdEndpoints');
     checkSignal(signal);
     signal?.throwIfAborted();
 
     const reg = new ServiceRegistry<M>(client, {
       service: options.service, id: options.id, address: options.address,
-      metadata: options.metadata ?? ({} as M), ttl, root, replace, etcdEndpoints,
+      metadata: options.metadata ?? ({} as M), ttl, root, replace, waitForStale, etcdEndpoints,
     });
     // A member failing over can stall a fresh lease's first keepalive past its TTL: such
     // transient failures (and the session loss they cause) are retried, for up to 30 s.
@@ -424,6 +437,37 @@ export class ServiceRegistry<M extends object = ServiceMetadata> extends EventEm
     }
   }
 
+  /**
+   * Waits for `holder` (the key as another lease holds it) to go, bounded by
+   * that lease's remaining TTL plus 2.5 s: true if it went (stale), false
+   * if it is still there (its lease is kept alive: a live instance).
+   */
+  async #expiredInTime(holder: KeyValue, signal: AbortSignal): Promise<boolean> {
+    if (holder.lease === '0') return false;
+    const ttl = await retrying(() => this.client.leaseClient.leaseTimeToLive({ ID: holder.lease }), { signals: [signal] })
+      .then((r) => Number(r.TTL), () => 0);
+    if (ttl <= 0) return true;
+    log('%s: held by lease %s (%d s left); waiting for it to expire', this.key, BigInt(holder.lease).toString(16), ttl);
+    // etcd reports whole seconds, rounded down, and revokes expired leases on a timer of its own: allow for both.
+    const bounded = linkSignals(signal, AbortSignal.timeout(ttl * 1000 + 2500));
+    try {
+      const target = { kind: 'key' as const, key: Buffer.from(this.key), createRevision: holder.createRevision };
+      const watch = await ChangeWatch.open(this.client, target, bounded.signal, holder.modRevision + 1n);
+      try {
+        await watch.untilChanged(bounded.signal);
+        return true;
+      } finally {
+        watch.close();
+      }
+    } catch (err) {
+      signal.throwIfAborted();
+      if ((err as Error)?.name === 'TimeoutError') return false;
+      throw err;
+    } finally {
+      bounded.dispose();
+    }
+  }
+
   /** Writes the key under `session`'s lease; returns the revision of the write. */
   async #claim(session: Session, signal: AbortSignal): Promise<bigint> {
     const leaseId = session.leaseId;
@@ -437,7 +481,10 @@ export class ServiceRegistry<M extends object = ServiceMetadata> extends EventEm
       const ours = holder.lease === leaseId;
       const oldLease = this.#oldLeases.includes(holder.lease);
       if (ours) return holder.modRevision;
-      if (!ours && !oldLease && !this.#replace) throw new ServiceIdTakenError(this.key, holder.lease);
+      if (!ours && !oldLease && !this.#replace) {
+        if (this.#waitForStale && await this.#expiredInTime(holder, signal)) continue;
+        throw new ServiceIdTakenError(this.key, holder.lease);
+      }
       const taken = await retrying(() => txn(this.client, [cmp.mod(this.key, '==', holder.modRevision)],
         [op.put(this.key, this.#value(), leaseId)]), { signals: [signal], maxElapsedMs: Infinity });
       if (taken.succeeded) {
