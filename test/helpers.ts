@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { fork, spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import type { Namespace } from 'etcd3';
@@ -154,6 +154,43 @@ export function spawnWorker(script: string, args: string[] = [], env: Record<str
     },
     kill(signal = 'SIGTERM') {
       if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+    },
+  };
+}
+
+/** A message from a forked fixture. */
+export type Message = { type: string; [k: string]: unknown };
+
+/** A fixture in a child process, talking over IPC; `next` awaits the next message matching a predicate. */
+export function forkFixture(script: string, args: string[]) {
+  const root = fileURLToPath(new URL('..', import.meta.url));
+  const child: ChildProcess = fork(fileURLToPath(new URL(script, import.meta.url)), args, {
+    cwd: root, execArgv: ['--import', 'tsx'], stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
+  });
+  let stderr = '';
+  child.stderr!.on('data', (d: Buffer) => { stderr = (stderr + d.toString()).slice(-4000); });
+  const messages: Message[] = [];
+  const waiters: { from: number; match: (m: Message) => boolean; resolve: (i: number) => void }[] = [];
+  child.on('message', (m: Message) => {
+    messages.push(m);
+    for (const w of waiters.slice()) {
+      if (w.match(m)) {
+        waiters.splice(waiters.indexOf(w), 1);
+        w.resolve(messages.length - 1);
+      }
+    }
+  });
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  return {
+    child, messages, exited,
+    /** Index of the first message at or after `from` matching `match`. */
+    next(match: (m: Message) => boolean, from = 0, timeoutMs = 30_000): Promise<number> {
+      const i = messages.findIndex((m, k) => k >= from && match(m));
+      if (i >= 0) return Promise.resolve(i);
+      return within(timeoutMs, Promise.race([
+        new Promise<number>((resolve) => waiters.push({ from, match, resolve })),
+        exited.then((code) => { throw new Error(`fixture exited (${code}); stderr: ${stderr}`); }),
+      ]), 'fixture message');
     },
   };
 }
