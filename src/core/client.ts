@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events';
 import { Etcd3, type IOptions, type Namespace } from 'etcd3';
 import { ClosedError } from './errors.js';
 import { logger } from './log.js';
@@ -216,6 +217,8 @@ export function clientScope(client: Namespace): ClientScope {
   let scope = scopes().get(pool);
   if (!scope) {
     const controller = new AbortController();
+    // Every pending call on this client listens to it: many at once are normal, not a leak.
+    setMaxListeners(0, controller.signal);
     const owned = new Set<Closable>();
     const tidies = new Set<() => Promise<void>>();
     const created: ScopeState = {

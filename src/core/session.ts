@@ -1,4 +1,4 @@
-import { EventEmitter } from 'node:events';
+import { EventEmitter, setMaxListeners } from 'node:events';
 import type { Namespace } from 'etcd3';
 import { raceAbort } from './abort.js';
 import { clientScope, reportSilentStream } from './client.js';
@@ -86,6 +86,8 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
 
   private constructor(client: Namespace, leaseId: string, ttl: number, sentAt: number, marginMs: number) {
     super();
+    // Every hold, waiter and job on this session listens to its signal: hundreds are normal, not a leak.
+    setMaxListeners(0, this.#controller.signal);
     this.client = client;
     this.leaseId = leaseId;
     this.leaseHex = leaseHex(leaseId);
