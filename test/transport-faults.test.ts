@@ -189,19 +189,26 @@ describe('a 3-member cluster', () => {
           killed = true;
           void leader.kill();
         }
-        const t = performance.now();
-        const held = await mutex.acquire();
-        await held.release();
-        await queue.enqueue(String(calls));
-        worst = Math.max(worst, performance.now() - t);
+        // Each recipe call on its own: the promise is about one call, not a sequence of them.
+        const timed = async <T>(call: () => Promise<T>): Promise<T> => {
+          const t = performance.now();
+          try {
+            return await call();
+          } finally {
+            worst = Math.max(worst, performance.now() - t);
+          }
+        };
+        const held = await timed(() => mutex.acquire());
+        await timed(() => held.release());
+        await timed(() => queue.enqueue(String(calls)));
         calls++;
       }
     } finally {
       await leader.restart();
     }
     expect(killed).toBe(true);
-    console.log(`leader kill: the slowest lock+unlock+enqueue of ${calls} took ${Math.round(worst)} ms`);
-    expect(worst, `the slowest lock+unlock+enqueue took ${Math.round(worst)} ms`).toBeLessThan(3000);
+    console.log(`leader kill: the slowest of ${calls * 3} lock, unlock and enqueue calls took ${Math.round(worst)} ms`);
+    expect(worst, `the slowest call took ${Math.round(worst)} ms`).toBeLessThan(3000);
     await queue.close();
   }, 60_000);
 });
