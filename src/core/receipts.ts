@@ -158,24 +158,21 @@ export class ReceiptBook {
    * OUTCOME_UNKNOWN.
    */
   async #settleAborted(receipt: Buffer, o: ProvenWriteOptions, reason: unknown): Promise<ProvenOutcome> {
-    for (let attempt = 0; attempt < 5; attempt++) {
-      try {
-        const res = await txn(this.#client, [cmp.create(receipt, '==', 0n)], [op.put(receipt, VOIDED)], [op.range(receipt)]);
-        const kv = res.succeeded ? undefined : rangeAt(res, 0).kvs[0];
-        if (!kv || kv.value.equals(VOIDED)) {
-          // A copy delayed inside etcd for longer than this would be unheard of; then the receipt goes.
-          setTimeout(() => this.spend(receipt), 60_000).unref();
-          throw reason;
-        }
-        this.spend(receipt);
-        return { landed: true, revision: kv.createRevision, res: undefined, receiptValue: kv.value.subarray(LANDED.length), aborted: reason };
-      } catch (err) {
-        if (err === reason || !isTransient(err)) throw err;
-        await new Promise((r) => setTimeout(r, 100 * (attempt + 1)));
-      }
+    // Voiding is harmless to repeat (create-if-absent): core's retry policy, bounded to a couple of seconds.
+    const res = await retrying(() => txn(this.#client, [cmp.create(receipt, '==', 0n)], [op.put(receipt, VOIDED)], [op.range(receipt)]),
+      { maxElapsedMs: 2000 }).catch((err: unknown) => {
+      if (!isTransient(err)) throw err;
+      throw new OutcomeUnknownError(`${o.what}: aborted while etcd was unreachable; the write may or may not ` +
+        'have happened', { cause: reason });
+    });
+    const kv = res.succeeded ? undefined : rangeAt(res, 0).kvs[0];
+    if (!kv || kv.value.equals(VOIDED)) {
+      // A copy delayed inside etcd for longer than this would be unheard of; then the receipt goes.
+      setTimeout(() => this.spend(receipt), 60_000).unref();
+      throw reason;
     }
-    throw new OutcomeUnknownError(`${o.what}: aborted while etcd was unreachable; the write may or may not ` +
-      'have happened', { cause: reason });
+    this.spend(receipt);
+    return { landed: true, revision: kv.createRevision, res: undefined, receiptValue: kv.value.subarray(LANDED.length), aborted: reason };
   }
 
   /** The receipt is no longer needed: it is deleted with the next write, or by {@link flush}. */
