@@ -15,47 +15,47 @@ export { Session } from './core/session.js';
 export type { SessionOptions, SessionEvents } from './core/session.js';
 export type { HeldKey } from './core/holding.js';
 
-export { Mutex, withLock } from './recipes/mutex.js';
-export type { LockOptions, LockHandle, LockContext, WithLockOptions } from './recipes/mutex.js';
+export { Mutex, withLock } from './recipes/locks/mutex.js';
+export type { LockOptions, LockHandle, LockContext, WithLockOptions } from './recipes/locks/mutex.js';
 
 export { BarrierFullError } from './core/errors.js';
-export { Barrier } from './recipes/barrier.js';
-export type { BarrierHoldOptions, BarrierWaitOptions } from './recipes/barrier.js';
-export { DoubleBarrier } from './recipes/double-barrier.js';
-export type { DoubleBarrierOptions } from './recipes/double-barrier.js';
+export { Barrier } from './recipes/barriers/barrier.js';
+export type { BarrierHoldOptions, BarrierWaitOptions } from './recipes/barriers/barrier.js';
+export { DoubleBarrier } from './recipes/barriers/double-barrier.js';
+export type { DoubleBarrierOptions } from './recipes/barriers/double-barrier.js';
 
 export { runSTM } from './recipes/stm.js';
 export type { STMIsolation, STMOptions, STMTransaction, STMBackoff } from './recipes/stm.js';
 
-export { Election, LeaderObserver, getLeader, observeLeader } from './recipes/election.js';
-export type { CampaignOptions, LeaderInfo, LeaderState, ObserveOptions, ElectionEvents } from './recipes/election.js';
-export { runAsLeader } from './recipes/run-as-leader.js';
-export type { LeaderContext, RunAsLeaderOptions } from './recipes/run-as-leader.js';
+export { Election, LeaderObserver, getLeader, observeLeader } from './recipes/election/election.js';
+export type { CampaignOptions, LeaderInfo, LeaderState, ObserveOptions, ElectionEvents } from './recipes/election/election.js';
+export { runAsLeader } from './recipes/election/run-as-leader.js';
+export type { LeaderContext, RunAsLeaderOptions } from './recipes/election/run-as-leader.js';
 
 export { PrefixCache, CachedKeyValue } from './recipes/prefix-cache.js';
 export type { PrefixCacheOptions, PrefixCacheWaitOptions, PrefixCacheChange, PrefixCacheResync, PrefixCacheEvents } from './recipes/prefix-cache.js';
-export { ServiceRegistry, DEFAULT_SERVICE_ROOT } from './recipes/service-registry.js';
-export type { RegisterOptions, RegistrationUpdate, DisplacedInfo, ServiceRegistryEvents, ServiceMetadata } from './recipes/service-registry.js';
-export { ServiceDiscovery } from './recipes/service-discovery.js';
-export type { PickStrategy, ServiceDiscoveryOptions, ServiceInstance, ServiceChange, ServiceDiscoveryEvents } from './recipes/service-discovery.js';
+export { ServiceRegistry, DEFAULT_SERVICE_ROOT } from './recipes/services/service-registry.js';
+export type { RegisterOptions, RegistrationUpdate, DisplacedInfo, ServiceRegistryEvents, ServiceMetadata } from './recipes/services/service-registry.js';
+export { ServiceDiscovery } from './recipes/services/service-discovery.js';
+export type { PickStrategy, ServiceDiscoveryOptions, ServiceInstance, ServiceChange, ServiceDiscoveryEvents } from './recipes/services/service-discovery.js';
 
-export { RWMutex } from './recipes/rwmutex.js';
-export type { RWLockOptions, RWLockHandle, RWLockMode } from './recipes/rwmutex.js';
-export { Semaphore, MAX_PERMITS } from './recipes/semaphore.js';
-export type { PermitOptions, PermitHandle, SemaphoreUsage } from './recipes/semaphore.js';
+export { RWMutex } from './recipes/locks/rwmutex.js';
+export type { RWLockOptions, RWLockHandle, RWLockMode } from './recipes/locks/rwmutex.js';
+export { Semaphore, MAX_PERMITS } from './recipes/locks/semaphore.js';
+export type { PermitOptions, PermitHandle, SemaphoreUsage } from './recipes/locks/semaphore.js';
 
-export { Queue } from './recipes/queue.js';
-export type { QueueOptions, DequeueOptions, EnqueueOptions, QueueItem } from './recipes/queue.js';
-export { PriorityQueue, MAX_PRIORITY } from './recipes/priority-queue.js';
-export { WorkQueue, DEFAULT_JOB_PRIORITY } from './recipes/work-queue.js';
-export type { WorkQueueOptions, AddJobOptions, GuardedWriteOptions, ClaimOptions, Job, WorkQueueStats, DeadJob } from './recipes/work-queue.js';
+export { Queue } from './recipes/queues/queue.js';
+export type { QueueOptions, DequeueOptions, EnqueueOptions, QueueItem } from './recipes/queues/queue.js';
+export { PriorityQueue, MAX_PRIORITY } from './recipes/queues/priority-queue.js';
+export { WorkQueue, DEFAULT_JOB_PRIORITY } from './recipes/queues/work-queue.js';
+export type { WorkQueueOptions, AddJobOptions, GuardedWriteOptions, ClaimOptions, Job, WorkQueueStats, DeadJob } from './recipes/queues/work-queue.js';
 export type { Guard, GuardCompare } from './core/guard.js';
 
 export { runWithSession } from './recipes/run-with-session.js';
 export type { RunWithSessionOptions } from './recipes/run-with-session.js';
-export { acquireAll, withLocks } from './recipes/multi-lock.js';
-export type { MultiLockHandle, MultiLockContext } from './recipes/multi-lock.js';
-export { MAX_PERMITS_PER_ACQUIRE } from './recipes/semaphore.js';
+export { acquireAll, withLocks } from './recipes/locks/multi-lock.js';
+export type { MultiLockHandle, MultiLockContext } from './recipes/locks/multi-lock.js';
+export { MAX_PERMITS_PER_ACQUIRE } from './recipes/locks/semaphore.js';
 export type { STMRangeItem } from './recipes/stm.js';
 export { inspectLock, inspectSemaphore, inspectRWMutex } from './inspect/locks.js';
 export type { LockInspection, SemaphoreInspection, RWMutexInspection, RWLockKey } from './inspect/locks.js';

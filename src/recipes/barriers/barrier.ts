@@ -1,15 +1,15 @@
-import type { WaitOptions } from '../core/options.js';
+import type { WaitOptions } from '../../core/options.js';
 import type { Namespace } from 'etcd3';
-import { linkSignals, raceAbort } from '../core/abort.js';
-import { checkGuard, resolveGuard, type Guard } from '../core/guard.js';
-import { ReceiptBook } from '../core/receipts.js';
-import { showKey, toBuffer } from '../core/keys.js';
-import { cmp, op, range } from '../core/kv.js';
-import { logger } from '../core/log.js';
-import { retrying } from '../core/retry.js';
-import { checkSession, type Session } from '../core/session.js';
-import { checkClient, checkName, checkOptions, checkSignal } from '../core/validate.js';
-import { waitInLine, type LineState } from '../core/wait.js';
+import { linkSignals, raceAbort } from '../../core/abort.js';
+import { checkGuard, resolveGuard, type Guard } from '../../core/guard.js';
+import { ReceiptBook } from '../../core/receipts.js';
+import { showKey, toBuffer } from '../../core/keys.js';
+import { cmp, op, range } from '../../core/kv.js';
+import { logger } from '../../core/log.js';
+import { retrying } from '../../core/retry.js';
+import { checkSession, type Session } from '../../core/session.js';
+import { checkClient, checkName, checkOptions, checkSignal } from '../../core/validate.js';
+import { waitInLine, type LineState } from '../../core/wait.js';
 
 const log = logger('barrier');
 

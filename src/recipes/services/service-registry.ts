@@ -1,17 +1,17 @@
 import { EventEmitter } from 'node:events';
 import { ClientClosedError, type Namespace } from 'etcd3';
-import { delay, linkSignals, raceAbort } from '../core/abort.js';
-import { publish } from '../core/diagnostics.js';
-import { InvalidArgumentError, isRecipeError, ServiceIdTakenError, SessionExpiredError } from '../core/errors.js';
-import { cmp, op, range, rangeAt, txn, type Compare, type KeyValue } from '../core/kv.js';
-import { logger } from '../core/log.js';
-import { isTransient, retrying } from '../core/retry.js';
-import { createOwnedSession, Session } from '../core/session.js';
-import { checkBoolean, checkClient, checkInteger, checkOptions, checkSignal } from '../core/validate.js';
-import { openWatch, type WatchEvent, type WatchHandle } from '../core/watch-hub.js';
-import { emitSafely } from '../core/events.js';
-import { ChangeWatch } from '../core/wait.js';
-import { checkGuard, resolveGuard, type GuardedWriteOptions } from '../core/guard.js';
+import { delay, linkSignals, raceAbort } from '../../core/abort.js';
+import { publish } from '../../core/diagnostics.js';
+import { InvalidArgumentError, isRecipeError, ServiceIdTakenError, SessionExpiredError } from '../../core/errors.js';
+import { cmp, op, range, rangeAt, txn, type Compare, type KeyValue } from '../../core/kv.js';
+import { logger } from '../../core/log.js';
+import { isTransient, retrying } from '../../core/retry.js';
+import { createOwnedSession, Session } from '../../core/session.js';
+import { checkBoolean, checkClient, checkInteger, checkOptions, checkSignal } from '../../core/validate.js';
+import { openWatch, type WatchEvent, type WatchHandle } from '../../core/watch-hub.js';
+import { emitSafely } from '../../core/events.js';
+import { ChangeWatch } from '../../core/wait.js';
+import { checkGuard, resolveGuard, type GuardedWriteOptions } from '../../core/guard.js';
 
 const log = logger('service-registry');
 

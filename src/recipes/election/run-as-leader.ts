@@ -1,12 +1,12 @@
 import { hostname } from 'node:os';
 import type { ComparatorBuilder, Namespace } from 'etcd3';
-import { abortReason, linkSignals } from '../core/abort.js';
-import { isRecipeError } from '../core/errors.js';
-import { logger } from '../core/log.js';
-import { isTransient } from '../core/retry.js';
-import { inFreshSessions, type RoundOutcome } from '../core/fresh-sessions.js';
-import type { Session } from '../core/session.js';
-import { checkClient, checkFunction, checkInteger, checkName, checkOptions, checkSignal, checkValue } from '../core/validate.js';
+import { abortReason, linkSignals } from '../../core/abort.js';
+import { isRecipeError } from '../../core/errors.js';
+import { logger } from '../../core/log.js';
+import { isTransient } from '../../core/retry.js';
+import { inFreshSessions, type RoundOutcome } from '../../core/fresh-sessions.js';
+import type { Session } from '../../core/session.js';
+import { checkClient, checkFunction, checkInteger, checkName, checkOptions, checkSignal, checkValue } from '../../core/validate.js';
 import { Election, observeLeader, type LeaderInfo } from './election.js';
 
 const log = logger('election');

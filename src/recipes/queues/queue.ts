@@ -1,19 +1,19 @@
-import type { WaitOptions } from '../core/options.js';
-import { nameOf, traced } from '../core/diagnostics.js';
+import type { WaitOptions } from '../../core/options.js';
+import { nameOf, traced } from '../../core/diagnostics.js';
 import type { Namespace } from 'etcd3';
-import { checkGuard, resolveGuard, type GuardedWriteOptions } from '../core/guard.js';
-import type { Logger } from '../core/log.js';
-import { childPrefix, showKey, toBuffer, uniqueKey } from '../core/keys.js';
-import { cmp, op, range, rangeAt, txn, type Op, type OpResult } from '../core/kv.js';
-import { logger } from '../core/log.js';
-import { ReceiptBook } from '../core/receipts.js';
-import { retrying } from '../core/retry.js';
-import { checkClient, checkInteger, checkName, checkOptions, checkSignal, checkValue } from '../core/validate.js';
-import type { WatchEvent, WatchSpec } from '../core/watch-hub.js';
+import { checkGuard, resolveGuard, type GuardedWriteOptions } from '../../core/guard.js';
+import type { Logger } from '../../core/log.js';
+import { childPrefix, showKey, toBuffer, uniqueKey } from '../../core/keys.js';
+import { cmp, op, range, rangeAt, txn, type Op, type OpResult } from '../../core/kv.js';
+import { logger } from '../../core/log.js';
+import { ReceiptBook } from '../../core/receipts.js';
+import { retrying } from '../../core/retry.js';
+import { checkClient, checkInteger, checkName, checkOptions, checkSignal, checkValue } from '../../core/validate.js';
+import type { WatchEvent, WatchSpec } from '../../core/watch-hub.js';
 import {
   ConsumerLine, createItem, OwnSession, WINDOW,
   type Candidate, type ClaimContext, type ClaimOutcome, type ClaimSource, type SourceScan,
-} from './queue-line.js';
+} from '../../core/queue-line.js';
 
 const log = logger('queue');
 

@@ -1,11 +1,11 @@
 import type { ComparatorBuilder, Namespace } from 'etcd3';
-import { linkSignals, type LinkedSignal } from '../core/abort.js';
-import { traced } from '../core/diagnostics.js';
-import { InvalidArgumentError, LockNotHeldError } from '../core/errors.js';
-import { sessionKey, showKey, toBuffer } from '../core/keys.js';
-import { logger } from '../core/log.js';
-import { checkSession, Session } from '../core/session.js';
-import { checkClient, checkFunction, checkInteger, checkName, checkOptions, checkSignal } from '../core/validate.js';
+import { linkSignals, type LinkedSignal } from '../../core/abort.js';
+import { traced } from '../../core/diagnostics.js';
+import { InvalidArgumentError, LockNotHeldError } from '../../core/errors.js';
+import { sessionKey, showKey, toBuffer } from '../../core/keys.js';
+import { logger } from '../../core/log.js';
+import { checkSession, Session } from '../../core/session.js';
+import { checkClient, checkFunction, checkInteger, checkName, checkOptions, checkSignal } from '../../core/validate.js';
 import { Mutex, type LockHandle, type LockOptions, type WithLockOptions } from './mutex.js';
 
 const log = logger('multi-lock');

@@ -1,16 +1,16 @@
-import type { WaitOptions } from '../core/options.js';
+import type { WaitOptions } from '../../core/options.js';
 import type { ComparatorBuilder } from 'etcd3';
-import { InvalidArgumentError, LockNotHeldError } from '../core/errors.js';
-import { lockTarget } from '../core/diagnostics.js';
-import { Holding, type HeldKey } from '../core/holding.js';
-import { childPrefix, showKey } from '../core/keys.js';
-import { op, range, rangeAt, txn, type KeyValue, type RangeOptions, type RangeResult } from '../core/kv.js';
-import { createUniqueKey, joinLine, type PendingKey } from '../core/line.js';
-import { logger } from '../core/log.js';
-import { retrying } from '../core/retry.js';
-import { checkSession, type Session } from '../core/session.js';
-import { checkName, checkOptions, checkSignal } from '../core/validate.js';
-import type { LineState } from '../core/wait.js';
+import { InvalidArgumentError, LockNotHeldError } from '../../core/errors.js';
+import { lockTarget } from '../../core/diagnostics.js';
+import { Holding, type HeldKey } from '../../core/holding.js';
+import { childPrefix, showKey } from '../../core/keys.js';
+import { op, range, rangeAt, txn, type KeyValue, type RangeOptions, type RangeResult } from '../../core/kv.js';
+import { createUniqueKey, joinLine, type PendingKey } from '../../core/line.js';
+import { logger } from '../../core/log.js';
+import { retrying } from '../../core/retry.js';
+import { checkSession, type Session } from '../../core/session.js';
+import { checkName, checkOptions, checkSignal } from '../../core/validate.js';
+import type { LineState } from '../../core/wait.js';
 
 const log = logger('rwmutex');
 

@@ -1,15 +1,15 @@
-import type { WaitOptions } from '../core/options.js';
-import { linkSignals, raceAbort } from '../core/abort.js';
-import { BarrierFullError, InvalidArgumentError, SessionExpiredError } from '../core/errors.js';
-import { cleanUpAfter, deleteOwnKey } from '../core/holding.js';
-import { showKey, toBuffer } from '../core/keys.js';
-import { createUniqueKey, type PendingKey } from '../core/line.js';
-import { cmp, op, range, rangeAt, txn, type KeyValue, type TxnResult } from '../core/kv.js';
-import { logger } from '../core/log.js';
-import { retrying } from '../core/retry.js';
-import { checkSession, type Session } from '../core/session.js';
-import { checkInteger, checkName, checkOptions, checkSignal } from '../core/validate.js';
-import { waitInLine, type LineState, type WatchTarget } from '../core/wait.js';
+import type { WaitOptions } from '../../core/options.js';
+import { linkSignals, raceAbort } from '../../core/abort.js';
+import { BarrierFullError, InvalidArgumentError, SessionExpiredError } from '../../core/errors.js';
+import { cleanUpAfter, deleteOwnKey } from '../../core/holding.js';
+import { showKey, toBuffer } from '../../core/keys.js';
+import { createUniqueKey, type PendingKey } from '../../core/line.js';
+import { cmp, op, range, rangeAt, txn, type KeyValue, type TxnResult } from '../../core/kv.js';
+import { logger } from '../../core/log.js';
+import { retrying } from '../../core/retry.js';
+import { checkSession, type Session } from '../../core/session.js';
+import { checkInteger, checkName, checkOptions, checkSignal } from '../../core/validate.js';
+import { waitInLine, type LineState, type WatchTarget } from '../../core/wait.js';
 
 const log = logger('double-barrier');
 

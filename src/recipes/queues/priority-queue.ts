@@ -1,12 +1,12 @@
-import { traced } from '../core/diagnostics.js';
+import { traced } from '../../core/diagnostics.js';
 import type { Namespace } from 'etcd3';
-import { resolveGuard } from '../core/guard.js';
-import { childPrefix, toBuffer } from '../core/keys.js';
-import { cmp, op, rangeAt, txn, type KeyValue } from '../core/kv.js';
-import { logger } from '../core/log.js';
-import { retrying } from '../core/retry.js';
-import { checkInteger, checkValue } from '../core/validate.js';
-import type { Candidate } from './queue-line.js';
+import { resolveGuard } from '../../core/guard.js';
+import { childPrefix, toBuffer } from '../../core/keys.js';
+import { cmp, op, rangeAt, txn, type KeyValue } from '../../core/kv.js';
+import { logger } from '../../core/log.js';
+import { retrying } from '../../core/retry.js';
+import { checkInteger, checkValue } from '../../core/validate.js';
+import type { Candidate } from '../../core/queue-line.js';
 import { ItemQueue, type EnqueueOptions, type QueueOptions } from './queue.js';
 
 const log = logger('priority-queue');

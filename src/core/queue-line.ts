@@ -1,18 +1,18 @@
 import { randomBytes, randomInt } from 'node:crypto';
 import type { Namespace } from 'etcd3';
-import type { Logger } from '../core/log.js';
-import { linkSignals, raceAbort, untilWoken } from '../core/abort.js';
-import { isRecipeError, SessionExpiredError } from '../core/errors.js';
-import type { ResolvedGuard } from '../core/guard.js';
-import { cleanUpAfter, deleteOwnKey } from '../core/holding.js';
-import { createUniqueKey, type PendingKey } from '../core/line.js';
-import { showKey } from '../core/keys.js';
-import { cmp, op, rangeAt, txn, type Compare, type KeyValue, type Op, type OpResult, type RangeResult } from '../core/kv.js';
-import type { ReceiptBook } from '../core/receipts.js';
-import { retrying } from '../core/retry.js';
-import { createOwnedSession, type Session } from '../core/session.js';
-import { ChangeWatch } from '../core/wait.js';
-import { openWatch, type WatchEvent, type WatchHandle, type WatchSpec } from '../core/watch-hub.js';
+import type { Logger } from './log.js';
+import { linkSignals, raceAbort, untilWoken } from './abort.js';
+import { isRecipeError, SessionExpiredError } from './errors.js';
+import type { ResolvedGuard } from './guard.js';
+import { cleanUpAfter, deleteOwnKey } from './holding.js';
+import { createUniqueKey, type PendingKey } from './line.js';
+import { showKey } from './keys.js';
+import { cmp, op, rangeAt, txn, type Compare, type KeyValue, type Op, type OpResult, type RangeResult } from './kv.js';
+import type { ReceiptBook } from './receipts.js';
+import { retrying } from './retry.js';
+import { createOwnedSession, type Session } from './session.js';
+import { ChangeWatch } from './wait.js';
+import { openWatch, type WatchEvent, type WatchHandle, type WatchSpec } from './watch-hub.js';
 
 /*
  * The consumer side shared by Queue, PriorityQueue and WorkQueue: take one

@@ -1,14 +1,14 @@
-import type { WaitOptions } from '../core/options.js';
+import type { WaitOptions } from '../../core/options.js';
 import type { ComparatorBuilder, Namespace } from 'etcd3';
-import { linkSignals } from '../core/abort.js';
-import { lockTarget } from '../core/diagnostics.js';
-import { InvalidArgumentError, LockNotHeldError } from '../core/errors.js';
-import { Holding, type HeldKey } from '../core/holding.js';
-import { showKey } from '../core/keys.js';
-import { joinLine, SessionLine } from '../core/line.js';
-import { logger } from '../core/log.js';
-import { checkSession, createOwnedSession, Session } from '../core/session.js';
-import { checkClient, checkFunction, checkInteger, checkName, checkOptions, checkSignal } from '../core/validate.js';
+import { linkSignals } from '../../core/abort.js';
+import { lockTarget } from '../../core/diagnostics.js';
+import { InvalidArgumentError, LockNotHeldError } from '../../core/errors.js';
+import { Holding, type HeldKey } from '../../core/holding.js';
+import { showKey } from '../../core/keys.js';
+import { joinLine, SessionLine } from '../../core/line.js';
+import { logger } from '../../core/log.js';
+import { checkSession, createOwnedSession, Session } from '../../core/session.js';
+import { checkClient, checkFunction, checkInteger, checkName, checkOptions, checkSignal } from '../../core/validate.js';
 
 const log = logger('mutex');
 

@@ -1,23 +1,23 @@
-import type { WaitOptions } from '../core/options.js';
-import { nameOf, publish, traced } from '../core/diagnostics.js';
+import type { WaitOptions } from '../../core/options.js';
+import { nameOf, publish, traced } from '../../core/diagnostics.js';
 import type { ComparatorBuilder, Namespace } from 'etcd3';
-import type { Logger } from '../core/log.js';
-import { linkSignals, type LinkedSignal } from '../core/abort.js';
-import { InvalidArgumentError, LockNotHeldError } from '../core/errors.js';
-import { checkGuard, markGuard, resolveGuard, type GuardedWriteOptions } from '../core/guard.js';
-import { childPrefix, showKey, toBuffer, uniqueSuffix } from '../core/keys.js';
-import { cmp, op, range, rangeAt, txn, type Op, type OpResult } from '../core/kv.js';
-import { logger } from '../core/log.js';
-import { watchHeldKey } from '../core/own-key.js';
-import { ReceiptBook } from '../core/receipts.js';
-import { retrying } from '../core/retry.js';
-import { checkSession, type Session } from '../core/session.js';
-import { checkClient, checkInteger, checkName, checkOptions, checkSignal, checkValue } from '../core/validate.js';
-import type { WatchEvent, WatchSpec } from '../core/watch-hub.js';
+import type { Logger } from '../../core/log.js';
+import { linkSignals, type LinkedSignal } from '../../core/abort.js';
+import { InvalidArgumentError, LockNotHeldError } from '../../core/errors.js';
+import { checkGuard, markGuard, resolveGuard, type GuardedWriteOptions } from '../../core/guard.js';
+import { childPrefix, showKey, toBuffer, uniqueSuffix } from '../../core/keys.js';
+import { cmp, op, range, rangeAt, txn, type Op, type OpResult } from '../../core/kv.js';
+import { logger } from '../../core/log.js';
+import { watchHeldKey } from '../../core/own-key.js';
+import { ReceiptBook } from '../../core/receipts.js';
+import { retrying } from '../../core/retry.js';
+import { checkSession, type Session } from '../../core/session.js';
+import { checkClient, checkInteger, checkName, checkOptions, checkSignal, checkValue } from '../../core/validate.js';
+import type { WatchEvent, WatchSpec } from '../../core/watch-hub.js';
 import {
   ConsumerLine, createItem, GivenSession, WINDOW,
   type Candidate, type ClaimContext, type ClaimOutcome, type ClaimSource, type SourceScan,
-} from './queue-line.js';
+} from '../../core/queue-line.js';
 
 const log = logger('work-queue');
 
@@ -35,7 +35,7 @@ export interface WorkQueueOptions {
   maxAttempts?: number;
 }
 
-export type { GuardedWriteOptions } from '../core/guard.js';
+export type { GuardedWriteOptions } from '../../core/guard.js';
 
 /** Options of {@link WorkQueue.add}. */
 export interface AddJobOptions extends GuardedWriteOptions {

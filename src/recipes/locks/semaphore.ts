@@ -1,14 +1,14 @@
-import { InvalidArgumentError } from '../core/errors.js';
-import { lockTarget } from '../core/diagnostics.js';
-import { Holding, type HeldKey } from '../core/holding.js';
-import { childPrefix, showKey, uniqueKey } from '../core/keys.js';
-import { cmp, op, range, rangeAt, txn, type KeyValue, type Op, type TxnResult } from '../core/kv.js';
-import { joinLine, MAX_UNIQUE_ATTEMPTS, type PendingKey } from '../core/line.js';
-import { logger } from '../core/log.js';
-import { retrying } from '../core/retry.js';
-import { checkSession, type Session } from '../core/session.js';
-import { checkInteger, checkName, checkOptions, checkSignal } from '../core/validate.js';
-import type { LineState } from '../core/wait.js';
+import { InvalidArgumentError } from '../../core/errors.js';
+import { lockTarget } from '../../core/diagnostics.js';
+import { Holding, type HeldKey } from '../../core/holding.js';
+import { childPrefix, showKey, uniqueKey } from '../../core/keys.js';
+import { cmp, op, range, rangeAt, txn, type KeyValue, type Op, type TxnResult } from '../../core/kv.js';
+import { joinLine, MAX_UNIQUE_ATTEMPTS, type PendingKey } from '../../core/line.js';
+import { logger } from '../../core/log.js';
+import { retrying } from '../../core/retry.js';
+import { checkSession, type Session } from '../../core/session.js';
+import { checkInteger, checkName, checkOptions, checkSignal } from '../../core/validate.js';
+import type { LineState } from '../../core/wait.js';
 
 const log = logger('semaphore');
 

@@ -1,12 +1,12 @@
 import { EventEmitter } from 'node:events';
 import type { Namespace } from 'etcd3';
-import { abortReason } from '../core/abort.js';
-import { InvalidArgumentError } from '../core/errors.js';
-import { logger } from '../core/log.js';
-import { checkClient, checkInteger, checkOptions, checkSignal } from '../core/validate.js';
-import { PrefixCache, type CachedKeyValue, type PrefixCacheChange, type PrefixCacheWaitOptions } from './prefix-cache.js';
+import { abortReason } from '../../core/abort.js';
+import { InvalidArgumentError } from '../../core/errors.js';
+import { logger } from '../../core/log.js';
+import { checkClient, checkInteger, checkOptions, checkSignal } from '../../core/validate.js';
+import { PrefixCache, type CachedKeyValue, type PrefixCacheChange, type PrefixCacheWaitOptions } from '../prefix-cache.js';
 import { checkRoot, checkServiceName, DEFAULT_SERVICE_ROOT, servicePrefix, type ServiceMetadata } from './service-registry.js';
-import { emitSafely } from '../core/events.js';
+import { emitSafely } from '../../core/events.js';
 
 const log = logger('service-discovery');
 

@@ -1,21 +1,21 @@
-import type { WaitOptions } from '../core/options.js';
+import type { WaitOptions } from '../../core/options.js';
 import { EventEmitter } from 'node:events';
 import { ClientClosedError, type ComparatorBuilder, type Namespace } from 'etcd3';
-import { delay, linkSignals, raceAbort, type LinkedSignal } from '../core/abort.js';
-import { electionTarget, publish, traced } from '../core/diagnostics.js';
-import { InvalidArgumentError, isRecipeError, NotLeaderError, withoutStack } from '../core/errors.js';
-import { checkGuard, markGuard, resolveGuard, type GuardedWriteOptions } from '../core/guard.js';
-import { deleteOwnKey } from '../core/holding.js';
-import { childPrefix, showKey, toBuffer } from '../core/keys.js';
-import { cmp, op, range, rangeAt, txn, type KeyValue } from '../core/kv.js';
-import { joinLine, SessionLine } from '../core/line.js';
-import type { LocalRelease } from '../core/local-lock.js';
-import { logger } from '../core/log.js';
-import { isTransient, retrying } from '../core/retry.js';
-import { checkSession, type Session } from '../core/session.js';
-import { checkClient, checkInteger, checkName, checkOptions, checkSignal, checkValue } from '../core/validate.js';
-import { openWatch, WatchCompactedError, type WatchEvent, type WatchHandle } from '../core/watch-hub.js';
-import { emitSafely } from '../core/events.js';
+import { delay, linkSignals, raceAbort, type LinkedSignal } from '../../core/abort.js';
+import { electionTarget, publish, traced } from '../../core/diagnostics.js';
+import { InvalidArgumentError, isRecipeError, NotLeaderError, withoutStack } from '../../core/errors.js';
+import { checkGuard, markGuard, resolveGuard, type GuardedWriteOptions } from '../../core/guard.js';
+import { deleteOwnKey } from '../../core/holding.js';
+import { childPrefix, showKey, toBuffer } from '../../core/keys.js';
+import { cmp, op, range, rangeAt, txn, type KeyValue } from '../../core/kv.js';
+import { joinLine, SessionLine } from '../../core/line.js';
+import type { LocalRelease } from '../../core/local-lock.js';
+import { logger } from '../../core/log.js';
+import { isTransient, retrying } from '../../core/retry.js';
+import { checkSession, type Session } from '../../core/session.js';
+import { checkClient, checkInteger, checkName, checkOptions, checkSignal, checkValue } from '../../core/validate.js';
+import { openWatch, WatchCompactedError, type WatchEvent, type WatchHandle } from '../../core/watch-hub.js';
+import { emitSafely } from '../../core/events.js';
 
 const log = logger('election');
 
