@@ -62,28 +62,59 @@ async function propagation(ctx: BenchContext): Promise<void> {
   const regRaw = new Arrivals();
   const handles: WatchHandle[] = [];
   for (const c of watcherClients) {
-    handles.push(await openWatch(c, { key: Buffer.from('bench/disco/raw/'), prefix: true, noDelete: true }, {
-      onEvents: (events) => { for (const e of events) raw.arrived(e.kv.key.toString()); },
-      onEnd: () => undefined,
-    }));
-    handles.push(await openWatch(c, { key: Buffer.from('bench/disco/lease/'), prefix: true, noDelete: true }, {
-      onEvents: (events) => { for (const e of events) rawLease.arrived(e.kv.key.toString()); },
-      onEnd: () => undefined,
-    }));
-    handles.push(await openWatch(c, { key: Buffer.from('services/bench-reg/'), prefix: true, noDelete: true }, {
-      onEvents: (events) => { for (const e of events) regRaw.arrived(e.kv.key.toString()); },
-      onEnd: () => undefined,
-    }));
+    handles.push(
+      await openWatch(
+        c,
+        { key: Buffer.from('bench/disco/raw/'), prefix: true, noDelete: true },
+        {
+          onEvents: (events) => {
+            for (const e of events) raw.arrived(e.kv.key.toString());
+          },
+          onEnd: () => undefined,
+        },
+      ),
+    );
+    handles.push(
+      await openWatch(
+        c,
+        { key: Buffer.from('bench/disco/lease/'), prefix: true, noDelete: true },
+        {
+          onEvents: (events) => {
+            for (const e of events) rawLease.arrived(e.kv.key.toString());
+          },
+          onEnd: () => undefined,
+        },
+      ),
+    );
+    handles.push(
+      await openWatch(
+        c,
+        { key: Buffer.from('services/bench-reg/'), prefix: true, noDelete: true },
+        {
+          onEvents: (events) => {
+            for (const e of events) regRaw.arrived(e.kv.key.toString());
+          },
+          onEnd: () => undefined,
+        },
+      ),
+    );
   }
   // (c): 10 ServiceDiscovery instances.
   const ours = new Arrivals();
   const discos = watcherClients.map((c) => new ServiceDiscovery(c, 'bench-disco'));
   await Promise.all(discos.map((d) => d.ready()));
-  for (const d of discos) d.on('change', (c) => { if (c.type === 'added') ours.arrived(c.instance.key); });
+  for (const d of discos)
+    d.on('change', (c) => {
+      if (c.type === 'added') ours.arrived(c.instance.key);
+    });
   // Warm the writer's lease and KV channels.
   await writer.get('bench/disco/warm').string();
 
-  const value = JSON.stringify({ address: '10.0.0.1:8008', metadata: { zone: 'a' }, registeredAt: new Date().toISOString() });
+  const value = JSON.stringify({
+    address: '10.0.0.1:8008',
+    metadata: { zone: 'a' },
+    registeredAt: new Date().toISOString(),
+  });
   let n = 0;
   const rawOp = async () => {
     const key = `bench/disco/raw/${n++}`;
@@ -103,14 +134,26 @@ async function propagation(ctx: BenchContext): Promise<void> {
   const oursOp = async () => {
     const id = `i${n++}`;
     const seen = ours.expect(`services/bench-disco/${id}`, performance.now());
-    const reg = await ServiceRegistry.register(writer, { service: 'bench-disco', id, address: '10.0.0.1:8008', metadata: { zone: 'a' }, ttl: 10 });
+    const reg = await ServiceRegistry.register(writer, {
+      service: 'bench-disco',
+      id,
+      address: '10.0.0.1:8008',
+      metadata: { zone: 'a' },
+      ttl: 10,
+    });
     await seen;
     await reg.deregister();
   };
   const regOp = async () => {
     const id = `i${n++}`;
     const seen = regRaw.expect(`services/bench-reg/${id}`, performance.now());
-    const reg = await ServiceRegistry.register(writer, { service: 'bench-reg', id, address: '10.0.0.1:8008', metadata: { zone: 'a' }, ttl: 10 });
+    const reg = await ServiceRegistry.register(writer, {
+      service: 'bench-reg',
+      id,
+      address: '10.0.0.1:8008',
+      metadata: { zone: 'a' },
+      ttl: 10,
+    });
     await seen;
     await reg.deregister();
   };
@@ -119,25 +162,44 @@ async function propagation(ctx: BenchContext): Promise<void> {
   await Promise.all(discos.map((d) => d.close()));
 
   const row = (what: string, s: Seen, base: Seen | undefined, i: number) => [
-    what, s.lastOfTen.length, fmt.cpu(timings[i]!.cpuPerOp),
-    fmt.ms(percentile(s.perWatcher, 50)), fmt.ms(percentile(s.perWatcher, 99)),
-    fmt.ms(percentile(s.lastOfTen, 50)), fmt.ms(percentile(s.lastOfTen, 99)),
+    what,
+    s.lastOfTen.length,
+    fmt.cpu(timings[i]!.cpuPerOp),
+    fmt.ms(percentile(s.perWatcher, 50)),
+    fmt.ms(percentile(s.perWatcher, 99)),
+    fmt.ms(percentile(s.lastOfTen, 50)),
+    fmt.ms(percentile(s.lastOfTen, 99)),
     base ? fmt.ratio(percentile(s.lastOfTen, 50) / percentile(base.lastOfTen, 50)) : '1.00×',
   ];
-  table(`Write → seen by ${WATCHERS} watchers (each on its own connection), ms from the call`, [
-    'what', 'writes', 'client CPU ms/write', 'per watcher p50', 'per watcher p99', 'all 10 p50', 'all 10 p99', 'all-10 p50 ratio',
-  ], [
-    row('(a) raw put → plain prefix watch', raw.seen, undefined, 0),
-    row('(b) raw lease grant + put → plain prefix watch', rawLease.seen, raw.seen, 1),
-    row('(c) ServiceRegistry.register → ServiceDiscovery', ours.seen, raw.seen, 2),
-    row('(d) ServiceRegistry.register → plain prefix watch', regRaw.seen, raw.seen, 3),
-  ]);
+  table(
+    `Write → seen by ${WATCHERS} watchers (each on its own connection), ms from the call`,
+    [
+      'what',
+      'writes',
+      'client CPU ms/write',
+      'per watcher p50',
+      'per watcher p99',
+      'all 10 p50',
+      'all 10 p99',
+      'all-10 p50 ratio',
+    ],
+    [
+      row('(a) raw put → plain prefix watch', raw.seen, undefined, 0),
+      row('(b) raw lease grant + put → plain prefix watch', rawLease.seen, raw.seen, 1),
+      row('(c) ServiceRegistry.register → ServiceDiscovery', ours.seen, raw.seen, 2),
+      row('(d) ServiceRegistry.register → plain prefix watch', regRaw.seen, raw.seen, 3),
+    ],
+  );
   const c = percentile(ours.seen.lastOfTen, 50);
   const b = percentile(rawLease.seen.lastOfTen, 50);
   const d = percentile(regRaw.seen.lastOfTen, 50);
-  console.log(`\n(c) ÷ (b), the same two requests (grant + write) plus registry and discovery: ${fmt.ratio(c / b)} at p50;`);
+  console.log(
+    `\n(c) ÷ (b), the same two requests (grant + write) plus registry and discovery: ${fmt.ratio(c / b)} at p50;`,
+  );
   console.log(`of which the registry (d ÷ b): ${fmt.ratio(d / b)}, the discovery side (c ÷ d): ${fmt.ratio(c / d)}.`);
-  console.log('register() is a lease grant then a create-if-absent Txn: two round trips before the watch event can leave etcd.');
+  console.log(
+    'register() is a lease grant then a create-if-absent Txn: two round trips before the watch event can leave etcd.',
+  );
   console.log('client CPU ms/write: the bench process (writer, its removal, and all 10 watchers) per write cycle.');
 }
 
@@ -156,11 +218,19 @@ async function memory(ctx: BenchContext): Promise<void> {
   const lease = await client.leaseClient.leaseGrant({ TTL: 600 });
   const registeredAt = new Date().toISOString();
   for (let i = 0; i < count; i += 100) {
-    await txn(client, [], Array.from({ length: Math.min(100, count - i) }, (_, j) => {
-      const k = i + j;
-      const value = JSON.stringify({ address: `10.${(k >> 16) & 255}.${(k >> 8) & 255}.${k & 255}:8008`, metadata: { zone: `zone-${k % 3}`, version: '1.4.2' }, registeredAt });
-      return op.put(`services/bench-mem/instance-${String(k).padStart(5, '0')}`, value, lease.ID);
-    }));
+    await txn(
+      client,
+      [],
+      Array.from({ length: Math.min(100, count - i) }, (_, j) => {
+        const k = i + j;
+        const value = JSON.stringify({
+          address: `10.${(k >> 16) & 255}.${(k >> 8) & 255}.${k & 255}:8008`,
+          metadata: { zone: `zone-${k % 3}`, version: '1.4.2' },
+          registeredAt,
+        });
+        return op.put(`services/bench-mem/instance-${String(k).padStart(5, '0')}`, value, lease.ID);
+      }),
+    );
   }
   const sample = (await range(client, `services/bench-mem/instance-00000`)).kvs[0]!;
   const perThousand = (bytes: number) => bytes / (count / 1000);
@@ -190,13 +260,20 @@ async function memory(ctx: BenchContext): Promise<void> {
   await client.leaseClient.leaseRevoke({ ID: lease.ID });
 
   const kb = (bytes: number) => `${fmt.n(perThousand(bytes) / 1024, 0)} KiB`;
-  table(`Heap per 1,000 cached instances (${count.toLocaleString('en')} registered; key ${sample.key.length} B, value ${sample.value.length} B)`, [
-    'what', 'heap per 1,000', 'bytes per instance', 'ratio to floor',
-  ], [
-    ['floor: Map<string, string> of keys and values', kb(floorBytes), fmt.n(floorBytes / count), '1.00×'],
-    ['PrefixCache', kb(cacheBytes), fmt.n(cacheBytes / count), fmt.ratio(cacheBytes / floorBytes)],
-    ['ServiceDiscovery (cache + parsed instances)', kb(discoBytes), fmt.n(discoBytes / count), fmt.ratio(discoBytes / floorBytes)],
-  ]);
+  table(
+    `Heap per 1,000 cached instances (${count.toLocaleString('en')} registered; key ${sample.key.length} B, value ${sample.value.length} B)`,
+    ['what', 'heap per 1,000', 'bytes per instance', 'ratio to floor'],
+    [
+      ['floor: Map<string, string> of keys and values', kb(floorBytes), fmt.n(floorBytes / count), '1.00×'],
+      ['PrefixCache', kb(cacheBytes), fmt.n(cacheBytes / count), fmt.ratio(cacheBytes / floorBytes)],
+      [
+        'ServiceDiscovery (cache + parsed instances)',
+        kb(discoBytes),
+        fmt.n(discoBytes / count),
+        fmt.ratio(discoBytes / floorBytes),
+      ],
+    ],
+  );
 }
 
 export default async function run(ctx: BenchContext): Promise<void> {

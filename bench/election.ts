@@ -21,7 +21,10 @@ async function untilExists(client: Etcd3, key: string): Promise<void> {
   throw new Error(`${key} never appeared`);
 }
 
-interface Handoffs { latencies: number[]; observed: number[] }
+interface Handoffs {
+  latencies: number[];
+  observed: number[];
+}
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -103,7 +106,11 @@ async function etcd3Handoff(ctx: BenchContext, seconds: number, settleMs: number
 }
 
 /** Requests etcd received per campaign+resign cycle (no keepalives), over `n` cycles. */
-async function requestsPerCycle(ctx: BenchContext, n: number, cycle: () => Promise<void>): Promise<{ kv: number; watch: number; lease: number }> {
+async function requestsPerCycle(
+  ctx: BenchContext,
+  n: number,
+  cycle: () => Promise<void>,
+): Promise<{ kv: number; watch: number; lease: number }> {
   const before = await grpcMessages(ctx.metricsUrl);
   for (let i = 0; i < n; i++) await cycle();
   const after = await grpcMessages(ctx.metricsUrl);
@@ -141,14 +148,41 @@ export default async function run(ctx: BenchContext): Promise<void> {
   const etcd3Req = await requestsPerCycle(ctx, 100, etcd3Op);
   await session.close();
 
-  const req = (r: { kv: number; watch: number; lease: number }) => `${fmt.n(r.kv, 1)} KV + ${fmt.n(r.watch, 1)} watch + ${fmt.n(r.lease, 1)} lease`;
-  table('Uncontended campaign + resign (one client)', ['what', 'cycles/s', 'p50 ms', 'p99 ms', 'ratio', 'requests/cycle', 'client CPU ms/cycle'], [
-    ['(a) raw floor: create-if-absent Txn + delete', fmt.n(floor!.perSecond), fmt.ms(percentile(floor!.latencies, 50)), fmt.ms(percentile(floor!.latencies, 99)), '1.00×', '2 KV', fmt.cpu(floor!.cpuPerOp)],
-    ['(b) etcd-recipes Election campaign+resign', fmt.n(ours!.perSecond), fmt.ms(percentile(ours!.latencies, 50)), fmt.ms(percentile(ours!.latencies, 99)),
-      `${fmt.ratio(ours!.perSecond / floor!.perSecond)} of floor`, req(oursReq), fmt.cpu(ours!.cpuPerOp)],
-    ['(c) etcd3 Election campaign+wait+resign', fmt.n(etcd3!.perSecond), fmt.ms(percentile(etcd3!.latencies, 50)), fmt.ms(percentile(etcd3!.latencies, 99)),
-      `ours = ${fmt.ratio(ours!.perSecond / etcd3!.perSecond)} etcd3`, req(etcd3Req), fmt.cpu(etcd3!.cpuPerOp)],
-  ]);
+  const req = (r: { kv: number; watch: number; lease: number }) =>
+    `${fmt.n(r.kv, 1)} KV + ${fmt.n(r.watch, 1)} watch + ${fmt.n(r.lease, 1)} lease`;
+  table(
+    'Uncontended campaign + resign (one client)',
+    ['what', 'cycles/s', 'p50 ms', 'p99 ms', 'ratio', 'requests/cycle', 'client CPU ms/cycle'],
+    [
+      [
+        '(a) raw floor: create-if-absent Txn + delete',
+        fmt.n(floor!.perSecond),
+        fmt.ms(percentile(floor!.latencies, 50)),
+        fmt.ms(percentile(floor!.latencies, 99)),
+        '1.00×',
+        '2 KV',
+        fmt.cpu(floor!.cpuPerOp),
+      ],
+      [
+        '(b) etcd-recipes Election campaign+resign',
+        fmt.n(ours!.perSecond),
+        fmt.ms(percentile(ours!.latencies, 50)),
+        fmt.ms(percentile(ours!.latencies, 99)),
+        `${fmt.ratio(ours!.perSecond / floor!.perSecond)} of floor`,
+        req(oursReq),
+        fmt.cpu(ours!.cpuPerOp),
+      ],
+      [
+        '(c) etcd3 Election campaign+wait+resign',
+        fmt.n(etcd3!.perSecond),
+        fmt.ms(percentile(etcd3!.latencies, 50)),
+        fmt.ms(percentile(etcd3!.latencies, 99)),
+        `ours = ${fmt.ratio(ours!.perSecond / etcd3!.perSecond)} etcd3`,
+        req(etcd3Req),
+        fmt.cpu(etcd3!.cpuPerOp),
+      ],
+    ],
+  );
 
   const rows: (string | number)[][] = [];
   for (const settleMs of [0, 10]) {
@@ -160,23 +194,47 @@ export default async function run(ctx: BenchContext): Promise<void> {
     const etcd3Handoffs = await etcd3Handoff(ctx, Math.max(1, s / 2), settleMs);
     const etcd3Cpu = cpuMs(cpu) / etcd3Handoffs.length;
     rows.push(
-      [`etcd-recipes: resign() → successor's campaign() resolves (${when})`, handoff.latencies.length,
-        fmt.ms(percentile(handoff.latencies, 50)), fmt.ms(percentile(handoff.latencies, 99)), fmt.cpu(oursCpu), settleMs ? '' : 'p50 ≤ 5, p99 ≤ 20'],
-      [`etcd-recipes: resign() → an observer sees the successor (${when})`, handoff.observed.length,
-        fmt.ms(percentile(handoff.observed, 50)), fmt.ms(percentile(handoff.observed, 99)), '(same loop)', ''],
-      [`etcd3 Election: resign() → successor's wait() resolves (${when})`, etcd3Handoffs.length,
-        fmt.ms(percentile(etcd3Handoffs, 50)), fmt.ms(percentile(etcd3Handoffs, 99)), fmt.cpu(etcd3Cpu), ''],
+      [
+        `etcd-recipes: resign() → successor's campaign() resolves (${when})`,
+        handoff.latencies.length,
+        fmt.ms(percentile(handoff.latencies, 50)),
+        fmt.ms(percentile(handoff.latencies, 99)),
+        fmt.cpu(oursCpu),
+        settleMs ? '' : 'p50 ≤ 5, p99 ≤ 20',
+      ],
+      [
+        `etcd-recipes: resign() → an observer sees the successor (${when})`,
+        handoff.observed.length,
+        fmt.ms(percentile(handoff.observed, 50)),
+        fmt.ms(percentile(handoff.observed, 99)),
+        '(same loop)',
+        '',
+      ],
+      [
+        `etcd3 Election: resign() → successor's wait() resolves (${when})`,
+        etcd3Handoffs.length,
+        fmt.ms(percentile(etcd3Handoffs, 50)),
+        fmt.ms(percentile(etcd3Handoffs, 99)),
+        fmt.cpu(etcd3Cpu),
+        '',
+      ],
     );
   }
-  table('Handoff: the leader calls resign(); the successor, on another connection, is elected', [
-    'what', 'handoffs', 'p50 ms', 'p99 ms', 'client CPU ms/handoff', 'target',
-  ], rows);
+  table(
+    'Handoff: the leader calls resign(); the successor, on another connection, is elected',
+    ['what', 'handoffs', 'p50 ms', 'p99 ms', 'client CPU ms/handoff', 'target'],
+    rows,
+  );
   console.log('\n"queued just before": the successor\'s key exists when resign() is called (its wait may still be');
   console.log('setting up); "queued 10 ms before": it has settled into its wait. The observer is on a third');
-  console.log('connection. Go\'s concurrency.Election measured ~92 ms p50 for this handoff on this kind of machine');
-  console.log('(perf-facts). Go and etcd3 start the predecessor watch at the revision of their read; etcd 3.4 serves a');
+  console.log("connection. Go's concurrency.Election measured ~92 ms p50 for this handoff on this kind of machine");
+  console.log(
+    '(perf-facts). Go and etcd3 start the predecessor watch at the revision of their read; etcd 3.4 serves a',
+  );
   console.log('watch whose start revision is not above the current one from its 100 ms catch-up loop, so a settled');
   console.log('successor hears of the delete only at the next tick. etcd3 is fast only when the delete lands before');
-  console.log('its read. client CPU ms/handoff: the bench process\'s CPU over the whole handoff loop (campaigns, resigns,');
+  console.log(
+    "its read. client CPU ms/handoff: the bench process's CPU over the whole handoff loop (campaigns, resigns,",
+  );
   console.log('the observer, the check that the successor is queued) ÷ handoffs.');
 }

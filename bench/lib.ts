@@ -50,9 +50,15 @@ export async function withBenchEtcd(args: string[], fn: (ctx: BenchContext) => P
       cluster = await EtcdCluster.start({ install: true, dataDir: onShm ? undefined : 'disk', timing: 'default' });
       endpoints = cluster.endpoints;
       metricsUrl = cluster.members[0]!.clientUrl;
-      console.log(`etcd ${etcdVersion()} at ${endpoints.join(',')}, data ${onShm ? 'on /dev/shm' : `on disk (${cluster.dataDir})`}`);
+      console.log(
+        `etcd ${etcdVersion()} at ${endpoints.join(',')}, data ${onShm ? 'on /dev/shm' : `on disk (${cluster.dataDir})`}`,
+      );
     }
-    console.log(`machine: ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, node ${process.version}, load ${loadavg().map((l) => l.toFixed(2)).join(' ')}, ${new Date().toISOString()}`);
+    console.log(
+      `machine: ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, node ${process.version}, load ${loadavg()
+        .map((l) => l.toFixed(2))
+        .join(' ')}, ${new Date().toISOString()}`,
+    );
     await fn({
       endpoints,
       metricsUrl,
@@ -78,7 +84,9 @@ function profileFolder(): string {
 
 function etcdVersion(): string {
   try {
-    return execFileSync(findEtcdBinary(), ['--version'], { encoding: 'utf8' }).split('\n')[0]!.replace('etcd Version: ', '');
+    return execFileSync(findEtcdBinary(), ['--version'], { encoding: 'utf8' })
+      .split('\n')[0]!
+      .replace('etcd Version: ', '');
   } catch {
     return '?';
   }
@@ -107,7 +115,12 @@ export async function timed(seconds: number, op: () => Promise<unknown>, warmup 
     now = performance.now();
     latencies.push(now - t);
   }
-  return { perSecond: latencies.length / ((now - start) / 1000), count: latencies.length, latencies, cpuPerOp: cpuMs(cpu) / latencies.length };
+  return {
+    perSecond: latencies.length / ((now - start) / 1000),
+    count: latencies.length,
+    latencies,
+    cpuPerOp: cpuMs(cpu) / latencies.length,
+  };
 }
 
 /** CPU ms (user + system) this process used since `since`. */
@@ -132,7 +145,12 @@ export async function interleaved(seconds: number, ops: (() => Promise<unknown>)
       results[i]!.cpu += res.cpuPerOp * res.count;
     }
   }
-  return results.map((x) => ({ count: x.count, latencies: x.latencies, perSecond: x.count / x.elapsed, cpuPerOp: x.cpu / x.count }));
+  return results.map((x) => ({
+    count: x.count,
+    latencies: x.latencies,
+    perSecond: x.count / x.elapsed,
+    cpuPerOp: x.cpu / x.count,
+  }));
 }
 
 export function percentile(values: number[], p: number): number {
@@ -151,7 +169,10 @@ export async function grpcMessages(metricsUrl: string | undefined): Promise<Map<
 }
 
 /** Requests between two {@link grpcMessages} snapshots: KV calls plus watch create/cancel messages, no keepalives. */
-export function requestsBetween(before: Map<string, number>, after: Map<string, number>): { kv: number; watch: number; total: number } {
+export function requestsBetween(
+  before: Map<string, number>,
+  after: Map<string, number>,
+): { kv: number; watch: number; total: number } {
   const d = (k: string) => (after.get(k) ?? 0) - (before.get(k) ?? 0);
   const kv = d('Range') + d('Txn') + d('Put') + d('DeleteRange');
   const watch = d('Watch');
@@ -215,7 +236,10 @@ export function fifoHandoffs(records: number[][]): number[] {
   const releases: number[] = [];
   const out: number[] = [];
   for (const [t, kind, calledAt] of events) {
-    if (kind === 'release') { releases.push(t); continue; }
+    if (kind === 'release') {
+      releases.push(t);
+      continue;
+    }
     const release = releases.shift();
     if (release !== undefined && calledAt < release) out.push(t - release);
   }

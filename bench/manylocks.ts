@@ -21,7 +21,10 @@ async function fsyncs(metricsUrl: string | undefined): Promise<{ count: number; 
   if (!metricsUrl) return { count: NaN, seconds: NaN };
   const text = await (await fetch(`${metricsUrl.replace(/\/$/, '')}/metrics`)).text();
   const get = (name: string) => Number(new RegExp(`^${name} ([0-9.e+-]+)$`, 'm').exec(text)?.[1] ?? NaN);
-  return { count: get('etcd_disk_wal_fsync_duration_seconds_count'), seconds: get('etcd_disk_wal_fsync_duration_seconds_sum') };
+  return {
+    count: get('etcd_disk_wal_fsync_duration_seconds_count'),
+    seconds: get('etcd_disk_wal_fsync_duration_seconds_sum'),
+  };
 }
 
 export default async function run(ctx: BenchContext): Promise<void> {
@@ -33,10 +36,18 @@ export default async function run(ctx: BenchContext): Promise<void> {
   for (const names of [1, 10, 50, 100]) {
     const prefix = `bench/many/${names}`;
     await admin.kv.txn({
-      compare: [], failure: [],
-      success: Array.from({ length: names }, (_, n) => ({ request_put: { key: Buffer.from(`${prefix}/counter-${n}`), value: Buffer.from('0') } })),
+      compare: [],
+      failure: [],
+      success: Array.from({ length: names }, (_, n) => ({
+        request_put: { key: Buffer.from(`${prefix}/counter-${n}`), value: Buffer.from('0') },
+      })),
     } as never);
-    const group = await WorkerGroup.start(ctx.endpoints, 'manyLocks', { names, perName: PER_NAME, prefix }, { procs: PROCS });
+    const group = await WorkerGroup.start(
+      ctx.endpoints,
+      'manyLocks',
+      { names, perName: PER_NAME, prefix },
+      { procs: PROCS },
+    );
     let run: ReturnType<typeof merged>;
     let req: ReturnType<typeof requestsBetween>;
     let disk: { count: number; seconds: number };
@@ -54,19 +65,44 @@ export default async function run(ctx: BenchContext): Promise<void> {
       await group.close();
     }
     const counters = await admin.getAll().prefix(`${prefix}/counter-`).strings();
-    const ok = Array.from({ length: names }, (_, n) => Number(counters[`${prefix}/counter-${n}`]) === (run.counts[`n${n}`] ?? 0)).every(Boolean);
+    const ok = Array.from(
+      { length: names },
+      (_, n) => Number(counters[`${prefix}/counter-${n}`]) === (run.counts[`n${n}`] ?? 0),
+    ).every(Boolean);
     broken ||= !ok;
     if (names === 1) single = run.perSecond;
     rows.push([
-      names, names * PER_NAME, fmt.n(run.perSecond), fmt.ratio(run.perSecond / single), fmt.n(run.perSecond / names, 1),
-      fmt.n(req.kv / run.ops, 2), fmt.cpu(run.cpuPerOp), fmt.n(disk.count / elapsed), fmt.ms((1000 * disk.seconds) / disk.count),
-      fmt.n((100 * disk.seconds) / elapsed) + ' %', ok ? 'yes' : 'NO',
+      names,
+      names * PER_NAME,
+      fmt.n(run.perSecond),
+      fmt.ratio(run.perSecond / single),
+      fmt.n(run.perSecond / names, 1),
+      fmt.n(req.kv / run.ops, 2),
+      fmt.cpu(run.cpuPerOp),
+      fmt.n(disk.count / elapsed),
+      fmt.ms((1000 * disk.seconds) / disk.count),
+      `${fmt.n((100 * disk.seconds) / elapsed)} %`,
+      ok ? 'yes' : 'NO',
     ]);
   }
-  table(`Many locks: N names × ${PER_NAME} workers in ${PROCS} processes, lock → get + put the name's counter → unlock, ${seconds} s per point`, [
-    'names', 'workers', 'sections/s', '÷ 1 name', 'per name/s', 'KV req/section', 'client CPU ms/section', 'etcd fsyncs/s', 'fsync ms', 'etcd time in fsync', 'counters ok',
-  ], rows);
-  console.log('\nKV req/section includes the workload\'s get + put. etcd fsyncs/s and fsync ms are etcd\'s own WAL');
+  table(
+    `Many locks: N names × ${PER_NAME} workers in ${PROCS} processes, lock → get + put the name's counter → unlock, ${seconds} s per point`,
+    [
+      'names',
+      'workers',
+      'sections/s',
+      '÷ 1 name',
+      'per name/s',
+      'KV req/section',
+      'client CPU ms/section',
+      'etcd fsyncs/s',
+      'fsync ms',
+      'etcd time in fsync',
+      'counters ok',
+    ],
+    rows,
+  );
+  console.log("\nKV req/section includes the workload's get + put. etcd fsyncs/s and fsync ms are etcd's own WAL");
   console.log('fsync counters: when the time etcd spends in fsync nears 100 %, the disk is the limit.');
   if (broken) throw new Error('many locks: a counter does not match its sections (mutual exclusion violated)');
 }

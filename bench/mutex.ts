@@ -1,5 +1,15 @@
 import { Mutex, Session } from '../src/index.js';
-import { cpuMs, fmt, grpcMessages, interleaved, mutexHandoffs, percentile, requestsBetween, table, type BenchContext } from './lib.js';
+import {
+  cpuMs,
+  fmt,
+  grpcMessages,
+  interleaved,
+  mutexHandoffs,
+  percentile,
+  requestsBetween,
+  table,
+  type BenchContext,
+} from './lib.js';
 import { merged, WorkerGroup } from './workers/pool.js';
 
 /*
@@ -32,14 +42,22 @@ async function contended(ctx: BenchContext, workers: number, procs: number, seco
   const admin = ctx.client();
   const counter = `bench/mutex/counter-${workers}-${procs}`;
   await admin.put(counter).value('0');
-  const group = await WorkerGroup.start(ctx.endpoints, 'mutex', { workers, lock: `bench/mutex/lock-${workers}-${procs}`, counter }, { procs });
+  const group = await WorkerGroup.start(
+    ctx.endpoints,
+    'mutex',
+    { workers, lock: `bench/mutex/lock-${workers}-${procs}`, counter },
+    { procs },
+  );
   try {
     const before = await grpcMessages(ctx.metricsUrl);
     const run = merged(await group.run(seconds));
     const req = requestsBetween(before, await grpcMessages(ctx.metricsUrl));
     const value = Number(await admin.get(counter).string());
     return {
-      workers, procs, sections: run.ops, perSecond: run.perSecond,
+      workers,
+      procs,
+      sections: run.ops,
+      perSecond: run.perSecond,
       handoffs: mutexHandoffs(run.records),
       counterOk: value === run.ops,
       // The workload's own get + put are not the lock's cost.
@@ -55,30 +73,41 @@ async function contended(ctx: BenchContext, workers: number, procs: number, seco
 /** 1000 waiters queued at once (over 25 connections), each takes the lock once. */
 async function scale(ctx: BenchContext, waiters: number): Promise<ContendedResult> {
   const clients = Array.from({ length: 25 }, () => ctx.client());
-  const sessions = await Promise.all(Array.from({ length: waiters }, (_, i) => Session.create(clients[i % clients.length]!, { ttl: 60 })));
+  const sessions = await Promise.all(
+    Array.from({ length: waiters }, (_, i) => Session.create(clients[i % clients.length]!, { ttl: 60 })),
+  );
   const handoffs: number[] = [];
   let sections = 0;
   let lastUnlockCall = 0;
   const before = await grpcMessages(ctx.metricsUrl);
   const cpu = process.cpuUsage();
   const started = performance.now();
-  await Promise.all(sessions.map(async (session) => {
-    const m = new Mutex(session, 'bench/mutex/scale');
-    await m.lock();
-    const acquiredAt = performance.now();
-    if (lastUnlockCall > 0) handoffs.push(acquiredAt - lastUnlockCall);
-    sections++;
-    lastUnlockCall = performance.now();
-    await m.unlock();
-  }));
+  await Promise.all(
+    sessions.map(async (session) => {
+      const m = new Mutex(session, 'bench/mutex/scale');
+      await m.lock();
+      const acquiredAt = performance.now();
+      if (lastUnlockCall > 0) handoffs.push(acquiredAt - lastUnlockCall);
+      sections++;
+      lastUnlockCall = performance.now();
+      await m.unlock();
+    }),
+  );
   const elapsed = (performance.now() - started) / 1000;
   const cpuPerSection = cpuMs(cpu) / sections;
   const after = await grpcMessages(ctx.metricsUrl);
   const req = requestsBetween(before, after);
   await Promise.all(sessions.map((s) => s.close()));
   return {
-    workers: waiters, procs: 1, sections, perSecond: sections / elapsed, handoffs, counterOk: sections === waiters,
-    kvPerSection: req.kv / sections, watchPerSection: req.watch / sections, cpuPerSection,
+    workers: waiters,
+    procs: 1,
+    sections,
+    perSecond: sections / elapsed,
+    handoffs,
+    counterOk: sections === waiters,
+    kvPerSection: req.kv / sections,
+    watchPerSection: req.watch / sections,
+    cpuPerSection,
   };
 }
 
@@ -121,28 +150,93 @@ export default async function run(ctx: BenchContext): Promise<void> {
   const oursReq = requestsBetween(reqBefore, await grpcMessages(ctx.metricsUrl)).kv / 100;
   await session.close();
 
-  table('Uncontended (one client)', ['what', 'cycles/s', 'p50 ms', 'p99 ms', 'ratio', 'KV req/cycle', 'client CPU ms/cycle'], [
-    ['(a) raw floor: create-if-absent Txn + delete', fmt.n(floor!.perSecond), fmt.ms(percentile(floor!.latencies, 50)), fmt.ms(percentile(floor!.latencies, 99)), '1.00×', '2', fmt.cpu(floor!.cpuPerOp)],
-    ['(b) etcd-recipes Mutex lock+unlock', fmt.n(ours!.perSecond), fmt.ms(percentile(ours!.latencies, 50)), fmt.ms(percentile(ours!.latencies, 99)), `${fmt.ratio(ours!.perSecond / floor!.perSecond)} of floor`, fmt.n(oursReq, 2), fmt.cpu(ours!.cpuPerOp)],
-    ['(c) etcd3 Lock acquire+release', fmt.n(etcd3Lock!.perSecond), fmt.ms(percentile(etcd3Lock!.latencies, 50)), fmt.ms(percentile(etcd3Lock!.latencies, 99)), `ours = ${fmt.ratio(ours!.perSecond / etcd3Lock!.perSecond)} etcd3`, '2 + 2 lease', fmt.cpu(etcd3Lock!.cpuPerOp)],
-    ['(e) chain floor: delete, range, get, put', fmt.n(chain!.perSecond), fmt.ms(percentile(chain!.latencies, 50)), fmt.ms(percentile(chain!.latencies, 99)), '', '4', fmt.cpu(chain!.cpuPerOp)],
-  ]);
+  table(
+    'Uncontended (one client)',
+    ['what', 'cycles/s', 'p50 ms', 'p99 ms', 'ratio', 'KV req/cycle', 'client CPU ms/cycle'],
+    [
+      [
+        '(a) raw floor: create-if-absent Txn + delete',
+        fmt.n(floor!.perSecond),
+        fmt.ms(percentile(floor!.latencies, 50)),
+        fmt.ms(percentile(floor!.latencies, 99)),
+        '1.00×',
+        '2',
+        fmt.cpu(floor!.cpuPerOp),
+      ],
+      [
+        '(b) etcd-recipes Mutex lock+unlock',
+        fmt.n(ours!.perSecond),
+        fmt.ms(percentile(ours!.latencies, 50)),
+        fmt.ms(percentile(ours!.latencies, 99)),
+        `${fmt.ratio(ours!.perSecond / floor!.perSecond)} of floor`,
+        fmt.n(oursReq, 2),
+        fmt.cpu(ours!.cpuPerOp),
+      ],
+      [
+        '(c) etcd3 Lock acquire+release',
+        fmt.n(etcd3Lock!.perSecond),
+        fmt.ms(percentile(etcd3Lock!.latencies, 50)),
+        fmt.ms(percentile(etcd3Lock!.latencies, 99)),
+        `ours = ${fmt.ratio(ours!.perSecond / etcd3Lock!.perSecond)} etcd3`,
+        '2 + 2 lease',
+        fmt.cpu(etcd3Lock!.cpuPerOp),
+      ],
+      [
+        '(e) chain floor: delete, range, get, put',
+        fmt.n(chain!.perSecond),
+        fmt.ms(percentile(chain!.latencies, 50)),
+        fmt.ms(percentile(chain!.latencies, 99)),
+        '',
+        '4',
+        fmt.cpu(chain!.cpuPerOp),
+      ],
+    ],
+  );
 
   const rows: ContendedResult[] = [];
-  for (const [w, procs] of [[2, 1], [8, 1], [8, 4], [32, 1], [32, 4]] as const) rows.push(await contended(ctx, w, procs, s));
+  for (const [w, procs] of [
+    [2, 1],
+    [8, 1],
+    [8, 4],
+    [32, 1],
+    [32, 4],
+  ] as const)
+    rows.push(await contended(ctx, w, procs, s));
   const scaleRun = await scale(ctx, 1000);
-  table('Contended: W workers on separate connections, lock → get+put counter → unlock', [
-    'W', 'processes', 'sections/s', '÷ chain floor', 'handoff p50 ms', 'handoff p99 ms', 'lock KV req/section', 'watch msgs/section', 'client CPU ms/section', 'counter ok',
-  ], [...rows, scaleRun].map((r) => [
-    r === scaleRun ? `${r.workers} (queued once each, no workload)` : r.workers, r === scaleRun ? '1 (bench)' : r.procs,
-    fmt.n(r.perSecond), r === scaleRun ? '' : fmt.ratio(r.perSecond / chain!.perSecond),
-    fmt.ms(percentile(r.handoffs, 50)), fmt.ms(percentile(r.handoffs, 99)),
-    fmt.n(r.kvPerSection, 2), fmt.n(r.watchPerSection, 2), fmt.cpu(r.cpuPerSection), r.counterOk ? 'yes' : 'NO',
-  ]));
+  table(
+    'Contended: W workers on separate connections, lock → get+put counter → unlock',
+    [
+      'W',
+      'processes',
+      'sections/s',
+      '÷ chain floor',
+      'handoff p50 ms',
+      'handoff p99 ms',
+      'lock KV req/section',
+      'watch msgs/section',
+      'client CPU ms/section',
+      'counter ok',
+    ],
+    [...rows, scaleRun].map((r) => [
+      r === scaleRun ? `${r.workers} (queued once each, no workload)` : r.workers,
+      r === scaleRun ? '1 (bench)' : r.procs,
+      fmt.n(r.perSecond),
+      r === scaleRun ? '' : fmt.ratio(r.perSecond / chain!.perSecond),
+      fmt.ms(percentile(r.handoffs, 50)),
+      fmt.ms(percentile(r.handoffs, 99)),
+      fmt.n(r.kvPerSection, 2),
+      fmt.n(r.watchPerSection, 2),
+      fmt.cpu(r.cpuPerSection),
+      r.counterOk ? 'yes' : 'NO',
+    ]),
+  );
   console.log('\nlock KV req/section counts every Range/Txn/Put/DeleteRange etcd received for the lock itself (the');
-  console.log('workload\'s get+put are subtracted); watch msgs are watch create/cancel messages. Of these, only the');
-  console.log('holder\'s delete and the successor\'s post-wake range lie on the handoff path; the acquire Txn, the watch');
+  console.log("workload's get+put are subtracted); watch msgs are watch create/cancel messages. Of these, only the");
+  console.log(
+    "holder's delete and the successor's post-wake range lie on the handoff path; the acquire Txn, the watch",
+  );
   console.log('and the confirming range happen while the waiter is queued. client CPU ms/section is the CPU time of');
   console.log('all worker processes during the run (user + system), divided by the sections, the workload included.');
-  if (rows.some((r) => !r.counterOk) || !scaleRun.counterOk) throw new Error('counter mismatch: mutual exclusion violated');
+  if (rows.some((r) => !r.counterOk) || !scaleRun.counterOk)
+    throw new Error('counter mismatch: mutual exclusion violated');
 }

@@ -52,7 +52,14 @@ interface Producer {
 }
 
 /** One producer enqueueing back to back for `seconds`, `consumers` consumers taking until everything is delivered. */
-async function deliveries(ctx: BenchContext, what: string, seconds: number, producer: Producer, consumers: Consumer[], inFlight = 1): Promise<RunResult> {
+async function deliveries(
+  ctx: BenchContext,
+  what: string,
+  seconds: number,
+  producer: Producer,
+  consumers: Consumer[],
+  inFlight = 1,
+): Promise<RunResult> {
   const sentAt = new Map<string, number>();
   const latencies: number[] = [];
   const seen = new Set<string>();
@@ -82,14 +89,16 @@ async function deliveries(ctx: BenchContext, what: string, seconds: number, prod
   });
   const end = started + seconds * 1000;
   let n = 0;
-  await Promise.all(Array.from({ length: inFlight }, async () => {
-    while (performance.now() < end) {
-      const v = `${n++}-${VALUE}`;
-      await producer.put(v);
-      sentAt.set(v, performance.now());
-      produced++;
-    }
-  }));
+  await Promise.all(
+    Array.from({ length: inFlight }, async () => {
+      while (performance.now() < end) {
+        const v = `${n++}-${VALUE}`;
+        await producer.put(v);
+        sentAt.set(v, performance.now());
+        produced++;
+      }
+    }),
+  );
   producing = false;
   if (delivered >= produced) stop.abort();
   const drainTimer = setTimeout(() => stop.abort(), 30_000);
@@ -100,8 +109,15 @@ async function deliveries(ctx: BenchContext, what: string, seconds: number, prod
   const req = requestsBetween(before, after);
   await Promise.all([producer.close(), ...consumers.map((c) => c.close())]);
   return {
-    what, delivered, produced, perSecond: delivered / ((lastDelivery - started) / 1000), latencies,
-    kvPerItem: req.kv / delivered, watchPerItem: req.watch / delivered, duplicates, cpuPerItem,
+    what,
+    delivered,
+    produced,
+    perSecond: delivered / ((lastDelivery - started) / 1000),
+    latencies,
+    kvPerItem: req.kv / delivered,
+    watchPerItem: req.watch / delivered,
+    duplicates,
+    cpuPerItem,
   };
 }
 
@@ -114,27 +130,39 @@ async function deliveries(ctx: BenchContext, what: string, seconds: number, prod
  * under this churn), so the comparison isolates the algorithm.
  */
 function goStyleConsumer(client: Etcd3, prefix: string): Consumer {
-  const claim = async (key: Buffer, mod: bigint) => (await txn(client, [cmp.mod(key, '==', mod)], [op.delete(key)])).succeeded;
+  const claim = async (key: Buffer, mod: bigint) =>
+    (await txn(client, [cmp.mod(key, '==', mod)], [op.delete(key)])).succeeded;
   return {
     async take(stop) {
       while (!stop.aborted) {
         // Get(prefix, WithFirstRev()): sort by mod revision, limit 1; claimFirstKey.
-        const res = await txn(client, [], [op.range(prefix, { prefix: true, sortTarget: 'Mod', sortOrder: 'Ascend', limit: 1 })]);
+        const res = await txn(
+          client,
+          [],
+          [op.range(prefix, { prefix: true, sortTarget: 'Mod', sortOrder: 'Ascend', limit: 1 })],
+        );
         const r = rangeAt(res, 0);
         const kv = r.kvs[0];
-        if (kv && await claim(kv.key, kv.modRevision)) return kv.value.toString();
+        if (kv && (await claim(kv.key, kv.modRevision))) return kv.value.toString();
         if (r.more) continue;
         // WaitPrefixEvents(prefix, header.revision, PUT): every waiting consumer wakes for every put.
         let wake: ((ev: WatchEvent | undefined) => void) | undefined;
-        const got = new Promise<WatchEvent | undefined>((resolve) => { wake = resolve; });
+        const got = new Promise<WatchEvent | undefined>((resolve) => {
+          wake = resolve;
+        });
         const onAbort = () => wake?.(undefined);
         stop.addEventListener('abort', onAbort, { once: true });
         let handle: WatchHandle | undefined;
         try {
-          handle = await openWatch(client, { key: Buffer.from(prefix), prefix: true, startRevision: res.revision, noDelete: true }, {
-            onEvents: (evs) => wake?.(evs[0]),
-            onEnd: () => wake?.(undefined),
-          }, stop);
+          handle = await openWatch(
+            client,
+            { key: Buffer.from(prefix), prefix: true, startRevision: res.revision, noDelete: true },
+            {
+              onEvents: (evs) => wake?.(evs[0]),
+              onEnd: () => wake?.(undefined),
+            },
+            stop,
+          );
           const ev = await got;
           if (!ev) continue;
           if (await claim(ev.kv.key, ev.kv.modRevision)) return ev.kv.value.toString();
@@ -153,7 +181,11 @@ function goStyleConsumer(client: Etcd3, prefix: string): Consumer {
 
 function queueConsumer(q: Queue | PriorityQueue): Consumer {
   return {
-    take: (stop) => q.dequeue({ signal: stop }).catch((err: unknown) => { if (stop.aborted) return undefined; throw err; }),
+    take: (stop) =>
+      q.dequeue({ signal: stop }).catch((err: unknown) => {
+        if (stop.aborted) return undefined;
+        throw err;
+      }),
     close: () => q.close(),
   };
 }
@@ -163,7 +195,10 @@ async function workQueueConsumer(client: Etcd3, prefix: string): Promise<Consume
   const wq = new WorkQueue(session, prefix);
   return {
     async take(stop) {
-      const job = await wq.claim({ signal: stop }).catch((err: unknown) => { if (stop.aborted) return undefined; throw err; });
+      const job = await wq.claim({ signal: stop }).catch((err: unknown) => {
+        if (stop.aborted) return undefined;
+        throw err;
+      });
       if (!job) return undefined;
       await job.ack();
       return job.value;
@@ -195,7 +230,10 @@ function rawFloor(ctx: BenchContext, consumers: number): { producer: Producer; c
           await new Promise<void>((resolve) => {
             const onAbort = () => resolve();
             stop.addEventListener('abort', onAbort, { once: true });
-            waiting.push(() => { stop.removeEventListener('abort', onAbort); resolve(); });
+            waiting.push(() => {
+              stop.removeEventListener('abort', onAbort);
+              resolve();
+            });
           });
         }
         const item = handed.shift()!;
@@ -228,12 +266,42 @@ export default async function run(ctx: BenchContext): Promise<void> {
   const pq = new PriorityQueue(client, 'bench/queue/penq');
   const session = await Session.create(client, { ttl: 30 });
   const wq = new WorkQueue(session, 'bench/queue/wenq');
-  const [put, tx, enq, penq, add] = await interleaved(s, [rawPut, rawTxn, () => q.enqueue(VALUE), () => pq.enqueue(VALUE, i++ % 4), () => wq.add(VALUE)]);
-  table('Enqueue, one at a time (one client)', ['what', 'ops/s', 'p50 ms', 'p99 ms', 'ratio', 'client CPU ms/op'], [
-    ['raw put', fmt.n(put!.perSecond), fmt.ms(percentile(put!.latencies, 50)), fmt.ms(percentile(put!.latencies, 99)), '1.00×', fmt.cpu(put!.cpuPerOp)],
-    ...([['raw create-if-absent Txn + put', tx!], ['Queue.enqueue', enq!], ['PriorityQueue.enqueue (4 priorities)', penq!], ['WorkQueue.add', add!]] as const).map(([name, r]) =>
-      [name, fmt.n(r.perSecond), fmt.ms(percentile(r.latencies, 50)), fmt.ms(percentile(r.latencies, 99)), fmt.ratio(r.perSecond / put!.perSecond), fmt.cpu(r.cpuPerOp)]),
+  const [put, tx, enq, penq, add] = await interleaved(s, [
+    rawPut,
+    rawTxn,
+    () => q.enqueue(VALUE),
+    () => pq.enqueue(VALUE, i++ % 4),
+    () => wq.add(VALUE),
   ]);
+  table(
+    'Enqueue, one at a time (one client)',
+    ['what', 'ops/s', 'p50 ms', 'p99 ms', 'ratio', 'client CPU ms/op'],
+    [
+      [
+        'raw put',
+        fmt.n(put!.perSecond),
+        fmt.ms(percentile(put!.latencies, 50)),
+        fmt.ms(percentile(put!.latencies, 99)),
+        '1.00×',
+        fmt.cpu(put!.cpuPerOp),
+      ],
+      ...(
+        [
+          ['raw create-if-absent Txn + put', tx!],
+          ['Queue.enqueue', enq!],
+          ['PriorityQueue.enqueue (4 priorities)', penq!],
+          ['WorkQueue.add', add!],
+        ] as const
+      ).map(([name, r]) => [
+        name,
+        fmt.n(r.perSecond),
+        fmt.ms(percentile(r.latencies, 50)),
+        fmt.ms(percentile(r.latencies, 99)),
+        fmt.ratio(r.perSecond / put!.perSecond),
+        fmt.cpu(r.cpuPerOp),
+      ]),
+    ],
+  );
   await client.delete().prefix('bench/queue/');
   await client.delete().prefix('__bench/queue/');
   await q.close();
@@ -246,60 +314,126 @@ export default async function run(ctx: BenchContext): Promise<void> {
     const results: RunResult[] = [];
     {
       const floor = rawFloor(ctx, consumers);
-      results.push(await deliveries(ctx, 'raw floor: put + delete per item (keys handed over in process)', s, floor.producer, floor.consumers, inFlight));
+      results.push(
+        await deliveries(
+          ctx,
+          'raw floor: put + delete per item (keys handed over in process)',
+          s,
+          floor.producer,
+          floor.consumers,
+          inFlight,
+        ),
+      );
     }
     {
       const clients = Array.from({ length: consumers }, () => ctx.client());
       await connect(clients);
       const producer = new Queue(ctx.client(), `bench/queue/go-${inFlight}`);
-      results.push(await deliveries(ctx, 'Go\'s recipe.Queue algorithm, ported', s,
-        { put: (v) => producer.enqueue(v), close: () => producer.close() }, clients.map((c) => goStyleConsumer(c, `bench/queue/go-${inFlight}/`)), inFlight));
+      results.push(
+        await deliveries(
+          ctx,
+          "Go's recipe.Queue algorithm, ported",
+          s,
+          { put: (v) => producer.enqueue(v), close: () => producer.close() },
+          clients.map((c) => goStyleConsumer(c, `bench/queue/go-${inFlight}/`)),
+          inFlight,
+        ),
+      );
     }
     {
       const clients = Array.from({ length: consumers }, () => ctx.client());
       await connect(clients);
       const producer = new Queue(ctx.client(), `bench/queue/ours-${inFlight}`);
-      results.push(await deliveries(ctx, 'Queue', s, { put: (v) => producer.enqueue(v), close: () => producer.close() },
-        clients.map((c) => queueConsumer(new Queue(c, `bench/queue/ours-${inFlight}`))), inFlight));
+      results.push(
+        await deliveries(
+          ctx,
+          'Queue',
+          s,
+          { put: (v) => producer.enqueue(v), close: () => producer.close() },
+          clients.map((c) => queueConsumer(new Queue(c, `bench/queue/ours-${inFlight}`))),
+          inFlight,
+        ),
+      );
     }
     {
       const clients = Array.from({ length: consumers }, () => ctx.client());
       await connect(clients);
       const producer = new PriorityQueue(ctx.client(), `bench/queue/prio-${inFlight}`);
       let n = 0;
-      results.push(await deliveries(ctx, 'PriorityQueue (4 priorities)', s, { put: (v) => producer.enqueue(v, n++ % 4), close: () => producer.close() },
-        clients.map((c) => queueConsumer(new PriorityQueue(c, `bench/queue/prio-${inFlight}`))), inFlight));
+      results.push(
+        await deliveries(
+          ctx,
+          'PriorityQueue (4 priorities)',
+          s,
+          { put: (v) => producer.enqueue(v, n++ % 4), close: () => producer.close() },
+          clients.map((c) => queueConsumer(new PriorityQueue(c, `bench/queue/prio-${inFlight}`))),
+          inFlight,
+        ),
+      );
     }
     {
       const clients = Array.from({ length: consumers }, () => ctx.client());
       await connect(clients);
       const ps = await Session.create(ctx.client(), { ttl: 30 });
       const producer = new WorkQueue(ps, `bench/queue/work-${inFlight}`);
-      results.push(await deliveries(ctx, 'WorkQueue (claim + ack)', s, { put: (v) => producer.add(v), close: () => ps.close() },
-        await Promise.all(clients.map((c) => workQueueConsumer(c, `bench/queue/work-${inFlight}`))), inFlight));
+      results.push(
+        await deliveries(
+          ctx,
+          'WorkQueue (claim + ack)',
+          s,
+          { put: (v) => producer.add(v), close: () => ps.close() },
+          await Promise.all(clients.map((c) => workQueueConsumer(c, `bench/queue/work-${inFlight}`))),
+          inFlight,
+        ),
+      );
     }
     const floorRate = results[0]!.perSecond;
     const goRate = results[1]!.perSecond;
-    table(`1 producer (${inFlight === 1 ? 'one enqueue at a time' : `${inFlight} enqueues in flight`}, ${s} s) and ${consumers} consumers, each on its own connection`, [
-      'what', 'delivered/s', '÷ raw floor', '÷ Go algorithm', 'latency p50 ms', 'p99 ms', 'KV req/item', 'watch msgs/item', 'client CPU ms/item', 'lost/dup',
-    ], results.map((r) => [
-      r.what, fmt.n(r.perSecond), fmt.ratio(r.perSecond / floorRate), fmt.ratio(r.perSecond / goRate),
-      fmt.ms(percentile(r.latencies, 50)), fmt.ms(percentile(r.latencies, 99)),
-      fmt.n(r.kvPerItem, 2), fmt.n(r.watchPerItem, 2), fmt.cpu(r.cpuPerItem), `${r.produced - r.delivered + r.duplicates}`,
-    ]));
-    if (results.some((r) => r.duplicates > 0 || r.delivered !== r.produced)) throw new Error('an item was lost or delivered twice');
+    table(
+      `1 producer (${inFlight === 1 ? 'one enqueue at a time' : `${inFlight} enqueues in flight`}, ${s} s) and ${consumers} consumers, each on its own connection`,
+      [
+        'what',
+        'delivered/s',
+        '÷ raw floor',
+        '÷ Go algorithm',
+        'latency p50 ms',
+        'p99 ms',
+        'KV req/item',
+        'watch msgs/item',
+        'client CPU ms/item',
+        'lost/dup',
+      ],
+      results.map((r) => [
+        r.what,
+        fmt.n(r.perSecond),
+        fmt.ratio(r.perSecond / floorRate),
+        fmt.ratio(r.perSecond / goRate),
+        fmt.ms(percentile(r.latencies, 50)),
+        fmt.ms(percentile(r.latencies, 99)),
+        fmt.n(r.kvPerItem, 2),
+        fmt.n(r.watchPerItem, 2),
+        fmt.cpu(r.cpuPerItem),
+        `${r.produced - r.delivered + r.duplicates}`,
+      ]),
+    );
+    if (results.some((r) => r.duplicates > 0 || r.delivered !== r.produced))
+      throw new Error('an item was lost or delivered twice');
   }
 
   // (c) backlog drain and (d) many waiting consumers
   const drain: (string | number)[][] = [];
   for (const [label, make] of [
-    ['Go\'s algorithm', (c: Etcd3, p: string) => goStyleConsumer(c, `${p}/`)],
+    ["Go's algorithm", (c: Etcd3, p: string) => goStyleConsumer(c, `${p}/`)],
     ['Queue', (c: Etcd3, p: string) => queueConsumer(new Queue(c, p))],
   ] as const) {
     const prefix = `bench/queue/drain-${label.length}`;
     const producer = new Queue(client, prefix);
     const items = 1000;
-    await Promise.all(Array.from({ length: 8 }, async (_, k) => { for (let j = k; j < items; j += 8) await producer.enqueue(`${j}`); }));
+    await Promise.all(
+      Array.from({ length: 8 }, async (_, k) => {
+        for (let j = k; j < items; j += 8) await producer.enqueue(`${j}`);
+      }),
+    );
     const clients = Array.from({ length: consumers }, () => ctx.client());
     await connect(clients);
     const cs = clients.map((c) => make(c, prefix));
@@ -309,35 +443,67 @@ export default async function run(ctx: BenchContext): Promise<void> {
     let got = 0;
     const stop = new AbortController();
     setMaxListeners(1000, stop.signal);
-    await Promise.all(cs.map(async (c) => {
-      while ((await c.take(stop.signal)) !== undefined) if (++got === items) stop.abort();
-    }));
+    await Promise.all(
+      cs.map(async (c) => {
+        while ((await c.take(stop.signal)) !== undefined) if (++got === items) stop.abort();
+      }),
+    );
     const elapsed = (performance.now() - started) / 1000;
     const cpuPerItem = cpuMs(cpu) / got;
     const req = requestsBetween(before, await grpcMessages(ctx.metricsUrl));
-    drain.push([`${label}: drain ${items} queued items, ${consumers} consumers`, fmt.n(got / elapsed), fmt.n(req.kv / got, 2), fmt.n(req.watch / got, 2), fmt.cpu(cpuPerItem)]);
+    drain.push([
+      `${label}: drain ${items} queued items, ${consumers} consumers`,
+      fmt.n(got / elapsed),
+      fmt.n(req.kv / got, 2),
+      fmt.n(req.watch / got, 2),
+      fmt.cpu(cpuPerItem),
+    ]);
     await Promise.all(cs.map((c) => c.close()));
     await producer.close();
   }
   for (const [label, make] of [
-    ['Go\'s algorithm', (c: Etcd3, p: string) => goStyleConsumer(c, `${p}/`)],
+    ["Go's algorithm", (c: Etcd3, p: string) => goStyleConsumer(c, `${p}/`)],
     ['Queue', (c: Etcd3, p: string) => queueConsumer(new Queue(c, p))],
   ] as const) {
     const waiters = 16;
     const clients = Array.from({ length: waiters }, () => ctx.client());
     await connect(clients);
     const prefix = `bench/queue/many-${label.length}`;
-    const r = await deliveries(ctx, label, Math.max(1, s / 2), new (class implements Producer {
-      readonly q = new Queue(client, prefix);
-      put(v: string) { return this.q.enqueue(v); }
-      close() { return this.q.close(); }
-    })(), clients.map((c) => make(c, prefix)));
-    drain.push([`${label}: 1 producer, ${waiters} consumers`, fmt.n(r.perSecond), fmt.n(r.kvPerItem, 2), fmt.n(r.watchPerItem, 2), fmt.cpu(r.cpuPerItem)]);
+    const r = await deliveries(
+      ctx,
+      label,
+      Math.max(1, s / 2),
+      new (class implements Producer {
+        readonly q = new Queue(client, prefix);
+        put(v: string) {
+          return this.q.enqueue(v);
+        }
+        close() {
+          return this.q.close();
+        }
+      })(),
+      clients.map((c) => make(c, prefix)),
+    );
+    drain.push([
+      `${label}: 1 producer, ${waiters} consumers`,
+      fmt.n(r.perSecond),
+      fmt.n(r.kvPerItem, 2),
+      fmt.n(r.watchPerItem, 2),
+      fmt.cpu(r.cpuPerItem),
+    ]);
   }
-  table('Where the herd shows: etcd requests per delivered item', ['what', 'delivered/s', 'KV req/item', 'watch msgs/item', 'client CPU ms/item'], drain);
-  console.log('\nKV req/item counts every Range/Txn/Put/DeleteRange etcd received, the enqueue included; watch msgs are');
-  console.log('watch create/cancel messages. Go\'s algorithm sends one claim per waiting consumer per item, and its watch');
-  console.log('from a past revision waits for etcd 3.4\'s 100 ms catch-up loop. client CPU ms/item: this process\'s CPU');
+  table(
+    'Where the herd shows: etcd requests per delivered item',
+    ['what', 'delivered/s', 'KV req/item', 'watch msgs/item', 'client CPU ms/item'],
+    drain,
+  );
+  console.log(
+    '\nKV req/item counts every Range/Txn/Put/DeleteRange etcd received, the enqueue included; watch msgs are',
+  );
+  console.log(
+    "watch create/cancel messages. Go's algorithm sends one claim per waiting consumer per item, and its watch",
+  );
+  console.log("from a past revision waits for etcd 3.4's 100 ms catch-up loop. client CPU ms/item: this process's CPU");
   console.log('time (producer and consumers together) ÷ items. The same workload with the consumers split over 4');
   console.log('processes is in the workqueue benchmark.');
 }

@@ -17,7 +17,10 @@ process.setSourceMapsEnabled(false);
 setMaxListeners(10_000);
 
 const dir = fileURLToPath(new URL('.', import.meta.url));
-const available = readdirSync(dir).filter((f) => f.endsWith('.ts') && !['run.ts', 'lib.ts'].includes(f)).map((f) => f.slice(0, -3)).sort();
+const available = readdirSync(dir)
+  .filter((f) => f.endsWith('.ts') && !['run.ts', 'lib.ts'].includes(f))
+  .map((f) => f.slice(0, -3))
+  .sort();
 const args = process.argv.slice(2);
 const names = args.filter((a) => !a.startsWith('--'));
 const chosen = names.length ? names : available;
@@ -29,7 +32,7 @@ for (const name of chosen) {
 }
 for (const name of chosen) {
   console.log(`\n## ${name}\n`);
-  const mod = await import(`./${name}.ts`) as { default: Benchmark };
+  const mod = (await import(`./${name}.ts`)) as { default: Benchmark };
   await withBenchEtcd(args, (ctx) => mod.default({ ...ctx, args: args.filter((a) => a !== name) }));
 }
 process.exit(0);

@@ -1,6 +1,16 @@
 import type { Etcd3 } from 'etcd3';
 import { Mutex, RWMutex, Semaphore, Session } from '../src/index.js';
-import { cpuMs, fifoHandoffs, fmt, grpcMessages, interleaved, percentile, requestsBetween, table, type BenchContext } from './lib.js';
+import {
+  cpuMs,
+  fifoHandoffs,
+  fmt,
+  grpcMessages,
+  interleaved,
+  percentile,
+  requestsBetween,
+  table,
+  type BenchContext,
+} from './lib.js';
 import { merged, WorkerGroup } from './workers/pool.js';
 
 /*
@@ -32,8 +42,12 @@ interface LoopResult {
 }
 
 /** Runs `cycle` in a loop on `workers` connections for `seconds`; `cycle` resolves after a full acquire+release. */
-async function loop(ctx: BenchContext, workers: number, seconds: number,
-  make: (client: Etcd3, session: Session) => (mark: Marks) => Promise<void>): Promise<LoopResult> {
+async function loop(
+  ctx: BenchContext,
+  workers: number,
+  seconds: number,
+  make: (client: Etcd3, session: Session) => (mark: Marks) => Promise<void>,
+): Promise<LoopResult> {
   const clients = Array.from({ length: workers }, () => ctx.client());
   const sessions = await Promise.all(clients.map((c) => Session.create(c, { ttl: 30 })));
   await Promise.all(clients.map((c) => c.get('bench/warm').string())); // connect before the clock starts
@@ -46,34 +60,60 @@ async function loop(ctx: BenchContext, workers: number, seconds: number,
   const before = await grpcMessages(ctx.metricsUrl);
   const cpu = process.cpuUsage();
   const started = performance.now();
-  const timer = setTimeout(() => { stop = true; }, seconds * 1000);
-  await Promise.all(cycles.map(async (cycle) => {
-    while (!stop) {
-      await cycle(marks);
-      count++;
-    }
-  }));
+  const timer = setTimeout(() => {
+    stop = true;
+  }, seconds * 1000);
+  await Promise.all(
+    cycles.map(async (cycle) => {
+      while (!stop) {
+        await cycle(marks);
+        count++;
+      }
+    }),
+  );
   const elapsed = (performance.now() - started) / 1000;
   const cpuPerCycle = cpuMs(cpu) / count;
   clearTimeout(timer);
   const req = requestsBetween(before, await grpcMessages(ctx.metricsUrl));
   await Promise.all(sessions.map((s) => s.close()));
   return {
-    workers, cycles: count, perSecond: count / elapsed, handoffs: marks.handoffs,
-    kvPerCycle: req.kv / count, watchPerCycle: req.watch / count, cpuPerCycle,
+    workers,
+    cycles: count,
+    perSecond: count / elapsed,
+    handoffs: marks.handoffs,
+    kvPerCycle: req.kv / count,
+    watchPerCycle: req.watch / count,
+    cpuPerCycle,
   };
 }
 
 /** The oversubscribed Semaphore in worker processes: `workers` workers, `permits` permits, over `procs` processes. */
-async function semGroup(ctx: BenchContext, workers: number, permits: number, procs: number, seconds: number): Promise<LoopResult> {
-  const group = await WorkerGroup.start(ctx.endpoints, 'semaphore', { workers, permits, name: `bench/semaphore/group-${workers}-${procs}` }, { procs });
+async function semGroup(
+  ctx: BenchContext,
+  workers: number,
+  permits: number,
+  procs: number,
+  seconds: number,
+): Promise<LoopResult> {
+  const group = await WorkerGroup.start(
+    ctx.endpoints,
+    'semaphore',
+    { workers, permits, name: `bench/semaphore/group-${workers}-${procs}` },
+    { procs },
+  );
   try {
     const before = await grpcMessages(ctx.metricsUrl);
     const run = merged(await group.run(seconds));
     const req = requestsBetween(before, await grpcMessages(ctx.metricsUrl));
     return {
-      workers, cycles: run.ops, perSecond: run.perSecond, handoffs: fifoHandoffs(run.records),
-      kvPerCycle: req.kv / run.ops, watchPerCycle: req.watch / run.ops, cpuPerCycle: run.cpuPerOp, procs,
+      workers,
+      cycles: run.ops,
+      perSecond: run.perSecond,
+      handoffs: fifoHandoffs(run.records),
+      kvPerCycle: req.kv / run.ops,
+      watchPerCycle: req.watch / run.ops,
+      cpuPerCycle: run.cpuPerOp,
+      procs,
     };
   } finally {
     await group.close();
@@ -136,24 +176,54 @@ export default async function run(ctx: BenchContext): Promise<void> {
     await rw.lock();
     await rw.unlock();
   };
-  const [floor, semSolo, mutexSolo, readSolo, writeSolo] = await interleaved(s, [floorOp, semOp, mutexOp, readOp, writeOp]);
+  const [floor, semSolo, mutexSolo, readSolo, writeSolo] = await interleaved(s, [
+    floorOp,
+    semOp,
+    mutexOp,
+    readOp,
+    writeOp,
+  ]);
   await session.close();
   const ratio = (x: number) => `${fmt.ratio(x / floor!.perSecond)} of floor`;
-  table('Uncontended (one client)', ['what', 'cycles/s', 'p50 ms', 'p99 ms', 'ratio', 'client CPU ms/cycle'], [
-    ['(a) raw floor: create-if-absent Txn + delete', fmt.n(floor!.perSecond), fmt.ms(percentile(floor!.latencies, 50)), fmt.ms(percentile(floor!.latencies, 99)), '1.00×', fmt.cpu(floor!.cpuPerOp)],
-    ...([['(b) Semaphore acquire+release (4 permits)', semSolo!], ['(c) Mutex lock+unlock', mutexSolo!],
-      ['(d) RWMutex rLock+rUnlock', readSolo!], ['(e) RWMutex lock+unlock', writeSolo!]] as const).map(([name, r]) =>
-      [name, fmt.n(r.perSecond), fmt.ms(percentile(r.latencies, 50)), fmt.ms(percentile(r.latencies, 99)), ratio(r.perSecond), fmt.cpu(r.cpuPerOp)]),
-  ]);
+  table(
+    'Uncontended (one client)',
+    ['what', 'cycles/s', 'p50 ms', 'p99 ms', 'ratio', 'client CPU ms/cycle'],
+    [
+      [
+        '(a) raw floor: create-if-absent Txn + delete',
+        fmt.n(floor!.perSecond),
+        fmt.ms(percentile(floor!.latencies, 50)),
+        fmt.ms(percentile(floor!.latencies, 99)),
+        '1.00×',
+        fmt.cpu(floor!.cpuPerOp),
+      ],
+      ...(
+        [
+          ['(b) Semaphore acquire+release (4 permits)', semSolo!],
+          ['(c) Mutex lock+unlock', mutexSolo!],
+          ['(d) RWMutex rLock+rUnlock', readSolo!],
+          ['(e) RWMutex lock+unlock', writeSolo!],
+        ] as const
+      ).map(([name, r]) => [
+        name,
+        fmt.n(r.perSecond),
+        fmt.ms(percentile(r.latencies, 50)),
+        fmt.ms(percentile(r.latencies, 99)),
+        ratio(r.perSecond),
+        fmt.cpu(r.cpuPerOp),
+      ]),
+    ],
+  );
 
   // (f) raw floor with N parallel clients, each on its own key.
-  const rawParallel = (n: number) => loop(ctx, n, s, (c) => {
-    const key = Buffer.from(`bench/semaphore/raw-${Math.random()}`);
-    return async () => {
-      await c.if(key, 'Create', '==', 0).then(c.put(key).value('')).commit();
-      await c.delete().key(key);
-    };
-  });
+  const rawParallel = (n: number) =>
+    loop(ctx, n, s, (c) => {
+      const key = Buffer.from(`bench/semaphore/raw-${Math.random()}`);
+      return async () => {
+        await c.if(key, 'Create', '==', 0).then(c.put(key).value('')).commit();
+        await c.delete().key(key);
+      };
+    });
   const raw4 = await rawParallel(4);
   const raw8 = await rawParallel(8);
   const raw16 = await rawParallel(16);
@@ -168,45 +238,134 @@ export default async function run(ctx: BenchContext): Promise<void> {
   });
 
   // (h) Semaphore, 4 permits, 4 and 16 workers.
-  const semLoop = (workers: number) => loop(ctx, workers, s, (_c, sess) => {
-    const sm = new Semaphore(sess, `bench/semaphore/sem-${workers}`, 4);
-    return async (marks) => {
-      const calledAt = performance.now();
-      const h = await sm.acquire();
-      marks.acquired(calledAt);
-      marks.releasing();
-      await h.release();
-    };
-  });
+  const semLoop = (workers: number) =>
+    loop(ctx, workers, s, (_c, sess) => {
+      const sm = new Semaphore(sess, `bench/semaphore/sem-${workers}`, 4);
+      return async (marks) => {
+        const calledAt = performance.now();
+        const h = await sm.acquire();
+        marks.acquired(calledAt);
+        marks.releasing();
+        await h.release();
+      };
+    });
   const sem4 = await semLoop(4);
   const sem16 = await semGroup(ctx, 16, 4, 1, s);
   const sem16x4 = await semGroup(ctx, 16, 4, 4, s);
 
-  table('Concurrent: workers on separate connections and sessions', [
-    'what', 'workers', 'processes', 'cycles/s', 'ratio', 'handoff p50 ms', 'handoff p99 ms', 'KV req/cycle', 'watch msgs/cycle', 'client CPU ms/cycle',
-  ], [
-    ['(f) raw floor, own key per client', 4, '1 (bench)', fmt.n(raw4.perSecond), '', '', '', fmt.n(raw4.kvPerCycle, 2), '', fmt.cpu(raw4.cpuPerCycle)],
-    ['(f) raw floor, own key per client', 8, '1 (bench)', fmt.n(raw8.perSecond), '', '', '', fmt.n(raw8.kvPerCycle, 2), '', fmt.cpu(raw8.cpuPerCycle)],
-    ['(f) raw floor, own key per client', 16, '1 (bench)', fmt.n(raw16.perSecond), '', '', '', fmt.n(raw16.kvPerCycle, 2), '', fmt.cpu(raw16.cpuPerCycle)],
-    ['(g) RWMutex readers, rLock+rUnlock', 8, '1 (bench)', fmt.n(readers.perSecond),
-      `${fmt.ratio(readers.perSecond / mutexSolo!.perSecond)} Mutex (c), ${fmt.ratio(readers.perSecond / raw8.perSecond)} raw×8`,
-      '', '', fmt.n(readers.kvPerCycle, 2), fmt.n(readers.watchPerCycle, 2), fmt.cpu(readers.cpuPerCycle)],
-    ['(h) Semaphore(4), never waits', 4, '1 (bench)', fmt.n(sem4.perSecond), `${fmt.ratio(sem4.perSecond / raw4.perSecond)} raw×4`,
-      '', '', fmt.n(sem4.kvPerCycle, 2), fmt.n(sem4.watchPerCycle, 2), fmt.cpu(sem4.cpuPerCycle)],
-    ...[sem16, sem16x4].map((r) => ['(h) Semaphore(4), 4× oversubscribed', 16, r.procs ?? 1, fmt.n(r.perSecond), `${fmt.ratio(r.perSecond / raw16.perSecond)} raw×16`,
-      fmt.ms(percentile(r.handoffs, 50)), fmt.ms(percentile(r.handoffs, 99)), fmt.n(r.kvPerCycle, 2), fmt.n(r.watchPerCycle, 2), fmt.cpu(r.cpuPerCycle)]),
-  ]);
-  console.log('\nratio for (g) compares 8 readers\' total rate with one uncontended Mutex (c) and with 8 raw clients (f);');
+  table(
+    'Concurrent: workers on separate connections and sessions',
+    [
+      'what',
+      'workers',
+      'processes',
+      'cycles/s',
+      'ratio',
+      'handoff p50 ms',
+      'handoff p99 ms',
+      'KV req/cycle',
+      'watch msgs/cycle',
+      'client CPU ms/cycle',
+    ],
+    [
+      [
+        '(f) raw floor, own key per client',
+        4,
+        '1 (bench)',
+        fmt.n(raw4.perSecond),
+        '',
+        '',
+        '',
+        fmt.n(raw4.kvPerCycle, 2),
+        '',
+        fmt.cpu(raw4.cpuPerCycle),
+      ],
+      [
+        '(f) raw floor, own key per client',
+        8,
+        '1 (bench)',
+        fmt.n(raw8.perSecond),
+        '',
+        '',
+        '',
+        fmt.n(raw8.kvPerCycle, 2),
+        '',
+        fmt.cpu(raw8.cpuPerCycle),
+      ],
+      [
+        '(f) raw floor, own key per client',
+        16,
+        '1 (bench)',
+        fmt.n(raw16.perSecond),
+        '',
+        '',
+        '',
+        fmt.n(raw16.kvPerCycle, 2),
+        '',
+        fmt.cpu(raw16.cpuPerCycle),
+      ],
+      [
+        '(g) RWMutex readers, rLock+rUnlock',
+        8,
+        '1 (bench)',
+        fmt.n(readers.perSecond),
+        `${fmt.ratio(readers.perSecond / mutexSolo!.perSecond)} Mutex (c), ${fmt.ratio(readers.perSecond / raw8.perSecond)} raw×8`,
+        '',
+        '',
+        fmt.n(readers.kvPerCycle, 2),
+        fmt.n(readers.watchPerCycle, 2),
+        fmt.cpu(readers.cpuPerCycle),
+      ],
+      [
+        '(h) Semaphore(4), never waits',
+        4,
+        '1 (bench)',
+        fmt.n(sem4.perSecond),
+        `${fmt.ratio(sem4.perSecond / raw4.perSecond)} raw×4`,
+        '',
+        '',
+        fmt.n(sem4.kvPerCycle, 2),
+        fmt.n(sem4.watchPerCycle, 2),
+        fmt.cpu(sem4.cpuPerCycle),
+      ],
+      ...[sem16, sem16x4].map((r) => [
+        '(h) Semaphore(4), 4× oversubscribed',
+        16,
+        r.procs ?? 1,
+        fmt.n(r.perSecond),
+        `${fmt.ratio(r.perSecond / raw16.perSecond)} raw×16`,
+        fmt.ms(percentile(r.handoffs, 50)),
+        fmt.ms(percentile(r.handoffs, 99)),
+        fmt.n(r.kvPerCycle, 2),
+        fmt.n(r.watchPerCycle, 2),
+        fmt.cpu(r.cpuPerCycle),
+      ]),
+    ],
+  );
+  console.log(
+    "\nratio for (g) compares 8 readers' total rate with one uncontended Mutex (c) and with 8 raw clients (f);",
+  );
   console.log('for (h) with as many raw clients as workers. Handoff: from a release call to the acquisition of the');
-  console.log('waiter it let in (FIFO bookkeeping). KV req/cycle counts every Range/Txn/Put/DeleteRange etcd received per');
-  console.log('acquire+release (a waiter that became a holder adds a touch); watch msgs are watch create/cancel messages.');
+  console.log(
+    'waiter it let in (FIFO bookkeeping). KV req/cycle counts every Range/Txn/Put/DeleteRange etcd received per',
+  );
+  console.log(
+    'acquire+release (a waiter that became a holder adds a touch); watch msgs are watch create/cancel messages.',
+  );
 
   const refill = await burst(ctx, 8, 10);
-  table('Burst: 8 holders of Semaphore(8) release at once, 16 waiters queued', [
-    'what', 'p50 ms', 'max ms', 'ratio to raw floor p50 (a)',
-  ], [
-    ['time until 8 waiters hold', fmt.ms(percentile(refill, 50)), fmt.ms(Math.max(...refill)), fmt.ratio(percentile(refill, 50) / percentile(floor!.latencies, 50))],
-  ]);
+  table(
+    'Burst: 8 holders of Semaphore(8) release at once, 16 waiters queued',
+    ['what', 'p50 ms', 'max ms', 'ratio to raw floor p50 (a)'],
+    [
+      [
+        'time until 8 waiters hold',
+        fmt.ms(percentile(refill, 50)),
+        fmt.ms(Math.max(...refill)),
+        fmt.ratio(percentile(refill, 50) / percentile(floor!.latencies, 50)),
+      ],
+    ],
+  );
 }
 
 /** `rounds` times: `permits` holders release at once while 2×permits wait; ms until `permits` waiters hold. */
@@ -214,16 +373,25 @@ async function burst(ctx: BenchContext, permits: number, rounds: number): Promis
   const clients = Array.from({ length: 8 }, () => ctx.client());
   const times: number[] = [];
   for (let round = 0; round < rounds; round++) {
-    const sessions = await Promise.all(Array.from({ length: 3 * permits }, (_, i) => Session.create(clients[i % clients.length]!, { ttl: 30 })));
+    const sessions = await Promise.all(
+      Array.from({ length: 3 * permits }, (_, i) => Session.create(clients[i % clients.length]!, { ttl: 30 })),
+    );
     const name = `bench/semaphore/burst-${round}`;
     const holders = await Promise.all(sessions.slice(0, permits).map((s) => new Semaphore(s, name, permits).acquire()));
     const admitted: number[] = [];
     let allIn: () => void = () => undefined;
-    const done = new Promise<void>((resolve) => { allIn = resolve; });
-    const waiters = sessions.slice(permits).map((s) => new Semaphore(s, name, permits).acquire().then((h) => {
-      if (admitted.push(performance.now()) === permits) allIn();
-      return h;
-    }, () => undefined));
+    const done = new Promise<void>((resolve) => {
+      allIn = resolve;
+    });
+    const waiters = sessions.slice(permits).map((s) =>
+      new Semaphore(s, name, permits).acquire().then(
+        (h) => {
+          if (admitted.push(performance.now()) === permits) allIn();
+          return h;
+        },
+        () => undefined,
+      ),
+    );
     // Every waiter queued and watching: one range shows all keys, then let the watches settle.
     for (let i = 0; i < 100 && (await clients[0]!.getAll().prefix(`${name}/queue/`).count()) < 3 * permits; i++) {
       await new Promise((r) => setTimeout(r, 10));

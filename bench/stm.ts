@@ -41,7 +41,10 @@ const OPENING = 1000;
 const levels: STMIsolation[] = ['serializable-snapshot', 'serializable', 'repeatable-reads', 'read-committed'];
 /** etcd3's `Isolation` is a const enum; these are its values. */
 const etcd3Isolation: Record<STMIsolation, number> = {
-  'serializable-snapshot': 0, serializable: 1, 'repeatable-reads': 2, 'read-committed': 3,
+  'serializable-snapshot': 0,
+  serializable: 1,
+  'repeatable-reads': 2,
+  'read-committed': 3,
 };
 
 /** One transfer; returns how many times the body ran (1 = no conflict). Throws when it gave up. */
@@ -66,7 +69,8 @@ let runNumber = 0;
 async function openAccounts(client: Etcd3, prefix: string): Promise<string[]> {
   const keys = Array.from({ length: ACCOUNTS }, (_, i) => `${prefix}${String(i).padStart(3, '0')}`);
   await client.kv.txn({
-    compare: [], failure: [],
+    compare: [],
+    failure: [],
     success: keys.map((k) => ({ request_put: { key: Buffer.from(k), value: Buffer.from(String(OPENING)) } })),
   } as never);
   return keys;
@@ -84,8 +88,13 @@ class BankRun {
   prefix = `bench/stm/${++runNumber}/`;
   accounts: string[] = [];
 
-  constructor(readonly ctx: BenchContext, readonly clients: Etcd3[], readonly what: string,
-    readonly workers: number, readonly transfer: Transfer) {}
+  constructor(
+    readonly ctx: BenchContext,
+    readonly clients: Etcd3[],
+    readonly what: string,
+    readonly workers: number,
+    readonly transfer: Transfer,
+  ) {}
 
   async open(): Promise<void> {
     this.accounts = await openAccounts(this.clients[0]!, this.prefix);
@@ -97,28 +106,32 @@ class BankRun {
     const before = await grpcMessages(this.ctx.metricsUrl);
     const cpu = process.cpuUsage();
     const started = performance.now();
-    const timer = setTimeout(() => { stop = true; }, seconds * 1000);
-    await Promise.all(Array.from({ length: this.workers }, async (_, w) => {
-      const client = this.clients[w]!;
-      while (!stop) {
-        const i = Math.floor(Math.random() * ACCOUNTS);
-        let j = Math.floor(Math.random() * (ACCOUNTS - 1));
-        if (j >= i) j++;
-        const amount = 1 + Math.floor(Math.random() * 50);
-        const t = performance.now();
-        try {
-          const ran = await this.transfer(client, accounts[i]!, accounts[j]!, amount);
-          this.bodies += ran;
-          this.commits++;
-          this.latencies.push(performance.now() - t);
-        } catch (err) {
-          const runs = (err as { bodies?: number }).bodies;
-          if (runs === undefined) throw err;
-          this.bodies += runs;
-          this.gaveUp++;
+    const timer = setTimeout(() => {
+      stop = true;
+    }, seconds * 1000);
+    await Promise.all(
+      Array.from({ length: this.workers }, async (_, w) => {
+        const client = this.clients[w]!;
+        while (!stop) {
+          const i = Math.floor(Math.random() * ACCOUNTS);
+          let j = Math.floor(Math.random() * (ACCOUNTS - 1));
+          if (j >= i) j++;
+          const amount = 1 + Math.floor(Math.random() * 50);
+          const t = performance.now();
+          try {
+            const ran = await this.transfer(client, accounts[i]!, accounts[j]!, amount);
+            this.bodies += ran;
+            this.commits++;
+            this.latencies.push(performance.now() - t);
+          } catch (err) {
+            const runs = (err as { bodies?: number }).bodies;
+            if (runs === undefined) throw err;
+            this.bodies += runs;
+            this.gaveUp++;
+          }
         }
-      }
-    }));
+      }),
+    );
     this.elapsed += (performance.now() - started) / 1000;
     const used = process.cpuUsage(cpu);
     this.cpuMs += (used.user + used.system) / 1000;
@@ -130,9 +143,13 @@ class BankRun {
     const values = Object.values(await this.clients[0]!.getAll().prefix(this.prefix).strings()).map(Number);
     const total = values.reduce((a, b) => a + b, 0);
     return {
-      what: this.what, workers: this.workers, commits: this.commits, perSecond: this.commits / this.elapsed,
+      what: this.what,
+      workers: this.workers,
+      commits: this.commits,
+      perSecond: this.commits / this.elapsed,
       conflictsPerCommit: (this.bodies - this.commits) / this.commits,
-      gaveUp: this.gaveUp, latencies: this.latencies,
+      gaveUp: this.gaveUp,
+      latencies: this.latencies,
       kvPerCommit: this.requests / this.commits,
       cpuPerCommit: this.cpuMs / this.commits,
       conserved: values.length === ACCOUNTS && total === ACCOUNTS * OPENING,
@@ -172,14 +189,18 @@ function oursTransfer(isolation: STMIsolation): Transfer {
   return async (client, from, to, amount) => {
     let bodies = 0;
     try {
-      await runSTM(client, async (tx) => {
-        bodies++;
-        const [a, b] = await Promise.all([tx.get(from), tx.get(to)]);
-        const balance = Number(a);
-        if (balance < amount) return;
-        tx.put(from, String(balance - amount));
-        tx.put(to, String(Number(b) + amount));
-      }, { isolation, retries: 10 });
+      await runSTM(
+        client,
+        async (tx) => {
+          bodies++;
+          const [a, b] = await Promise.all([tx.get(from), tx.get(to)]);
+          const balance = Number(a);
+          if (balance < amount) return;
+          tx.put(from, String(balance - amount));
+          tx.put(to, String(Number(b) + amount));
+        },
+        { isolation, retries: 10 },
+      );
       return bodies;
     } catch (err) {
       if (isRecipeError(err, 'STM_CONFLICT')) gaveUp(err, bodies);
@@ -197,10 +218,7 @@ function etcd3Transfer(isolation: STMIsolation): Transfer {
         const [a, b] = await Promise.all([tx.get(from).string(), tx.get(to).string()]);
         const balance = Number(a);
         if (balance < amount) return;
-        await Promise.all([
-          tx.put(from).value(String(balance - amount)),
-          tx.put(to).value(String(Number(b) + amount)),
-        ]);
+        await Promise.all([tx.put(from).value(String(balance - amount)), tx.put(to).value(String(Number(b) + amount))]);
       });
       return bodies;
     } catch (err) {
@@ -215,7 +233,9 @@ interface PlainContender {
   what: string;
   procs: number;
   prefix: string;
-  run(seconds: number): Promise<{ ops: number; bodies: number; gaveUp: number; latencies: number[]; cpuMs: number; elapsed: number }>;
+  run(
+    seconds: number,
+  ): Promise<{ ops: number; bodies: number; gaveUp: number; latencies: number[]; cpuMs: number; elapsed: number }>;
   close(): Promise<void>;
 }
 
@@ -223,16 +243,35 @@ async function plainBank(ctx: BenchContext): Promise<void> {
   const admin = ctx.client();
   const workers = 8;
   const contenders: PlainContender[] = [];
-  const group = async (what: string, kind: 'raw' | 'stm', procs: number, profileDir?: string): Promise<PlainContender> => {
+  const group = async (
+    what: string,
+    kind: 'raw' | 'stm',
+    procs: number,
+    profileDir?: string,
+  ): Promise<PlainContender> => {
     const prefix = `bench/stm/plain/${contenders.length}/`;
     await openAccounts(admin, prefix);
-    const g = await WorkerGroup.start(ctx.endpoints, 'bank', { kind, workers, prefix, accounts: ACCOUNTS }, { procs, profileDir });
+    const g = await WorkerGroup.start(
+      ctx.endpoints,
+      'bank',
+      { kind, workers, prefix, accounts: ACCOUNTS },
+      { procs, profileDir },
+    );
     return {
-      what, procs, prefix,
+      what,
+      procs,
+      prefix,
       async run(seconds) {
         const r = await g.run(seconds);
         const m = merged(r);
-        return { ops: m.ops, bodies: m.counts.bodies ?? 0, gaveUp: m.counts.gaveUp ?? 0, latencies: m.latencies, cpuMs: m.cpuMs, elapsed: r.elapsed };
+        return {
+          ops: m.ops,
+          bodies: m.counts.bodies ?? 0,
+          gaveUp: m.counts.gaveUp ?? 0,
+          latencies: m.latencies,
+          cpuMs: m.cpuMs,
+          elapsed: r.elapsed,
+        };
       },
       close: () => g.close(),
     };
@@ -245,19 +284,50 @@ async function plainBank(ctx: BenchContext): Promise<void> {
   if ('path' in go) {
     const prefix = `bench/stm/plain/${contenders.length}/`;
     await openAccounts(admin, prefix);
-    const p = await GoProcess.start(go.path, ['-endpoints', ctx.endpoints.join(','), '-workers', String(workers), '-prefix', prefix, '-accounts', String(ACCOUNTS)]);
+    const p = await GoProcess.start(go.path, [
+      '-endpoints',
+      ctx.endpoints.join(','),
+      '-workers',
+      String(workers),
+      '-prefix',
+      prefix,
+      '-accounts',
+      String(ACCOUNTS),
+    ]);
     contenders.push({
-      what: 'Go clientv3/concurrency STM (etcd 3.4)', procs: 1, prefix,
+      what: 'Go clientv3/concurrency STM (etcd 3.4)',
+      procs: 1,
+      prefix,
       async run(seconds) {
-        const { report, elapsed } = await p.run<{ ops: number; bodies: number; latencies: number[] | null; cpuMs: number }>(seconds);
-        return { ops: report.ops, bodies: report.bodies, gaveUp: 0, latencies: report.latencies ?? [], cpuMs: report.cpuMs, elapsed };
+        const { report, elapsed } = await p.run<{
+          ops: number;
+          bodies: number;
+          latencies: number[] | null;
+          cpuMs: number;
+        }>(seconds);
+        return {
+          ops: report.ops,
+          bodies: report.bodies,
+          gaveUp: 0,
+          latencies: report.latencies ?? [],
+          cpuMs: report.cpuMs,
+          elapsed,
+        };
       },
       close: () => p.close(),
     });
   } else {
     console.log(`\n(Go row skipped: ${go.skipped})`);
   }
-  const totals = contenders.map(() => ({ ops: 0, bodies: 0, gaveUp: 0, latencies: [] as number[], cpuMs: 0, elapsed: 0, kv: 0 }));
+  const totals = contenders.map(() => ({
+    ops: 0,
+    bodies: 0,
+    gaveUp: 0,
+    latencies: [] as number[],
+    cpuMs: 0,
+    elapsed: 0,
+    kv: 0,
+  }));
   const rounds = 3;
   try {
     for (let round = 0; round < rounds; round++) {
@@ -277,33 +347,60 @@ async function plainBank(ctx: BenchContext): Promise<void> {
   } finally {
     for (const c of contenders) await c.close();
   }
-  const conserved = await Promise.all(contenders.map(async (c) => {
-    const values = Object.values(await admin.getAll().prefix(c.prefix).strings()).map(Number);
-    return values.length === ACCOUNTS && values.reduce((a, b) => a + b, 0) === ACCOUNTS * OPENING;
-  }));
+  const conserved = await Promise.all(
+    contenders.map(async (c) => {
+      const values = Object.values(await admin.getAll().prefix(c.prefix).strings()).map(Number);
+      return values.length === ACCOUNTS && values.reduce((a, b) => a + b, 0) === ACCOUNTS * OPENING;
+    }),
+  );
   const rate = (i: number) => totals[i]!.ops / totals[i]!.elapsed;
   const goIndex = contenders.findIndex((c) => c.what.startsWith('Go'));
-  table(`Plain bank workload: C = ${workers}, get(a), get(b), put, put, no prefetch, ${ACCOUNTS} accounts, ${ctx.seconds} s per row in ${rounds} slices`, [
-    'what', 'processes', 'commits/s', '÷ Go STM', '÷ raw floor', 'conflicts/commit', 'gave up', 'p50 ms', 'p99 ms', 'KV req/commit', 'client CPU ms/commit', 'total conserved',
-  ], contenders.map((c, i) => {
-    const t = totals[i]!;
-    return [
-      c.what, c.procs, fmt.n(rate(i)), goIndex >= 0 ? fmt.ratio(rate(i) / rate(goIndex)) : '-', fmt.ratio(rate(i) / rate(0)),
-      fmt.n((t.bodies - t.ops) / t.ops, 2), t.gaveUp, fmt.ms(percentile(t.latencies, 50)), fmt.ms(percentile(t.latencies, 99)),
-      fmt.n(t.kv / t.ops, 2), fmt.cpu(t.cpuMs / t.ops), conserved[i] ? 'yes' : 'NO',
-    ];
-  }));
-  console.log('\nEach contender has its own 100 accounts and its own 8 connections. runSTM and Go\'s STM run at');
-  console.log('serializable-snapshot (both defaults); Go\'s retries without limit, runSTM gives up after 11 attempts.');
-  console.log('client CPU ms/commit: CPU time of the worker processes (the Go process\'s own rusage for Go).');
-  if (profileDir) console.log(formatSummary('runSTM, plain bank workload, one process (self time)', summarize(profileDir), 15));
+  table(
+    `Plain bank workload: C = ${workers}, get(a), get(b), put, put, no prefetch, ${ACCOUNTS} accounts, ${ctx.seconds} s per row in ${rounds} slices`,
+    [
+      'what',
+      'processes',
+      'commits/s',
+      '÷ Go STM',
+      '÷ raw floor',
+      'conflicts/commit',
+      'gave up',
+      'p50 ms',
+      'p99 ms',
+      'KV req/commit',
+      'client CPU ms/commit',
+      'total conserved',
+    ],
+    contenders.map((c, i) => {
+      const t = totals[i]!;
+      return [
+        c.what,
+        c.procs,
+        fmt.n(rate(i)),
+        goIndex >= 0 ? fmt.ratio(rate(i) / rate(goIndex)) : '-',
+        fmt.ratio(rate(i) / rate(0)),
+        fmt.n((t.bodies - t.ops) / t.ops, 2),
+        t.gaveUp,
+        fmt.ms(percentile(t.latencies, 50)),
+        fmt.ms(percentile(t.latencies, 99)),
+        fmt.n(t.kv / t.ops, 2),
+        fmt.cpu(t.cpuMs / t.ops),
+        conserved[i] ? 'yes' : 'NO',
+      ];
+    }),
+  );
+  console.log("\nEach contender has its own 100 accounts and its own 8 connections. runSTM and Go's STM run at");
+  console.log("serializable-snapshot (both defaults); Go's retries without limit, runSTM gives up after 11 attempts.");
+  console.log("client CPU ms/commit: CPU time of the worker processes (the Go process's own rusage for Go).");
+  if (profileDir)
+    console.log(formatSummary('runSTM, plain bank workload, one process (self time)', summarize(profileDir), 15));
   if (conserved.some((ok) => !ok)) throw new Error('plain bank workload: total not conserved');
 }
 
 export default async function run(ctx: BenchContext): Promise<void> {
   if (process.env.STM_PLAIN_ONLY) return plainBank(ctx);
   const only = process.env.STM_ONLY ? new RegExp(process.env.STM_ONLY) : undefined;
-  const onlyW = process.env.STM_W ? process.env.STM_W.split(",").map(Number) : undefined;
+  const onlyW = process.env.STM_W ? process.env.STM_W.split(',').map(Number) : undefined;
   const clients = Array.from({ length: 32 }, () => ctx.client());
   await Promise.all(clients.map((c) => c.get('bench/stm/connect').string())); // connect before the clock starts
   const contenders: [string, Transfer][] = [
@@ -315,7 +412,9 @@ export default async function run(ctx: BenchContext): Promise<void> {
   const rounds = 3;
   for (const workers of onlyW ?? [1, 8, 32]) {
     // Contenders take turns in short slices, so that drift in a shared machine hits all alike.
-    const runs = contenders.filter(([w]) => !only || only.test(w)).map(([what, transfer]) => new BankRun(ctx, clients, what, workers, transfer));
+    const runs = contenders
+      .filter(([w]) => !only || only.test(w))
+      .map(([what, transfer]) => new BankRun(ctx, clients, what, workers, transfer));
     for (const r of runs) await r.open();
     for (let round = 0; round < rounds; round++) {
       for (const r of runs) await r.slice(ctx.seconds / rounds);
@@ -323,19 +422,41 @@ export default async function run(ctx: BenchContext): Promise<void> {
     for (const r of runs) results.push(await r.result());
   }
   const floor = (w: number) => results.find((r) => r.workers === w && r.what.startsWith('raw')) ?? results[0]!;
-  table(`STM bank transfers: ${ACCOUNTS} accounts, W workers on their own connections, ${ctx.seconds} s per row in ${rounds} slices`, [
-    'W', 'what', 'commits/s', '÷ raw floor', 'conflicts/commit', 'gave up', 'p50 ms', 'p99 ms', 'KV req/commit', 'client CPU ms/commit', 'total conserved',
-  ], results.map((r) => [
-    r.workers, r.what, fmt.n(r.perSecond), fmt.ratio(r.perSecond / floor(r.workers).perSecond),
-    fmt.n(r.conflictsPerCommit, 2), r.gaveUp,
-    fmt.ms(percentile(r.latencies, 50)), fmt.ms(percentile(r.latencies, 99)),
-    fmt.n(r.kvPerCommit, 2), fmt.ms(r.cpuPerCommit), r.conserved ? 'yes' : 'NO',
-  ]));
+  table(
+    `STM bank transfers: ${ACCOUNTS} accounts, W workers on their own connections, ${ctx.seconds} s per row in ${rounds} slices`,
+    [
+      'W',
+      'what',
+      'commits/s',
+      '÷ raw floor',
+      'conflicts/commit',
+      'gave up',
+      'p50 ms',
+      'p99 ms',
+      'KV req/commit',
+      'client CPU ms/commit',
+      'total conserved',
+    ],
+    results.map((r) => [
+      r.workers,
+      r.what,
+      fmt.n(r.perSecond),
+      fmt.ratio(r.perSecond / floor(r.workers).perSecond),
+      fmt.n(r.conflictsPerCommit, 2),
+      r.gaveUp,
+      fmt.ms(percentile(r.latencies, 50)),
+      fmt.ms(percentile(r.latencies, 99)),
+      fmt.n(r.kvPerCommit, 2),
+      fmt.ms(r.cpuPerCommit),
+      r.conserved ? 'yes' : 'NO',
+    ]),
+  );
   console.log('\nA transfer reads both balances and writes both (or nothing, if the first is short of money).');
   console.log('Latency is per transfer, retries included. conflicts/commit = failed commit attempts per commit;');
   console.log('"gave up" counts transfers whose 11 attempts all conflicted. read-committed has no compares, so');
   console.log('concurrent transfers overwrite each other: its total is not conserved under contention (by design).');
   const broken = results.filter((r) => !r.conserved && !r.what.endsWith('read-committed'));
-  if (broken.length) throw new Error(`total not conserved: ${broken.map((r) => `${r.what} W=${r.workers}`).join(', ')}`);
+  if (broken.length)
+    throw new Error(`total not conserved: ${broken.map((r) => `${r.what} W=${r.workers}`).join(', ')}`);
   await plainBank(ctx);
 }

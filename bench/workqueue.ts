@@ -35,9 +35,20 @@ interface Row {
   lostOrDup: number;
 }
 
-async function deliveries(ctx: BenchContext, what: string, kind: 'raw' | 'queue' | 'work', procs: number, profileDir?: string): Promise<Row> {
+async function deliveries(
+  ctx: BenchContext,
+  what: string,
+  kind: 'raw' | 'queue' | 'work',
+  procs: number,
+  profileDir?: string,
+): Promise<Row> {
   const prefix = `bench/wq/${kind}-${procs}`;
-  const group = await WorkerGroup.start(ctx.endpoints, 'queue', { kind, consumers: CONSUMERS, prefix }, { procs, profileDir });
+  const group = await WorkerGroup.start(
+    ctx.endpoints,
+    'queue',
+    { kind, consumers: CONSUMERS, prefix },
+    { procs, profileDir },
+  );
   let run: ReturnType<typeof merged>;
   let req: ReturnType<typeof requestsBetween>;
   try {
@@ -75,8 +86,13 @@ async function deliveries(ctx: BenchContext, what: string, kind: 'raw' | 'queue'
   }
   const produced = run.counts.produced ?? 0;
   return {
-    what, procs, perSecond: run.perSecond, latencies,
-    kvPerItem: req.kv / run.ops, watchPerItem: req.watch / run.ops, cpuPerItem: run.cpuPerOp,
+    what,
+    procs,
+    perSecond: run.perSecond,
+    latencies,
+    kvPerItem: req.kv / run.ops,
+    watchPerItem: req.watch / run.ops,
+    cpuPerItem: run.cpuPerOp,
     lostOrDup: Math.abs(produced - seen.size - remaining) + duplicates,
   };
 }
@@ -98,11 +114,15 @@ async function claimCost(ctx: BenchContext, inFlight: number, jobs: number): Pro
     await Promise.all(Array.from({ length: Math.min(50, inFlight - i) }, (_, k) => holderQueue.add(`held-${i + k}`)));
   }
   // Claimed in 10 parallel lines; never acked while we measure.
-  const held = (await Promise.all(Array.from({ length: 10 }, async (_, line) => {
-    const mine = [];
-    for (let i = line; i < inFlight; i += 10) mine.push(await holderQueue.claim());
-    return mine;
-  }))).flat();
+  const held = (
+    await Promise.all(
+      Array.from({ length: 10 }, async (_, line) => {
+        const mine = [];
+        for (let i = line; i < inFlight; i += 10) mine.push(await holderQueue.claim());
+        return mine;
+      }),
+    )
+  ).flat();
   for (let i = 0; i < jobs; i += 50) {
     await Promise.all(Array.from({ length: Math.min(50, jobs - i) }, (_, k) => holderQueue.add(`job-${i + k}`)));
   }
@@ -135,27 +155,69 @@ export default async function run(ctx: BenchContext): Promise<void> {
   rows.push(await deliveries(ctx, 'WorkQueue (add / claim + ack)', 'work', 1, profileDir));
   rows.push(await deliveries(ctx, 'WorkQueue (add / claim + ack)', 'work', 4));
   const floor = rows[0]!.perSecond;
-  table(`1 producer (one add at a time) and ${CONSUMERS} consumers, each on its own connection, ${ctx.seconds} s`, [
-    'what', 'processes', 'delivered/s', '÷ raw floor', 'latency p50 ms', 'p99 ms', 'KV req/item', 'watch msgs/item', 'client CPU ms/item', 'lost/dup',
-  ], rows.map((r) => [
-    r.what, r.procs, fmt.n(r.perSecond), fmt.ratio(r.perSecond / floor),
-    fmt.ms(percentile(r.latencies, 50)), fmt.ms(percentile(r.latencies, 99)),
-    fmt.n(r.kvPerItem, 2), fmt.n(r.watchPerItem, 2), fmt.cpu(r.cpuPerItem), r.lostOrDup,
-  ]));
+  table(
+    `1 producer (one add at a time) and ${CONSUMERS} consumers, each on its own connection, ${ctx.seconds} s`,
+    [
+      'what',
+      'processes',
+      'delivered/s',
+      '÷ raw floor',
+      'latency p50 ms',
+      'p99 ms',
+      'KV req/item',
+      'watch msgs/item',
+      'client CPU ms/item',
+      'lost/dup',
+    ],
+    rows.map((r) => [
+      r.what,
+      r.procs,
+      fmt.n(r.perSecond),
+      fmt.ratio(r.perSecond / floor),
+      fmt.ms(percentile(r.latencies, 50)),
+      fmt.ms(percentile(r.latencies, 99)),
+      fmt.n(r.kvPerItem, 2),
+      fmt.n(r.watchPerItem, 2),
+      fmt.cpu(r.cpuPerItem),
+      r.lostOrDup,
+    ]),
+  );
   console.log('\nlatency: from add() (enqueue) resolving to ack() (dequeue) resolving, in ms. With 4 processes the');
   console.log('producer shares process 0 with one consumer. KV req/item counts every Range/Txn/Put/DeleteRange etcd');
-  console.log('received, the add included; client CPU ms/item is the CPU time of all worker processes ÷ items delivered.');
+  console.log(
+    'received, the add included; client CPU ms/item is the CPU time of all worker processes ÷ items delivered.',
+  );
 
   const jobs = 200;
   const idle = await claimCost(ctx, 0, jobs);
   const busy = await claimCost(ctx, 1000, jobs);
-  table(`Claim cost: one consumer claims + acks ${jobs} jobs one at a time while other jobs stay claimed`, [
-    'jobs in flight', 'claim p50 ms', 'claim p99 ms', 'KV req/job (claim + ack)', 'client CPU ms/job', 'p50 ÷ 0 in flight', 'CPU ÷ 0 in flight',
-  ], [idle, busy].map((c) => [
-    c.inFlight, fmt.ms(percentile(c.claimMs, 50)), fmt.ms(percentile(c.claimMs, 99)), fmt.n(c.kvPerJob, 2), fmt.cpu(c.cpuPerJob),
-    fmt.ratio(percentile(c.claimMs, 50) / percentile(idle.claimMs, 50)), fmt.ratio(c.cpuPerJob / idle.cpuPerJob),
-  ]));
-  console.log('\nA claim scans the claim keys (keys only) to skip claimed jobs, so its response grows with the jobs in flight.');
-  if (profileDir) console.log(formatSummary('WorkQueue, 1 producer + 4 consumers, one process (self time)', summarize(profileDir), 15));
+  table(
+    `Claim cost: one consumer claims + acks ${jobs} jobs one at a time while other jobs stay claimed`,
+    [
+      'jobs in flight',
+      'claim p50 ms',
+      'claim p99 ms',
+      'KV req/job (claim + ack)',
+      'client CPU ms/job',
+      'p50 ÷ 0 in flight',
+      'CPU ÷ 0 in flight',
+    ],
+    [idle, busy].map((c) => [
+      c.inFlight,
+      fmt.ms(percentile(c.claimMs, 50)),
+      fmt.ms(percentile(c.claimMs, 99)),
+      fmt.n(c.kvPerJob, 2),
+      fmt.cpu(c.cpuPerJob),
+      fmt.ratio(percentile(c.claimMs, 50) / percentile(idle.claimMs, 50)),
+      fmt.ratio(c.cpuPerJob / idle.cpuPerJob),
+    ]),
+  );
+  console.log(
+    '\nA claim scans the claim keys (keys only) to skip claimed jobs, so its response grows with the jobs in flight.',
+  );
+  if (profileDir)
+    console.log(
+      formatSummary('WorkQueue, 1 producer + 4 consumers, one process (self time)', summarize(profileDir), 15),
+    );
   if (rows.some((r) => r.lostOrDup !== 0)) throw new Error('an item was lost or delivered twice');
 }

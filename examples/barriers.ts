@@ -36,26 +36,28 @@ try {
   // 2. A batch of three workers (DoubleBarrier). Each round starts once all
   //    three have entered, and ends for everyone once all three have left.
   const batch = 'deploy/v42/warm-caches';
-  await Promise.all([1, 2, 3].map(async (n) => {
-    await using session = await Session.create(client, { ttl: 10 });
-    const barrier = new DoubleBarrier(session, batch, 3);
-    for (let round = 1; round <= 2; round++) {
-      await barrier.enter({ signal: AbortSignal.timeout(30_000) });
-      console.log(`worker-${n}: round ${round} started`);
-      if (n === 1 && round === 1) {
-        // A fourth worker is turned away while the round is in progress.
-        await using late = await Session.create(client, { ttl: 10 });
-        await new DoubleBarrier(late, batch, 3).enter().catch((err: unknown) => {
-          if (!isRecipeError(err, 'BARRIER_FULL')) throw err;
-          console.log(`worker-4: ${err.message}`);
-        });
+  await Promise.all(
+    [1, 2, 3].map(async (n) => {
+      await using session = await Session.create(client, { ttl: 10 });
+      const barrier = new DoubleBarrier(session, batch, 3);
+      for (let round = 1; round <= 2; round++) {
+        await barrier.enter({ signal: AbortSignal.timeout(30_000) });
+        console.log(`worker-${n}: round ${round} started`);
+        if (n === 1 && round === 1) {
+          // A fourth worker is turned away while the round is in progress.
+          await using late = await Session.create(client, { ttl: 10 });
+          await new DoubleBarrier(late, batch, 3).enter().catch((err: unknown) => {
+            if (!isRecipeError(err, 'BARRIER_FULL')) throw err;
+            console.log(`worker-4: ${err.message}`);
+          });
+        }
+        await sleep(100 * n); // work of different lengths
+        console.log(`worker-${n}: round ${round} done, waiting for the others`);
+        await barrier.leave({ signal: AbortSignal.timeout(30_000) });
+        console.log(`worker-${n}: round ${round} finished by everyone`);
       }
-      await sleep(100 * n); // work of different lengths
-      console.log(`worker-${n}: round ${round} done, waiting for the others`);
-      await barrier.leave({ signal: AbortSignal.timeout(30_000) });
-      console.log(`worker-${n}: round ${round} finished by everyone`);
-    }
-  }));
+    }),
+  );
   console.log(`keys left under deploy/: ${(await client.getAll().prefix('deploy/').keys()).length}`);
 } finally {
   await etcd.close();

@@ -13,10 +13,15 @@ for (let round = 1; round <= Number(rounds); round++) {
   const asked = performance.now();
   await using held = await mutex.acquire();
   const waited = Math.round(performance.now() - asked);
-  console.log(`${name}: acquired ${held.key} with fencing token ${held.fencingToken} after waiting ${waited} ms (round ${round})`);
+  console.log(
+    `${name}: acquired ${held.key} with fencing token ${held.fencingToken} after waiting ${waited} ms (round ${round})`,
+  );
   // The "work": a write that only lands while we still own the lock.
   await new Promise((r) => setTimeout(r, 300));
-  const res = await held.ifOwner().then(client.put('demo/report').value(`${name} round ${round}`)).commit();
+  const res = await held
+    .ifOwner()
+    .then(client.put('demo/report').value(`${name} round ${round}`))
+    .commit();
   console.log(`${name}: fenced write ${res.succeeded ? 'committed' : 'REJECTED (lock lost)'}; releasing`);
 }
 await session.close();

@@ -25,13 +25,17 @@ try {
       if (name === victim && killedAt === undefined && /acquired .* \(round 2\)/.test(line)) {
         child.kill('SIGKILL');
         killedAt = performance.now();
-        console.log(`>> killed ${victim} (SIGKILL) while it held the lock; its lease (TTL 2 s) will expire and free it`);
+        console.log(
+          `>> killed ${victim} (SIGKILL) while it held the lock; its lease (TTL 2 s) will expire and free it`,
+        );
       }
     });
-    return new Promise<void>((resolve) => child.on('exit', (code, signal) => {
-      console.log(`>> ${name} exited (${signal ?? `code ${code}`})`);
-      resolve();
-    }));
+    return new Promise<void>((resolve) =>
+      child.on('exit', (code, signal) => {
+        console.log(`>> ${name} exited (${signal ?? `code ${code}`})`);
+        resolve();
+      }),
+    );
   });
   await Promise.all(exits);
   console.log(`>> last fenced write: ${await etcd.client.get('demo/report').string()}`);

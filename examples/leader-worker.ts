@@ -9,10 +9,18 @@ import { getLeader, observeLeader, runAsLeader, type LeaderContext } from 'etcd-
 import { exampleEtcd } from './etcd.js';
 
 const ELECTION = 'elections/scheduler';
-const sleep = (ms: number, signal?: AbortSignal) => new Promise<void>((resolve) => {
-  const t = setTimeout(resolve, ms);
-  signal?.addEventListener('abort', () => { clearTimeout(t); resolve(); }, { once: true });
-});
+const sleep = (ms: number, signal?: AbortSignal) =>
+  new Promise<void>((resolve) => {
+    const t = setTimeout(resolve, ms);
+    signal?.addEventListener(
+      'abort',
+      () => {
+        clearTimeout(t);
+        resolve();
+      },
+      { once: true },
+    );
+  });
 
 const etcd = await exampleEtcd();
 const terms = new Map<string, LeaderContext>();
@@ -25,17 +33,26 @@ async function scheduler(id: string, stop: AbortSignal): Promise<void> {
     // keep campaigning after such a failure until we are told to stop.
     while (!stop.aborted) {
       try {
-        await runAsLeader(client, ELECTION, async (signal, ctx) => {
-          terms.set(id, ctx);
-          console.log(`[${id}] elected, term ${ctx.revision}: scheduling`);
-          for (let job = 1; !signal.aborted; job++) {
-            // A fenced write: it cannot land once this term is over, even if we were paused.
-            const res = await ctx.ifLeader().then(client.put(`jobs/${ctx.revision}-${job}`).value(id)).commit().catch(() => undefined);
-            if (res?.succeeded) console.log(`[${id}]   scheduled job ${ctx.revision}-${job}`);
-            await sleep(150, signal);
-          }
-          console.log(`[${id}] stopped scheduling: ${(signal.reason as Error).message}`);
-        }, { value: id, ttl: 5, signal: stop });
+        await runAsLeader(
+          client,
+          ELECTION,
+          async (signal, ctx) => {
+            terms.set(id, ctx);
+            console.log(`[${id}] elected, term ${ctx.revision}: scheduling`);
+            for (let job = 1; !signal.aborted; job++) {
+              // A fenced write: it cannot land once this term is over, even if we were paused.
+              const res = await ctx
+                .ifLeader()
+                .then(client.put(`jobs/${ctx.revision}-${job}`).value(id))
+                .commit()
+                .catch(() => undefined);
+              if (res?.succeeded) console.log(`[${id}]   scheduled job ${ctx.revision}-${job}`);
+              await sleep(150, signal);
+            }
+            console.log(`[${id}] stopped scheduling: ${(signal.reason as Error).message}`);
+          },
+          { value: id, ttl: 5, signal: stop },
+        );
       } catch (err) {
         if (stop.aborted) break;
         console.log(`[${id}] task failed (${(err as Error).message}); campaigning again`);

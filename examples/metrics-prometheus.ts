@@ -29,7 +29,12 @@ try {
     await using b = await Session.create(client, { ttl: 10 });
     const first = await new Mutex(a, 'locks/report').acquire();
     // The channels tell when b is in line behind a.
-    const queued = new Promise<void>((resolve) => { const stop = subscribeDiagnostics('etcd-recipes:lock:wait', () => { stop(); resolve(); }); });
+    const queued = new Promise<void>((resolve) => {
+      const stop = subscribeDiagnostics('etcd-recipes:lock:wait', () => {
+        stop();
+        resolve();
+      });
+    });
     const second = new Mutex(b, 'locks/report').acquire();
     await queued;
     await first.release();
@@ -51,9 +56,16 @@ try {
   // 3. Scrape it, as Prometheus would.
   const { port } = server.address() as { port: number };
   const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-  const interesting = text.split('\n').filter((l) => /^etcd_recipes_(lock_wait_duration_seconds_(count|sum)|lock_held|session_created_total|election_campaign_duration_seconds_count|stm_attempt_conflicted_total)/.test(l));
+  const interesting = text
+    .split('\n')
+    .filter((l) =>
+      /^etcd_recipes_(lock_wait_duration_seconds_(count|sum)|lock_held|session_created_total|election_campaign_duration_seconds_count|stm_attempt_conflicted_total)/.test(
+        l,
+      ),
+    );
   console.log(interesting.join('\n'));
-  if (!interesting.some((l) => l.startsWith('etcd_recipes_stm_attempt_conflicted_total'))) throw new Error('expected the STM conflict to be counted');
+  if (!interesting.some((l) => l.startsWith('etcd_recipes_stm_attempt_conflicted_total')))
+    throw new Error('expected the STM conflict to be counted');
 } finally {
   metrics.close();
   server.close();

@@ -19,16 +19,26 @@ try {
     for (let i = 0; i < transfers; i++) {
       const from = accounts[Math.floor(Math.random() * accounts.length)]!;
       const to = accounts.filter((a) => a !== from)[Math.floor(Math.random() * 2)]!;
-      await withLocks(client, [`${prefix}/lock/${from}`, `${prefix}/lock/${to}`], async ({ ifOwner, names, fencingTokens }) => {
-        const [a, b] = await Promise.all([from, to].map((acct) => client.get(`${prefix}/balance/${acct}`).number()));
-        const amount = Math.min(a ?? 0, 1 + Math.floor(Math.random() * 20));
-        // Lands only while both locks are held, however long this process was paused.
-        const res = await ifOwner().then(
-          client.put(`${prefix}/balance/${from}`).value(String((a ?? 0) - amount)),
-          client.put(`${prefix}/balance/${to}`).value(String((b ?? 0) + amount)),
-        ).commit();
-        if (i === 0) console.log(`${name}: locked ${names.join(' + ')} (tokens ${fencingTokens.join(', ')}), moved ${amount} ${from} -> ${to}: ${res.succeeded}`);
-      }, { session });
+      await withLocks(
+        client,
+        [`${prefix}/lock/${from}`, `${prefix}/lock/${to}`],
+        async ({ ifOwner, names, fencingTokens }) => {
+          const [a, b] = await Promise.all([from, to].map((acct) => client.get(`${prefix}/balance/${acct}`).number()));
+          const amount = Math.min(a ?? 0, 1 + Math.floor(Math.random() * 20));
+          // Lands only while both locks are held, however long this process was paused.
+          const res = await ifOwner()
+            .then(
+              client.put(`${prefix}/balance/${from}`).value(String((a ?? 0) - amount)),
+              client.put(`${prefix}/balance/${to}`).value(String((b ?? 0) + amount)),
+            )
+            .commit();
+          if (i === 0)
+            console.log(
+              `${name}: locked ${names.join(' + ')} (tokens ${fencingTokens.join(', ')}), moved ${amount} ${from} -> ${to}: ${res.succeeded}`,
+            );
+        },
+        { session },
+      );
     }
   };
   await Promise.all([teller('teller-1', 20), teller('teller-2', 20), teller('teller-3', 20)]);

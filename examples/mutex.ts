@@ -8,12 +8,19 @@ try {
   const { client } = etcd;
 
   // 1. The scoped helper: creates a session, waits for the lock, always releases.
-  await withLock(client, 'locks/nightly-report', async ({ fencingToken, signal, ifOwner }) => {
-    console.log(`withLock: holding, fencing token ${fencingToken}`);
-    // A write that cannot land if the lock was lost meanwhile.
-    const res = await ifOwner().then(client.put('reports/last-run').value(new Date().toISOString())).commit();
-    console.log(`withLock: fenced write ${res.succeeded ? 'committed' : 'rejected'}; signal aborted: ${signal.aborted}`);
-  }, { ttl: 10 });
+  await withLock(
+    client,
+    'locks/nightly-report',
+    async ({ fencingToken, signal, ifOwner }) => {
+      console.log(`withLock: holding, fencing token ${fencingToken}`);
+      // A write that cannot land if the lock was lost meanwhile.
+      const res = await ifOwner().then(client.put('reports/last-run').value(new Date().toISOString())).commit();
+      console.log(
+        `withLock: fenced write ${res.succeeded ? 'committed' : 'rejected'}; signal aborted: ${signal.aborted}`,
+      );
+    },
+    { ttl: 10 },
+  );
 
   // 2. Handles with `await using`, and a lock timeout from an AbortSignal.
   await using session = await Session.create(client, { ttl: 10 });

@@ -18,10 +18,20 @@ try {
     console.log(`${worker} starts ${job} (permit token ${permit.fencingToken}, ${running} running)`);
     await new Promise((resolve, reject) => {
       const timer = setTimeout(resolve, 150 + Math.random() * 200);
-      permit.signal.addEventListener('abort', () => { clearTimeout(timer); reject(permit.signal.reason); }, { once: true });
+      permit.signal.addEventListener(
+        'abort',
+        () => {
+          clearTimeout(timer);
+          reject(permit.signal.reason);
+        },
+        { once: true },
+      );
     });
     // Only lands while our permit is still ours.
-    await permit.ifOwner().then(client.put(`jobs/results/${job}`).value(worker)).commit();
+    await permit
+      .ifOwner()
+      .then(client.put(`jobs/results/${job}`).value(worker))
+      .commit();
     running--;
   }
 
@@ -29,14 +39,16 @@ try {
     await using session = await Session.create(client, { ttl: 10 });
     const gpus = new Semaphore(session, 'sem/gpu', 3);
     // Two job loops per worker: one session holds several permits at once, one handle each.
-    await Promise.all([1, 2].map(async () => {
-      for (;;) {
-        await using permit = await gpus.acquire({ signal: AbortSignal.timeout(30_000) });
-        const job = backlog.shift();
-        if (!job) break;
-        await runJob(name, job, permit);
-      } // the permit is released at the end of each iteration, also when the job throws
-    }));
+    await Promise.all(
+      [1, 2].map(async () => {
+        for (;;) {
+          await using permit = await gpus.acquire({ signal: AbortSignal.timeout(30_000) });
+          const job = backlog.shift();
+          if (!job) break;
+          await runJob(name, job, permit);
+        } // the permit is released at the end of each iteration, also when the job throws
+      }),
+    );
   }
 
   await Promise.all(['worker-a', 'worker-b', 'worker-c'].map(worker));

@@ -12,12 +12,21 @@ if (process.argv[2] === 'instance') {
   const [, , , endpoints, id, address, zone] = process.argv;
   const client = new Etcd3({ hosts: endpoints!.split(',') });
   // The TTL is the heartbeat: if this process dies, its key disappears TTL seconds later.
-  const registration = await ServiceRegistry.register(client, { service: 'login', id: id!, address: address!, metadata: { zone: zone! }, ttl: 2 });
+  const registration = await ServiceRegistry.register(client, {
+    service: 'login',
+    id: id!,
+    address: address!,
+    metadata: { zone: zone! },
+    ttl: 2,
+  });
   registration.on('lost', (err) => console.log(`${id}: registration lost (${err.message}); re-registering`));
   console.log(`${id}: registered ${registration.key}`);
   process.on('SIGTERM', () => {
     // A clean shutdown deregisters at once.
-    void registration.deregister().then(() => { client.close(); process.exit(0); });
+    void registration.deregister().then(() => {
+      client.close();
+      process.exit(0);
+    });
   });
   setInterval(() => undefined, 1 << 30);
 } else {
@@ -30,8 +39,19 @@ if (process.argv[2] === 'instance') {
     gateway.on('change', ({ type, instance }) => console.log(`gateway: ${type} ${instance.id} at ${instance.address}`));
 
     for (const [i, zone] of ['a', 'b', 'a'].entries()) {
-      const child = spawn(process.execPath, [...process.execArgv, fileURLToPath(import.meta.url), 'instance',
-        etcd.endpoints.join(','), `login-${i + 1}`, `10.0.0.${i + 1}:8008`, zone], { stdio: ['ignore', 'inherit', 'inherit'] });
+      const child = spawn(
+        process.execPath,
+        [
+          ...process.execArgv,
+          fileURLToPath(import.meta.url),
+          'instance',
+          etcd.endpoints.join(','),
+          `login-${i + 1}`,
+          `10.0.0.${i + 1}:8008`,
+          zone,
+        ],
+        { stdio: ['ignore', 'inherit', 'inherit'] },
+      );
       children.push(child);
     }
     // Each registration reaches the gateway as one watch event.
@@ -45,14 +65,25 @@ if (process.argv[2] === 'instance') {
     console.log('killing login-2 with SIGKILL...');
     const killedAt = performance.now();
     children[1]!.kill('SIGKILL');
-    await new Promise<void>((resolve) => gateway.on('change', (c) => { if (c.type === 'removed') resolve(); }));
+    await new Promise<void>((resolve) =>
+      gateway.on('change', (c) => {
+        if (c.type === 'removed') resolve();
+      }),
+    );
     console.log(`login-2 gone after ${((performance.now() - killedAt) / 1000).toFixed(1)} s`);
     console.log(`round-robin: ${route(4)}`);
     console.log(`random:      ${Array.from({ length: 4 }, () => gateway.pick({ strategy: 'random' })!.id).join(', ')}`);
-    console.log(`live:        ${gateway.instances().map((i) => `${i.id}@${i.address} (zone ${i.metadata.zone})`).join(', ')}`);
+    console.log(
+      `live:        ${gateway
+        .instances()
+        .map((i) => `${i.id}@${i.address} (zone ${i.metadata.zone})`)
+        .join(', ')}`,
+    );
 
     // The others shut down cleanly: their keys go at once.
-    const stopped = Promise.all([children[0]!, children[2]!].map((c) => new Promise((resolve) => c.once('exit', resolve))));
+    const stopped = Promise.all(
+      [children[0]!, children[2]!].map((c) => new Promise((resolve) => c.once('exit', resolve))),
+    );
     children[0]!.kill('SIGTERM');
     children[2]!.kill('SIGTERM');
     await stopped;

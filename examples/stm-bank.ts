@@ -5,7 +5,10 @@ import { Etcd3 } from 'etcd3';
 import { isRecipeError, runSTM, type STMTransaction } from 'etcd-recipes';
 import { exampleEtcd } from './etcd.js';
 
-interface Account { owner: string; balance: number }
+interface Account {
+  owner: string;
+  balance: number;
+}
 
 const etcd = await exampleEtcd();
 const connections: Etcd3[] = [];
@@ -22,7 +25,8 @@ try {
   // A transfer. `fn` may run several times (on conflicts), so it does nothing but
   // read and write through `tx`: no logging, no side effects.
   async function move(tx: STMTransaction, from: string, to: string, amount: number): Promise<boolean> {
-    const [a, b] = await Promise.all([ // read together: one round trip
+    const [a, b] = await Promise.all([
+      // read together: one round trip
       tx.getJSON<Account>(`accounts/${from}`),
       tx.getJSON<Account>(`accounts/${to}`),
     ]);
@@ -36,24 +40,26 @@ try {
   // 1. Concurrent transfers from four connections (four processes, in real life).
   let done = 0;
   let refused = 0;
-  await Promise.all(ids.map(async () => {
-    const connection = new Etcd3({ hosts: etcd.endpoints });
-    connections.push(connection);
-    const myBank = connection.namespace('examples/bank/');
-    for (let i = 0; i < 25; i++) {
-      const from = ids[Math.floor(Math.random() * ids.length)]!;
-      const to = ids.filter((x) => x !== from)[Math.floor(Math.random() * (ids.length - 1))]!;
-      const amount = 1 + Math.floor(Math.random() * 30);
-      try {
-        if (await runSTM(myBank, (tx) => move(tx, from, to, amount), { retries: 20 })) done++;
-        else refused++;
-      } catch (err) {
-        if (!isRecipeError(err, 'STM_CONFLICT')) throw err;
-        const { attempts, keys } = err; // narrowed to STMConflictError by the code
-        console.log(`gave up on ${from} -> ${to} after ${attempts} attempts (conflicts on ${keys.join(', ')})`);
+  await Promise.all(
+    ids.map(async () => {
+      const connection = new Etcd3({ hosts: etcd.endpoints });
+      connections.push(connection);
+      const myBank = connection.namespace('examples/bank/');
+      for (let i = 0; i < 25; i++) {
+        const from = ids[Math.floor(Math.random() * ids.length)]!;
+        const to = ids.filter((x) => x !== from)[Math.floor(Math.random() * (ids.length - 1))]!;
+        const amount = 1 + Math.floor(Math.random() * 30);
+        try {
+          if (await runSTM(myBank, (tx) => move(tx, from, to, amount), { retries: 20 })) done++;
+          else refused++;
+        } catch (err) {
+          if (!isRecipeError(err, 'STM_CONFLICT')) throw err;
+          const { attempts, keys } = err; // narrowed to STMConflictError by the code
+          console.log(`gave up on ${from} -> ${to} after ${attempts} attempts (conflicts on ${keys.join(', ')})`);
+        }
       }
-    }
-  }));
+    }),
+  );
   console.log(`${done} transfers done, ${refused} refused for lack of money`);
 
   // 2. A read-only audit: every balance from one snapshot, so the sum is exact
@@ -68,17 +74,20 @@ try {
   // 3. An idempotent transfer: its id is written in the same commit. If runSTM
   //    rejects with a connection error, the commit may or may not have landed;
   //    running the same transfer id again is then safe.
-  const pay = (transferId: string, from: string, to: string, amount: number) => runSTM(bank, async (tx) => {
-    if (await tx.get(`transfers/${transferId}`) !== undefined) return 'already done';
-    const moved = await move(tx, from, to, amount);
-    tx.putJSON(`transfers/${transferId}`, { from, to, amount, moved });
-    return moved ? 'paid' : 'refused';
-  });
+  const pay = (transferId: string, from: string, to: string, amount: number) =>
+    runSTM(bank, async (tx) => {
+      if ((await tx.get(`transfers/${transferId}`)) !== undefined) return 'already done';
+      const moved = await move(tx, from, to, amount);
+      tx.putJSON(`transfers/${transferId}`, { from, to, amount, moved });
+      return moved ? 'paid' : 'refused';
+    });
   console.log(`invoice 42: ${await pay('invoice-42', 'alice', 'bob', 5)}`);
   console.log(`invoice 42 again: ${await pay('invoice-42', 'alice', 'bob', 5)}`);
 
   // 4. A transaction that fails on purpose: nothing of it is committed.
-  await runSTM(bank, (tx) => move(tx, 'alice', 'mallory', 1)).catch((err: Error) => console.log(`refused: ${err.message}`));
+  await runSTM(bank, (tx) => move(tx, 'alice', 'mallory', 1)).catch((err: Error) =>
+    console.log(`refused: ${err.message}`),
+  );
 } finally {
   for (const c of connections) c.close();
   await etcd.close();

@@ -11,16 +11,25 @@ const root = fileURLToPath(new URL('..', import.meta.url));
 const entries = {
   'Mutex + Session': "export { Mutex, Session } from 'etcd-recipes';",
   'Election + runAsLeader': "export { Election, runAsLeader } from 'etcd-recipes';",
-  'WorkQueue': "export { WorkQueue } from 'etcd-recipes';",
+  WorkQueue: "export { WorkQueue } from 'etcd-recipes';",
   everything: "export * from 'etcd-recipes';",
 };
 
-const bundle = (contents, external) => build({
-  stdin: { contents, resolveDir: root, loader: 'js' },
-  bundle: true, minify: true, write: false, metafile: true, platform: 'node', format: 'esm', target: 'node20',
-  // Not the repo's tsconfig.json: its paths map etcd-recipes to src for the examples.
-  tsconfigRaw: {}, external, logLevel: 'silent',
-});
+const bundle = (contents, external) =>
+  build({
+    stdin: { contents, resolveDir: root, loader: 'js' },
+    bundle: true,
+    minify: true,
+    write: false,
+    metafile: true,
+    platform: 'node',
+    format: 'esm',
+    target: 'node20',
+    // Not the repo's tsconfig.json: its paths map etcd-recipes to src for the examples.
+    tsconfigRaw: {},
+    external,
+    logLevel: 'silent',
+  });
 
 const out = {};
 for (const [name, contents] of Object.entries(entries)) {
@@ -32,7 +41,10 @@ for (const [name, contents] of Object.entries(entries)) {
     minified: code.length,
     gzipped: gzipSync(code).length,
     minifiedWithoutDebug: lean.outputFiles[0].contents.length,
-    modules: Object.entries(inputs).filter(([, i]) => i.bytesInOutput > 0).map(([f]) => f.replace(/^dist\/esm\//, '')).sort(),
+    modules: Object.entries(inputs)
+      .filter(([, i]) => i.bytesInOutput > 0)
+      .map(([f]) => f.replace(/^dist\/esm\//, ''))
+      .sort(),
   };
 }
 console.log(JSON.stringify(out));

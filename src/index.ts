@@ -3,9 +3,18 @@
  * @packageDocumentation
  */
 export {
-  RecipeError, SessionExpiredError, LockNotHeldError, NotLeaderError, STMConflictError,
-  InvalidArgumentError, ServiceIdTakenError, PermissionDeniedError, ClosedError, OutcomeUnknownError,
-  isRecipeError, RECIPE_ERROR_CODES,
+  RecipeError,
+  SessionExpiredError,
+  LockNotHeldError,
+  NotLeaderError,
+  STMConflictError,
+  InvalidArgumentError,
+  ServiceIdTakenError,
+  PermissionDeniedError,
+  ClosedError,
+  OutcomeUnknownError,
+  isRecipeError,
+  RECIPE_ERROR_CODES,
 } from './core/errors.js';
 export type { RecipeErrorCode, RecipeErrorByCode } from './core/errors.js';
 export { createClient, closeClient } from './core/client.js';
@@ -28,16 +37,40 @@ export { runSTM } from './recipes/stm.js';
 export type { STMIsolation, STMOptions, STMTransaction, STMBackoff } from './recipes/stm.js';
 
 export { Election, LeaderObserver, getLeader, observeLeader } from './recipes/election/election.js';
-export type { CampaignOptions, LeaderInfo, LeaderState, ObserveOptions, ElectionEvents } from './recipes/election/election.js';
+export type {
+  CampaignOptions,
+  LeaderInfo,
+  LeaderState,
+  ObserveOptions,
+  ElectionEvents,
+} from './recipes/election/election.js';
 export { runAsLeader } from './recipes/election/run-as-leader.js';
 export type { LeaderContext, RunAsLeaderOptions } from './recipes/election/run-as-leader.js';
 
 export { PrefixCache, CachedKeyValue } from './recipes/prefix-cache.js';
-export type { PrefixCacheOptions, PrefixCacheWaitOptions, PrefixCacheChange, PrefixCacheResync, PrefixCacheEvents } from './recipes/prefix-cache.js';
+export type {
+  PrefixCacheOptions,
+  PrefixCacheWaitOptions,
+  PrefixCacheChange,
+  PrefixCacheResync,
+  PrefixCacheEvents,
+} from './recipes/prefix-cache.js';
 export { ServiceRegistry, DEFAULT_SERVICE_ROOT } from './recipes/services/service-registry.js';
-export type { RegisterOptions, RegistrationUpdate, DisplacedInfo, ServiceRegistryEvents, ServiceMetadata } from './recipes/services/service-registry.js';
+export type {
+  RegisterOptions,
+  RegistrationUpdate,
+  DisplacedInfo,
+  ServiceRegistryEvents,
+  ServiceMetadata,
+} from './recipes/services/service-registry.js';
 export { ServiceDiscovery } from './recipes/services/service-discovery.js';
-export type { PickStrategy, ServiceDiscoveryOptions, ServiceInstance, ServiceChange, ServiceDiscoveryEvents } from './recipes/services/service-discovery.js';
+export type {
+  PickStrategy,
+  ServiceDiscoveryOptions,
+  ServiceInstance,
+  ServiceChange,
+  ServiceDiscoveryEvents,
+} from './recipes/services/service-discovery.js';
 
 export { RWMutex } from './recipes/locks/rwmutex.js';
 export type { RWLockOptions, RWLockHandle, RWLockMode } from './recipes/locks/rwmutex.js';
@@ -48,7 +81,15 @@ export { Queue } from './recipes/queues/queue.js';
 export type { QueueOptions, DequeueOptions, EnqueueOptions, QueueItem } from './recipes/queues/queue.js';
 export { PriorityQueue, MAX_PRIORITY } from './recipes/queues/priority-queue.js';
 export { WorkQueue, DEFAULT_JOB_PRIORITY } from './recipes/queues/work-queue.js';
-export type { WorkQueueOptions, AddJobOptions, GuardedWriteOptions, ClaimOptions, Job, WorkQueueStats, DeadJob } from './recipes/queues/work-queue.js';
+export type {
+  WorkQueueOptions,
+  AddJobOptions,
+  GuardedWriteOptions,
+  ClaimOptions,
+  Job,
+  WorkQueueStats,
+  DeadJob,
+} from './recipes/queues/work-queue.js';
 export type { Guard, GuardCompare } from './core/guard.js';
 
 export { runWithSession } from './recipes/run-with-session.js';
@@ -78,14 +119,43 @@ export { startDashboard } from './dashboard/server.js';
 export type { Dashboard, DashboardOptions, DashboardState } from './dashboard/server.js';
 export { DIAGNOSTICS_CHANNELS, TRACING_CHANNELS, subscribeDiagnostics, subscribeTracing } from './core/diagnostics.js';
 export type {
-  DiagnosticsMessages, TracingContexts, DiagnosticsChannelName, TracingChannelName, TracingHandlers,
-  SessionMessage, SessionRenewedLateMessage, SessionLostMessage,
-  LockRecipe, LockTarget, LockAcquireContext, LockAcquireResult, LockWaitMessage, LockReleasedMessage, LockLostMessage, MultiLockAcquireContext,
-  ElectionTarget, CampaignContext, ElectionDeposedMessage, ElectionResignedMessage, ElectionLeaderMessage,
-  STMContext, STMAttemptContext,
-  QueueRecipe, EnqueueContext, DequeueContext, JobMessage, JobClaimContext, JobAckContext, JobRetryMessage, JobDeadLetterMessage,
-  WatchReconnectMessage, WatchCompactedMessage, PrefixCacheResyncMessage,
-  ServiceMessage, ServiceLostMessage, ServiceReregisteredMessage,
+  DiagnosticsMessages,
+  TracingContexts,
+  DiagnosticsChannelName,
+  TracingChannelName,
+  TracingHandlers,
+  SessionMessage,
+  SessionRenewedLateMessage,
+  SessionLostMessage,
+  LockRecipe,
+  LockTarget,
+  LockAcquireContext,
+  LockAcquireResult,
+  LockWaitMessage,
+  LockReleasedMessage,
+  LockLostMessage,
+  MultiLockAcquireContext,
+  ElectionTarget,
+  CampaignContext,
+  ElectionDeposedMessage,
+  ElectionResignedMessage,
+  ElectionLeaderMessage,
+  STMContext,
+  STMAttemptContext,
+  QueueRecipe,
+  EnqueueContext,
+  DequeueContext,
+  JobMessage,
+  JobClaimContext,
+  JobAckContext,
+  JobRetryMessage,
+  JobDeadLetterMessage,
+  WatchReconnectMessage,
+  WatchCompactedMessage,
+  PrefixCacheResyncMessage,
+  ServiceMessage,
+  ServiceLostMessage,
+  ServiceReregisteredMessage,
 } from './core/diagnostics.js';
 export { RecipeMetrics } from './metrics/recipe-metrics.js';
 export type { RecipeMetricsOptions, MetricSnapshot, CounterPoint, HistogramPoint } from './metrics/recipe-metrics.js';

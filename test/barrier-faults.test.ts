@@ -15,23 +15,29 @@ describe('Barrier and DoubleBarrier in a 3-member cluster', () => {
     const inside = new Array<number>(rounds).fill(0);
     const early: string[] = [];
     let killed: Promise<void> | undefined;
-    await within(120_000, Promise.all(Array.from({ length: count }, async (_, id) => {
-      const client = cluster.client();
-      await using session = await Session.create(client, { ttl: 10 });
-      const barrier = new DoubleBarrier(session, 'ha/db', count);
-      for (let r = 0; r < rounds; r++) {
-        arrived[r]!++;
-        await barrier.enter();
-        if (arrived[r] !== count) early.push(`round ${r}: participant ${id} entered with ${arrived[r]} arrived`);
-        inside[r]!++;
-        // Kill the leader once, while this round is inside and the others are about to leave.
-        if (r === 2 && id === 0) killed = cluster.leader().then((leader) => leader.kill());
-        await client.put(`ha/work/${r}/${id}`).value('done');
-        leaving[r]!++;
-        await barrier.leave();
-        if (leaving[r] !== count) early.push(`round ${r}: participant ${id} left with ${leaving[r]} leaving`);
-      }
-    })), 'rounds across a leader kill');
+    await within(
+      120_000,
+      Promise.all(
+        Array.from({ length: count }, async (_, id) => {
+          const client = cluster.client();
+          await using session = await Session.create(client, { ttl: 10 });
+          const barrier = new DoubleBarrier(session, 'ha/db', count);
+          for (let r = 0; r < rounds; r++) {
+            arrived[r]!++;
+            await barrier.enter();
+            if (arrived[r] !== count) early.push(`round ${r}: participant ${id} entered with ${arrived[r]} arrived`);
+            inside[r]!++;
+            // Kill the leader once, while this round is inside and the others are about to leave.
+            if (r === 2 && id === 0) killed = cluster.leader().then((leader) => leader.kill());
+            await client.put(`ha/work/${r}/${id}`).value('done');
+            leaving[r]!++;
+            await barrier.leave();
+            if (leaving[r] !== count) early.push(`round ${r}: participant ${id} left with ${leaving[r]} leaving`);
+          }
+        }),
+      ),
+      'rounds across a leader kill',
+    );
     await killed;
     expect(early).toEqual([]);
     expect(inside).toEqual(new Array<number>(rounds).fill(count));

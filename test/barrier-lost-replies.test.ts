@@ -67,7 +67,11 @@ describe('barriers after a lost reply', () => {
     const direct = etcd().client();
     const proxy = await FaultProxy.start(etcd().endpoints[0]!);
     proxies.push(proxy);
-    const client = createClient({ hosts: proxy.endpoint, callTimeoutMs: 500, grpcOptions: { 'grpc.use_local_subchannel_pool': 1 } });
+    const client = createClient({
+      hosts: proxy.endpoint,
+      callTimeoutMs: 500,
+      grpcOptions: { 'grpc.use_local_subchannel_pool': 1 },
+    });
     clients.push(client);
     const b = new Barrier(client, 'bar/gate');
     expect(await b.isHeld()).toBe(false); // the connection is up

@@ -5,7 +5,7 @@ import { keysUnder, stillPending, useCluster, within } from './helpers.js';
 describe('Barrier', () => {
   const etcd = useCluster();
 
-  it('uses Go\'s layout: exactly the key, empty value, no lease; hold is create-if-absent', async () => {
+  it("uses Go's layout: exactly the key, empty value, no lease; hold is create-if-absent", async () => {
     const client = etcd().client();
     const b = new Barrier(client, 'layout/gate');
     expect(await b.isHeld()).toBe(false);
@@ -59,7 +59,7 @@ describe('Barrier', () => {
     await within(10_000, late, 'waiter of the second hold');
   });
 
-  it('a hold attached to a session opens the barrier when the holder\'s lease ends', async () => {
+  it("a hold attached to a session opens the barrier when the holder's lease ends", async () => {
     const client = etcd().client();
     const session = await Session.create(etcd().client(), { ttl: 10 });
     const b = new Barrier(client, 'session/gate');
@@ -72,7 +72,7 @@ describe('Barrier', () => {
     expect(await stillPending(waiting, 300)).toBe(true);
     // The holder crashes: its lease expires (revoking it is what etcd does at expiry).
     await client.leaseClient.leaseRevoke({ ID: session.leaseId });
-    await within(10_000, waiting, 'waiter after the holder\'s lease ended');
+    await within(10_000, waiting, "waiter after the holder's lease ended");
     expect(await b.isHeld()).toBe(false);
     // A dead session cannot hold, whether it knows it yet or not.
     await expect(b.hold({ session })).rejects.toMatchObject({ code: 'SESSION_EXPIRED' });
@@ -81,7 +81,7 @@ describe('Barrier', () => {
     expect(await keysUnder(client, 'session/')).toEqual([]);
   });
 
-  it('an aborted wait rejects with the signal\'s reason; a timeout signal bounds the wait', async () => {
+  it("an aborted wait rejects with the signal's reason; a timeout signal bounds the wait", async () => {
     const client = etcd().client();
     const b = new Barrier(client, 'abort/gate');
     await b.hold();
@@ -114,7 +114,10 @@ describe('Barrier', () => {
     const events: string[] = [];
     const deleted = new Promise<void>((resolve) => {
       watcher.on('put', () => events.push('put'));
-      watcher.on('delete', () => { events.push('delete'); resolve(); });
+      watcher.on('delete', () => {
+        events.push('delete');
+        resolve();
+      });
     });
     try {
       await b.isHeld(); // the connection is up before etcd freezes
@@ -139,7 +142,8 @@ describe('Barrier', () => {
   it('rejects bad input with INVALID_ARGUMENT before writing anything', async () => {
     const client = etcd().client();
     const before = await keysUnder(client);
-    const bad = (fn: () => unknown) => expect(Promise.resolve().then(fn)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+    const bad = (fn: () => unknown) =>
+      expect(Promise.resolve().then(fn)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
     await bad(() => new Barrier(client, ''));
     await bad(() => new Barrier(client, Buffer.alloc(0)));
     await bad(() => new Barrier(client, 7 as never));

@@ -6,9 +6,15 @@ import { describe, expect, it } from 'vitest';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const built = existsSync(new URL('../dist/esm/index.js', import.meta.url));
-const node = async (args: string[]) => (await promisify(execFile)(process.execPath, args, { cwd: root, timeout: 60_000 })).stdout.trim();
+const node = async (args: string[]) =>
+  (await promisify(execFile)(process.execPath, args, { cwd: root, timeout: 60_000 })).stdout.trim();
 
-interface Size { minified: number; gzipped: number; minifiedWithoutDebug: number; modules: string[] }
+interface Size {
+  minified: number;
+  gzipped: number;
+  minifiedWithoutDebug: number;
+  modules: string[];
+}
 
 // Runs against the built package (npm test builds first).
 describe.skipIf(!built)('loading the package', () => {
@@ -37,7 +43,11 @@ describe.skipIf(!built)('loading the package', () => {
       await import('etcd-recipes/testing');
       const after = snapshot();
       console.log(JSON.stringify({ before, after, loaded: typeof esm.Mutex === 'function' && typeof cjs.Mutex === 'function' }));`;
-    const { before, after, loaded } = JSON.parse(await node(['--input-type=module', '-e', probe])) as { before: unknown; after: unknown; loaded: boolean };
+    const { before, after, loaded } = JSON.parse(await node(['--input-type=module', '-e', probe])) as {
+      before: unknown;
+      after: unknown;
+      loaded: boolean;
+    };
     expect(loaded).toBe(true);
     expect(after).toEqual(before);
   }, 60_000);

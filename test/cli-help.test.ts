@@ -11,15 +11,35 @@ async function run(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code:
   const stderr = new PassThrough();
   let out = '';
   let err = '';
-  stdout.on('data', (d: Buffer) => { out += d.toString(); });
-  stderr.on('data', (d: Buffer) => { err += d.toString(); });
-  const code = await main(args, { stdout, stderr, env: { ETCDCTL_ENDPOINTS: '127.0.0.1:1', ...env }, version: '9.9.9' });
+  stdout.on('data', (d: Buffer) => {
+    out += d.toString();
+  });
+  stderr.on('data', (d: Buffer) => {
+    err += d.toString();
+  });
+  const code = await main(args, {
+    stdout,
+    stderr,
+    env: { ETCDCTL_ENDPOINTS: '127.0.0.1:1', ...env },
+    version: '9.9.9',
+  });
   return { code, out, err };
 }
 
 describe('etcd-recipes command line', () => {
   it('has --help with a usage line and a copy-paste example for every command', async () => {
-    expect(COMMANDS.map((c) => c.name)).toEqual(['lock', 'semaphore', 'elect', 'observe', 'queue', 'work', 'register', 'services', 'status', 'dashboard']);
+    expect(COMMANDS.map((c) => c.name)).toEqual([
+      'lock',
+      'semaphore',
+      'elect',
+      'observe',
+      'queue',
+      'work',
+      'register',
+      'services',
+      'status',
+      'dashboard',
+    ]);
     for (const c of COMMANDS) {
       const { code, out, err } = await run([c.name, '--help']);
       expect(code, c.name).toBe(0);
@@ -58,9 +78,15 @@ describe('etcd-recipes command line', () => {
       [['register', 'a/b', 'id', 'addr', '--', 'true'], /SERVICE must be non-empty without \//],
       [['register', 's', 'id', 'addr', '--meta', 'novalue', '--', 'true'], /--meta: expected K=V/],
       [['services', 's', '--root', 'x'], /--root: must be '' or end with \//],
-      [['lock', 'a', '--endpoints', 'not an endpoint', '--', 'true'], /--endpoints: "not an endpoint" is not an endpoint/],
+      [
+        ['lock', 'a', '--endpoints', 'not an endpoint', '--', 'true'],
+        /--endpoints: "not an endpoint" is not an endpoint/,
+      ],
       [['lock', 'a', '--user', 'root', '--', 'true'], /--user: no password/],
-      [['lock', 'a', '--cacert', '/nonexistent/ca.pem', '--', 'true'], /--cacert: cannot read \/nonexistent\/ca.pem: ENOENT/],
+      [
+        ['lock', 'a', '--cacert', '/nonexistent/ca.pem', '--', 'true'],
+        /--cacert: cannot read \/nonexistent\/ca.pem: ENOENT/,
+      ],
       [['lock', 'a', '--try', '--try', '--', 'true'], /--try given more than once/],
       [['unknown-command'], /unknown command "unknown-command"/],
     ];
@@ -76,10 +102,15 @@ describe('etcd-recipes command line', () => {
   it('takes connection settings from flags, then ETCDCTL_* and ETCD_ENDPOINTS, then defaults', () => {
     expect(resolveConnection({}, {})).toMatchObject({ endpoints: ['127.0.0.1:2379'], dialTimeoutMs: 2000 });
     expect(resolveConnection({}, { ETCD_ENDPOINTS: 'a:1,b:2' }).endpoints).toEqual(['a:1', 'b:2']);
-    expect(resolveConnection({}, { ETCD_ENDPOINTS: 'a:1', ETCDCTL_ENDPOINTS: 'https://c:3' }).endpoints).toEqual(['https://c:3']);
+    expect(resolveConnection({}, { ETCD_ENDPOINTS: 'a:1', ETCDCTL_ENDPOINTS: 'https://c:3' }).endpoints).toEqual([
+      'https://c:3',
+    ]);
     expect(resolveConnection({ endpoints: 'd:4' }, { ETCDCTL_ENDPOINTS: 'c:3' }).endpoints).toEqual(['d:4']);
     expect(resolveConnection({ user: 'root:se:cret' }, {})).toMatchObject({ user: 'root', password: 'se:cret' });
-    expect(resolveConnection({ user: 'root' }, { ETCDCTL_PASSWORD: 'pw' })).toMatchObject({ user: 'root', password: 'pw' });
+    expect(resolveConnection({ user: 'root' }, { ETCDCTL_PASSWORD: 'pw' })).toMatchObject({
+      user: 'root',
+      password: 'pw',
+    });
     expect(resolveConnection({}, { ETCDCTL_DIAL_TIMEOUT: '750ms' }).dialTimeoutMs).toBe(750);
     expect(parseDuration('1m30s', 'x')).toBe(90_000);
     expect(parseDuration('2.5', 'x')).toBe(2500);

@@ -56,17 +56,25 @@ function track(child: ChildProcess, what: string): Proc {
     stderr,
     exitedAt: undefined,
     // 'close' rather than 'exit': every line of output has been read by then.
-    exited: new Promise<number>((resolve) => child.on('close', (code, signal) => {
-      proc.exitedAt = performance.now();
-      resolve(code ?? 128 + (signal === 'SIGKILL' ? 9 : signal === 'SIGINT' ? 2 : 15));
-    })),
+    exited: new Promise<number>((resolve) =>
+      child.on('close', (code, signal) => {
+        proc.exitedAt = performance.now();
+        resolve(code ?? 128 + (signal === 'SIGKILL' ? 9 : signal === 'SIGINT' ? 2 : 15));
+      }),
+    ),
     waitFor(re, timeoutMs = 30_000) {
       const found = stdout.find((l) => re.test(l));
       if (found) return Promise.resolve(found);
-      return within(timeoutMs, Promise.race([
-        new Promise<string>((resolve) => waiters.push({ re, resolve })),
-        proc.exited.then((code) => { throw new Error(`${what} exited (${code}) before printing ${re}; stderr: ${stderr.join('\n')}`); }),
-      ]), `${what}: line ${re}`);
+      return within(
+        timeoutMs,
+        Promise.race([
+          new Promise<string>((resolve) => waiters.push({ re, resolve })),
+          proc.exited.then((code) => {
+            throw new Error(`${what} exited (${code}) before printing ${re}; stderr: ${stderr.join('\n')}`);
+          }),
+        ]),
+        `${what}: line ${re}`,
+      );
     },
     kill(signal = 'SIGTERM') {
       if (child.exitCode === null && child.signalCode === null) child.kill(signal);
@@ -82,11 +90,17 @@ afterAll(() => {
 });
 
 /** Runs `etcd-recipes <args>` with `ETCDCTL_ENDPOINTS` set to `endpoints`. */
-export function cli(endpoints: readonly string[], args: readonly string[], options: { env?: Record<string, string>; input?: string } = {}): Proc {
+export function cli(
+  endpoints: readonly string[],
+  args: readonly string[],
+  options: { env?: Record<string, string>; input?: string } = {},
+): Proc {
   const env: NodeJS.ProcessEnv = { ...process.env, ETCDCTL_ENDPOINTS: endpoints.join(','), ...options.env };
   delete env.ETCD_ENDPOINTS;
   const child = spawn(process.execPath, ['--import', 'tsx', bin, ...args], {
-    cwd: projectRoot, env, stdio: [options.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
+    cwd: projectRoot,
+    env,
+    stdio: [options.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
   });
   if (options.input !== undefined) child.stdin!.end(options.input);
   const p = track(child, `etcd-recipes ${args.join(' ')}`);
@@ -98,7 +112,8 @@ export function cli(endpoints: readonly string[], args: readonly string[], optio
 /** Runs `etcdctl <args>` (API v3) against `endpoints`. */
 export function etcdctl(endpoints: readonly string[], args: readonly string[], env: Record<string, string> = {}): Proc {
   const child = spawn(process.env.ETCDCTL_BIN ?? findEtcdctlBinary(), ['--endpoints', endpoints.join(','), ...args], {
-    stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ETCDCTL_API: '3', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, ETCDCTL_API: '3', ...env },
   });
   const p = track(child, `etcdctl ${args.join(' ')}`);
   running.add(p);
@@ -136,14 +151,21 @@ function releaseGates(dir: string): void {
  * token). With `log`, the start and end lines are also appended to that file,
  * in the order they happen across processes.
  */
-export function gatedChild(dir: string, label: string, options: { code?: number; ignoreTerm?: boolean; log?: string } = {}): string[] {
+export function gatedChild(
+  dir: string,
+  label: string,
+  options: { code?: number; ignoreTerm?: boolean; log?: string } = {},
+): string[] {
   const gate = `${dir}/gate-${label}`;
   const say = (line: string) => `echo "${line}"${options.log ? `; echo "${line}" >> "${options.log}"` : ''}`;
   // The wait runs in the background so that the shell runs its TERM trap at once (and stops it). An
   // external command with its output to /dev/null keeps no copy of the tool's stdout if orphaned.
-  const trap = options.ignoreTerm ? `trap 'echo "ignored ${label}"' TERM` : `trap 'echo "term ${label}"; kill $p 2>/dev/null; exit 0' TERM`;
-  const script = `${trap}; [ -p "${gate}" ] || mkfifo "${gate}"; ${say(`start ${label} $ETCD_RECIPES_FENCING_TOKEN $$`)}; `
-    + `cat "${gate}" > /dev/null 2>&1 & p=$!; while ! wait $p; do kill -0 $p 2>/dev/null || break; done; ${say(`end ${label}`)}; exit ${options.code ?? 0}`;
+  const trap = options.ignoreTerm
+    ? `trap 'echo "ignored ${label}"' TERM`
+    : `trap 'echo "term ${label}"; kill $p 2>/dev/null; exit 0' TERM`;
+  const script =
+    `${trap}; [ -p "${gate}" ] || mkfifo "${gate}"; ${say(`start ${label} $ETCD_RECIPES_FENCING_TOKEN $$`)}; ` +
+    `cat "${gate}" > /dev/null 2>&1 & p=$!; while ! wait $p; do kill -0 $p 2>/dev/null || break; done; ${say(`end ${label}`)}; exit ${options.code ?? 0}`;
   return ['sh', '-c', script];
 }
 

@@ -37,7 +37,13 @@ describe('etcd-recipes lock', () => {
 
   it('runs two children strictly one after the other, the second with a larger fencing token', async () => {
     const client = cluster().client();
-    const env = (label: string) => ['sh', '-c', `echo "env ${label} $ETCD_RECIPES_KEY $ETCD_RECIPES_FENCING_TOKEN $ETCD_LOCK_KEY $ETCD_LOCK_REV"; exec "$@"`, 'sh', ...gatedChild(dir, label)];
+    const env = (label: string) => [
+      'sh',
+      '-c',
+      `echo "env ${label} $ETCD_RECIPES_KEY $ETCD_RECIPES_FENCING_TOKEN $ETCD_LOCK_KEY $ETCD_LOCK_REV"; exec "$@"`,
+      'sh',
+      ...gatedChild(dir, label),
+    ];
     const first = cli(ep(), ['lock', 'x/b', '--', ...env('b1')]);
     await first.waitFor(/^start b1/);
     const second = cli(ep(), ['lock', 'x/b', '--', ...env('b2')]);
@@ -50,15 +56,25 @@ describe('etcd-recipes lock', () => {
     await openGate(dir, 'b2');
     expect(await second.exited).toBe(0);
 
-    const [, key1, token1, lockKey1, lockRev1] = first.stdout.find((l) => l.startsWith('env b1'))!.split(' ').slice(1);
-    const [, key2, token2, lockKey2, lockRev2] = second.stdout.find((l) => l.startsWith('env b2'))!.split(' ').slice(1);
+    const [, key1, token1, lockKey1, lockRev1] = first.stdout
+      .find((l) => l.startsWith('env b1'))!
+      .split(' ')
+      .slice(1);
+    const [, key2, token2, lockKey2, lockRev2] = second.stdout
+      .find((l) => l.startsWith('env b2'))!
+      .split(' ')
+      .slice(1);
     expect(key1).toMatch(/^x\/b\/[0-9a-f]+$/);
     expect(lockKey1).toBe(key1);
     expect(lockRev1).toBe(token1);
     expect(lockKey2).toBe(key2);
     expect(lockRev2).toBe(token2);
     expect(BigInt(token2!)).toBeGreaterThan(BigInt(token1!));
-    expect(first.stdout).toEqual([expect.stringMatching(/^env b1/), expect.stringMatching(new RegExp(`^start b1 ${token1} [0-9]+$`)), 'end b1']);
+    expect(first.stdout).toEqual([
+      expect.stringMatching(/^env b1/),
+      expect.stringMatching(new RegExp(`^start b1 ${token1} [0-9]+$`)),
+      'end b1',
+    ]);
     expect(await keysUnder(client, 'x/b/')).toEqual([]);
   });
 
@@ -80,7 +96,14 @@ describe('etcd-recipes lock', () => {
 
   it('kills a child that ignores SIGTERM after --kill-after', async () => {
     const client = cluster().client();
-    const tool = cli(ep(), ['lock', 'x/k', '--kill-after', '0.3', '--', ...gatedChild(dir, 'k1', { ignoreTerm: true })]);
+    const tool = cli(ep(), [
+      'lock',
+      'x/k',
+      '--kill-after',
+      '0.3',
+      '--',
+      ...gatedChild(dir, 'k1', { ignoreTerm: true }),
+    ]);
     await tool.waitFor(/^start k1/);
     const [key] = await keysUnder(client, 'x/k/');
     expect(await etcdctl(ep(), ['del', key!]).exited).toBe(0);
@@ -115,7 +138,7 @@ describe('etcd-recipes lock', () => {
     await waitForPrefixEmpty(client, 'x/e/');
   });
 
-  it('--try exits at once with the conflict code; --timeout waits that long; the child\'s code passes through', async () => {
+  it("--try exits at once with the conflict code; --timeout waits that long; the child's code passes through", async () => {
     const client = cluster().client();
     const holder = cli(ep(), ['lock', 'x/f', '--', ...gatedChild(dir, 'f1')]);
     await holder.waitFor(/^start f1/);

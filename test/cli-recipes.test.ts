@@ -29,7 +29,15 @@ describe('etcd-recipes semaphore, elect, observe, queue, work, register, service
     const client = cluster().client();
     const log = `${dir}/semaphore.log`;
     const procs = Array.from({ length: 5 }, () =>
-      cli(ep(), ['semaphore', 'sem/a', '--permits', '2', '--', ...gatedChild(dir, 's$ETCD_RECIPES_FENCING_TOKEN', { log })]));
+      cli(ep(), [
+        'semaphore',
+        'sem/a',
+        '--permits',
+        '2',
+        '--',
+        ...gatedChild(dir, 's$ETCD_RECIPES_FENCING_TOKEN', { log }),
+      ]),
+    );
     // Two hold, three wait in line: all five keys exist.
     await waitForKeyCount(client, 'sem/a/queue/', 5);
     await waitForStarts(procs, 2);
@@ -60,7 +68,7 @@ describe('etcd-recipes semaphore, elect, observe, queue, work, register, service
     expect(await keysUnder(client, 'sem/a/queue/')).toEqual([]);
   });
 
-  it('elect runs the child only on the leader; the successor\'s child starts after the leader\'s is killed; observe prints each change', async () => {
+  it("elect runs the child only on the leader; the successor's child starts after the leader's is killed; observe prints each change", async () => {
     const client = cluster().client();
     const observer = cli(ep(), ['observe', 'el/a']);
     await observer.waitFor(/"leader":null/);
@@ -83,7 +91,9 @@ describe('etcd-recipes semaphore, elect, observe, queue, work, register, service
     await observer.waitFor(/"leader":null.*/);
     observer.kill('SIGINT');
     expect(await observer.exited).toBe(0);
-    const states = observer.stdout.map((l) => JSON.parse(l) as { leader: { value: string; revision: number } | null; revision: number });
+    const states = observer.stdout.map(
+      (l) => JSON.parse(l) as { leader: { value: string; revision: number } | null; revision: number },
+    );
     expect(states.map((s) => s.leader?.value ?? null)).toEqual([null, 'node-a', 'node-b', null]);
     expect(states[1]!.leader!.revision).toBe(Number(tokenA));
     expect(states[2]!.leader!.revision).toBe(Number(tokenB));
@@ -110,7 +120,7 @@ describe('etcd-recipes semaphore, elect, observe, queue, work, register, service
     expect(await tool.exited).toBe(LOST);
   });
 
-  it('status shows a lock\'s holder and its waiter with their leases, as a table and as JSON; nothing found exits 1', async () => {
+  it("status shows a lock's holder and its waiter with their leases, as a table and as JSON; nothing found exits 1", async () => {
     const client = cluster().client();
     const holder = await Session.create(client, { ttl: 30 });
     const waiter = await Session.create(client, { ttl: 30 });
@@ -119,7 +129,10 @@ describe('etcd-recipes semaphore, elect, observe, queue, work, register, service
     await waitForKeyCount(client, 'st/lock/', 2);
     const json = cli(ep(), ['status', 'st/lock', '--json']);
     expect(await json.exited).toBe(0);
-    const [lock] = JSON.parse(json.stdout.join('\n')) as { kind: string; inspection: { holders: { key: string }[]; waiters: { key: string }[] } }[];
+    const [lock] = JSON.parse(json.stdout.join('\n')) as {
+      kind: string;
+      inspection: { holders: { key: string }[]; waiters: { key: string }[] };
+    }[];
     expect(lock!.kind).toBe('lock');
     expect(lock!.inspection.holders.map((h) => h.key)).toEqual([held.key]);
     expect(lock!.inspection.waiters.map((w) => w.key)).toEqual([`st/lock/${waiter.leaseHex}`]);
@@ -155,13 +168,31 @@ describe('etcd-recipes semaphore, elect, observe, queue, work, register, service
     expect(await added.exited).toBe(0);
     const id = added.stdout[0]!;
     expect(id).toMatch(/^00100-[0-9]+$/);
-    const worker = cli(ep(), ['work', 'w/a', 'run', '--retry-delay', '0', '--max-attempts', '5', '--',
-      'sh', '-c', `v=$(cat); echo "$ETCD_RECIPES_JOB_ID $ETCD_RECIPES_ATTEMPTS $v $ETCD_RECIPES_FENCING_TOKEN" >> ${log}; [ "$ETCD_RECIPES_ATTEMPTS" -ge 3 ]`]);
+    const worker = cli(ep(), [
+      'work',
+      'w/a',
+      'run',
+      '--retry-delay',
+      '0',
+      '--max-attempts',
+      '5',
+      '--',
+      'sh',
+      '-c',
+      `v=$(cat); echo "$ETCD_RECIPES_JOB_ID $ETCD_RECIPES_ATTEMPTS $v $ETCD_RECIPES_FENCING_TOKEN" >> ${log}; [ "$ETCD_RECIPES_ATTEMPTS" -ge 3 ]`,
+    ]);
     await waitForPrefixEmpty(client, 'w/a/jobs/');
     worker.kill('SIGTERM');
     expect(await worker.exited).toBe(0);
-    const runs = readFileSync(log, 'utf8').trim().split('\n').map((l) => l.split(' '));
-    expect(runs.map(([jobId, attempt, value]) => [jobId, attempt, value])).toEqual([[id, '1', 'hello'], [id, '2', 'hello'], [id, '3', 'hello']]);
+    const runs = readFileSync(log, 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => l.split(' '));
+    expect(runs.map(([jobId, attempt, value]) => [jobId, attempt, value])).toEqual([
+      [id, '1', 'hello'],
+      [id, '2', 'hello'],
+      [id, '3', 'hello'],
+    ]);
     const tokens = runs.map((r) => BigInt(r[3]!));
     expect(tokens[1]! > tokens[0]! && tokens[2]! > tokens[1]!).toBe(true);
     expect(worker.stderr.filter((l) => /failed with exit code 1; retrying/.test(l))).toHaveLength(2);
@@ -176,8 +207,19 @@ describe('etcd-recipes semaphore, elect, observe, queue, work, register, service
     const added = cli(ep(), ['work', 'w/b', 'add', '-', '--json'], { input: 'poison' });
     expect(await added.exited).toBe(0);
     const { id } = JSON.parse(added.stdout[0]!) as { id: string };
-    const worker = cli(ep(), ['work', 'w/b', 'run', '--retry-delay', '0', '--max-attempts', '2', '--',
-      'sh', '-c', `echo "$ETCD_RECIPES_ATTEMPTS $(cat)" >> ${log}; exit 1`]);
+    const worker = cli(ep(), [
+      'work',
+      'w/b',
+      'run',
+      '--retry-delay',
+      '0',
+      '--max-attempts',
+      '2',
+      '--',
+      'sh',
+      '-c',
+      `echo "$ETCD_RECIPES_ATTEMPTS $(cat)" >> ${log}; exit 1`,
+    ]);
     await waitForKeyCount(client, 'w/b/dead/', 1);
     worker.kill('SIGTERM');
     expect(await worker.exited).toBe(0);
@@ -194,13 +236,30 @@ describe('etcd-recipes semaphore, elect, observe, queue, work, register, service
   it('register keeps an instance listed while its command runs; services lists it and --watch follows it', async () => {
     const client = cluster().client();
     const watcher = cli(ep(), ['services', 'svc-a', '--watch']);
-    const reg = cli(ep(), ['register', 'svc-a', 'i1', '127.0.0.1:9', '--meta', 'zone=a', '--meta', 'v=1', '--', ...gatedChild(dir, 'r1')]);
+    const reg = cli(ep(), [
+      'register',
+      'svc-a',
+      'i1',
+      '127.0.0.1:9',
+      '--meta',
+      'zone=a',
+      '--meta',
+      'v=1',
+      '--',
+      ...gatedChild(dir, 'r1'),
+    ]);
     await reg.waitFor(/^start r1/);
     const listed = cli(ep(), ['services', 'svc-a']);
     expect(await listed.exited).toBe(0);
     expect(listed.stdout).toEqual(['i1\t127.0.0.1:9\t{"zone":"a","v":"1"}']);
     const added = JSON.parse(await watcher.waitFor(/"type":"added"/)) as Record<string, unknown>;
-    expect(added).toMatchObject({ type: 'added', id: 'i1', address: '127.0.0.1:9', metadata: { zone: 'a', v: '1' }, key: 'services/svc-a/i1' });
+    expect(added).toMatchObject({
+      type: 'added',
+      id: 'i1',
+      address: '127.0.0.1:9',
+      metadata: { zone: 'a', v: '1' },
+      key: 'services/svc-a/i1',
+    });
 
     const taken = cli(ep(), ['register', 'svc-a', 'i1', '127.0.0.1:10', '--', 'true']);
     expect(await taken.exited).toBe(NOT_ACQUIRED);

@@ -1,5 +1,14 @@
 import { execFile } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -28,7 +37,12 @@ const TYPES_NODE_FLOOR = '20.11.21';
 
 async function sh(cmd: string, args: string[], cwd: string, timeout = 120_000): Promise<string> {
   try {
-    const { stdout } = await exec(cmd, args, { cwd, timeout, maxBuffer: 16 << 20, env: { ...process.env, npm_config_update_notifier: 'false' } });
+    const { stdout } = await exec(cmd, args, {
+      cwd,
+      timeout,
+      maxBuffer: 16 << 20,
+      env: { ...process.env, npm_config_update_notifier: 'false' },
+    });
     return stdout;
   } catch (err) {
     const e = err as { stdout?: string; stderr?: string; message: string };
@@ -36,12 +50,20 @@ async function sh(cmd: string, args: string[], cwd: string, timeout = 120_000): 
   }
 }
 
-const tsconfig = (module: string, moduleResolution: string, files: string[], skipLibCheck = false) => JSON.stringify({
-  compilerOptions: {
-    strict: true, skipLibCheck, noEmit: true, target: 'ES2022', lib: ['ES2022'], types: ['node'], module, moduleResolution,
-  },
-  files,
-});
+const tsconfig = (module: string, moduleResolution: string, files: string[], skipLibCheck = false) =>
+  JSON.stringify({
+    compilerOptions: {
+      strict: true,
+      skipLibCheck,
+      noEmit: true,
+      target: 'ES2022',
+      lib: ['ES2022'],
+      types: ['node'],
+      module,
+      moduleResolution,
+    },
+    files,
+  });
 
 const parsedFiles = new Map<string, ts.SourceFile | undefined>();
 
@@ -51,9 +73,16 @@ const parsedFiles = new Map<string, ts.SourceFile | undefined>();
  * semantic. Parsed files are shared between the configurations.
  */
 function checkOurFiles(configPath: string): string {
-  const parsed = ts.getParsedCommandLineOfConfigFile(configPath, {}, {
-    ...ts.sys, onUnRecoverableConfigFileDiagnostic: (d) => { throw new Error(ts.flattenDiagnosticMessageText(d.messageText, '\n')); },
-  })!;
+  const parsed = ts.getParsedCommandLineOfConfigFile(
+    configPath,
+    {},
+    {
+      ...ts.sys,
+      onUnRecoverableConfigFileDiagnostic: (d) => {
+        throw new Error(ts.flattenDiagnosticMessageText(d.messageText, '\n'));
+      },
+    },
+  )!;
   const host = ts.createCompilerHost(parsed.options);
   const parse = host.getSourceFile.bind(host);
   host.getSourceFile = (fileName, opts, onError, fresh) => {
@@ -62,9 +91,15 @@ function checkOurFiles(configPath: string): string {
     return parsedFiles.get(key);
   };
   const program = ts.createProgram({ rootNames: parsed.fileNames, options: parsed.options, host });
-  const ours = program.getSourceFiles().filter((sf) => sf.fileName.includes('/node_modules/etcd-recipes/') || !sf.fileName.includes('/node_modules/'));
-  const diagnostics = [...parsed.errors, ...program.getOptionsDiagnostics(), ...program.getGlobalDiagnostics(),
-    ...ours.flatMap((sf) => [...program.getSyntacticDiagnostics(sf), ...program.getSemanticDiagnostics(sf)])];
+  const ours = program
+    .getSourceFiles()
+    .filter((sf) => sf.fileName.includes('/node_modules/etcd-recipes/') || !sf.fileName.includes('/node_modules/'));
+  const diagnostics = [
+    ...parsed.errors,
+    ...program.getOptionsDiagnostics(),
+    ...program.getGlobalDiagnostics(),
+    ...ours.flatMap((sf) => [...program.getSyntacticDiagnostics(sf), ...program.getSemanticDiagnostics(sf)]),
+  ];
   return ts.formatDiagnostics(diagnostics, host);
 }
 
@@ -77,21 +112,40 @@ describe.skipIf(!built)('the packed package in a user project', () => {
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'etcd-recipes-consumer-'));
     // --ignore-scripts: `npm test` has just built dist; prepack would build it again.
-    const packed = JSON.parse(await sh(npm, ['pack', '--json', '--ignore-scripts', '--pack-destination', dir], root)) as { filename: string }[];
+    const packed = JSON.parse(
+      await sh(npm, ['pack', '--json', '--ignore-scripts', '--pack-destination', dir], root),
+    ) as { filename: string }[];
     tarball = join(dir, packed[0]!.filename);
     writeFileSync(join(dir, 'package.json'), JSON.stringify({ name: 'consumer', private: true, type: 'module' }));
     for (const f of readdirSync(fixtures)) copyFileSync(join(fixtures, f), join(dir, f));
-    await sh(npm, ['install', '--no-audit', '--no-fund', '--ignore-scripts', tarball, `etcd3@${USER_ETCD3}`, 'typescript@latest', '@types/node@20'], dir);
+    await sh(
+      npm,
+      [
+        'install',
+        '--no-audit',
+        '--no-fund',
+        '--ignore-scripts',
+        tarball,
+        `etcd3@${USER_ETCD3}`,
+        'typescript@latest',
+        '@types/node@20',
+      ],
+      dir,
+    );
     mkdirSync(join(dir, 'floor'));
     writeFileSync(join(dir, 'floor/package.json'), JSON.stringify({ private: true, type: 'module' }));
-    await sh(npm, ['install', '--no-audit', '--no-fund', '--ignore-scripts', `@types/node@${TYPES_NODE_FLOOR}`], join(dir, 'floor'));
+    await sh(
+      npm,
+      ['install', '--no-audit', '--no-fund', '--ignore-scripts', `@types/node@${TYPES_NODE_FLOOR}`],
+      join(dir, 'floor'),
+    );
   }, 180_000);
 
   afterAll(() => {
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
-  it('installs next to the user\'s etcd3 without a second copy of it', () => {
+  it("installs next to the user's etcd3 without a second copy of it", () => {
     const etcd3 = JSON.parse(readFileSync(join(dir, 'node_modules/etcd3/package.json'), 'utf8')) as { version: string };
     expect(etcd3.version).toBe(USER_ETCD3);
     expect(existsSync(join(dir, 'node_modules/etcd-recipes/node_modules/etcd3'))).toBe(false);
@@ -104,20 +158,23 @@ describe.skipIf(!built)('the packed package in a user project', () => {
       ['nodenext', 'nodenext', 'nodenext', ['esm.ts', 'cjs.cts']],
       ['bundler', 'esnext', 'bundler', ['esm.ts']],
     ];
-    for (const [name, module, resolution, files] of configs) writeFileSync(join(dir, `tsconfig.${name}.json`), tsconfig(module, resolution, files));
+    for (const [name, module, resolution, files] of configs)
+      writeFileSync(join(dir, `tsconfig.${name}.json`), tsconfig(module, resolution, files));
     // node10 is gone from TypeScript 6+; users still on it are on 5.x.
     writeFileSync(join(dir, 'tsconfig.node10.json'), tsconfig('commonjs', 'node10', ['node10.ts']));
     const latest = (await sh(process.execPath, [latestTsc(), '--version'], dir)).trim();
     expect(latest).not.toBe(`Version ${ts.version}`);
     const failures: string[] = [];
     // The latest TypeScript (native, fast): the whole project, as the user's `tsc` would.
-    const cli = Promise.all(configs.map(async ([name]) => {
-      try {
-        await sh(process.execPath, [latestTsc(), '-p', `tsconfig.${name}.json`], dir);
-      } catch (err) {
-        failures.push(`${latest} ${name}: ${(err as Error).message}`);
-      }
-    }));
+    const cli = Promise.all(
+      configs.map(async ([name]) => {
+        try {
+          await sh(process.execPath, [latestTsc(), '-p', `tsconfig.${name}.json`], dir);
+        } catch (err) {
+          failures.push(`${latest} ${name}: ${(err as Error).message}`);
+        }
+      }),
+    );
     // TypeScript 5.x: the same configurations, checking every file of ours and the user's (checking all of
     // @types/node four times over would take minutes on a busy machine and tells nothing about this package).
     expect(ts.version).toMatch(/^5\./);

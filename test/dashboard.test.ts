@@ -2,7 +2,15 @@ import { request } from 'node:http';
 import { writeFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import {
-  Election, isRecipeError, Mutex, Queue, Semaphore, ServiceRegistry, Session, startDashboard, WorkQueue,
+  Election,
+  isRecipeError,
+  Mutex,
+  Queue,
+  Semaphore,
+  ServiceRegistry,
+  Session,
+  startDashboard,
+  WorkQueue,
 } from '../src/index.js';
 import { requestCounts, requestsBetween } from '../src/testing/index.js';
 import { Browser, findChromium, type Page } from './fixtures/chromium.js';
@@ -24,7 +32,13 @@ function lockCard(name: string): string {
 }
 
 /** Resolves (with the time it did) once the page shows exactly these holders and waiters. */
-async function shows(page: Page, name: string, holders: string[], waiters: string[], timeoutMs: number): Promise<number> {
+async function shows(
+  page: Page,
+  name: string,
+  holders: string[],
+  waiters: string[],
+  timeoutMs: number,
+): Promise<number> {
   const want = JSON.stringify({ holders, waiters });
   await page.until(`${lockCard(name)} === ${JSON.stringify(want)}`, timeoutMs);
   return performance.now();
@@ -35,7 +49,7 @@ describe.skipIf(!chromium)(`dashboard in headless Chromium${chromium ? '' : ` ($
   // member 1's request counters show exactly what the dashboard sent.
   const etcd = useCluster({ members: 3 });
 
-  it('shows a lock\'s holder and waiters, follows a release within 2 s, and never writes', async () => {
+  it("shows a lock's holder and waiters, follows a release within 2 s, and never writes", async () => {
     const cluster = etcd();
     const [m0, m1] = cluster.members;
     const client = cluster.client({ hosts: [m0!.endpoint] });
@@ -67,7 +81,14 @@ describe.skipIf(!chromium)(`dashboard in headless Chromium${chromium ? '' : ` ($
       await wq.add('{"report":"daily"}', { priority: 1 });
       await wq.add('{"report":"weekly"}');
       const job = await wq.claim();
-      const reg = await ServiceRegistry.register(client, { service: 'login', id: 'login-1', address: '10.0.0.7:8008', metadata: { zone: 'eu-1' }, root: 'dash/services/', ttl: 30 });
+      const reg = await ServiceRegistry.register(client, {
+        service: 'login',
+        id: 'login-1',
+        address: '10.0.0.7:8008',
+        metadata: { zone: 'eu-1' },
+        root: 'dash/services/',
+        ttl: 30,
+      });
 
       const dashClient = cluster.client({ hosts: [m1!.endpoint] });
       await using dashboard = await startDashboard(dashClient, { prefix: 'dash/', refreshMs: 1000 });
@@ -99,15 +120,32 @@ describe.skipIf(!chromium)(`dashboard in headless Chromium${chromium ? '' : ` ($
       if (process.env.DASHBOARD_TIMING) console.log(`unlock() call -> page: ${(t2 - t0).toFixed(0)} ms`);
 
       // The other recipes are on the page too.
-      const kinds = await page.evaluate<string[]>('[...document.querySelectorAll(".card")].map((c) => c.dataset.kind + " " + c.dataset.name)');
-      expect(kinds).toEqual(expect.arrayContaining([
-        'election dash/elections/scheduler', 'semaphore dash/sem/gpu', 'queue dash/queues/mail', 'work-queue dash/jobs/reports', 'service login',
-      ]));
+      const kinds = await page.evaluate<string[]>(
+        '[...document.querySelectorAll(".card")].map((c) => c.dataset.kind + " " + c.dataset.name)',
+      );
+      expect(kinds).toEqual(
+        expect.arrayContaining([
+          'election dash/elections/scheduler',
+          'semaphore dash/sem/gpu',
+          'queue dash/queues/mail',
+          'work-queue dash/jobs/reports',
+          'service login',
+        ]),
+      );
 
       const d = requestsBetween(before, await requestCounts(m1!.clientUrl));
-      const writes = ['Put', 'Txn', 'DeleteRange', 'Compact', 'LeaseGrant', 'LeaseRevoke', 'LeaseKeepAlive']
-        .map((m) => [m, d.byMethod.get(m) ?? 0]);
-      expect(Object.fromEntries(writes)).toEqual({ Put: 0, Txn: 0, DeleteRange: 0, Compact: 0, LeaseGrant: 0, LeaseRevoke: 0, LeaseKeepAlive: 0 });
+      const writes = ['Put', 'Txn', 'DeleteRange', 'Compact', 'LeaseGrant', 'LeaseRevoke', 'LeaseKeepAlive'].map(
+        (m) => [m, d.byMethod.get(m) ?? 0],
+      );
+      expect(Object.fromEntries(writes)).toEqual({
+        Put: 0,
+        Txn: 0,
+        DeleteRange: 0,
+        Compact: 0,
+        LeaseGrant: 0,
+        LeaseRevoke: 0,
+        LeaseKeepAlive: 0,
+      });
       expect(d.range).toBeGreaterThan(0);
       expect(d.watch).toBeGreaterThan(0);
 
@@ -126,12 +164,18 @@ describe.skipIf(!chromium)(`dashboard in headless Chromium${chromium ? '' : ` ($
 });
 
 /** A GET with an explicit Host header (fetch cannot set it). */
-function get(url: string, headers: Record<string, string> = {}, method = 'GET'): Promise<{ status: number; body: string; headers: Record<string, unknown> }> {
+function get(
+  url: string,
+  headers: Record<string, string> = {},
+  method = 'GET',
+): Promise<{ status: number; body: string; headers: Record<string, unknown> }> {
   return new Promise((resolve, reject) => {
     const req = request(url, { method, headers }, (res) => {
       let body = '';
       res.setEncoding('utf8');
-      res.on('data', (d: string) => { body += d; });
+      res.on('data', (d: string) => {
+        body += d;
+      });
       res.on('end', () => resolve({ status: res.statusCode ?? 0, body, headers: res.headers }));
     });
     req.on('error', reject);
@@ -158,8 +202,16 @@ describe('dashboard binding and token', () => {
     expect((await get(`${d.url}nope`)).status).toBe(404);
 
     const refused = async (options: Parameters<typeof startDashboard>[1], argument: string) => {
-      const err = await startDashboard(client, options).then(async (x) => { await x.close(); return undefined; }, (e: unknown) => e);
-      expect(isRecipeError(err) && err.code === 'INVALID_ARGUMENT' && (err as { argument?: string }).argument).toBe(argument);
+      const err = await startDashboard(client, options).then(
+        async (x) => {
+          await x.close();
+          return undefined;
+        },
+        (e: unknown) => e,
+      );
+      expect(isRecipeError(err) && err.code === 'INVALID_ARGUMENT' && (err as { argument?: string }).argument).toBe(
+        argument,
+      );
     };
     await refused({ host: '0.0.0.0' }, 'options.host');
     await refused({ host: '0.0.0.0', exposed: true }, 'options.host');

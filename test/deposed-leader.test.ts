@@ -9,14 +9,21 @@ import { forkFixture, useCluster } from './helpers.js';
 describe('a leader-only producer', () => {
   const etcd = useCluster();
   const clients: ReturnType<typeof createClient>[] = [];
-  afterAll(async () => { await Promise.all(clients.map((c) => closeClient(c))); });
+  afterAll(async () => {
+    await Promise.all(clients.map((c) => closeClient(c)));
+  });
 
   it('woken from a SIGSTOP past its TTL never enqueues (20 rounds)', async () => {
     const rounds = 20;
     const endpoints = etcd().endpoints.join(',');
     const client = createClient({ hosts: etcd().endpoints });
     clients.push(client);
-    const fixture = forkFixture('fixtures/deposed-leader.ts', [endpoints, 'deposed/elect', 'deposed/jobs', String(rounds)]);
+    const fixture = forkFixture('fixtures/deposed-leader.ts', [
+      endpoints,
+      'deposed/elect',
+      'deposed/jobs',
+      String(rounds),
+    ]);
     const outcomes: string[] = [];
     let from = 0;
     try {

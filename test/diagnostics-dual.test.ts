@@ -32,9 +32,16 @@ describe.skipIf(!existsSync(join(root, 'dist/cjs/index.js')))('channels across t
       }));
       metrics.close();`;
     const out = await new Promise<string>((resolve, reject) => {
-      execFile(process.execPath, ['--input-type=module', '-e', script], {
-        cwd: root, env: { ...process.env, ENDPOINTS: etcd().endpoints.join(',') }, timeout: 60_000,
-      }, (err, stdout, stderr) => (err ? reject(new Error(`${err.message}\n${stderr}`)) : resolve(stdout)));
+      execFile(
+        process.execPath,
+        ['--input-type=module', '-e', script],
+        {
+          cwd: root,
+          env: { ...process.env, ENDPOINTS: etcd().endpoints.join(',') },
+          timeout: 60_000,
+        },
+        (err, stdout, stderr) => (err ? reject(new Error(`${err.message}\n${stderr}`)) : resolve(stdout)),
+      );
     });
     expect(JSON.parse(out.trim().split('\n').pop()!)).toEqual({ waits: 1, holds: 1, sessions: 1 });
   }, 90_000);

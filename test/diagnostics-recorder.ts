@@ -21,11 +21,13 @@ export class ChannelRecorder {
       this.#unsubscribe.push(subscribeDiagnostics(name, (message) => this.#add(name, message as never)));
     }
     for (const name of Object.values(TRACING_CHANNELS)) {
-      this.#unsubscribe.push(subscribeTracing(name, {
-        start: (c) => this.#add(`${name}:start`, c as never),
-        asyncEnd: (c) => this.#add(`${name}:asyncEnd`, c as never),
-        error: (c) => this.#add(`${name}:error`, c as never),
-      }));
+      this.#unsubscribe.push(
+        subscribeTracing(name, {
+          start: (c) => this.#add(`${name}:start`, c as never),
+          asyncEnd: (c) => this.#add(`${name}:asyncEnd`, c as never),
+          error: (c) => this.#add(`${name}:error`, c as never),
+        }),
+      );
     }
   }
 
@@ -52,7 +54,13 @@ export class ChannelRecorder {
     if (found) return Promise.resolve(found);
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`no ${label} within ${timeoutMs} ms`)), timeoutMs);
-      this.#waiters.push({ match, resolve: (s) => { clearTimeout(timer); resolve(s); } });
+      this.#waiters.push({
+        match,
+        resolve: (s) => {
+          clearTimeout(timer);
+          resolve(s);
+        },
+      });
     });
   }
 

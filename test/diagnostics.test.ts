@@ -1,7 +1,17 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
-  Election, Mutex, observeLeader, runSTM, Semaphore, Session, subscribeDiagnostics, subscribeTracing, isRecipeError, WorkQueue,
-  DIAGNOSTICS_CHANNELS, TRACING_CHANNELS,
+  Election,
+  Mutex,
+  observeLeader,
+  runSTM,
+  Semaphore,
+  Session,
+  subscribeDiagnostics,
+  subscribeTracing,
+  isRecipeError,
+  WorkQueue,
+  DIAGNOSTICS_CHANNELS,
+  TRACING_CHANNELS,
 } from '../src/index.js';
 import { ChannelRecorder, type Seen } from './diagnostics-recorder.js';
 import { HoldTrace, lockTarget, traceLock } from '../src/core/diagnostics.js';
@@ -12,7 +22,9 @@ const short = (s: Seen) => s.what.replace(/^etcd-recipes:/, '');
 describe('diagnostics channels', () => {
   const etcd = useCluster();
   let recorder: ChannelRecorder;
-  beforeEach(() => { recorder = new ChannelRecorder(); });
+  beforeEach(() => {
+    recorder = new ChannelRecorder();
+  });
   afterEach(() => recorder.close());
 
   it('are named etcd-recipes:*, each declared once', () => {
@@ -31,7 +43,11 @@ describe('diagnostics channels', () => {
     await ma.lock();
     const bLocking = mb.lock();
     // Handshake: B is in line behind A before A lets go.
-    await recorder.until((s) => s.what === 'etcd-recipes:lock:wait' && s.message.leaseId === b.leaseId, 20_000, 'wait event of B');
+    await recorder.until(
+      (s) => s.what === 'etcd-recipes:lock:wait' && s.message.leaseId === b.leaseId,
+      20_000,
+      'wait event of B',
+    );
     await ma.unlock();
     await bLocking;
     await mb.unlock();
@@ -39,12 +55,24 @@ describe('diagnostics channels', () => {
     const events = recorder.filter((s) => s.what.startsWith('etcd-recipes:lock') && s.message.name === name);
     const who = (s: Seen) => (s.message.leaseId === a.leaseId ? 'A' : s.message.leaseId === b.leaseId ? 'B' : '?');
     expect(events.map((s) => `${short(s)} ${who(s)}`)).toEqual([
-      'lock:start A', 'lock:asyncEnd A', 'lock:start B', 'lock:wait B', 'lock:released A', 'lock:asyncEnd B', 'lock:released B',
+      'lock:start A',
+      'lock:asyncEnd A',
+      'lock:start B',
+      'lock:wait B',
+      'lock:released A',
+      'lock:asyncEnd B',
+      'lock:released B',
     ]);
     const [startA, acquiredA, startB, waitB, releasedA, acquiredB, releasedB] = events.map((s) => s.message);
     expect(startA).toMatchObject({ recipe: 'mutex', name, permits: 1, wait: true });
     expect(startA!.result).toBeUndefined();
-    const resultA = acquiredA!.result as { acquired: boolean; key: string; fencingToken: bigint; waited: boolean; waitMs: number };
+    const resultA = acquiredA!.result as {
+      acquired: boolean;
+      key: string;
+      fencingToken: bigint;
+      waited: boolean;
+      waitMs: number;
+    };
     expect(resultA).toMatchObject({ acquired: true, key: ma.key, waited: false });
     expect(typeof resultA.fencingToken).toBe('bigint');
     expect(startB).toMatchObject({ recipe: 'mutex', name, wait: true });
@@ -71,7 +99,9 @@ describe('diagnostics channels', () => {
     const permit = await new Semaphore(a, 'dc/sem', 3).acquire({ permits: 2 });
     await permit.release();
     const tries = recorder.filter((s) => s.what === 'etcd-recipes:lock:asyncEnd' && s.message.leaseId === b.leaseId);
-    expect(tries.map((s) => [s.message.wait, s.message.result])).toEqual([[false, { acquired: false, waited: false, waitMs: expect.any(Number) }]]);
+    expect(tries.map((s) => [s.message.wait, s.message.result])).toEqual([
+      [false, { acquired: false, waited: false, waitMs: expect.any(Number) }],
+    ]);
     const sem = recorder.filter((s) => s.what.startsWith('etcd-recipes:lock') && s.message.name === 'dc/sem');
     expect(sem.map(short)).toEqual(['lock:start', 'lock:asyncEnd', 'lock:released']);
     expect(sem[0]!.message).toMatchObject({ recipe: 'semaphore', permits: 2 });
@@ -108,17 +138,26 @@ describe('diagnostics channels', () => {
     const who = (s: Seen) => (s.message.leaseId === a.leaseId ? 'A' : s.message.leaseId === b.leaseId ? 'B' : '');
     const flow = events.filter((s) => s.what !== 'etcd-recipes:election:leader');
     expect(flow.map((s) => `${short(s)} ${who(s)}`)).toEqual([
-      'election:campaign:start A', 'election:campaign:asyncEnd A', 'election:campaign:start B',
-      'election:resigned A', 'election:campaign:asyncEnd B', 'election:resigned B',
+      'election:campaign:start A',
+      'election:campaign:asyncEnd A',
+      'election:campaign:start B',
+      'election:resigned A',
+      'election:campaign:asyncEnd B',
+      'election:resigned B',
     ]);
     const electedA = flow[1]!.message.result as { revision: bigint; waitMs: number };
     const electedB = flow[4]!.message.result as { revision: bigint; waitMs: number };
     expect(electedB.revision).toBeGreaterThan(electedA.revision);
     expect(flow[3]!.message).toMatchObject({ key: ea.key, revision: electedA.revision });
-    const leaders = events.filter((s) => s.what === 'etcd-recipes:election:leader')
-      .map((s) => (s.message.leader as { value: string; revision: bigint } | undefined));
+    const leaders = events
+      .filter((s) => s.what === 'etcd-recipes:election:leader')
+      .map((s) => s.message.leader as { value: string; revision: bigint } | undefined);
     // The observer's first state (nobody leads), then A, then B (a later observer state, nobody, ends the list when B resigns).
-    expect(leaders.slice(0, 3).map((l) => l && [l.value, l.revision])).toEqual([undefined, ['a', electedA.revision], ['b', electedB.revision]]);
+    expect(leaders.slice(0, 3).map((l) => l && [l.value, l.revision])).toEqual([
+      undefined,
+      ['a', electedA.revision],
+      ['b', electedB.revision],
+    ]);
   });
 
   it('show an STM conflict, then the commit; and a give-up', async () => {
@@ -136,7 +175,14 @@ describe('diagnostics channels', () => {
     expect(read).toBe(100);
     expect(await client.get(key).string()).toBe('101');
     const events = recorder.filter((s) => s.what.startsWith('etcd-recipes:stm'));
-    expect(events.map(short)).toEqual(['stm:start', 'stm:attempt:start', 'stm:attempt:asyncEnd', 'stm:attempt:start', 'stm:attempt:asyncEnd', 'stm:asyncEnd']);
+    expect(events.map(short)).toEqual([
+      'stm:start',
+      'stm:attempt:start',
+      'stm:attempt:asyncEnd',
+      'stm:attempt:start',
+      'stm:attempt:asyncEnd',
+      'stm:asyncEnd',
+    ]);
     expect(events[0]!.message).toMatchObject({ isolation: 'serializable-snapshot', retries: 10 });
     expect(events[1]!.message).toMatchObject({ attempt: 1 });
     expect(events[2]!.message.result).toEqual({ outcome: 'conflict', conflictKeys: [key] });
@@ -145,15 +191,26 @@ describe('diagnostics channels', () => {
     expect(events[5]!.message.result).toEqual({ attempts: 2 });
 
     recorder.seen.length = 0;
-    const err = await runSTM(client, async (tx) => {
-      const v = Number(await tx.get(key));
-      await client.put(key).value(String(v + 1000));
-      tx.put(key, 'never');
-    }, { retries: 1, backoff: { initialMs: 0, maxMs: 0 } }).catch((e: unknown) => e);
+    const err = await runSTM(
+      client,
+      async (tx) => {
+        const v = Number(await tx.get(key));
+        await client.put(key).value(String(v + 1000));
+        tx.put(key, 'never');
+      },
+      { retries: 1, backoff: { initialMs: 0, maxMs: 0 } },
+    ).catch((e: unknown) => e);
     expect(isRecipeError(err, 'STM_CONFLICT')).toBe(true);
     const giveUp = recorder.filter((s) => s.what.startsWith('etcd-recipes:stm'));
-    expect(giveUp.map(short)).toEqual(['stm:start', 'stm:attempt:start', 'stm:attempt:asyncEnd', 'stm:attempt:start',
-      'stm:attempt:asyncEnd', 'stm:error', 'stm:asyncEnd']);
+    expect(giveUp.map(short)).toEqual([
+      'stm:start',
+      'stm:attempt:start',
+      'stm:attempt:asyncEnd',
+      'stm:attempt:start',
+      'stm:attempt:asyncEnd',
+      'stm:error',
+      'stm:asyncEnd',
+    ]);
     expect(giveUp[5]!.message.error).toBe(err);
   });
 
@@ -165,10 +222,18 @@ describe('diagnostics channels', () => {
       const election = new Election(session, 'dc/lost-election');
       await election.campaign('x');
       await client.leaseClient.leaseRevoke({ ID: session.leaseId });
-      await recorder.until((s) => s.what === 'etcd-recipes:election:deposed' && s.message.leaseId === session.leaseId, 20_000, 'deposed');
+      await recorder.until(
+        (s) => s.what === 'etcd-recipes:election:deposed' && s.message.leaseId === session.leaseId,
+        20_000,
+        'deposed',
+      );
       await held.release(); // after the loss: not a second end of the hold
-      const mine = recorder.filter((s) => s.message.leaseId === session.leaseId && !s.what.startsWith('etcd-recipes:lock:start') &&
-        !/start|asyncEnd/.test(s.what));
+      const mine = recorder.filter(
+        (s) =>
+          s.message.leaseId === session.leaseId &&
+          !s.what.startsWith('etcd-recipes:lock:start') &&
+          !/start|asyncEnd/.test(s.what),
+      );
       expect(mine.map(short)).toEqual(['session:created', 'session:lost', 'lock:lost', 'election:deposed']);
       expect((mine[1]!.message.error as Error).name).toBe('SessionExpiredError');
       expect(mine[2]!.message).toMatchObject({ name: 'dc/lost-lock', fencingToken: held.fencingToken });
@@ -176,7 +241,9 @@ describe('diagnostics channels', () => {
     } finally {
       await session.close();
     }
-    expect(recorder.filter((s) => s.what === 'etcd-recipes:session:closed' && s.message.leaseId === session.leaseId)).toHaveLength(1);
+    expect(
+      recorder.filter((s) => s.what === 'etcd-recipes:session:closed' && s.message.leaseId === session.leaseId),
+    ).toHaveLength(1);
   });
 
   it('cost nothing measurable when nobody subscribes', async () => {
@@ -200,7 +267,9 @@ describe('diagnostics channels', () => {
     const subscribed = async () => {
       const subs = [
         ...Object.values(DIAGNOSTICS_CHANNELS).map((n) => subscribeDiagnostics(n, noop)),
-        ...Object.values(TRACING_CHANNELS).map((n) => subscribeTracing(n, { start: noop, end: noop, asyncStart: noop, asyncEnd: noop, error: noop })),
+        ...Object.values(TRACING_CHANNELS).map((n) =>
+          subscribeTracing(n, { start: noop, end: noop, asyncStart: noop, asyncEnd: noop, error: noop }),
+        ),
       ];
       try {
         return await loop(30);
@@ -217,7 +286,9 @@ describe('diagnostics channels', () => {
     const perOpWithout = median(without);
     const ratio = median(withSub) / perOpWithout;
     // Reported, not asserted: on a loaded machine a run of lock+unlock varies by more than any subscriber costs.
-    console.log(`mutex lock+unlock: ${perOpWithout.toFixed(3)} ms without a subscriber, ratio with/without (no-op subscribers on every channel) ${ratio.toFixed(3)}`);
+    console.log(
+      `mutex lock+unlock: ${perOpWithout.toFixed(3)} ms without a subscriber, ratio with/without (no-op subscribers on every channel) ${ratio.toFixed(3)}`,
+    );
 
     // What the diagnostics code of one acquire and release costs with nobody subscribed (an upper bound:
     // it includes an extra await), next to one lock+unlock.
@@ -230,7 +301,9 @@ describe('diagnostics channels', () => {
       new HoldTrace(target, session.signal, key, 1n).released();
     }
     const overheadMs = (performance.now() - t0) / n;
-    console.log(`diagnostics code per acquire+release, nobody subscribed: ${(overheadMs * 1e6).toFixed(0)} ns = ${(overheadMs / perOpWithout * 100).toFixed(4)} % of a lock+unlock`);
+    console.log(
+      `diagnostics code per acquire+release, nobody subscribed: ${(overheadMs * 1e6).toFixed(0)} ns = ${((overheadMs / perOpWithout) * 100).toFixed(4)} % of a lock+unlock`,
+    );
     expect(overheadMs / perOpWithout).toBeLessThan(0.01);
   }, 120_000);
 
@@ -247,11 +320,17 @@ describe('diagnostics channels', () => {
     await second.ack();
     await producer.close();
     await worker.close();
-    const events = recorder.filter((s) => /^etcd-recipes:(queue:enqueue|work-queue:)/.test(s.what) && (s.message.name === name));
+    const events = recorder.filter(
+      (s) => /^etcd-recipes:(queue:enqueue|work-queue:)/.test(s.what) && s.message.name === name,
+    );
     const ends = events.filter((s) => !/:(start|end|asyncStart)$/.test(s.what) || /:asyncEnd$/.test(s.what)).map(short);
     expect(ends).toEqual([
-      'queue:enqueue:asyncEnd', 'work-queue:claim:asyncEnd', 'work-queue:release', 'work-queue:retry',
-      'work-queue:claim:asyncEnd', 'work-queue:ack:asyncEnd',
+      'queue:enqueue:asyncEnd',
+      'work-queue:claim:asyncEnd',
+      'work-queue:release',
+      'work-queue:retry',
+      'work-queue:claim:asyncEnd',
+      'work-queue:ack:asyncEnd',
     ]);
     const retry = events.find((s) => s.what === 'etcd-recipes:work-queue:retry')!.message;
     expect(retry).toMatchObject({ id, attempts: 2 });

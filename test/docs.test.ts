@@ -37,10 +37,20 @@ declare global {
 export {};
 `;
 
-interface Block { doc: string; line: number; code: string }
+interface Block {
+  doc: string;
+  line: number;
+  code: string;
+}
 
 function blocks(): Block[] {
-  const docs = ['README.md', ...readdirSync(join(root, 'docs')).filter((f) => f.endsWith('.md')).sort().map((f) => `docs/${f}`)];
+  const docs = [
+    'README.md',
+    ...readdirSync(join(root, 'docs'))
+      .filter((f) => f.endsWith('.md'))
+      .sort()
+      .map((f) => `docs/${f}`),
+  ];
   return docs.flatMap((doc) => {
     const lines = readFileSync(join(root, doc), 'utf8').split('\n');
     const found: Block[] = [];
@@ -71,7 +81,8 @@ describe.skipIf(!built)('code blocks in README.md and docs/', () => {
       const first = block.code.split('\n', 1)[0]!.trim();
       const skip = SKIP.exec(first);
       if (skip) {
-        if (skip[1]!.trim().length < 10) unexplained.push(`${block.doc}:${block.line}: a skipped block needs its reason beside the marker`);
+        if (skip[1]!.trim().length < 10)
+          unexplained.push(`${block.doc}:${block.line}: a skipped block needs its reason beside the marker`);
         continue;
       }
       const file = join(work, `${block.doc.replace(/[/.]/g, '_')}_${n}.ts`);
@@ -80,9 +91,14 @@ describe.skipIf(!built)('code blocks in README.md and docs/', () => {
       files.set(file, block);
     }
     const options: ts.CompilerOptions = {
-      strict: true, noEmit: true, skipLibCheck: true, target: ts.ScriptTarget.ES2022,
-      lib: ['lib.es2023.d.ts', 'lib.esnext.disposable.d.ts'], types: ['node'],
-      module: ts.ModuleKind.NodeNext, moduleResolution: ts.ModuleResolutionKind.NodeNext,
+      strict: true,
+      noEmit: true,
+      skipLibCheck: true,
+      target: ts.ScriptTarget.ES2022,
+      lib: ['lib.es2023.d.ts', 'lib.esnext.disposable.d.ts'],
+      types: ['node'],
+      module: ts.ModuleKind.NodeNext,
+      moduleResolution: ts.ModuleResolutionKind.NodeNext,
     };
     const program = ts.createProgram({ rootNames: [join(work, 'ambient.d.ts'), ...files.keys()], options });
     const problems = ts.getPreEmitDiagnostics(program).map((d) => {

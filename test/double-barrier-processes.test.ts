@@ -13,8 +13,17 @@ describe('DoubleBarrier with participants in separate processes', () => {
 
   function start(name: string, count: number, ttl: number, rounds: number): Worker[] {
     const cluster = etcd();
-    return Array.from({ length: count }, (_, id) => spawnWorker('fixtures/double-barrier-participant.ts',
-      [cluster.endpoints.join(','), name, String(count), String(id), `ctl/${name}`, String(ttl), String(rounds)]));
+    return Array.from({ length: count }, (_, id) =>
+      spawnWorker('fixtures/double-barrier-participant.ts', [
+        cluster.endpoints.join(','),
+        name,
+        String(count),
+        String(id),
+        `ctl/${name}`,
+        String(ttl),
+        String(rounds),
+      ]),
+    );
   }
 
   it('count participants enter together and leave together, round after round', async () => {
@@ -66,7 +75,12 @@ describe('DoubleBarrier with participants in separate processes', () => {
       // Kill the member with the oldest key: the one every other leaver waits on.
       const oldestKey = (await client.getAll().prefix(`${name}/waiters/`).sort('Create', 'Ascend').keys())[0]!;
       const owners = await client.getAll().prefix(`${ctl}/in/`).strings();
-      const victim = Number(Object.entries(owners).find(([, v]) => v === oldestKey)![0].split('/').pop());
+      const victim = Number(
+        Object.entries(owners)
+          .find(([, v]) => v === oldestKey)![0]
+          .split('/')
+          .pop(),
+      );
       workers[victim]!.kill('SIGKILL');
       await workers[victim]!.exited;
       const survivors = workers.filter((_, id) => id !== victim);

@@ -21,7 +21,7 @@ describe('DoubleBarrier', () => {
   /** Waits until `key`'s waiters prefix holds at least `n` keys. */
   const waitersAtLeast = (client: Etcd3, name: string, n: number) => waitForKeyCount(client, `${name}/waiters/`, n);
 
-  it('uses Go\'s layout: <key>/waiters/<19 digits> on the session lease, <key>/ready without lease; nothing left after the round', async () => {
+  it("uses Go's layout: <key>/waiters/<19 digits> on the session lease, <key>/ready without lease; nothing left after the round", async () => {
     const client = etcd().client();
     await using p = await participants('layout/db', 2);
     const [a, b] = p.barriers;
@@ -41,7 +41,9 @@ describe('DoubleBarrier', () => {
     expect(ready).toBeDefined();
     expect(ready!.lease).toBe('0');
     expect(ready!.value.length).toBe(0);
-    expect(all.map((kv) => kv.key.toString()).sort()).toEqual(['layout/db/ready', a!.participantKey, b!.participantKey].sort());
+    expect(all.map((kv) => kv.key.toString()).sort()).toEqual(
+      ['layout/db/ready', a!.participantKey, b!.participantKey].sort(),
+    );
     // The round starts once the count-th key exists: ready is newer than every waiter key.
     for (const kv of all) if (kv !== ready) expect(BigInt(kv.create_revision) < BigInt(ready!.mod_revision)).toBe(true);
     await Promise.all([a!.leave(), b!.leave()]);
@@ -90,7 +92,9 @@ describe('DoubleBarrier', () => {
       expect(rejected).toHaveLength(5);
       for (const r of rejected) expect(isRecipeError(r.reason, 'BARRIER_FULL')).toBe(true);
       // Only the three participants' keys (and ready) remain.
-      expect(await keysUnder(client, `${name}/`)).toEqual([`${name}/ready`, ...passed.map((b) => b.participantKey!)].sort());
+      expect(await keysUnder(client, `${name}/`)).toEqual(
+        [`${name}/ready`, ...passed.map((b) => b.participantKey!)].sort(),
+      );
       // A round in progress turns newcomers away too, even once some members have left.
       const outsider = p.barriers.find((b) => !b.entered)!;
       await expect(outsider.enter()).rejects.toMatchObject({ code: 'BARRIER_FULL' });
@@ -102,12 +106,16 @@ describe('DoubleBarrier', () => {
       await expect(outsider.enter()).rejects.toMatchObject({ code: 'BARRIER_FULL' });
       expect(outsider.entered).toBe(false);
       expect(await stillPending(leavingFirst, 100)).toBe(true);
-      await within(10_000, Promise.all([leavingFirst, ...passed.filter((b) => b !== newest).map((b) => b.leave())]), 'leave');
+      await within(
+        10_000,
+        Promise.all([leavingFirst, ...passed.filter((b) => b !== newest).map((b) => b.leave())]),
+        'leave',
+      );
       expect(await keysUnder(client, `${name}/`)).toEqual([]);
     }
   });
 
-  it('an aborted enter() rejects with the signal\'s reason and removes its key; others complete the round', async () => {
+  it("an aborted enter() rejects with the signal's reason and removes its key; others complete the round", async () => {
     const client = etcd().client();
     const name = 'abort-enter/db';
     await using p = await participants(name, 2, 3);
@@ -273,7 +281,8 @@ describe('DoubleBarrier', () => {
     const client = etcd().client();
     await using session = await Session.create(client, { ttl: 10 });
     const before = await keysUnder(client);
-    const bad = (fn: () => unknown) => expect(Promise.resolve().then(fn)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+    const bad = (fn: () => unknown) =>
+      expect(Promise.resolve().then(fn)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
     await bad(() => new DoubleBarrier(session, '', 2));
     await bad(() => new DoubleBarrier(session, Buffer.alloc(0), 2));
     await bad(() => new DoubleBarrier(session, {} as never, 2));
@@ -297,7 +306,12 @@ describe('DoubleBarrier', () => {
    */
   class GoDoubleBarrier {
     myKey: string | undefined;
-    constructor(readonly client: Etcd3, readonly lease: string, readonly key: string, readonly count: number) {}
+    constructor(
+      readonly client: Etcd3,
+      readonly lease: string,
+      readonly key: string,
+      readonly count: number,
+    ) {}
 
     async #entered() {
       return (await this.client.getAll().prefix(`${this.key}/waiters`).sort('Create', 'Ascend').exec()).kvs;
@@ -316,7 +330,10 @@ describe('DoubleBarrier', () => {
     async enter(): Promise<void> {
       if ((await this.#entered()).length >= this.count) throw new Error('ErrTooManyClients');
       const key = `${this.key}/waiters/${BigInt(Date.now()) * 1_000_000n + BigInt(Math.floor(Math.random() * 1e6))}`;
-      const res = await this.client.if(key, 'Version', '==', 0).then(this.client.put(key).value('').lease(this.lease)).commit();
+      const res = await this.client
+        .if(key, 'Version', '==', 0)
+        .then(this.client.put(key).value('').lease(this.lease))
+        .commit();
       if (!res.succeeded) throw new Error('ErrKeyExists');
       this.myKey = key;
       const rev = BigInt(res.header.revision);
@@ -360,7 +377,7 @@ describe('DoubleBarrier', () => {
     }
   }
 
-  it('shares rounds with Go\'s recipe.DoubleBarrier (its algorithm, run on the same keys)', async () => {
+  it("shares rounds with Go's recipe.DoubleBarrier (its algorithm, run on the same keys)", async () => {
     const client = etcd().client();
     const name = 'go/db';
     await using p = await participants(name, 3, 2);
@@ -393,9 +410,10 @@ describe('DoubleBarrier', () => {
     // Go is turned away while a round of ours is full.
     const c = new DoubleBarrier(goSession, name, 3);
     await within(10_000, Promise.all([a!.enter(), b!.enter(), c.enter()]), 'our round');
-    await expect(new GoDoubleBarrier(etcd().client(), goSession.leaseId, name, 3).enter()).rejects.toThrow('ErrTooManyClients');
+    await expect(new GoDoubleBarrier(etcd().client(), goSession.leaseId, name, 3).enter()).rejects.toThrow(
+      'ErrTooManyClients',
+    );
     await within(10_000, Promise.all([a!.leave(), b!.leave(), c.leave()]), 'our round: leave');
     expect(await keysUnder(client, `${name}/`)).toEqual([]);
   });
 });
-

@@ -13,7 +13,8 @@ import { keysUnder, stillPending, useCluster, waitForKey, waitForKeyCount, withi
  */
 function etcdctlElect(endpoint: string, args: string[]) {
   const child = spawn(process.env.ETCDCTL_BIN ?? findEtcdctlBinary(), ['--endpoints', endpoint, 'elect', ...args], {
-    stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ETCDCTL_API: '3' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, ETCDCTL_API: '3' },
   });
   const lines: string[] = [];
   const waiters: (() => void)[] = [];
@@ -22,29 +23,37 @@ function etcdctlElect(endpoint: string, args: string[]) {
     for (const w of waiters.splice(0)) w();
   });
   let stderr = '';
-  child.stderr!.on('data', (d: Buffer) => { stderr += d.toString(); });
+  child.stderr!.on('data', (d: Buffer) => {
+    stderr += d.toString();
+  });
   const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
   return {
     lines,
     exited,
     /** Resolves once at least `n` lines were printed. */
     async lineCount(n: number, ms = 15_000): Promise<string[]> {
-      await within(ms, (async () => {
-        while (lines.length < n) {
-          if (child.exitCode !== null) throw new Error(`etcdctl exited (${child.exitCode}): ${stderr}`);
-          await new Promise<void>((r) => waiters.push(r));
-        }
-      })(), `etcdctl elect ${args.join(' ')} printing ${n} lines`);
+      await within(
+        ms,
+        (async () => {
+          while (lines.length < n) {
+            if (child.exitCode !== null) throw new Error(`etcdctl exited (${child.exitCode}): ${stderr}`);
+            await new Promise<void>((r) => waiters.push(r));
+          }
+        })(),
+        `etcdctl elect ${args.join(' ')} printing ${n} lines`,
+      );
       return lines.slice(0, n);
     },
-    stop: () => { if (child.exitCode === null) child.kill('SIGTERM'); },
+    stop: () => {
+      if (child.exitCode === null) child.kill('SIGTERM');
+    },
   };
 }
 
-describe('Election interoperates with etcdctl elect (Go\'s concurrency.Election)', () => {
+describe("Election interoperates with etcdctl elect (Go's concurrency.Election)", () => {
   const etcd = useCluster();
 
-  it('we observe etcdctl\'s leadership and value, queue behind it, and lead once it resigns', async () => {
+  it("we observe etcdctl's leadership and value, queue behind it, and lead once it resigns", async () => {
     const cluster = etcd();
     const client = cluster.client();
     const ctl = etcdctlElect(cluster.endpoints[0]!, ['interop/a', 'ctl-proposal']);
@@ -104,10 +113,10 @@ describe('Election interoperates with etcdctl elect (Go\'s concurrency.Election)
   });
 });
 
-describe('Election when etcd is paused past the leader\'s TTL', () => {
+describe("Election when etcd is paused past the leader's TTL", () => {
   const etcd = useCluster();
 
-  it('the leader\'s signal aborts in time (SESSION_EXPIRED) and the next candidate is elected', async () => {
+  it("the leader's signal aborts in time (SESSION_EXPIRED) and the next candidate is elected", async () => {
     const cluster = etcd();
     const client = cluster.client();
     const a = await Session.create(client, { ttl: 2 });
@@ -119,7 +128,9 @@ describe('Election when etcd is paused past the leader\'s TTL', () => {
     const signal = ea.signal!;
     const next = eb.campaign('b');
     await waitForKey(client, eb.key);
-    const lost = new Promise<unknown>((resolve) => signal.addEventListener('abort', () => resolve(signal.reason), { once: true }));
+    const lost = new Promise<unknown>((resolve) =>
+      signal.addEventListener('abort', () => resolve(signal.reason), { once: true }),
+    );
     cluster.members[0]!.pause();
     try {
       const reason = await within(a.ttl * 1000 + 2000, lost, 'leader signal while etcd is paused');
@@ -131,7 +142,10 @@ describe('Election when etcd is paused past the leader\'s TTL', () => {
     // etcd expires the leader's lease once it runs again; the queued candidate takes over.
     await within(15_000, next, 'next candidate');
     expect(eb.revision! > oldRev).toBe(true);
-    const stale = await client.if(ea.key, 'Create', '==', oldRev.toString()).then(client.put('pause/data').value('stale')).commit();
+    const stale = await client
+      .if(ea.key, 'Create', '==', oldRev.toString())
+      .then(client.put('pause/data').value('stale'))
+      .commit();
     expect(stale.succeeded).toBe(false);
     await expect(ea.proclaim('still here?')).rejects.toMatchObject({ code: 'NOT_LEADER' });
     await eb.resign();
@@ -151,7 +165,9 @@ describe('Election in a 3-member cluster', () => {
     const previous = createDebug.disable();
     const originalLog = createDebug.log;
     createDebug.enable('etcd-recipes:election');
-    createDebug.log = (...args: unknown[]) => { captured.push(format(...args)); };
+    createDebug.log = (...args: unknown[]) => {
+      captured.push(format(...args));
+    };
     try {
       await using s1 = await Session.create(admin, { ttl: 20 });
       await using s2 = await Session.create(cluster.client({ hosts: [m0!.endpoint, m1!.endpoint] }), { ttl: 20 });
@@ -173,9 +189,14 @@ describe('Election in a 3-member cluster', () => {
       await m2!.restart();
       await cluster.waitHealthy();
       // The observer comes back with the current leader, in revision order.
-      await within(20_000, (async () => {
-        while (states[states.length - 1]!.leader?.value !== 'v3') states.push((await observer.next()).value as LeaderState);
-      })(), 'observer after restart');
+      await within(
+        20_000,
+        (async () => {
+          while (states[states.length - 1]!.leader?.value !== 'v3')
+            states.push((await observer.next()).value as LeaderState);
+        })(),
+        'observer after restart',
+      );
       for (let i = 1; i < states.length; i++) expect(states[i]!.revision > states[i - 1]!.revision).toBe(true);
       expect(states[states.length - 1]!.leader).toMatchObject({ key: e2.key, revision: e2.revision });
       // It did take the compaction path (not a replay of the missed events).
@@ -202,23 +223,40 @@ describe('Election in a 3-member cluster', () => {
     let elected = 0;
     let killed: Promise<void> | undefined;
     let victim: { restart(): Promise<void> } | undefined;
-    await within(90_000, Promise.all(Array.from({ length: candidates }, async (_, id) => {
-      const client = cluster.client();
-      await using session = await Session.create(client, { ttl: 10 });
-      const e = new Election(session, 'ha/e');
-      for (let t = 0; t < terms; t++) {
-        await e.campaign(`c${id}`);
-        leaders++;
-        maxLeaders = Math.max(maxLeaders, leaders);
-        elected++;
-        const n = Number(await client.get('ha/counter').string());
-        expect((await e.ifLeader().then(client.put('ha/counter').value(String(n + 1))).commit()).succeeded).toBe(true);
-        // Kill the Raft leader once, a little way in, while the others are queued.
-        if (elected === 8) killed = cluster.leader().then(async (m) => { victim = m; await m.kill(); });
-        leaders--;
-        await e.resign();
-      }
-    })), 'contended campaigns');
+    await within(
+      90_000,
+      Promise.all(
+        Array.from({ length: candidates }, async (_, id) => {
+          const client = cluster.client();
+          await using session = await Session.create(client, { ttl: 10 });
+          const e = new Election(session, 'ha/e');
+          for (let t = 0; t < terms; t++) {
+            await e.campaign(`c${id}`);
+            leaders++;
+            maxLeaders = Math.max(maxLeaders, leaders);
+            elected++;
+            const n = Number(await client.get('ha/counter').string());
+            expect(
+              (
+                await e
+                  .ifLeader()
+                  .then(client.put('ha/counter').value(String(n + 1)))
+                  .commit()
+              ).succeeded,
+            ).toBe(true);
+            // Kill the Raft leader once, a little way in, while the others are queued.
+            if (elected === 8)
+              killed = cluster.leader().then(async (m) => {
+                victim = m;
+                await m.kill();
+              });
+            leaders--;
+            await e.resign();
+          }
+        }),
+      ),
+      'contended campaigns',
+    );
     await killed;
     expect(victim).toBeDefined();
     expect(maxLeaders).toBe(1);

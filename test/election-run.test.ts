@@ -1,30 +1,46 @@
 import type { Etcd3 } from 'etcd3';
 import { describe, expect, it } from 'vitest';
 import { isRecipeError, observeLeader, runAsLeader, type LeaderContext, type LeaderInfo } from '../src/index.js';
-import { keysUnder, spawnWorker, stillPending, useCluster, waitForKey, waitForKeyCount, within, type Worker } from './helpers.js';
+import {
+  keysUnder,
+  spawnWorker,
+  stillPending,
+  useCluster,
+  waitForKey,
+  waitForKeyCount,
+  within,
+  type Worker,
+} from './helpers.js';
 
 /** A promise with its resolve function. */
 function deferred<T = void>() {
   let resolve!: (v: T) => void;
-  const promise = new Promise<T>((r) => { resolve = r; });
+  const promise = new Promise<T>((r) => {
+    resolve = r;
+  });
   return { promise, resolve };
 }
 
 /** The leader once there is one whose value is not `exclude` (observe-driven, bounded). */
 async function nextLeader(client: Etcd3, name: string, exclude?: string): Promise<LeaderInfo> {
-  return within(30_000, (async () => {
-    for await (const state of observeLeader(client, name)) {
-      if (state.leader && state.leader.value !== exclude) return state.leader;
-    }
-    throw new Error('observation ended');
-  })(), `a leader of ${name}`);
+  return within(
+    30_000,
+    (async () => {
+      for await (const state of observeLeader(client, name)) {
+        if (state.leader && state.leader.value !== exclude) return state.leader;
+      }
+      throw new Error('observation ended');
+    })(),
+    `a leader of ${name}`,
+  );
 }
 
 /** Resolves with the signal's reason once it aborts. */
-const aborted = (signal: AbortSignal) => new Promise<unknown>((resolve) => {
-  if (signal.aborted) resolve(signal.reason);
-  else signal.addEventListener('abort', () => resolve(signal.reason), { once: true });
-});
+const aborted = (signal: AbortSignal) =>
+  new Promise<unknown>((resolve) => {
+    if (signal.aborted) resolve(signal.reason);
+    else signal.addEventListener('abort', () => resolve(signal.reason), { once: true });
+  });
 
 /** Every lease etcd still has (revoked ones are gone). */
 async function liveLeases(client: Etcd3): Promise<string[]> {
@@ -41,19 +57,25 @@ describe('runAsLeader', () => {
     const client = etcd().client();
     const before = await liveLeases(client);
     const events: string[] = [];
-    const result = await runAsLeader(client, 'run/basic', async (signal, ctx) => {
-      expect(signal.aborted).toBe(false);
-      expect(await keysUnder(client, 'run/basic/')).toEqual([ctx.key]);
-      expect(ctx.key).toBe(`run/basic/${ctx.session.leaseHex}`);
-      expect(await client.get(ctx.key).string()).toBe('me');
-      expect((await ctx.ifLeader().then(client.put('run/basic-data').value('x')).commit()).succeeded).toBe(true);
-      events.push('task');
-      return 42;
-    }, {
-      value: 'me', ttl: 5,
-      onElected: (ctx) => events.push(`elected ${ctx.revision > 0n}`),
-      onDeposed: (reason) => events.push(`deposed ${String(reason)}`),
-    });
+    const result = await runAsLeader(
+      client,
+      'run/basic',
+      async (signal, ctx) => {
+        expect(signal.aborted).toBe(false);
+        expect(await keysUnder(client, 'run/basic/')).toEqual([ctx.key]);
+        expect(ctx.key).toBe(`run/basic/${ctx.session.leaseHex}`);
+        expect(await client.get(ctx.key).string()).toBe('me');
+        expect((await ctx.ifLeader().then(client.put('run/basic-data').value('x')).commit()).succeeded).toBe(true);
+        events.push('task');
+        return 42;
+      },
+      {
+        value: 'me',
+        ttl: 5,
+        onElected: (ctx) => events.push(`elected ${ctx.revision > 0n}`),
+        onDeposed: (reason) => events.push(`deposed ${String(reason)}`),
+      },
+    );
     expect(result).toBe(42);
     expect(events).toEqual(['elected true', 'task', 'deposed undefined']);
     expect(await keysUnder(client, 'run/basic/')).toEqual([]);
@@ -63,14 +85,22 @@ describe('runAsLeader', () => {
   it('a task that throws: resigns at once (the next candidate takes over) and rejects with the error', async () => {
     const client = etcd().client();
     const started = deferred();
-    const failing = runAsLeader(client, 'run/throw', async () => {
-      started.resolve();
-      await waitForKeyCount(client, 'run/throw/', 2); // a second candidate is queued
-      throw new Error('task failed');
-    }, { value: 'a', ttl: 30 });
+    const failing = runAsLeader(
+      client,
+      'run/throw',
+      async () => {
+        started.resolve();
+        await waitForKeyCount(client, 'run/throw/', 2); // a second candidate is queued
+        throw new Error('task failed');
+      },
+      { value: 'a', ttl: 30 },
+    );
     await started.promise;
     const t0 = performance.now();
-    const second = runAsLeader(etcd().client(), 'run/throw', async (_signal, ctx) => ctx.revision, { value: 'b', ttl: 30 });
+    const second = runAsLeader(etcd().client(), 'run/throw', async (_signal, ctx) => ctx.revision, {
+      value: 'b',
+      ttl: 30,
+    });
     await expect(failing).rejects.toThrow('task failed');
     await within(5000, second, 'next candidate');
     // Promptly, not after the 30 s TTL.
@@ -81,12 +111,23 @@ describe('runAsLeader', () => {
   it('the outer signal withdraws a campaign, or aborts the running task and resigns once it settled', async () => {
     const client = etcd().client();
     const holding = new AbortController();
-    const holder = runAsLeader(client, 'run/abort', (signal) => aborted(signal), { value: 'holder', ttl: 10, signal: holding.signal });
+    const holder = runAsLeader(client, 'run/abort', (signal) => aborted(signal), {
+      value: 'holder',
+      ttl: 10,
+      signal: holding.signal,
+    });
     await waitForKeyCount(client, 'run/abort/', 1);
     // 1. Withdrawn while campaigning: rejects with the reason, its key is gone.
     const c1 = new AbortController();
     let ran = false;
-    const waiting = runAsLeader(etcd().client(), 'run/abort', () => { ran = true; }, { value: 'waiter', ttl: 10, signal: c1.signal });
+    const waiting = runAsLeader(
+      etcd().client(),
+      'run/abort',
+      () => {
+        ran = true;
+      },
+      { value: 'waiter', ttl: 10, signal: c1.signal },
+    );
     await waitForKeyCount(client, 'run/abort/', 2);
     const reason = new Error('shutting down');
     c1.abort(reason);
@@ -102,13 +143,18 @@ describe('runAsLeader', () => {
     holding.abort(new Error('holder done'));
     await expect(holder).rejects.toThrow('holder done');
     const started = deferred();
-    const run = runAsLeader(client, 'run/abort', async (signal) => {
-      started.resolve();
-      ours.resolve(await aborted(signal));
-      keyWhileStopping.resolve(await keysUnder(client, 'run/abort/'));
-      await release.promise;
-      return 'late';
-    }, { ttl: 10, signal: c2.signal });
+    const run = runAsLeader(
+      client,
+      'run/abort',
+      async (signal) => {
+        started.resolve();
+        ours.resolve(await aborted(signal));
+        keyWhileStopping.resolve(await keysUnder(client, 'run/abort/'));
+        await release.promise;
+        return 'late';
+      },
+      { ttl: 10, signal: c2.signal },
+    );
     // Elected and running (the key alone would only say the campaign's Txn landed).
     await within(20_000, started.promise, 'the task to start');
     const stopReason = new Error('stop');
@@ -123,7 +169,7 @@ describe('runAsLeader', () => {
     expect(await keysUnder(client, 'run/abort/')).toEqual([]);
   });
 
-  it('a lost lease aborts the task\'s signal, elects the next candidate, and campaigns again with a fresh session', async () => {
+  it("a lost lease aborts the task's signal, elects the next candidate, and campaigns again with a fresh session", async () => {
     const admin = etcd().client();
     const stopA = new AbortController();
     const stopB = new AbortController();
@@ -132,27 +178,39 @@ describe('runAsLeader', () => {
     const leadersSeen: (LeaderInfo | undefined)[] = [];
     const lossReason = deferred<unknown>();
     const secondTermA = deferred<LeaderContext>();
-    const a = runAsLeader(etcd().client(), 'run/loss', async (signal, ctx) => {
-      termsA.push(ctx);
-      if (termsA.length === 1) lossReason.resolve(await aborted(signal));
-      else {
-        secondTermA.resolve(ctx);
-        await aborted(signal);
-      }
-    }, {
-      value: 'a', ttl: 10, signal: stopA.signal,
-      onDeposed: (r) => deposedA.push(r),
-      onNewLeader: (v, l) => {
-        expect(v).toBe(l?.value);
-        leadersSeen.push(l);
+    const a = runAsLeader(
+      etcd().client(),
+      'run/loss',
+      async (signal, ctx) => {
+        termsA.push(ctx);
+        if (termsA.length === 1) lossReason.resolve(await aborted(signal));
+        else {
+          secondTermA.resolve(ctx);
+          await aborted(signal);
+        }
       },
-    });
+      {
+        value: 'a',
+        ttl: 10,
+        signal: stopA.signal,
+        onDeposed: (r) => deposedA.push(r),
+        onNewLeader: (v, l) => {
+          expect(v).toBe(l?.value);
+          leadersSeen.push(l);
+        },
+      },
+    );
     await waitForKeyCount(admin, 'run/loss/', 1);
     const bElected = deferred<LeaderContext>();
-    const b = runAsLeader(etcd().client(), 'run/loss', async (signal, ctx) => {
-      bElected.resolve(ctx);
-      await aborted(signal);
-    }, { value: 'b', ttl: 10, signal: stopB.signal });
+    const b = runAsLeader(
+      etcd().client(),
+      'run/loss',
+      async (signal, ctx) => {
+        bElected.resolve(ctx);
+        await aborted(signal);
+      },
+      { value: 'b', ttl: 10, signal: stopB.signal },
+    );
     await waitForKeyCount(admin, 'run/loss/', 2);
     expect(termsA).toHaveLength(1);
     const first = termsA[0]!;
@@ -164,7 +222,10 @@ describe('runAsLeader', () => {
     const bctx = await within(10_000, bElected.promise, 'next candidate elected');
     expect(bctx.revision > first.revision).toBe(true);
     // A stale write of the old term cannot land.
-    const stale = await admin.if(first.key, 'Create', '==', first.revision.toString()).then(admin.put('run/loss-data').value('stale')).commit();
+    const stale = await admin
+      .if(first.key, 'Create', '==', first.revision.toString())
+      .then(admin.put('run/loss-data').value('stale'))
+      .commit();
     expect(stale.succeeded).toBe(false);
 
     // A campaigns again, with a new session, queued behind B.
@@ -192,7 +253,8 @@ describe('runAsLeader', () => {
     const keys = await keysUnder(client);
     const leases = await liveLeases(client);
     const task = async () => 1;
-    const bad = (fn: () => unknown) => expect(Promise.resolve().then(fn)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+    const bad = (fn: () => unknown) =>
+      expect(Promise.resolve().then(fn)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
     await bad(() => runAsLeader({} as never, 'x', task));
     await bad(() => runAsLeader(client, '', task));
     await bad(() => runAsLeader(client, 'x', 'task' as never));
@@ -212,13 +274,17 @@ describe('runAsLeader', () => {
 describe('runAsLeader across three worker processes', () => {
   const etcd = useCluster();
 
-  it('when the leader process is killed a new leader\'s task starts, and no two tasks ever overlap', async () => {
+  it("when the leader process is killed a new leader's task starts, and no two tasks ever overlap", async () => {
     const cluster = etcd();
     const client = cluster.client();
     await client.put('procs/data/counter').value('0');
     const ids = ['w0', 'w1', 'w2'];
-    const workers = new Map<string, Worker>(ids.map((id) => [id,
-      spawnWorker('fixtures/leader-worker.ts', [cluster.endpoints.join(','), 'procs/e', id, '2', 'procs/data'])]));
+    const workers = new Map<string, Worker>(
+      ids.map((id) => [
+        id,
+        spawnWorker('fixtures/leader-worker.ts', [cluster.endpoints.join(','), 'procs/e', id, '2', 'procs/data']),
+      ]),
+    );
     try {
       await Promise.all([...workers.values()].map((w) => w.waitFor(/^ready /, 60_000)));
       const logKey = (n: number) => `procs/data/log/${String(n).padStart(6, '0')}`;
@@ -258,7 +324,9 @@ describe('runAsLeader across three worker processes', () => {
       const log = await client.getAll().prefix('procs/data/log/').sort('Key', 'Ascend').strings();
       const entries = Object.entries(log);
       expect(entries).toHaveLength(count);
-      expect(entries.map(([k]) => k)).toEqual(Array.from({ length: count }, (_, i) => `procs/data/log/${String(i + 1).padStart(6, '0')}`));
+      expect(entries.map(([k]) => k)).toEqual(
+        Array.from({ length: count }, (_, i) => `procs/data/log/${String(i + 1).padStart(6, '0')}`),
+      );
       const terms: { id: string; rev: bigint }[] = [];
       for (const [, v] of entries) {
         const [id, rev] = v.split(' ');

@@ -3,16 +3,25 @@ import { Election, getLeader, isRecipeError, observeLeader, Session, type Leader
 import { keysUnder, stillPending, useCluster, waitForKey, within } from './helpers.js';
 
 /** Collects states from an observer until `until` matches one (bounded). */
-async function collect(iter: AsyncIterator<LeaderState>, until: (s: LeaderState) => boolean, max = 50, ms = 15_000): Promise<LeaderState[]> {
+async function collect(
+  iter: AsyncIterator<LeaderState>,
+  until: (s: LeaderState) => boolean,
+  max = 50,
+  ms = 15_000,
+): Promise<LeaderState[]> {
   const out: LeaderState[] = [];
-  await within(ms, (async () => {
-    while (out.length < max) {
-      const r = await iter.next();
-      if (r.done) break;
-      out.push(r.value);
-      if (until(r.value)) break;
-    }
-  })(), 'observer');
+  await within(
+    ms,
+    (async () => {
+      while (out.length < max) {
+        const r = await iter.next();
+        if (r.done) break;
+        out.push(r.value);
+        if (until(r.value)) break;
+      }
+    })(),
+    'observer',
+  );
   return out;
 }
 
@@ -21,7 +30,7 @@ const describeState = (s: LeaderState) => (s.leader ? s.leader.value : '(none)')
 describe('Election', () => {
   const etcd = useCluster();
 
-  it('uses Go\'s layout: <name>/<lease hex>, value = proposal, attached to the lease; leader = oldest key', async () => {
+  it("uses Go's layout: <name>/<lease hex>, value = proposal, attached to the lease; leader = oldest key", async () => {
     const client = etcd().client();
     await using a = await Session.create(client, { ttl: 10 });
     await using b = await Session.create(etcd().client(), { ttl: 10 });
@@ -65,24 +74,37 @@ describe('Election', () => {
     let leaders = 0;
     let maxLeaders = 0;
     const revisions: bigint[] = [];
-    await within(60_000, Promise.all(Array.from({ length: candidates }, async (_, id) => {
-      const client = etcd().client();
-      await using session = await Session.create(client, { ttl: 10 });
-      const e = new Election(session, 'one/e');
-      for (let t = 0; t < terms; t++) {
-        await e.campaign(`candidate-${id}`);
-        leaders++;
-        maxLeaders = Math.max(maxLeaders, leaders);
-        revisions.push(e.revision!);
-        expect((await e.leader())?.key).toBe(e.key);
-        // A read-modify-write that loses updates unless leaders never overlap, fenced by leadership.
-        const n = Number(await client.get('one/counter').string());
-        await new Promise((r) => setImmediate(r));
-        expect((await e.ifLeader().then(client.put('one/counter').value(String(n + 1))).commit()).succeeded).toBe(true);
-        leaders--;
-        await e.resign();
-      }
-    })), 'candidates');
+    await within(
+      60_000,
+      Promise.all(
+        Array.from({ length: candidates }, async (_, id) => {
+          const client = etcd().client();
+          await using session = await Session.create(client, { ttl: 10 });
+          const e = new Election(session, 'one/e');
+          for (let t = 0; t < terms; t++) {
+            await e.campaign(`candidate-${id}`);
+            leaders++;
+            maxLeaders = Math.max(maxLeaders, leaders);
+            revisions.push(e.revision!);
+            expect((await e.leader())?.key).toBe(e.key);
+            // A read-modify-write that loses updates unless leaders never overlap, fenced by leadership.
+            const n = Number(await client.get('one/counter').string());
+            await new Promise((r) => setImmediate(r));
+            expect(
+              (
+                await e
+                  .ifLeader()
+                  .then(client.put('one/counter').value(String(n + 1)))
+                  .commit()
+              ).succeeded,
+            ).toBe(true);
+            leaders--;
+            await e.resign();
+          }
+        }),
+      ),
+      'candidates',
+    );
     expect(maxLeaders).toBe(1);
     expect(await admin.get('one/counter').string()).toBe(String(candidates * terms));
     for (let i = 1; i < revisions.length; i++) expect(revisions[i]! > revisions[i - 1]!).toBe(true);
@@ -101,11 +123,13 @@ describe('Election', () => {
       const s = await Session.create(etcd().client(), { ttl: 10 });
       sessions.push(s);
       const e = new Election(s, 'fifo/e');
-      done.push(e.campaign(String(i)).then(async () => {
-        order.push(i);
-        expect((await e.leader())?.value).toBe(String(i));
-        await e.resign();
-      }));
+      done.push(
+        e.campaign(String(i)).then(async () => {
+          order.push(i);
+          expect((await e.leader())?.value).toBe(String(i));
+          await e.resign();
+        }),
+      );
       await waitForKey(client, e.key);
     }
     await leader.resign();
@@ -114,7 +138,7 @@ describe('Election', () => {
     await Promise.all(sessions.map((s) => s.close()));
   });
 
-  it('proclaim updates the leader\'s value; a non-leader\'s proclaim fails with NOT_LEADER and changes nothing', async () => {
+  it("proclaim updates the leader's value; a non-leader's proclaim fails with NOT_LEADER and changes nothing", async () => {
     const client = etcd().client();
     await using a = await Session.create(client, { ttl: 10 });
     await using b = await Session.create(etcd().client(), { ttl: 10 });
@@ -147,7 +171,7 @@ describe('Election', () => {
     await eb.resign();
   });
 
-  it('a campaign adopts the session\'s existing key with its place, and proclaims the new value', async () => {
+  it("a campaign adopts the session's existing key with its place, and proclaims the new value", async () => {
     const client = etcd().client();
     const old = await Session.create(client, { ttl: 10 });
     await using other = await Session.create(etcd().client(), { ttl: 10 });
@@ -218,7 +242,7 @@ describe('Election', () => {
     expect(await keysUnder(client, 'abort/e/')).toEqual([leader.key]);
   }, 30_000);
 
-  it('the leader\'s revoked lease aborts its signal at once, emits lost, and elects the next candidate', async () => {
+  it("the leader's revoked lease aborts its signal at once, emits lost, and elects the next candidate", async () => {
     const client = etcd().client();
     const a = await Session.create(client, { ttl: 30 });
     await using b = await Session.create(etcd().client(), { ttl: 10 });
@@ -241,7 +265,10 @@ describe('Election', () => {
     await within(10_000, next, 'next candidate');
     expect(eb.revision! > oldRev).toBe(true);
     // The old leader's fenced write cannot land.
-    const stale = await client.if(ea.key, 'Create', '==', oldRev.toString()).then(client.put('revoke/data').value('stale')).commit();
+    const stale = await client
+      .if(ea.key, 'Create', '==', oldRev.toString())
+      .then(client.put('revoke/data').value('stale'))
+      .commit();
     expect(stale.succeeded).toBe(false);
     expect((await eb.ifLeader().then(client.put('revoke/data').value('fresh')).commit()).succeeded).toBe(true);
     await expect(ea.proclaim('x')).rejects.toMatchObject({ code: 'NOT_LEADER' });
@@ -250,13 +277,15 @@ describe('Election', () => {
     await a.close();
   });
 
-  it('a deleted leader key (from outside) aborts the leader\'s signal with NOT_LEADER', async () => {
+  it("a deleted leader key (from outside) aborts the leader's signal with NOT_LEADER", async () => {
     const client = etcd().client();
     await using a = await Session.create(client, { ttl: 10 });
     const e = new Election(a, 'outside/e');
     await e.campaign('a');
     const signal = e.signal!;
-    const aborted = new Promise<unknown>((resolve) => signal.addEventListener('abort', () => resolve(signal.reason), { once: true }));
+    const aborted = new Promise<unknown>((resolve) =>
+      signal.addEventListener('abort', () => resolve(signal.reason), { once: true }),
+    );
     await client.delete().key(e.key);
     expect(await within(5000, aborted, 'leader signal')).toMatchObject({ code: 'NOT_LEADER' });
     expect(a.expired).toBe(false);
@@ -268,10 +297,14 @@ describe('Election', () => {
     await client.delete().key(e.key);
     await client.put('outside/other').value('another');
     const late = e.signal!;
-    await within(5000, new Promise((resolve) => {
-      if (late.aborted) resolve(undefined);
-      late.addEventListener('abort', resolve, { once: true });
-    }), 'signal of a term whose key was deleted before the first look');
+    await within(
+      5000,
+      new Promise((resolve) => {
+        if (late.aborted) resolve(undefined);
+        late.addEventListener('abort', resolve, { once: true });
+      }),
+      'signal of a term whose key was deleted before the first look',
+    );
     expect(late.reason).toMatchObject({ code: 'NOT_LEADER' });
     await e.resign();
   });
@@ -310,21 +343,21 @@ describe('Election', () => {
     const observer = observeLeader(client, 'observe/e', { signal: controller.signal });
     const it0 = observer[Symbol.asyncIterator]();
     const states: LeaderState[] = [];
-    states.push(...await collect(it0, () => true)); // the current state: nobody
+    states.push(...(await collect(it0, () => true))); // the current state: nobody
     await ea.campaign('a1');
-    states.push(...await collect(it0, (s) => s.leader?.value === 'a1'));
+    states.push(...(await collect(it0, (s) => s.leader?.value === 'a1')));
     await ea.proclaim('a2');
-    states.push(...await collect(it0, (s) => s.leader?.value === 'a2'));
+    states.push(...(await collect(it0, (s) => s.leader?.value === 'a2')));
     const queued = eb.campaign('b1');
     await waitForKey(client, eb.key); // a candidate behind the leader is not a change
     await ea.resign();
     await queued;
     const bRev = eb.revision!;
-    states.push(...await collect(it0, (s) => s.leader?.value === 'b1'));
+    states.push(...(await collect(it0, (s) => s.leader?.value === 'b1')));
     await eb.resign();
-    states.push(...await collect(it0, (s) => !s.leader));
+    states.push(...(await collect(it0, (s) => !s.leader)));
     await ea.campaign('a3');
-    states.push(...await collect(it0, (s) => s.leader?.value === 'a3'));
+    states.push(...(await collect(it0, (s) => s.leader?.value === 'a3')));
 
     expect(states.map(describeState)).toEqual(['(none)', 'a1', 'a2', 'b1', '(none)', 'a3']);
     for (let i = 1; i < states.length; i++) expect(states[i]!.revision > states[i - 1]!.revision).toBe(true);
@@ -358,7 +391,8 @@ describe('Election', () => {
     for (let i = 1; i <= 30; i++) await e.proclaim(`v${i}`);
     const lastRev = (await e.leader())!.modRevision;
     const seen = async (o: typeof latestOnly) => {
-      for (let i = 0; i < 100 && o.current?.leader?.modRevision !== lastRev; i++) await new Promise((r) => setTimeout(r, 20));
+      for (let i = 0; i < 100 && o.current?.leader?.modRevision !== lastRev; i++)
+        await new Promise((r) => setTimeout(r, 20));
       expect(o.current?.leader?.value).toBe('v30');
     };
     await seen(latestOnly);
@@ -396,7 +430,8 @@ describe('Election', () => {
     const client = etcd().client();
     await using session = await Session.create(client, { ttl: 10 });
     const before = await keysUnder(client);
-    const bad = (fn: () => unknown) => expect(Promise.resolve().then(fn)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+    const bad = (fn: () => unknown) =>
+      expect(Promise.resolve().then(fn)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
     await bad(() => new Election(session, ''));
     await bad(() => new Election(session, Buffer.alloc(0)));
     await bad(() => new Election(session, 7 as never));

@@ -6,16 +6,24 @@ import { useCluster } from './helpers.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 // Every runnable example, and the demo; etcd.ts and demo-worker.ts are helpers the others start.
-const examples = readdirSync(new URL('../examples/', import.meta.url)).filter((f) => f.endsWith('.ts') && f !== 'etcd.ts' && f !== 'demo-worker.ts').sort();
+const examples = readdirSync(new URL('../examples/', import.meta.url))
+  .filter((f) => f.endsWith('.ts') && f !== 'etcd.ts' && f !== 'demo-worker.ts')
+  .sort();
 
 function run(file: string, endpoints: string): Promise<{ code: number | null; output: string }> {
   return new Promise((resolve) => {
     const child = spawn(process.execPath, ['--import', 'tsx', `examples/${file}`], {
-      cwd: root, env: { ...process.env, ETCD_ENDPOINTS: endpoints }, stdio: ['ignore', 'pipe', 'pipe'],
+      cwd: root,
+      env: { ...process.env, ETCD_ENDPOINTS: endpoints },
+      stdio: ['ignore', 'pipe', 'pipe'],
     });
     let output = '';
-    child.stdout.on('data', (d: Buffer) => { output = (output + d.toString()).slice(-4000); });
-    child.stderr.on('data', (d: Buffer) => { output = (output + d.toString()).slice(-4000); });
+    child.stdout.on('data', (d: Buffer) => {
+      output = (output + d.toString()).slice(-4000);
+    });
+    child.stderr.on('data', (d: Buffer) => {
+      output = (output + d.toString()).slice(-4000);
+    });
     const timer = setTimeout(() => child.kill('SIGKILL'), 90_000);
     child.on('exit', (code) => {
       clearTimeout(timer);
@@ -43,12 +51,14 @@ describe('examples', () => {
     const failures: string[] = [];
     const queue = examples.slice();
     // Three at a time: each is a separate Node process.
-    await Promise.all(Array.from({ length: 3 }, async () => {
-      for (let file = queue.shift(); file; file = queue.shift()) {
-        const { code, output } = await run(file, endpoints);
-        if (code !== 0) failures.push(`${file} exited with ${code}:\n${output}`);
-      }
-    }));
+    await Promise.all(
+      Array.from({ length: 3 }, async () => {
+        for (let file = queue.shift(); file; file = queue.shift()) {
+          const { code, output } = await run(file, endpoints);
+          if (code !== 0) failures.push(`${file} exited with ${code}:\n${output}`);
+        }
+      }),
+    );
     expect(failures).toEqual([]);
   }, 240_000);
 });

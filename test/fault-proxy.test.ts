@@ -64,7 +64,14 @@ describe('FaultProxy', () => {
     proxy.restore();
     expect(proxy.stats.open).toBeLessThan(openBefore);
     // The reset ends the silent connection: the call settles (etcd3 may re-send it and succeed).
-    await within(15_000, call.then(() => undefined, () => undefined), 'call after restore');
+    await within(
+      15_000,
+      call.then(
+        () => undefined,
+        () => undefined,
+      ),
+      'call after restore',
+    );
     await proxied.put('fp/drop-after').value('ok');
     expect(await direct.get('fp/drop-after').string()).toBe('ok');
   });
@@ -82,7 +89,14 @@ describe('FaultProxy', () => {
     const other = etcd().client({ hosts: [proxy.endpoint], grpcOptions: { 'grpc.use_local_subchannel_pool': 1 } });
     await within(10_000, other.put('fp/next-other').value('2').exec(), 'put on a new connection');
     proxy.restore();
-    await within(15_000, call.then(() => undefined, () => undefined), 'call after restore');
+    await within(
+      15_000,
+      call.then(
+        () => undefined,
+        () => undefined,
+      ),
+      'call after restore',
+    );
     await within(10_000, proxied.put('fp/next-after').value('3').exec(), 'put after restore');
     expect(await direct.get('fp/next-after').string()).toBe('3');
   });
@@ -99,8 +113,19 @@ describe('FaultProxy', () => {
     proxy.blackhole();
     const started = performance.now();
     const deadlineMs = 1500;
-    const err = await within(15_000, proxied.put('fp/hole').value('v').options({ deadline: new Date(Date.now() + deadlineMs) }).exec()
-      .then(() => undefined, (e: unknown) => e), 'blackholed call');
+    const err = await within(
+      15_000,
+      proxied
+        .put('fp/hole')
+        .value('v')
+        .options({ deadline: new Date(Date.now() + deadlineMs) })
+        .exec()
+        .then(
+          () => undefined,
+          (e: unknown) => e,
+        ),
+      'blackholed call',
+    );
     const elapsed = performance.now() - started;
     // etcd3's default policy may wrap the deadline error (a re-send past the deadline trips its breaker).
     expect(err).toBeInstanceOf(Error);
@@ -117,7 +142,18 @@ describe('FaultProxy', () => {
     proxy.cut();
     expect(proxy.stats.open).toBe(0);
     const started = performance.now();
-    const err = await within(10_000, proxied.put('fp/cut').value('v').exec().then(() => undefined, (e: unknown) => e), 'cut call');
+    const err = await within(
+      10_000,
+      proxied
+        .put('fp/cut')
+        .value('v')
+        .exec()
+        .then(
+          () => undefined,
+          (e: unknown) => e,
+        ),
+      'cut call',
+    );
     expect(err).toBeInstanceOf(Error);
     expect(performance.now() - started).toBeLessThan(3000);
     expect(await direct.get('fp/cut').string()).toBeNull();

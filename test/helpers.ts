@@ -35,20 +35,37 @@ export async function keysUnder(client: Namespace, prefix = ''): Promise<string[
  * Watcher resets the client's gRPC channels when its last watcher is
  * cancelled, which would disturb the code under test on the same client.)
  */
-export async function waitUntil<T>(client: Namespace, key: string, prefix: boolean, check: () => Promise<T | undefined>,
-  timeoutMs: number, what: string): Promise<T> {
-  let wake = () => undefined as void;
-  const handle = await openWatch(client, { key: Buffer.from(key), prefix }, { onEvents: () => wake(), onEnd: () => wake() });
+export async function waitUntil<T>(
+  client: Namespace,
+  key: string,
+  prefix: boolean,
+  check: () => Promise<T | undefined>,
+  timeoutMs: number,
+  what: string,
+): Promise<T> {
+  let wake: () => void = () => {};
+  const handle = await openWatch(
+    client,
+    { key: Buffer.from(key), prefix },
+    { onEvents: () => wake(), onEnd: () => wake() },
+  );
   const deadline = performance.now() + timeoutMs;
   try {
     for (;;) {
-      const changed = new Promise<void>((resolve) => { wake = resolve; });
+      const changed = new Promise<void>((resolve) => {
+        wake = resolve;
+      });
       const found = await check();
       if (found !== undefined) return found;
       const left = deadline - performance.now();
       if (left <= 0) throw new Error(`${what} after ${timeoutMs} ms`);
       let timer: NodeJS.Timeout | undefined;
-      await Promise.race([changed, new Promise<void>((resolve) => { timer = setTimeout(resolve, left); })]);
+      await Promise.race([
+        changed,
+        new Promise<void>((resolve) => {
+          timer = setTimeout(resolve, left);
+        }),
+      ]);
       clearTimeout(timer);
     }
   } finally {
@@ -58,25 +75,50 @@ export async function waitUntil<T>(client: Namespace, key: string, prefix: boole
 
 /** Resolves with the value once `key` exists. */
 export function waitForKey(client: Namespace, key: string, timeoutMs = 20_000): Promise<string> {
-  return waitUntil(client, key, false, async () => (await client.get(key).string()) ?? undefined, timeoutMs, `key ${key} did not appear`);
+  return waitUntil(
+    client,
+    key,
+    false,
+    async () => (await client.get(key).string()) ?? undefined,
+    timeoutMs,
+    `key ${key} did not appear`,
+  );
 }
 
 /** Resolves once `key` is absent. */
 export function waitForKeyGone(client: Namespace, key: string, timeoutMs = 20_000): Promise<void> {
-  return waitUntil(client, key, false, async () => ((await client.get(key).string()) === null ? true : undefined), timeoutMs,
-    `key ${key} still present`).then(() => undefined);
+  return waitUntil(
+    client,
+    key,
+    false,
+    async () => ((await client.get(key).string()) === null ? true : undefined),
+    timeoutMs,
+    `key ${key} still present`,
+  ).then(() => undefined);
 }
 
 /** Resolves once at least `count` keys exist under `prefix`. */
 export function waitForKeyCount(client: Namespace, prefix: string, count: number, timeoutMs = 20_000): Promise<void> {
-  return waitUntil(client, prefix, true, async () => ((await client.getAll().prefix(prefix).count()) >= count ? true : undefined), timeoutMs,
-    `fewer than ${count} keys under ${prefix}`).then(() => undefined);
+  return waitUntil(
+    client,
+    prefix,
+    true,
+    async () => ((await client.getAll().prefix(prefix).count()) >= count ? true : undefined),
+    timeoutMs,
+    `fewer than ${count} keys under ${prefix}`,
+  ).then(() => undefined);
 }
 
 /** Resolves once no key starts with `prefix`. */
 export function waitForPrefixEmpty(client: Namespace, prefix: string, timeoutMs = 30_000): Promise<void> {
-  return waitUntil(client, prefix, true, async () => ((await client.getAll().prefix(prefix).count()) === 0 ? true : undefined), timeoutMs,
-    `keys still under ${prefix}`).then(() => undefined);
+  return waitUntil(
+    client,
+    prefix,
+    true,
+    async () => ((await client.getAll().prefix(prefix).count()) === 0 ? true : undefined),
+    timeoutMs,
+    `keys still under ${prefix}`,
+  ).then(() => undefined);
 }
 
 /** Rejects with a clear message if `promise` has not settled within `ms`. */
@@ -85,7 +127,9 @@ export async function within<T>(ms: number, promise: Promise<T>, what = 'operati
   try {
     return await Promise.race([
       promise,
-      new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new Error(`${what} did not settle within ${ms} ms`)), ms); }),
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`${what} did not settle within ${ms} ms`)), ms);
+      }),
     ]);
   } finally {
     clearTimeout(timer);
@@ -95,7 +139,14 @@ export async function within<T>(ms: number, promise: Promise<T>, what = 'operati
 /** True if `promise` is still pending after the event loop has had `ms` to run. */
 export async function stillPending(promise: Promise<unknown>, ms: number): Promise<boolean> {
   let settled = false;
-  promise.then(() => { settled = true; }, () => { settled = true; });
+  promise.then(
+    () => {
+      settled = true;
+    },
+    () => {
+      settled = true;
+    },
+  );
   await new Promise((r) => setTimeout(r, ms));
   return !settled;
 }
@@ -136,7 +187,9 @@ export function spawnWorker(script: string, args: string[] = [], env: Record<str
     }
   });
   let stderr = '';
-  child.stderr!.on('data', (d: Buffer) => { stderr = (stderr + d.toString()).slice(-4000); });
+  child.stderr!.on('data', (d: Buffer) => {
+    stderr = (stderr + d.toString()).slice(-4000);
+  });
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
   return {
     process: child,
@@ -147,10 +200,16 @@ export function spawnWorker(script: string, args: string[] = [], env: Record<str
       const re = typeof match === 'string' ? new RegExp(match.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')) : match;
       const found = lines.find((l) => re.test(l));
       if (found) return Promise.resolve(found);
-      return within(timeoutMs, Promise.race([
-        new Promise<string>((resolve) => waiters.push({ re, resolve })),
-        exited.then((code) => { throw new Error(`worker ${script} exited (${code}) before printing ${re}; stderr: ${stderr}`); }),
-      ]), `worker ${script} line ${re}`);
+      return within(
+        timeoutMs,
+        Promise.race([
+          new Promise<string>((resolve) => waiters.push({ re, resolve })),
+          exited.then((code) => {
+            throw new Error(`worker ${script} exited (${code}) before printing ${re}; stderr: ${stderr}`);
+          }),
+        ]),
+        `worker ${script} line ${re}`,
+      );
     },
     kill(signal = 'SIGTERM') {
       if (child.exitCode === null && child.signalCode === null) child.kill(signal);
@@ -165,10 +224,14 @@ export type Message = { type: string; [k: string]: unknown };
 export function forkFixture(script: string, args: string[]) {
   const root = fileURLToPath(new URL('..', import.meta.url));
   const child: ChildProcess = fork(fileURLToPath(new URL(script, import.meta.url)), args, {
-    cwd: root, execArgv: ['--import', 'tsx'], stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
+    cwd: root,
+    execArgv: ['--import', 'tsx'],
+    stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
   });
   let stderr = '';
-  child.stderr!.on('data', (d: Buffer) => { stderr = (stderr + d.toString()).slice(-4000); });
+  child.stderr!.on('data', (d: Buffer) => {
+    stderr = (stderr + d.toString()).slice(-4000);
+  });
   const messages: Message[] = [];
   const waiters: { from: number; match: (m: Message) => boolean; resolve: (i: number) => void }[] = [];
   child.on('message', (m: Message) => {
@@ -182,15 +245,23 @@ export function forkFixture(script: string, args: string[]) {
   });
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
   return {
-    child, messages, exited,
+    child,
+    messages,
+    exited,
     /** Index of the first message at or after `from` matching `match`. */
     next(match: (m: Message) => boolean, from = 0, timeoutMs = 30_000): Promise<number> {
       const i = messages.findIndex((m, k) => k >= from && match(m));
       if (i >= 0) return Promise.resolve(i);
-      return within(timeoutMs, Promise.race([
-        new Promise<number>((resolve) => waiters.push({ from, match, resolve })),
-        exited.then((code) => { throw new Error(`fixture exited (${code}); stderr: ${stderr}`); }),
-      ]), 'fixture message');
+      return within(
+        timeoutMs,
+        Promise.race([
+          new Promise<number>((resolve) => waiters.push({ from, match, resolve })),
+          exited.then((code) => {
+            throw new Error(`fixture exited (${code}); stderr: ${stderr}`);
+          }),
+        ]),
+        'fixture message',
+      );
     },
   };
 }

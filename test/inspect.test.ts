@@ -1,9 +1,28 @@
 import type { Namespace } from 'etcd3';
 import { describe, expect, it } from 'vitest';
 import {
-  discoverRecipes, Election, formatStatus, inspectElection, inspectionJSON, inspectLock, inspectQueue, inspectRWMutex, inspectSemaphore,
-  inspectServices, inspectStatus, inspectWorkQueue, watchStatus, isRecipeError, Mutex, PriorityQueue, Queue, RWMutex, Semaphore, ServiceRegistry,
-  Session, WorkQueue,
+  discoverRecipes,
+  Election,
+  formatStatus,
+  inspectElection,
+  inspectionJSON,
+  inspectLock,
+  inspectQueue,
+  inspectRWMutex,
+  inspectSemaphore,
+  inspectServices,
+  inspectStatus,
+  inspectWorkQueue,
+  watchStatus,
+  isRecipeError,
+  Mutex,
+  PriorityQueue,
+  Queue,
+  RWMutex,
+  Semaphore,
+  ServiceRegistry,
+  Session,
+  WorkQueue,
 } from '../src/index.js';
 import { requestCounts, requestsBetween } from '../src/testing/index.js';
 import { etcdctl } from './fixtures/etcdctl.js';
@@ -12,7 +31,12 @@ import { stillPending, useCluster, waitForKey, waitForKeyCount, within } from '.
 /** What etcd holds under `prefix`, oldest create revision first, read with etcd3's own API (not ours). */
 async function heldByEtcd(client: Namespace, prefix: string) {
   const res = await client.getAll().prefix(prefix).sort('Create', 'Ascend').exec();
-  return res.kvs.map((kv) => ({ key: kv.key.toString(), value: kv.value.toString(), lease: kv.lease, createRevision: BigInt(kv.create_revision) }));
+  return res.kvs.map((kv) => ({
+    key: kv.key.toString(),
+    value: kv.value.toString(),
+    lease: kv.lease,
+    createRevision: BigInt(kv.create_revision),
+  }));
 }
 
 describe('inspection', () => {
@@ -96,8 +120,16 @@ describe('inspection', () => {
 
       const seen = await inspectElection(client, 'insp/election');
       const held = await heldByEtcd(client, 'insp/election/');
-      expect(seen.leader).toMatchObject({ key: ctlKey, value: 'ctl-value', lease: held[0]!.lease, createRevision: held[0]!.createRevision });
-      expect(seen.candidates.map((c) => [c.key, c.value])).toEqual([[a.key, 'node-a'], [b.key, 'node-b']]);
+      expect(seen.leader).toMatchObject({
+        key: ctlKey,
+        value: 'ctl-value',
+        lease: held[0]!.lease,
+        createRevision: held[0]!.createRevision,
+      });
+      expect(seen.candidates.map((c) => [c.key, c.value])).toEqual([
+        [a.key, 'node-a'],
+        [b.key, 'node-b'],
+      ]);
       expect(seen.candidates.map((c) => c.lease)).toEqual([s1.leaseId, s2.leaseId]);
       expect(seen.leader!.leaseTtl).toBeGreaterThan(30);
       for (const c of seen.candidates) expect(c.leaseTtl).toBeLessThanOrEqual(30);
@@ -130,7 +162,9 @@ describe('inspection', () => {
     expect(s.holders.map((k) => k.key)).toEqual([p1.key, p2.key]);
     expect(s.waiters).toHaveLength(1);
     expect(s.waiters[0]!.lease).toBe(session.leaseId);
-    expect((await heldByEtcd(client, 'insp/sem/queue/')).map((h) => h.key)).toEqual([...s.holders, ...s.waiters].map((k) => k.key));
+    expect((await heldByEtcd(client, 'insp/sem/queue/')).map((h) => h.key)).toEqual(
+      [...s.holders, ...s.waiters].map((k) => k.key),
+    );
     ac.abort();
     expect((await Promise.allSettled([p3]))[0]!.status).toBe('rejected');
     await p1.release();
@@ -161,7 +195,12 @@ describe('inspection', () => {
     const i = await inspectQueue(client, 'insp/q');
     expect(i).toMatchObject({ kind: 'queue', depth: 3, waitingConsumers: 0 });
     const raw = await client.get(k1).exec();
-    expect(i.head).toMatchObject({ key: k1, value: 'first', modRevision: BigInt(raw.kvs[0]!.mod_revision), priority: undefined });
+    expect(i.head).toMatchObject({
+      key: k1,
+      value: 'first',
+      modRevision: BigInt(raw.kvs[0]!.mod_revision),
+      priority: undefined,
+    });
     expect(i.head!.ageRevisions).toBe(i.revision - i.head!.modRevision);
     expect(i.head!.ageRevisions >= 2n).toBe(true);
     expect(await q.dequeue()).toBe('first');
@@ -202,10 +241,15 @@ describe('inspection', () => {
     await r2.release();
 
     const i = await inspectWorkQueue(client, 'insp/wq');
-    expect(i.claimed.map((j) => [j.id, j.value, j.attempts, j.claim.lease])).toEqual([[urgent, 'urgent', 1, worker.leaseId]]);
+    expect(i.claimed.map((j) => [j.id, j.value, j.attempts, j.claim.lease])).toEqual([
+      [urgent, 'urgent', 1, worker.leaseId],
+    ]);
     expect(i.claimed[0]!.claim.createRevision).toBe(job.fencingToken);
     expect(i.claimed[0]!.claim.leaseTtl).toBeLessThanOrEqual(20);
-    expect(i.pending.map((j) => [j.id, j.value, j.attempts, j.priority])).toEqual([[retried, 'retried', 2, 2], [plain, 'plain', 0, 100]]);
+    expect(i.pending.map((j) => [j.id, j.value, j.attempts, j.priority])).toEqual([
+      [retried, 'retried', 2, 2],
+      [plain, 'plain', 0, 100],
+    ]);
     expect(i.dead.map((j) => [j.id, j.value])).toEqual([[poison, 'poison']]);
     expect(i.counts).toEqual({ jobs: 3, pending: 2, claimed: 1, dead: 1, waiting: 0 });
     expect(i.pending[0]!.ageRevisions).toBe(i.revision - i.pending[0]!.createRevision);
@@ -215,12 +259,26 @@ describe('inspection', () => {
 
   it('services: the instances, with their leases', async () => {
     const client = etcd().client();
-    const a = await ServiceRegistry.register(client, { service: 'insp-login', id: 'a', address: '10.0.0.1:80', metadata: { zone: 'z1' }, ttl: 15 });
-    const b = await ServiceRegistry.register(client, { service: 'insp-login', id: 'b', address: '10.0.0.2:80', ttl: 15 });
+    const a = await ServiceRegistry.register(client, {
+      service: 'insp-login',
+      id: 'a',
+      address: '10.0.0.1:80',
+      metadata: { zone: 'z1' },
+      ttl: 15,
+    });
+    const b = await ServiceRegistry.register(client, {
+      service: 'insp-login',
+      id: 'b',
+      address: '10.0.0.2:80',
+      ttl: 15,
+    });
     try {
       const i = await inspectServices(client, 'insp-login');
       expect(i.prefix).toBe('services/insp-login/');
-      expect(i.instances.map((s) => [s.id, s.address, s.metadata])).toEqual([['a', '10.0.0.1:80', { zone: 'z1' }], ['b', '10.0.0.2:80', {}]]);
+      expect(i.instances.map((s) => [s.id, s.address, s.metadata])).toEqual([
+        ['a', '10.0.0.1:80', { zone: 'z1' }],
+        ['b', '10.0.0.2:80', {}],
+      ]);
       const held = await heldByEtcd(client, 'services/insp-login/');
       expect(i.instances.map((s) => s.lease)).toEqual(held.map((h) => h.lease));
       for (const s of i.instances) expect(s.leaseTtl).toBeLessThanOrEqual(15);
@@ -249,7 +307,13 @@ describe('inspection', () => {
     await pq.enqueue('y', 4);
     const wq = new WorkQueue(session, 'disc/wq');
     await wq.add('job');
-    const reg = await ServiceRegistry.register(client, { service: 'api', id: 'i1', address: 'h:1', root: 'disc/services/', ttl: 30 });
+    const reg = await ServiceRegistry.register(client, {
+      service: 'api',
+      id: 'i1',
+      address: 'h:1',
+      root: 'disc/services/',
+      ttl: 30,
+    });
     try {
       const before = await requestCounts(cluster.members[0]!.clientUrl);
       const found = await discoverRecipes(client, 'disc/');
@@ -264,7 +328,9 @@ describe('inspection', () => {
         { kind: 'service', name: 'api', root: 'disc/services/' },
       ]);
       // The whole keyspace finds them too.
-      expect((await discoverRecipes(client, '')).filter((r) => r.name.startsWith('disc/') || r.root === 'disc/services/')).toEqual(found);
+      expect(
+        (await discoverRecipes(client, '')).filter((r) => r.name.startsWith('disc/') || r.root === 'disc/services/'),
+      ).toEqual(found);
 
       const status = await inspectStatus(client, 'disc/lock');
       expect(status.map((s) => s.kind)).toEqual(['lock']);
@@ -272,7 +338,10 @@ describe('inspection', () => {
       expect(text).toContain('lock disc/lock');
       expect(text).toContain(m.key);
       expect(text).toContain(session.leaseHex);
-      const json = JSON.parse(formatStatus(status, { json: true })) as { kind: string; inspection: { holders: { key: string; createRevision: string }[] } }[];
+      const json = JSON.parse(formatStatus(status, { json: true })) as {
+        kind: string;
+        inspection: { holders: { key: string; createRevision: string }[] };
+      }[];
       expect(json[0]!.inspection.holders[0]).toMatchObject({ key: m.key, createRevision: m.fencingToken!.toString() });
       for (const name of ['disc/leader', 'disc/sem', 'disc/rw', 'disc/q', 'disc/pq', 'disc/wq']) {
         const [one] = await inspectStatus(client, name);
@@ -284,8 +353,13 @@ describe('inspection', () => {
       const after = await requestCounts(cluster.members[0]!.clientUrl);
       const d = requestsBetween(before, after);
       // Only ranges (and lease TTL lookups): nothing that writes. (Sessions' keepalives may tick meanwhile.)
-      expect({ put: d.put, txn: d.txn, deleteRange: d.deleteRange, grant: d.byMethod.get('LeaseGrant') ?? 0, revoke: d.byMethod.get('LeaseRevoke') ?? 0 })
-        .toEqual({ put: 0, txn: 0, deleteRange: 0, grant: 0, revoke: 0 });
+      expect({
+        put: d.put,
+        txn: d.txn,
+        deleteRange: d.deleteRange,
+        grant: d.byMethod.get('LeaseGrant') ?? 0,
+        revoke: d.byMethod.get('LeaseRevoke') ?? 0,
+      }).toEqual({ put: 0, txn: 0, deleteRange: 0, grant: 0, revoke: 0 });
       expect(d.range).toBeGreaterThan(10);
       expect(d.byMethod.get('LeaseTimeToLive') ?? 0).toBeGreaterThan(0);
     } finally {
@@ -328,8 +402,13 @@ describe('inspection', () => {
   it('rejects bad arguments before reading', async () => {
     const client = etcd().client();
     const bad = async (p: Promise<unknown>, argument: string) => {
-      const err = await p.then(() => undefined, (e: unknown) => e);
-      expect(isRecipeError(err) && err.code === 'INVALID_ARGUMENT' && (err as { argument?: string }).argument).toBe(argument);
+      const err = await p.then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(isRecipeError(err) && err.code === 'INVALID_ARGUMENT' && (err as { argument?: string }).argument).toBe(
+        argument,
+      );
     };
     await bad(inspectLock(client, ''), 'name');
     await bad(inspectLock({} as never, 'x'), 'client');
@@ -345,4 +424,3 @@ describe('inspection', () => {
     await expect(inspectLock(client, 'x', { signal: ac.signal })).rejects.toThrow('stop');
   });
 });
-

@@ -5,13 +5,17 @@ import { useCluster } from './helpers.js';
 /** Blocks this process's event loop, as a SIGSTOP or a long GC pause would: no timer can fire meanwhile. */
 function freezeFor(ms: number): void {
   const end = performance.now() + ms;
-  while (performance.now() < end) { /* frozen */ }
+  while (performance.now() < end) {
+    /* frozen */
+  }
 }
 
 describe('a process woken from a pause past its TTL', () => {
   const etcd = useCluster();
   const clients: ReturnType<typeof createClient>[] = [];
-  afterAll(async () => { await Promise.all(clients.map((c) => closeClient(c))); });
+  afterAll(async () => {
+    await Promise.all(clients.map((c) => closeClient(c)));
+  });
 
   it('sees held and isLeader false at once, before any timer fires', async () => {
     const client = createClient({ hosts: etcd().endpoints });

@@ -1,16 +1,35 @@
 import { channel, tracingChannel } from 'node:diagnostics_channel';
-import { AggregationTemporality, DataPointType, InMemoryMetricExporter, MeterProvider, PeriodicExportingMetricReader,
-  type HistogramMetricData } from '@opentelemetry/sdk-metrics';
+import {
+  AggregationTemporality,
+  DataPointType,
+  InMemoryMetricExporter,
+  MeterProvider,
+  PeriodicExportingMetricReader,
+  type HistogramMetricData,
+} from '@opentelemetry/sdk-metrics';
 import { Registry } from 'prom-client';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
-  DEFAULT_DURATION_BUCKETS, Election, isRecipeError, Mutex, prometheusName, RECIPE_METRICS, RecipeMetrics, runSTM, Session,
-  type JobMessage, type JobClaimContext, type EnqueueContext,
+  DEFAULT_DURATION_BUCKETS,
+  Election,
+  isRecipeError,
+  Mutex,
+  prometheusName,
+  RECIPE_METRICS,
+  RecipeMetrics,
+  runSTM,
+  Session,
+  type JobMessage,
+  type JobClaimContext,
+  type EnqueueContext,
 } from '../src/index.js';
 import { useCluster, waitForKey } from './helpers.js';
 
 /** A lock handoff between two sessions: A holds, B queues, A releases, B holds and releases. */
-async function lockHandoff(client: ReturnType<ReturnType<ReturnType<typeof useCluster>>['client']>, name: string): Promise<void> {
+async function lockHandoff(
+  client: ReturnType<ReturnType<ReturnType<typeof useCluster>>['client']>,
+  name: string,
+): Promise<void> {
   await using a = await Session.create(client, { ttl: 10 });
   await using b = await Session.create(client, { ttl: 10 });
   const ma = new Mutex(a, name);
@@ -26,7 +45,9 @@ async function lockHandoff(client: ReturnType<ReturnType<ReturnType<typeof useCl
 describe('RecipeMetrics', () => {
   const etcd = useCluster();
   let metrics: RecipeMetrics;
-  beforeEach(() => { metrics = new RecipeMetrics({ byName: true }); });
+  beforeEach(() => {
+    metrics = new RecipeMetrics({ byName: true });
+  });
   afterEach(() => metrics.close());
 
   it('counts a lock handoff, an election handoff and an STM conflict then commit', async () => {
@@ -65,7 +86,9 @@ describe('RecipeMetrics', () => {
       await eb.resign();
     }
     const election = { 'etcd_recipes.name': 'm/election' };
-    expect(metrics.value('etcd_recipes.election.campaign.duration', { ...election, 'etcd_recipes.outcome': 'elected' })).toBe(2);
+    expect(
+      metrics.value('etcd_recipes.election.campaign.duration', { ...election, 'etcd_recipes.outcome': 'elected' }),
+    ).toBe(2);
     expect(metrics.value('etcd_recipes.election.leading', election)).toBe(0);
     expect(metrics.value('etcd_recipes.election.deposed', election)).toBe(0);
 
@@ -77,12 +100,21 @@ describe('RecipeMetrics', () => {
       tx.put('m/stm', String(v + 1));
     });
     expect(metrics.value('etcd_recipes.stm.attempt.conflicted')).toBe(1);
-    expect(metrics.value('etcd_recipes.stm.duration', { 'etcd_recipes.outcome': 'commit', 'etcd_recipes.stm.isolation': 'serializable-snapshot' })).toBe(1);
-    const giveUp = await runSTM(client, async (tx) => {
-      await tx.get('m/stm');
-      await client.put('m/stm').value(String(Math.random()));
-      tx.put('m/stm', 'x');
-    }, { retries: 0 }).catch((e: unknown) => e);
+    expect(
+      metrics.value('etcd_recipes.stm.duration', {
+        'etcd_recipes.outcome': 'commit',
+        'etcd_recipes.stm.isolation': 'serializable-snapshot',
+      }),
+    ).toBe(1);
+    const giveUp = await runSTM(
+      client,
+      async (tx) => {
+        await tx.get('m/stm');
+        await client.put('m/stm').value(String(Math.random()));
+        tx.put('m/stm', 'x');
+      },
+      { retries: 0 },
+    ).catch((e: unknown) => e);
     expect(isRecipeError(giveUp, 'STM_CONFLICT')).toBe(true);
     expect(metrics.value('etcd_recipes.stm.duration', { 'etcd_recipes.outcome': 'give_up' })).toBe(1);
     expect(metrics.value('etcd_recipes.stm.attempt.conflicted')).toBe(2);
@@ -129,13 +161,24 @@ describe('RecipeMetrics', () => {
     channel('etcd-recipes:work-queue:dead-letter').publish({ ...job, reason: 'max-attempts' });
     const ack = tracingChannel<unknown, JobMessage>('etcd-recipes:work-queue:ack');
     await ack.tracePromise(async () => ({}), { ...job });
-    await ack.tracePromise(async () => { throw new Error('claim lost'); }, { ...job }).catch(() => undefined);
+    await ack
+      .tracePromise(
+        async () => {
+          throw new Error('claim lost');
+        },
+        { ...job },
+      )
+      .catch(() => undefined);
     const jobs = { 'etcd_recipes.name': 'jobs' };
     expect(metrics.value('etcd_recipes.queue.enqueued', { ...jobs, 'etcd_recipes.recipe': 'work-queue' })).toBe(1);
-    expect(metrics.value('etcd_recipes.work_queue.claim.duration', { ...jobs, 'etcd_recipes.outcome': 'claimed' })).toBe(1);
+    expect(
+      metrics.value('etcd_recipes.work_queue.claim.duration', { ...jobs, 'etcd_recipes.outcome': 'claimed' }),
+    ).toBe(1);
     expect(metrics.value('etcd_recipes.work_queue.retried', jobs)).toBe(1);
     expect(metrics.value('etcd_recipes.work_queue.released', jobs)).toBe(1);
-    expect(metrics.value('etcd_recipes.work_queue.dead_lettered', { ...jobs, 'etcd_recipes.reason': 'max-attempts' })).toBe(1);
+    expect(
+      metrics.value('etcd_recipes.work_queue.dead_lettered', { ...jobs, 'etcd_recipes.reason': 'max-attempts' }),
+    ).toBe(1);
     expect(metrics.value('etcd_recipes.work_queue.acked', jobs)).toBe(1);
   });
 
@@ -183,10 +226,16 @@ describe('RecipeMetrics', () => {
   });
 
   it('rejects bad options and adapters with InvalidArgumentError', () => {
-    expect(() => new RecipeMetrics({ buckets: [1, 1] })).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT', argument: 'options.buckets' }));
-    expect(() => new RecipeMetrics({ byName: 'yes' as unknown as boolean })).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
+    expect(() => new RecipeMetrics({ buckets: [1, 1] })).toThrow(
+      expect.objectContaining({ code: 'INVALID_ARGUMENT', argument: 'options.buckets' }),
+    );
+    expect(() => new RecipeMetrics({ byName: 'yes' as unknown as boolean })).toThrow(
+      expect.objectContaining({ code: 'INVALID_ARGUMENT' }),
+    );
     expect(() => metrics.exportToPrometheus({} as never)).toThrow(expect.objectContaining({ argument: 'registry' }));
-    expect(() => metrics.exportToOpenTelemetry({ createCounter() {} } as never)).toThrow(expect.objectContaining({ argument: 'meter' }));
+    expect(() => metrics.exportToOpenTelemetry({ createCounter() {} } as never)).toThrow(
+      expect.objectContaining({ argument: 'meter' }),
+    );
     expect(() => metrics.value('etcd_recipes.nope')).toThrow(expect.objectContaining({ argument: 'name' }));
   });
 });

@@ -8,9 +8,14 @@ import { keysUnder, spawnWorker, stillPending, useCluster, waitForKey, waitForKe
 
 /** Runs `etcdctl lock <name>`; resolves `acquired` with the key it prints once it holds the lock. */
 function etcdctlLock(endpoint: string, name: string) {
-  const child = spawn(process.env.ETCDCTL_BIN ?? findEtcdctlBinary(), ['--endpoints', endpoint, 'lock', '--ttl', '10', name], {
-    stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ETCDCTL_API: '3' },
-  });
+  const child = spawn(
+    process.env.ETCDCTL_BIN ?? findEtcdctlBinary(),
+    ['--endpoints', endpoint, 'lock', '--ttl', '10', name],
+    {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, ETCDCTL_API: '3' },
+    },
+  );
   const lines = createInterface({ input: child.stdout! });
   const acquired = new Promise<string>((resolve) => lines.once('line', resolve));
   const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
@@ -18,7 +23,7 @@ function etcdctlLock(endpoint: string, name: string) {
   return { child, acquired, exited, release: () => child.kill('SIGTERM') };
 }
 
-describe('Mutex interoperates with etcdctl lock (Go\'s concurrency.Mutex)', () => {
+describe("Mutex interoperates with etcdctl lock (Go's concurrency.Mutex)", () => {
   const etcd = useCluster();
 
   it('waits while etcdctl holds the lock, then takes it', async () => {
@@ -63,7 +68,7 @@ describe('Mutex interoperates with etcdctl lock (Go\'s concurrency.Mutex)', () =
 describe('Mutex when a holder process dies', () => {
   const etcd = useCluster();
 
-  it('a SIGKILLed holder\'s lock passes to the next waiter after its lease expires', async () => {
+  it("a SIGKILLed holder's lock passes to the next waiter after its lease expires", async () => {
     const cluster = etcd();
     const client = cluster.client();
     const holder = spawnWorker('fixtures/lock-holder.ts', [cluster.endpoints.join(','), 'crash/lock', '2']);
@@ -119,12 +124,22 @@ describe('Mutex aborted while its acquire Txn is in flight', () => {
     await m.unlock();
     const events: string[] = [];
     let deleted!: () => void;
-    const gone = new Promise<void>((resolve) => { deleted = resolve; });
-    // Watching from after the warm-up: only what the aborted call does shows up.
-    const watch = await openWatch(cluster.client(), { key: Buffer.from(m.key) }, {
-      onEvents: (evs) => evs.forEach((e) => { events.push(e.type); if (e.type === 'delete') deleted(); }),
-      onEnd: () => undefined,
+    const gone = new Promise<void>((resolve) => {
+      deleted = resolve;
     });
+    // Watching from after the warm-up: only what the aborted call does shows up.
+    const watch = await openWatch(
+      cluster.client(),
+      { key: Buffer.from(m.key) },
+      {
+        onEvents: (evs) =>
+          evs.forEach((e) => {
+            events.push(e.type);
+            if (e.type === 'delete') deleted();
+          }),
+        onEnd: () => undefined,
+      },
+    );
     try {
       cluster.members[0]!.pause();
       const controller = new AbortController();
@@ -158,23 +173,32 @@ describe('Mutex in a 3-member cluster when the Raft leader is killed', () => {
     let maxInside = 0;
     let sections = 0;
     let killed: Promise<void> | undefined;
-    await within(120_000, Promise.all(Array.from({ length: workers }, async () => {
-      const client = cluster.client();
-      await using session = await Session.create(client, { ttl: 10 });
-      const m = new Mutex(session, 'ha/lock');
-      for (let i = 0; i < rounds; i++) {
-        await using held = await m.acquire();
-        inside++;
-        maxInside = Math.max(maxInside, inside);
-        const n = Number(await client.get('ha/counter').string());
-        const res = await held.ifOwner().then(client.put('ha/counter').value(String(n + 1))).commit();
-        expect(res.succeeded).toBe(true);
-        sections++;
-        // Kill the leader once, a little way into the run, while others are queued.
-        if (sections === 10) killed = cluster.leader().then((leader) => leader.kill());
-        inside--;
-      }
-    })), 'contended run');
+    await within(
+      120_000,
+      Promise.all(
+        Array.from({ length: workers }, async () => {
+          const client = cluster.client();
+          await using session = await Session.create(client, { ttl: 10 });
+          const m = new Mutex(session, 'ha/lock');
+          for (let i = 0; i < rounds; i++) {
+            await using held = await m.acquire();
+            inside++;
+            maxInside = Math.max(maxInside, inside);
+            const n = Number(await client.get('ha/counter').string());
+            const res = await held
+              .ifOwner()
+              .then(client.put('ha/counter').value(String(n + 1)))
+              .commit();
+            expect(res.succeeded).toBe(true);
+            sections++;
+            // Kill the leader once, a little way into the run, while others are queued.
+            if (sections === 10) killed = cluster.leader().then((leader) => leader.kill());
+            inside--;
+          }
+        }),
+      ),
+      'contended run',
+    );
     await killed;
     expect(maxInside).toBe(1);
     expect(sections).toBe(workers * rounds);

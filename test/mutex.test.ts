@@ -5,7 +5,7 @@ import { keysUnder, stillPending, useCluster, waitForKey, within } from './helpe
 describe('Mutex', () => {
   const etcd = useCluster();
 
-  it('uses Go\'s key layout: <name>/<lease hex>, empty value, attached to the lease', async () => {
+  it("uses Go's key layout: <name>/<lease hex>, empty value, attached to the lease", async () => {
     const client = etcd().client();
     await using session = await Session.create(client, { ttl: 10 });
     const m = new Mutex(session, 'layout/lock');
@@ -32,23 +32,28 @@ describe('Mutex', () => {
     const tokens: bigint[] = [];
     const admin = etcd().client();
     await admin.put(counterKey).value('0');
-    await Promise.all(Array.from({ length: workers }, async () => {
-      const client = etcd().client();
-      await using session = await Session.create(client, { ttl: 10 });
-      const m = new Mutex(session, 'mx/lock');
-      for (let i = 0; i < rounds; i++) {
-        await using held = await m.acquire();
-        inside++;
-        maxInside = Math.max(maxInside, inside);
-        tokens.push(held.fencingToken);
-        // A read-modify-write that would lose updates without the lock, fenced by ownership.
-        const n = Number(await client.get(counterKey).string());
-        await new Promise((r) => setImmediate(r));
-        const res = await held.ifOwner().then(client.put(counterKey).value(String(n + 1))).commit();
-        expect(res.succeeded).toBe(true);
-        inside--;
-      }
-    }));
+    await Promise.all(
+      Array.from({ length: workers }, async () => {
+        const client = etcd().client();
+        await using session = await Session.create(client, { ttl: 10 });
+        const m = new Mutex(session, 'mx/lock');
+        for (let i = 0; i < rounds; i++) {
+          await using held = await m.acquire();
+          inside++;
+          maxInside = Math.max(maxInside, inside);
+          tokens.push(held.fencingToken);
+          // A read-modify-write that would lose updates without the lock, fenced by ownership.
+          const n = Number(await client.get(counterKey).string());
+          await new Promise((r) => setImmediate(r));
+          const res = await held
+            .ifOwner()
+            .then(client.put(counterKey).value(String(n + 1)))
+            .commit();
+          expect(res.succeeded).toBe(true);
+          inside--;
+        }
+      }),
+    );
     expect(maxInside).toBe(1);
     expect(await admin.get(counterKey).string()).toBe(String(workers * rounds));
     // Fencing tokens strictly increase in the order holders entered.
@@ -68,10 +73,12 @@ describe('Mutex', () => {
       const s = await Session.create(etcd().client(), { ttl: 10 });
       sessions.push(s);
       const m = new Mutex(s, 'fifo/lock');
-      waiters.push(m.lock().then(async () => {
-        order.push(i);
-        await m.unlock();
-      }));
+      waiters.push(
+        m.lock().then(async () => {
+          order.push(i);
+          await m.unlock();
+        }),
+      );
       await waitForKey(client, m.key); // queued strictly after the previous waiter
     }
     await holder.unlock();
@@ -85,19 +92,23 @@ describe('Mutex', () => {
     const clients = Array.from({ length: 4 }, () => etcd().client());
     await using holderSession = await Session.create(client, { ttl: 20 });
     const holder = await new Mutex(holderSession, 'deep/lock').acquire();
-    const sessions = await Promise.all(Array.from({ length: 80 }, (_, i) => Session.create(clients[i % 4]!, { ttl: 20 })));
+    const sessions = await Promise.all(
+      Array.from({ length: 80 }, (_, i) => Session.create(clients[i % 4]!, { ttl: 20 })),
+    );
     const order: number[] = [];
     let inside = 0;
     const waiters: Promise<void>[] = [];
     for (const [i, s] of sessions.entries()) {
       const m = new Mutex(s, 'deep/lock');
-      waiters.push(m.acquire().then(async (h) => {
-        inside++;
-        expect(inside).toBe(1);
-        order.push(i);
-        inside--;
-        await h.release();
-      }));
+      waiters.push(
+        m.acquire().then(async (h) => {
+          inside++;
+          expect(inside).toBe(1);
+          order.push(i);
+          inside--;
+          await h.release();
+        }),
+      );
       // Queue strictly in index order: wait until this waiter's key exists.
       await waitForKey(client, m.key);
     }
@@ -123,7 +134,7 @@ describe('Mutex', () => {
     await mb.unlock();
   });
 
-  it('an aborted lock() rejects with the signal\'s reason and leaves no key', async () => {
+  it("an aborted lock() rejects with the signal's reason and leaves no key", async () => {
     const client = etcd().client();
     await using a = await Session.create(client, { ttl: 10 });
     await using b = await Session.create(etcd().client(), { ttl: 10 });
@@ -157,7 +168,7 @@ describe('Mutex', () => {
     expect(await keysUnder(client, 'timeout/lock/')).toHaveLength(1);
   });
 
-  it('releases the lock and aborts the holder\'s signal when its session expires', async () => {
+  it("releases the lock and aborts the holder's signal when its session expires", async () => {
     const client = etcd().client();
     const a = await Session.create(client, { ttl: 10 });
     await using b = await Session.create(etcd().client(), { ttl: 10 });
@@ -166,15 +177,21 @@ describe('Mutex', () => {
     await waitForKey(client, `expire/lock/${b.leaseHex}`);
     // The lease disappears behind the holder's back (an operator, or expiry on the server).
     await client.leaseClient.leaseRevoke({ ID: a.leaseId });
-    const reason = await within(10_000, new Promise<unknown>((resolve) => {
-      held.signal.addEventListener('abort', () => resolve(held.signal.reason), { once: true });
-    }), 'holder signal');
+    const reason = await within(
+      10_000,
+      new Promise<unknown>((resolve) => {
+        held.signal.addEventListener('abort', () => resolve(held.signal.reason), { once: true });
+      }),
+      'holder signal',
+    );
     expect(isRecipeError(reason, 'SESSION_EXPIRED')).toBe(true);
     const next = await within(10_000, waiter, 'waiter');
     expect(next.fencingToken > held.fencingToken).toBe(true);
     // The stale holder's fenced write (the compare ifOwner() builds) cannot land.
-    const stale = await client.if(held.key, 'Create', '==', held.fencingToken.toString())
-      .then(client.put('expire/data').value('stale')).commit();
+    const stale = await client
+      .if(held.key, 'Create', '==', held.fencingToken.toString())
+      .then(client.put('expire/data').value('stale'))
+      .commit();
     expect(stale.succeeded).toBe(false);
     expect(() => held.ifOwner()).toThrow(expect.objectContaining({ code: 'LOCK_NOT_HELD' }));
     expect((await next.ifOwner().then(client.put('expire/data').value('fresh')).commit()).succeeded).toBe(true);
@@ -226,27 +243,38 @@ describe('Mutex', () => {
 
   it('withLock runs the function under the lock and always releases', async () => {
     const client = etcd().client();
-    const result = await withLock(client, 'with/lock', async ({ fencingToken, signal, key, ifOwner }) => {
-      expect(signal.aborted).toBe(false);
-      expect(fencingToken > 0n).toBe(true);
-      expect(await keysUnder(client, 'with/lock/')).toEqual([key]);
-      expect((await ifOwner().then(client.put('with/data').value('1')).commit()).succeeded).toBe(true);
-      return 42;
-    }, { ttl: 5 });
+    const result = await withLock(
+      client,
+      'with/lock',
+      async ({ fencingToken, signal, key, ifOwner }) => {
+        expect(signal.aborted).toBe(false);
+        expect(fencingToken > 0n).toBe(true);
+        expect(await keysUnder(client, 'with/lock/')).toEqual([key]);
+        expect((await ifOwner().then(client.put('with/data').value('1')).commit()).succeeded).toBe(true);
+        return 42;
+      },
+      { ttl: 5 },
+    );
     expect(result).toBe(42);
     expect(await keysUnder(client, 'with/lock/')).toEqual([]);
-    await expect(withLock(client, 'with/lock', () => { throw new Error('boom'); })).rejects.toThrow('boom');
+    await expect(
+      withLock(client, 'with/lock', () => {
+        throw new Error('boom');
+      }),
+    ).rejects.toThrow('boom');
     expect(await keysUnder(client, 'with/lock/')).toEqual([]);
     // The lease of the session withLock created is revoked too.
     const leases = (await client.leaseClient.leaseLeases()).leases;
-    for (const l of leases) expect(Number((await client.leaseClient.leaseTimeToLive({ ID: l.ID })).TTL)).toBeLessThanOrEqual(0);
+    for (const l of leases)
+      expect(Number((await client.leaseClient.leaseTimeToLive({ ID: l.ID })).TTL)).toBeLessThanOrEqual(0);
   });
 
   it('rejects bad input with INVALID_ARGUMENT before writing anything', async () => {
     const client = etcd().client();
     await using session = await Session.create(client, { ttl: 10 });
     const before = await keysUnder(client);
-    const bad = (fn: () => unknown) => expect(Promise.resolve().then(fn)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+    const bad = (fn: () => unknown) =>
+      expect(Promise.resolve().then(fn)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
     await bad(() => new Mutex(session, ''));
     await bad(() => new Mutex(session, Buffer.alloc(0)));
     await bad(() => new Mutex(session, 42 as never));

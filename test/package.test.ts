@@ -16,9 +16,14 @@ function dts(dir: string): string[] {
 
 // Runs against the built package (npm test builds first), through its own name and exports map.
 describe.skipIf(!existsSync(join(root, 'dist/esm/index.js')))('the built package', () => {
-  const script = (kind: 'esm' | 'cjs', spec: string) => kind === 'esm'
-    ? ['--input-type=module', '-e', `import * as m from '${spec}'; console.log(JSON.stringify(Object.keys(m).filter(k => k !== 'default' && k !== 'module.exports').sort()))`]
-    : ['-e', `console.log(JSON.stringify(Object.keys(require('${spec}')).sort()))`];
+  const script = (kind: 'esm' | 'cjs', spec: string) =>
+    kind === 'esm'
+      ? [
+          '--input-type=module',
+          '-e',
+          `import * as m from '${spec}'; console.log(JSON.stringify(Object.keys(m).filter(k => k !== 'default' && k !== 'module.exports').sort()))`,
+        ]
+      : ['-e', `console.log(JSON.stringify(Object.keys(require('${spec}')).sort()))`];
 
   it('is importable as ESM and requirable as CJS, with the same exports', () => {
     const esm = JSON.parse(run(script('esm', 'etcd-recipes'))) as string[];

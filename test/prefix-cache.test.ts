@@ -7,7 +7,8 @@ import { useCluster, within } from './helpers.js';
 /** Every [key, value] under `prefix`, read fresh from etcd, sorted by key. */
 async function freshRead(client: Namespace, prefix: string): Promise<[string, string][]> {
   const res = await client.getAll().prefix(prefix).exec();
-  return res.kvs.map((kv) => [kv.key.toString(), kv.value.toString()] as [string, string])
+  return res.kvs
+    .map((kv) => [kv.key.toString(), kv.value.toString()] as [string, string])
     .sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
 }
 
@@ -17,7 +18,11 @@ function record(cache: PrefixCache) {
   const waiters: { pred: (c: PrefixCacheChange[]) => boolean; resolve: () => void }[] = [];
   cache.on('change', (c) => {
     changes.push(c);
-    for (const w of waiters.slice()) if (w.pred(changes)) { waiters.splice(waiters.indexOf(w), 1); w.resolve(); }
+    for (const w of waiters.slice())
+      if (w.pred(changes)) {
+        waiters.splice(waiters.indexOf(w), 1);
+        w.resolve();
+      }
   });
   return {
     changes,
@@ -86,27 +91,45 @@ describe('PrefixCache', () => {
       const w = etcd().client();
       for (let round = 0; !stop && round < 2000; round++) {
         const i = round % n;
-        const [from, to] = Math.floor(round / n) % 2 === 0 ? [`pc/snap/z${i}`, `pc/snap/a${i}`] : [`pc/snap/a${i}`, `pc/snap/z${i}`];
-        await w.if(from, 'Create', '>', 0).then(w.delete().key(from), w.put(to).value(String(i))).commit();
+        const [from, to] =
+          Math.floor(round / n) % 2 === 0 ? [`pc/snap/z${i}`, `pc/snap/a${i}`] : [`pc/snap/a${i}`, `pc/snap/z${i}`];
+        await w
+          .if(from, 'Create', '>', 0)
+          .then(w.delete().key(from), w.put(to).value(String(i)))
+          .commit();
         moves++;
       }
     })();
     let sizeAtReady = -1;
     const cache = new PrefixCache(client, 'pc/snap/', { pageSize: 3 });
-    cache.on('ready', () => { sizeAtReady = cache.size; });
+    cache.on('ready', () => {
+      sizeAtReady = cache.size;
+    });
     const sizes = new Set<number>();
     cache.on('change', () => sizes.add(cache.size));
     await within(20_000, cache.ready(), 'ready');
     // Let some moves happen after ready too, then stop the writer.
     const target = moves + 20;
-    await within(20_000, (async () => { while (moves < target) await new Promise((r) => setTimeout(r, 10)); })(), 'writer progress');
+    await within(
+      20_000,
+      (async () => {
+        while (moves < target) await new Promise((r) => setTimeout(r, 10));
+      })(),
+      'writer progress',
+    );
     stop = true;
     await writer;
     expect(sizeAtReady).toBe(n);
     // One Txn deletes one key and creates another: the change events of a revision come together.
     for (const s of sizes) expect([n - 1, n]).toContain(s);
     const fresh = await freshRead(client, 'pc/snap/');
-    await within(10_000, (async () => { while (JSON.stringify(cache.entries()) !== JSON.stringify(fresh)) await new Promise((r) => setTimeout(r, 20)); })(), 'cache converged');
+    await within(
+      10_000,
+      (async () => {
+        while (JSON.stringify(cache.entries()) !== JSON.stringify(fresh)) await new Promise((r) => setTimeout(r, 20));
+      })(),
+      'cache converged',
+    );
     expect(cache.size).toBe(n);
     await cache.close();
   });
@@ -144,7 +167,9 @@ describe('PrefixCache', () => {
     const cache = new PrefixCache(cluster.client({ hosts: [proxy.endpoint] }), 'pc/compact/');
     await within(10_000, cache.ready(), 'ready');
     const rec = record(cache);
-    const resynced = new Promise<{ revision: bigint; compactRevision: bigint | undefined; changes: number }>((resolve) => cache.once('resync', resolve));
+    const resynced = new Promise<{ revision: bigint; compactRevision: bigint | undefined; changes: number }>(
+      (resolve) => cache.once('resync', resolve),
+    );
 
     // Cut the cache off, change things, and compact past its watch revision.
     proxy.cut();

@@ -6,7 +6,7 @@ import { tally, waitForCount } from './queue-helpers.js';
 describe('PriorityQueue', () => {
   const etcd = useCluster();
 
-  it('uses Go\'s layout: <name>/<%05d priority>/<%016d seq>, bookkeeping __<name>/<%05d priority>', async () => {
+  it("uses Go's layout: <name>/<%05d priority>/<%016d seq>, bookkeeping __<name>/<%05d priority>", async () => {
     const client = etcd().client();
     await using q = new PriorityQueue(client, 'lay');
     expect(await q.enqueue('a', 3)).toBe('lay/00003/0000000000000000');
@@ -21,7 +21,12 @@ describe('PriorityQueue', () => {
       ['lay/65535/0000000000000000', 'last', '0'],
     ]);
     // Go's sequence keys, and the last enqueue's spent receipt (deleted by the next write, or by close()).
-    expect((await keysUnder(client, '__lay/')).sort()).toEqual(['__lay/00000', '__lay/00003', '__lay/65535', expect.stringMatching(/^__lay\/sent\/[0-9]{19}$/)]);
+    expect((await keysUnder(client, '__lay/')).sort()).toEqual([
+      '__lay/00000',
+      '__lay/00003',
+      '__lay/65535',
+      expect.stringMatching(/^__lay\/sent\/[0-9]{19}$/),
+    ]);
     expect(await q.size()).toBe(4);
 
     // A Go producer allocates the next numbers behind our back (reads the last key, bumps the bookkeeping key):
@@ -46,7 +51,10 @@ describe('PriorityQueue', () => {
     const items: [string, number][] = [];
     for (let i = 0; i < 24; i++) items.push([`i${i}`, [7, 2, 9, 2, 0, 7][i % 6]!]);
     for (const [v, p] of items) await q.enqueue(v, p);
-    const expected = items.map((x, i) => ({ v: x[0], p: x[1], i })).sort((a, b) => a.p - b.p || a.i - b.i).map((x) => x.v);
+    const expected = items
+      .map((x, i) => ({ v: x[0], p: x[1], i }))
+      .sort((a, b) => a.p - b.p || a.i - b.i)
+      .map((x) => x.v);
     const got: string[] = [];
     for (let i = 0; i < items.length; i++) got.push(await q.dequeue());
     expect(got).toEqual(expected);
@@ -54,9 +62,11 @@ describe('PriorityQueue', () => {
 
   it('several producers on one priority never share a sequence number and keep their own order', async () => {
     const producers = Array.from({ length: 3 }, () => new PriorityQueue(etcd().client(), 'contend'));
-    await Promise.all(producers.map(async (p, i) => {
-      for (let j = 0; j < 20; j++) await p.enqueue(`p${i}-${j}`, 5);
-    }));
+    await Promise.all(
+      producers.map(async (p, i) => {
+        for (let j = 0; j < 20; j++) await p.enqueue(`p${i}-${j}`, 5);
+      }),
+    );
     const client = etcd().client();
     const keys = await keysUnder(client, 'contend/');
     expect(keys).toHaveLength(60);
@@ -81,14 +91,19 @@ describe('PriorityQueue', () => {
     for (let i = 0; i < 45; i++) await producer.enqueue(`v${i}`, i % 3);
     const got: string[] = [];
     const stop = new AbortController();
-    await within(20_000, Promise.all(consumers.map(async (q) => {
-      for (;;) {
-        const v = await q.dequeue({ signal: stop.signal }).catch(() => undefined);
-        if (v === undefined) return;
-        got.push(v);
-        if (got.length === 45) stop.abort();
-      }
-    })));
+    await within(
+      20_000,
+      Promise.all(
+        consumers.map(async (q) => {
+          for (;;) {
+            const v = await q.dequeue({ signal: stop.signal }).catch(() => undefined);
+            if (v === undefined) return;
+            got.push(v);
+            if (got.length === 45) stop.abort();
+          }
+        }),
+      ),
+    );
     const counts = tally(got);
     expect(counts.size).toBe(45);
     expect([...counts.values()].every((n) => n === 1)).toBe(true);
@@ -109,7 +124,7 @@ describe('PriorityQueue', () => {
     expect(await keysUnder(client, 'abort/')).toEqual([]);
   });
 
-  it('rejects bad input (priority out of Go\'s uint16 range, wrong types) before writing anything', async () => {
+  it("rejects bad input (priority out of Go's uint16 range, wrong types) before writing anything", async () => {
     const client = etcd().client();
     const bad = (fn: () => unknown) => expect(fn).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
     bad(() => new PriorityQueue(client, ''));
@@ -117,7 +132,10 @@ describe('PriorityQueue', () => {
     bad(() => new PriorityQueue(client, 'x', { ttl: -1 }));
     const q = new PriorityQueue(client, 'badin');
     for (const p of [-1, 65536, 1.5, Number.NaN, Infinity, '3', undefined, null, 10n]) {
-      await expect(q.enqueue('v', p as never)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', argument: 'priority' });
+      await expect(q.enqueue('v', p as never)).rejects.toMatchObject({
+        code: 'INVALID_ARGUMENT',
+        argument: 'priority',
+      });
     }
     for (const v of [undefined, 3, {}]) {
       await expect(q.enqueue(v as never, 1)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', argument: 'value' });

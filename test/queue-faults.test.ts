@@ -28,9 +28,11 @@ describe('Queue in a 3-member cluster when the Raft leader is killed', () => {
         if (got.length === total) stop.abort();
       }
     });
-    await Promise.all(producers.map(async (p, i) => {
-      for (let j = 0; j < perProducer; j++) await p.enqueue(`p${i}-${j}`);
-    }));
+    await Promise.all(
+      producers.map(async (p, i) => {
+        for (let j = 0; j < perProducer; j++) await p.enqueue(`p${i}-${j}`);
+      }),
+    );
     await within(60_000, Promise.all(loops), 'consumers');
     await killed;
     const counts = tally(got);
@@ -46,7 +48,7 @@ describe('Queue in a 3-member cluster when the Raft leader is killed', () => {
 describe('Queue when a consumer process dies at the head of the line', () => {
   const etcd = useCluster();
 
-  it('the next consumer takes over once the dead one\'s lease expires, and nothing is lost', async () => {
+  it("the next consumer takes over once the dead one's lease expires, and nothing is lost", async () => {
     const cluster = etcd();
     const client = cluster.client();
     const dead = spawnWorker('fixtures/queue-consumer.ts', [cluster.endpoints.join(','), 'orphan', '2']);

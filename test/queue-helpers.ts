@@ -3,7 +3,9 @@ import { requestCounts as etcdRequestCounts } from '../src/testing/index.js';
 import { waitForKeyCount } from './helpers.js';
 
 /** etcd's own count of KV requests received (Range, Txn, Put, DeleteRange) and watch messages, from /metrics. */
-export async function requestCounts(clientUrl: string): Promise<{ txn: number; range: number; put: number; del: number; watch: number }> {
+export async function requestCounts(
+  clientUrl: string,
+): Promise<{ txn: number; range: number; put: number; del: number; watch: number }> {
   const c = await etcdRequestCounts(clientUrl);
   return { txn: c.txn, range: c.range, put: c.put, del: c.deleteRange, watch: c.watch };
 }
@@ -28,10 +30,14 @@ export interface RawTxn {
 }
 
 /** A Txn whose success branch puts (or deletes) a key under `prefix`. */
-export const putsUnder = (prefix: string) => (req: RawTxn): boolean =>
-  !!req.success?.some((op) => op.request_put?.key?.toString().startsWith(prefix));
-export const deletesUnder = (prefix: string) => (req: RawTxn): boolean =>
-  !!req.success?.some((op) => op.request_delete_range?.key?.toString().startsWith(prefix));
+export const putsUnder =
+  (prefix: string) =>
+  (req: RawTxn): boolean =>
+    !!req.success?.some((op) => op.request_put?.key?.toString().startsWith(prefix));
+export const deletesUnder =
+  (prefix: string) =>
+  (req: RawTxn): boolean =>
+    !!req.success?.some((op) => op.request_delete_range?.key?.toString().startsWith(prefix));
 
 /**
  * Runs `before` just before the client sends its next `times` Txns that
@@ -39,8 +45,12 @@ export const deletesUnder = (prefix: string) => (req: RawTxn): boolean =>
  * request), and counts the Txns the code under test sends (etcd3's own
  * silent re-sends happen below this hook and are not counted).
  */
-export function beforeTxn(client: Namespace, match: (req: RawTxn) => boolean, before: (req: RawTxn) => void | Promise<void>,
-  times = 1): { readonly hits: number; readonly calls: number } {
+export function beforeTxn(
+  client: Namespace,
+  match: (req: RawTxn) => boolean,
+  before: (req: RawTxn) => void | Promise<void>,
+  times = 1,
+): { readonly hits: number; readonly calls: number } {
   const kv = client.kv as unknown as { txn: (req: unknown, options?: unknown) => Promise<unknown> };
   const real = kv.txn.bind(kv);
   const state = { hits: 0, calls: 0 };

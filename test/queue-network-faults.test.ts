@@ -1,12 +1,29 @@
 import type { Namespace } from 'etcd3';
 import { afterAll, describe, expect, it } from 'vitest';
 import {
-  closeClient, createClient, Election, Mutex, PriorityQueue, Queue, Session,
-  type EnqueueOptions, type QueueOptions,
+  closeClient,
+  createClient,
+  Election,
+  Mutex,
+  PriorityQueue,
+  Queue,
+  Session,
+  type EnqueueOptions,
+  type QueueOptions,
 } from '../src/index.js';
 import { TcpProxy } from './fixtures/tcp-proxy.js';
 import { keysUnder, useCluster, waitForKeyCount, waitForKeyGone, within } from './helpers.js';
-import { beforeTxn, compactAll, deletesUnder, faultFor, putsUnder, requestCounts, tally, waitForCount, type RawTxn } from './queue-helpers.js';
+import {
+  beforeTxn,
+  compactAll,
+  deletesUnder,
+  faultFor,
+  putsUnder,
+  requestCounts,
+  tally,
+  waitForCount,
+  type RawTxn,
+} from './queue-helpers.js';
 
 /*
  * Queue and PriorityQueue under real network faults: a TCP proxy between
@@ -24,7 +41,11 @@ interface Kind {
 
 const kinds: Kind[] = [
   { name: 'Queue', make: (c, n, o) => new Queue(c, n, o), enqueue: (q, v, o) => (q as Queue).enqueue(v, o) },
-  { name: 'PriorityQueue', make: (c, n, o) => new PriorityQueue(c, n, o), enqueue: (q, v, o) => (q as PriorityQueue).enqueue(v, 7, o) },
+  {
+    name: 'PriorityQueue',
+    make: (c, n, o) => new PriorityQueue(c, n, o),
+    enqueue: (q, v, o) => (q as PriorityQueue).enqueue(v, 7, o),
+  },
 ];
 
 /** Values a consumer took, with a bounded, event-driven wait for one of them. */
@@ -38,9 +59,16 @@ class Taken {
   }
 
   async until(check: (values: string[]) => boolean, what: string, ms = 20_000): Promise<void> {
-    await within(ms, (async () => {
-      while (!check(this.values)) await new Promise<void>((r) => { this.#wake = r; });
-    })(), what);
+    await within(
+      ms,
+      (async () => {
+        while (!check(this.values))
+          await new Promise<void>((r) => {
+            this.#wake = r;
+          });
+      })(),
+      what,
+    );
   }
 }
 
@@ -128,7 +156,10 @@ describe.each(kinds)('$name under network faults', (kind) => {
     const consumer = kind.make(client, name, { ttl });
     const producer = kind.make(admin, name);
     await consumer.size();
-    for (const [i, waiting] of [[0, false], [1, true]] as const) {
+    for (const [i, waiting] of [
+      [0, false],
+      [1, true],
+    ] as const) {
       const v = `b${i}`;
       beforeTxn(client, deletesUnder(`${name}/`), () => proxy.dropReplies());
       let key: string;
@@ -213,7 +244,7 @@ describe.each(kinds)('$name under network faults', (kind) => {
     expect(await leftovers(admin, name)).toEqual([]);
   });
 
-  it('dequeue never fails because of the queue\'s internal lease, even a write refused for a lease etcd dropped', async () => {
+  it("dequeue never fails because of the queue's internal lease, even a write refused for a lease etcd dropped", async () => {
     const name = `${kind.name}-lease`;
     const admin = etcd().client();
     const client = direct();
@@ -221,10 +252,15 @@ describe.each(kinds)('$name under network faults', (kind) => {
     // The first joins of the line find their lease revoked just before their Txn: etcd refuses
     // them with "requested lease not found", before the queue's keepalive notices.
     const isJoin = (req: RawTxn) => putsUnder(`__${name}/waiters/`)(req);
-    const hook = beforeTxn(client, isJoin, async (req) => {
-      const put = req.success!.find((op) => op.request_put?.lease)!.request_put!;
-      await admin.leaseClient.leaseRevoke({ ID: String(put.lease) }).catch(() => undefined);
-    }, 4);
+    const hook = beforeTxn(
+      client,
+      isJoin,
+      async (req) => {
+        const put = req.success!.find((op) => op.request_put?.lease)!.request_put!;
+        await admin.leaseClient.leaseRevoke({ ID: String(put.lease) }).catch(() => undefined);
+      },
+      4,
+    );
     const taken = new Taken();
     const stop = new AbortController();
     const draining = consumers.map((c) => drain(c, taken, stop.signal));
@@ -270,12 +306,13 @@ describe.each(kinds)('$name under network faults', (kind) => {
     const owner = m.ifOwner();
     await m.unlock();
     await expect(kind.enqueue(q, 'after-unlock', { guard: owner })).rejects.toMatchObject({ code: 'LOCK_NOT_HELD' });
-    await expect(kind.enqueue(q, 'compares', { guard: [{ key: `${name}-flag`, target: 'Version', result: '>', value: 0n }] }))
-      .rejects.toMatchObject({ code: 'LOCK_NOT_HELD' });
+    await expect(
+      kind.enqueue(q, 'compares', { guard: [{ key: `${name}-flag`, target: 'Version', result: '>', value: 0n }] }),
+    ).rejects.toMatchObject({ code: 'LOCK_NOT_HELD' });
     await admin.put(`${name}-flag`).value('on');
     await kind.enqueue(q, 'flag-on', { guard: [{ key: `${name}-flag`, target: 'Version', result: '>', value: 0n }] });
 
-    const values = (await admin.getAll().prefix(`${name}/`).strings());
+    const values = await admin.getAll().prefix(`${name}/`).strings();
     expect(Object.values(values).sort()).toEqual(['flag-on', 'from-new-leader', 'while-leading']);
     await q.close();
     expect(await leftovers(admin, name)).toEqual([]);

@@ -6,7 +6,7 @@ import { requestCounts, tally, waitForCount } from './queue-helpers.js';
 describe('Queue', () => {
   const etcd = useCluster();
 
-  it('uses Go\'s layout: <prefix>/<19-digit ns>, the value, no lease; FIFO by mod revision', async () => {
+  it("uses Go's layout: <prefix>/<19-digit ns>, the value, no lease; FIFO by mod revision", async () => {
     const client = etcd().client();
     await using q = new Queue(client, 'lay');
     const key = await q.enqueue('first');
@@ -49,7 +49,12 @@ describe('Queue', () => {
     const order: number[] = [];
     const pending: Promise<string>[] = [];
     for (let i = 0; i < consumers.length; i++) {
-      pending.push(consumers[i]!.dequeue().then((v) => { order.push(i); return v; }));
+      pending.push(
+        consumers[i]!.dequeue().then((v) => {
+          order.push(i);
+          return v;
+        }),
+      );
       await waitForCount(admin, '__line/waiters/', i + 1); // queued strictly after the previous one
     }
     const producer = new Queue(admin, 'line');
@@ -115,9 +120,11 @@ describe('Queue', () => {
         if (got.length === total) stop.abort();
       }
     });
-    await Promise.all(producers.map(async (p, i) => {
-      for (let j = 0; j < perProducer; j++) await p.enqueue(`p${i}-${j}`);
-    }));
+    await Promise.all(
+      producers.map(async (p, i) => {
+        for (let j = 0; j < perProducer; j++) await p.enqueue(`p${i}-${j}`);
+      }),
+    );
     await within(30_000, Promise.all(loops), 'consumers');
     const counts = tally(got);
     expect(counts.size).toBe(total);
@@ -129,7 +136,7 @@ describe('Queue', () => {
     expect(await keysUnder(admin, '__nm/')).toEqual([]);
   });
 
-  it('an aborted dequeue rejects with the signal\'s reason and leaves no key', async () => {
+  it("an aborted dequeue rejects with the signal's reason and leaves no key", async () => {
     const client = etcd().client();
     await using q = new Queue(client, 'abort');
     const controller = new AbortController();
@@ -163,14 +170,18 @@ describe('Queue', () => {
     const waiter = (await client.getAll().prefix('__revoked/waiters/').exec()).kvs[0]!;
     await client.leaseClient.leaseRevoke({ ID: waiter.lease });
     // The queue notices (keepalive), takes a new lease and joins the line again.
-    await within(10_000, (async () => {
-      for (;;) {
-        const kvs = (await client.getAll().prefix('__revoked/waiters/').exec()).kvs;
-        if (kvs.length === 1 && kvs[0]!.lease !== waiter.lease) return;
-        await waitForCount(client, '__revoked/waiters/', 1);
-        await new Promise((r) => setTimeout(r, 50));
-      }
-    })(), 'new waiter key');
+    await within(
+      10_000,
+      (async () => {
+        for (;;) {
+          const kvs = (await client.getAll().prefix('__revoked/waiters/').exec()).kvs;
+          if (kvs.length === 1 && kvs[0]!.lease !== waiter.lease) return;
+          await waitForCount(client, '__revoked/waiters/', 1);
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      })(),
+      'new waiter key',
+    );
     await q.enqueue('x');
     expect(await within(5000, pending)).toBe('x');
   });
@@ -190,7 +201,10 @@ describe('Queue', () => {
     for (const v of [undefined, null, 5, {}, ['a']]) {
       await expect(q.enqueue(v as never)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', argument: 'value' });
     }
-    await expect(q.dequeue({ signal: 'soon' as never })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', argument: 'options.signal' });
+    await expect(q.dequeue({ signal: 'soon' as never })).rejects.toMatchObject({
+      code: 'INVALID_ARGUMENT',
+      argument: 'options.signal',
+    });
     await expect(q.dequeue(null as never)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
     expect(await keysUnder(client, 'badin')).toEqual([]);
     expect(await keysUnder(client, '__badin')).toEqual([]);

@@ -5,33 +5,57 @@ import { forkFixture, keysUnder, useCluster, waitForKeyGone, within } from './he
 describe('runWithSession', () => {
   const etcd = useCluster();
 
-  it('resolves with fn\'s value on a live session and closes it', async () => {
+  it("resolves with fn's value on a live session and closes it", async () => {
     const client = etcd().client();
     let seen: Session | undefined;
-    const value = await runWithSession(client, async (session, signal) => {
-      seen = session;
-      expect(signal.aborted).toBe(false);
-      await client.put('rws/value').value('x').exec();
-      return 42;
-    }, { ttl: 5 });
+    const value = await runWithSession(
+      client,
+      async (session, signal) => {
+        seen = session;
+        expect(signal.aborted).toBe(false);
+        await client.put('rws/value').value('x').exec();
+        return 42;
+      },
+      { ttl: 5 },
+    );
     expect(value).toBe(42);
     expect(seen!.expired).toBe(true);
     const leases = await client.leaseClient.leaseLeases();
     expect((leases.leases ?? []).map((l) => l.ID)).not.toContain(seen!.leaseId);
   });
 
-  it('rejects with fn\'s own error (not a loss), and with the caller\'s reason on abort', async () => {
+  it("rejects with fn's own error (not a loss), and with the caller's reason on abort", async () => {
     const client = etcd().client();
     let runs = 0;
-    await expect(runWithSession(client, () => { runs++; throw new Error('boom'); }, { ttl: 5 })).rejects.toThrow('boom');
+    await expect(
+      runWithSession(
+        client,
+        () => {
+          runs++;
+          throw new Error('boom');
+        },
+        { ttl: 5 },
+      ),
+    ).rejects.toThrow('boom');
     expect(runs).toBe(1);
     const stop = new AbortController();
     let session: Session | undefined;
-    const running = runWithSession(client, async (s, signal) => {
-      session = s;
-      await new Promise((_, reject) => signal.addEventListener('abort', () => reject(new Error('fn saw abort')), { once: true }));
-    }, { ttl: 5, signal: stop.signal });
-    await within(10_000, (async () => { while (!session) await new Promise((r) => setTimeout(r, 5)); })());
+    const running = runWithSession(
+      client,
+      async (s, signal) => {
+        session = s;
+        await new Promise((_, reject) =>
+          signal.addEventListener('abort', () => reject(new Error('fn saw abort')), { once: true }),
+        );
+      },
+      { ttl: 5, signal: stop.signal },
+    );
+    await within(
+      10_000,
+      (async () => {
+        while (!session) await new Promise((r) => setTimeout(r, 5));
+      })(),
+    );
     stop.abort(new Error('stop now'));
     await expect(running).rejects.toThrow('stop now');
     expect(session!.expired).toBe(true);
@@ -44,25 +68,33 @@ describe('runWithSession', () => {
     const lost: unknown[] = [];
     let running = 0;
     let overlap = false;
-    const value = await within(30_000, runWithSession(client, async (session, signal) => {
-      running++;
-      if (running > 1) overlap = true;
-      sessions.push(session);
-      try {
-        if (sessions.length === 1) {
-          // Revoke our lease from another client: the session notices and fn's signal aborts.
-          await admin.leaseClient.leaseRevoke({ ID: session.leaseId });
-          // The session may have noticed before the revoke's reply came back: the signal is then aborted already.
-          if (!signal.aborted) await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
-          // Settle late, on purpose: the next run must not start before this one is over.
-          await new Promise((r) => setTimeout(r, 200));
-          return 'first run returned after the loss (not an outcome)';
-        }
-        return `done on session ${sessions.length}`;
-      } finally {
-        running--;
-      }
-    }, { ttl: 5, onLost: (reason) => lost.push(reason) }));
+    const value = await within(
+      30_000,
+      runWithSession(
+        client,
+        async (session, signal) => {
+          running++;
+          if (running > 1) overlap = true;
+          sessions.push(session);
+          try {
+            if (sessions.length === 1) {
+              // Revoke our lease from another client: the session notices and fn's signal aborts.
+              await admin.leaseClient.leaseRevoke({ ID: session.leaseId });
+              // The session may have noticed before the revoke's reply came back: the signal is then aborted already.
+              if (!signal.aborted)
+                await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
+              // Settle late, on purpose: the next run must not start before this one is over.
+              await new Promise((r) => setTimeout(r, 200));
+              return 'first run returned after the loss (not an outcome)';
+            }
+            return `done on session ${sessions.length}`;
+          } finally {
+            running--;
+          }
+        },
+        { ttl: 5, onLost: (reason) => lost.push(reason) },
+      ),
+    );
     expect(value).toBe('done on session 2');
     expect(overlap).toBe(false);
     expect(sessions).toHaveLength(2);
@@ -83,8 +115,9 @@ describe('runWithSession', () => {
       [client, fn, { onLost: 5 }, 'options.onLost'],
     ];
     for (const [c, f, o, argument] of bad) {
-      await expect(Promise.resolve().then(() => runWithSession(c as never, f as never, o as RunWithSessionOptions)))
-        .rejects.toMatchObject({ code: 'INVALID_ARGUMENT', argument });
+      await expect(
+        Promise.resolve().then(() => runWithSession(c as never, f as never, o as RunWithSessionOptions)),
+      ).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', argument });
     }
     expect((await client.leaseClient.leaseLeases()).leases?.length ?? 0).toBe(leasesBefore);
   });
@@ -113,16 +146,24 @@ describe('runWithSession', () => {
       w.child.send({ type: 'go', id: claimed.id });
       // From here on, every claim may proceed at once.
       let from = claimedAt + 1;
-      await within(60_000, (async () => {
-        for (let acked = 0; acked < ids.length;) {
-          const i = await w.next((m) => m.type === 'claimed' || m.type === 'acked' || m.type === 'failed', from, 60_000);
-          const m = w.messages[i]!;
-          from = i + 1;
-          if (m.type === 'failed') throw new Error(`worker failed: ${m.message as string}`);
-          if (m.type === 'claimed') w.child.send({ type: 'go', id: m.id });
-          else acked++;
-        }
-      })(), 'all jobs acked');
+      await within(
+        60_000,
+        (async () => {
+          for (let acked = 0; acked < ids.length; ) {
+            const i = await w.next(
+              (m) => m.type === 'claimed' || m.type === 'acked' || m.type === 'failed',
+              from,
+              60_000,
+            );
+            const m = w.messages[i]!;
+            from = i + 1;
+            if (m.type === 'failed') throw new Error(`worker failed: ${m.message as string}`);
+            if (m.type === 'claimed') w.child.send({ type: 'go', id: m.id });
+            else acked++;
+          }
+        })(),
+        'all jobs acked',
+      );
       w.child.send({ type: 'stop' });
       await w.next((m) => m.type === 'stopped');
     } finally {

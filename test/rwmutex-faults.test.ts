@@ -5,7 +5,7 @@ import { keysUnder, spawnWorker, stillPending, useCluster, waitForKeyCount, with
 describe('RWMutex when a holder process dies', () => {
   const etcd = useCluster();
 
-  it('a SIGKILLed writer\'s lock passes to the waiting readers after its lease expires', async () => {
+  it("a SIGKILLed writer's lock passes to the waiting readers after its lease expires", async () => {
     const cluster = etcd();
     const client = cluster.client();
     const holder = spawnWorker('fixtures/semaphore-holder.ts', [cluster.endpoints.join(','), 'crash/rw', '2', 'write']);
@@ -39,29 +39,42 @@ describe('RWMutex in a 3-member cluster when the Raft leader is killed', () => {
     let writes = 0;
     let sections = 0;
     let killed: Promise<void> | undefined;
-    await within(120_000, Promise.all(Array.from({ length: workers }, async (_, w) => {
-      const client = cluster.client();
-      await using session = await Session.create(client, { ttl: 10 });
-      const rw = new RWMutex(session, 'ha/rw');
-      for (let i = 0; i < rounds; i++) {
-        const write = (w + i) % 2 === 0;
-        await using held = write ? await rw.acquireWrite() : await rw.acquireRead();
-        if (write) writers++;
-        else readers++;
-        if (writers > 1 || (writers > 0 && readers > 0)) violations++;
-        const n = Number(await client.get('ha/rw-data').string());
-        if (write) {
-          expect((await held.ifOwner().then(client.put('ha/rw-data').value(String(n + 1))).commit()).succeeded).toBe(true);
-          writes++;
-        } else {
-          expect(Number(await client.get('ha/rw-data').string())).toBe(n);
-        }
-        sections++;
-        if (sections === 8) killed = cluster.leader().then((leader) => leader.kill());
-        if (write) writers--;
-        else readers--;
-      }
-    })), 'contended run');
+    await within(
+      120_000,
+      Promise.all(
+        Array.from({ length: workers }, async (_, w) => {
+          const client = cluster.client();
+          await using session = await Session.create(client, { ttl: 10 });
+          const rw = new RWMutex(session, 'ha/rw');
+          for (let i = 0; i < rounds; i++) {
+            const write = (w + i) % 2 === 0;
+            await using held = write ? await rw.acquireWrite() : await rw.acquireRead();
+            if (write) writers++;
+            else readers++;
+            if (writers > 1 || (writers > 0 && readers > 0)) violations++;
+            const n = Number(await client.get('ha/rw-data').string());
+            if (write) {
+              expect(
+                (
+                  await held
+                    .ifOwner()
+                    .then(client.put('ha/rw-data').value(String(n + 1)))
+                    .commit()
+                ).succeeded,
+              ).toBe(true);
+              writes++;
+            } else {
+              expect(Number(await client.get('ha/rw-data').string())).toBe(n);
+            }
+            sections++;
+            if (sections === 8) killed = cluster.leader().then((leader) => leader.kill());
+            if (write) writers--;
+            else readers--;
+          }
+        }),
+      ),
+      'contended run',
+    );
     await killed;
     expect(violations).toBe(0);
     expect(sections).toBe(workers * rounds);

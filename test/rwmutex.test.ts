@@ -5,7 +5,7 @@ import { keysUnder, stillPending, useCluster, waitForKeyCount, within } from './
 describe('RWMutex', () => {
   const etcd = useCluster();
 
-  it('uses Go\'s recipes layout: <name>/read/<19 digits> and <name>/write/<19 digits>, empty, on the lease', async () => {
+  it("uses Go's recipes layout: <name>/read/<19 digits> and <name>/write/<19 digits>, empty, on the lease", async () => {
     const client = etcd().client();
     await using session = await Session.create(client, { ttl: 10 });
     const rw = new RWMutex(session, 'layout/rw');
@@ -37,34 +37,47 @@ describe('RWMutex', () => {
     let writes = 0;
     const workers = 6;
     const rounds = 8;
-    await within(60_000, Promise.all(Array.from({ length: workers }, async (_, w) => {
-      const client = etcd().client();
-      await using session = await Session.create(client, { ttl: 10 });
-      const rw = new RWMutex(session, 'ex/rw');
-      for (let i = 0; i < rounds; i++) {
-        if ((w + i) % 3 === 0) {
-          await using held = await rw.acquireWrite();
-          writers++;
-          if (writers > 1 || readers > 0) violations++;
-          const n = Number(await client.get(dataKey).string());
-          await new Promise((r) => setImmediate(r));
-          expect((await held.ifOwner().then(client.put(dataKey).value(String(n + 1))).commit()).succeeded).toBe(true);
-          writes++;
-          writers--;
-        } else {
-          await using held = await rw.acquireRead();
-          readers++;
-          maxReaders = Math.max(maxReaders, readers);
-          if (writers > 0) violations++;
-          const before = await client.get(dataKey).string();
-          await new Promise((r) => setTimeout(r, 2));
-          // No writer can have run while we held the read lock.
-          expect(await client.get(dataKey).string()).toBe(before);
-          expect(held.signal.aborted).toBe(false);
-          readers--;
-        }
-      }
-    })), 'mixed run');
+    await within(
+      60_000,
+      Promise.all(
+        Array.from({ length: workers }, async (_, w) => {
+          const client = etcd().client();
+          await using session = await Session.create(client, { ttl: 10 });
+          const rw = new RWMutex(session, 'ex/rw');
+          for (let i = 0; i < rounds; i++) {
+            if ((w + i) % 3 === 0) {
+              await using held = await rw.acquireWrite();
+              writers++;
+              if (writers > 1 || readers > 0) violations++;
+              const n = Number(await client.get(dataKey).string());
+              await new Promise((r) => setImmediate(r));
+              expect(
+                (
+                  await held
+                    .ifOwner()
+                    .then(client.put(dataKey).value(String(n + 1)))
+                    .commit()
+                ).succeeded,
+              ).toBe(true);
+              writes++;
+              writers--;
+            } else {
+              await using held = await rw.acquireRead();
+              readers++;
+              maxReaders = Math.max(maxReaders, readers);
+              if (writers > 0) violations++;
+              const before = await client.get(dataKey).string();
+              await new Promise((r) => setTimeout(r, 2));
+              // No writer can have run while we held the read lock.
+              expect(await client.get(dataKey).string()).toBe(before);
+              expect(held.signal.aborted).toBe(false);
+              readers--;
+            }
+          }
+        }),
+      ),
+      'mixed run',
+    );
     expect(violations).toBe(0);
     expect(Number(await admin.get(dataKey).string())).toBe(writes);
     expect(writes).toBeGreaterThan(0);
@@ -75,7 +88,11 @@ describe('RWMutex', () => {
   it('lets many readers hold at once', async () => {
     const client = etcd().client();
     const sessions = await Promise.all(Array.from({ length: 5 }, () => Session.create(etcd().client(), { ttl: 10 })));
-    const handles = await within(10_000, Promise.all(sessions.map((s) => new RWMutex(s, 'share/rw').acquireRead())), 'readers');
+    const handles = await within(
+      10_000,
+      Promise.all(sessions.map((s) => new RWMutex(s, 'share/rw').acquireRead())),
+      'readers',
+    );
     expect(handles.every((h) => !h.released)).toBe(true);
     expect(await keysUnder(client, 'share/rw/read/')).toHaveLength(5);
     // A writer must wait for all of them.
@@ -95,7 +112,10 @@ describe('RWMutex', () => {
     const first = await new RWMutex(s0, 'starve/rw').acquireRead();
     const order: string[] = [];
     await using ws = await Session.create(etcd().client(), { ttl: 10 });
-    const writer = new RWMutex(ws, 'starve/rw').acquireWrite().then((h) => { order.push('W'); return h; });
+    const writer = new RWMutex(ws, 'starve/rw').acquireWrite().then((h) => {
+      order.push('W');
+      return h;
+    });
     await waitForKeyCount(client, 'starve/rw/write/', 1);
     // A stream of readers, each queued after the writer, while only a reader holds.
     const sessions: Session[] = [];
@@ -103,7 +123,12 @@ describe('RWMutex', () => {
     for (let i = 0; i < 5; i++) {
       const s = await Session.create(etcd().client(), { ttl: 10 });
       sessions.push(s);
-      readers.push(new RWMutex(s, 'starve/rw').acquireRead().then((h) => { order.push(`R${i}`); return h; }));
+      readers.push(
+        new RWMutex(s, 'starve/rw').acquireRead().then((h) => {
+          order.push(`R${i}`);
+          return h;
+        }),
+      );
       await waitForKeyCount(client, 'starve/rw/read/', i + 2);
     }
     expect(await stillPending(Promise.race(readers), 300)).toBe(true);
@@ -125,7 +150,11 @@ describe('RWMutex', () => {
     const rw = sessions.map((s) => new RWMutex(s, 'line/rw'));
     const r0 = await rw[0]!.acquireRead();
     const events: string[] = [];
-    const track = (name: string, p: Promise<RWLockHandle>) => p.then((h) => { events.push(name); return h; });
+    const track = (name: string, p: Promise<RWLockHandle>) =>
+      p.then((h) => {
+        events.push(name);
+        return h;
+      });
     const w1 = track('W1', rw[1]!.acquireWrite());
     await waitForKeyCount(client, 'line/rw/', 2);
     const r1 = track('R1', rw[2]!.acquireRead());
@@ -158,11 +187,13 @@ describe('RWMutex', () => {
     for (let i = 0; i < 5; i++) {
       const s = await Session.create(etcd().client(), { ttl: 10 });
       sessions.push(s);
-      waiters.push(new RWMutex(s, 'fifo/rw').acquireWrite().then(async (h) => {
-        order.push(i);
-        tokens.push(h.fencingToken);
-        await h.release();
-      }));
+      waiters.push(
+        new RWMutex(s, 'fifo/rw').acquireWrite().then(async (h) => {
+          order.push(i);
+          tokens.push(h.fencingToken);
+          await h.release();
+        }),
+      );
       await waitForKeyCount(client, 'fifo/rw/write/', i + 2);
     }
     await holder.release();
@@ -239,9 +270,13 @@ describe('RWMutex', () => {
     const writer = new RWMutex(b, 'lost/rw').acquireWrite();
     await waitForKeyCount(client, 'lost/rw/', 2);
     await client.leaseClient.leaseRevoke({ ID: a.leaseId });
-    const reason = await within(10_000, new Promise<unknown>((resolve) => {
-      reader.signal.addEventListener('abort', () => resolve(reader.signal.reason), { once: true });
-    }), 'holder signal');
+    const reason = await within(
+      10_000,
+      new Promise<unknown>((resolve) => {
+        reader.signal.addEventListener('abort', () => resolve(reader.signal.reason), { once: true });
+      }),
+      'holder signal',
+    );
     expect(isRecipeError(reason, 'SESSION_EXPIRED')).toBe(true);
     const w = await within(10_000, writer, 'writer');
     expect(w.fencingToken > reader.fencingToken).toBe(true);
@@ -269,7 +304,7 @@ describe('RWMutex', () => {
     expect(await keysUnder(client, 'one/rw/')).toEqual([]);
   });
 
-  it('interoperates with keys in Go\'s layout: a Go writer blocks our reader, a Go reader only our writer', async () => {
+  it("interoperates with keys in Go's layout: a Go writer blocks our reader, a Go reader only our writer", async () => {
     const client = etcd().client();
     const lease = client.lease(10, { autoKeepAlive: false });
     const goWriter = `go/rw/write/${BigInt(Date.now()) * 1_000_000n}`;
@@ -338,7 +373,8 @@ describe('RWMutex', () => {
     const client = etcd().client();
     await using session = await Session.create(client, { ttl: 10 });
     const before = await keysUnder(client);
-    const bad = (fn: () => unknown) => expect(Promise.resolve().then(fn)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+    const bad = (fn: () => unknown) =>
+      expect(Promise.resolve().then(fn)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
     await bad(() => new RWMutex(session, ''));
     await bad(() => new RWMutex(session, Buffer.alloc(0)));
     await bad(() => new RWMutex(session, 7 as never));

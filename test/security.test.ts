@@ -1,10 +1,27 @@
 import type { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  Election, Mutex, observeLeader, PermissionDeniedError, Queue, runSTM, Semaphore, ServiceDiscovery, ServiceRegistry, Session, WorkQueue,
-  isRecipeError, type LeaderState,
+  Election,
+  Mutex,
+  observeLeader,
+  PermissionDeniedError,
+  Queue,
+  runSTM,
+  Semaphore,
+  ServiceDiscovery,
+  ServiceRegistry,
+  Session,
+  WorkQueue,
+  isRecipeError,
+  type LeaderState,
 } from '../src/index.js';
-import { EtcdCluster, requestCounts, requestsBetween, type EtcdClusterOptions, type EtcdGrant } from '../src/testing/index.js';
+import {
+  EtcdCluster,
+  requestCounts,
+  requestsBetween,
+  type EtcdClusterOptions,
+  type EtcdGrant,
+} from '../src/testing/index.js';
 import { keysUnder, stillPending, within } from './helpers.js';
 
 /*
@@ -140,7 +157,7 @@ describe.each(modes)('recipes over %s', (mode, options) => {
     const job = await within(10_000, wq.claim(), 'claim');
     expect(job.value).toBe('job-1');
     await job.ack();
-    expect((await wq.stats())).toMatchObject({ jobs: 0, claimed: 0 });
+    expect(await wq.stats()).toMatchObject({ jobs: 0, claimed: 0 });
     await session.close();
     expect(await keysUnder(admin, `${prefix}/jobs/`)).toEqual([]);
   });
@@ -173,39 +190,66 @@ describe.each(modes)('recipes over %s', (mode, options) => {
     const disco = new ServiceDiscovery(client, service);
     await within(10_000, disco.ready(), 'discovery ready');
     expect(disco.instances().map((i) => i.id)).toEqual(['i1']);
-    const gone = new Promise<void>((resolve) => disco.on('change', () => { if (disco.instances().length === 0) resolve(); }));
+    const gone = new Promise<void>((resolve) =>
+      disco.on('change', () => {
+        if (disco.instances().length === 0) resolve();
+      }),
+    );
     await reg.deregister();
     await within(10_000, gone, 'deregistration seen');
     await disco.close();
   });
 
-  it.runIf(!!options.auth)('a lock outside the role rejects at once with PERMISSION_DENIED naming the key, and leaves no key', async () => {
-    expect(mode).toMatch(/auth/);
-    const client = await clientFor('mutex', 'sec/allowed');
-    const session = await Session.create(client, { ttl: 10 });
-    const before = await requestCounts(cluster.members[0]!.metricsUrl);
-    const started = performance.now();
-    const err = await within(10_000, new Mutex(session, 'sec/forbidden').lock().then(() => undefined, (e: unknown) => e), 'denied lock');
-    const elapsed = performance.now() - started;
-    const sent = requestsBetween(before, await requestCounts(cluster.members[0]!.metricsUrl));
-    expect(isRecipeError(err, 'PERMISSION_DENIED')).toBe(true);
-    expect(err).toBeInstanceOf(PermissionDeniedError);
-    const denied = err as PermissionDeniedError;
-    expect(denied.key).toMatch(/^sec\/forbidden\//);
-    expect(denied.message).toContain('sec/forbidden/');
-    // Not retried: the refused create, and at most the cleanup of the key it might have made.
-    expect(sent.txn).toBeLessThanOrEqual(2);
-    expect(elapsed).toBeLessThan(1000);
-    await session.close();
-    expect(await keysUnder(admin, 'sec/forbidden')).toEqual([]);
-  });
+  it.runIf(!!options.auth)(
+    'a lock outside the role rejects at once with PERMISSION_DENIED naming the key, and leaves no key',
+    async () => {
+      expect(mode).toMatch(/auth/);
+      const client = await clientFor('mutex', 'sec/allowed');
+      const session = await Session.create(client, { ttl: 10 });
+      const before = await requestCounts(cluster.members[0]!.metricsUrl);
+      const started = performance.now();
+      const err = await within(
+        10_000,
+        new Mutex(session, 'sec/forbidden').lock().then(
+          () => undefined,
+          (e: unknown) => e,
+        ),
+        'denied lock',
+      );
+      const elapsed = performance.now() - started;
+      const sent = requestsBetween(before, await requestCounts(cluster.members[0]!.metricsUrl));
+      expect(isRecipeError(err, 'PERMISSION_DENIED')).toBe(true);
+      expect(err).toBeInstanceOf(PermissionDeniedError);
+      const denied = err as PermissionDeniedError;
+      expect(denied.key).toMatch(/^sec\/forbidden\//);
+      expect(denied.message).toContain('sec/forbidden/');
+      // Not retried: the refused create, and at most the cleanup of the key it might have made.
+      expect(sent.txn).toBeLessThanOrEqual(2);
+      expect(elapsed).toBeLessThan(1000);
+      await session.close();
+      expect(await keysUnder(admin, 'sec/forbidden')).toEqual([]);
+    },
+  );
 
-  it.runIf(!!options.auth)('observing an election outside the role ends with PERMISSION_DENIED naming the key', async () => {
-    const client = await clientFor('mutex', 'sec/allowed');
-    const err = await within(10_000, (async () => {
-      for await (const state of observeLeader(client, 'sec/forbidden-election', { signal: AbortSignal.timeout(8000) })) void state;
-    })().then(() => undefined, (e: unknown) => e), 'denied observe');
-    expect(isRecipeError(err, 'PERMISSION_DENIED'), String(err)).toBe(true);
-    expect((err as PermissionDeniedError).key).toMatch(/^sec\/forbidden-election/);
-  });
+  it.runIf(!!options.auth)(
+    'observing an election outside the role ends with PERMISSION_DENIED naming the key',
+    async () => {
+      const client = await clientFor('mutex', 'sec/allowed');
+      const err = await within(
+        10_000,
+        (async () => {
+          for await (const state of observeLeader(client, 'sec/forbidden-election', {
+            signal: AbortSignal.timeout(8000),
+          }))
+            void state;
+        })().then(
+          () => undefined,
+          (e: unknown) => e,
+        ),
+        'denied observe',
+      );
+      expect(isRecipeError(err, 'PERMISSION_DENIED'), String(err)).toBe(true);
+      expect((err as PermissionDeniedError).key).toMatch(/^sec\/forbidden-election/);
+    },
+  );
 });

@@ -5,7 +5,7 @@ import { keysUnder, spawnWorker, stillPending, useCluster, waitForKeyCount, with
 describe('Semaphore when a holder process dies', () => {
   const etcd = useCluster();
 
-  it('a SIGKILLed holder\'s permit passes to the first waiter after its lease expires', async () => {
+  it("a SIGKILLed holder's permit passes to the first waiter after its lease expires", async () => {
     const cluster = etcd();
     const client = cluster.client();
     await using mine = await Session.create(client, { ttl: 10 });
@@ -41,23 +41,32 @@ describe('Semaphore in a 3-member cluster when the Raft leader is killed', () =>
     let maxInside = 0;
     let sections = 0;
     let killed: Promise<void> | undefined;
-    await within(120_000, Promise.all(Array.from({ length: workers }, async () => {
-      const client = cluster.client();
-      await using session = await Session.create(client, { ttl: 10 });
-      const sem = new Semaphore(session, 'ha/sem', permits);
-      for (let i = 0; i < rounds; i++) {
-        await using held = await sem.acquire();
-        inside++;
-        maxInside = Math.max(maxInside, inside);
-        // A fenced write per section: it must land, the permit is ours.
-        const res = await held.ifOwner().then(client.put(`ha/work/${held.fencingToken}`).value('1')).commit();
-        expect(res.succeeded).toBe(true);
-        sections++;
-        // Kill the leader once, a little way into the run, while others are queued.
-        if (sections === 8) killed = cluster.leader().then((leader) => leader.kill());
-        inside--;
-      }
-    })), 'contended run');
+    await within(
+      120_000,
+      Promise.all(
+        Array.from({ length: workers }, async () => {
+          const client = cluster.client();
+          await using session = await Session.create(client, { ttl: 10 });
+          const sem = new Semaphore(session, 'ha/sem', permits);
+          for (let i = 0; i < rounds; i++) {
+            await using held = await sem.acquire();
+            inside++;
+            maxInside = Math.max(maxInside, inside);
+            // A fenced write per section: it must land, the permit is ours.
+            const res = await held
+              .ifOwner()
+              .then(client.put(`ha/work/${held.fencingToken}`).value('1'))
+              .commit();
+            expect(res.succeeded).toBe(true);
+            sections++;
+            // Kill the leader once, a little way into the run, while others are queued.
+            if (sections === 8) killed = cluster.leader().then((leader) => leader.kill());
+            inside--;
+          }
+        }),
+      ),
+      'contended run',
+    );
     await killed;
     expect(maxInside).toBeLessThanOrEqual(permits);
     expect(sections).toBe(workers * rounds);

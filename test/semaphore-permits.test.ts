@@ -14,7 +14,9 @@ describe('Semaphore.acquire({ permits: n })', () => {
     expect(kvs).toHaveLength(3);
     const base = held.key.slice(0, -4);
     expect(held.key).toMatch(/^wlayout\/queue\/\d{19}-000$/);
-    expect(kvs.map((kv) => kv.key.toString()).sort()).toEqual([0, 1, 2].map((i) => `${base}-00${i}`.replace('--', '-')));
+    expect(kvs.map((kv) => kv.key.toString()).sort()).toEqual(
+      [0, 1, 2].map((i) => `${base}-00${i}`.replace('--', '-')),
+    );
     expect(new Set(kvs.map((kv) => kv.create_revision))).toEqual(new Set([held.fencingToken.toString()]));
     expect(kvs.every((kv) => kv.lease === session.leaseId && kv.value.length === 0)).toBe(true);
     expect(await sem.usage()).toEqual({ holders: 3, waiters: 0 });
@@ -28,9 +30,15 @@ describe('Semaphore.acquire({ permits: n })', () => {
     const sem = new Semaphore(session, 'fifo-w', 4);
     const singles = await Promise.all([sem.acquire(), sem.acquire(), sem.acquire()]);
     const order: string[] = [];
-    const big = sem.acquire({ permits: 2 }).then((h) => { order.push('big'); return h; });
+    const big = sem.acquire({ permits: 2 }).then((h) => {
+      order.push('big');
+      return h;
+    });
     await waitForKeyCount(client, 'fifo-w/queue/', 5);
-    const small = sem.acquire().then((h) => { order.push('small'); return h; });
+    const small = sem.acquire().then((h) => {
+      order.push('small');
+      return h;
+    });
     await waitForKeyCount(client, 'fifo-w/queue/', 6);
     // One permit is free, but the large request is ahead: nobody barges past it.
     expect(await sem.usage()).toEqual({ holders: 3, waiters: 3 });
@@ -81,10 +89,16 @@ describe('Semaphore.acquire({ permits: n })', () => {
     await using session = await Session.create(client, { ttl: 10 });
     const sem = new Semaphore(session, 'bad-w', 4);
     for (const permits of [0, 5, 1.5, '2', -1]) {
-      await expect(sem.acquire({ permits: permits as number })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', argument: 'options.permits' });
+      await expect(sem.acquire({ permits: permits as number })).rejects.toMatchObject({
+        code: 'INVALID_ARGUMENT',
+        argument: 'options.permits',
+      });
     }
     const big = new Semaphore(session, 'bad-w2', 1000);
-    await expect(big.acquire({ permits: MAX_PERMITS_PER_ACQUIRE + 1 })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', argument: 'options.permits' });
+    await expect(big.acquire({ permits: MAX_PERMITS_PER_ACQUIRE + 1 })).rejects.toMatchObject({
+      code: 'INVALID_ARGUMENT',
+      argument: 'options.permits',
+    });
     expect(await keysUnder(client, 'bad-w')).toEqual([]);
   });
 
@@ -96,7 +110,10 @@ describe('Semaphore.acquire({ permits: n })', () => {
     let checks = 0;
     /** Records a hold in etcd and, in the same Txn, reads every recorded hold: their sum is exact at that revision. */
     async function occupy(h: PermitHandle, n: number, id: string): Promise<void> {
-      const res = await h.ifOwner().then(client.put(`wocc/${id}`).value(String(n)), client.getAll().prefix('wocc/')).commit();
+      const res = await h
+        .ifOwner()
+        .then(client.put(`wocc/${id}`).value(String(n)), client.getAll().prefix('wocc/'))
+        .commit();
       if (!res.succeeded) return; // lost the permit: nothing recorded
       const all = res.responses[1]!.response_range!.kvs.map((kv) => Number(kv.value.toString()));
       checks++;
@@ -135,7 +152,9 @@ describe('Semaphore.acquire({ permits: n })', () => {
     }
     stop.abort();
     await within(30_000, Promise.all(streamers));
-    console.log(`semaphore permits: N/2 request served in ${waits.map((w) => Math.round(w)).join(', ')} ms; ${checks} occupancy checks`);
+    console.log(
+      `semaphore permits: N/2 request served in ${waits.map((w) => Math.round(w)).join(', ')} ms; ${checks} occupancy checks`,
+    );
     expect(violations).toBe(0);
     expect(checks).toBeGreaterThan(100);
     expect(Math.max(...waits)).toBeLessThan(10_000);

@@ -7,7 +7,11 @@ function tracker() {
   const order: string[] = [];
   return {
     order,
-    track: (name: string, p: Promise<PermitHandle>) => p.then((h) => { order.push(name); return h; }),
+    track: (name: string, p: Promise<PermitHandle>) =>
+      p.then((h) => {
+        order.push(name);
+        return h;
+      }),
   };
 }
 
@@ -45,21 +49,27 @@ describe('Semaphore', () => {
     const workers = 8;
     const rounds = 6;
     const tokens = new Set<bigint>();
-    await within(60_000, Promise.all(Array.from({ length: workers }, async () => {
-      const client = etcd().client();
-      await using session = await Session.create(client, { ttl: 10 });
-      const sem = new Semaphore(session, 'cap/sem', permits);
-      for (let i = 0; i < rounds; i++) {
-        await using held = await sem.acquire();
-        inside++;
-        maxInside = Math.max(maxInside, inside);
-        tokens.add(held.fencingToken);
-        await client.get('cap/work').string(); // a little work while holding
-        await new Promise((r) => setTimeout(r, 3));
-        sections++;
-        inside--;
-      }
-    })), 'contended run');
+    await within(
+      60_000,
+      Promise.all(
+        Array.from({ length: workers }, async () => {
+          const client = etcd().client();
+          await using session = await Session.create(client, { ttl: 10 });
+          const sem = new Semaphore(session, 'cap/sem', permits);
+          for (let i = 0; i < rounds; i++) {
+            await using held = await sem.acquire();
+            inside++;
+            maxInside = Math.max(maxInside, inside);
+            tokens.add(held.fencingToken);
+            await client.get('cap/work').string(); // a little work while holding
+            await new Promise((r) => setTimeout(r, 3));
+            sections++;
+            inside--;
+          }
+        }),
+      ),
+      'contended run',
+    );
     expect(maxInside).toBeLessThanOrEqual(permits);
     expect(sections).toBe(workers * rounds);
     expect(tokens.size).toBe(workers * rounds);
@@ -85,7 +95,10 @@ describe('Semaphore', () => {
   it('serves waiters in FIFO order', async () => {
     const client = etcd().client();
     await using hs = await Session.create(client, { ttl: 10 });
-    const held: PermitHandle[] = [await new Semaphore(hs, 'fifo/sem', 2).acquire(), await new Semaphore(hs, 'fifo/sem', 2).acquire()];
+    const held: PermitHandle[] = [
+      await new Semaphore(hs, 'fifo/sem', 2).acquire(),
+      await new Semaphore(hs, 'fifo/sem', 2).acquire(),
+    ];
     const { order, track } = tracker();
     const sessions: Session[] = [];
     const waiters: Promise<PermitHandle>[] = [];
@@ -148,7 +161,11 @@ describe('Semaphore', () => {
     const controllers = sessions.map(() => new AbortController());
     const outcomes: Promise<unknown>[] = [];
     for (let i = 0; i < 3; i++) {
-      outcomes.push(new Semaphore(sessions[i]!, 'abort/sem', 1).acquire({ signal: controllers[i]!.signal }).catch((e: unknown) => e));
+      outcomes.push(
+        new Semaphore(sessions[i]!, 'abort/sem', 1)
+          .acquire({ signal: controllers[i]!.signal })
+          .catch((e: unknown) => e),
+      );
       await waitForKeyCount(client, 'abort/sem/queue/', i + 2);
     }
     const reason = new Error('caller gave up');
@@ -163,12 +180,16 @@ describe('Semaphore', () => {
     expect(await within(5000, outcomes[2]!)).toBe(reason);
     expect(await keysUnder(client, 'abort/sem/queue/')).toHaveLength(2);
     await holder.release();
-    const next = await within(5000, outcomes[1]!) as PermitHandle;
+    const next = (await within(5000, outcomes[1]!)) as PermitHandle;
     expect(next.fencingToken > holder.fencingToken).toBe(true);
     // A timeout signal works as an acquire timeout; an already-aborted one writes nothing.
-    const err = await new Semaphore(sessions[0]!, 'abort/sem', 1).acquire({ signal: AbortSignal.timeout(150) }).catch((e: unknown) => e);
+    const err = await new Semaphore(sessions[0]!, 'abort/sem', 1)
+      .acquire({ signal: AbortSignal.timeout(150) })
+      .catch((e: unknown) => e);
     expect((err as Error).name).toBe('TimeoutError');
-    await expect(new Semaphore(sessions[0]!, 'abort/sem', 1).acquire({ signal: AbortSignal.abort(reason) })).rejects.toBe(reason);
+    await expect(
+      new Semaphore(sessions[0]!, 'abort/sem', 1).acquire({ signal: AbortSignal.abort(reason) }),
+    ).rejects.toBe(reason);
     expect(await keysUnder(client, 'abort/sem/queue/')).toEqual([next.key]);
     await next.release();
     await Promise.all(sessions.map((s) => s.close()));
@@ -195,7 +216,9 @@ describe('Semaphore', () => {
     const client = etcd().client();
     const counts = [3, 5, 3, 5, 3, 5]; // at most 3 acquirers per count, so all of the winners hold
     const sessions = await Promise.all(counts.map(() => Session.create(etcd().client(), { ttl: 10 })));
-    const results = await Promise.all(sessions.map((s, i) => new Semaphore(s, 'race/sem', counts[i]!).acquire().catch((e: unknown) => e)));
+    const results = await Promise.all(
+      sessions.map((s, i) => new Semaphore(s, 'race/sem', counts[i]!).acquire().catch((e: unknown) => e)),
+    );
     const stored = Number(await client.get('race/sem/permits').string());
     expect([3, 5]).toContain(stored);
     const handles: PermitHandle[] = [];
@@ -228,13 +251,20 @@ describe('Semaphore', () => {
     expect(await within(10_000, doomed)).toMatchObject({ code: 'SESSION_EXPIRED' });
     expect(await stillPending(next, 100)).toBe(true);
     await client.leaseClient.leaseRevoke({ ID: a.leaseId });
-    const reason = await within(10_000, new Promise<unknown>((resolve) => {
-      holder.signal.addEventListener('abort', () => resolve(holder.signal.reason), { once: true });
-    }), 'holder signal');
+    const reason = await within(
+      10_000,
+      new Promise<unknown>((resolve) => {
+        holder.signal.addEventListener('abort', () => resolve(holder.signal.reason), { once: true });
+      }),
+      'holder signal',
+    );
     expect(isRecipeError(reason, 'SESSION_EXPIRED')).toBe(true);
     const h = await within(10_000, next, 'next holder');
     expect(h.fencingToken > holder.fencingToken).toBe(true);
-    const stale = await client.if(holder.key, 'Create', '==', holder.fencingToken.toString()).then(client.put('lost/data').value('x')).commit();
+    const stale = await client
+      .if(holder.key, 'Create', '==', holder.fencingToken.toString())
+      .then(client.put('lost/data').value('x'))
+      .commit();
     expect(stale.succeeded).toBe(false);
     await holder.release();
     await h.release();

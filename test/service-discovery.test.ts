@@ -1,7 +1,13 @@
 import type { Etcd3 } from 'etcd3';
 import { describe, expect, it } from 'vitest';
 import {
-  isRecipeError, ServiceDiscovery, ServiceIdTakenError, ServiceRegistry, type DisplacedInfo, type ServiceChange, type ServiceInstance,
+  isRecipeError,
+  ServiceDiscovery,
+  ServiceIdTakenError,
+  ServiceRegistry,
+  type DisplacedInfo,
+  type ServiceChange,
+  type ServiceInstance,
 } from '../src/index.js';
 import { converged, freshInstances, until, viewOf } from './fixtures/discovery-helpers.js';
 import { requestCounts } from '../src/testing/index.js';
@@ -18,14 +24,18 @@ async function leaseCount(client: Etcd3): Promise<number> {
 
 /** The next change event of `d` that satisfies `pred`. */
 function nextChange(d: ServiceDiscovery, pred: (c: ServiceChange) => boolean, what: string): Promise<ServiceChange> {
-  return within(20_000, new Promise<ServiceChange>((resolve) => {
-    const on = (c: ServiceChange) => {
-      if (!pred(c)) return;
-      d.off('change', on);
-      resolve(c);
-    };
-    d.on('change', on);
-  }), what);
+  return within(
+    20_000,
+    new Promise<ServiceChange>((resolve) => {
+      const on = (c: ServiceChange) => {
+        if (!pred(c)) return;
+        d.off('change', on);
+        resolve(c);
+      };
+      d.on('change', on);
+    }),
+    what,
+  );
 }
 
 describe('ServiceRegistry and ServiceDiscovery', () => {
@@ -35,7 +45,11 @@ describe('ServiceRegistry and ServiceDiscovery', () => {
     const client = etcd().client();
     const before = Date.now();
     const reg = await ServiceRegistry.register(client, {
-      service: 'layout', id: 'node-1', address: '10.0.0.7:8008', metadata: { zone: 'a', weight: 3 }, ttl: 5,
+      service: 'layout',
+      id: 'node-1',
+      address: '10.0.0.7:8008',
+      metadata: { zone: 'a', weight: 3 },
+      ttl: 5,
     });
     expect(reg.key).toBe('services/layout/node-1');
     expect(reg.registered).toBe(true);
@@ -55,7 +69,12 @@ describe('ServiceRegistry and ServiceDiscovery', () => {
     expect(Number(ttl.grantedTTL)).toBe(5);
 
     // A custom root.
-    const other = await ServiceRegistry.register(client, { service: 'layout', id: 'x', address: 'h:1', root: 'apps/prod/' });
+    const other = await ServiceRegistry.register(client, {
+      service: 'layout',
+      id: 'x',
+      address: 'h:1',
+      root: 'apps/prod/',
+    });
     expect(await keysUnder(client, 'apps/prod/')).toEqual(['apps/prod/layout/x']);
     await other.deregister();
 
@@ -78,14 +97,25 @@ describe('ServiceRegistry and ServiceDiscovery', () => {
     const regs: ServiceRegistry[] = [];
     for (let i = 0; i < 10; i++) {
       const seen = nextChange(disco, (c) => c.instance.id === `i${i}`, `instance i${i} seen`);
-      const reg = await ServiceRegistry.register(client, { service: 'rtt', id: `i${i}`, address: `10.0.0.${i}:80`, ttl: 5 });
+      const reg = await ServiceRegistry.register(client, {
+        service: 'rtt',
+        id: `i${i}`,
+        address: `10.0.0.${i}:80`,
+        ttl: 5,
+      });
       regs.push(reg);
       const change = await seen;
       expect(change.type).toBe('added');
       expect(change.resync).toBe(false);
       // The event is the registration's own write.
       expect(change.revision).toBe(reg.revision);
-      expect(change.instance).toMatchObject({ service: 'rtt', id: `i${i}`, key: `services/rtt/i${i}`, address: `10.0.0.${i}:80`, leaseId: reg.leaseId });
+      expect(change.instance).toMatchObject({
+        service: 'rtt',
+        id: `i${i}`,
+        key: `services/rtt/i${i}`,
+        address: `10.0.0.${i}:80`,
+        leaseId: reg.leaseId,
+      });
       expect(disco.get(`i${i}`)?.revision).toBe(reg.revision);
     }
     // Discovery never read etcd to see them: one watch event each.
@@ -104,7 +134,9 @@ describe('ServiceRegistry and ServiceDiscovery', () => {
     await using disco = new ServiceDiscovery(client, 'rr');
     await disco.ready();
     expect(disco.pick()).toBeUndefined();
-    const regs = await Promise.all(['a', 'b', 'c'].map((id) => ServiceRegistry.register(client, { service: 'rr', id, address: `${id}:1` })));
+    const regs = await Promise.all(
+      ['a', 'b', 'c'].map((id) => ServiceRegistry.register(client, { service: 'rr', id, address: `${id}:1` })),
+    );
     await until(disco, () => disco.size === 3, 'three instances');
     expect(Array.from({ length: 7 }, () => disco.pick()!.id)).toEqual(['a', 'b', 'c', 'a', 'b', 'c', 'a']);
     await regs[1]!.deregister();
@@ -154,13 +186,21 @@ describe('ServiceRegistry and ServiceDiscovery', () => {
     const crashed = await ServiceRegistry.register(client, { service: 'restart', id: 'w1', address: 'old:1', ttl: 2 });
     crashed.session!.orphan();
     const started = performance.now();
-    const restarted = await within(15_000, ServiceRegistry.register(client, { service: 'restart', id: 'w1', address: 'new:1', ttl: 5,
-      waitForStale: true }), 'the restarted registration');
+    const restarted = await within(
+      15_000,
+      ServiceRegistry.register(client, { service: 'restart', id: 'w1', address: 'new:1', ttl: 5, waitForStale: true }),
+      'the restarted registration',
+    );
     expect(performance.now() - started).toBeLessThan(5000);
     expect(JSON.parse((await client.get('services/restart/w1').string())!).address).toBe('new:1');
     // A live instance keeps its lease alive: waiting for it ends with SERVICE_ID_TAKEN, and it keeps its key.
-    const err = await ServiceRegistry.register(client, { service: 'restart', id: 'w1', address: 'dup:1', ttl: 5, waitForStale: true })
-      .catch((e: unknown) => e);
+    const err = await ServiceRegistry.register(client, {
+      service: 'restart',
+      id: 'w1',
+      address: 'dup:1',
+      ttl: 5,
+      waitForStale: true,
+    }).catch((e: unknown) => e);
     expect(isRecipeError(err, 'SERVICE_ID_TAKEN')).toBe(true);
     expect(restarted.registered).toBe(true);
     expect(JSON.parse((await client.get('services/restart/w1').string())!).address).toBe('new:1');
@@ -174,7 +214,12 @@ describe('ServiceRegistry and ServiceDiscovery', () => {
     await disco.ready();
     const first = await ServiceRegistry.register(client, { service: 'dup', id: 'one', address: 'first:1', ttl: 5 });
     const leasesBefore = await leaseCount(client);
-    const err = await ServiceRegistry.register(client, { service: 'dup', id: 'one', address: 'second:1', ttl: 5 }).catch((e: unknown) => e);
+    const err = await ServiceRegistry.register(client, {
+      service: 'dup',
+      id: 'one',
+      address: 'second:1',
+      ttl: 5,
+    }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(ServiceIdTakenError);
     expect(isRecipeError(err, 'SERVICE_ID_TAKEN')).toBe(true);
     expect((err as ServiceIdTakenError).code).toBe('SERVICE_ID_TAKEN');
@@ -185,8 +230,18 @@ describe('ServiceRegistry and ServiceDiscovery', () => {
     expect(first.registered).toBe(true);
 
     const displaced = new Promise<DisplacedInfo>((resolve) => first.once('displaced', resolve));
-    const updated = nextChange(disco, (c) => c.type === 'updated' && c.instance.address === 'second:1', 'takeover seen');
-    const second = await ServiceRegistry.register(client, { service: 'dup', id: 'one', address: 'second:1', ttl: 5, replace: true });
+    const updated = nextChange(
+      disco,
+      (c) => c.type === 'updated' && c.instance.address === 'second:1',
+      'takeover seen',
+    );
+    const second = await ServiceRegistry.register(client, {
+      service: 'dup',
+      id: 'one',
+      address: 'second:1',
+      ttl: 5,
+      replace: true,
+    });
     expect(await within(10_000, displaced, 'displaced event')).toEqual({ reason: 'replaced', leaseId: second.leaseId });
     expect(first.registered).toBe(false);
     expect((await updated).previous?.address).toBe('first:1');
@@ -203,7 +258,12 @@ describe('ServiceRegistry and ServiceDiscovery', () => {
     const client = etcd().client();
     await using disco = new ServiceDiscovery<{ v: number }>(client, 'upd');
     await disco.ready();
-    const reg = await ServiceRegistry.register(client, { service: 'upd', id: 'u', address: 'old:1', metadata: { v: 1 } });
+    const reg = await ServiceRegistry.register(client, {
+      service: 'upd',
+      id: 'u',
+      address: 'old:1',
+      metadata: { v: 1 },
+    });
     await until(disco, () => disco.size === 1, 'registered');
     const changed = nextChange(disco, (c) => c.type === 'updated', 'update seen');
     await reg.update({ address: 'new:2', metadata: { v: 2 } });
@@ -218,14 +278,19 @@ describe('ServiceRegistry and ServiceDiscovery', () => {
     expect(await within(10_000, displaced, 'displaced')).toEqual({ reason: 'deleted', leaseId: undefined });
     expect(reg.registered).toBe(false);
     // It revoked its now useless lease and did not re-register.
-    await within(5000, (async () => {
-      while (Number((await client.leaseClient.leaseTimeToLive({ ID: leaseId })).TTL) > 0) await new Promise((r) => setTimeout(r, 20));
-    })(), 'lease revoked');
+    await within(
+      5000,
+      (async () => {
+        while (Number((await client.leaseClient.leaseTimeToLive({ ID: leaseId })).TTL) > 0)
+          await new Promise((r) => setTimeout(r, 20));
+      })(),
+      'lease revoked',
+    );
     expect(await keysUnder(client, 'services/upd/')).toEqual([]);
     await reg.deregister();
   });
 
-  it('interoperates with etcd\'s Go naming/endpoints layout', async () => {
+  it("interoperates with etcd's Go naming/endpoints layout", async () => {
     const client = etcd().client();
     await using disco = new ServiceDiscovery(client, 'grpc');
     await disco.ready();
@@ -233,7 +298,13 @@ describe('ServiceRegistry and ServiceDiscovery', () => {
     await client.put('services/grpc/10.1.1.1:50051').value('{"Op":0,"Addr":"10.1.1.1:50051","Metadata":{"weight":2}}');
     await client.put('services/grpc/not-json').value('garbage');
     await client.put('services/grpc/no-address').value('{"metadata":{}}');
-    const reg = await ServiceRegistry.register(client, { service: 'grpc', id: 'node', address: '10.1.1.2:50051', metadata: { weight: 1 }, etcdEndpoints: true });
+    const reg = await ServiceRegistry.register(client, {
+      service: 'grpc',
+      id: 'node',
+      address: '10.1.1.2:50051',
+      metadata: { weight: 1 },
+      etcdEndpoints: true,
+    });
     await until(disco, () => disco.size === 2, 'both instances');
     expect(disco.instances().map((i) => [i.id, i.address, i.metadata])).toEqual([
       ['10.1.1.1:50051', '10.1.1.1:50051', { weight: 2 }],
@@ -253,13 +324,25 @@ describe('ServiceRegistry and ServiceDiscovery', () => {
     const clients = Array.from({ length: 10 }, () => cluster.client());
     await using disco = new ServiceDiscovery(cluster.client(), 'many');
     await disco.ready();
-    const regs = await within(60_000, Promise.all(Array.from({ length: 500 }, (_, i) =>
-      ServiceRegistry.register(clients[i % clients.length]!, { service: 'many', id: `n${String(i).padStart(3, '0')}`, address: `10.9.${i >> 8}.${i & 255}:80`, ttl: 10 }))),
-    '500 registrations');
+    const regs = await within(
+      60_000,
+      Promise.all(
+        Array.from({ length: 500 }, (_, i) =>
+          ServiceRegistry.register(clients[i % clients.length]!, {
+            service: 'many',
+            id: `n${String(i).padStart(3, '0')}`,
+            address: `10.9.${i >> 8}.${i & 255}:80`,
+            ttl: 10,
+          }),
+        ),
+      ),
+      '500 registrations',
+    );
     await until(disco, () => disco.size === 500, '500 instances seen');
     expect(viewOf(disco)).toEqual(await freshInstances(admin, 'services/many/'));
-    expect(disco.cache.entries()).toEqual((await admin.getAll().prefix('services/many/').exec()).kvs
-      .map((kv) => [kv.key.toString(), kv.value.toString()]));
+    expect(disco.cache.entries()).toEqual(
+      (await admin.getAll().prefix('services/many/').exec()).kvs.map((kv) => [kv.key.toString(), kv.value.toString()]),
+    );
     await within(60_000, Promise.all(regs.map((r) => r.deregister())), '500 deregistrations');
     await until(disco, () => disco.size === 0, 'all gone');
     expect(await freshInstances(admin, 'services/many/')).toEqual([]);
@@ -292,10 +375,15 @@ describe('ServiceRegistry and ServiceDiscovery', () => {
     ];
     for (const [options, argument] of cases) {
       const err = await ServiceRegistry.register(client, options as never).catch((e: unknown) => e);
-      expect(isRecipeError(err, 'INVALID_ARGUMENT'), `${JSON.stringify(options, (_, v: unknown) => typeof v === 'bigint' ? `${v}n` : v)}`).toBe(true);
+      expect(
+        isRecipeError(err, 'INVALID_ARGUMENT'),
+        `${JSON.stringify(options, (_, v: unknown) => (typeof v === 'bigint' ? `${v}n` : v))}`,
+      ).toBe(true);
       expect((err as { argument: string }).argument).toBe(argument);
     }
-    expect(await ServiceRegistry.register({} as never, base).catch((e: { argument?: string }) => e.argument)).toBe('client');
+    expect(await ServiceRegistry.register({} as never, base).catch((e: { argument?: string }) => e.argument)).toBe(
+      'client',
+    );
     expect(() => new ServiceDiscovery(client, '')).toThrow(/"service"/);
     expect(() => new ServiceDiscovery(client, 'a/b')).toThrow(/"service"/);
     expect(() => new ServiceDiscovery(client, 'ok', { strategy: 'fastest' as never })).toThrow(/"options.strategy"/);
@@ -313,19 +401,32 @@ describe('ServiceRegistry and ServiceDiscovery', () => {
     for (let i = 0; i < 5; i++) {
       const controller = new AbortController();
       const reason = new Error(`abort ${i}`);
-      const pending = ServiceRegistry.register(client, { service: 'abort', id: `a${i}`, address: 'a:1', signal: controller.signal });
+      const pending = ServiceRegistry.register(client, {
+        service: 'abort',
+        id: `a${i}`,
+        address: 'a:1',
+        signal: controller.signal,
+      });
       // Abort at different points: before the grant lands, between grant and Txn, during the Txn.
       await new Promise((r) => setTimeout(r, i));
       controller.abort(reason);
-      const result = await pending.then((reg) => reg, (e: unknown) => e);
-      if (result instanceof ServiceRegistry) await result.deregister(); // finished before the abort
+      const result = await pending.then(
+        (reg) => reg,
+        (e: unknown) => e,
+      );
+      if (result instanceof ServiceRegistry)
+        await result.deregister(); // finished before the abort
       else expect(result).toBe(reason);
     }
     // Revokes may still be landing: wait for them (bounded).
-    await within(5000, (async () => {
-      while ((await keysUnder(client, 'services/abort/')).length > 0 || (await leaseCount(client)) > leasesBefore) {
-        await new Promise((r) => setTimeout(r, 20));
-      }
-    })(), 'no keys or leases left');
+    await within(
+      5000,
+      (async () => {
+        while ((await keysUnder(client, 'services/abort/')).length > 0 || (await leaseCount(client)) > leasesBefore) {
+          await new Promise((r) => setTimeout(r, 20));
+        }
+      })(),
+      'no keys or leases left',
+    );
   });
 });

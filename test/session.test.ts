@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { isRecipeError, Session, SessionExpiredError } from '../src/index.js';
+import { isRecipeError, Session, type SessionExpiredError } from '../src/index.js';
 import { useCluster, within } from './helpers.js';
 
 describe('Session', () => {
@@ -68,12 +68,18 @@ describe('Session', () => {
     const client = etcd().client();
     const before = (await client.leaseClient.leaseLeases()).leases.length;
     for (const ttl of [0, -1, 1.5, '5', NaN, null]) {
-      await expect(Session.create(client, { ttl: ttl as never })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', argument: 'options.ttl' });
+      await expect(Session.create(client, { ttl: ttl as never })).rejects.toMatchObject({
+        code: 'INVALID_ARGUMENT',
+        argument: 'options.ttl',
+      });
     }
     await expect(Session.create({} as never)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', argument: 'client' });
     await expect(Session.create(client, { signal: 'no' as never })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
     await expect(Session.create(client, { leaseId: '0x12' })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
-    await expect(Session.create(client, 5 as never)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', argument: 'options' });
+    await expect(Session.create(client, 5 as never)).rejects.toMatchObject({
+      code: 'INVALID_ARGUMENT',
+      argument: 'options',
+    });
     expect((await client.leaseClient.leaseLeases()).leases.length).toBe(before);
   });
 });
@@ -87,17 +93,36 @@ describe('Session expiry while etcd is paused', () => {
     const session = await Session.create(client, { ttl: 2 });
     // Let a keepalive round trip complete, then freeze the server.
     const firstAck = session.lastKeepAliveSentAt;
-    await within(5000, new Promise<void>((resolve) => {
-      const tick = setInterval(() => { if (session.lastKeepAliveSentAt > firstAck) { clearInterval(tick); resolve(); } }, 20);
-    }), 'a keepalive acknowledgement');
+    await within(
+      5000,
+      new Promise<void>((resolve) => {
+        const tick = setInterval(() => {
+          if (session.lastKeepAliveSentAt > firstAck) {
+            clearInterval(tick);
+            resolve();
+          }
+        }, 20);
+      }),
+      'a keepalive acknowledgement',
+    );
     cluster.members[0]!.pause();
     try {
-      const { reason, abortedAfter } = await within(10_000, new Promise<{ reason: unknown; abortedAfter: number }>((resolve) => {
-        // Measured from the last keepalive etcd acknowledged (one may still have been answered just before the pause).
-        session.signal.addEventListener('abort', () => resolve({
-          reason: session.signal.reason, abortedAfter: performance.now() - session.lastKeepAliveSentAt,
-        }), { once: true });
-      }), 'session abort');
+      const { reason, abortedAfter } = await within(
+        10_000,
+        new Promise<{ reason: unknown; abortedAfter: number }>((resolve) => {
+          // Measured from the last keepalive etcd acknowledged (one may still have been answered just before the pause).
+          session.signal.addEventListener(
+            'abort',
+            () =>
+              resolve({
+                reason: session.signal.reason,
+                abortedAfter: performance.now() - session.lastKeepAliveSentAt,
+              }),
+            { once: true },
+          );
+        }),
+        'session abort',
+      );
       expect(isRecipeError(reason, 'SESSION_EXPIRED')).toBe(true);
       // Told before the server can have expired the lease ...
       expect(abortedAfter).toBeLessThanOrEqual(session.ttl * 1000);

@@ -11,15 +11,23 @@ export async function kvRequests(clientUrl: string): Promise<{ range: number; tx
 /** A one-shot gate: `open()` lets every `wait()` through. */
 export function gate(): { wait: Promise<void>; open(): void } {
   let open!: () => void;
-  const wait = new Promise<void>((resolve) => { open = resolve; });
+  const wait = new Promise<void>((resolve) => {
+    open = resolve;
+  });
   return { wait, open };
 }
 
 /** Puts `count` accounts `<prefix><i>` with `balance` each, in one Txn. */
-export async function openAccounts(client: Etcd3 | Namespace, prefix: string, count: number, balance: number): Promise<string[]> {
+export async function openAccounts(
+  client: Etcd3 | Namespace,
+  prefix: string,
+  count: number,
+  balance: number,
+): Promise<string[]> {
   const keys = Array.from({ length: count }, (_, i) => `${prefix}${String(i).padStart(3, '0')}`);
   await client.kv.txn({
-    compare: [], failure: [],
+    compare: [],
+    failure: [],
     success: keys.map((k) => ({ request_put: { key: Buffer.from(k), value: Buffer.from(String(balance)) } })),
   } as never);
   return keys;
@@ -35,16 +43,26 @@ export async function balances(client: Etcd3 | Namespace, prefix: string): Promi
  * One bank transfer: moves `amount` from `from` to `to` if `from` has enough.
  * Reads both balances in one round trip. Returns whether money moved.
  */
-export function transfer(client: Etcd3 | Namespace, from: string, to: string, amount: number,
-  isolation: STMIsolation, retries = 10): Promise<boolean> {
-  return runSTM(client, async (tx) => {
-    const [a, b] = await Promise.all([tx.get(from), tx.get(to)]);
-    const fromBalance = Number(a);
-    if (fromBalance < amount) return false;
-    tx.put(from, String(fromBalance - amount));
-    tx.put(to, String(Number(b) + amount));
-    return true;
-  }, { isolation, retries });
+export function transfer(
+  client: Etcd3 | Namespace,
+  from: string,
+  to: string,
+  amount: number,
+  isolation: STMIsolation,
+  retries = 10,
+): Promise<boolean> {
+  return runSTM(
+    client,
+    async (tx) => {
+      const [a, b] = await Promise.all([tx.get(from), tx.get(to)]);
+      const fromBalance = Number(a);
+      if (fromBalance < amount) return false;
+      tx.put(from, String(fromBalance - amount));
+      tx.put(to, String(Number(b) + amount));
+      return true;
+    },
+    { isolation, retries },
+  );
 }
 
 /** Random distinct pair of indexes below n. */

@@ -8,21 +8,25 @@ const guardedLevels: STMIsolation[] = ['serializable-snapshot', 'serializable', 
 describe('STM tx.getRange', () => {
   const etcd = useCluster();
 
-  it('returns the keys under a prefix, sorted, with the attempt\'s own writes applied', async () => {
+  it("returns the keys under a prefix, sorted, with the attempt's own writes applied", async () => {
     const client = etcd().client();
     await client.put('gr/b').value('2').exec();
     await client.put('gr/a').value('1').exec();
     await client.put('gr0').value('outside').exec();
     await client.put('gr').value('outside too').exec();
     for (const isolation of [...guardedLevels, 'read-committed'] as STMIsolation[]) {
-      const seen = await runSTM(client, async (tx) => {
-        const before = (await tx.getRange('gr/')).map((i) => `${i.key}=${i.value}`);
-        tx.put('gr/c', '3');
-        tx.delete('gr/a');
-        const after = (await tx.getRange('gr/')).map((i) => `${i.key}=${i.value}`);
-        expect(await tx.get('gr/b')).toBe('2'); // served from the range's read
-        return { before, after };
-      }, { isolation });
+      const seen = await runSTM(
+        client,
+        async (tx) => {
+          const before = (await tx.getRange('gr/')).map((i) => `${i.key}=${i.value}`);
+          tx.put('gr/c', '3');
+          tx.delete('gr/a');
+          const after = (await tx.getRange('gr/')).map((i) => `${i.key}=${i.value}`);
+          expect(await tx.get('gr/b')).toBe('2'); // served from the range's read
+          return { before, after };
+        },
+        { isolation },
+      );
       expect(seen).toEqual({ before: ['gr/a=1', 'gr/b=2'], after: ['gr/b=2', 'gr/c=3'] });
       await client.put('gr/a').value('1').exec();
       await client.delete().key('gr/c').exec();
@@ -38,23 +42,27 @@ describe('STM tx.getRange', () => {
         await client.put(`${prefix}a`).value('1').exec();
         await client.put(`${prefix}b`).value('2').exec();
         let attempts = 0;
-        const sum = await runSTM(client, async (tx) => {
-          attempts++;
-          const items = await tx.getRange(prefix);
-          if (tx.attempt === 1) {
-            // Another client writes between our read and our commit.
-            if (kind === 'add') await other.put(`${prefix}c`).value('4').exec();
-            if (kind === 'change') await other.put(`${prefix}a`).value('10').exec();
-            if (kind === 'delete') await other.delete().key(`${prefix}b`).exec();
-            if (kind === 'outside') {
-              await other.put(`rc/${isolation}/${kind}0`).value('9').exec();
-              await other.put(`rc/${isolation}/${kind}`).value('9').exec();
+        const sum = await runSTM(
+          client,
+          async (tx) => {
+            attempts++;
+            const items = await tx.getRange(prefix);
+            if (tx.attempt === 1) {
+              // Another client writes between our read and our commit.
+              if (kind === 'add') await other.put(`${prefix}c`).value('4').exec();
+              if (kind === 'change') await other.put(`${prefix}a`).value('10').exec();
+              if (kind === 'delete') await other.delete().key(`${prefix}b`).exec();
+              if (kind === 'outside') {
+                await other.put(`rc/${isolation}/${kind}0`).value('9').exec();
+                await other.put(`rc/${isolation}/${kind}`).value('9').exec();
+              }
             }
-          }
-          const total = items.reduce((s, i) => s + Number(i.value), 0);
-          tx.put(`rc-sum/${isolation}/${kind}`, String(total)); // a write outside the range only
-          return total;
-        }, { isolation });
+            const total = items.reduce((s, i) => s + Number(i.value), 0);
+            tx.put(`rc-sum/${isolation}/${kind}`, String(total)); // a write outside the range only
+            return total;
+          },
+          { isolation },
+        );
         expect(attempts).toBe(kind === 'outside' ? 1 : 2);
         const expected = { add: 7, change: 12, delete: 1, outside: 3 }[kind];
         expect(sum).toBe(expected);
@@ -67,11 +75,15 @@ describe('STM tx.getRange', () => {
       const other = etcd().client();
       const prefix = `rn/${isolation}/`;
       let n = 0;
-      const err = await runSTM(client, async (tx) => {
-        await tx.getRange(prefix);
-        await other.put(`${prefix}${n++}`).value('x').exec();
-        tx.put(`rn-out/${isolation}`, 'y');
-      }, { isolation, retries: 1 }).catch((e: unknown) => e);
+      const err = await runSTM(
+        client,
+        async (tx) => {
+          await tx.getRange(prefix);
+          await other.put(`${prefix}${n++}`).value('x').exec();
+          tx.put(`rn-out/${isolation}`, 'y');
+        },
+        { isolation, retries: 1 },
+      ).catch((e: unknown) => e);
       expect(isRecipeError(err, 'STM_CONFLICT')).toBe(true);
       if (isRecipeError(err, 'STM_CONFLICT')) expect(err.keys).toContain(`${prefix}*`);
     });
@@ -81,22 +93,38 @@ describe('STM tx.getRange', () => {
     const client = etcd().client();
     const other = etcd().client();
     let attempts = 0;
-    await runSTM(client, async (tx) => {
-      attempts++;
-      await tx.getRange('rrc/');
-      await other.put('rrc/new').value('1').exec();
-      tx.put('rrc-out', 'x');
-    }, { isolation: 'read-committed' });
+    await runSTM(
+      client,
+      async (tx) => {
+        attempts++;
+        await tx.getRange('rrc/');
+        await other.put('rrc/new').value('1').exec();
+        tx.put('rrc-out', 'x');
+      },
+      { isolation: 'read-committed' },
+    );
     expect(attempts).toBe(1);
   });
 
   it('refuses a range larger than maxTxnOps allows with INVALID_ARGUMENT, before committing', async () => {
     const client = etcd().client();
-    await client.kv.txn({ compare: [], failure: [], success: Array.from({ length: 12 }, (_, i) => ({ request_put: { key: Buffer.from(`big/${i}`), value: Buffer.from('1') } })) } as never);
-    await expect(runSTM(client, async (tx) => {
-      await tx.getRange('big/');
-      tx.put('big-out', 'x');
-    }, { maxTxnOps: 10 })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+    await client.kv.txn({
+      compare: [],
+      failure: [],
+      success: Array.from({ length: 12 }, (_, i) => ({
+        request_put: { key: Buffer.from(`big/${i}`), value: Buffer.from('1') },
+      })),
+    } as never);
+    await expect(
+      runSTM(
+        client,
+        async (tx) => {
+          await tx.getRange('big/');
+          tx.put('big-out', 'x');
+        },
+        { maxTxnOps: 10 },
+      ),
+    ).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
     expect(await client.get('big-out').string()).toBeNull();
   });
 
@@ -106,9 +134,13 @@ describe('STM tx.getRange', () => {
         const clients = [etcd().client(), etcd().client(), etcd().client()];
         const prefix = `bank/${isolation}/acct/`;
         const initial = 8;
-        await clients[0]!.kv.txn({ compare: [], failure: [], success: Array.from({ length: initial }, (_, i) => ({
-          request_put: { key: Buffer.from(`${prefix}${String(i).padStart(4, '0')}`), value: Buffer.from('100') },
-        })) } as never);
+        await clients[0]!.kv.txn({
+          compare: [],
+          failure: [],
+          success: Array.from({ length: initial }, (_, i) => ({
+            request_put: { key: Buffer.from(`${prefix}${String(i).padStart(4, '0')}`), value: Buffer.from('100') },
+          })),
+        } as never);
         for (const k of [0, 1, 2]) await clients[0]!.put(`bank/${isolation}/reserve/${k}`).value('500').exec();
         const stats = { transfers: 0, opened: 0, closed: 0, gaveUp: 0 };
         const index = (key: string) => Number(key.slice(prefix.length));
@@ -169,15 +201,24 @@ describe('STM tx.getRange', () => {
             if (r === 'closed') stats.closed++;
           }
         };
-        await Promise.all([
-          transfers(clients[0]!)(), transfers(clients[1]!)(), transfers(clients[2]!)(),
-          opener(clients[0]!, 0)(), opener(clients[1]!, 1)(), opener(clients[2]!, 2)(),
-          closer(clients[1]!)(), closer(clients[2]!)(),
-        ].map((p) => p));
+        await Promise.all(
+          [
+            transfers(clients[0]!)(),
+            transfers(clients[1]!)(),
+            transfers(clients[2]!)(),
+            opener(clients[0]!, 0)(),
+            opener(clients[1]!, 1)(),
+            opener(clients[2]!, 2)(),
+            closer(clients[1]!)(),
+            closer(clients[2]!)(),
+          ].map((p) => p),
+        );
         const final = await clients[0]!.getAll().prefix(prefix).strings();
         const reserves = await clients[0]!.getAll().prefix(`bank/${isolation}/reserve/`).strings();
         const total = [...Object.values(final), ...Object.values(reserves)].reduce((s, v) => s + Number(v), 0);
-        console.log(`stm bank ${isolation}: ${JSON.stringify(stats)}, ${Object.keys(final).length} accounts, total ${total}`);
+        console.log(
+          `stm bank ${isolation}: ${JSON.stringify(stats)}, ${Object.keys(final).length} accounts, total ${total}`,
+        );
         expect(total).toBe(initial * 100 + 3 * 500);
         expect(stats.opened).toBeGreaterThan(0);
         expect(stats.closed).toBeGreaterThan(0);

@@ -3,7 +3,17 @@ import type { Etcd3 } from 'etcd3';
 // etcd3 tries hosts in a random order; its own switch makes it try the last one first.
 import { ConnectionPool } from 'etcd3/lib/connection-pool.js';
 import {
-  Barrier, closeClient, createClient, isRecipeError, Mutex, PrefixCache, Queue, Semaphore, RWMutex, Session, WorkQueue,
+  Barrier,
+  closeClient,
+  createClient,
+  isRecipeError,
+  Mutex,
+  PrefixCache,
+  Queue,
+  Semaphore,
+  RWMutex,
+  Session,
+  WorkQueue,
   type ClientOptions,
 } from '../src/index.js';
 import { TcpProxy } from './fixtures/tcp-proxy.js';
@@ -43,8 +53,22 @@ describe('a single member behind a proxy', () => {
       const lost: unknown[] = [];
       session.on('lost', (err) => lost.push(err));
       const outages: [string, () => Promise<void>][] = [
-        ['300 ms blip', async () => { proxy.cut(); await faultFor(300); proxy.restore(); }],
-        ['1 s blip', async () => { proxy.cut(); await faultFor(1000); proxy.restore(); }],
+        [
+          '300 ms blip',
+          async () => {
+            proxy.cut();
+            await faultFor(300);
+            proxy.restore();
+          },
+        ],
+        [
+          '1 s blip',
+          async () => {
+            proxy.cut();
+            await faultFor(1000);
+            proxy.restore();
+          },
+        ],
         ['member restart', () => cluster.members[0]!.restart()],
       ];
       for (const [name, outage] of outages) {
@@ -80,7 +104,9 @@ describe('a single member behind a proxy', () => {
       await jobs.claim(),
     ];
     for (const held of holds) {
-      const told = new Promise<unknown>((resolve) => held.signal.addEventListener('abort', () => resolve(held.signal.reason), { once: true }));
+      const told = new Promise<unknown>((resolve) =>
+        held.signal.addEventListener('abort', () => resolve(held.signal.reason), { once: true }),
+      );
       // The holder watches its key from just after its creation: even a delete before that watch is live is seen.
       const deletedAt = performance.now();
       await direct.delete().key(held.key);
@@ -96,20 +122,30 @@ describe('a single member behind a proxy', () => {
 
 describe('a 3-member cluster', () => {
   const etcd = useCluster({ members: 3, timing: 'default' });
-  beforeAll(() => { ConnectionPool.deterministicOrder = true; });
-  afterAll(() => { ConnectionPool.deterministicOrder = false; });
+  beforeAll(() => {
+    ConnectionPool.deterministicOrder = true;
+  });
+  afterAll(() => {
+    ConnectionPool.deterministicOrder = false;
+  });
 
   it('with a follower frozen for 8 s, none of 12 sessions with TTL 3 is lost', async () => {
     const cluster = etcd();
     const follower = (await cluster.followers())[0]!;
     // Half of the clients try the follower first (the last host, in etcd3's deterministic order).
-    const sessions = await Promise.all(Array.from({ length: 12 }, (_, i) => {
-      const others = cluster.endpoints.filter((e) => e !== follower.endpoint);
-      const hosts = i % 2 === 0 ? [...others, follower.endpoint] : [follower.endpoint, ...others];
-      return Session.create(client({ hosts }), { ttl: 3 });
-    }));
+    const sessions = await Promise.all(
+      Array.from({ length: 12 }, (_, i) => {
+        const others = cluster.endpoints.filter((e) => e !== follower.endpoint);
+        const hosts = i % 2 === 0 ? [...others, follower.endpoint] : [follower.endpoint, ...others];
+        return Session.create(client({ hosts }), { ttl: 3 });
+      }),
+    );
     const lost = sessions.map(() => false);
-    sessions.forEach((s, i) => s.on('lost', () => { lost[i] = true; }));
+    for (const [i, s] of sessions.entries()) {
+      s.on('lost', () => {
+        lost[i] = true;
+      });
+    }
     follower.pause();
     try {
       await faultFor(8000);
@@ -144,7 +180,11 @@ describe('a 3-member cluster', () => {
     frozen.pause();
     try {
       const start = performance.now();
-      const sawPut = new Promise<void>((resolve) => cache.on('change', (c) => { if (c.key === 'frozen/cache/k') resolve(); }));
+      const sawPut = new Promise<void>((resolve) =>
+        cache.on('change', (c) => {
+          if (c.key === 'frozen/cache/k') resolve();
+        }),
+      );
       await Promise.all([
         held.release(),
         new Barrier(writer, 'frozen/gate').release(),
@@ -152,17 +192,27 @@ describe('a 3-member cluster', () => {
         writer.put('frozen/cache/k').value('v'),
       ]);
       const events = performance.now();
-      const woke = await within(10_000, Promise.all([
-        lockWaiter.then(() => performance.now() - events),
-        barrierWaiter.then(() => performance.now() - events),
-        consumer.then(() => performance.now() - events),
-        sawPut.then(() => performance.now() - events),
-      ]), 'everyone to wake');
+      const woke = await within(
+        10_000,
+        Promise.all([
+          lockWaiter.then(() => performance.now() - events),
+          barrierWaiter.then(() => performance.now() - events),
+          consumer.then(() => performance.now() - events),
+          sawPut.then(() => performance.now() - events),
+        ]),
+        'everyone to wake',
+      );
       const [lock, barrier, dequeued, cached] = woke.map(Math.round);
       expect({ lock, barrier, dequeued, cached }).toEqual({
-        lock: expect.any(Number), barrier: expect.any(Number), dequeued: expect.any(Number), cached: expect.any(Number),
+        lock: expect.any(Number),
+        barrier: expect.any(Number),
+        dequeued: expect.any(Number),
+        cached: expect.any(Number),
       });
-      for (const ms of woke) expect(ms, `woke ${JSON.stringify({ lock, barrier, dequeued, cached })} ms after the events`).toBeLessThan(3000);
+      for (const ms of woke)
+        expect(ms, `woke ${JSON.stringify({ lock, barrier, dequeued, cached })} ms after the events`).toBeLessThan(
+          3000,
+        );
       expect(performance.now() - start).toBeLessThan(10_000);
     } finally {
       frozen.resume();
@@ -228,8 +278,17 @@ describe('shutdown', () => {
     const [, settledMs, json] = /^settled (\d+) (.*)$/.exec(worker.lines.find((l) => l.startsWith('settled '))!)!;
     const outcome = JSON.parse(json!) as Record<string, string>;
     expect(outcome).toEqual({
-      lock: 'CLOSED', campaign: 'CLOSED', barrier: 'CLOSED', double: 'CLOSED', semaphore: 'CLOSED', rlock: 'CLOSED',
-      dequeue: 'CLOSED', claim: 'CLOSED', observe: 'CLOSED', cacheChanges: 'fulfilled', discoveryClosed: 'fulfilled',
+      lock: 'CLOSED',
+      campaign: 'CLOSED',
+      barrier: 'CLOSED',
+      double: 'CLOSED',
+      semaphore: 'CLOSED',
+      rlock: 'CLOSED',
+      dequeue: 'CLOSED',
+      claim: 'CLOSED',
+      observe: 'CLOSED',
+      cacheChanges: 'fulfilled',
+      discoveryClosed: 'fulfilled',
     });
     expect(Number(settledMs), 'ms until every call settled').toBeLessThan(2000);
     // Process teardown included; the library itself keeps nothing alive (see the figure in docs/faults.md).

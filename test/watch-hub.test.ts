@@ -8,16 +8,36 @@ function collector() {
   let ended: Error | undefined;
   const waiters: { n: number; resolve: () => void }[] = [];
   const check = () => {
-    for (const w of waiters.slice()) if (events.length >= w.n || ended) { waiters.splice(waiters.indexOf(w), 1); w.resolve(); }
+    for (const w of waiters.slice())
+      if (events.length >= w.n || ended) {
+        waiters.splice(waiters.indexOf(w), 1);
+        w.resolve();
+      }
   };
   return {
     events,
-    get ended() { return ended; },
-    listener: {
-      onEvents: (evs: WatchEvent[]) => { events.push(...evs); check(); },
-      onEnd: (err: Error) => { ended = err; check(); },
+    get ended() {
+      return ended;
     },
-    next: (n: number) => within(10_000, new Promise<void>((resolve) => { waiters.push({ n, resolve }); check(); }), `${n} watch events`),
+    listener: {
+      onEvents: (evs: WatchEvent[]) => {
+        events.push(...evs);
+        check();
+      },
+      onEnd: (err: Error) => {
+        ended = err;
+        check();
+      },
+    },
+    next: (n: number) =>
+      within(
+        10_000,
+        new Promise<void>((resolve) => {
+          waiters.push({ n, resolve });
+          check();
+        }),
+        `${n} watch events`,
+      ),
   };
 }
 
@@ -33,9 +53,16 @@ describe('watch hub', () => {
     await client.put('wh/b').value('2');
     await client.delete().key('wh/a');
     await live.next(2);
-    expect(live.events.map((e) => [e.type, e.kv.key.toString()])).toEqual([['put', 'wh/b'], ['delete', 'wh/a']]);
+    expect(live.events.map((e) => [e.type, e.kv.key.toString()])).toEqual([
+      ['put', 'wh/b'],
+      ['delete', 'wh/a'],
+    ]);
     const replay = collector();
-    const h2 = await openWatch(client, { key: Buffer.from('wh/'), prefix: true, startRevision: BigInt(first.header.revision) }, replay.listener);
+    const h2 = await openWatch(
+      client,
+      { key: Buffer.from('wh/'), prefix: true, startRevision: BigInt(first.header.revision) },
+      replay.listener,
+    );
     await replay.next(3);
     expect(replay.events.map((e) => e.type)).toEqual(['put', 'put', 'delete']);
     handle.close();
@@ -49,8 +76,18 @@ describe('watch hub', () => {
     const latest = await client.put('wc/x').value('3').exec();
     await client.kv.compact({ revision: latest.header.revision, physical: true });
     const c = collector();
-    const err = await openWatch(client, { key: Buffer.from('wc/x'), startRevision: BigInt(old.header.revision) }, c.listener)
-      .then((h) => c.next(1).then(() => { h.close(); return c.ended; }), (e: unknown) => e);
+    const err = await openWatch(
+      client,
+      { key: Buffer.from('wc/x'), startRevision: BigInt(old.header.revision) },
+      c.listener,
+    ).then(
+      (h) =>
+        c.next(1).then(() => {
+          h.close();
+          return c.ended;
+        }),
+      (e: unknown) => e,
+    );
     expect(err).toBeInstanceOf(WatchCompactedError);
     expect((err as WatchCompactedError).compactRevision).toBe(BigInt(latest.header.revision));
   });
@@ -76,6 +113,8 @@ describe('watch hub', () => {
   it('an aborted open rejects with the reason and leaves no watch behind', async () => {
     const client = etcd().client();
     const reason = new Error('stop');
-    await expect(openWatch(client, { key: Buffer.from('wa') }, collector().listener, AbortSignal.abort(reason))).rejects.toBe(reason);
+    await expect(
+      openWatch(client, { key: Buffer.from('wa') }, collector().listener, AbortSignal.abort(reason)),
+    ).rejects.toBe(reason);
   });
 });

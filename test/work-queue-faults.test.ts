@@ -18,7 +18,8 @@ describe('WorkQueue when worker processes are SIGKILLed mid-job', () => {
     for (let i = 0; i < 30; i++) ids.push(await producer.add(`job-${i}`));
     const dir = mkdtempSync(join(tmpdir(), 'wq-crash-'));
     const holdFile = (i: number) => join(dir, `hold-${i}`);
-    const start = (i: number) => spawnWorker('fixtures/work-queue-worker.ts', [cluster.endpoints.join(','), 'crash', '2', '300', holdFile(i)]);
+    const start = (i: number) =>
+      spawnWorker('fixtures/work-queue-worker.ts', [cluster.endpoints.join(','), 'crash', '2', '300', holdFile(i)]);
     const workers: Worker[] = [start(0), start(1), start(2)];
     const killed: Worker[] = [];
     try {
@@ -46,13 +47,20 @@ describe('WorkQueue when worker processes are SIGKILLed mid-job', () => {
     expect([...acked.values()].every((n) => n === 1)).toBe(true);
     // Jobs claimed more than once are exactly those a killed worker had claimed and not acked.
     const claims = lines.filter((l) => l.startsWith('claimed ')).map((l) => l.split(' '));
-    const claimedTwice = [...tally(claims.map((c) => c[1]!))].filter(([, n]) => n > 1).map(([id]) => id).sort();
-    const diedHolding = killed.flatMap((w) => w.lines.filter((l) => l.startsWith('holding ')).map((l) => l.split(' ')[1]!)).sort();
+    const claimedTwice = [...tally(claims.map((c) => c[1]!))]
+      .filter(([, n]) => n > 1)
+      .map(([id]) => id)
+      .sort();
+    const diedHolding = killed
+      .flatMap((w) => w.lines.filter((l) => l.startsWith('holding ')).map((l) => l.split(' ')[1]!))
+      .sort();
     // Everything else a killed worker claimed, it acked.
     for (const w of killed) {
       const mine = w.lines.filter((l) => l.startsWith('claimed ')).map((l) => l.split(' ')[1]!);
       const done = new Set(w.lines.filter((l) => l.startsWith('acked ')).map((l) => l.split(' ')[1]!));
-      expect(mine.filter((id) => !done.has(id))).toEqual(w.lines.filter((l) => l.startsWith('holding ')).map((l) => l.split(' ')[1]!));
+      expect(mine.filter((id) => !done.has(id))).toEqual(
+        w.lines.filter((l) => l.startsWith('holding ')).map((l) => l.split(' ')[1]!),
+      );
     }
     expect(diedHolding).toHaveLength(2);
     expect(claimedTwice).toEqual(diedHolding);

@@ -3,7 +3,16 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { closeClient, createClient, Election, Session, WorkQueue, type Job } from '../src/index.js';
 import { TcpProxy } from './fixtures/tcp-proxy.js';
 import { keysUnder, stillPending, useCluster, waitForKey, waitForKeyGone, within } from './helpers.js';
-import { beforeTxn, compactAll, deletesUnder, faultFor, putsUnder, requestCounts, tally, waitForCount } from './queue-helpers.js';
+import {
+  beforeTxn,
+  compactAll,
+  deletesUnder,
+  faultFor,
+  putsUnder,
+  requestCounts,
+  tally,
+  waitForCount,
+} from './queue-helpers.js';
 
 /*
  * WorkQueue under real network faults (see queue-network-faults.test.ts for
@@ -30,9 +39,16 @@ class Acked {
   }
 
   async until(check: (values: string[]) => boolean, what: string, ms = 20_000): Promise<void> {
-    await within(ms, (async () => {
-      while (!check(this.values)) await new Promise<void>((r) => { this.#wake = r; });
-    })(), what);
+    await within(
+      ms,
+      (async () => {
+        while (!check(this.values))
+          await new Promise<void>((r) => {
+            this.#wake = r;
+          });
+      })(),
+      what,
+    );
   }
 }
 
@@ -153,7 +169,7 @@ describe('WorkQueue under network faults', () => {
     expect(await keysUnder(admin, `${name}/`)).toEqual([]);
   });
 
-  it('(c) a lost reply followed by a compaction: add, claim and ack settle from etcd\'s state, not history', async () => {
+  it("(c) a lost reply followed by a compaction: add, claim and ack settle from etcd's state, not history", async () => {
     const name = 'wq-c';
     const admin = etcd().client();
     const { proxy, client } = await proxied();
@@ -198,7 +214,11 @@ describe('WorkQueue under network faults', () => {
     const wq = new WorkQueue(session, name, { maxAttempts: 1 });
     await wq.stats();
     /** Sends `call` with the reply of its matching Txn lost until `landed()` shows it committed; then the link resets. */
-    const withLostReply = async <T>(match: Parameters<typeof beforeTxn>[1], call: () => Promise<T>, landed: () => Promise<unknown>): Promise<T> => {
+    const withLostReply = async <T>(
+      match: Parameters<typeof beforeTxn>[1],
+      call: () => Promise<T>,
+      landed: () => Promise<unknown>,
+    ): Promise<T> => {
       const hook = beforeTxn(plain, match, () => proxy.dropReplies());
       const pending = call();
       await landed();
@@ -209,13 +229,35 @@ describe('WorkQueue under network faults', () => {
       expect((await requestCounts(url)).txn - before - (hook.calls - calls)).toBeGreaterThan(0);
       return result;
     };
-    const id = await withLostReply(putsUnder(`${name}/jobs/`), () => wq.add('job'), () => waitForCount(admin, `${name}/jobs/`, 1));
-    const job = await withLostReply(putsUnder(`${name}/claims/`), () => wq.claim(), () => waitForKey(admin, `${name}/claims/${id}`));
+    const id = await withLostReply(
+      putsUnder(`${name}/jobs/`),
+      () => wq.add('job'),
+      () => waitForCount(admin, `${name}/jobs/`, 1),
+    );
+    const job = await withLostReply(
+      putsUnder(`${name}/claims/`),
+      () => wq.claim(),
+      () => waitForKey(admin, `${name}/claims/${id}`),
+    );
     expect(job).toMatchObject({ id, attempts: 1 });
-    await withLostReply(deletesUnder(`${name}/jobs/`), () => job.deadLetter(), () => waitForKey(admin, `${name}/dead/${id}`));
-    expect(await withLostReply(putsUnder(`${name}/jobs/`), () => wq.retryDead(id), () => waitForKey(admin, `${name}/jobs/${id}`))).toBe(true);
+    await withLostReply(
+      deletesUnder(`${name}/jobs/`),
+      () => job.deadLetter(),
+      () => waitForKey(admin, `${name}/dead/${id}`),
+    );
+    expect(
+      await withLostReply(
+        putsUnder(`${name}/jobs/`),
+        () => wq.retryDead(id),
+        () => waitForKey(admin, `${name}/jobs/${id}`),
+      ),
+    ).toBe(true);
     const again = await wq.claim();
-    await withLostReply(deletesUnder(`${name}/jobs/`), () => again.ack(), () => waitForKeyGone(admin, `${name}/jobs/${id}`));
+    await withLostReply(
+      deletesUnder(`${name}/jobs/`),
+      () => again.ack(),
+      () => waitForKeyGone(admin, `${name}/jobs/${id}`),
+    );
     expect(await wq.stats()).toEqual({ jobs: 0, claimed: 0, dead: 0, waiting: 0 });
     await wq.close();
     expect(await keysUnder(admin, `${name}/`)).toEqual([]);

@@ -5,10 +5,14 @@ import { tally, waitForCount } from './queue-helpers.js';
 
 /** Resolves with the abort reason once `signal` aborts (bounded). */
 function aborted(signal: AbortSignal, ms = 10_000): Promise<unknown> {
-  return within(ms, new Promise((resolve) => {
-    if (signal.aborted) resolve(signal.reason);
-    else signal.addEventListener('abort', () => resolve(signal.reason), { once: true });
-  }), 'job signal');
+  return within(
+    ms,
+    new Promise((resolve) => {
+      if (signal.aborted) resolve(signal.reason);
+      else signal.addEventListener('abort', () => resolve(signal.reason), { once: true });
+    }),
+    'job signal',
+  );
 }
 
 describe('WorkQueue', () => {
@@ -21,9 +25,18 @@ describe('WorkQueue', () => {
     const id = await wq.add('payload');
     expect(id).toMatch(/^00100-[0-9]{19}$/);
     const job = (await client.getAll().prefix('lay/jobs/').exec()).kvs;
-    expect(job.map((kv) => [kv.key.toString(), kv.value.toString(), kv.lease])).toEqual([[`lay/jobs/${id}`, 'payload', '0']]);
+    expect(job.map((kv) => [kv.key.toString(), kv.value.toString(), kv.lease])).toEqual([
+      [`lay/jobs/${id}`, 'payload', '0'],
+    ]);
     const claimed = await wq.claim();
-    expect(claimed).toMatchObject({ id, value: 'payload', attempts: 1, priority: 100, key: `lay/claims/${id}`, done: false });
+    expect(claimed).toMatchObject({
+      id,
+      value: 'payload',
+      attempts: 1,
+      priority: 100,
+      key: `lay/claims/${id}`,
+      done: false,
+    });
     expect(claimed.buffer).toEqual(Buffer.from('payload'));
     const claim = (await client.getAll().prefix('lay/claims/').exec()).kvs[0]!;
     expect(claim.lease).toBe(session.leaseId);
@@ -44,7 +57,14 @@ describe('WorkQueue', () => {
   it('claims lower priorities first, oldest first within a priority; skips claimed jobs', async () => {
     await using session = await Session.create(etcd().client(), { ttl: 10 });
     const wq = new WorkQueue(session, 'order');
-    for (const [v, p] of [['a', 5], ['b', undefined], ['c', 0], ['d', 5], ['e', undefined]] as const) await wq.add(v, { priority: p });
+    for (const [v, p] of [
+      ['a', 5],
+      ['b', undefined],
+      ['c', 0],
+      ['d', 5],
+      ['e', undefined],
+    ] as const)
+      await wq.add(v, { priority: p });
     const jobs: Job[] = [];
     for (let i = 0; i < 5; i++) jobs.push(await wq.claim());
     expect(jobs.map((j) => j.value)).toEqual(['c', 'a', 'd', 'b', 'e']);
@@ -80,7 +100,10 @@ describe('WorkQueue', () => {
     await expect(job.ack()).rejects.toMatchObject({ code: 'LOCK_NOT_HELD' });
     expect(() => job.ifOwner()).toThrow(expect.objectContaining({ code: 'LOCK_NOT_HELD' }));
     // A write fenced by the stale claim cannot land; the current claimer's can.
-    const stale = await client.if(`lost/claims/${job.id}`, 'Create', '==', job.fencingToken.toString()).then(client.put('lost/out').value('stale')).commit();
+    const stale = await client
+      .if(`lost/claims/${job.id}`, 'Create', '==', job.fencingToken.toString())
+      .then(client.put('lost/out').value('stale'))
+      .commit();
     expect(stale.succeeded).toBe(false);
     expect((await taken.ifOwner().then(client.put('lost/out').value('fresh')).commit()).succeeded).toBe(true);
     await taken.ack();
@@ -164,7 +187,7 @@ describe('WorkQueue', () => {
     await Promise.all(sessions.map((s) => s.close()));
   });
 
-  it('an aborted claim rejects with the signal\'s reason and leaves no key', async () => {
+  it("an aborted claim rejects with the signal's reason and leaves no key", async () => {
     const client = etcd().client();
     await using session = await Session.create(client, { ttl: 10 });
     const wq = new WorkQueue(session, 'abort');
@@ -194,16 +217,29 @@ describe('WorkQueue', () => {
     const wq = new WorkQueue(session, 'badin');
     await expect(wq.add(5 as never)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', argument: 'value' });
     for (const priority of [-1, 65536, 0.5, '1']) {
-      await expect(wq.add('v', { priority: priority as never })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', argument: 'options.priority' });
+      await expect(wq.add('v', { priority: priority as never })).rejects.toMatchObject({
+        code: 'INVALID_ARGUMENT',
+        argument: 'options.priority',
+      });
     }
     await expect(wq.add('v', 7 as never)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', argument: 'options' });
-    await expect(wq.claim({ signal: 1 as never })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', argument: 'options.signal' });
+    await expect(wq.claim({ signal: 1 as never })).rejects.toMatchObject({
+      code: 'INVALID_ARGUMENT',
+      argument: 'options.signal',
+    });
     await expect(wq.retryDead('../x')).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', argument: 'id' });
     await expect(wq.deadLetters(0)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', argument: 'limit' });
-    await expect(wq.add('v', { guard: 'leader' as never })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', argument: 'options.guard' });
-    await expect(wq.add('v', { guard: [{ key: 'k', target: 'Create', result: '==', value: 1 }] as never }))
-      .rejects.toMatchObject({ code: 'INVALID_ARGUMENT', argument: 'options.guard[0].value' });
-    await expect(wq.retryDead('00100-1', { signal: 'x' as never })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', argument: 'options.signal' });
+    await expect(wq.add('v', { guard: 'leader' as never })).rejects.toMatchObject({
+      code: 'INVALID_ARGUMENT',
+      argument: 'options.guard',
+    });
+    await expect(
+      wq.add('v', { guard: [{ key: 'k', target: 'Create', result: '==', value: 1 }] as never }),
+    ).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', argument: 'options.guard[0].value' });
+    await expect(wq.retryDead('00100-1', { signal: 'x' as never })).rejects.toMatchObject({
+      code: 'INVALID_ARGUMENT',
+      argument: 'options.signal',
+    });
     expect(await keysUnder(client, 'badin')).toEqual([]);
   });
 });

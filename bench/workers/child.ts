@@ -35,14 +35,19 @@ async function handle(msg: ToWorker): Promise<void> {
     case 'setup': {
       const make = scenarios[msg.scenario];
       if (!make) throw new Error(`unknown scenario ${msg.scenario}`);
-      runner = await make({
-        endpoints: msg.endpoints, proc: msg.proc, procs: msg.procs,
-        client: () => {
-          const c = createClient({ hosts: msg.endpoints, callTimeoutMs: CALL_TIMEOUT_MS });
-          clients.push(c);
-          return c;
+      runner = await make(
+        {
+          endpoints: msg.endpoints,
+          proc: msg.proc,
+          procs: msg.procs,
+          client: () => {
+            const c = createClient({ hosts: msg.endpoints, callTimeoutMs: CALL_TIMEOUT_MS });
+            clients.push(c);
+            return c;
+          },
         },
-      }, msg.params as never);
+        msg.params as never,
+      );
       send({ type: 'ready' });
       return;
     }
@@ -69,6 +74,6 @@ async function handle(msg: ToWorker): Promise<void> {
 
 process.on('message', (msg: ToWorker) => {
   handle(msg).catch((err: unknown) => {
-    send({ type: 'error', message: err instanceof Error ? err.stack ?? err.message : String(err) });
+    send({ type: 'error', message: err instanceof Error ? (err.stack ?? err.message) : String(err) });
   });
 });

@@ -23,10 +23,14 @@ export function buildGo(name: string): { path: string } | { skipped: string } {
     GOFLAGS: '',
   };
   const version = spawnSync('go', ['version'], { encoding: 'utf8', env });
-  if (version.error || version.status !== 0) return { skipped: 'Go is not installed (apt-get install golang-go golang-etcd-server-dev)' };
+  if (version.error || version.status !== 0)
+    return { skipped: 'Go is not installed (apt-get install golang-go golang-etcd-server-dev)' };
   const path = `${outDir}${name}`;
   const built = spawnSync('go', ['build', '-o', path, '.'], { cwd: `${goDir}${name}`, encoding: 'utf8', env });
-  if (built.status !== 0) return { skipped: `go build failed (is golang-etcd-server-dev installed?): ${built.stderr.trim().split('\n').slice(-3).join(' ')}` };
+  if (built.status !== 0)
+    return {
+      skipped: `go build failed (is golang-etcd-server-dev installed?): ${built.stderr.trim().split('\n').slice(-3).join(' ')}`,
+    };
   return { path: `${path}` };
 }
 
@@ -43,7 +47,9 @@ export class GoProcess {
     this.lines = createInterface({ input: child.stdout! });
     this.lines.on('line', (line) => this.waiting.shift()?.(line));
     this.exited = new Promise((resolve) => child.once('exit', () => resolve()));
-    child.once('exit', () => { for (const w of this.waiting.splice(0)) w('exited'); });
+    child.once('exit', () => {
+      for (const w of this.waiting.splice(0)) w('exited');
+    });
   }
 
   static async start(path: string, args: string[]): Promise<GoProcess> {

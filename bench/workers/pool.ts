@@ -42,7 +42,12 @@ export class WorkerGroup {
   private constructor(private readonly members: Member[]) {}
 
   /** Forks the processes, sets the scenario up in each, and resolves once all are ready. */
-  static async start(endpoints: string[], scenario: string, params: unknown, options: GroupOptions): Promise<WorkerGroup> {
+  static async start(
+    endpoints: string[],
+    scenario: string,
+    params: unknown,
+    options: GroupOptions,
+  ): Promise<WorkerGroup> {
     const execArgv = ['--import', 'tsx'];
     const env = { ...process.env };
     if (options.profileDir) {
@@ -53,8 +58,18 @@ export class WorkerGroup {
       delete env.BENCH_PROFILE_DIR;
     }
     const members = Array.from({ length: options.procs }, (): Member => {
-      const child = fork(childPath, [], { execArgv, env, cwd: repoRoot, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-      const m: Member = { child, pending: [], failure: undefined, exited: new Promise((resolve) => child.once('exit', () => resolve())) };
+      const child = fork(childPath, [], {
+        execArgv,
+        env,
+        cwd: repoRoot,
+        stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      });
+      const m: Member = {
+        child,
+        pending: [],
+        failure: undefined,
+        exited: new Promise((resolve) => child.once('exit', () => resolve())),
+      };
       child.on('message', (msg: FromWorker) => {
         if (msg.type === 'error') {
           m.failure = new Error(`worker ${child.pid}: ${msg.message}`);
@@ -80,20 +95,33 @@ export class WorkerGroup {
   }
 
   /** Sends one message to every process and waits for the expected answer from each. */
-  private async all(msg: (proc: number) => ToWorker, expect: FromWorker['type'], timeoutMs = 120_000): Promise<FromWorker[]> {
+  private async all(
+    msg: (proc: number) => ToWorker,
+    expect: FromWorker['type'],
+    timeoutMs = 120_000,
+  ): Promise<FromWorker[]> {
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(new Error(`workers did not answer ${expect} within ${timeoutMs} ms`)), timeoutMs);
     });
     try {
-      return await Promise.race([timeout, Promise.all(this.members.map((m, i) => new Promise<FromWorker>((resolve, reject) => {
-        if (m.failure) return reject(m.failure);
-        m.pending.push((answer) => {
-          if (answer.type !== expect) reject(m.failure ?? new Error(`worker ${m.child.pid} answered ${answer.type}, expected ${expect}`));
-          else resolve(answer);
-        });
-        m.child.send(msg(i));
-      })))]);
+      return await Promise.race([
+        timeout,
+        Promise.all(
+          this.members.map(
+            (m, i) =>
+              new Promise<FromWorker>((resolve, reject) => {
+                if (m.failure) return reject(m.failure);
+                m.pending.push((answer) => {
+                  if (answer.type !== expect)
+                    reject(m.failure ?? new Error(`worker ${m.child.pid} answered ${answer.type}, expected ${expect}`));
+                  else resolve(answer);
+                });
+                m.child.send(msg(i));
+              }),
+          ),
+        ),
+      ]);
     } finally {
       clearTimeout(timer);
     }

@@ -76,7 +76,10 @@ export function summarize(dir: string): ProfileSummary {
       if (windows && !windows.some(([a, b]) => t >= a && t <= b)) continue;
       const node = nodes.get(profile.samples[i]!)!;
       const { functionName, url, lineNumber } = node.callFrame;
-      if (functionName === '(idle)') { idleMs += ms; continue; }
+      if (functionName === '(idle)') {
+        idleMs += ms;
+        continue;
+      }
       busyMs += ms;
       const mod = moduleOf(url, functionName);
       byModule.set(mod, (byModule.get(mod) ?? 0) + ms);
@@ -88,9 +91,12 @@ export function summarize(dir: string): ProfileSummary {
     }
   }
   return {
-    busyMs, idleMs,
+    busyMs,
+    idleMs,
     byModule: [...byModule].sort((a, b) => b[1] - a[1]),
-    byFunction: [...byFunction].map(([k, v]): [string, string, number] => [v.module, k.split('\u0000')[1]!, v.ms]).sort((a, b) => b[2] - a[2]),
+    byFunction: [...byFunction]
+      .map(([k, v]): [string, string, number] => [v.module, k.split('\u0000')[1]!, v.ms])
+      .sort((a, b) => b[2] - a[2]),
   };
 }
 
@@ -106,7 +112,9 @@ export function formatSummary(title: string, s: ProfileSummary, top = 12): strin
     '',
     '| function (self time) | module | ms | share |',
     '|---|---|---|---|',
-    ...s.byFunction.slice(0, top).map(([m, fn, ms]) => `| ${fn.replace(/\|/g, '\\|')} | ${m} | ${ms.toFixed(0)} | ${pct(ms)} |`),
+    ...s.byFunction
+      .slice(0, top)
+      .map(([m, fn, ms]) => `| ${fn.replace(/\|/g, '\\|')} | ${m} | ${ms.toFixed(0)} | ${pct(ms)} |`),
   ];
   return lines.join('\n');
 }

@@ -58,23 +58,27 @@ async function mutex(env: WorkerEnv, p: { workers: number; lock: string; counter
   return {
     async run(endAt) {
       const out = empty();
-      await Promise.all(sessions.map(async (session, i) => {
-        const client = clients[i]!;
-        const m = new Mutex(session, p.lock);
-        while (epochMs() < endAt) {
-          const calledAt = epochMs();
-          await m.lock();
-          const acquiredAt = epochMs();
-          const n = Number(await client.get(p.counter).string());
-          await client.put(p.counter).value(String(n + 1));
-          out.ops++;
-          out.records.push([calledAt, acquiredAt, epochMs()]);
-          await m.unlock();
-        }
-      }));
+      await Promise.all(
+        sessions.map(async (session, i) => {
+          const client = clients[i]!;
+          const m = new Mutex(session, p.lock);
+          while (epochMs() < endAt) {
+            const calledAt = epochMs();
+            await m.lock();
+            const acquiredAt = epochMs();
+            const n = Number(await client.get(p.counter).string());
+            await client.put(p.counter).value(String(n + 1));
+            out.ops++;
+            out.records.push([calledAt, acquiredAt, epochMs()]);
+            await m.unlock();
+          }
+        }),
+      );
       return out;
     },
-    close: async () => { await Promise.all(sessions.map((s) => s.close())); },
+    close: async () => {
+      await Promise.all(sessions.map((s) => s.close()));
+    },
   };
 }
 
@@ -98,22 +102,26 @@ async function manyLocks(env: WorkerEnv, p: { names: number; perName: number; pr
         sessions.forEach((session, j) => {
           const client = clients[j]!;
           const m = new Mutex(session, `${p.prefix}/lock-${n}`);
-          workers.push((async () => {
-            while (epochMs() < endAt) {
-              await m.lock();
-              const v = Number(await client.get(counter).string());
-              await client.put(counter).value(String(v + 1));
-              out.ops++;
-              out.counts[`n${n}`] = (out.counts[`n${n}`] ?? 0) + 1;
-              await m.unlock();
-            }
-          })());
+          workers.push(
+            (async () => {
+              while (epochMs() < endAt) {
+                await m.lock();
+                const v = Number(await client.get(counter).string());
+                await client.put(counter).value(String(v + 1));
+                out.ops++;
+                out.counts[`n${n}`] = (out.counts[`n${n}`] ?? 0) + 1;
+                await m.unlock();
+              }
+            })(),
+          );
         });
       }
       await Promise.all(workers);
       return out;
     },
-    close: async () => { await Promise.all(sessions.map((s) => s.close())); },
+    close: async () => {
+      await Promise.all(sessions.map((s) => s.close()));
+    },
   };
 }
 
@@ -131,19 +139,23 @@ async function semaphore(env: WorkerEnv, p: { workers: number; permits: number; 
   return {
     async run(endAt) {
       const out = empty();
-      await Promise.all(sems.map(async (sem) => {
-        while (epochMs() < endAt) {
-          const calledAt = epochMs();
-          const h = await sem.acquire();
-          const acquiredAt = epochMs();
-          out.ops++;
-          out.records.push([calledAt, acquiredAt, epochMs()]);
-          await h.release();
-        }
-      }));
+      await Promise.all(
+        sems.map(async (sem) => {
+          while (epochMs() < endAt) {
+            const calledAt = epochMs();
+            const h = await sem.acquire();
+            const acquiredAt = epochMs();
+            out.ops++;
+            out.records.push([calledAt, acquiredAt, epochMs()]);
+            await h.release();
+          }
+        }),
+      );
       return out;
     },
-    close: async () => { await Promise.all(sessions.map((s) => s.close())); },
+    close: async () => {
+      await Promise.all(sessions.map((s) => s.close()));
+    },
   };
 }
 
@@ -155,7 +167,10 @@ async function semaphore(env: WorkerEnv, p: { workers: number; permits: number; 
  * numbers. Records: [0, seq, enqueuedAt] from the producer, [1, seq,
  * deliveredAt] from consumers (delivered = dequeued, or acked).
  */
-async function queue(env: WorkerEnv, p: { kind: 'raw' | 'queue' | 'work'; consumers: number; prefix: string }): Promise<Runner> {
+async function queue(
+  env: WorkerEnv,
+  p: { kind: 'raw' | 'queue' | 'work'; consumers: number; prefix: string },
+): Promise<Runner> {
   const ids = mine(env, p.consumers + 1);
   const clients = ids.map(() => env.client());
   await connect(clients);
@@ -172,28 +187,35 @@ async function queue(env: WorkerEnv, p: { kind: 'raw' | 'queue' | 'work'; consum
     if (p.kind === 'raw') {
       if (env.procs !== 1) throw new Error('the raw floor runs in one process');
       let n = 0;
-      roles.push(id === 0 ? {
-        put: async (v) => {
-          const key = `${p.prefix}/${n++}`;
-          await client.put(key).value(v);
-          handed.push(`${key}\u0000${v}`);
-          idle.shift()?.();
-        },
-      } : {
-        take: async (signal) => {
-          while (!handed.length) {
-            signal.throwIfAborted();
-            await new Promise<void>((resolve) => {
-              const wake = () => { signal.removeEventListener('abort', wake); resolve(); };
-              signal.addEventListener('abort', wake, { once: true });
-              idle.push(wake);
-            });
-          }
-          const [key, v] = handed.shift()!.split('\u0000');
-          await client.delete().key(key!);
-          return v!;
-        },
-      });
+      roles.push(
+        id === 0
+          ? {
+              put: async (v) => {
+                const key = `${p.prefix}/${n++}`;
+                await client.put(key).value(v);
+                handed.push(`${key}\u0000${v}`);
+                idle.shift()?.();
+              },
+            }
+          : {
+              take: async (signal) => {
+                while (!handed.length) {
+                  signal.throwIfAborted();
+                  await new Promise<void>((resolve) => {
+                    const wake = () => {
+                      signal.removeEventListener('abort', wake);
+                      resolve();
+                    };
+                    signal.addEventListener('abort', wake, { once: true });
+                    idle.push(wake);
+                  });
+                }
+                const [key, v] = handed.shift()!.split('\u0000');
+                await client.delete().key(key!);
+                return v!;
+              },
+            },
+      );
     } else if (p.kind === 'queue') {
       const q = new Queue(client, p.prefix);
       queues.push(q);
@@ -202,13 +224,17 @@ async function queue(env: WorkerEnv, p: { kind: 'raw' | 'queue' | 'work'; consum
       const session = await Session.create(client, { ttl: 30 });
       sessions.push(session);
       const wq = new WorkQueue(session, p.prefix);
-      roles.push(id === 0 ? { put: (v) => wq.add(v) } : {
-        take: async (signal) => {
-          const job = await wq.claim({ signal });
-          await job.ack();
-          return job.value;
-        },
-      });
+      roles.push(
+        id === 0
+          ? { put: (v) => wq.add(v) }
+          : {
+              take: async (signal) => {
+                const job = await wq.claim({ signal });
+                await job.ack();
+                return job.value;
+              },
+            },
+      );
     }
   }
   let seq = 0;
@@ -216,28 +242,30 @@ async function queue(env: WorkerEnv, p: { kind: 'raw' | 'queue' | 'work'; consum
     async run(endAt) {
       const out = empty();
       const deadline = deadlineSignal(endAt);
-      await Promise.all(roles.map(async (role) => {
-        if ('put' in role) {
+      await Promise.all(
+        roles.map(async (role) => {
+          if ('put' in role) {
+            while (epochMs() < endAt) {
+              const v = `${seq++}`;
+              await role.put(v);
+              out.records.push([0, Number(v), epochMs()]);
+              out.counts.produced = (out.counts.produced ?? 0) + 1;
+            }
+            return;
+          }
           while (epochMs() < endAt) {
-            const v = `${seq++}`;
-            await role.put(v);
-            out.records.push([0, Number(v), epochMs()]);
-            out.counts.produced = (out.counts.produced ?? 0) + 1;
+            let v: string;
+            try {
+              v = await role.take(deadline.signal);
+            } catch (err) {
+              if (deadline.signal.aborted) return;
+              throw err;
+            }
+            out.ops++;
+            out.records.push([1, Number(v), epochMs()]);
           }
-          return;
-        }
-        while (epochMs() < endAt) {
-          let v: string;
-          try {
-            v = await role.take(deadline.signal);
-          } catch (err) {
-            if (deadline.signal.aborted) return;
-            throw err;
-          }
-          out.ops++;
-          out.records.push([1, Number(v), epochMs()]);
-        }
-      }));
+        }),
+      );
       deadline.clear();
       return out;
     },
@@ -255,7 +283,10 @@ async function queue(env: WorkerEnv, p: { kind: 'raw' | 'queue' | 'work'; consum
  * with mod compares, the Else branch re-reading). Accounts are `<prefix>NNN`.
  * Latency per transfer, retries included; counts: bodies, gaveUp.
  */
-async function bank(env: WorkerEnv, p: { kind: 'stm' | 'raw'; workers: number; prefix: string; accounts: number }): Promise<Runner> {
+async function bank(
+  env: WorkerEnv,
+  p: { kind: 'stm' | 'raw'; workers: number; prefix: string; accounts: number },
+): Promise<Runner> {
   const ids = mine(env, p.workers);
   const clients = ids.map(() => env.client());
   await connect(clients);
@@ -265,37 +296,43 @@ async function bank(env: WorkerEnv, p: { kind: 'stm' | 'raw'; workers: number; p
       const out = empty();
       out.counts.bodies = 0;
       out.counts.gaveUp = 0;
-      await Promise.all(clients.map(async (client) => {
-        while (epochMs() < endAt) {
-          const i = Math.floor(Math.random() * p.accounts);
-          let j = Math.floor(Math.random() * (p.accounts - 1));
-          if (j >= i) j++;
-          const amount = 1 + Math.floor(Math.random() * 50);
-          const t = performance.now();
-          let bodies = 0;
-          try {
-            if (p.kind === 'stm') {
-              await runSTM(client, async (tx) => {
-                bodies++;
-                const a = Number(await tx.get(account(i)));
-                const b = Number(await tx.get(account(j)));
-                if (a < amount) return;
-                tx.put(account(i), String(a - amount));
-                tx.put(account(j), String(b + amount));
-              }, { retries: 10 });
-            } else {
-              bodies = await rawTransfer(client, account(i), account(j), amount);
+      await Promise.all(
+        clients.map(async (client) => {
+          while (epochMs() < endAt) {
+            const i = Math.floor(Math.random() * p.accounts);
+            let j = Math.floor(Math.random() * (p.accounts - 1));
+            if (j >= i) j++;
+            const amount = 1 + Math.floor(Math.random() * 50);
+            const t = performance.now();
+            let bodies = 0;
+            try {
+              if (p.kind === 'stm') {
+                await runSTM(
+                  client,
+                  async (tx) => {
+                    bodies++;
+                    const a = Number(await tx.get(account(i)));
+                    const b = Number(await tx.get(account(j)));
+                    if (a < amount) return;
+                    tx.put(account(i), String(a - amount));
+                    tx.put(account(j), String(b + amount));
+                  },
+                  { retries: 10 },
+                );
+              } else {
+                bodies = await rawTransfer(client, account(i), account(j), amount);
+              }
+              out.ops++;
+              out.latencies.push(performance.now() - t);
+            } catch (err) {
+              if (!isRecipeError(err, 'STM_CONFLICT') && !(err instanceof GaveUp)) throw err;
+              if (err instanceof GaveUp) bodies = 11;
+              out.counts.gaveUp!++;
             }
-            out.ops++;
-            out.latencies.push(performance.now() - t);
-          } catch (err) {
-            if (!isRecipeError(err, 'STM_CONFLICT') && !(err instanceof GaveUp)) throw err;
-            if (err instanceof GaveUp) bodies = 11;
-            out.counts.gaveUp!++;
+            out.counts.bodies! += bodies;
           }
-          out.counts.bodies! += bodies;
-        }
-      }));
+        }),
+      );
       return out;
     },
     close: async () => undefined,

@@ -16,7 +16,10 @@ function version(): string | undefined {
   return undefined;
 }
 
-main(process.argv.slice(2), { version: version() }).then((code) => process.exit(code), (err: unknown) => {
-  process.stderr.write(`etcd-recipes: ${(err as Error)?.stack ?? String(err)}\n`);
-  process.exit(70);
-});
+main(process.argv.slice(2), { version: version() }).then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    process.stderr.write(`etcd-recipes: ${(err as Error)?.stack ?? String(err)}\n`);
+    process.exit(70);
+  },
+);

@@ -23,7 +23,9 @@ export function findCommandWord(own: readonly string[], options: Readonly<Record
     const arg = own[i]!;
     if (!arg.startsWith('-') || arg === '-') return i;
     if (arg.includes('=')) continue;
-    const spec = arg.startsWith('--') ? options[arg.slice(2)] : Object.values(options).find((o) => o.short === arg.slice(1));
+    const spec = arg.startsWith('--')
+      ? options[arg.slice(2)]
+      : Object.values(options).find((o) => o.short === arg.slice(1));
     if (spec?.type === 'string') i++;
   }
   return -1;
@@ -33,19 +35,32 @@ export function findCommandWord(own: readonly string[], options: Readonly<Record
  * Parses flags and positionals strictly.
  * @throws UsageError with one line naming the flag
  */
-export function parseOptions(args: readonly string[], options: Readonly<Record<string, OptionSpec>>): { values: OptionValues; positionals: string[] } {
+export function parseOptions(
+  args: readonly string[],
+  options: Readonly<Record<string, OptionSpec>>,
+): { values: OptionValues; positionals: string[] } {
   const config: Record<string, { type: 'string' | 'boolean'; short?: string; multiple?: boolean }> = {};
   for (const [name, o] of Object.entries(options)) {
     config[name] = { type: o.type, ...(o.short ? { short: o.short } : {}), ...(o.multiple ? { multiple: true } : {}) };
   }
   try {
-    const { values, positionals } = parseArgs({ args: [...args], options: config, allowPositionals: true, strict: true });
+    const { values, positionals } = parseArgs({
+      args: [...args],
+      options: config,
+      allowPositionals: true,
+      strict: true,
+    });
     for (const [name, v] of Object.entries(values)) {
       // parseArgs keeps the last of repeated single-valued flags; a repeated flag is more likely a mistake.
       if (!options[name]?.multiple && args.filter((a) => a === `--${name}` || a.startsWith(`--${name}=`)).length > 1) {
         throw new UsageError(`--${name} given more than once`);
       }
-      if (options[name]?.type === 'string' && typeof v === 'string' && v.startsWith('--') && options[v.slice(2).split('=')[0]!]) {
+      if (
+        options[name]?.type === 'string' &&
+        typeof v === 'string' &&
+        v.startsWith('--') &&
+        options[v.slice(2).split('=')[0]!]
+      ) {
         throw new UsageError(`--${name} needs a value`);
       }
     }
@@ -57,7 +72,11 @@ export function parseOptions(args: readonly string[], options: Readonly<Record<s
     const flag = /'(-[^' ]+)/.exec(message)?.[1];
     if (code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') throw new UsageError(`unknown option ${flag ?? message}`);
     if (code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE') {
-      throw new UsageError(/argument missing/.test(message) ? `${flag ?? 'an option'} needs a value` : `${flag ?? 'an option'} takes no value`);
+      throw new UsageError(
+        /argument missing/.test(message)
+          ? `${flag ?? 'an option'} needs a value`
+          : `${flag ?? 'an option'} takes no value`,
+      );
     }
     throw new UsageError(message);
   }
@@ -96,27 +115,57 @@ export function parseDuration(text: string, what: string, range: { min?: number;
     ms = 0;
     for (const m of text.matchAll(/([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)/g)) ms += Number(m[1]) * UNIT_MS[m[2]!]!;
   }
-  if (ms === undefined || !Number.isFinite(ms)) throw new UsageError(`${what}: ${JSON.stringify(text)} is not a duration (seconds, or e.g. 500ms, 2s, 1m)`);
+  if (ms === undefined || !Number.isFinite(ms))
+    throw new UsageError(`${what}: ${JSON.stringify(text)} is not a duration (seconds, or e.g. 500ms, 2s, 1m)`);
   ms = Math.round(ms);
-  if (ms < min || ms > max) throw new UsageError(`${what}: ${text} is out of range (${formatDuration(min)} to ${formatDuration(max)})`);
+  if (ms < min || ms > max)
+    throw new UsageError(`${what}: ${text} is out of range (${formatDuration(min)} to ${formatDuration(max)})`);
   return ms;
 }
 
 /** A duration flag in ms, or `fallback` when absent. */
-export function durationOption(values: OptionValues, name: string, fallback: number, range?: { min?: number; max?: number }): number;
-export function durationOption(values: OptionValues, name: string, fallback?: undefined, range?: { min?: number; max?: number }): number | undefined;
-export function durationOption(values: OptionValues, name: string, fallback?: number, range?: { min?: number; max?: number }): number | undefined {
+export function durationOption(
+  values: OptionValues,
+  name: string,
+  fallback: number,
+  range?: { min?: number; max?: number },
+): number;
+export function durationOption(
+  values: OptionValues,
+  name: string,
+  fallback?: undefined,
+  range?: { min?: number; max?: number },
+): number | undefined;
+export function durationOption(
+  values: OptionValues,
+  name: string,
+  fallback?: number,
+  range?: { min?: number; max?: number },
+): number | undefined {
   const v = stringOption(values, name);
   return v === undefined ? fallback : parseDuration(v, `--${name}`, range);
 }
 
 /** An integer flag within [min, max], or `fallback` when absent. */
 export function integerOption(values: OptionValues, name: string, min: number, max: number, fallback: number): number;
-export function integerOption(values: OptionValues, name: string, min: number, max: number, fallback?: undefined): number | undefined;
-export function integerOption(values: OptionValues, name: string, min: number, max: number, fallback?: number): number | undefined {
+export function integerOption(
+  values: OptionValues,
+  name: string,
+  min: number,
+  max: number,
+  fallback?: undefined,
+): number | undefined;
+export function integerOption(
+  values: OptionValues,
+  name: string,
+  min: number,
+  max: number,
+  fallback?: number,
+): number | undefined {
   const v = stringOption(values, name);
   if (v === undefined) return fallback;
-  if (!/^-?[0-9]+$/.test(v) || Number(v) < min || Number(v) > max) throw new UsageError(`--${name}: must be a whole number from ${min} to ${max}, got ${JSON.stringify(v)}`);
+  if (!/^-?[0-9]+$/.test(v) || Number(v) < min || Number(v) > max)
+    throw new UsageError(`--${name}: must be a whole number from ${min} to ${max}, got ${JSON.stringify(v)}`);
   return Number(v);
 }
 
@@ -132,8 +181,13 @@ export function ttlOption(values: OptionValues, fallbackSeconds: number): number
 }
 
 /** Throws a UsageError unless exactly `names.length` positionals were given (named in the message). */
-export function expectArgs(args: readonly string[], names: readonly string[], extra: 'none' | 'allowed' = 'none'): void {
+export function expectArgs(
+  args: readonly string[],
+  names: readonly string[],
+  extra: 'none' | 'allowed' = 'none',
+): void {
   if (args.length < names.length) throw new UsageError(`missing ${names.slice(args.length).join(' ')}`);
-  if (extra === 'none' && args.length > names.length) throw new UsageError(`unexpected argument ${JSON.stringify(args[names.length])}`);
+  if (extra === 'none' && args.length > names.length)
+    throw new UsageError(`unexpected argument ${JSON.stringify(args[names.length])}`);
   for (const [i, n] of names.entries()) if (args[i] === '') throw new UsageError(`${n} must not be empty`);
 }

@@ -43,10 +43,16 @@ export async function connect(o: ConnectionOptions): Promise<Etcd3> {
     // grpc-js appends resolver notes on further lines and after the first sentence of its detail.
     const message = ((err as Error).message ?? String(err)).split('\n')[0]!.replace(/\s*Resolution note:.*$/, '');
     const where = o.endpoints.join(', ');
-    if (/auth|password|permission|user name|invalid/i.test(message) && !/unavailable|deadline|no answer|connect/i.test(message)) {
+    if (
+      /auth|password|permission|user name|invalid/i.test(message) &&
+      !/unavailable|deadline|no answer|connect/i.test(message)
+    ) {
       throw new CliExit(EXIT.ERROR, `etcd at ${where} refused us: ${message}`);
     }
-    throw new CliExit(EXIT.UNAVAILABLE, `cannot reach etcd at ${where} within ${formatDuration(o.dialTimeoutMs)}: ${message}`);
+    throw new CliExit(
+      EXIT.UNAVAILABLE,
+      `cannot reach etcd at ${where} within ${formatDuration(o.dialTimeoutMs)}: ${message}`,
+    );
   } finally {
     clearTimeout(timer);
   }

@@ -30,13 +30,25 @@ export const DEFAULT_DIAL_TIMEOUT_MS = 2000;
 
 /** The flags every command accepts. */
 export const CONNECTION_OPTIONS: Readonly<Record<string, OptionSpec>> = {
-  endpoints: { type: 'string', value: 'LIST', help: `comma-separated etcd endpoints (env ETCDCTL_ENDPOINTS or ETCD_ENDPOINTS; default ${DEFAULT_ENDPOINT})` },
-  cacert: { type: 'string', value: 'FILE', help: 'verify the servers\' TLS certificates with this CA bundle (env ETCDCTL_CACERT)' },
+  endpoints: {
+    type: 'string',
+    value: 'LIST',
+    help: `comma-separated etcd endpoints (env ETCDCTL_ENDPOINTS or ETCD_ENDPOINTS; default ${DEFAULT_ENDPOINT})`,
+  },
+  cacert: {
+    type: 'string',
+    value: 'FILE',
+    help: "verify the servers' TLS certificates with this CA bundle (env ETCDCTL_CACERT)",
+  },
   cert: { type: 'string', value: 'FILE', help: 'TLS client certificate (env ETCDCTL_CERT)' },
   key: { type: 'string', value: 'FILE', help: 'TLS client key (env ETCDCTL_KEY)' },
   user: { type: 'string', value: 'NAME[:PASSWORD]', help: 'authenticate as this user (env ETCDCTL_USER)' },
   password: { type: 'string', value: 'PASSWORD', help: 'password, if not in --user (env ETCDCTL_PASSWORD)' },
-  'dial-timeout': { type: 'string', value: 'DURATION', help: 'give up when etcd does not answer within this long (env ETCDCTL_DIAL_TIMEOUT; default 2s)' },
+  'dial-timeout': {
+    type: 'string',
+    value: 'DURATION',
+    help: 'give up when etcd does not answer within this long (env ETCDCTL_DIAL_TIMEOUT; default 2s)',
+  },
 };
 
 const ENDPOINT = /^(https?:\/\/)?(\[[0-9a-fA-F:.]+\]|[^\s/:[\]]+):[0-9]{1,5}\/?$/;
@@ -60,13 +72,20 @@ export function resolveConnection(values: OptionValues, env: NodeJS.ProcessEnv =
   };
 
   const [endpointList = DEFAULT_ENDPOINT, endpointsFrom] = pick('endpoints', 'ETCDCTL_ENDPOINTS', 'ETCD_ENDPOINTS');
-  const endpoints = endpointList.split(',').map((e) => e.trim()).filter((e) => e !== '');
+  const endpoints = endpointList
+    .split(',')
+    .map((e) => e.trim())
+    .filter((e) => e !== '');
   if (endpoints.length === 0) throw new UsageError(`${endpointsFrom}: no endpoint given`);
   for (const e of endpoints) {
-    if (!ENDPOINT.test(e)) throw new UsageError(`${endpointsFrom}: ${JSON.stringify(e)} is not an endpoint like 127.0.0.1:2379 or https://etcd-1:2379`);
+    if (!ENDPOINT.test(e))
+      throw new UsageError(
+        `${endpointsFrom}: ${JSON.stringify(e)} is not an endpoint like 127.0.0.1:2379 or https://etcd-1:2379`,
+      );
   }
   const secure = endpoints.filter((e) => e.startsWith('https://')).length;
-  if (secure > 0 && secure < endpoints.length) throw new UsageError(`${endpointsFrom}: mixes https:// and plain endpoints`);
+  if (secure > 0 && secure < endpoints.length)
+    throw new UsageError(`${endpointsFrom}: mixes https:// and plain endpoints`);
 
   const file = (flag: string, envName: string): Buffer | undefined => {
     const [path, from] = pick(flag, envName);
@@ -74,7 +93,9 @@ export function resolveConnection(values: OptionValues, env: NodeJS.ProcessEnv =
     try {
       return readFileSync(path);
     } catch (err) {
-      throw new UsageError(`${from}: cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+      throw new UsageError(
+        `${from}: cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+      );
     }
   };
   const cacert = file('cacert', 'ETCDCTL_CACERT');
@@ -92,7 +113,8 @@ export function resolveConnection(values: OptionValues, env: NodeJS.ProcessEnv =
     password = passwordFlag ?? (colon >= 0 ? userSpec.slice(colon + 1) : undefined);
     if (user === '') throw new UsageError(`${userFrom}: empty user name`);
     // etcdctl would prompt; a tool run from cron or systemd cannot.
-    if (password === undefined) throw new UsageError(`${userFrom}: no password (give NAME:PASSWORD, --password or ETCDCTL_PASSWORD)`);
+    if (password === undefined)
+      throw new UsageError(`${userFrom}: no password (give NAME:PASSWORD, --password or ETCDCTL_PASSWORD)`);
   } else if (passwordFlag !== undefined) {
     throw new UsageError('--password needs --user');
   }

@@ -25,14 +25,13 @@ found; ${EXIT.CANNOT_EXECUTE} command not executable.`;
 
 /** The `--help` text of one command. */
 export function commandHelp(c: Command): string {
-  const lines = [
-    ...c.usage.map((u, i) => `${i === 0 ? 'Usage:' : '      '} ${PROGRAM} ${u}`),
-    '',
-    c.description,
-    '',
-  ];
+  const lines = [...c.usage.map((u, i) => `${i === 0 ? 'Usage:' : '      '} ${PROGRAM} ${u}`), '', c.description, ''];
   if (Object.keys(c.options).length > 0) lines.push('Options:', ...optionLines(c.options), '');
-  lines.push('Connection and output (every command):', ...optionLines({ ...CONNECTION_OPTIONS, ...COMMON_OPTIONS }), '');
+  lines.push(
+    'Connection and output (every command):',
+    ...optionLines({ ...CONNECTION_OPTIONS, ...COMMON_OPTIONS }),
+    '',
+  );
   lines.push(c.examples.length > 1 ? 'Examples:' : 'Example:', ...c.examples.map((e) => `  ${e}`), '');
   lines.push(EXIT_CODES, '');
   return lines.join('\n');

@@ -15,8 +15,16 @@ export const DEFAULT_KILL_AFTER_MS = 10_000;
 
 /** Options shared by the commands that run a child while holding something. */
 export const LOSS_OPTIONS: Readonly<Record<string, OptionSpec>> = {
-  ttl: { type: 'string', value: 'S', help: `session lease TTL in seconds: how long the hold outlives a crashed tool (default ${DEFAULT_TTL_SECONDS})` },
-  'kill-after': { type: 'string', value: 'S', help: `after a loss, SIGKILL the command this long after SIGTERM (default ${DEFAULT_KILL_AFTER_MS / 1000})` },
+  ttl: {
+    type: 'string',
+    value: 'S',
+    help: `session lease TTL in seconds: how long the hold outlives a crashed tool (default ${DEFAULT_TTL_SECONDS})`,
+  },
+  'kill-after': {
+    type: 'string',
+    value: 'S',
+    help: `after a loss, SIGKILL the command this long after SIGTERM (default ${DEFAULT_KILL_AFTER_MS / 1000})`,
+  },
 };
 
 /** Options of the commands that wait for a hold (lock, semaphore). */
@@ -24,7 +32,12 @@ export const HOLD_OPTIONS: Readonly<Record<string, OptionSpec>> = {
   ...LOSS_OPTIONS,
   timeout: { type: 'string', value: 'S', help: `give up after waiting this long (exit ${EXIT.NOT_ACQUIRED})` },
   try: { type: 'boolean', short: 'n', help: `do not wait: exit ${EXIT.NOT_ACQUIRED} at once if taken` },
-  'conflict-exit-code': { type: 'string', short: 'E', value: 'N', help: `exit code when not acquired (default ${EXIT.NOT_ACQUIRED})` },
+  'conflict-exit-code': {
+    type: 'string',
+    short: 'E',
+    value: 'N',
+    help: `exit code when not acquired (default ${EXIT.NOT_ACQUIRED})`,
+  },
 };
 
 /** How to wait for a hold and supervise its child. */
@@ -52,7 +65,13 @@ export function holdSettings(values: OptionValues): HoldSettings {
 }
 
 /** The exit code for a wait that `reason` ended: not acquired (timeout) or interrupted. Rethrows anything else. */
-export function waitEnded(reason: unknown, conflictCode: number, ctx: CommandContext, what: string, timeoutMs: number | undefined): number {
+export function waitEnded(
+  reason: unknown,
+  conflictCode: number,
+  ctx: CommandContext,
+  what: string,
+  timeoutMs: number | undefined,
+): number {
   if (reason instanceof InterruptedError) return 128 + signalNumber(reason.signal);
   if (reason instanceof Error && reason.name === 'TimeoutError') {
     say(ctx.stderr, `${what}: not acquired within ${timeoutMs! / 1000}s`);
@@ -68,11 +87,18 @@ export function waitEnded(reason: unknown, conflictCode: number, ctx: CommandCon
  * @param acquire - takes the hold on `session`; with `wait` false, resolves undefined when taken
  * @param childEnv - the variables the child gets for this hold
  */
-export async function runWhileHolding(ctx: CommandContext, s: HoldSettings, what: string,
+export async function runWhileHolding(
+  ctx: CommandContext,
+  s: HoldSettings,
+  what: string,
   acquire: (session: SessionType, wait: boolean, signal: AbortSignal) => Promise<HeldKey | undefined>,
-  childEnv: (held: HeldKey) => Record<string, string>): Promise<number> {
+  childEnv: (held: HeldKey) => Record<string, string>,
+): Promise<number> {
   const client = await ctx.connect();
-  const waiting = linkSignals(ctx.interrupts.signal, s.timeoutMs === undefined ? undefined : AbortSignal.timeout(s.timeoutMs));
+  const waiting = linkSignals(
+    ctx.interrupts.signal,
+    s.timeoutMs === undefined ? undefined : AbortSignal.timeout(s.timeoutMs),
+  );
   let session: SessionType | undefined;
   try {
     let held: HeldKey | undefined;
@@ -93,11 +119,19 @@ export async function runWhileHolding(ctx: CommandContext, s: HoldSettings, what
     }
     // The hold's signal aborts when the session is lost and when its key is deleted from outside.
     const result = await runChild({
-      command: ctx.child, env: childEnv(held), lost: held.signal, killAfterMs: s.killAfterMs, interrupts: ctx.interrupts,
+      command: ctx.child,
+      env: childEnv(held),
+      lost: held.signal,
+      killAfterMs: s.killAfterMs,
+      interrupts: ctx.interrupts,
       onLost: (reason) => say(ctx.stderr, `${what} lost (${errorMessage(reason)}); stopping the command`),
       onSpawnError: (message) => say(ctx.stderr, message),
     });
-    await held.release().catch((err: unknown) => say(ctx.stderr, `${what}: release failed (${errorMessage(err)}); it ends when the lease expires`));
+    await held
+      .release()
+      .catch((err: unknown) =>
+        say(ctx.stderr, `${what}: release failed (${errorMessage(err)}); it ends when the lease expires`),
+      );
     return result.lost ? EXIT.LOST : result.code;
   } finally {
     await session?.close();

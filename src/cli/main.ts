@@ -24,7 +24,11 @@ export interface MainOptions {
   commands?: readonly Command[];
 }
 
-const GLOBAL_OPTIONS = { ...CONNECTION_OPTIONS, ...COMMON_OPTIONS, version: { type: 'boolean' as const, help: 'print the version' } };
+const GLOBAL_OPTIONS = {
+  ...CONNECTION_OPTIONS,
+  ...COMMON_OPTIONS,
+  version: { type: 'boolean' as const, help: 'print the version' },
+};
 
 /**
  * Runs the tool with `argv` (without node and script) and resolves with the
@@ -61,19 +65,30 @@ export async function main(argv: readonly string[], o: MainOptions = {}): Promis
       return 0;
     }
     command = commands.find((c) => c.name === name);
-    if (!command) throw new UsageError(`unknown command ${JSON.stringify(name)} (commands: ${commands.map((c) => c.name).join(', ')})`);
+    if (!command)
+      throw new UsageError(
+        `unknown command ${JSON.stringify(name)} (commands: ${commands.map((c) => c.name).join(', ')})`,
+      );
     const { values, positionals } = parseOptions(rest, { ...GLOBAL_OPTIONS, ...command.options });
     if (values.help) {
       stdout.write(commandHelp(command));
       return 0;
     }
     if (values.version) throw new UsageError('--version takes no command');
-    if (command.child === 'required' && (child === undefined || child.length === 0)) throw new UsageError('missing -- CMD [ARGS...]');
-    if (command.child === 'none' && child !== undefined) throw new UsageError(`${command.name} runs no command (nothing goes after --)`);
+    if (command.child === 'required' && (child === undefined || child.length === 0))
+      throw new UsageError('missing -- CMD [ARGS...]');
+    if (command.child === 'none' && child !== undefined)
+      throw new UsageError(`${command.name} runs no command (nothing goes after --)`);
     const connection = resolveConnection(values, o.env ?? process.env);
     return await runCommand(command, {
-      args: positionals, options: values, child: child ?? [], json: values.json === true, connection,
-      stdout, stderr, stdin: o.stdin ?? process.stdin,
+      args: positionals,
+      options: values,
+      child: child ?? [],
+      json: values.json === true,
+      connection,
+      stdout,
+      stderr,
+      stdin: o.stdin ?? process.stdin,
     });
   } catch (err) {
     return report(err, stderr, command);

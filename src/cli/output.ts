@@ -15,13 +15,15 @@ const BIG = '\uE000bigint:';
  * Undefined fields are dropped, as JSON.stringify does.
  */
 export function toJson(value: unknown): string {
-  return JSON.stringify(value, (_k, v: unknown) => (typeof v === 'bigint' ? `${BIG}${v}` : v))
-    .replace(new RegExp(`"${BIG}(-?[0-9]+)"`, 'g'), '$1');
+  return JSON.stringify(value, (_k, v: unknown) => (typeof v === 'bigint' ? `${BIG}${v}` : v)).replace(
+    new RegExp(`"${BIG}(-?[0-9]+)"`, 'g'),
+    '$1',
+  );
 }
 
 /** Writes `value` as one JSON line. */
 export function printJson(stream: NodeJS.WritableStream, value: unknown): void {
-  stream.write(toJson(value) + '\n');
+  stream.write(`${toJson(value)}\n`);
 }
 
 /** The message of an error, for one-line reports. */

@@ -38,7 +38,14 @@ export function linkSignals(...sources: (AbortSignal | undefined)[]): LinkedSign
     cleanups.push(() => s.removeEventListener('abort', onAbort));
   }
   if (controller.signal.aborted) dispose();
-  return { signal: controller.signal, abort: (r) => { controller.abort(r); dispose(); }, dispose };
+  return {
+    signal: controller.signal,
+    abort: (r) => {
+      controller.abort(r);
+      dispose();
+    },
+    dispose,
+  };
 }
 
 /**
@@ -58,20 +65,35 @@ export function combineSignals(...sources: (AbortSignal | undefined)[]): { signa
  */
 export function raceAbort<T>(promise: Promise<T>, ...signals: (AbortSignal | undefined)[]): Promise<T> {
   const live = signals.filter((s): s is AbortSignal => !!s);
-  for (const s of live) if (s.aborted) {
-    promise.catch(() => undefined);
-    return Promise.reject(abortReason(s));
-  }
+  for (const s of live)
+    if (s.aborted) {
+      promise.catch(() => undefined);
+      return Promise.reject(abortReason(s));
+    }
   if (live.length === 0) return promise;
   return new Promise<T>((resolve, reject) => {
     const cleanups: (() => void)[] = [];
-    const done = () => { for (const c of cleanups.splice(0)) c(); };
+    const done = () => {
+      for (const c of cleanups.splice(0)) c();
+    };
     for (const s of live) {
-      const onAbort = () => { done(); reject(abortReason(s)); };
+      const onAbort = () => {
+        done();
+        reject(abortReason(s));
+      };
       s.addEventListener('abort', onAbort, { once: true });
       cleanups.push(() => s.removeEventListener('abort', onAbort));
     }
-    promise.then((v) => { done(); resolve(v); }, (e) => { done(); reject(e); });
+    promise.then(
+      (v) => {
+        done();
+        resolve(v);
+      },
+      (e) => {
+        done();
+        reject(e);
+      },
+    );
   });
 }
 
@@ -82,7 +104,9 @@ export function raceAbort<T>(promise: Promise<T>, ...signals: (AbortSignal | und
  */
 export function delay(ms: number, ...signals: (AbortSignal | undefined)[]): Promise<void> {
   let timer: NodeJS.Timeout | undefined;
-  const slept = new Promise<void>((resolve) => { timer = setTimeout(resolve, ms); });
+  const slept = new Promise<void>((resolve) => {
+    timer = setTimeout(resolve, ms);
+  });
   return raceAbort(slept, ...signals).finally(() => clearTimeout(timer));
 }
 

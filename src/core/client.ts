@@ -38,7 +38,9 @@ const AVOID_MS = 3000;
 const DEFAULT_CALL_TIMEOUT_MS = 1500;
 
 /** The pool object etcd3 shares between a client and its namespaces (internal to etcd3, stable in 1.1.x). */
-interface Pool { close(): void }
+interface Pool {
+  close(): void;
+}
 
 function poolOf(client: Namespace): Pool {
   return (client as unknown as { pool: Pool }).pool;
@@ -57,7 +59,11 @@ export function createClient(options: ClientOptions): Etcd3 {
   const client = new Etcd3({
     ...rest,
     hosts: list,
-    faultHandling: { ...rest.faultHandling, host: (host) => health.policy(host) as never, global: passThrough as never },
+    faultHandling: {
+      ...rest.faultHandling,
+      host: (host) => health.policy(host) as never,
+      global: passThrough as never,
+    },
     grpcOptions: {
       // grpc-js waits 1 s, then longer, before reconnecting: a 300 ms blip would cost seconds.
       'grpc.initial_reconnect_backoff_ms': 100,
@@ -68,7 +74,8 @@ export function createClient(options: ClientOptions): Etcd3 {
       ...rest.grpcOptions,
     },
     defaultCallOptions: (context) => {
-      const own = typeof rest.defaultCallOptions === 'function' ? rest.defaultCallOptions(context) : rest.defaultCallOptions;
+      const own =
+        typeof rest.defaultCallOptions === 'function' ? rest.defaultCallOptions(context) : rest.defaultCallOptions;
       return context.isStream ? { ...own } : { deadline: Date.now() + callTimeoutMs, ...own };
     },
   });
@@ -100,7 +107,10 @@ const passThrough: Policy = {
 // Made on first use, as every processWide value: importing the library has no side effect.
 const streamHosts = () => processWide('stream-hosts', () => new WeakMap<object, HostState>());
 
-interface HostState { host: string; avoidUntil: number }
+interface HostState {
+  host: string;
+  avoidUntil: number;
+}
 
 /** An error etcd3 treats like an open circuit: the call was not sent, try the next member. */
 class MemberAvoidedError extends Error {
@@ -119,7 +129,10 @@ class HostHealth {
     return {
       execute: async (fn, signal) => {
         // Step aside for a member less suspect than this one (all may be suspect during an election).
-        if (performance.now() < state.avoidUntil && this.#hosts.some((h) => h !== state && h.avoidUntil < state.avoidUntil)) {
+        if (
+          performance.now() < state.avoidUntil &&
+          this.#hosts.some((h) => h !== state && h.avoidUntil < state.avoidUntil)
+        ) {
           throw new MemberAvoidedError(host);
         }
         try {
@@ -147,7 +160,10 @@ function avoid(state: HostState, why: string): void {
 }
 
 function isConnectionFault(err: unknown): boolean {
-  return err instanceof Error && /deadline|unavailable|ECONNRE|No connection|not connected|stream removed|socket/i.test(err.message);
+  return (
+    err instanceof Error &&
+    /deadline|unavailable|ECONNRE|No connection|not connected|stream removed|socket/i.test(err.message)
+  );
 }
 
 /**
@@ -173,8 +189,10 @@ export function checkTransport(client: Namespace): boolean {
   const warned = processWide('warned-pools', () => new WeakSet<object>());
   if (!warned.has(pool)) {
     warned.add(pool);
-    log('this etcd3 client was not built with createClient(): its default fault policies (3 silent re-sends, a 5 s ' +
-      'circuit breaker, no call deadlines) can turn a short network blip into lost sessions; see docs/faults.md');
+    log(
+      'this etcd3 client was not built with createClient(): its default fault policies (3 silent re-sends, a 5 s ' +
+        'circuit breaker, no call deadlines) can turn a short network blip into lost sessions; see docs/faults.md',
+    );
   }
   return false;
 }
@@ -183,7 +201,9 @@ export function checkTransport(client: Namespace): boolean {
 // Life cycle: what closing a client ends.
 
 /** Something the library keeps open on a client: a cache, a discovery, a session it created itself. */
-export interface Closable { close(): Promise<void> | void }
+export interface Closable {
+  close(): Promise<void> | void;
+}
 
 /** @internal A client's life cycle, shared by the client and its namespaces. */
 export interface ClientScope {
@@ -230,7 +250,9 @@ export function clientScope(client: Namespace): ClientScope {
       originalClose: pool.close.bind(pool),
       own(thing) {
         if (controller.signal.aborted) {
-          void Promise.resolve().then(() => thing.close()).catch(() => undefined);
+          void Promise.resolve()
+            .then(() => thing.close())
+            .catch(() => undefined);
           return () => undefined;
         }
         owned.add(thing);
@@ -266,7 +288,12 @@ async function shutDown(scope: ScopeState): Promise<void> {
 /** Waits for `work`, at most `ms`. */
 async function bounded(work: Promise<unknown>, ms: number): Promise<void> {
   let timer: NodeJS.Timeout | undefined;
-  await Promise.race([work, new Promise<void>((resolve) => { timer = setTimeout(resolve, ms); })]);
+  await Promise.race([
+    work,
+    new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, ms);
+    }),
+  ]);
   clearTimeout(timer);
 }
 

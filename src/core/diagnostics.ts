@@ -1,4 +1,11 @@
-import { channel, subscribe, tracingChannel, unsubscribe, type Channel, type TracingChannel } from 'node:diagnostics_channel';
+import {
+  channel,
+  subscribe,
+  tracingChannel,
+  unsubscribe,
+  type Channel,
+  type TracingChannel,
+} from 'node:diagnostics_channel';
 import { showKey } from './keys.js';
 
 /*
@@ -239,18 +246,20 @@ export interface ElectionLeaderMessage {
   /** The election's name. */
   name: string;
   /** Undefined: nobody leads. `revision` is the leader key's create revision (its term's fencing token). */
-  leader: {
-    /** The leader's key, `<name>/<lease hex>`. */
-    key: string;
-    /** The leader's proposal (its latest proclaimed value), as UTF-8. */
-    value: string;
-    /** The leader key's create revision (its term's fencing token). */
-    revision: bigint;
-    /** The leader key's mod revision (its latest campaign or proclaim). */
-    modRevision: bigint;
-    /** The leader's lease ID, decimal. */
-    lease: string;
-  } | undefined;
+  leader:
+    | {
+        /** The leader's key, `<name>/<lease hex>`. */
+        key: string;
+        /** The leader's proposal (its latest proclaimed value), as UTF-8. */
+        value: string;
+        /** The leader key's create revision (its term's fencing token). */
+        revision: bigint;
+        /** The leader key's mod revision (its latest campaign or proclaim). */
+        modRevision: bigint;
+        /** The leader's lease ID, decimal. */
+        lease: string;
+      }
+    | undefined;
   /** The store revision of the change. */
   revision: bigint;
 }
@@ -516,11 +525,15 @@ export interface TracingHandlers<C> {
  * Same as `diagnostics_channel.subscribe(name, listener)`.
  * @returns a function that unsubscribes
  */
-export function subscribeDiagnostics<N extends DiagnosticsChannelName>(name: N,
-  listener: (message: DiagnosticsMessages[N], name: string | symbol) => void): () => void {
+export function subscribeDiagnostics<N extends DiagnosticsChannelName>(
+  name: N,
+  listener: (message: DiagnosticsMessages[N], name: string | symbol) => void,
+): () => void {
   const l = listener as (message: unknown, name: string | symbol) => void;
   subscribe(name, l);
-  return () => { unsubscribe(name, l); };
+  return () => {
+    unsubscribe(name, l);
+  };
 }
 
 /**
@@ -528,7 +541,10 @@ export function subscribeDiagnostics<N extends DiagnosticsChannelName>(name: N,
  * `diagnostics_channel.tracingChannel(name).subscribe(handlers)`.
  * @returns a function that unsubscribes
  */
-export function subscribeTracing<N extends TracingChannelName>(name: N, handlers: TracingHandlers<TracingContexts[N]>): () => void {
+export function subscribeTracing<N extends TracingChannelName>(
+  name: N,
+  handlers: TracingHandlers<TracingContexts[N]>,
+): () => void {
   const subs: [string, (m: unknown) => void][] = [];
   for (const event of ['start', 'end', 'asyncStart', 'asyncEnd', 'error'] as const) {
     const h = handlers[event];
@@ -538,7 +554,9 @@ export function subscribeTracing<N extends TracingChannelName>(name: N, handlers
     subscribe(channelName, l);
     subs.push([channelName, l]);
   }
-  return () => { for (const [n, l] of subs) unsubscribe(n, l); };
+  return () => {
+    for (const [n, l] of subs) unsubscribe(n, l);
+  };
 }
 
 // ---------------------------------------------------------------------------
@@ -547,24 +565,33 @@ export function subscribeTracing<N extends TracingChannelName>(name: N, handlers
 type Point = { [K in keyof typeof DIAGNOSTICS_CHANNELS]: Channel };
 /** @internal The point channels, made once (channel objects are shared by name across the process). */
 export const points = Object.fromEntries(
-  Object.entries(DIAGNOSTICS_CHANNELS).map(([k, name]) => [k, channel(name)])) as Point;
+  Object.entries(DIAGNOSTICS_CHANNELS).map(([k, name]) => [k, channel(name)]),
+) as Point;
 
 type Tracing = { [K in keyof typeof TRACING_CHANNELS]: TracingChannel<unknown, object> };
 /** @internal The tracing channels. */
 export const tracing = Object.fromEntries(
-  Object.entries(TRACING_CHANNELS).map(([k, name]) => [k, tracingChannel(name)])) as Tracing;
+  Object.entries(TRACING_CHANNELS).map(([k, name]) => [k, tracingChannel(name)]),
+) as Tracing;
 
 /** @internal Publishes the message `make()` builds on point channel `which`, if anyone listens. */
-export function publish<K extends keyof typeof DIAGNOSTICS_CHANNELS>(which: K,
-  make: () => DiagnosticsMessages[(typeof DIAGNOSTICS_CHANNELS)[K]]): void {
+export function publish<K extends keyof typeof DIAGNOSTICS_CHANNELS>(
+  which: K,
+  make: () => DiagnosticsMessages[(typeof DIAGNOSTICS_CHANNELS)[K]],
+): void {
   const ch = points[which];
   if (ch.hasSubscribers) ch.publish(make());
 }
 
 function tracingOn(tc: TracingChannel<unknown, object>): boolean {
   // TracingChannel.hasSubscribers is Node ≥ 20.13; this is what it computes.
-  return tc.start.hasSubscribers || tc.end.hasSubscribers || tc.asyncStart.hasSubscribers ||
-    tc.asyncEnd.hasSubscribers || tc.error.hasSubscribers;
+  return (
+    tc.start.hasSubscribers ||
+    tc.end.hasSubscribers ||
+    tc.asyncStart.hasSubscribers ||
+    tc.asyncEnd.hasSubscribers ||
+    tc.error.hasSubscribers
+  );
 }
 
 /**
@@ -574,10 +601,12 @@ function tracingOn(tc: TracingChannel<unknown, object>): boolean {
  * set to `result(value, context, elapsedMs)`, or `error` first with `context.error`.
  * Without subscribers it only calls `fn(undefined)`.
  */
-export function traced<K extends keyof typeof TRACING_CHANNELS, T>(which: K,
+export function traced<K extends keyof typeof TRACING_CHANNELS, T>(
+  which: K,
   makeContext: () => TracingContexts[(typeof TRACING_CHANNELS)[K]],
   fn: (context: TracingContexts[(typeof TRACING_CHANNELS)[K]] | undefined) => Promise<T>,
-  result: (value: T, context: TracingContexts[(typeof TRACING_CHANNELS)[K]], elapsedMs: number) => unknown): Promise<T> {
+  result: (value: T, context: TracingContexts[(typeof TRACING_CHANNELS)[K]], elapsedMs: number) => unknown,
+): Promise<T> {
   const tc = tracing[which];
   if (!tracingOn(tc)) return fn(undefined);
   const since = performance.now();
@@ -585,18 +614,21 @@ export function traced<K extends keyof typeof TRACING_CHANNELS, T>(which: K,
   const outcome = context as { result?: unknown; error?: unknown };
   return tc.start.runStores(context, () => {
     try {
-      return fn(context).then((value) => {
-        outcome.result = result(value, context, performance.now() - since);
-        tc.asyncStart.publish(context);
-        tc.asyncEnd.publish(context);
-        return value;
-      }, (err: unknown) => {
-        outcome.error = err;
-        tc.error.publish(context);
-        tc.asyncStart.publish(context);
-        tc.asyncEnd.publish(context);
-        throw err;
-      });
+      return fn(context).then(
+        (value) => {
+          outcome.result = result(value, context, performance.now() - since);
+          tc.asyncStart.publish(context);
+          tc.asyncEnd.publish(context);
+          return value;
+        },
+        (err: unknown) => {
+          outcome.error = err;
+          tc.error.publish(context);
+          tc.asyncStart.publish(context);
+          tc.asyncEnd.publish(context);
+          throw err;
+        },
+      );
     } catch (err) {
       outcome.error = err;
       tc.error.publish(context);
@@ -660,25 +692,60 @@ export class HoldTrace {
   }
 
   #message(): LockReleasedMessage {
-    return { ...this.#lock, key: showKey(this.#key), fencingToken: this.#token, heldMs: performance.now() - this.#since };
+    return {
+      ...this.#lock,
+      key: showKey(this.#key),
+      fencingToken: this.#token,
+      heldMs: performance.now() - this.#since,
+    };
   }
 }
 
 /** @internal Traces one lock acquire (see joinLine); `fn` gets a callback for the moment it starts waiting. */
-export function traceLock<T extends { key: Buffer; rev: bigint; waited: boolean } | undefined>(lock: LockTarget | undefined, wait: boolean,
-  fn: (onWait: ((key: Buffer, rev: bigint, blocker: Buffer | undefined) => void) | undefined) => Promise<T>): Promise<T> {
+export function traceLock<T extends { key: Buffer; rev: bigint; waited: boolean } | undefined>(
+  lock: LockTarget | undefined,
+  wait: boolean,
+  fn: (onWait: ((key: Buffer, rev: bigint, blocker: Buffer | undefined) => void) | undefined) => Promise<T>,
+): Promise<T> {
   if (!lock) return fn(undefined);
   const since = performance.now();
-  return traced('lock', () => ({ ...lock, wait }), (context) => fn((key, rev, blocker) => {
-    publish('lockWait', () => ({ ...lock, context: context ?? { ...lock, wait }, key: showKey(key), revision: rev, blocker: blocker && showKey(blocker) }));
-  }), (turn): LockAcquireResult => turn
-    ? { acquired: true, key: showKey(turn.key), fencingToken: turn.rev, waited: turn.waited, waitMs: performance.now() - since }
-    : { acquired: false, waited: false, waitMs: performance.now() - since });
+  return traced(
+    'lock',
+    () => ({ ...lock, wait }),
+    (context) =>
+      fn((key, rev, blocker) => {
+        publish('lockWait', () => ({
+          ...lock,
+          context: context ?? { ...lock, wait },
+          key: showKey(key),
+          revision: rev,
+          blocker: blocker && showKey(blocker),
+        }));
+      }),
+    (turn): LockAcquireResult =>
+      turn
+        ? {
+            acquired: true,
+            key: showKey(turn.key),
+            fencingToken: turn.rev,
+            waited: turn.waited,
+            waitMs: performance.now() - since,
+          }
+        : { acquired: false, waited: false, waitMs: performance.now() - since },
+  );
 }
 
 /** @internal What a lock message says about the lock. */
-export function lockTarget(recipe: LockRecipe, name: string | Buffer, session: { leaseId: string }, permits = 1, mode?: 'read' | 'write'): LockTarget {
-  return mode ? { recipe, name: showKey(name), mode, permits, leaseId: session.leaseId } : { recipe, name: showKey(name), permits, leaseId: session.leaseId };
+export function lockTarget(
+  recipe: LockRecipe,
+  name: string | Buffer,
+  session: { leaseId: string },
+  permits = 1,
+  mode?: 'read' | 'write',
+): LockTarget {
+  return mode
+    ? { recipe, name: showKey(name), mode, permits, leaseId: session.leaseId }
+    : { recipe, name: showKey(name), permits, leaseId: session.leaseId };
 }
 
 /** @internal What an election message says about the election. */

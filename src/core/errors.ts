@@ -78,8 +78,12 @@ export class STMConflictError extends RecipeError {
    * @param attempts - how many attempts ran
    */
   constructor(keys: readonly string[], attempts: number, options?: ErrorOptions) {
-    super('STM_CONFLICT', `STM transaction still conflicting after ${attempts} attempt(s)` +
-      (keys.length ? ` on ${keys.slice(0, 10).join(', ')}${keys.length > 10 ? ', ...' : ''}` : ''), options);
+    super(
+      'STM_CONFLICT',
+      `STM transaction still conflicting after ${attempts} attempt(s)` +
+        (keys.length ? ` on ${keys.slice(0, 10).join(', ')}${keys.length > 10 ? ', ...' : ''}` : ''),
+      options,
+    );
     this.keys = keys;
     this.attempts = attempts;
   }
@@ -127,7 +131,11 @@ export class ServiceIdTakenError extends RecipeError {
    * @param holderLeaseId - the lease of its current holder
    */
   constructor(key: string, holderLeaseId: string, options?: ErrorOptions) {
-    super('SERVICE_ID_TAKEN', `${key} is already registered by another live instance (lease ${holderLeaseId === '0' ? 'none' : BigInt(holderLeaseId).toString(16)}); pass { replace: true } to take it over`, options);
+    super(
+      'SERVICE_ID_TAKEN',
+      `${key} is already registered by another live instance (lease ${holderLeaseId === '0' ? 'none' : BigInt(holderLeaseId).toString(16)}); pass { replace: true } to take it over`,
+      options,
+    );
     this.key = key;
     this.holderLeaseId = holderLeaseId;
   }

@@ -23,14 +23,19 @@ export function isPermissionDenied(err: unknown): boolean {
  * `key` when etcd refused for lack of permission, else `err` itself.
  * `key` may be a function, so the key is only worked out on failure.
  */
-export function classifyEtcdError(err: unknown, key: string | Buffer | undefined | (() => string | Buffer | undefined)): unknown {
+export function classifyEtcdError(
+  err: unknown,
+  key: string | Buffer | undefined | (() => string | Buffer | undefined),
+): unknown {
   if (!isPermissionDenied(err)) return err;
   const k = typeof key === 'function' ? key() : key;
   const name = k === undefined ? undefined : Buffer.isBuffer(k) ? k.toString('utf8') : k;
-  return new PermissionDeniedError(name,
+  return new PermissionDeniedError(
+    name,
     `etcd refused access to ${name === undefined ? 'a key' : JSON.stringify(name)}: permission denied ` +
-    '(auth is enabled and the user\'s role does not grant this key; see docs/security.md for the role each recipe needs)',
-    { cause: err });
+      "(auth is enabled and the user's role does not grant this key; see docs/security.md for the role each recipe needs)",
+    { cause: err },
+  );
 }
 
 /**

@@ -51,30 +51,37 @@ class RoundFailed extends Error {
  * made of it). Every session is
  * closed before the next one is created.
  */
-export async function inFreshSessions<T>(client: Namespace, options: FreshSessionsOptions,
-  round: (session: Session) => Promise<RoundOutcome<T>>): Promise<T> {
+export async function inFreshSessions<T>(
+  client: Namespace,
+  options: FreshSessionsOptions,
+  round: (session: Session) => Promise<RoundOutcome<T>>,
+): Promise<T> {
   const { ttl, signal: outer, what, log } = options;
   try {
-    return await retrying(async () => {
-      outer?.throwIfAborted();
-      const session = await createOwnedSession(client, { ttl, signal: outer });
-      let outcome: RoundOutcome<T>;
-      try {
-        outcome = await round(session);
-      } catch (err) {
-        throw new RoundFailed(err);
-      } finally {
-        await session.close();
-      }
-      if (outer?.aborted) throw abortReason(outer);
-      if (outcome.lost) throw new RoundLost(outcome.reason);
-      return outcome.value;
-    }, {
-      signals: [outer],
-      maxElapsedMs: Infinity,
-      retryIf: (err) => err instanceof RoundLost || isTransient(err),
-      onRetry: (err, attempt) => log('%s: round %d ended (%s); starting again on a fresh session', what, attempt, (err as Error)?.message),
-    });
+    return await retrying(
+      async () => {
+        outer?.throwIfAborted();
+        const session = await createOwnedSession(client, { ttl, signal: outer });
+        let outcome: RoundOutcome<T>;
+        try {
+          outcome = await round(session);
+        } catch (err) {
+          throw new RoundFailed(err);
+        } finally {
+          await session.close();
+        }
+        if (outer?.aborted) throw abortReason(outer);
+        if (outcome.lost) throw new RoundLost(outcome.reason);
+        return outcome.value;
+      },
+      {
+        signals: [outer],
+        maxElapsedMs: Infinity,
+        retryIf: (err) => err instanceof RoundLost || isTransient(err),
+        onRetry: (err, attempt) =>
+          log('%s: round %d ended (%s); starting again on a fresh session', what, attempt, (err as Error)?.message),
+      },
+    );
   } catch (err) {
     if (outer?.aborted) throw abortReason(outer);
     if (err instanceof RoundFailed) throw err.error;

@@ -74,38 +74,71 @@ export const noGuard: ResolvedGuard = {
 const TARGETS = ['Version', 'Create', 'Mod', 'Value', 'Lease'] as const;
 const RESULTS = ['==', '>', '<', '!='] as const;
 const RESULT_NAMES: Record<string, GuardCompare['result']> = { Equal: '==', Greater: '>', Less: '<', NotEqual: '!=' };
-const FIELDS = { Version: 'version', Create: 'create_revision', Mod: 'mod_revision', Value: 'value', Lease: 'lease' } as const;
+const FIELDS = {
+  Version: 'version',
+  Create: 'create_revision',
+  Mod: 'mod_revision',
+  Value: 'value',
+  Lease: 'lease',
+} as const;
 
-interface RawCompare { key: Buffer; target: number | string; result: number | string; range_end?: unknown; [field: string]: unknown }
+interface RawCompare {
+  key: Buffer;
+  target: number | string;
+  result: number | string;
+  range_end?: unknown;
+  [field: string]: unknown;
+}
 
 function isBuilder(value: unknown): value is ComparatorBuilder {
   const b = value as { request?: { compare?: unknown }; and?: unknown; commit?: unknown } | null;
-  return typeof b === 'object' && b !== null && typeof b.and === 'function' && typeof b.commit === 'function' &&
-    Array.isArray(b.request?.compare);
+  return (
+    typeof b === 'object' &&
+    b !== null &&
+    typeof b.and === 'function' &&
+    typeof b.commit === 'function' &&
+    Array.isArray(b.request?.compare)
+  );
 }
 
 /** Throws an InvalidArgumentError unless `value` is undefined or a {@link Guard}. Synchronous: call it with the other checks. */
 export function checkGuard(value: unknown, argument = 'options.guard'): asserts value is Guard | undefined {
   if (value === undefined || isBuilder(value)) return;
   if (!Array.isArray(value)) {
-    throw new InvalidArgumentError(argument, `must be the builder of ifLeader()/ifOwner() or an array of compares, got ${value === null ? 'null' : typeof value}`);
+    throw new InvalidArgumentError(
+      argument,
+      `must be the builder of ifLeader()/ifOwner() or an array of compares, got ${value === null ? 'null' : typeof value}`,
+    );
   }
-  value.forEach((c: unknown, i) => checkCompare(c, `${argument}[${i}]`));
+  for (const [i, c] of (value as unknown[]).entries()) checkCompare(c, `${argument}[${i}]`);
 }
 
 function checkCompare(c: unknown, argument: string): asserts c is GuardCompare {
   const o = c as Partial<GuardCompare> | null;
-  if (typeof o !== 'object' || o === null) throw new InvalidArgumentError(argument, 'must be a compare { key, target, result, value }');
-  if (typeof o.key !== 'string' && !Buffer.isBuffer(o.key)) throw new InvalidArgumentError(`${argument}.key`, 'must be a string or Buffer');
-  if (!TARGETS.includes(o.target as never)) throw new InvalidArgumentError(`${argument}.target`, `must be one of ${TARGETS.join(', ')}`);
-  if (!RESULTS.includes(o.result as never)) throw new InvalidArgumentError(`${argument}.result`, `must be one of ${RESULTS.join(', ')}`);
+  if (typeof o !== 'object' || o === null)
+    throw new InvalidArgumentError(argument, 'must be a compare { key, target, result, value }');
+  if (typeof o.key !== 'string' && !Buffer.isBuffer(o.key))
+    throw new InvalidArgumentError(`${argument}.key`, 'must be a string or Buffer');
+  if (!TARGETS.includes(o.target as never))
+    throw new InvalidArgumentError(`${argument}.target`, `must be one of ${TARGETS.join(', ')}`);
+  if (!RESULTS.includes(o.result as never))
+    throw new InvalidArgumentError(`${argument}.result`, `must be one of ${RESULTS.join(', ')}`);
   const v = o.value;
-  const ok = o.target === 'Value' ? typeof v === 'string' || Buffer.isBuffer(v)
-    : o.target === 'Lease' ? typeof v === 'string' && /^[0-9]+$/.test(v) || typeof v === 'bigint'
-      : typeof v === 'bigint';
+  const ok =
+    o.target === 'Value'
+      ? typeof v === 'string' || Buffer.isBuffer(v)
+      : o.target === 'Lease'
+        ? (typeof v === 'string' && /^[0-9]+$/.test(v)) || typeof v === 'bigint'
+        : typeof v === 'bigint';
   if (!ok) {
-    throw new InvalidArgumentError(`${argument}.value`, o.target === 'Value' ? 'must be a string or Buffer for target Value'
-      : o.target === 'Lease' ? 'must be a lease ID (decimal string or bigint) for target Lease' : `must be a bigint for target ${String(o.target)}`);
+    throw new InvalidArgumentError(
+      `${argument}.value`,
+      o.target === 'Value'
+        ? 'must be a string or Buffer for target Value'
+        : o.target === 'Lease'
+          ? 'must be a lease ID (decimal string or bigint) for target Lease'
+          : `must be a bigint for target ${String(o.target)}`,
+    );
   }
 }
 
@@ -114,14 +147,20 @@ function checkCompare(c: unknown, argument: string): asserts c is GuardCompare {
  * its own client's namespace; they must fall inside `client`'s.
  * @throws InvalidArgumentError for a guard that is not one, or whose keys lie outside `client`'s namespace
  */
-export async function resolveGuard(client: Namespace, guard: Guard | undefined, argument = 'options.guard'): Promise<ResolvedGuard> {
+export async function resolveGuard(
+  client: Namespace,
+  guard: Guard | undefined,
+  argument = 'options.guard',
+): Promise<ResolvedGuard> {
   if (guard === undefined) return noGuard;
   checkGuard(guard, argument);
   let compares: Compare[];
   let mark: { code: GuardCode; what: string } | undefined;
   if (isBuilder(guard)) {
     mark = marks().get(guard);
-    const raw = await Promise.all((guard as unknown as { request: { compare: Promise<RawCompare>[] } }).request.compare);
+    const raw = await Promise.all(
+      (guard as unknown as { request: { compare: Promise<RawCompare>[] } }).request.compare,
+    );
     compares = raw.map((r, i) => fromRaw(client, r, `${argument} (compare ${i})`));
   } else {
     compares = guard.map((c) => ({ ...c, value: c.target === 'Lease' ? String(c.value) : c.value }));
@@ -140,24 +179,36 @@ export async function resolveGuard(client: Namespace, guard: Guard | undefined, 
       const about = mark ? ` (${mark.what})` : '';
       return mark?.code === 'NOT_LEADER'
         ? new NotLeaderError(`${what}: not written, its guard failed: no longer the leader${about}`)
-        : new LockNotHeldError(`${what}: not written, its guard failed${mark ? `: the lock is no longer held${about}` : ''}`);
+        : new LockNotHeldError(
+            `${what}: not written, its guard failed${mark ? `: the lock is no longer held${about}` : ''}`,
+          );
     },
   };
 }
 
 function fromRaw(client: Namespace, r: RawCompare, argument: string): Compare {
-  if (r.range_end !== undefined && toBuffer(r.range_end as Buffer).length) throw new InvalidArgumentError(argument, 'range compares are not supported in a guard');
-  const target = typeof r.target === 'number' ? TARGETS[r.target] : r.target as Compare['target'];
-  const result = typeof r.result === 'number' ? RESULTS[r.result] : RESULT_NAMES[r.result] ?? r.result as Compare['result'];
-  if (!target || !TARGETS.includes(target) || !result || !RESULTS.includes(result)) throw new InvalidArgumentError(argument, 'is not a compare etcd3 builds');
+  if (r.range_end !== undefined && toBuffer(r.range_end as Buffer).length)
+    throw new InvalidArgumentError(argument, 'range compares are not supported in a guard');
+  const target = typeof r.target === 'number' ? TARGETS[r.target] : (r.target as Compare['target']);
+  const result =
+    typeof r.result === 'number' ? RESULTS[r.result] : (RESULT_NAMES[r.result] ?? (r.result as Compare['result']));
+  if (!target || !TARGETS.includes(target) || !result || !RESULTS.includes(result))
+    throw new InvalidArgumentError(argument, 'is not a compare etcd3 builds');
   const key = toBuffer(r.key);
   const prefix = client.prefix;
   if (!key.subarray(0, prefix.length).equals(prefix)) {
-    throw new InvalidArgumentError(argument, `compares ${showKey(key)}, outside the namespace of the client that writes`);
+    throw new InvalidArgumentError(
+      argument,
+      `compares ${showKey(key)}, outside the namespace of the client that writes`,
+    );
   }
   const field = r[FIELDS[target]];
-  const value = target === 'Value' ? toBuffer((field ?? Buffer.alloc(0)) as Buffer)
-    : target === 'Lease' ? String(field ?? '0') : BigInt(String(field ?? '0'));
+  const value =
+    target === 'Value'
+      ? toBuffer((field ?? Buffer.alloc(0)) as Buffer)
+      : target === 'Lease'
+        ? String(field ?? '0')
+        : BigInt(String(field ?? '0'));
   return { key: key.subarray(prefix.length), target, result, value };
 }
 
@@ -169,16 +220,27 @@ function evaluate(c: Compare, kv: KeyValue | undefined): boolean {
     if (!kv) return false;
     order = Buffer.compare(kv.value, toBuffer(c.value as string | Buffer));
   } else {
-    const actual = !kv ? 0n : c.target === 'Create' ? kv.createRevision : c.target === 'Mod' ? kv.modRevision
-      : c.target === 'Version' ? kv.version : BigInt(kv.lease);
+    const actual = !kv
+      ? 0n
+      : c.target === 'Create'
+        ? kv.createRevision
+        : c.target === 'Mod'
+          ? kv.modRevision
+          : c.target === 'Version'
+            ? kv.version
+            : BigInt(kv.lease);
     const wanted = BigInt(c.value as bigint | string);
     order = actual < wanted ? -1 : actual > wanted ? 1 : 0;
   }
   switch (c.result) {
-    case '==': return order === 0;
-    case '!=': return order !== 0;
-    case '<': return order < 0;
-    case '>': return order > 0;
+    case '==':
+      return order === 0;
+    case '!=':
+      return order !== 0;
+    case '<':
+      return order < 0;
+    case '>':
+      return order > 0;
   }
 }
 

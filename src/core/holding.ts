@@ -28,9 +28,18 @@ import { watchHeldKey } from './own-key.js';
  * wire-compatible with Go (whose Unlock deletes unconditionally) and never
  * deletes a key that a later call re-created.
  */
-export async function deleteOwnKey(session: Session, key: Buffer, rev: bigint | undefined, log?: Logger, group?: Buffer): Promise<void> {
+export async function deleteOwnKey(
+  session: Session,
+  key: Buffer,
+  rev: bigint | undefined,
+  log?: Logger,
+  group?: Buffer,
+): Promise<void> {
   const client = session.client;
-  const guard = rev === undefined ? { key, target: 'Lease' as const, result: '==' as const, value: session.leaseId } : cmp.create(key, '==', rev);
+  const guard =
+    rev === undefined
+      ? { key, target: 'Lease' as const, result: '==' as const, value: session.leaseId }
+      : cmp.create(key, '==', rev);
   // A group (keys written together under one unique prefix, `key` among them) goes as one.
   await retrying(() => txn(client, [guard], [group ? op.deletePrefix(group) : op.delete(key)]), {
     signals: [session.signal],
@@ -50,16 +59,25 @@ export async function deleteOwnKey(session: Session, key: Buffer, rev: bigint | 
  * done or after `waitMs`, whichever is first (the cleanup goes on in the
  * background); never rejects.
  */
-export function cleanUpAfter(inFlight: Promise<unknown>, cleanup: () => Promise<void>, releaseLocal: LocalRelease,
-  log?: Logger, waitMs = 1000): Promise<void> {
+export function cleanUpAfter(
+  inFlight: Promise<unknown>,
+  cleanup: () => Promise<void>,
+  releaseLocal: LocalRelease,
+  log?: Logger,
+  waitMs = 1000,
+): Promise<void> {
   const done = inFlight
     .catch(() => undefined)
     .then(cleanup)
     .catch((err) => log?.('cleanup failed (the key expires with the lease): %s', (err as Error).message))
     .finally(releaseLocal);
   let timer: NodeJS.Timeout | undefined;
-  return Promise.race([done, new Promise<void>((r) => { timer = setTimeout(r, waitMs); })])
-    .finally(() => clearTimeout(timer));
+  return Promise.race([
+    done,
+    new Promise<void>((r) => {
+      timer = setTimeout(r, waitMs);
+    }),
+  ]).finally(() => clearTimeout(timer));
 }
 
 /** A held key: returned by Mutex.acquire, RWMutex.rLock/lock handles, Semaphore.acquire. */
@@ -117,8 +135,16 @@ export class Holding implements HeldKey {
    * `group`: the hold is every key under this prefix (`key` among them), deleted together.
    * `lock`: publish the hold's end on the `etcd-recipes:lock` channels.
    */
-  constructor(session: Session, key: Buffer, rev: bigint, releaseLocal: LocalRelease, what: string, log?: Logger, group?: Buffer,
-    lock?: LockTarget) {
+  constructor(
+    session: Session,
+    key: Buffer,
+    rev: bigint,
+    releaseLocal: LocalRelease,
+    what: string,
+    log?: Logger,
+    group?: Buffer,
+    lock?: LockTarget,
+  ) {
     this.#session = session;
     this.#key = key;
     this.fencingToken = rev;
@@ -178,7 +204,11 @@ export class Holding implements HeldKey {
 
   ifOwner(): ComparatorBuilder {
     if (this.released) throw new LockNotHeldError(`${this.#what} is not held (released or session lost)`);
-    return markGuard(this.#session.client.if(this.#key, 'Create', '==', this.fencingToken.toString()), 'LOCK_NOT_HELD', this.#what);
+    return markGuard(
+      this.#session.client.if(this.#key, 'Create', '==', this.fencingToken.toString()),
+      'LOCK_NOT_HELD',
+      this.#what,
+    );
   }
 
   release(options?: WaitOptions): Promise<void> {
@@ -191,7 +221,10 @@ export class Holding implements HeldKey {
     let done!: () => void;
     let failed!: (err: unknown) => void;
     // Assigned before anything else runs: a listener of our signal may call release() again.
-    this.#releasing = new Promise<void>((resolve, reject) => { done = resolve; failed = reject; });
+    this.#releasing = new Promise<void>((resolve, reject) => {
+      done = resolve;
+      failed = reject;
+    });
     void (async () => {
       this.#detach?.();
       const controller = this.#controller;
@@ -199,7 +232,8 @@ export class Holding implements HeldKey {
       try {
         // The local turn passes on only after our key is gone: the next local caller would
         // otherwise adopt our key (same lease, same name) and then see it deleted under it.
-        if (!this.#session.expired) await deleteOwnKey(this.#session, this.#key, this.fencingToken, this.#log, this.#group);
+        if (!this.#session.expired)
+          await deleteOwnKey(this.#session, this.#key, this.fencingToken, this.#log, this.#group);
         this.#log?.('%s released (token %s)', this.#what, this.fencingToken);
         if (this.#session.expired) this.#trace?.lost(this.#session.signal.reason);
         else this.#trace?.released();

@@ -66,7 +66,8 @@ export function showKey(key: Buffer | string): string {
 export function uniqueSuffix(): string {
   const now = BigInt(Date.now()) * 1_000_000n;
   const sub = process.hrtime.bigint() % 1_000_000n;
-  const last = (clock ??= processWide('unique-clock.v1', () => ({ last: 0n })));
+  clock ??= processWide('unique-clock.v1', () => ({ last: 0n }));
+  const last = clock;
   let n = now + sub;
   if (n <= last.last) n = last.last + 1n;
   last.last = n;

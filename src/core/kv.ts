@@ -64,9 +64,24 @@ export type Op =
   | { type: 'put'; key: string | Buffer; value: string | Buffer; lease?: string; prevKv?: boolean }
   | { type: 'delete'; key: string | Buffer; prefix?: boolean; end?: Buffer; prevKv?: boolean };
 
-export interface RangeResult { type: 'range'; revision: bigint; kvs: KeyValue[]; more: boolean; count: bigint }
-export interface PutResult { type: 'put'; revision: bigint; prevKv?: KeyValue }
-export interface DeleteResult { type: 'delete'; revision: bigint; deleted: bigint; prevKvs: KeyValue[] }
+export interface RangeResult {
+  type: 'range';
+  revision: bigint;
+  kvs: KeyValue[];
+  more: boolean;
+  count: bigint;
+}
+export interface PutResult {
+  type: 'put';
+  revision: bigint;
+  prevKv?: KeyValue;
+}
+export interface DeleteResult {
+  type: 'delete';
+  revision: bigint;
+  deleted: bigint;
+  prevKvs: KeyValue[];
+}
 export type OpResult = RangeResult | PutResult | DeleteResult;
 
 export interface TxnResult {
@@ -86,10 +101,30 @@ export const op = {
 
 /** Compare constructors. */
 export const cmp = {
-  create: (key: string | Buffer, result: Compare['result'], rev: bigint): Compare => ({ key, target: 'Create', result, value: rev }),
-  mod: (key: string | Buffer, result: Compare['result'], rev: bigint): Compare => ({ key, target: 'Mod', result, value: rev }),
-  version: (key: string | Buffer, result: Compare['result'], v: bigint): Compare => ({ key, target: 'Version', result, value: v }),
-  value: (key: string | Buffer, result: Compare['result'], v: string | Buffer): Compare => ({ key, target: 'Value', result, value: v }),
+  create: (key: string | Buffer, result: Compare['result'], rev: bigint): Compare => ({
+    key,
+    target: 'Create',
+    result,
+    value: rev,
+  }),
+  mod: (key: string | Buffer, result: Compare['result'], rev: bigint): Compare => ({
+    key,
+    target: 'Mod',
+    result,
+    value: rev,
+  }),
+  version: (key: string | Buffer, result: Compare['result'], v: bigint): Compare => ({
+    key,
+    target: 'Version',
+    result,
+    value: v,
+  }),
+  value: (key: string | Buffer, result: Compare['result'], v: string | Buffer): Compare => ({
+    key,
+    target: 'Value',
+    result,
+    value: v,
+  }),
 };
 
 // ---------------------------------------------------------------------------
@@ -97,11 +132,26 @@ export const cmp = {
 // we do not depend on its internal module paths.
 
 type Raw = Record<string, unknown>;
-export interface RawKv { key: Buffer; value: Buffer; create_revision: string; mod_revision: string; version: string; lease: string }
-interface RawHeader { revision: string }
+export interface RawKv {
+  key: Buffer;
+  value: Buffer;
+  create_revision: string;
+  mod_revision: string;
+  version: string;
+  lease: string;
+}
+interface RawHeader {
+  revision: string;
+}
 
 const resultNames = { '==': 'Equal', '!=': 'NotEqual', '<': 'Less', '>': 'Greater' } as const;
-const targetFields = { Create: 'create_revision', Mod: 'mod_revision', Version: 'version', Value: 'value', Lease: 'lease' } as const;
+const targetFields = {
+  Create: 'create_revision',
+  Mod: 'mod_revision',
+  Version: 'version',
+  Value: 'value',
+  Lease: 'lease',
+} as const;
 
 /** The key as etcd stores it: with the client's namespace prefix. */
 export function encodeKey(client: Namespace, key: string | Buffer): Buffer {
@@ -122,7 +172,12 @@ function rangeEnd(client: Namespace, key: Buffer, options: { prefix?: boolean; e
 function encodeCompare(client: Namespace, c: Compare): Raw {
   const v = c.value;
   const encoded = typeof v === 'bigint' ? v.toString() : c.target === 'Value' ? toBuffer(v) : v;
-  const req: Raw = { key: encodeKey(client, c.key), target: c.target, result: resultNames[c.result], [targetFields[c.target]]: encoded };
+  const req: Raw = {
+    key: encodeKey(client, c.key),
+    target: c.target,
+    result: resultNames[c.result],
+    [targetFields[c.target]]: encoded,
+  };
   if (c.prefix) req.range_end = rangeEnd(client, toBuffer(c.key), { prefix: true });
   return req;
 }
@@ -181,7 +236,10 @@ export function decodeKv(client: Namespace, kv: RawKv): KeyValue {
   };
 }
 
-function decodeRange(client: Namespace, r: { header: RawHeader; kvs?: RawKv[]; more?: boolean; count?: string }): RangeResult {
+function decodeRange(
+  client: Namespace,
+  r: { header: RawHeader; kvs?: RawKv[]; more?: boolean; count?: string },
+): RangeResult {
   return {
     type: 'range',
     revision: BigInt(r.header.revision),
@@ -198,7 +256,12 @@ function decodeOpResult(client: Namespace, r: Raw, revision: bigint): OpResult {
     return { type: 'put', revision, prevKv: p.prev_kv ? decodeKv(client, p.prev_kv) : undefined };
   }
   const d = (r.response_delete_range ?? {}) as { deleted?: string; prev_kvs?: RawKv[] };
-  return { type: 'delete', revision, deleted: BigInt(d.deleted ?? '0'), prevKvs: (d.prev_kvs ?? []).map((kv) => decodeKv(client, kv)) };
+  return {
+    type: 'delete',
+    revision,
+    deleted: BigInt(d.deleted ?? '0'),
+    prevKvs: (d.prev_kvs ?? []).map((kv) => decodeKv(client, kv)),
+  };
 }
 
 /**
@@ -206,7 +269,11 @@ function decodeOpResult(client: Namespace, r: Raw, revision: bigint): OpResult {
  * closed (grpc-js lets calls on a closed channel hang), and turning etcd3's
  * errors into the library's where they have a meaning for the caller.
  */
-async function send<T>(client: Namespace, key: string | Buffer | (() => string | Buffer | undefined), call: () => Promise<T>): Promise<T> {
+async function send<T>(
+  client: Namespace,
+  key: string | Buffer | (() => string | Buffer | undefined),
+  call: () => Promise<T>,
+): Promise<T> {
   const { signal } = clientScope(client);
   signal.throwIfAborted();
   try {
@@ -230,7 +297,12 @@ export function callError(err: unknown, key: string | Buffer | (() => string | B
 const READ_RETRY_MS = 30_000;
 
 /** Runs one Txn: `if (compares) then (success) else (failure)`. A read-only Txn is retried like a read. */
-export async function txn(client: Namespace, compares: Compare[], success: Op[], failure: Op[] = []): Promise<TxnResult> {
+export async function txn(
+  client: Namespace,
+  compares: Compare[],
+  success: Op[],
+  failure: Op[] = [],
+): Promise<TxnResult> {
   if (compares.length === 0 && success.every((o) => o.type === 'range')) {
     return retrying(() => sendTxn(client, compares, success, failure), { maxElapsedMs: READ_RETRY_MS });
   }
@@ -238,11 +310,16 @@ export async function txn(client: Namespace, compares: Compare[], success: Op[],
 }
 
 async function sendTxn(client: Namespace, compares: Compare[], success: Op[], failure: Op[]): Promise<TxnResult> {
-  const res = await send(client, () => txnKey(compares, success), () => client.kv.txn({
-    compare: compares.map((c) => encodeCompare(client, c)),
-    success: success.map((o) => encodeOp(client, o)),
-    failure: failure.map((o) => encodeOp(client, o)),
-  } as never));
+  const res = await send(
+    client,
+    () => txnKey(compares, success),
+    () =>
+      client.kv.txn({
+        compare: compares.map((c) => encodeCompare(client, c)),
+        success: success.map((o) => encodeOp(client, o)),
+        failure: failure.map((o) => encodeOp(client, o)),
+      } as never),
+  );
   const revision = BigInt(res.header.revision);
   return {
     succeeded: res.succeeded,
@@ -253,13 +330,19 @@ async function sendTxn(client: Namespace, compares: Compare[], success: Op[], fa
 
 /** One range read, retried on transient errors. */
 export async function range(client: Namespace, key: string | Buffer, options?: RangeOptions): Promise<RangeResult> {
-  const res = await retrying(() => send(client, key, () => client.kv.range(encodeRange(client, key, options) as never)),
-    { maxElapsedMs: READ_RETRY_MS });
+  const res = await retrying(
+    () => send(client, key, () => client.kv.range(encodeRange(client, key, options) as never)),
+    { maxElapsedMs: READ_RETRY_MS },
+  );
   return decodeRange(client, res as never);
 }
 
 /** Unconditional delete of one key (or a prefix); returns the store revision after it. */
-export async function del(client: Namespace, key: string | Buffer, options: { prefix?: boolean } = {}): Promise<DeleteResult> {
+export async function del(
+  client: Namespace,
+  key: string | Buffer,
+  options: { prefix?: boolean } = {},
+): Promise<DeleteResult> {
   const k = toBuffer(key);
   const req: Raw = { key: encodeKey(client, k) };
   const end = rangeEnd(client, k, options);
@@ -271,6 +354,6 @@ export async function del(client: Namespace, key: string | Buffer, options: { pr
 /** Narrowing helpers for Txn responses. */
 export function rangeAt(res: TxnResult, i: number): RangeResult {
   const r = res.responses[i];
-  if (!r || r.type !== 'range') throw new Error(`internal: Txn response ${i} is not a range`);
+  if (r?.type !== 'range') throw new Error(`internal: Txn response ${i} is not a range`);
   return r;
 }

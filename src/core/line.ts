@@ -3,7 +3,18 @@ import { combineSignals, raceAbort } from './abort.js';
 import { traceLock, type LockTarget } from './diagnostics.js';
 import { cleanUpAfter, deleteOwnKey } from './holding.js';
 import { childPrefix, sessionKey, showKey, uniqueKey } from './keys.js';
-import { cmp, op, range, rangeAt, txn, type Compare, type KeyValue, type Op, type OpResult, type RangeOptions } from './kv.js';
+import {
+  cmp,
+  op,
+  range,
+  rangeAt,
+  txn,
+  type Compare,
+  type KeyValue,
+  type Op,
+  type OpResult,
+  type RangeOptions,
+} from './kv.js';
 import { takeLocalTurn, type LocalRelease } from './local-lock.js';
 import { retrying } from './retry.js';
 import type { Session } from './session.js';
@@ -78,8 +89,11 @@ export function joinLine<T>(session: Session, o: JoinLineOptions<T>): Promise<Tu
   return traceLock(o.lock, o.wait, (onWait) => enterAndWait(session, o, onWait));
 }
 
-async function enterAndWait<T>(session: Session, o: JoinLineOptions<T>,
-  onWait: ((key: Buffer, rev: bigint, blocker: Buffer | undefined) => void) | undefined): Promise<Turn<T> | undefined> {
+async function enterAndWait<T>(
+  session: Session,
+  o: JoinLineOptions<T>,
+  onWait: ((key: Buffer, rev: bigint, blocker: Buffer | undefined) => void) | undefined,
+): Promise<Turn<T> | undefined> {
   const { what, log } = o;
   const linked = combineSignals(...o.signals, session.signal);
   const signal = linked.signal;
@@ -103,7 +117,13 @@ async function enterAndWait<T>(session: Session, o: JoinLineOptions<T>,
         releaseLocal();
         return undefined;
       }
-      log('%s: %s@%s queued behind %s', what, showKey(key), rev, state.blocker.kind === 'key' ? showKey(state.blocker.key) : 'deletes');
+      log(
+        '%s: %s@%s queued behind %s',
+        what,
+        showKey(key),
+        rev,
+        state.blocker.kind === 'key' ? showKey(state.blocker.key) : 'deletes',
+      );
       onWait?.(key, rev, state.blocker.kind === 'key' ? state.blocker.key : undefined);
       state = await waitInLine(session.client, { initial: state, read: () => o.read(key, rev), signal, what, log });
     }
@@ -113,7 +133,12 @@ async function enterAndWait<T>(session: Session, o: JoinLineOptions<T>,
   } catch (err) {
     if (releaseLocal) {
       const release = releaseLocal;
-      await cleanUpAfter(inFlight, () => (pending.key ? deleteOwnKey(session, pending.key, pending.rev, log, pending.group) : Promise.resolve()), release, log);
+      await cleanUpAfter(
+        inFlight,
+        () => (pending.key ? deleteOwnKey(session, pending.key, pending.rev, log, pending.group) : Promise.resolve()),
+        release,
+        log,
+      );
     }
     throw err;
   } finally {
@@ -143,11 +168,27 @@ export interface UniqueKeyConditions {
  * elsewhere) gets a new suffix. Resolves undefined, with the failure reads,
  * when one of `conditions.compares` failed and nothing was created.
  */
-export async function createUniqueKey(session: Session, dir: Buffer, reads: Op[], pending: PendingKey, signal?: AbortSignal,
+export async function createUniqueKey(
+  session: Session,
+  dir: Buffer,
+  reads: Op[],
+  pending: PendingKey,
+  signal?: AbortSignal,
 ): Promise<{ key: Buffer; rev: bigint; reads: OpResult[] | undefined }>;
-export async function createUniqueKey(session: Session, dir: Buffer, reads: Op[], pending: PendingKey, signal: AbortSignal | undefined,
-  conditions: UniqueKeyConditions): Promise<{ key: Buffer; rev: bigint; reads: OpResult[] | undefined } | { failure: OpResult[] }>;
-export async function createUniqueKey(session: Session, dir: Buffer, reads: Op[], pending: PendingKey, signal?: AbortSignal,
+export async function createUniqueKey(
+  session: Session,
+  dir: Buffer,
+  reads: Op[],
+  pending: PendingKey,
+  signal: AbortSignal | undefined,
+  conditions: UniqueKeyConditions,
+): Promise<{ key: Buffer; rev: bigint; reads: OpResult[] | undefined } | { failure: OpResult[] }>;
+export async function createUniqueKey(
+  session: Session,
+  dir: Buffer,
+  reads: Op[],
+  pending: PendingKey,
+  signal?: AbortSignal,
   conditions: UniqueKeyConditions = {},
 ): Promise<{ key: Buffer; rev: bigint; reads: OpResult[] | undefined } | { failure: OpResult[] }> {
   const { client, leaseId } = session;
@@ -157,10 +198,16 @@ export async function createUniqueKey(session: Session, dir: Buffer, reads: Op[]
     const key = uniqueKey(dir);
     pending.key = key;
     pending.rev = undefined;
-    const res = await retrying(() => txn(client,
-      [cmp.create(key, '==', 0n), ...compares],
-      [op.put(key, '', leaseId), ...reads],
-      [op.range(key, { keysOnly: true }), ...failureReads]), { signals: [signal], maxElapsedMs: Infinity });
+    const res = await retrying(
+      () =>
+        txn(
+          client,
+          [cmp.create(key, '==', 0n), ...compares],
+          [op.put(key, '', leaseId), ...reads],
+          [op.range(key, { keysOnly: true }), ...failureReads],
+        ),
+      { signals: [signal], maxElapsedMs: Infinity },
+    );
     if (res.succeeded) {
       pending.rev = res.revision;
       return { key, rev: res.revision, reads: res.responses.slice(1) };
@@ -174,7 +221,8 @@ export async function createUniqueKey(session: Session, dir: Buffer, reads: Op[]
       pending.key = undefined;
       return { failure: res.responses.slice(1) };
     }
-    if (attempt >= MAX_UNIQUE_ATTEMPTS) throw new Error(`no unique key under ${showKey(dir)} after ${attempt} attempts`);
+    if (attempt >= MAX_UNIQUE_ATTEMPTS)
+      throw new Error(`no unique key under ${showKey(dir)} after ${attempt} attempts`);
   }
 }
 
@@ -203,7 +251,12 @@ export class SessionLine {
    * with `replaceValue`, a different value is then put in a Txn guarded by
    * the key's create revision (Go's Election re-campaign).
    */
-  async enter(value: Buffer, replaceValue: boolean, pending: PendingKey, signal: AbortSignal): Promise<LineState<KeyValue>> {
+  async enter(
+    value: Buffer,
+    replaceValue: boolean,
+    pending: PendingKey,
+    signal: AbortSignal,
+  ): Promise<LineState<KeyValue>> {
     pending.key = this.key;
     return retrying(() => this.#enterOnce(value, replaceValue, pending), { signals: [signal], maxElapsedMs: Infinity });
   }
@@ -214,10 +267,15 @@ export class SessionLine {
     // outside delete); bounded all the same.
     for (let round = 0; round < 100; round++) {
       pending.rev = undefined;
-      const res = await txn(client,
+      const res = await txn(
+        client,
         [cmp.create(this.key, '==', 0n)],
-        [op.put(this.key, value, leaseId), op.range(this.prefix, { prefix: true, sortTarget: 'Create', sortOrder: 'Descend', limit: 2 })],
-        [op.range(this.key)]);
+        [
+          op.put(this.key, value, leaseId),
+          op.range(this.prefix, { prefix: true, sortTarget: 'Create', sortOrder: 'Descend', limit: 2 }),
+        ],
+        [op.range(this.key)],
+      );
       if (res.succeeded) {
         pending.rev = res.revision;
         const line = rangeAt(res, 1);
@@ -228,9 +286,11 @@ export class SessionLine {
       if (!mine) continue; // impossible in one Txn, but never adopt a key we did not see
       pending.rev = mine.createRevision;
       if (!replaceValue || mine.value.equals(value)) return this.read(mine.createRevision);
-      const put = await txn(client,
+      const put = await txn(
+        client,
         [cmp.create(this.key, '==', mine.createRevision)],
-        [op.put(this.key, value, leaseId), op.range(this.prefix, this.#lineRange(mine.createRevision))]);
+        [op.put(this.key, value, leaseId), op.range(this.prefix, this.#lineRange(mine.createRevision))],
+      );
       if (!put.succeeded) continue; // our key vanished in between: enter anew
       return this.#state(rangeAt(put, 1).kvs, mine.createRevision, put.revision);
     }

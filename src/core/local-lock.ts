@@ -23,7 +23,10 @@ import { processWide } from './shared.js';
  * has passed its turn on; `users` counts callers in line or holding, and
  * whoever brings it to 0 deletes the entry.
  */
-interface Turns { tail: Promise<void>; users: number }
+interface Turns {
+  tail: Promise<void>;
+  users: number;
+}
 
 let registry: Map<string, Turns> | undefined;
 const turns = (): Map<string, Turns> => (registry ??= processWide('local-turns.v1', () => new Map<string, Turns>()));
@@ -48,7 +51,9 @@ export async function takeLocalTurn(leaseId: string, key: Buffer, signal?: Abort
   e.users++;
   const ahead = e.tail;
   let passOn!: () => void;
-  const mine = new Promise<void>((resolve) => { passOn = resolve; });
+  const mine = new Promise<void>((resolve) => {
+    passOn = resolve;
+  });
   // The next caller's turn comes once ours is passed on, whatever happens to us.
   e.tail = ahead.then(() => mine);
   let released = false;

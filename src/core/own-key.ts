@@ -16,7 +16,12 @@ const log = logger('own-key');
  * that happened before we started watching is replayed, not missed; if that
  * history is compacted, one read decides. Returns the stop function.
  */
-export function watchOwnKey(client: Namespace, key: Buffer, createRevision: bigint, onGone: (err: Error) => void): () => void {
+export function watchOwnKey(
+  client: Namespace,
+  key: Buffer,
+  createRevision: bigint,
+  onGone: (err: Error) => void,
+): () => void {
   let stopped = false;
   let handle: WatchHandle | undefined;
   const gone = (err: Error) => {
@@ -55,10 +60,13 @@ export function watchOwnKey(client: Namespace, key: Buffer, createRevision: bigi
       if ((err as Error).name === 'ClosedError') gone(err as Error);
     }
   };
-  openWatch(client, { key, startRevision: createRevision + 1n }, listener).then((h) => {
-    if (stopped) h.close();
-    else handle = h;
-  }, (err: unknown) => listener.onEnd(err as Error));
+  openWatch(client, { key, startRevision: createRevision + 1n }, listener).then(
+    (h) => {
+      if (stopped) h.close();
+      else handle = h;
+    },
+    (err: unknown) => listener.onEnd(err as Error),
+  );
   return () => {
     stopped = true;
     handle?.close();
@@ -72,7 +80,13 @@ export function watchOwnKey(client: Namespace, key: Buffer, createRevision: bigi
  * (revoked, expired) is the session's loss: the session says so (and so the
  * signals linked to it), as SESSION_EXPIRED, and `lose` is not called.
  */
-export function watchHeldKey(session: Session, key: Buffer, createRevision: bigint, what: string, lose: (reason: Error) => void): () => void {
+export function watchHeldKey(
+  session: Session,
+  key: Buffer,
+  createRevision: bigint,
+  what: string,
+  lose: (reason: Error) => void,
+): () => void {
   return watchOwnKey(session.client, key, createRevision, (err) => {
     if (err.name === 'ClosedError') return lose(err);
     void session.verifyLease().then((alive) => {

@@ -102,9 +102,7 @@ export interface ClaimContext {
   signal: AbortSignal | undefined;
 }
 
-export type ClaimOutcome<R> =
-  | { won: true; result: R; next?: OpResult[] }
-  | { won: false; scan: OpResult[] };
+export type ClaimOutcome<R> = { won: true; result: R; next?: OpResult[] } | { won: false; scan: OpResult[] };
 
 /** What a recipe tells the line about its items. */
 export interface ClaimSource<R> {
@@ -213,7 +211,7 @@ export class ConsumerLine<R> {
 
   #parse(results: OpResult[]): Scan {
     const count = results[0];
-    if (!count || count.type !== 'range') throw new Error('internal: scan response is not a range');
+    if (count?.type !== 'range') throw new Error('internal: scan response is not a range');
     return { ...this.#src.parseScan(results.slice(1)), waiters: Number(count.count) };
   }
 
@@ -247,7 +245,10 @@ export class ConsumerLine<R> {
           cands = [];
           if (!waiter) {
             const scan = this.#parse(out.scan);
-            cands = scan.incomplete && !beyondLine(scan).length ? await this.#freeScan(signal) : this.#surplus(beyondLine(scan));
+            cands =
+              scan.incomplete && !beyondLine(scan).length
+                ? await this.#freeScan(signal)
+                : this.#surplus(beyondLine(scan));
             if (cands.length) continue;
           }
           state = undefined; // in line: read our place again
@@ -326,10 +327,15 @@ export class ConsumerLine<R> {
       const owner = joining?.session ?? session;
       const own = waiter;
       if (owner && (own || joining)) {
-        await cleanUpAfter(joining?.txn ?? Promise.resolve(), async () => {
-          const key = own?.key ?? joining?.pending.key;
-          if (key) await deleteOwnKey(owner, key, own?.rev ?? joining?.pending.rev, src.log);
-        }, () => undefined, src.log);
+        await cleanUpAfter(
+          joining?.txn ?? Promise.resolve(),
+          async () => {
+            const key = own?.key ?? joining?.pending.key;
+            if (key) await deleteOwnKey(owner, key, own?.rev ?? joining?.pending.rev, src.log);
+          },
+          () => undefined,
+          src.log,
+        );
       }
       this.#sessions.end();
     }
@@ -349,7 +355,10 @@ export class ConsumerLine<R> {
   async #freeScan(signal: AbortSignal | undefined): Promise<Candidate[]> {
     const src = this.#src;
     for (let i = 0; i < 100; i++) {
-      const res = await retrying(() => txn(src.client, [], this.#scanOps()), { signals: [signal], maxElapsedMs: Infinity });
+      const res = await retrying(() => txn(src.client, [], this.#scanOps()), {
+        signals: [signal],
+        maxElapsedMs: Infinity,
+      });
       const scan = this.#parse(res.responses);
       const free = beyondLine(scan);
       if (free.length || !scan.incomplete) return free;
@@ -361,7 +370,12 @@ export class ConsumerLine<R> {
    * One claim of one of `cands` (the head, or a random interchangeable one
    * under contention), seen through by the source until its outcome is known.
    */
-  async #claim(cands: Candidate[], session: Session, waiter: Waiter | undefined, signal: AbortSignal | undefined): Promise<ClaimOutcome<R>> {
+  async #claim(
+    cands: Candidate[],
+    session: Session,
+    waiter: Waiter | undefined,
+    signal: AbortSignal | undefined,
+  ): Promise<ClaimOutcome<R>> {
     const src = this.#src;
     let pick = cands[0]!;
     if (this.#contention > 0) {
@@ -383,28 +397,58 @@ export class ConsumerLine<R> {
    * the same Txn, reads our predecessor and the candidates. A key adopted
    * after a lost reply is read anew.
    */
-  async #join(session: Session, signal: AbortSignal | undefined, pending: PendingKey): Promise<{ waiter: Waiter; state: State }> {
+  async #join(
+    session: Session,
+    signal: AbortSignal | undefined,
+    pending: PendingKey,
+  ): Promise<{ waiter: Waiter; state: State }> {
     const src = this.#src;
-    const reads = [op.range(src.waitersPrefix, { prefix: true, sortTarget: 'Create', sortOrder: 'Descend', limit: 2, keysOnly: true }), ...this.#scanOps()];
+    const reads = [
+      op.range(src.waitersPrefix, {
+        prefix: true,
+        sortTarget: 'Create',
+        sortOrder: 'Descend',
+        limit: 2,
+        keysOnly: true,
+      }),
+      ...this.#scanOps(),
+    ];
     const created = await createUniqueKey(session, src.waitersPrefix, reads, pending, signal);
     const waiter = { key: created.key, rev: created.rev };
     if (!created.reads) return { waiter, state: await this.#readRetrying(waiter, signal) };
-    return { waiter, state: this.#state((created.reads[0] as RangeResult).kvs, waiter, created.rev, created.reads.slice(1)) };
+    return {
+      waiter,
+      state: this.#state((created.reads[0] as RangeResult).kvs, waiter, created.rev, created.reads.slice(1)),
+    };
   }
 
   /** One read: our key and our predecessor (newest first, up to ours), and the candidates. */
   async #read(waiter: Waiter): Promise<State> {
     const src = this.#src;
-    const res = await txn(src.client, [], [
-      op.range(src.waitersPrefix, { prefix: true, maxCreateRevision: waiter.rev, sortTarget: 'Create', sortOrder: 'Descend', limit: 2, keysOnly: true }),
-      ...this.#scanOps(),
-    ]);
+    const res = await txn(
+      src.client,
+      [],
+      [
+        op.range(src.waitersPrefix, {
+          prefix: true,
+          maxCreateRevision: waiter.rev,
+          sortTarget: 'Create',
+          sortOrder: 'Descend',
+          limit: 2,
+          keysOnly: true,
+        }),
+        ...this.#scanOps(),
+      ],
+    );
     return this.#state(rangeAt(res, 0).kvs, waiter, res.revision, res.responses.slice(1));
   }
 
   #readRetrying(waiter: Waiter, signal: AbortSignal | undefined): Promise<State> {
-    return retrying(() => this.#read(waiter), { signals: [signal], maxElapsedMs: Infinity,
-      onRetry: (err) => this.#src.log('%s: read failed, retrying: %s', this.#src.what, (err as Error).message) });
+    return retrying(() => this.#read(waiter), {
+      signals: [signal],
+      maxElapsedMs: Infinity,
+      onRetry: (err) => this.#src.log('%s: read failed, retrying: %s', this.#src.what, (err as Error).message),
+    });
   }
 
   #state(waiters: KeyValue[], waiter: Waiter, revision: bigint, scanResults: OpResult[]): State {
@@ -431,8 +475,11 @@ export class ConsumerLine<R> {
     for (;;) {
       const pred = state.pred!;
       const target = { kind: 'key' as const, key: pred.key, createRevision: pred.createRevision };
-      const pw = await retrying(() => ChangeWatch.open(src.client, target, signal), { signals: [signal], maxElapsedMs: Infinity,
-        onRetry: (err) => src.log('%s: watch failed, retrying: %s', src.what, (err as Error).message) });
+      const pw = await retrying(() => ChangeWatch.open(src.client, target, signal), {
+        signals: [signal],
+        maxElapsedMs: Infinity,
+        onRetry: (err) => src.log('%s: watch failed, retrying: %s', src.what, (err as Error).message),
+      });
       try {
         if (pw.createdRevision > state.revision && !pw.changed) {
           // The store moved between our read and the watch: was our predecessor deleted in between?
@@ -467,7 +514,8 @@ export class ConsumerLine<R> {
   #openHeadWatch(signal: AbortSignal): Promise<EventWatch> {
     const src = this.#src;
     return retrying(() => EventWatch.open(src.client, src.headWatch, (evs) => src.fromEvents(evs), signal), {
-      signals: [signal], maxElapsedMs: Infinity,
+      signals: [signal],
+      maxElapsedMs: Infinity,
       onRetry: (err) => src.log('%s: watch failed, retrying: %s', src.what, (err as Error).message),
     });
   }
@@ -478,9 +526,14 @@ export class ConsumerLine<R> {
    * again) when a confirming read or the end of the watch says so. `opened`
    * is a watch created before the read that produced `state`.
    */
-  async #waitAsHead(waiter: Waiter, state: State, signal: AbortSignal, opened?: EventWatch): Promise<{ cands?: Candidate[]; state?: State }> {
+  async #waitAsHead(
+    waiter: Waiter,
+    state: State,
+    signal: AbortSignal,
+    opened?: EventWatch,
+  ): Promise<{ cands?: Candidate[]; state?: State }> {
     const src = this.#src;
-    const watch = opened ?? await this.#openHeadWatch(signal);
+    const watch = opened ?? (await this.#openHeadWatch(signal));
     try {
       if (watch.createdRevision > state.revision && !watch.ready) {
         // The store moved between our read and the watch: anything put in between shows up here.
@@ -518,21 +571,30 @@ class EventWatch {
     this.#select = select;
   }
 
-  static async open(client: Namespace, spec: WatchSpec, select: (events: WatchEvent[]) => Candidate[] | undefined,
-    signal: AbortSignal): Promise<EventWatch> {
+  static async open(
+    client: Namespace,
+    spec: WatchSpec,
+    select: (events: WatchEvent[]) => Candidate[] | undefined,
+    signal: AbortSignal,
+  ): Promise<EventWatch> {
     let self: EventWatch | undefined;
     const early: WatchEvent[][] = [];
     let ended = false;
-    const handle = await openWatch(client, spec, {
-      onEvents: (events) => {
-        if (self) self.#push(events);
-        else early.push(events);
+    const handle = await openWatch(
+      client,
+      spec,
+      {
+        onEvents: (events) => {
+          if (self) self.#push(events);
+          else early.push(events);
+        },
+        onEnd: () => {
+          if (self) self.#end();
+          else ended = true;
+        },
       },
-      onEnd: () => {
-        if (self) self.#end();
-        else ended = true;
-      },
-    }, signal);
+      signal,
+    );
     self = new EventWatch(handle, select);
     for (const evs of early) self.#push(evs);
     if (ended) self.#end();
@@ -558,7 +620,10 @@ class EventWatch {
 
   /** Candidates, or undefined when a re-read is needed. Rejects with the signal's reason. */
   async next(signal: AbortSignal): Promise<Candidate[] | undefined> {
-    if (!this.ready) await untilWoken(signal, (wake) => { this.#wake = wake; });
+    if (!this.ready)
+      await untilWoken(signal, (wake) => {
+        this.#wake = wake;
+      });
     if (this.#reread) return undefined;
     return this.#pending.splice(0);
   }
@@ -618,7 +683,8 @@ export class OwnSession implements SessionSource {
     if (live && !live.expired) return live;
     this.#creating ??= (async () => {
       try {
-        const create = () => retrying(() => createOwnedSession(this.#client, { ttl: this.#ttl }), { maxElapsedMs: Infinity });
+        const create = () =>
+          retrying(() => createOwnedSession(this.#client, { ttl: this.#ttl }), { maxElapsedMs: Infinity });
         let s = await create();
         // A grant that took longer than its TTL (a long outage) hands back a session already given up.
         for (let i = 0; s.expired && i < 100; i++) s = await create();
@@ -681,15 +747,24 @@ export class GivenSession implements SessionSource {
  * error is thrown.
  * @returns the item's key
  */
-export async function createItem(book: ReceiptBook, makeKey: () => Buffer, value: Buffer, guard: ResolvedGuard, what: string,
-  signal: AbortSignal | undefined): Promise<Buffer> {
+export async function createItem(
+  book: ReceiptBook,
+  makeKey: () => Buffer,
+  value: Buffer,
+  guard: ResolvedGuard,
+  what: string,
+  signal: AbortSignal | undefined,
+): Promise<Buffer> {
   for (let attempt = 0; attempt < 100; attempt++) {
     const key = makeKey();
-    const out = await book.write({
-      compares: [cmp.create(key, '==', 0n), ...guard.compares],
-      success: [op.put(key, value)],
-      failure: [op.range(key, { keysOnly: true }), ...guard.reads],
-    }, { signal, what });
+    const out = await book.write(
+      {
+        compares: [cmp.create(key, '==', 0n), ...guard.compares],
+        success: [op.put(key, value)],
+        failure: [op.range(key, { keysOnly: true }), ...guard.reads],
+      },
+      { signal, what },
+    );
     if (out.landed) return key;
     const [taken, ...reads] = out.failure;
     if (taken?.type === 'range' && taken.kvs.length) continue; // the same name from another writer

@@ -75,15 +75,16 @@ export interface ProvenWriteOptions {
  * instead of leaving one small key per writer behind; closing the client
  * deletes them first too (ClientScope.beforeClose).
  */
-const unflushed = () => processWide('unflushed-receipts', () => {
-  const books = new Set<ReceiptBook>();
-  process.on('beforeExit', () => {
-    const batch = [...books];
-    books.clear();
-    for (const book of batch) void book.flush().catch(() => undefined);
+const unflushed = () =>
+  processWide('unflushed-receipts', () => {
+    const books = new Set<ReceiptBook>();
+    process.on('beforeExit', () => {
+      const batch = [...books];
+      books.clear();
+      for (const book of batch) void book.flush().catch(() => undefined);
+    });
+    return books;
   });
-  return books;
-});
 
 /** Receipts of one writer (a queue object, a consumer...) under `dir`. */
 export class ReceiptBook {
@@ -119,13 +120,18 @@ export class ReceiptBook {
     let sent = false;
     let res: TxnResult;
     try {
-      res = await retrying(() => {
-        sent = true;
-        return txn(this.#client,
-          [...t.compares, cmp.create(receipt, '==', 0n)],
-          [...t.success, op.put(receipt, landedMark), ...cleanup],
-          [op.range(receipt), ...(t.failure ?? []), ...cleanup]);
-      }, { signals: [o.signal], maxElapsedMs: Infinity });
+      res = await retrying(
+        () => {
+          sent = true;
+          return txn(
+            this.#client,
+            [...t.compares, cmp.create(receipt, '==', 0n)],
+            [...t.success, op.put(receipt, landedMark), ...cleanup],
+            [op.range(receipt), ...(t.failure ?? []), ...cleanup],
+          );
+        },
+        { signals: [o.signal], maxElapsedMs: Infinity },
+      );
     } catch (err) {
       this.#spent.push(...spent);
       if (sent && o.signal?.aborted) return this.#settleAborted(receipt, o, err);
@@ -134,16 +140,27 @@ export class ReceiptBook {
       throw err;
     }
     // Aborted while the attempt that landed was in flight: the caller learns it landed all the same.
-    const aborted = o.signal?.aborted ? o.signal.reason as unknown : undefined;
+    const aborted = o.signal?.aborted ? (o.signal.reason as unknown) : undefined;
     if (res.succeeded) {
       this.spend(receipt);
-      return { landed: true, revision: res.revision, res: { ...res, responses: res.responses.slice(0, t.success.length) }, aborted };
+      return {
+        landed: true,
+        revision: res.revision,
+        res: { ...res, responses: res.responses.slice(0, t.success.length) },
+        aborted,
+      };
     }
     const [found, ...failure] = res.responses;
     const kv = found?.type === 'range' ? found.kvs[0] : undefined;
     if (kv) {
       this.spend(receipt);
-      return { landed: true, revision: kv.createRevision, res: undefined, receiptValue: kv.value.subarray(LANDED.length), aborted };
+      return {
+        landed: true,
+        revision: kv.createRevision,
+        res: undefined,
+        receiptValue: kv.value.subarray(LANDED.length),
+        aborted,
+      };
     }
     if (aborted !== undefined) throw aborted;
     return { landed: false, failure: failure.slice(0, t.failure?.length ?? 0) };
@@ -159,11 +176,15 @@ export class ReceiptBook {
    */
   async #settleAborted(receipt: Buffer, o: ProvenWriteOptions, reason: unknown): Promise<ProvenOutcome> {
     // Voiding is harmless to repeat (create-if-absent): core's retry policy, bounded to a couple of seconds.
-    const res = await retrying(() => txn(this.#client, [cmp.create(receipt, '==', 0n)], [op.put(receipt, VOIDED)], [op.range(receipt)]),
-      { maxElapsedMs: 2000 }).catch((err: unknown) => {
+    const res = await retrying(
+      () => txn(this.#client, [cmp.create(receipt, '==', 0n)], [op.put(receipt, VOIDED)], [op.range(receipt)]),
+      { maxElapsedMs: 2000 },
+    ).catch((err: unknown) => {
       if (!isTransient(err)) throw err;
-      throw new OutcomeUnknownError(`${o.what}: aborted while etcd was unreachable; the write may or may not ` +
-        'have happened', { cause: reason });
+      throw new OutcomeUnknownError(
+        `${o.what}: aborted while etcd was unreachable; the write may or may not have happened`,
+        { cause: reason },
+      );
     });
     const kv = res.succeeded ? undefined : rangeAt(res, 0).kvs[0];
     if (!kv || kv.value.equals(VOIDED)) {
@@ -172,7 +193,13 @@ export class ReceiptBook {
       throw reason;
     }
     this.spend(receipt);
-    return { landed: true, revision: kv.createRevision, res: undefined, receiptValue: kv.value.subarray(LANDED.length), aborted: reason };
+    return {
+      landed: true,
+      revision: kv.createRevision,
+      res: undefined,
+      receiptValue: kv.value.subarray(LANDED.length),
+      aborted: reason,
+    };
   }
 
   /** The receipt is no longer needed: it is deleted with the next write, or by {@link flush}. */
@@ -207,11 +234,14 @@ export class ReceiptBook {
     unflushed().delete(this);
     if (!batch.length) return;
     try {
-      await txn(this.#client, [], batch.map((k) => op.delete(k)));
+      await txn(
+        this.#client,
+        [],
+        batch.map((k) => op.delete(k)),
+      );
     } catch (err) {
       this.#spent.push(...batch);
       throw err;
     }
   }
-
 }

@@ -10,7 +10,8 @@ import { isPermissionDenied } from './etcd-errors.js';
  * everything else surfaces to the caller.
  */
 
-const transientMessage = /leader changed|no leader|request timed out|timed out|unavailable|ECONNREFUSED|ECONNRESET|EPIPE|stream ended|stream removed|circuit|not connected|too many requests|connection (closed|reset|refused)|No connection established|Call cancelled|Deadline exceeded|socket hang up|GOAWAY/i;
+const transientMessage =
+  /leader changed|no leader|request timed out|timed out|unavailable|ECONNREFUSED|ECONNRESET|EPIPE|stream ended|stream removed|circuit|not connected|too many requests|connection (closed|reset|refused)|No connection established|Call cancelled|Deadline exceeded|socket hang up|GOAWAY/i;
 
 /** True for failures that may go away by themselves: retry these. */
 export function isTransient(err: unknown): boolean {
@@ -22,7 +23,12 @@ export function isTransient(err: unknown): boolean {
   } catch {
     // isRecoverableError uses the `in` operator, which is safe on Errors; be defensive anyway.
   }
-  if (err.name === 'BrokenCircuitError' || err.name === 'MemberAvoidedError' || err.constructor?.name === 'BrokenCircuitError') return true;
+  if (
+    err.name === 'BrokenCircuitError' ||
+    err.name === 'MemberAvoidedError' ||
+    err.constructor?.name === 'BrokenCircuitError'
+  )
+    return true;
   return transientMessage.test(err.message);
 }
 
@@ -54,7 +60,7 @@ export async function retrying<T>(fn: () => Promise<T>, options: RetryOptions = 
     } catch (err) {
       if (!retryIf(err) || performance.now() - started + backoff > maxElapsedMs) throw err;
       onRetry?.(err, attempt);
-      await backoffSleep(backoff / 2 + Math.random() * backoff / 2, signals);
+      await backoffSleep(backoff / 2 + (Math.random() * backoff) / 2, signals);
       backoff = Math.min(backoff * 2, 1000);
     }
   }

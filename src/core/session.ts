@@ -3,7 +3,7 @@ import type { Namespace } from 'etcd3';
 import { raceAbort } from './abort.js';
 import { clientScope, reportSilentStream } from './client.js';
 import { publish, sessionFields } from './diagnostics.js';
-import { ClosedError, InvalidArgumentError, SessionExpiredError } from './errors.js';
+import { type ClosedError, InvalidArgumentError, SessionExpiredError } from './errors.js';
 import { leaseHex } from './keys.js';
 import { closeStreamQuietly } from './streams.js';
 import { logger } from './log.js';
@@ -32,7 +32,6 @@ export interface SessionOptions {
   /** Aborts the grant. */
   signal?: AbortSignal;
 }
-
 
 /** Events of a {@link Session}. */
 export interface SessionEvents {
@@ -110,9 +109,12 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
     checkInteger(ttl, 'options.ttl', 1, 9_000_000_000);
     checkSignal(signal);
     if (leaseId !== undefined && (typeof leaseId !== 'string' || !/^[1-9][0-9]{0,18}$/.test(leaseId))) {
-      throw new InvalidArgumentError('options.leaseId', `must be a lease ID as a positive decimal string, got ${typeof leaseId === 'string' ? JSON.stringify(leaseId) : typeof leaseId}`);
+      throw new InvalidArgumentError(
+        'options.leaseId',
+        `must be a lease ID as a positive decimal string, got ${typeof leaseId === 'string' ? JSON.stringify(leaseId) : typeof leaseId}`,
+      );
     }
-    if (expiryMarginMs !== undefined) checkNumber(expiryMarginMs, 'options.expiryMarginMs', 0, ttl * 1000 / 2);
+    if (expiryMarginMs !== undefined) checkNumber(expiryMarginMs, 'options.expiryMarginMs', 0, (ttl * 1000) / 2);
     signal?.throwIfAborted();
 
     clientScope(client).signal.throwIfAborted();
@@ -120,18 +122,26 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
     let granted: number;
     let sentAt = performance.now();
     if (leaseId === undefined) {
-      const res = await retrying(async () => {
-        // The lease runs from the attempt that landed: a slow first attempt must not age the session.
-        sentAt = performance.now();
-        const granting = client.leaseClient.leaseGrant({ TTL: ttl });
-        try {
-          return await raceAbort(granting, signal);
-        } catch (err) {
-          // Given up (aborted) while the grant was in flight: revoke it if it lands.
-          granting.then((r) => client.leaseClient.leaseRevoke({ ID: r.ID }), () => undefined).catch(() => undefined);
-          throw err;
-        }
-      }, { signals: [signal], maxElapsedMs: 10_000 });
+      const res = await retrying(
+        async () => {
+          // The lease runs from the attempt that landed: a slow first attempt must not age the session.
+          sentAt = performance.now();
+          const granting = client.leaseClient.leaseGrant({ TTL: ttl });
+          try {
+            return await raceAbort(granting, signal);
+          } catch (err) {
+            // Given up (aborted) while the grant was in flight: revoke it if it lands.
+            granting
+              .then(
+                (r) => client.leaseClient.leaseRevoke({ ID: r.ID }),
+                () => undefined,
+              )
+              .catch(() => undefined);
+            throw err;
+          }
+        },
+        { signals: [signal], maxElapsedMs: 10_000 },
+      );
       id = res.ID;
       granted = Number(res.TTL);
     } else {
@@ -140,8 +150,13 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
       if (Number(res.TTL) <= 0) throw new SessionExpiredError(`lease ${id} does not exist or has expired`);
       granted = Number(res.grantedTTL);
       // The remaining TTL bounds the first deadline until our first keepalive is acknowledged.
-      const session = new Session(client, id, granted, sentAt - (granted - Number(res.TTL)) * 1000,
-        expiryMarginMs ?? defaultMargin(granted));
+      const session = new Session(
+        client,
+        id,
+        granted,
+        sentAt - (granted - Number(res.TTL)) * 1000,
+        expiryMarginMs ?? defaultMargin(granted),
+      );
       session.#start();
       return session;
     }
@@ -249,7 +264,9 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
     } catch (err) {
       if (!/lease not found/i.test((err as Error).message)) return !this.expired;
     }
-    this.#lose(new SessionExpiredError(`session ${this.leaseHex} expired: etcd reports the lease gone (expired or revoked)`));
+    this.#lose(
+      new SessionExpiredError(`session ${this.leaseHex} expired: etcd reports the lease gone (expired or revoked)`),
+    );
     return false;
   }
 
@@ -269,7 +286,9 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
     // A closed client can keep no lease alive: stop (the owner of an owned session revokes it first).
     const onClientClosed = () => this.#stop(closed.reason as ClosedError);
     closed.addEventListener('abort', onClientClosed, { once: true });
-    this.#controller.signal.addEventListener('abort', () => closed.removeEventListener('abort', onClientClosed), { once: true });
+    this.#controller.signal.addEventListener('abort', () => closed.removeEventListener('abort', onClientClosed), {
+      once: true,
+    });
     this.#armDeadline();
     void this.#connect();
     publish('sessionCreated', () => sessionFields(this));
@@ -310,8 +329,11 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
     const wait = this.#deadline - performance.now();
     if (wait <= 0) {
       const since = Math.round(performance.now() - this.#lastAckedSendAt);
-      this.#lose(new SessionExpiredError(
-        `session ${this.leaseHex} expired: no keepalive acknowledged for ${since} ms (ttl ${this.ttl} s)`));
+      this.#lose(
+        new SessionExpiredError(
+          `session ${this.leaseHex} expired: no keepalive acknowledged for ${since} ms (ttl ${this.ttl} s)`,
+        ),
+      );
       return;
     }
     // Timers can fire early by a millisecond: re-check on wake instead of trusting them.
@@ -361,15 +383,24 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
     const sentAt = this.#pendingSends.shift();
     const ttl = Number(res.TTL);
     if (!(ttl > 0)) {
-      this.#lose(new SessionExpiredError(`session ${this.leaseHex} expired: etcd reports the lease gone (expired or revoked)`));
+      this.#lose(
+        new SessionExpiredError(`session ${this.leaseHex} expired: etcd reports the lease gone (expired or revoked)`),
+      );
       return;
     }
     this.#reconnectBackoff = 50;
     clearTimeout(this.#ackTimer);
-    this.#ackTimer = this.#pendingSends.length ? setTimeout(() => this.#onSilent(stream), this.#ackTimeoutMs()).unref() : undefined;
+    this.#ackTimer = this.#pendingSends.length
+      ? setTimeout(() => this.#onSilent(stream), this.#ackTimeoutMs()).unref()
+      : undefined;
     if (sentAt === undefined) return;
     const left = this.#lastAckedSendAt + this.ttl * 1000 - performance.now();
-    if (this.#resumed || left < this.ttl * 500) publish('sessionRenewedLate', () => ({ ...sessionFields(this), reason: this.#resumed ? 'reconnect' : 'late', remainingMs: left }));
+    if (this.#resumed || left < this.ttl * 500)
+      publish('sessionRenewedLate', () => ({
+        ...sessionFields(this),
+        reason: this.#resumed ? 'reconnect' : 'late',
+        remainingMs: left,
+      }));
     this.#resumed = false;
     this.#lastAckedSendAt = sentAt;
     this.#deadline = Math.max(this.#deadline, sentAt + ttl * 1000 - this.#marginMs);
@@ -401,7 +432,12 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
 
   #scheduleReconnect(err: unknown): void {
     if (this.expired) return;
-    log('keepalive for %s interrupted (%s); retrying in %d ms', this.leaseHex, (err as Error)?.message, this.#reconnectBackoff);
+    log(
+      'keepalive for %s interrupted (%s); retrying in %d ms',
+      this.leaseHex,
+      (err as Error)?.message,
+      this.#reconnectBackoff,
+    );
     clearTimeout(this.#sendTimer);
     this.#resumed = true;
     this.#sendTimer = setTimeout(() => void this.#connect(), this.#reconnectBackoff).unref();
@@ -440,7 +476,17 @@ export function checkSession(value: unknown, argument = 'session'): asserts valu
   if (value instanceof Session) return;
   const s = value as Partial<Session> | null;
   // Accept a Session from the other (ESM/CJS) copy of this package.
-  if (typeof s === 'object' && s !== null && typeof s.leaseId === 'string' && typeof s.leaseHex === 'string' &&
-      s.signal instanceof AbortSignal && typeof s.client === 'object') return;
-  throw new InvalidArgumentError(argument, `must be a Session (from Session.create), got ${value === null ? 'null' : typeof value}`);
+  if (
+    typeof s === 'object' &&
+    s !== null &&
+    typeof s.leaseId === 'string' &&
+    typeof s.leaseHex === 'string' &&
+    s.signal instanceof AbortSignal &&
+    typeof s.client === 'object'
+  )
+    return;
+  throw new InvalidArgumentError(
+    argument,
+    `must be a Session (from Session.create), got ${value === null ? 'null' : typeof value}`,
+  );
 }

@@ -13,7 +13,8 @@ function describe(value: unknown): string {
   if (Array.isArray(value)) return 'an array';
   if (Buffer.isBuffer(value)) return `a Buffer of ${value.length} bytes`;
   if (typeof value === 'string') return value.length > 40 ? `a string of ${value.length} chars` : JSON.stringify(value);
-  if (typeof value === 'number' || typeof value === 'bigint' || typeof value === 'boolean') return `${typeof value} ${String(value)}`;
+  if (typeof value === 'number' || typeof value === 'bigint' || typeof value === 'boolean')
+    return `${typeof value} ${String(value)}`;
   return typeof value;
 }
 
@@ -24,7 +25,8 @@ export function checkName(value: unknown, argument: string): asserts value is st
     return;
   }
   if (Buffer.isBuffer(value)) {
-    if (value.length === 0) throw new InvalidArgumentError(argument, 'must be a non-empty string or Buffer, got an empty Buffer');
+    if (value.length === 0)
+      throw new InvalidArgumentError(argument, 'must be a non-empty string or Buffer, got an empty Buffer');
     return;
   }
   throw new InvalidArgumentError(argument, `must be a non-empty string or Buffer, got ${describe(value)}`);
@@ -37,7 +39,12 @@ export function checkValue(value: unknown, argument: string): asserts value is s
 }
 
 /** An integer in [min, max]. */
-export function checkInteger(value: unknown, argument: string, min: number, max = Number.MAX_SAFE_INTEGER): asserts value is number {
+export function checkInteger(
+  value: unknown,
+  argument: string,
+  min: number,
+  max = Number.MAX_SAFE_INTEGER,
+): asserts value is number {
   if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
     const range = max === Number.MAX_SAFE_INTEGER ? `an integer >= ${min}` : `an integer from ${min} to ${max}`;
     throw new InvalidArgumentError(argument, `must be ${range}, got ${describe(value)}`);
@@ -45,9 +52,17 @@ export function checkInteger(value: unknown, argument: string, min: number, max 
 }
 
 /** A finite number in [min, max] (fractions allowed). */
-export function checkNumber(value: unknown, argument: string, min: number, max = Number.MAX_VALUE): asserts value is number {
+export function checkNumber(
+  value: unknown,
+  argument: string,
+  min: number,
+  max = Number.MAX_VALUE,
+): asserts value is number {
   if (typeof value !== 'number' || !Number.isFinite(value) || value < min || value > max) {
-    throw new InvalidArgumentError(argument, `must be a number from ${min}${max === Number.MAX_VALUE ? '' : ` to ${max}`}, got ${describe(value)}`);
+    throw new InvalidArgumentError(
+      argument,
+      `must be a number from ${min}${max === Number.MAX_VALUE ? '' : ` to ${max}`}, got ${describe(value)}`,
+    );
   }
 }
 
@@ -56,7 +71,13 @@ export function checkSignal(value: unknown, argument = 'options.signal'): assert
   if (value === undefined) return;
   if (value instanceof AbortSignal) return;
   // Duck-type for signals from another realm (vm contexts, polyfills).
-  if (typeof value === 'object' && value !== null && 'aborted' in value && typeof (value as AbortSignal).addEventListener === 'function') return;
+  if (
+    typeof value === 'object' &&
+    value !== null &&
+    'aborted' in value &&
+    typeof (value as AbortSignal).addEventListener === 'function'
+  )
+    return;
   throw new InvalidArgumentError(argument, `must be an AbortSignal or undefined, got ${describe(value)}`);
 }
 
@@ -70,9 +91,13 @@ export function checkOptions(value: unknown, argument = 'options'): asserts valu
   if (value instanceof AbortSignal) {
     throw new InvalidArgumentError(argument, 'must be an options object, got an AbortSignal: pass it as { signal }');
   }
-  const proto = typeof value === 'object' && value !== null ? Object.getPrototypeOf(value) as unknown : undefined;
-  if (typeof value !== 'object' || value === null || Array.isArray(value) ||
-      (proto !== Object.prototype && proto !== null && Object.getPrototypeOf(proto) !== null)) {
+  const proto = typeof value === 'object' && value !== null ? (Object.getPrototypeOf(value) as unknown) : undefined;
+  if (
+    typeof value !== 'object' ||
+    value === null ||
+    Array.isArray(value) ||
+    (proto !== Object.prototype && proto !== null && Object.getPrototypeOf(proto) !== null)
+  ) {
     throw new InvalidArgumentError(argument, `must be a plain object or undefined, got ${describe(value)}`);
   }
 }
@@ -85,15 +110,25 @@ export function checkBoolean(value: unknown, argument: string): asserts value is
 
 /** A function. */
 export function checkFunction(value: unknown, argument: string): asserts value is (...args: never[]) => unknown {
-  if (typeof value !== 'function') throw new InvalidArgumentError(argument, `must be a function, got ${describe(value)}`);
+  if (typeof value !== 'function')
+    throw new InvalidArgumentError(argument, `must be a function, got ${describe(value)}`);
 }
 
 /** An etcd3 client (`Etcd3` or a `Namespace` of it). */
 export function checkClient(value: unknown, argument = 'client'): asserts value is Namespace {
   const c = value as Partial<Namespace> | null;
-  if (typeof c !== 'object' || c === null || typeof c.watch !== 'function' || typeof c.kv !== 'object' ||
-      typeof c.leaseClient !== 'object' || !Buffer.isBuffer(c.prefix)) {
-    throw new InvalidArgumentError(argument, `must be an etcd3 client (new Etcd3(...) or client.namespace(...)), got ${describe(value)}`);
+  if (
+    typeof c !== 'object' ||
+    c === null ||
+    typeof c.watch !== 'function' ||
+    typeof c.kv !== 'object' ||
+    typeof c.leaseClient !== 'object' ||
+    !Buffer.isBuffer(c.prefix)
+  ) {
+    throw new InvalidArgumentError(
+      argument,
+      `must be an etcd3 client (new Etcd3(...) or client.namespace(...)), got ${describe(value)}`,
+    );
   }
   checkTransport(c as Namespace);
 }

@@ -72,7 +72,8 @@ export interface WaitInLineOptions<T> {
 }
 
 function sameTarget(a: WatchTarget, b: WatchTarget): boolean {
-  if (a.kind === 'key' && b.kind === 'key') return a.key.equals(b.key) && a.createRevision === b.createRevision && !!a.anyEvent === !!b.anyEvent;
+  if (a.kind === 'key' && b.kind === 'key')
+    return a.key.equals(b.key) && a.createRevision === b.createRevision && !!a.anyEvent === !!b.anyEvent;
   if (a.kind === 'prefix-deletes' && b.kind === 'prefix-deletes') return a.prefix.equals(b.prefix);
   return false;
 }
@@ -86,17 +87,25 @@ function sameTarget(a: WatchTarget, b: WatchTarget): boolean {
 export async function waitInLine<T>(client: Namespace, options: WaitInLineOptions<T>): Promise<LineState<T>> {
   const { read, signal, what, log } = options;
   let state = options.initial;
-  const reread = () => retrying(read, { signals: [signal], maxElapsedMs: Infinity,
-    onRetry: (err) => log?.('%s: read failed, retrying: %s', what, (err as Error).message) });
+  const reread = () =>
+    retrying(read, {
+      signals: [signal],
+      maxElapsedMs: Infinity,
+      onRetry: (err) => log?.('%s: read failed, retrying: %s', what, (err as Error).message),
+    });
   for (;;) {
-    if (!state.alive) throw new SessionExpiredError(`${what}: our key is gone; the session's lease expired while waiting`);
+    if (!state.alive)
+      throw new SessionExpiredError(`${what}: our key is gone; the session's lease expired while waiting`);
     const blocker = state.blocker;
     if (!blocker) return state;
     signal.throwIfAborted();
     const deep = (state.ahead ?? 0) >= DEEP_IN_LINE;
     const from = deep ? state.revision + 1n : undefined;
-    const watch = await retrying(() => ChangeWatch.open(client, blocker, signal, from), { signals: [signal], maxElapsedMs: Infinity,
-      onRetry: (err) => log?.('%s: watch failed, retrying: %s', what, (err as Error).message) });
+    const watch = await retrying(() => ChangeWatch.open(client, blocker, signal, from), {
+      signals: [signal],
+      maxElapsedMs: Infinity,
+      onRetry: (err) => log?.('%s: watch failed, retrying: %s', what, (err as Error).message),
+    });
     try {
       if (!deep && watch.createdRevision > state.revision && !watch.changed) {
         const confirmed = await reread();
@@ -140,7 +149,12 @@ export class ChangeWatch {
    * `startRevision` the watch starts "now" (live at once); with it, changes
    * since that revision are replayed first.
    */
-  static async open(client: Namespace, target: WatchTarget, signal?: AbortSignal, startRevision?: bigint): Promise<ChangeWatch> {
+  static async open(
+    client: Namespace,
+    target: WatchTarget,
+    signal?: AbortSignal,
+    startRevision?: bigint,
+  ): Promise<ChangeWatch> {
     let self: ChangeWatch | undefined;
     let early = false;
     const fire = () => {
@@ -151,9 +165,10 @@ export class ChangeWatch {
       self.changed = true;
       self.#wake?.();
     };
-    const spec: WatchSpec = target.kind === 'key'
-      ? { key: target.key, noPut: !target.anyEvent, startRevision }
-      : { key: target.prefix, prefix: true, noPut: true, startRevision };
+    const spec: WatchSpec =
+      target.kind === 'key'
+        ? { key: target.key, noPut: !target.anyEvent, startRevision }
+        : { key: target.prefix, prefix: true, noPut: true, startRevision };
     const listener = { onEvents: fire, onEnd: fire };
     const handle = await openWatch(client, spec, listener, signal).catch((err: unknown) => {
       if (!(err instanceof WatchCompactedError)) throw err;
@@ -170,7 +185,9 @@ export class ChangeWatch {
   /** Resolves when the watched thing changed; rejects with the signal's reason on abort. */
   untilChanged(signal: AbortSignal): Promise<void> {
     if (this.changed) return Promise.resolve();
-    return untilWoken(signal, (wake) => { this.#wake = wake; });
+    return untilWoken(signal, (wake) => {
+      this.#wake = wake;
+    });
   }
 
   /** Cancels the watch. */

@@ -128,7 +128,12 @@ function watchHub(client: Namespace): WatchHub {
  * Opens a watch and resolves once etcd created it. Rejects with the signal's
  * reason (closing the watch) if `signal` aborts first.
  */
-export function openWatch(client: Namespace, spec: WatchSpec, listener: WatchListener, signal?: AbortSignal): Promise<WatchHandle> {
+export function openWatch(
+  client: Namespace,
+  spec: WatchSpec,
+  listener: WatchListener,
+  signal?: AbortSignal,
+): Promise<WatchHandle> {
   return watchHub(client).open(spec, listener, signal);
 }
 
@@ -157,8 +162,14 @@ class WatchHub {
     if (signal?.aborted) return Promise.reject(abortReason(signal));
     if (this.#closed.aborted) return Promise.reject(abortReason(this.#closed));
     const entry: Entry = {
-      id: (this.#nextId++).toString(), spec, listener, nextRevision: spec.startRevision,
-      created: false, closed: false, onCreated: undefined, onFailed: undefined,
+      id: (this.#nextId++).toString(),
+      spec,
+      listener,
+      nextRevision: spec.startRevision,
+      created: false,
+      closed: false,
+      onCreated: undefined,
+      onFailed: undefined,
     };
     const created = new Promise<bigint>((resolve, reject) => {
       entry.onCreated = resolve;
@@ -175,13 +186,16 @@ class WatchHub {
         reject(abortReason(signal));
       };
       signal.addEventListener('abort', onAbort, { once: true });
-      created.then((rev) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve({ ...handle, createdRevision: rev });
-      }, (err: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(err);
-      });
+      created.then(
+        (rev) => {
+          signal.removeEventListener('abort', onAbort);
+          resolve({ ...handle, createdRevision: rev });
+        },
+        (err: unknown) => {
+          signal.removeEventListener('abort', onAbort);
+          reject(err);
+        },
+      );
     });
   }
 
@@ -233,25 +247,28 @@ class WatchHub {
     if (this.#stream || this.#connecting || this.#closed.aborted) return;
     clearTimeout(this.#reconnectTimer);
     this.#connecting = true;
-    this.#client.watchClient.watch().then((stream) => {
-      this.#connecting = false;
-      if (this.#closed.aborted) {
-        closeStreamQuietly(stream);
-        return;
-      }
-      this.#stream = stream;
-      this.#lastHeard = performance.now();
-      stream.on('data', (res: unknown) => this.#onResponse(stream, res as RawResponse));
-      stream.on('error', (err: Error) => this.#onBroken(stream, err));
-      stream.on('end', () => this.#onBroken(stream, new Error('watch stream ended')));
-      clearTimeout(this.#probeTimer);
-      this.#probeTimer = setTimeout(() => this.#probe(stream), PROBE_AFTER_MS / 2).unref();
-      if (this.#entries.size === 0) this.#closeWhenIdle();
-      for (const entry of this.#entries.values()) this.#sendCreate(entry);
-    }, (err: unknown) => {
-      this.#connecting = false;
-      this.#onBroken(undefined, err as Error);
-    });
+    this.#client.watchClient.watch().then(
+      (stream) => {
+        this.#connecting = false;
+        if (this.#closed.aborted) {
+          closeStreamQuietly(stream);
+          return;
+        }
+        this.#stream = stream;
+        this.#lastHeard = performance.now();
+        stream.on('data', (res: unknown) => this.#onResponse(stream, res as RawResponse));
+        stream.on('error', (err: Error) => this.#onBroken(stream, err));
+        stream.on('end', () => this.#onBroken(stream, new Error('watch stream ended')));
+        clearTimeout(this.#probeTimer);
+        this.#probeTimer = setTimeout(() => this.#probe(stream), PROBE_AFTER_MS / 2).unref();
+        if (this.#entries.size === 0) this.#closeWhenIdle();
+        for (const entry of this.#entries.values()) this.#sendCreate(entry);
+      },
+      (err: unknown) => {
+        this.#connecting = false;
+        this.#onBroken(undefined, err as Error);
+      },
+    );
   }
 
   #sendCreate(entry: Entry): void {
@@ -290,7 +307,8 @@ class WatchHub {
       // Creates are answered in the order they were sent. etcd answers with our own watch_id, except
       // when it refuses a watch (auth: watch_id -1): that answer is the oldest unanswered create's.
       const at = this.#unanswered.findIndex((e) => e.id === res.watch_id);
-      const answered = at >= 0 ? this.#unanswered.splice(at, 1)[0] : res.canceled ? this.#unanswered.shift() : undefined;
+      const answered =
+        at >= 0 ? this.#unanswered.splice(at, 1)[0] : res.canceled ? this.#unanswered.shift() : undefined;
       if (!entry && answered && !answered.closed && res.canceled) {
         this.#end(answered, this.#cancelError(res, answered));
         return;
@@ -319,11 +337,13 @@ class WatchHub {
       this.#end(entry, this.#cancelError(res, entry));
       return;
     }
-    const events = (res.events ?? []).map((ev): WatchEvent => ({
-      type: ev.type === 'Delete' || ev.type === 1 ? 'delete' : 'put',
-      kv: decodeKv(this.#client, ev.kv),
-      prevKv: ev.prev_kv ? decodeKv(this.#client, ev.prev_kv) : undefined,
-    }));
+    const events = (res.events ?? []).map(
+      (ev): WatchEvent => ({
+        type: ev.type === 'Delete' || ev.type === 1 ? 'delete' : 'put',
+        kv: decodeKv(this.#client, ev.kv),
+        prevKv: ev.prev_kv ? decodeKv(this.#client, ev.prev_kv) : undefined,
+      }),
+    );
     if (events.length) {
       const last = events[events.length - 1]!.kv.modRevision;
       if (entry.nextRevision === undefined || last + 1n > entry.nextRevision) entry.nextRevision = last + 1n;
@@ -343,12 +363,18 @@ class WatchHub {
   #cancelError(res: RawResponse, entry: Entry): Error {
     const compact = BigInt(res.compact_revision || '0');
     if (compact > 0n) {
-      publish('watchCompacted', () => ({ key: showKey(entry.spec.key), prefix: !!entry.spec.prefix, compactRevision: compact }));
+      publish('watchCompacted', () => ({
+        key: showKey(entry.spec.key),
+        prefix: !!entry.spec.prefix,
+        compactRevision: compact,
+      }));
       return new WatchCompactedError(compact);
     }
     // A refused watch (auth) is a PermissionDeniedError naming the key, like any refused call.
-    return classifyEtcdError(new Error(`watch cancelled by etcd${res.cancel_reason ? `: ${res.cancel_reason}` : ''}`),
-      entry.spec.key) as Error;
+    return classifyEtcdError(
+      new Error(`watch cancelled by etcd${res.cancel_reason ? `: ${res.cancel_reason}` : ''}`),
+      entry.spec.key,
+    ) as Error;
   }
 
   #end(entry: Entry, err: Error): void {
@@ -369,7 +395,9 @@ class WatchHub {
     this.#dropStream();
     if (this.#closed.aborted || err instanceof ClientClosedError || /client was already closed/i.test(err.message)) {
       // The user closed the client: end every watch, never reconnect.
-      const reason = this.#closed.aborted ? abortReason(this.#closed) as Error : new ClosedError(undefined, { cause: err });
+      const reason = this.#closed.aborted
+        ? (abortReason(this.#closed) as Error)
+        : new ClosedError(undefined, { cause: err });
       for (const entry of [...this.#entries.values()]) this.#end(entry, reason);
       return;
     }

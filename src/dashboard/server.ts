@@ -86,18 +86,23 @@ export async function startDashboard(client: Namespace, options: DashboardOption
   checkClient(client);
   checkOptions(options);
   const prefix = options.prefix ?? '';
-  if (typeof prefix !== 'string') throw new InvalidArgumentError('options.prefix', `must be a string, got ${typeof prefix}`);
+  if (typeof prefix !== 'string')
+    throw new InvalidArgumentError('options.prefix', `must be a string, got ${typeof prefix}`);
   if (options.port !== undefined) checkInteger(options.port, 'options.port', 0, 65535);
   const host = options.host ?? '127.0.0.1';
-  if (typeof host !== 'string' || host === '') throw new InvalidArgumentError('options.host', 'must be a non-empty string');
+  if (typeof host !== 'string' || host === '')
+    throw new InvalidArgumentError('options.host', 'must be a non-empty string');
   const { token } = options;
   if (token !== undefined && (typeof token !== 'string' || token.length < 16)) {
     throw new InvalidArgumentError('options.token', 'must be a string of at least 16 characters');
   }
   checkBoolean(options.exposed, 'options.exposed');
   if (!isLoopbackHost(host) && !(options.exposed === true && token !== undefined)) {
-    throw new InvalidArgumentError('options.host', `${JSON.stringify(host)} is not a loopback address: serving the dashboard beyond this ` +
-      'machine needs exposed: true and a token (it shows lock holders, leaders, job values and service addresses)');
+    throw new InvalidArgumentError(
+      'options.host',
+      `${JSON.stringify(host)} is not a loopback address: serving the dashboard beyond this ` +
+        'machine needs exposed: true and a token (it shows lock holders, leaders, job values and service addresses)',
+    );
   }
   if (options.refreshMs !== undefined) checkInteger(options.refreshMs, 'options.refreshMs', 100);
   if (options.limit !== undefined) checkInteger(options.limit, 'options.limit', 1, 10_000);
@@ -121,13 +126,24 @@ export async function startDashboard(client: Namespace, options: DashboardOption
   let view: LiveView<DashboardState> | undefined;
   const watchPrefixes = prefix ? [Buffer.from(prefix), Buffer.from(`__${prefix}`)] : [Buffer.alloc(0)];
   const startView = () => {
-    view = new LiveView(client, prefix.startsWith('__') ? watchPrefixes.slice(0, 1) : watchPrefixes, read,
-      (state) => { lastGood = state; publish(state); },
+    view = new LiveView(
+      client,
+      prefix.startsWith('__') ? watchPrefixes.slice(0, 1) : watchPrefixes,
+      read,
+      (state) => {
+        lastGood = state;
+        publish(state);
+      },
       (err) => {
         log('read failed: %s', (err as Error).message);
-        publish({ ...(lastGood ?? { prefix, revision: 0n, recipes: [] }), updatedAt: new Date().toISOString(), error: (err as Error).message });
+        publish({
+          ...(lastGood ?? { prefix, revision: 0n, recipes: [] }),
+          updatedAt: new Date().toISOString(),
+          error: (err as Error).message,
+        });
       },
-      { periodMs: options.refreshMs ?? 5000 });
+      { periodMs: options.refreshMs ?? 5000 },
+    );
     view.start().catch((err: unknown) => log('watch failed: %s', (err as Error).message));
   };
 
@@ -147,7 +163,9 @@ export async function startDashboard(client: Namespace, options: DashboardOption
     const url = new URL(req.url ?? '/', 'http://dashboard.invalid');
     if (!allowed(req, url, token)) {
       res.writeHead(token === undefined ? 421 : 401, headers('text/plain; charset=utf-8'));
-      res.end(token === undefined ? 'misdirected request: use a loopback host name\n' : 'unauthorized: pass the token\n');
+      res.end(
+        token === undefined ? 'misdirected request: use a loopback host name\n' : 'unauthorized: pass the token\n',
+      );
       return;
     }
     if (req.method !== 'GET' && req.method !== 'HEAD') {
@@ -160,13 +178,16 @@ export async function startDashboard(client: Namespace, options: DashboardOption
       res.writeHead(200, headers('text/html; charset=utf-8', nonce));
       res.end(dashboardPage(nonce));
     } else if (url.pathname === '/state') {
-      read().then((state) => {
-        res.writeHead(200, headers('application/json'));
-        res.end(inspectionJSON(state));
-      }, (err: unknown) => {
-        res.writeHead(502, headers('text/plain; charset=utf-8'));
-        res.end(`etcd read failed: ${(err as Error).message}\n`);
-      });
+      read().then(
+        (state) => {
+          res.writeHead(200, headers('application/json'));
+          res.end(inspectionJSON(state));
+        },
+        (err: unknown) => {
+          res.writeHead(502, headers('text/plain; charset=utf-8'));
+          res.end(`etcd read failed: ${(err as Error).message}\n`);
+        },
+      );
     } else if (url.pathname === '/events') {
       res.writeHead(200, { ...headers('text/event-stream; charset=utf-8'), connection: 'keep-alive' });
       res.write('retry: 2000\n\n');
@@ -191,7 +212,9 @@ export async function startDashboard(client: Namespace, options: DashboardOption
 
   const server = createServer(handle);
   // SSE comments keep idle proxies from closing the stream.
-  const heartbeat = setInterval(() => { for (const res of streams) res.write(': ping\n\n'); }, 15_000);
+  const heartbeat = setInterval(() => {
+    for (const res of streams) res.write(': ping\n\n');
+  }, 15_000);
   heartbeat.unref();
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

@@ -3,7 +3,14 @@ import { InvalidArgumentError } from '../core/errors.js';
 import { childPrefix, leaseHex, prefixEnd, toBuffer } from '../core/keys.js';
 import { checkClient, checkInteger, checkOptions, checkSignal } from '../core/validate.js';
 import { inspectElection, type ElectionInspection } from './election.js';
-import { inspectLock, inspectRWMutex, inspectSemaphore, type LockInspection, type RWMutexInspection, type SemaphoreInspection } from './locks.js';
+import {
+  inspectLock,
+  inspectRWMutex,
+  inspectSemaphore,
+  type LockInspection,
+  type RWMutexInspection,
+  type SemaphoreInspection,
+} from './locks.js';
 import { inspectQueue, type QueueInspection } from './queue.js';
 import { mapInChunks, SnapshotReader, type InspectOptions } from './read.js';
 import { inspectServices, parseObject, type ServicesInspection } from './services.js';
@@ -35,7 +42,15 @@ import { inspectWorkQueue, type WorkQueueInspection } from './work-queue.js';
  */
 
 /** The recipe families inspection knows. */
-export type RecipeKind = 'lock' | 'election' | 'semaphore' | 'rwmutex' | 'queue' | 'priority-queue' | 'work-queue' | 'service';
+export type RecipeKind =
+  | 'lock'
+  | 'election'
+  | 'semaphore'
+  | 'rwmutex'
+  | 'queue'
+  | 'priority-queue'
+  | 'work-queue'
+  | 'service';
 
 /** A recipe found under a prefix. */
 export interface DiscoveredRecipe {
@@ -73,11 +88,16 @@ const Q = /^(.+)\/[0-9]{19}$/;
  * values per candidate lock/election/service. Sorted by kind, then name.
  * @throws InvalidArgumentError for a bad client or options
  */
-export async function discoverRecipes(client: Namespace, prefix: string, options: DiscoverOptions = {}): Promise<DiscoveredRecipe[]> {
+export async function discoverRecipes(
+  client: Namespace,
+  prefix: string,
+  options: DiscoverOptions = {},
+): Promise<DiscoveredRecipe[]> {
   checkClient(client);
   checkOptions(options);
   checkSignal(options.signal);
-  if (typeof prefix !== 'string') throw new InvalidArgumentError('prefix', `must be a string ('' for the whole keyspace), got ${typeof prefix}`);
+  if (typeof prefix !== 'string')
+    throw new InvalidArgumentError('prefix', `must be a string ('' for the whole keyspace), got ${typeof prefix}`);
   if (options.maxKeys !== undefined) checkInteger(options.maxKeys, 'options.maxKeys', 1, 1_000_000);
   const maxKeys = options.maxKeys ?? 100_000;
   const reader = new SnapshotReader(client, options.signal);
@@ -95,7 +115,7 @@ export async function discoverRecipes(client: Namespace, prefix: string, options
     const end = from ? prefixEnd(fromKey) : client.prefix.length ? undefined : Buffer.from([0]);
     // etcd rejects an empty key; the whole keyspace starts at \0.
     let start = fromKey.length || client.prefix.length ? fromKey : Buffer.from([0]);
-    for (let seen = 0; seen < maxKeys;) {
+    for (let seen = 0; seen < maxKeys; ) {
       const limit = Math.min(end ? PAGE : maxKeys, maxKeys - seen);
       const r = await reader.range(start, { ...(end ? { end } : { prefix: true }), limit, keysOnly: true });
       for (const kv of r.kvs) keys.push({ key: kv.key.toString(), lease: kv.lease });
@@ -120,17 +140,34 @@ export async function discoverRecipes(client: Namespace, prefix: string, options
   const queues = new Set<string>();
   for (const { key, lease } of keys) {
     const leased = lease !== '0';
-    let m: RegExpExecArray | null;
     if (WQ.test(key) || RECEIPT.test(key)) continue;
-    if ((m = WQ_WAITER.exec(key)) && workQueues.has(m[1]!)) continue;
-    if ((m = BOOK.exec(key))) {
-      (m[3] ? priorityQueues : queues).add(m[1]!);
+    const waiter = WQ_WAITER.exec(key);
+    if (waiter && workQueues.has(waiter[1]!)) continue;
+    const book = BOOK.exec(key);
+    if (book) {
+      (book[3] ? priorityQueues : queues).add(book[1]!);
       continue;
     }
-    if ((m = RW.exec(key)) && leased) { add('rwmutex', m[1]!); continue; }
-    if ((m = SEM.exec(key)) && (leased || m[2])) { add('semaphore', m[1]!); continue; }
-    if ((m = PQ.exec(key)) && !leased) { priorityQueues.add(m[1]!); continue; }
-    if ((m = Q.exec(key)) && !leased) { queues.add(m[1]!); continue; }
+    const rw = RW.exec(key);
+    if (rw && leased) {
+      add('rwmutex', rw[1]!);
+      continue;
+    }
+    const sem = SEM.exec(key);
+    if (sem && (leased || sem[2])) {
+      add('semaphore', sem[1]!);
+      continue;
+    }
+    const pq = PQ.exec(key);
+    if (pq && !leased) {
+      priorityQueues.add(pq[1]!);
+      continue;
+    }
+    const q = Q.exec(key);
+    if (q && !leased) {
+      queues.add(q[1]!);
+      continue;
+    }
     if (!leased) continue;
     const slash = key.lastIndexOf('/');
     if (slash <= 0) continue;
@@ -141,7 +178,8 @@ export async function discoverRecipes(client: Namespace, prefix: string, options
   for (const name of priorityQueues) add('priority-queue', name);
   for (const name of queues) if (!priorityQueues.has(name)) add('queue', name);
   // A few small value reads per candidate directory, some at a time.
-  const values = (dir: string, limit: number) => reader.range(childPrefix(dir), { prefix: true, limit }).then((r) => r.kvs);
+  const values = (dir: string, limit: number) =>
+    reader.range(childPrefix(dir), { prefix: true, limit }).then((r) => r.kvs);
   const hex = [...hexDirs];
   (await mapInChunks(hex, 8, (dir) => values(dir, 100))).forEach((kvs, i) => {
     add(kvs.some((kv) => kv.value.length > 0) ? 'election' : 'lock', hex[i]!);
@@ -157,67 +195,97 @@ export async function discoverRecipes(client: Namespace, prefix: string, options
     const slash = dir.lastIndexOf('/');
     add('service', dir.slice(slash + 1), dir.slice(0, slash + 1));
   });
-  const order: RecipeKind[] = ['lock', 'rwmutex', 'semaphore', 'election', 'queue', 'priority-queue', 'work-queue', 'service'];
-  return [...found.values()].sort((a, b) => order.indexOf(a.kind) - order.indexOf(b.kind) ||
-    (a.root ?? '').localeCompare(b.root ?? '') || a.name.localeCompare(b.name));
+  const order: RecipeKind[] = [
+    'lock',
+    'rwmutex',
+    'semaphore',
+    'election',
+    'queue',
+    'priority-queue',
+    'work-queue',
+    'service',
+  ];
+  return [...found.values()].sort(
+    (a, b) =>
+      order.indexOf(a.kind) - order.indexOf(b.kind) ||
+      (a.root ?? '').localeCompare(b.root ?? '') ||
+      a.name.localeCompare(b.name),
+  );
 }
 
 /** One recipe's inspection, tagged with its kind. */
 export type RecipeInspection =
   | {
-    /** The recipe's kind. */
-    readonly kind: 'lock';
-    /** What the inspection of that kind returns. */
-    readonly inspection: LockInspection;
-  }
+      /** The recipe's kind. */
+      readonly kind: 'lock';
+      /** What the inspection of that kind returns. */
+      readonly inspection: LockInspection;
+    }
   | {
-    /** The recipe's kind. */
-    readonly kind: 'election';
-    /** What the inspection of that kind returns. */
-    readonly inspection: ElectionInspection;
-  }
+      /** The recipe's kind. */
+      readonly kind: 'election';
+      /** What the inspection of that kind returns. */
+      readonly inspection: ElectionInspection;
+    }
   | {
-    /** The recipe's kind. */
-    readonly kind: 'semaphore';
-    /** What the inspection of that kind returns. */
-    readonly inspection: SemaphoreInspection;
-  }
+      /** The recipe's kind. */
+      readonly kind: 'semaphore';
+      /** What the inspection of that kind returns. */
+      readonly inspection: SemaphoreInspection;
+    }
   | {
-    /** The recipe's kind. */
-    readonly kind: 'rwmutex';
-    /** What the inspection of that kind returns. */
-    readonly inspection: RWMutexInspection;
-  }
+      /** The recipe's kind. */
+      readonly kind: 'rwmutex';
+      /** What the inspection of that kind returns. */
+      readonly inspection: RWMutexInspection;
+    }
   | {
-    /** The recipe's kind. */
-    readonly kind: 'queue' | 'priority-queue';
-    /** What the inspection of that kind returns. */
-    readonly inspection: QueueInspection;
-  }
+      /** The recipe's kind. */
+      readonly kind: 'queue' | 'priority-queue';
+      /** What the inspection of that kind returns. */
+      readonly inspection: QueueInspection;
+    }
   | {
-    /** The recipe's kind. */
-    readonly kind: 'work-queue';
-    /** What the inspection of that kind returns. */
-    readonly inspection: WorkQueueInspection;
-  }
+      /** The recipe's kind. */
+      readonly kind: 'work-queue';
+      /** What the inspection of that kind returns. */
+      readonly inspection: WorkQueueInspection;
+    }
   | {
-    /** The recipe's kind. */
-    readonly kind: 'service';
-    /** What the inspection of that kind returns. */
-    readonly inspection: ServicesInspection;
-  };
+      /** The recipe's kind. */
+      readonly kind: 'service';
+      /** What the inspection of that kind returns. */
+      readonly inspection: ServicesInspection;
+    };
 
 /** Inspects one discovered recipe with the inspection function of its kind. */
-export async function inspectRecipe(client: Namespace, recipe: DiscoveredRecipe, options: InspectOptions = {}): Promise<RecipeInspection> {
+export async function inspectRecipe(
+  client: Namespace,
+  recipe: DiscoveredRecipe,
+  options: InspectOptions = {},
+): Promise<RecipeInspection> {
   const { name } = recipe;
   switch (recipe.kind) {
-    case 'lock': return { kind: 'lock', inspection: await inspectLock(client, name, options) };
-    case 'election': return { kind: 'election', inspection: await inspectElection(client, name, options) };
-    case 'semaphore': return { kind: 'semaphore', inspection: await inspectSemaphore(client, name, options) };
-    case 'rwmutex': return { kind: 'rwmutex', inspection: await inspectRWMutex(client, name, options) };
+    case 'lock':
+      return { kind: 'lock', inspection: await inspectLock(client, name, options) };
+    case 'election':
+      return { kind: 'election', inspection: await inspectElection(client, name, options) };
+    case 'semaphore':
+      return { kind: 'semaphore', inspection: await inspectSemaphore(client, name, options) };
+    case 'rwmutex':
+      return { kind: 'rwmutex', inspection: await inspectRWMutex(client, name, options) };
     case 'queue':
-    case 'priority-queue': return { kind: recipe.kind, inspection: await inspectQueue(client, name, { signal: options.signal, kind: recipe.kind }) };
-    case 'work-queue': return { kind: 'work-queue', inspection: await inspectWorkQueue(client, name, options) };
-    case 'service': return { kind: 'service', inspection: await inspectServices(client, name, { ...options, root: recipe.root ?? '' }) };
+    case 'priority-queue':
+      return {
+        kind: recipe.kind,
+        inspection: await inspectQueue(client, name, { signal: options.signal, kind: recipe.kind }),
+      };
+    case 'work-queue':
+      return { kind: 'work-queue', inspection: await inspectWorkQueue(client, name, options) };
+    case 'service':
+      return {
+        kind: 'service',
+        inspection: await inspectServices(client, name, { ...options, root: recipe.root ?? '' }),
+      };
   }
 }

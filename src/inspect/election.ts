@@ -31,11 +31,22 @@ export interface ElectionInspection {
  * @param name - the election's name, as given to `new Election(session, name)` or `etcdctl elect <name>`
  * @throws InvalidArgumentError for a bad client, name or options
  */
-export async function inspectElection(client: Namespace, name: string | Buffer, options: InspectOptions = {}): Promise<ElectionInspection> {
+export async function inspectElection(
+  client: Namespace,
+  name: string | Buffer,
+  options: InspectOptions = {},
+): Promise<ElectionInspection> {
   const limit = checkInspectArgs(client, name, options);
   const reader = new SnapshotReader(client, options.signal);
   const list = await reader.list(childPrefix(name), limit);
   const keys = await reader.describe(list.kvs);
   const all: Candidate[] = keys.map((k, i) => ({ ...k, value: list.kvs[i]!.value.toString() }));
-  return { name: showKey(name), revision: reader.revision, leader: all[0], candidates: all.slice(1), total: list.total, truncated: list.truncated };
+  return {
+    name: showKey(name),
+    revision: reader.revision,
+    leader: all[0],
+    candidates: all.slice(1),
+    total: list.total,
+    truncated: list.truncated,
+  };
 }

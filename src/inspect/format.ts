@@ -34,7 +34,13 @@ export function formatStatus(inspections: readonly RecipeInspection[], options: 
 export function formatInspection(ri: RecipeInspection, options: FormatOptions = {}): string {
   const max = options.maxValue ?? 60;
   const cut = (s: string | undefined) => (s === undefined ? '-' : s.length > max ? `${s.slice(0, max - 1)}…` : s);
-  const keyRow = (role: string, k: InspectedKey, extra: string[] = []) => [role, k.key, ...lease(k), k.createRevision.toString(), ...extra];
+  const keyRow = (role: string, k: InspectedKey, extra: string[] = []) => [
+    role,
+    k.key,
+    ...lease(k),
+    k.createRevision.toString(),
+    ...extra,
+  ];
   const keyHeader = ['ROLE', 'KEY', 'LEASE', 'LEASE HEX', 'TTL', 'CREATE REV'];
   switch (ri.kind) {
     case 'lock':
@@ -43,7 +49,10 @@ export function formatInspection(ri: RecipeInspection, options: FormatOptions = 
       const i = ri.inspection;
       const rw = ri.kind === 'rwmutex';
       const modeOf = (k: InspectedKey) => ('mode' in k ? [String(k.mode)] : []);
-      const rows = [...i.holders.map((k) => keyRow('holder', k, modeOf(k))), ...i.waiters.map((k, n) => keyRow(`waiter ${n + 1}`, k, modeOf(k)))];
+      const rows = [
+        ...i.holders.map((k) => keyRow('holder', k, modeOf(k))),
+        ...i.waiters.map((k, n) => keyRow(`waiter ${n + 1}`, k, modeOf(k))),
+      ];
       const permits = ri.kind === 'semaphore' ? `, ${ri.inspection.permits ?? 'unknown'} permits` : '';
       const head = `${ri.kind} ${i.name} (revision ${i.revision}${permits}): ${i.holders.length ? `${i.holders.length} holding` : 'free'}, ${i.waiters.length} waiting${i.truncated ? ` (${i.total} keys, list cut)` : ''}`;
       return `${head}\n${table(rw ? [...keyHeader, 'MODE'] : keyHeader, rows)}`;
@@ -52,8 +61,10 @@ export function formatInspection(ri: RecipeInspection, options: FormatOptions = 
       const i = ri.inspection;
       const all = [...(i.leader ? [i.leader] : []), ...i.candidates];
       const rows = all.map((c, n) => keyRow(n === 0 ? 'leader' : `candidate ${n}`, c, [cut(c.value)]));
-      return `election ${i.name} (revision ${i.revision}): ${i.leader ? `led by ${i.leader.key}` : 'no leader'}, ${i.candidates.length} queued\n` +
-        table([...keyHeader, 'VALUE'], rows);
+      return (
+        `election ${i.name} (revision ${i.revision}): ${i.leader ? `led by ${i.leader.key}` : 'no leader'}, ${i.candidates.length} queued\n` +
+        table([...keyHeader, 'VALUE'], rows)
+      );
     }
     case 'queue':
     case 'priority-queue': {
@@ -61,25 +72,51 @@ export function formatInspection(ri: RecipeInspection, options: FormatOptions = 
       const h = i.head;
       const head = `${ri.kind} ${i.name} (revision ${i.revision}): ${i.depth} item${i.depth === 1 ? '' : 's'}, ${i.waitingConsumers} consumer${i.waitingConsumers === 1 ? '' : 's'} waiting`;
       if (!h) return `${head}\n`;
-      return `${head}\n${table(['HEAD', 'PRIORITY', 'MOD REV', 'AGE (REVISIONS)', 'VALUE'],
-        [[h.key, h.priority === undefined ? '-' : String(h.priority), h.modRevision.toString(), h.ageRevisions.toString(), cut(h.value)]])}`;
+      return `${head}\n${table(
+        ['HEAD', 'PRIORITY', 'MOD REV', 'AGE (REVISIONS)', 'VALUE'],
+        [
+          [
+            h.key,
+            h.priority === undefined ? '-' : String(h.priority),
+            h.modRevision.toString(),
+            h.ageRevisions.toString(),
+            cut(h.value),
+          ],
+        ],
+      )}`;
     }
     case 'work-queue': {
       const i = ri.inspection;
       const c = i.counts;
       const rows = [
-        ...i.claimed.map((j) => ['claimed', j.id, String(j.attempts), j.ageRevisions.toString(), `${j.claim.leaseHex} (${ttl(j.claim.leaseTtl)})`, cut(j.value)]),
+        ...i.claimed.map((j) => [
+          'claimed',
+          j.id,
+          String(j.attempts),
+          j.ageRevisions.toString(),
+          `${j.claim.leaseHex} (${ttl(j.claim.leaseTtl)})`,
+          cut(j.value),
+        ]),
         ...i.pending.map((j) => ['pending', j.id, String(j.attempts), j.ageRevisions.toString(), '-', cut(j.value)]),
         ...i.dead.map((j) => ['dead', j.id, '-', '-', '-', cut(j.value)]),
       ];
-      return `work-queue ${i.name} (revision ${i.revision}): ${c.pending} pending, ${c.claimed} claimed, ${c.dead} dead, ${c.waiting} worker${c.waiting === 1 ? '' : 's'} waiting${i.truncated ? ' (lists cut)' : ''}\n` +
-        table(['STATE', 'JOB', 'ATTEMPTS', 'AGE (REVISIONS)', 'CLAIMED BY (TTL)', 'VALUE'], rows);
+      return (
+        `work-queue ${i.name} (revision ${i.revision}): ${c.pending} pending, ${c.claimed} claimed, ${c.dead} dead, ${c.waiting} worker${c.waiting === 1 ? '' : 's'} waiting${i.truncated ? ' (lists cut)' : ''}\n` +
+        table(['STATE', 'JOB', 'ATTEMPTS', 'AGE (REVISIONS)', 'CLAIMED BY (TTL)', 'VALUE'], rows)
+      );
     }
     case 'service': {
       const i = ri.inspection;
-      const rows = i.instances.map((s) => [s.id, s.address ?? '(not an instance)', ...lease(s).slice(1), cut(JSON.stringify(s.metadata))]);
-      return `service ${i.name} under ${i.prefix} (revision ${i.revision}): ${i.total} instance${i.total === 1 ? '' : 's'}\n` +
-        table(['ID', 'ADDRESS', 'LEASE HEX', 'TTL', 'METADATA'], rows);
+      const rows = i.instances.map((s) => [
+        s.id,
+        s.address ?? '(not an instance)',
+        ...lease(s).slice(1),
+        cut(JSON.stringify(s.metadata)),
+      ]);
+      return (
+        `service ${i.name} under ${i.prefix} (revision ${i.revision}): ${i.total} instance${i.total === 1 ? '' : 's'}\n` +
+        table(['ID', 'ADDRESS', 'LEASE HEX', 'TTL', 'METADATA'], rows)
+      );
     }
   }
 }
@@ -95,6 +132,10 @@ function lease(k: InspectedKey): string[] {
 /** Columns padded to their widest cell; an empty table prints its header and `(none)`. */
 function table(header: string[], rows: string[][]): string {
   const widths = header.map((h, c) => Math.max(h.length, ...rows.map((r) => (r[c] ?? '').length)));
-  const line = (cells: string[]) => `  ${cells.map((s, c) => s.padEnd(widths[c]!)).join('  ').trimEnd()}`;
+  const line = (cells: string[]) =>
+    `  ${cells
+      .map((s, c) => s.padEnd(widths[c]!))
+      .join('  ')
+      .trimEnd()}`;
   return `${[line(header), ...(rows.length ? rows.map(line) : ['  (none)'])].join('\n')}\n`;
 }

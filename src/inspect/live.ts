@@ -40,8 +40,14 @@ export class LiveView<T> {
   #timer: NodeJS.Timeout | undefined;
   #period: NodeJS.Timeout | undefined;
 
-  constructor(client: Namespace, prefixes: Buffer[], read: () => Promise<T>, onResult: (value: T) => void,
-    onError: (err: unknown) => void, options: LiveViewOptions = {}) {
+  constructor(
+    client: Namespace,
+    prefixes: Buffer[],
+    read: () => Promise<T>,
+    onResult: (value: T) => void,
+    onError: (err: unknown) => void,
+    options: LiveViewOptions = {},
+  ) {
     this.#client = client;
     this.#prefixes = prefixes;
     this.#read = read;
@@ -65,17 +71,24 @@ export class LiveView<T> {
 
   async #watch(key: Buffer): Promise<void> {
     if (this.#closed) return;
-    const handle = await openWatch(this.#client, { key, prefix: true }, {
-      onEvents: () => this.poke(this.#settleMs),
-      onEnd: (err) => {
-        // Compacted or cancelled by the server: we may have missed events. Watch again from now and re-read.
-        const i = this.#watches.indexOf(handle);
-        if (i >= 0) this.#watches.splice(i, 1);
-        if (this.#closed) return;
-        log('live view: watch ended (%s), re-opening', err.message);
-        this.#watch(key).then(() => this.poke(0), (e: unknown) => this.#onError(e));
+    const handle = await openWatch(
+      this.#client,
+      { key, prefix: true },
+      {
+        onEvents: () => this.poke(this.#settleMs),
+        onEnd: (err) => {
+          // Compacted or cancelled by the server: we may have missed events. Watch again from now and re-read.
+          const i = this.#watches.indexOf(handle);
+          if (i >= 0) this.#watches.splice(i, 1);
+          if (this.#closed) return;
+          log('live view: watch ended (%s), re-opening', err.message);
+          this.#watch(key).then(
+            () => this.poke(0),
+            (e: unknown) => this.#onError(e),
+          );
+        },
       },
-    });
+    );
     if (this.#closed) handle.close();
     else this.#watches.push(handle);
   }

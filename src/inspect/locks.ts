@@ -33,12 +33,23 @@ export interface LockInspection {
  * @param name - the lock's name, as given to `new Mutex(session, name)` or `etcdctl lock <name>`
  * @throws InvalidArgumentError for a bad client, name or options
  */
-export async function inspectLock(client: Namespace, name: string | Buffer, options: InspectOptions = {}): Promise<LockInspection> {
+export async function inspectLock(
+  client: Namespace,
+  name: string | Buffer,
+  options: InspectOptions = {},
+): Promise<LockInspection> {
   const limit = checkInspectArgs(client, name, options);
   const reader = new SnapshotReader(client, options.signal);
   const list = await reader.list(childPrefix(name), limit);
   const keys = await reader.describe(list.kvs);
-  return { name: showKey(name), revision: reader.revision, holders: keys.slice(0, 1), waiters: keys.slice(1), total: list.total, truncated: list.truncated };
+  return {
+    name: showKey(name),
+    revision: reader.revision,
+    holders: keys.slice(0, 1),
+    waiters: keys.slice(1),
+    total: list.total,
+    truncated: list.truncated,
+  };
 }
 
 /** What {@link inspectSemaphore} reports. */
@@ -69,7 +80,11 @@ export interface SemaphoreInspection {
  * them holding. Read-only.
  * @throws InvalidArgumentError for a bad client, name or options
  */
-export async function inspectSemaphore(client: Namespace, name: string | Buffer, options: InspectOptions = {}): Promise<SemaphoreInspection> {
+export async function inspectSemaphore(
+  client: Namespace,
+  name: string | Buffer,
+  options: InspectOptions = {},
+): Promise<SemaphoreInspection> {
   const limit = checkInspectArgs(client, name, options);
   const reader = new SnapshotReader(client, options.signal);
   const prefix = childPrefix(name);
@@ -80,8 +95,13 @@ export async function inspectSemaphore(client: Namespace, name: string | Buffer,
   const keys = await reader.describe(list.kvs);
   const held = permits ?? 0;
   return {
-    name: showKey(name), revision: reader.revision, permits,
-    holders: keys.slice(0, held), waiters: keys.slice(held), total: list.total, truncated: list.truncated,
+    name: showKey(name),
+    revision: reader.revision,
+    permits,
+    holders: keys.slice(0, held),
+    waiters: keys.slice(held),
+    total: list.total,
+    truncated: list.truncated,
   };
 }
 
@@ -114,20 +134,32 @@ export interface RWMutexInspection {
  * no writer is ahead of it. Read-only.
  * @throws InvalidArgumentError for a bad client, name or options
  */
-export async function inspectRWMutex(client: Namespace, name: string | Buffer, options: InspectOptions = {}): Promise<RWMutexInspection> {
+export async function inspectRWMutex(
+  client: Namespace,
+  name: string | Buffer,
+  options: InspectOptions = {},
+): Promise<RWMutexInspection> {
   const limit = checkInspectArgs(client, name, options);
   const reader = new SnapshotReader(client, options.signal);
   const prefix = childPrefix(name);
   const reads = await reader.list(under(prefix, 'read/'), limit);
   const writes = await reader.list(under(prefix, 'write/'), limit);
-  const tagged = [...reads.kvs.map((kv) => ({ kv, mode: 'read' as const })), ...writes.kvs.map((kv) => ({ kv, mode: 'write' as const }))]
-    .sort((a, b) => (a.kv.createRevision < b.kv.createRevision ? -1 : a.kv.createRevision > b.kv.createRevision ? 1 : 0));
+  const tagged = [
+    ...reads.kvs.map((kv) => ({ kv, mode: 'read' as const })),
+    ...writes.kvs.map((kv) => ({ kv, mode: 'write' as const })),
+  ].sort((a, b) =>
+    a.kv.createRevision < b.kv.createRevision ? -1 : a.kv.createRevision > b.kv.createRevision ? 1 : 0,
+  );
   const described = await reader.describe(tagged.map((t) => t.kv));
   const line: RWLockKey[] = described.map((k, i) => ({ ...k, mode: tagged[i]!.mode }));
   const firstWriter = line.findIndex((k) => k.mode === 'write');
   const held = firstWriter === 0 ? 1 : firstWriter < 0 ? line.length : firstWriter;
   return {
-    name: showKey(name), revision: reader.revision, holders: line.slice(0, held), waiters: line.slice(held),
-    total: reads.total + writes.total, truncated: reads.truncated || writes.truncated,
+    name: showKey(name),
+    revision: reader.revision,
+    holders: line.slice(0, held),
+    waiters: line.slice(held),
+    total: reads.total + writes.total,
+    truncated: reads.truncated || writes.truncated,
   };
 }

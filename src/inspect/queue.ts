@@ -54,19 +54,29 @@ const PRIORITY_ITEM = /^([0-9]{5})\/[0-9]+$/;
  * @param name - the queue's name (`new Queue(client, name)`)
  * @throws InvalidArgumentError for a bad client, name, kind or options
  */
-export async function inspectQueue(client: Namespace, name: string | Buffer, options: InspectQueueOptions = {}): Promise<QueueInspection> {
+export async function inspectQueue(
+  client: Namespace,
+  name: string | Buffer,
+  options: InspectQueueOptions = {},
+): Promise<QueueInspection> {
   checkInspectArgs(client, name, options);
   if (options.kind !== undefined && options.kind !== 'queue' && options.kind !== 'priority-queue') {
-    throw new InvalidArgumentError('options.kind', `must be 'queue', 'priority-queue' or undefined, got ${JSON.stringify(options.kind)}`);
+    throw new InvalidArgumentError(
+      'options.kind',
+      `must be 'queue', 'priority-queue' or undefined, got ${JSON.stringify(options.kind)}`,
+    );
   }
   const reader = new SnapshotReader(client, options.signal);
   const items = childPrefix(name);
-  const firstByKey = (await reader.range(items, { prefix: true, sortTarget: 'Key', sortOrder: 'Ascend', limit: 1 })).kvs[0];
+  const firstByKey = (await reader.range(items, { prefix: true, sortTarget: 'Key', sortOrder: 'Ascend', limit: 1 }))
+    .kvs[0];
   const rest = (kv: { key: Buffer }) => kv.key.subarray(items.length).toString();
-  const kind: QueueKind = options.kind ?? (firstByKey && PRIORITY_ITEM.test(rest(firstByKey)) ? 'priority-queue' : 'queue');
-  const headKv = kind === 'priority-queue'
-    ? firstByKey
-    : (await reader.range(items, { prefix: true, sortTarget: 'Mod', sortOrder: 'Ascend', limit: 1 })).kvs[0];
+  const kind: QueueKind =
+    options.kind ?? (firstByKey && PRIORITY_ITEM.test(rest(firstByKey)) ? 'priority-queue' : 'queue');
+  const headKv =
+    kind === 'priority-queue'
+      ? firstByKey
+      : (await reader.range(items, { prefix: true, sortTarget: 'Mod', sortOrder: 'Ascend', limit: 1 })).kvs[0];
   const depth = await reader.count(items);
   const waitingConsumers = await reader.count(under(Buffer.concat([Buffer.from('__'), toBuffer(name)]), '/waiters/'));
   const revision = reader.revision;

@@ -50,7 +50,12 @@ const MAX_LIMIT = 100_000;
 const TTL_CONCURRENCY = 16;
 
 /** @internal Checks the common arguments of an inspection; returns the limit. */
-export function checkInspectArgs(client: unknown, name: unknown, options: InspectOptions | undefined, nameArgument = 'name'): number {
+export function checkInspectArgs(
+  client: unknown,
+  name: unknown,
+  options: InspectOptions | undefined,
+  nameArgument = 'name',
+): number {
   checkClient(client);
   checkName(name, nameArgument);
   checkOptions(options);
@@ -120,8 +125,9 @@ export class SnapshotReader {
   #ttl(id: string): Promise<number> {
     let p = this.#ttls.get(id);
     if (!p) {
-      p = retrying(() => raceAbort(this.client.leaseClient.leaseTimeToLive({ ID: id }), this.signal), { signals: [this.signal] })
-        .then((r) => Number(r.TTL));
+      p = retrying(() => raceAbort(this.client.leaseClient.leaseTimeToLive({ ID: id }), this.signal), {
+        signals: [this.signal],
+      }).then((r) => Number(r.TTL));
       this.#ttls.set(id, p);
     }
     return p;
@@ -141,7 +147,7 @@ export function describeKey(kv: KeyValue, ttls: ReadonlyMap<string, number>): In
     key: showKey(kv.key),
     lease: kv.lease,
     leaseHex: hasLease ? leaseHex(kv.lease) : '0',
-    leaseTtl: hasLease ? ttls.get(kv.lease) ?? -1 : undefined,
+    leaseTtl: hasLease ? (ttls.get(kv.lease) ?? -1) : undefined,
     createRevision: kv.createRevision,
     modRevision: kv.modRevision,
   };
@@ -150,7 +156,7 @@ export function describeKey(kv: KeyValue, ttls: ReadonlyMap<string, number>): In
 /** @internal `fn` over `items`, `size` calls at a time (etcd has no batch read of leases or of many prefixes). */
 export async function mapInChunks<T, R>(items: readonly T[], size: number, fn: (item: T) => Promise<R>): Promise<R[]> {
   const out: R[] = [];
-  for (let i = 0; i < items.length; i += size) out.push(...await Promise.all(items.slice(i, i + size).map(fn)));
+  for (let i = 0; i < items.length; i += size) out.push(...(await Promise.all(items.slice(i, i + size).map(fn))));
   return out;
 }
 

@@ -47,10 +47,17 @@ export interface ServicesInspection {
  * @param service - the service's name (no `/`)
  * @throws InvalidArgumentError for a bad client, service, root or options
  */
-export async function inspectServices(client: Namespace, service: string, options: InspectServicesOptions = {}): Promise<ServicesInspection> {
+export async function inspectServices(
+  client: Namespace,
+  service: string,
+  options: InspectServicesOptions = {},
+): Promise<ServicesInspection> {
   const limit = checkInspectArgs(client, service, options, 'service');
   if (typeof service !== 'string' || service.includes('/')) {
-    throw new InvalidArgumentError('service', `must be a string without '/', got ${typeof service === 'string' ? JSON.stringify(service) : 'a Buffer'}`);
+    throw new InvalidArgumentError(
+      'service',
+      `must be a string without '/', got ${typeof service === 'string' ? JSON.stringify(service) : 'a Buffer'}`,
+    );
   }
   const root = options.root ?? DEFAULT_SERVICE_ROOT;
   checkRoot(root);
@@ -64,8 +71,12 @@ export async function inspectServices(client: Namespace, service: string, option
     const address = typeof o?.address === 'string' ? o.address : typeof o?.Addr === 'string' ? o.Addr : undefined;
     const meta = o?.metadata ?? o?.Metadata;
     return {
-      ...k, id: showKey(list.kvs[i]!.key.subarray(Buffer.byteLength(prefix))), address, value,
-      metadata: typeof meta === 'object' && meta !== null && !Array.isArray(meta) ? meta as Record<string, unknown> : {},
+      ...k,
+      id: showKey(list.kvs[i]!.key.subarray(Buffer.byteLength(prefix))),
+      address,
+      value,
+      metadata:
+        typeof meta === 'object' && meta !== null && !Array.isArray(meta) ? (meta as Record<string, unknown>) : {},
       registeredAt: typeof o?.registeredAt === 'string' ? o.registeredAt : undefined,
     };
   });
@@ -76,7 +87,7 @@ export async function inspectServices(client: Namespace, service: string, option
 export function parseObject(value: string): Record<string, unknown> | undefined {
   try {
     const v: unknown = JSON.parse(value);
-    return typeof v === 'object' && v !== null && !Array.isArray(v) ? v as Record<string, unknown> : undefined;
+    return typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined;
   } catch {
     return undefined;
   }

@@ -21,13 +21,25 @@ export interface WatchStatusOptions extends StatusOptions {
   periodMs?: number;
 }
 
-const KINDS: readonly RecipeKind[] = ['lock', 'election', 'semaphore', 'rwmutex', 'queue', 'priority-queue', 'work-queue', 'service'];
+const KINDS: readonly RecipeKind[] = [
+  'lock',
+  'election',
+  'semaphore',
+  'rwmutex',
+  'queue',
+  'priority-queue',
+  'work-queue',
+  'service',
+];
 
 function checkStatusOptions(client: unknown, name: unknown, options: StatusOptions): string {
   checkInspectArgs(client, name, options);
   if (typeof name !== 'string') throw new InvalidArgumentError('name', 'must be a string');
   if (options.kind !== undefined && !KINDS.includes(options.kind)) {
-    throw new InvalidArgumentError('options.kind', `must be one of ${KINDS.join(', ')}, got ${JSON.stringify(options.kind)}`);
+    throw new InvalidArgumentError(
+      'options.kind',
+      `must be one of ${KINDS.join(', ')}, got ${JSON.stringify(options.kind)}`,
+    );
   }
   const root = options.root ?? DEFAULT_SERVICE_ROOT;
   checkRoot(root);
@@ -42,13 +54,18 @@ function checkStatusOptions(client: unknown, name: unknown, options: StatusOptio
  * Read-only. Resolves with `[]` if nothing is found.
  * @throws InvalidArgumentError for a bad client, name or options
  */
-export async function inspectStatus(client: Namespace, name: string, options: StatusOptions = {}): Promise<RecipeInspection[]> {
+export async function inspectStatus(
+  client: Namespace,
+  name: string,
+  options: StatusOptions = {},
+): Promise<RecipeInspection[]> {
   const root = checkStatusOptions(client, name, options);
   const { signal, limit } = options;
   const opts = { signal, limit };
   if (options.kind) return [await inspectRecipe(client, { kind: options.kind, name, root }, opts)];
-  const found = (await discoverRecipes(client, name, { signal }))
-    .filter((r) => (r.kind === 'service' ? `${r.root ?? ''}${r.name}` : r.name) === name);
+  const found = (await discoverRecipes(client, name, { signal })).filter(
+    (r) => (r.kind === 'service' ? `${r.root ?? ''}${r.name}` : r.name) === name,
+  );
   const out = await Promise.all(found.map((r) => inspectRecipe(client, r, opts)));
   if (out.length === 0 && !name.includes('/')) {
     const service = await inspectRecipe(client, { kind: 'service', name, root }, opts);
@@ -64,7 +81,11 @@ export async function inspectStatus(client: Namespace, name: string, options: St
  * the loop is left. Read-only.
  * @throws InvalidArgumentError for a bad client, name or options
  */
-export async function* watchStatus(client: Namespace, name: string, options: WatchStatusOptions = {}): AsyncGenerator<RecipeInspection[], void, undefined> {
+export async function* watchStatus(
+  client: Namespace,
+  name: string,
+  options: WatchStatusOptions = {},
+): AsyncGenerator<RecipeInspection[], void, undefined> {
   const root = checkStatusOptions(client, name, options);
   const { signal } = options;
   signal?.throwIfAborted();
@@ -72,7 +93,9 @@ export async function* watchStatus(client: Namespace, name: string, options: Wat
   let failure: { err: unknown } | undefined;
   let wake: (() => void) | undefined;
   let last = '';
-  const view = new LiveView(client, [Buffer.from(name), Buffer.from(`__${name}`), Buffer.from(`${root}${name}/`)],
+  const view = new LiveView(
+    client,
+    [Buffer.from(name), Buffer.from(`__${name}`), Buffer.from(`${root}${name}/`)],
     () => inspectStatus(client, name, options),
     (r) => {
       // TTLs tick every second; a new picture is worth showing only if something else changed, or a TTL did.
@@ -82,12 +105,19 @@ export async function* watchStatus(client: Namespace, name: string, options: Wat
       results.push(r);
       wake?.();
     },
-    (err) => { failure = { err }; wake?.(); },
-    { periodMs: options.periodMs ?? 5000 });
+    (err) => {
+      failure = { err };
+      wake?.();
+    },
+    { periodMs: options.periodMs ?? 5000 },
+  );
   const onAbort = () => wake?.();
   signal?.addEventListener('abort', onAbort);
   try {
-    view.start().catch((err: unknown) => { failure = { err }; wake?.(); });
+    view.start().catch((err: unknown) => {
+      failure = { err };
+      wake?.();
+    });
     for (;;) {
       if (signal?.aborted) throw abortReason(signal);
       if (failure) throw failure.err;
@@ -96,7 +126,9 @@ export async function* watchStatus(client: Namespace, name: string, options: Wat
         yield next;
         continue;
       }
-      await new Promise<void>((resolve) => { wake = resolve; });
+      await new Promise<void>((resolve) => {
+        wake = resolve;
+      });
       wake = undefined;
     }
   } finally {

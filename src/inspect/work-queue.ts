@@ -1,7 +1,14 @@
 import type { Namespace } from 'etcd3';
 import { childPrefix, showKey } from '../core/keys.js';
 import type { KeyValue } from '../core/kv.js';
-import { checkInspectArgs, describeKey, SnapshotReader, under, type InspectedKey, type InspectOptions } from './read.js';
+import {
+  checkInspectArgs,
+  describeKey,
+  SnapshotReader,
+  under,
+  type InspectedKey,
+  type InspectOptions,
+} from './read.js';
 
 /** A job of a {@link WorkQueue}, as {@link inspectWorkQueue} reports it. */
 export interface InspectedJob {
@@ -86,11 +93,20 @@ const priorityOf = (id: string) => Number(id.slice(0, 5));
  * @param prefix - the work queue's prefix (`new WorkQueue(session, prefix)`)
  * @throws InvalidArgumentError for a bad client, prefix or options
  */
-export async function inspectWorkQueue(client: Namespace, prefix: string | Buffer, options: InspectOptions = {}): Promise<WorkQueueInspection> {
+export async function inspectWorkQueue(
+  client: Namespace,
+  prefix: string | Buffer,
+  options: InspectOptions = {},
+): Promise<WorkQueueInspection> {
   const limit = checkInspectArgs(client, prefix, options, 'prefix');
   const reader = new SnapshotReader(client, options.signal);
   const root = childPrefix(prefix);
-  const dirs = { jobs: under(root, 'jobs/'), claims: under(root, 'claims/'), attempts: under(root, 'attempts/'), dead: under(root, 'dead/') };
+  const dirs = {
+    jobs: under(root, 'jobs/'),
+    claims: under(root, 'claims/'),
+    attempts: under(root, 'attempts/'),
+    dead: under(root, 'dead/'),
+  };
   const byKey = { sortTarget: 'Key', sortOrder: 'Ascend' } as const;
   const jobs = await reader.list(dirs.jobs, limit, byKey);
   const claims = await reader.list(dirs.claims, limit, { ...byKey, keysOnly: true });
@@ -105,8 +121,13 @@ export async function inspectWorkQueue(client: Namespace, prefix: string | Buffe
   const ttls = await reader.leaseTtls([...claims.kvs, ...waiters.kvs].map((kv) => kv.lease));
 
   const job = (id: string, kv: KeyValue | undefined): InspectedJob => ({
-    id, key: showKey(under(dirs.jobs, id)), priority: priorityOf(id), value: kv?.value.toString(),
-    createRevision: kv?.createRevision ?? 0n, ageRevisions: kv ? revision - kv.createRevision : 0n, attempts: attemptsOf.get(id) ?? 0,
+    id,
+    key: showKey(under(dirs.jobs, id)),
+    priority: priorityOf(id),
+    value: kv?.value.toString(),
+    createRevision: kv?.createRevision ?? 0n,
+    ageRevisions: kv ? revision - kv.createRevision : 0n,
+    attempts: attemptsOf.get(id) ?? 0,
   });
   const claimedIds = new Set<string>();
   const claimed: ClaimedJob[] = claims.kvs.map((c) => {
@@ -114,15 +135,33 @@ export async function inspectWorkQueue(client: Namespace, prefix: string | Buffe
     claimedIds.add(id);
     return { ...job(id, jobOf.get(id)), claim: describeKey(c, ttls) };
   });
-  const pending = jobs.kvs.map((kv) => idIn(dirs.jobs, kv)).filter((id) => !claimedIds.has(id)).map((id) => job(id, jobOf.get(id)));
+  const pending = jobs.kvs
+    .map((kv) => idIn(dirs.jobs, kv))
+    .filter((id) => !claimedIds.has(id))
+    .map((id) => job(id, jobOf.get(id)));
   return {
-    name: showKey(prefix), revision, pending, claimed,
+    name: showKey(prefix),
+    revision,
+    pending,
+    claimed,
     dead: dead.kvs.map((kv) => {
       const id = idIn(dirs.dead, kv);
-      return { id, key: showKey(kv.key), priority: priorityOf(id), value: kv.value.toString(), createRevision: kv.createRevision };
+      return {
+        id,
+        key: showKey(kv.key),
+        priority: priorityOf(id),
+        value: kv.value.toString(),
+        createRevision: kv.createRevision,
+      };
     }),
     waiting: waiters.kvs.map((kv) => describeKey(kv, ttls)),
-    counts: { jobs: jobs.total, pending: jobs.total - claims.total, claimed: claims.total, dead: dead.total, waiting: waiters.total },
+    counts: {
+      jobs: jobs.total,
+      pending: jobs.total - claims.total,
+      claimed: claims.total,
+      dead: dead.total,
+      waiting: waiters.total,
+    },
     truncated: jobs.truncated || claims.truncated || dead.truncated || waiters.truncated,
   };
 }

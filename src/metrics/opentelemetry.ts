@@ -17,17 +17,26 @@ export interface OpenTelemetryInstrumentOptions {
 /** The part of `@opentelemetry/api`'s `Meter` the export uses, declared here so it is no dependency. */
 export interface OpenTelemetryMeterLike {
   /** Creates a counter instrument. */
-  createCounter(name: string, options?: OpenTelemetryInstrumentOptions): {
+  createCounter(
+    name: string,
+    options?: OpenTelemetryInstrumentOptions,
+  ): {
     /** Adds `value` (non-negative) to the counter. */
     add(value: number, attributes?: MetricAttributes): void;
   };
   /** Creates an up-down counter instrument. */
-  createUpDownCounter(name: string, options?: OpenTelemetryInstrumentOptions): {
+  createUpDownCounter(
+    name: string,
+    options?: OpenTelemetryInstrumentOptions,
+  ): {
     /** Adds `value` (positive or negative) to the counter. */
     add(value: number, attributes?: MetricAttributes): void;
   };
   /** Creates a histogram instrument. */
-  createHistogram(name: string, options?: OpenTelemetryInstrumentOptions): {
+  createHistogram(
+    name: string,
+    options?: OpenTelemetryInstrumentOptions,
+  ): {
     /** Records one observation. */
     record(value: number, attributes?: MetricAttributes): void;
   };
@@ -37,12 +46,18 @@ export interface OpenTelemetryMeterLike {
 export function openTelemetrySink(meter: OpenTelemetryMeterLike, boundaries: readonly number[]): MetricSink {
   const adders = new Map<MetricDefinition, { add(value: number, attributes?: MetricAttributes): void }>();
   const recorders = new Map<MetricDefinition, { record(value: number, attributes?: MetricAttributes): void }>();
-  const options = (def: MetricDefinition): OpenTelemetryInstrumentOptions => ({ description: def.description, unit: def.unit });
+  const options = (def: MetricDefinition): OpenTelemetryInstrumentOptions => ({
+    description: def.description,
+    unit: def.unit,
+  });
   return {
     add(def, value, attributes) {
       let inst = adders.get(def);
       if (!inst) {
-        inst = def.kind === 'counter' ? meter.createCounter(def.name, options(def)) : meter.createUpDownCounter(def.name, options(def));
+        inst =
+          def.kind === 'counter'
+            ? meter.createCounter(def.name, options(def))
+            : meter.createUpDownCounter(def.name, options(def));
         adders.set(def, inst);
       }
       inst.add(value, attributes);
@@ -50,7 +65,10 @@ export function openTelemetrySink(meter: OpenTelemetryMeterLike, boundaries: rea
     record(def, value, attributes) {
       let inst = recorders.get(def);
       if (!inst) {
-        inst = meter.createHistogram(def.name, { ...options(def), advice: { explicitBucketBoundaries: [...boundaries] } });
+        inst = meter.createHistogram(def.name, {
+          ...options(def),
+          advice: { explicitBucketBoundaries: [...boundaries] },
+        });
         recorders.set(def, inst);
       }
       inst.record(value, attributes);

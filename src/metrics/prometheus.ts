@@ -74,7 +74,10 @@ function values(m: MetricSnapshot, name: string): PrometheusValue[] {
 }
 
 /** @internal Registers one collector per metric of `source`; returns their names. */
-export function prometheusCollectors(source: { snapshot(): MetricSnapshot[] }, registry: PrometheusRegistryLike): string[] {
+export function prometheusCollectors(
+  source: { snapshot(): MetricSnapshot[] },
+  registry: PrometheusRegistryLike,
+): string[] {
   const names: string[] = [];
   for (const def of source.snapshot()) {
     const type = def.kind === 'counter' ? 'counter' : def.kind === 'updowncounter' ? 'gauge' : 'histogram';
@@ -86,9 +89,17 @@ export function prometheusCollectors(source: { snapshot(): MetricSnapshot[] }, r
       async get() {
         const now = source.snapshot().find((m) => m.name === def.name)!;
         // prom-client may rename the collector (OpenMetrics drops a counter's _total and adds it per line): use its current name.
-        return { name: collector.name, help: collector.help, type, aggregator: 'sum', values: values(now, collector.name) };
+        return {
+          name: collector.name,
+          help: collector.help,
+          type,
+          aggregator: 'sum',
+          values: values(now, collector.name),
+        };
       },
-      reset() { /* the values belong to RecipeMetrics */ },
+      reset() {
+        /* the values belong to RecipeMetrics */
+      },
     };
     registry.registerMetric(collector as never);
     names.push(collector.name);

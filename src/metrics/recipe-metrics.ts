@@ -36,25 +36,35 @@ export interface HistogramPoint {
 /** One metric in a {@link RecipeMetrics.snapshot}. */
 export type MetricSnapshot =
   | (MetricDefinition & {
-    /** A counter or an up-down counter. */
-    readonly kind: 'counter' | 'updowncounter';
-    /** One point per attribute set observed. */
-    readonly points: readonly CounterPoint[];
-  })
+      /** A counter or an up-down counter. */
+      readonly kind: 'counter' | 'updowncounter';
+      /** One point per attribute set observed. */
+      readonly points: readonly CounterPoint[];
+    })
   | (MetricDefinition & {
-    /** A histogram. */
-    readonly kind: 'histogram';
-    /** The bucket boundaries, in seconds. */
-    readonly boundaries: readonly number[];
-    /** One point per attribute set observed. */
-    readonly points: readonly HistogramPoint[];
-  });
+      /** A histogram. */
+      readonly kind: 'histogram';
+      /** The bucket boundaries, in seconds. */
+      readonly boundaries: readonly number[];
+      /** One point per attribute set observed. */
+      readonly points: readonly HistogramPoint[];
+    });
 
-interface Cell { attributes: MetricAttributes; value: number; count: number; sum: number; buckets: number[] }
+interface Cell {
+  attributes: MetricAttributes;
+  value: number;
+  count: number;
+  sum: number;
+  buckets: number[];
+}
 
 /** Attribute sets as a stable map key. */
 function keyOf(attributes: MetricAttributes): string {
-  return JSON.stringify(Object.keys(attributes).sort().map((k) => [k, attributes[k]]));
+  return JSON.stringify(
+    Object.keys(attributes)
+      .sort()
+      .map((k) => [k, attributes[k]]),
+  );
 }
 
 /**
@@ -85,25 +95,35 @@ export class RecipeMetrics implements Disposable {
     checkOptions(options);
     if (options.byName !== undefined) checkBoolean(options.byName, 'options.byName');
     const buckets = options.buckets ?? DEFAULT_DURATION_BUCKETS;
-    if (!Array.isArray(buckets) || buckets.length === 0 || buckets.some((b, i) => typeof b !== 'number' || !Number.isFinite(b) || (i > 0 && b <= buckets[i - 1]!))) {
-      throw new InvalidArgumentError('options.buckets', 'must be a non-empty array of finite numbers in increasing order');
+    if (
+      !Array.isArray(buckets) ||
+      buckets.length === 0 ||
+      buckets.some((b, i) => typeof b !== 'number' || !Number.isFinite(b) || (i > 0 && b <= buckets[i - 1]!))
+    ) {
+      throw new InvalidArgumentError(
+        'options.buckets',
+        'must be a non-empty array of finite numbers in increasing order',
+      );
     }
     this.boundaries = Object.freeze([...buckets]);
     for (const def of Object.values(RECIPE_METRICS)) this.#cells.set(def, new Map());
-    this.#unsubscribe = recordChannels({
-      add: (metric, value, attributes) => {
-        this.#cell(metric, attributes).value += value;
-        for (const s of this.#sinks) s.add(metric, value, attributes);
+    this.#unsubscribe = recordChannels(
+      {
+        add: (metric, value, attributes) => {
+          this.#cell(metric, attributes).value += value;
+          for (const s of this.#sinks) s.add(metric, value, attributes);
+        },
+        record: (metric, value, attributes) => {
+          const cell = this.#cell(metric, attributes);
+          cell.count++;
+          cell.sum += value;
+          const i = this.boundaries.findIndex((b) => value <= b);
+          cell.buckets[i === -1 ? this.boundaries.length : i]!++;
+          for (const s of this.#sinks) s.record(metric, value, attributes);
+        },
       },
-      record: (metric, value, attributes) => {
-        const cell = this.#cell(metric, attributes);
-        cell.count++;
-        cell.sum += value;
-        const i = this.boundaries.findIndex((b) => value <= b);
-        cell.buckets[i === -1 ? this.boundaries.length : i]!++;
-        for (const s of this.#sinks) s.record(metric, value, attributes);
-      },
-    }, { byName: options.byName });
+      { byName: options.byName },
+    );
   }
 
   #cell(metric: MetricDefinition, attributes: MetricAttributes): Cell {
@@ -122,10 +142,23 @@ export class RecipeMetrics implements Disposable {
     return [...this.#cells].map(([def, cells]): MetricSnapshot => {
       const all = [...cells.values()];
       if (def.kind === 'histogram') {
-        return { ...def, kind: 'histogram', boundaries: this.boundaries,
-          points: all.map((c) => ({ attributes: c.attributes, count: c.count, sum: c.sum, bucketCounts: [...c.buckets] })) };
+        return {
+          ...def,
+          kind: 'histogram',
+          boundaries: this.boundaries,
+          points: all.map((c) => ({
+            attributes: c.attributes,
+            count: c.count,
+            sum: c.sum,
+            bucketCounts: [...c.buckets],
+          })),
+        };
       }
-      return { ...def, kind: def.kind as Exclude<InstrumentKind, 'histogram'>, points: all.map((c) => ({ attributes: c.attributes, value: c.value })) };
+      return {
+        ...def,
+        kind: def.kind as Exclude<InstrumentKind, 'histogram'>,
+        points: all.map((c) => ({ attributes: c.attributes, value: c.value })),
+      };
     });
   }
 
@@ -137,10 +170,15 @@ export class RecipeMetrics implements Disposable {
    */
   value(name: string, attributes: MetricAttributes = {}): number {
     const def = Object.values(RECIPE_METRICS).find((d) => d.name === name);
-    if (!def) throw new InvalidArgumentError('name', `must be one of the metric names of RECIPE_METRICS, got ${JSON.stringify(name)}`);
+    if (!def)
+      throw new InvalidArgumentError(
+        'name',
+        `must be one of the metric names of RECIPE_METRICS, got ${JSON.stringify(name)}`,
+      );
     let total = 0;
     for (const cell of this.#cells.get(def)!.values()) {
-      if (Object.entries(attributes).every(([k, v]) => cell.attributes[k] === v)) total += def.kind === 'histogram' ? cell.count : cell.value;
+      if (Object.entries(attributes).every(([k, v]) => cell.attributes[k] === v))
+        total += def.kind === 'histogram' ? cell.count : cell.value;
     }
     return total;
   }
@@ -157,7 +195,9 @@ export class RecipeMetrics implements Disposable {
       throw new InvalidArgumentError('registry', 'must be a prom-client Registry (an object with registerMetric)');
     }
     const names = prometheusCollectors(this, registry);
-    this.#onClose.push(() => { for (const n of names) registry.removeSingleMetric?.(n); });
+    this.#onClose.push(() => {
+      for (const n of names) registry.removeSingleMetric?.(n);
+    });
   }
 
   /**
@@ -168,9 +208,17 @@ export class RecipeMetrics implements Disposable {
    * advice. Call it right after construction to miss nothing.
    */
   exportToOpenTelemetry(meter: OpenTelemetryMeterLike): void {
-    if (typeof meter !== 'object' || meter === null || typeof meter.createCounter !== 'function' ||
-        typeof meter.createUpDownCounter !== 'function' || typeof meter.createHistogram !== 'function') {
-      throw new InvalidArgumentError('meter', 'must be an OpenTelemetry Meter (createCounter, createUpDownCounter, createHistogram)');
+    if (
+      typeof meter !== 'object' ||
+      meter === null ||
+      typeof meter.createCounter !== 'function' ||
+      typeof meter.createUpDownCounter !== 'function' ||
+      typeof meter.createHistogram !== 'function'
+    ) {
+      throw new InvalidArgumentError(
+        'meter',
+        'must be an OpenTelemetry Meter (createCounter, createUpDownCounter, createHistogram)',
+      );
     }
     this.#sinks.push(openTelemetrySink(meter, this.boundaries));
   }

@@ -1,6 +1,11 @@
 import {
-  subscribeDiagnostics, subscribeTracing, type DiagnosticsChannelName, type DiagnosticsMessages, type LockTarget,
-  type TracingChannelName, type TracingContexts,
+  subscribeDiagnostics,
+  subscribeTracing,
+  type DiagnosticsChannelName,
+  type DiagnosticsMessages,
+  type LockTarget,
+  type TracingChannelName,
+  type TracingContexts,
 } from '../core/diagnostics.js';
 import { RECIPE_METRICS, type MetricDefinition } from './instruments.js';
 
@@ -51,19 +56,29 @@ export function recordChannels(sink: MetricSink, options: RecorderOptions = {}):
   // A duration from the call's own start event, so failed calls are timed too.
   const timed = <N extends TracingChannelName>(name: N, fn: (c: TracingContexts[N], seconds: number) => void) => {
     const starts = new WeakMap<object, number>();
-    subs.push(subscribeTracing(name, {
-      start: (c) => { starts.set(c, performance.now()); },
-      asyncEnd: (c) => {
-        const since = starts.get(c);
-        fn(c, since === undefined ? 0 : (performance.now() - since) / 1000);
-      },
-    }));
+    subs.push(
+      subscribeTracing(name, {
+        start: (c) => {
+          starts.set(c, performance.now());
+        },
+        asyncEnd: (c) => {
+          const since = starts.get(c);
+          fn(c, since === undefined ? 0 : (performance.now() - since) / 1000);
+        },
+      }),
+    );
   };
-  const named = (name: string, attrs: Record<string, string>): MetricAttributes => (byName ? { ...attrs, 'etcd_recipes.name': name } : attrs);
+  const named = (name: string, attrs: Record<string, string>): MetricAttributes =>
+    byName ? { ...attrs, 'etcd_recipes.name': name } : attrs;
   const lockAttrs = (t: LockTarget, extra: Record<string, string> = {}): MetricAttributes =>
-    named(t.name, t.mode ? { 'etcd_recipes.recipe': t.recipe, 'etcd_recipes.lock.mode': t.mode, ...extra } : { 'etcd_recipes.recipe': t.recipe, ...extra });
+    named(
+      t.name,
+      t.mode
+        ? { 'etcd_recipes.recipe': t.recipe, 'etcd_recipes.lock.mode': t.mode, ...extra }
+        : { 'etcd_recipes.recipe': t.recipe, ...extra },
+    );
   const outcome = (o: string, err?: unknown): Record<string, string> =>
-    (err === undefined ? { 'etcd_recipes.outcome': o } : { 'etcd_recipes.outcome': o, 'error.type': errorType(err) });
+    err === undefined ? { 'etcd_recipes.outcome': o } : { 'etcd_recipes.outcome': o, 'error.type': errorType(err) };
   const none: MetricAttributes = {};
 
   // Sessions
@@ -78,9 +93,17 @@ export function recordChannels(sink: MetricSink, options: RecorderOptions = {}):
       sink.add(M.sessionActive, 1, none);
     }
   });
-  on('etcd-recipes:session:renewed-late', (m) => sink.add(M.sessionRenewedLate, 1, { 'etcd_recipes.reason': m.reason }));
-  on('etcd-recipes:session:lost', (m) => { sink.add(M.sessionLost, 1, none); ended(m.leaseId); });
-  on('etcd-recipes:session:closed', (m) => { sink.add(M.sessionClosed, 1, none); ended(m.leaseId); });
+  on('etcd-recipes:session:renewed-late', (m) =>
+    sink.add(M.sessionRenewedLate, 1, { 'etcd_recipes.reason': m.reason }),
+  );
+  on('etcd-recipes:session:lost', (m) => {
+    sink.add(M.sessionLost, 1, none);
+    ended(m.leaseId);
+  });
+  on('etcd-recipes:session:closed', (m) => {
+    sink.add(M.sessionClosed, 1, none);
+    ended(m.leaseId);
+  });
 
   // Locks and permits
   const waiting = new WeakSet<object>();
@@ -124,17 +147,26 @@ export function recordChannels(sink: MetricSink, options: RecorderOptions = {}):
   const termEnded = (m: { name: string; key: string; revision: bigint }) => {
     if (leading.delete(holdId(m.key, m.revision))) sink.add(M.electionLeading, -1, named(m.name, {}));
   };
-  on('etcd-recipes:election:deposed', (m) => { termEnded(m); sink.add(M.electionDeposed, 1, named(m.name, {})); });
+  on('etcd-recipes:election:deposed', (m) => {
+    termEnded(m);
+    sink.add(M.electionDeposed, 1, named(m.name, {}));
+  });
   on('etcd-recipes:election:resigned', termEnded);
   on('etcd-recipes:election:leader', (m) => sink.add(M.electionLeaderChanged, 1, named(m.name, {})));
 
   // STM
   timed('etcd-recipes:stm', (c, seconds) => {
-    const o = c.error === undefined ? outcome('commit') : errorType(c.error) === 'STM_CONFLICT' ? outcome('give_up') : outcome('error', c.error);
+    const o =
+      c.error === undefined
+        ? outcome('commit')
+        : errorType(c.error) === 'STM_CONFLICT'
+          ? outcome('give_up')
+          : outcome('error', c.error);
     sink.record(M.stmDuration, seconds, { 'etcd_recipes.stm.isolation': c.isolation, ...o });
   });
   end('etcd-recipes:stm:attempt', (c) => {
-    if (c.result?.outcome === 'conflict') sink.add(M.stmAttemptConflicted, 1, { 'etcd_recipes.stm.isolation': c.isolation });
+    if (c.result?.outcome === 'conflict')
+      sink.add(M.stmAttemptConflicted, 1, { 'etcd_recipes.stm.isolation': c.isolation });
   });
 
   // Queues and work queues
@@ -154,7 +186,9 @@ export function recordChannels(sink: MetricSink, options: RecorderOptions = {}):
   });
   on('etcd-recipes:work-queue:release', (m) => sink.add(M.workQueueReleased, 1, named(m.name, {})));
   on('etcd-recipes:work-queue:retry', (m) => sink.add(M.workQueueRetried, 1, named(m.name, {})));
-  on('etcd-recipes:work-queue:dead-letter', (m) => sink.add(M.workQueueDeadLettered, 1, named(m.name, { 'etcd_recipes.reason': m.reason })));
+  on('etcd-recipes:work-queue:dead-letter', (m) =>
+    sink.add(M.workQueueDeadLettered, 1, named(m.name, { 'etcd_recipes.reason': m.reason })),
+  );
 
   // Watches, caches, services
   on('etcd-recipes:watch:reconnect', () => sink.add(M.watchReconnected, 1, none));
@@ -163,5 +197,7 @@ export function recordChannels(sink: MetricSink, options: RecorderOptions = {}):
   on('etcd-recipes:service:lost', (m) => sink.add(M.serviceLost, 1, named(m.service, {})));
   on('etcd-recipes:service:re-registered', (m) => sink.add(M.serviceReregistered, 1, named(m.service, {})));
 
-  return () => { for (const u of subs.splice(0)) u(); };
+  return () => {
+    for (const u of subs.splice(0)) u();
+  };
 }

@@ -145,7 +145,7 @@ function mapKeyOf(key: Buffer): string {
 }
 
 function mapKeyOfInput(key: string | Buffer): string {
-  if (typeof key === 'string') return /^[\x00-\x7f]*$/.test(key) ? key : Buffer.from(key, 'utf8').toString('latin1');
+  if (typeof key === 'string') return /^\p{ASCII}*$/u.test(key) ? key : Buffer.from(key, 'utf8').toString('latin1');
   return key.toString('latin1');
 }
 
@@ -181,7 +181,10 @@ const MAX_BACKOFF_MS = 2000;
  * await cache.close();
  * ```
  */
-export class PrefixCache extends EventEmitter<PrefixCacheEvents> implements AsyncIterable<PrefixCacheChange>, AsyncDisposable {
+export class PrefixCache
+  extends EventEmitter<PrefixCacheEvents>
+  implements AsyncIterable<PrefixCacheChange>, AsyncDisposable
+{
   /** The etcd3 client (or namespace). */
   readonly client: Namespace;
   /** The prefix, as given. */
@@ -224,7 +227,9 @@ export class PrefixCache extends EventEmitter<PrefixCacheEvents> implements Asyn
     this.#end = prefixEnd(this.#prefix);
     this.#pageSize = pageSize;
     // Closing the client closes the cache; pending ready() calls then reject with CLOSED.
-    this.#disown = clientScope(client).own({ close: () => this.#close(new ClosedError(`PrefixCache ${showKey(this.#prefix)}: the etcd client was closed`)) });
+    this.#disown = clientScope(client).own({
+      close: () => this.#close(new ClosedError(`PrefixCache ${showKey(this.#prefix)}: the etcd client was closed`)),
+    });
     this.#requestSync(undefined);
   }
 
@@ -272,8 +277,14 @@ export class PrefixCache extends EventEmitter<PrefixCacheEvents> implements Asyn
         reject(abortReason(signal!));
       };
       const waiter: ReadyWaiter = {
-        resolve: () => { signal?.removeEventListener('abort', onAbort); resolve(); },
-        reject: (err) => { signal?.removeEventListener('abort', onAbort); reject(err); },
+        resolve: () => {
+          signal?.removeEventListener('abort', onAbort);
+          resolve();
+        },
+        reject: (err) => {
+          signal?.removeEventListener('abort', onAbort);
+          reject(err);
+        },
       };
       this.#readyWaiters.push(waiter);
       signal?.addEventListener('abort', onAbort, { once: true });
@@ -382,12 +393,19 @@ export class PrefixCache extends EventEmitter<PrefixCacheEvents> implements Asyn
           const generation = ++this.#generation;
           this.#applySnapshot(snapshot.kvs, snapshot.revision, compactRevision);
           // The watch may end (compacted) before this resolves: #onWatchEnd then sets #syncWanted and we loop.
-          const handle = await openWatch(this.client, {
-            key: this.#prefix, prefix: true, startRevision: snapshot.revision + 1n,
-          }, {
-            onEvents: (events) => this.#onEvents(generation, events),
-            onEnd: (err) => this.#onWatchEnd(generation, err),
-          }, signal);
+          const handle = await openWatch(
+            this.client,
+            {
+              key: this.#prefix,
+              prefix: true,
+              startRevision: snapshot.revision + 1n,
+            },
+            {
+              onEvents: (events) => this.#onEvents(generation, events),
+              onEnd: (err) => this.#onWatchEnd(generation, err),
+            },
+            signal,
+          );
           if (generation === this.#generation && !this.#syncWanted) this.#watch = handle;
           else handle.close();
           if (!this.#ready) this.#becomeReady();
@@ -422,9 +440,13 @@ export class PrefixCache extends EventEmitter<PrefixCacheEvents> implements Asyn
       try {
         for (;;) {
           const at = revision;
-          const page = await retrying(() => range(this.client, from, { end: this.#end, limit: this.#pageSize, revision: at }), {
-            signals: [signal], maxElapsedMs: Infinity,
-          });
+          const page = await retrying(
+            () => range(this.client, from, { end: this.#end, limit: this.#pageSize, revision: at }),
+            {
+              signals: [signal],
+              maxElapsedMs: Infinity,
+            },
+          );
           revision ??= page.revision;
           for (const kv of page.kvs) kvs.push(kv);
           const last = page.kvs[page.kvs.length - 1];
@@ -468,8 +490,14 @@ export class PrefixCache extends EventEmitter<PrefixCacheEvents> implements Asyn
     changes.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
     log('%s: re-listed at revision %s after compaction: %d changes', showKey(this.#prefix), revision, changes.length);
     for (const [k, c] of changes) this.#publish(k, c);
-    if (this.listenerCount('resync') > 0) this.#safeEmit('resync', { revision, compactRevision, changes: changes.length });
-    publish('prefixCacheResync', () => ({ prefix: showKey(this.#prefix), revision, compactRevision, changes: changes.length }));
+    if (this.listenerCount('resync') > 0)
+      this.#safeEmit('resync', { revision, compactRevision, changes: changes.length });
+    publish('prefixCacheResync', () => ({
+      prefix: showKey(this.#prefix),
+      revision,
+      compactRevision,
+      changes: changes.length,
+    }));
   }
 
   #becomeReady(): void {
@@ -513,7 +541,10 @@ export class PrefixCache extends EventEmitter<PrefixCacheEvents> implements Asyn
     }
     this.#emitError(err);
     log('%s: watch ended (%s); re-listing', showKey(this.#prefix), err.message);
-    void delay(100, this.#stop.signal).then(() => this.#requestSync(undefined), () => undefined);
+    void delay(100, this.#stop.signal).then(
+      () => this.#requestSync(undefined),
+      () => undefined,
+    );
   }
 
   #publish(mapKey: string, c: PrefixCacheChange): void {
@@ -531,7 +562,11 @@ export class PrefixCache extends EventEmitter<PrefixCacheEvents> implements Asyn
 }
 
 function isClientClosed(err: unknown): boolean {
-  return err instanceof ClientClosedError || isRecipeError(err, 'CLOSED') || (err instanceof Error && /client was already closed/i.test(err.message));
+  return (
+    err instanceof ClientClosedError ||
+    isRecipeError(err, 'CLOSED') ||
+    (err instanceof Error && /client was already closed/i.test(err.message))
+  );
 }
 
 function makeEntry(mapKey: string, kv: KeyValue): CachedKeyValue {
@@ -539,7 +574,12 @@ function makeEntry(mapKey: string, kv: KeyValue): CachedKeyValue {
   return new CachedKeyValue(kv, isAscii(kv.key) ? mapKey : kv.key.toString('utf8'));
 }
 
-function change(entry: CachedKeyValue | undefined, prev: CachedKeyValue | undefined, revision: bigint, resync: boolean): PrefixCacheChange {
+function change(
+  entry: CachedKeyValue | undefined,
+  prev: CachedKeyValue | undefined,
+  revision: bigint,
+  resync: boolean,
+): PrefixCacheChange {
   return {
     type: entry ? 'put' : 'delete',
     key: (entry ?? prev)!.key,
@@ -581,8 +621,14 @@ class ChangeStream implements AsyncIterableIterator<PrefixCacheChange> {
       // Created and deleted while pending: nothing happened, as far as this consumer can tell.
       if (!old.prevEntry && !c.entry) return;
       c = {
-        type: c.entry ? 'put' : 'delete', key: c.key, value: c.value, prevValue: old.prevValue,
-        entry: c.entry, prevEntry: old.prevEntry, revision: c.revision, resync: old.resync || c.resync,
+        type: c.entry ? 'put' : 'delete',
+        key: c.key,
+        value: c.value,
+        prevValue: old.prevValue,
+        entry: c.entry,
+        prevEntry: old.prevEntry,
+        revision: c.revision,
+        resync: old.resync || c.resync,
       };
     }
     this.#pending.set(mapKey, c);
@@ -602,7 +648,9 @@ class ChangeStream implements AsyncIterableIterator<PrefixCacheChange> {
     const first = this.#take();
     if (first) return Promise.resolve({ value: first, done: false });
     if (this.#ended) return Promise.resolve({ value: undefined, done: true });
-    return new Promise((resolve, reject) => { this.#waiter = { resolve, reject }; });
+    return new Promise((resolve, reject) => {
+      this.#waiter = { resolve, reject };
+    });
   }
 
   return(): Promise<IteratorResult<PrefixCacheChange>> {

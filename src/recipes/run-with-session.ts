@@ -52,8 +52,11 @@ export interface RunWithSessionOptions {
  * @returns what `fn` returned
  * @throws the caller's signal's reason when it aborts; `fn`'s error
  */
-export function runWithSession<T>(client: Namespace, fn: (session: Session, signal: AbortSignal) => Promise<T> | T,
-  options: RunWithSessionOptions = {}): Promise<T> {
+export function runWithSession<T>(
+  client: Namespace,
+  fn: (session: Session, signal: AbortSignal) => Promise<T> | T,
+  options: RunWithSessionOptions = {},
+): Promise<T> {
   checkClient(client);
   checkFunction(fn, 'fn');
   checkOptions(options);
@@ -65,7 +68,9 @@ export function runWithSession<T>(client: Namespace, fn: (session: Session, sign
 
   return inFreshSessions(client, { ttl, signal: outer, what: 'runWithSession', log }, async (session) => {
     let lostReason: unknown;
-    session.once('lost', (err) => { lostReason = err; });
+    session.once('lost', (err) => {
+      lostReason = err;
+    });
     const linked = linkSignals(session.signal, outer);
     let result: { ok: true; value: T } | { ok: false; error: unknown };
     try {
@@ -77,7 +82,8 @@ export function runWithSession<T>(client: Namespace, fn: (session: Session, sign
     }
     // The caller's stop wins over a loss; a loss wins over what fn made of it. A SESSION_EXPIRED
     // from fn is a loss too: etcd can notice the lease gone before our keepalive does.
-    if (!result.ok && lostReason === undefined && isRecipeError(result.error, 'SESSION_EXPIRED')) lostReason = result.error;
+    if (!result.ok && lostReason === undefined && isRecipeError(result.error, 'SESSION_EXPIRED'))
+      lostReason = result.error;
     if (!outer?.aborted && lostReason !== undefined) {
       const reason = lostReason;
       log('session %s lost: %s', session.leaseHex, (reason as Error)?.message);

@@ -7,7 +7,14 @@ import { cmp, op, range, rangeAt, txn, type Compare, type KeyValue, type Op, typ
 import { logger } from '../core/log.js';
 import { isTransient, retrying } from '../core/retry.js';
 import {
-  checkClient, checkFunction, checkInteger, checkName, checkNumber, checkOptions, checkSignal, checkValue,
+  checkClient,
+  checkFunction,
+  checkInteger,
+  checkName,
+  checkNumber,
+  checkOptions,
+  checkSignal,
+  checkValue,
 } from '../core/validate.js';
 
 const log = logger('stm');
@@ -39,7 +46,12 @@ const log = logger('stm');
  */
 export type STMIsolation = 'serializable-snapshot' | 'serializable' | 'repeatable-reads' | 'read-committed';
 
-const isolations: readonly STMIsolation[] = ['serializable-snapshot', 'serializable', 'repeatable-reads', 'read-committed'];
+const isolations: readonly STMIsolation[] = [
+  'serializable-snapshot',
+  'serializable',
+  'repeatable-reads',
+  'read-committed',
+];
 
 /** Jittered exponential backoff between retries, from the second retry on. */
 export interface STMBackoff {
@@ -191,7 +203,10 @@ interface Batch {
  */
 class RestartAttempt extends Error {
   override name = 'RestartAttempt';
-  constructor(message: string, readonly original: unknown) {
+  constructor(
+    message: string,
+    readonly original: unknown,
+  ) {
     super(message);
   }
 }
@@ -211,12 +226,15 @@ interface AttemptHost {
 
 /** Internal: a method of a finished attempt was called. */
 function attemptOver(method: string): Error {
-  return new Error(`STM: tx.${method}() called after this attempt ended (tx kept past fn, or called from code fn did not await)`);
+  return new Error(
+    `STM: tx.${method}() called after this attempt ended (tx kept past fn, or called from code fn did not await)`,
+  );
 }
 
 const idOf = (key: Buffer): string => key.toString('latin1');
 
-const startsWith = (key: Buffer, prefix: Buffer): boolean => key.length >= prefix.length && key.subarray(0, prefix.length).equals(prefix);
+const startsWith = (key: Buffer, prefix: Buffer): boolean =>
+  key.length >= prefix.length && key.subarray(0, prefix.length).equals(prefix);
 
 /**
  * Runs `fn` as a transaction on etcd and returns what `fn` returns.
@@ -240,14 +258,20 @@ const startsWith = (key: Buffer, prefix: Buffer): boolean => key.length >= prefi
  *   or a transaction larger than `maxTxnOps`
  * @throws the signal's reason when `options.signal` aborts
  */
-export async function runSTM<T>(client: Namespace, fn: (tx: STMTransaction) => T | PromiseLike<T>,
-  options: STMOptions = {}): Promise<T> {
+export async function runSTM<T>(
+  client: Namespace,
+  fn: (tx: STMTransaction) => T | PromiseLike<T>,
+  options: STMOptions = {},
+): Promise<T> {
   checkClient(client);
   checkFunction(fn, 'fn');
   checkOptions(options);
   const isolation = options.isolation ?? 'serializable-snapshot';
   if (!isolations.includes(isolation)) {
-    throw new InvalidArgumentError('options.isolation', `must be one of ${isolations.map((i) => `'${i}'`).join(', ')}, got ${JSON.stringify(isolation)}`);
+    throw new InvalidArgumentError(
+      'options.isolation',
+      `must be one of ${isolations.map((i) => `'${i}'`).join(', ')}, got ${JSON.stringify(isolation)}`,
+    );
   }
   const retries = options.retries ?? 10;
   checkInteger(retries, 'options.retries', 0);
@@ -273,12 +297,20 @@ export async function runSTM<T>(client: Namespace, fn: (tx: STMTransaction) => T
       seen.add(idOf(b));
     });
     if (isolation !== 'read-committed' && prefetch.length > maxTxnOps) {
-      throw new InvalidArgumentError('options.prefetch', `has ${prefetch.length} keys; a transaction can read at most ${maxTxnOps} (options.maxTxnOps, etcd's --max-txn-ops)`);
+      throw new InvalidArgumentError(
+        'options.prefetch',
+        `has ${prefetch.length} keys; a transaction can read at most ${maxTxnOps} (options.maxTxnOps, etcd's --max-txn-ops)`,
+      );
     }
   }
   options.signal?.throwIfAborted();
   const runner = new Runner<T>(client, fn, isolation, retries, maxTxnOps, prefetch, options.signal, initialMs, maxMs);
-  return traced('stm', () => ({ isolation, retries }), () => runner.run(), () => ({ attempts: runner.attempts }));
+  return traced(
+    'stm',
+    () => ({ isolation, retries }),
+    () => runner.run(),
+    () => ({ attempts: runner.attempts }),
+  );
 }
 
 /** The retry loop and everything that talks to etcd. */
@@ -312,8 +344,12 @@ class Runner<T> implements AttemptHost {
       this.attempts = attempt;
       let outcome: { committed: true; value: T } | { committed: false; keys: string[] };
       try {
-        outcome = await traced('stmAttempt', () => ({ attempt, isolation: this.isolation }), () => this.#attempt(tx),
-          (o) => ({ outcome: o.committed ? 'commit' : 'conflict', conflictKeys: o.committed ? [] : o.keys }));
+        outcome = await traced(
+          'stmAttempt',
+          () => ({ attempt, isolation: this.isolation }),
+          () => this.#attempt(tx),
+          (o) => ({ outcome: o.committed ? 'commit' : 'conflict', conflictKeys: o.committed ? [] : o.keys }),
+        );
       } catch (err) {
         if (!(err instanceof RestartAttempt)) throw err;
         if (attempt > this.retries) throw err.original;
@@ -389,8 +425,10 @@ class Runner<T> implements AttemptHost {
         return { kvs: r.kvs, more: r.more, revision: r.revision };
       } catch (err) {
         const message = err instanceof Error ? err.message : '';
-        if (o.serializable && o.revision !== undefined && /future revision/i.test(message)) return read({ ...o, serializable: false });
-        if (/has been compacted/i.test(message)) throw new RestartAttempt(`snapshot revision ${o.revision} was compacted`, err);
+        if (o.serializable && o.revision !== undefined && /future revision/i.test(message))
+          return read({ ...o, serializable: false });
+        if (/has been compacted/i.test(message))
+          throw new RestartAttempt(`snapshot revision ${o.revision} was compacted`, err);
         throw err;
       }
     };
@@ -403,7 +441,11 @@ class Runner<T> implements AttemptHost {
         const r = await range(this.client, keys[0]!, opts);
         return { kvs: [r.kvs[0] ?? null], revision: r.revision };
       }
-      const res = await txn(this.client, [], keys.map((k) => op.range(k, opts)));
+      const res = await txn(
+        this.client,
+        [],
+        keys.map((k) => op.range(k, opts)),
+      );
       return { kvs: keys.map((_, i) => rangeAt(res, i).kvs[0] ?? null), revision: res.revision };
     } catch (err) {
       const message = err instanceof Error ? err.message : '';
@@ -412,7 +454,8 @@ class Runner<T> implements AttemptHost {
       if (opts.serializable && opts.revision !== undefined && /future revision/i.test(message)) {
         return this.#readChunk(keys, { ...opts, serializable: false });
       }
-      if (/has been compacted/i.test(message)) throw new RestartAttempt(`snapshot revision ${opts.revision} was compacted`, err);
+      if (/has been compacted/i.test(message))
+        throw new RestartAttempt(`snapshot revision ${opts.revision} was compacted`, err);
       throw err;
     }
   }
@@ -459,11 +502,12 @@ class Runner<T> implements AttemptHost {
     // Which ranges changed, to name them in STMConflictError: keys modified since each was read.
     const rangesAt = failure.length;
     if (level !== 'read-committed') {
-      for (const g of ranges) failure.push(op.range(g.prefix, { prefix: true, minModRevision: g.at + 1n, countOnly: true }));
+      for (const g of ranges)
+        failure.push(op.range(g.prefix, { prefix: true, minModRevision: g.at + 1n, countOnly: true }));
     }
     const success = writes.map((w) => (w.value === undefined ? op.delete(w.key) : op.put(w.key, w.value)));
 
-    let res;
+    let res: Awaited<ReturnType<typeof txn>>;
     try {
       res = await txn(this.client, compares, success, failure);
     } catch (err) {
@@ -478,8 +522,11 @@ class Runner<T> implements AttemptHost {
         throw new RestartAttempt(`commit failed without applying: ${message}`, err);
       }
       log('commit outcome unknown: %s', message);
-      throw new OutcomeUnknownError(`STM commit of ${writes.length} write(s): the Txn was sent and its reply lost (${message}); ` +
-        'it may or may not have applied. Check your own state before running the transaction again.', { cause: err });
+      throw new OutcomeUnknownError(
+        `STM commit of ${writes.length} write(s): the Txn was sent and its reply lost (${message}); ` +
+          'it may or may not have applied. Check your own state before running the transaction again.',
+        { cause: err },
+      );
     }
     if (res.succeeded) return { committed: true, value };
 
@@ -519,7 +566,10 @@ class Runner<T> implements AttemptHost {
   async #provablyNotApplied(tx: Attempt, writes: WriteEntry[]): Promise<boolean> {
     if (tx.maxSeen === 0n) return false;
     try {
-      const { kvs } = await this.readKeys(writes.map((w) => w.key), { keysOnly: true });
+      const { kvs } = await this.readKeys(
+        writes.map((w) => w.key),
+        { keysOnly: true },
+      );
       return kvs.some((kv) => kv !== null && kv.modRevision > 0n && kv.modRevision <= tx.maxSeen);
     } catch {
       return false;
@@ -592,7 +642,12 @@ class Attempt implements STMTransaction {
       reading = this.#readRange(p);
       reading.catch(() => undefined);
       this.#rangeReads.set(id, reading);
-      this.#flushes.push(reading.then(() => undefined, () => undefined));
+      this.#flushes.push(
+        reading.then(
+          () => undefined,
+          () => undefined,
+        ),
+      );
     }
     const entry = await raceAbort(reading, this.#run.signal);
     // The values this attempt relies on: the read set's (the same data under the snapshot
@@ -607,11 +662,17 @@ class Attempt implements STMTransaction {
     for (const w of this.writes.values()) {
       if (!startsWith(w.key, p)) continue;
       if (w.value === undefined) byKey.delete(w.id);
-      else byKey.set(w.id, { key: w.key, value: w.value, createRevision: 0n, modRevision: 0n, version: 0n, lease: '0' });
+      else
+        byKey.set(w.id, { key: w.key, value: w.value, createRevision: 0n, modRevision: 0n, version: 0n, lease: '0' });
     }
     return [...byKey.values()]
       .sort((a, b) => Buffer.compare(a.key, b.key))
-      .map((kv) => ({ key: kv.key.toString('utf8'), value: kv.value.toString('utf8'), keyBuffer: kv.key, buffer: Buffer.from(kv.value) }));
+      .map((kv) => ({
+        key: kv.key.toString('utf8'),
+        value: kv.value.toString('utf8'),
+        keyBuffer: kv.key,
+        buffer: Buffer.from(kv.value),
+      }));
   }
 
   /**
@@ -628,7 +689,9 @@ class Attempt implements STMTransaction {
     let defineSnapshot: { resolve(rev: bigint): void; reject(err: unknown): void } | undefined;
     if (!run.snapshotLevel) opts = { serializable: true };
     else if (!this.#snapshot) {
-      this.#snapshot = new Promise<bigint>((res, rej) => { defineSnapshot = { resolve: res, reject: rej }; });
+      this.#snapshot = new Promise<bigint>((res, rej) => {
+        defineSnapshot = { resolve: res, reject: rej };
+      });
       this.#snapshot.catch(() => undefined);
       opts = {};
     } else {
@@ -637,7 +700,7 @@ class Attempt implements STMTransaction {
     }
     // One key more than can fit: enough to know the range is too large, without reading all of it.
     if (guarded) opts.limit = run.maxTxnOps + 1;
-    let read;
+    let read: Awaited<ReturnType<AttemptHost['readRange']>>;
     try {
       read = await run.readRange(prefix, opts);
     } catch (err) {
@@ -731,9 +794,12 @@ class Attempt implements STMTransaction {
         break;
     }
     if (needed > run.maxTxnOps) {
-      throw new InvalidArgumentError('fn', `this transaction would need ${needed} operations in one etcd Txn ` +
-        `(${R} keys read${G ? ` (${G} range(s))` : ''}, ${W} written, isolation '${run.isolation}'), more than maxTxnOps = ${run.maxTxnOps} ` +
-        '(etcd\'s --max-txn-ops, default 128); split it into smaller transactions, or raise both limits');
+      throw new InvalidArgumentError(
+        'fn',
+        `this transaction would need ${needed} operations in one etcd Txn ` +
+          `(${R} keys read${G ? ` (${G} range(s))` : ''}, ${W} written, isolation '${run.isolation}'), more than maxTxnOps = ${run.maxTxnOps} ` +
+          "(etcd's --max-txn-ops, default 128); split it into smaller transactions, or raise both limits",
+      );
     }
   }
 
@@ -778,24 +844,45 @@ class Attempt implements STMTransaction {
     if (pre) {
       // Served from the last failed commit's Else branch (Go's prefetch).
       run.prefetched!.delete(id);
-      const entry: ReadEntry = { key, id, done: Promise.resolve(), settled: true, error: undefined, kv: pre.kv, at: pre.at };
+      const entry: ReadEntry = {
+        key,
+        id,
+        done: Promise.resolve(),
+        settled: true,
+        error: undefined,
+        kv: pre.kv,
+        at: pre.at,
+      };
       if (pre.at > this.maxSeen) this.maxSeen = pre.at;
       this.reads.set(id, entry);
       return entry;
     }
     let resolve!: () => void;
     let reject!: (err: unknown) => void;
-    const done = new Promise<void>((res, rej) => { resolve = res; reject = rej; });
+    const done = new Promise<void>((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
     done.catch(() => undefined);
     const entry: ReadEntry & { resolve(): void; reject(err: unknown): void } = {
-      key, id, done, settled: false, error: undefined, kv: null, at: 0n, resolve, reject,
+      key,
+      id,
+      done,
+      settled: false,
+      error: undefined,
+      kv: null,
+      at: 0n,
+      resolve,
+      reject,
     };
     this.reads.set(id, entry);
     if (!this.#batch) {
       const batch: Batch = { entries: [] };
       if (run.snapshotLevel && !this.#snapshot) {
         // This batch is the first read: its revision becomes the snapshot.
-        this.#snapshot = new Promise<bigint>((res, rej) => { batch.defineSnapshot = { resolve: res, reject: rej }; });
+        this.#snapshot = new Promise<bigint>((res, rej) => {
+          batch.defineSnapshot = { resolve: res, reject: rej };
+        });
         this.#snapshot.catch(() => undefined);
       }
       this.#batch = batch;
@@ -826,7 +913,10 @@ class Attempt implements STMTransaction {
         pinned = await this.#snapshot!;
         opts = { revision: pinned, serializable: true };
       }
-      const { kvs, revision } = await run.readKeys(entries.map((e) => e.key), opts);
+      const { kvs, revision } = await run.readKeys(
+        entries.map((e) => e.key),
+        opts,
+      );
       if (revision > this.maxSeen) this.maxSeen = revision;
       batch.defineSnapshot?.resolve(revision);
       entries.forEach((e, i) => {

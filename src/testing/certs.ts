@@ -32,8 +32,10 @@ export function findOpenssl(install = false): string {
     const installed = onPath('openssl');
     if (installed) return installed;
   }
-  throw new Error('openssl not found: TLS test clusters make their certificates with it; ' +
-    'install it with `sudo apt-get install openssl` (Debian/Ubuntu)');
+  throw new Error(
+    'openssl not found: TLS test clusters make their certificates with it; ' +
+      'install it with `sudo apt-get install openssl` (Debian/Ubuntu)',
+  );
 }
 
 /** A private test CA in `dir` that signs server and client certificates. */
@@ -54,9 +56,27 @@ export class TestCertificateAuthority {
     const openssl = findOpenssl(options.install);
     const certFile = join(dir, 'ca.crt');
     const keyFile = join(dir, 'ca.key');
-    run(openssl, ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
-      '-keyout', keyFile, '-out', certFile, '-days', '2', '-subj', '/CN=etcd-recipes test CA',
-      '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign']);
+    run(openssl, [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:prime256v1',
+      '-nodes',
+      '-keyout',
+      keyFile,
+      '-out',
+      certFile,
+      '-days',
+      '2',
+      '-subj',
+      '/CN=etcd-recipes test CA',
+      '-addext',
+      'basicConstraints=critical,CA:TRUE',
+      '-addext',
+      'keyUsage=critical,keyCertSign,cRLSign',
+    ]);
     return new TestCertificateAuthority(dir, openssl, read(certFile, keyFile));
   }
 
@@ -94,10 +114,39 @@ export class TestCertificateAuthority {
     const certFile = join(this.#dir, `${file}.crt`);
     const extFile = join(this.#dir, `${file}.ext`);
     writeFileSync(extFile, `${extensions.join('\n')}\n`);
-    run(this.#openssl, ['req', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
-      '-keyout', keyFile, '-out', csrFile, '-subj', `/CN=${commonName}`]);
-    run(this.#openssl, ['x509', '-req', '-in', csrFile, '-CA', this.ca.certFile, '-CAkey', this.ca.keyFile,
-      '-set_serial', `0x${randomBytes(8).toString('hex')}`, '-days', '2', '-extfile', extFile, '-out', certFile]);
+    run(this.#openssl, [
+      'req',
+      '-new',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:prime256v1',
+      '-nodes',
+      '-keyout',
+      keyFile,
+      '-out',
+      csrFile,
+      '-subj',
+      `/CN=${commonName}`,
+    ]);
+    run(this.#openssl, [
+      'x509',
+      '-req',
+      '-in',
+      csrFile,
+      '-CA',
+      this.ca.certFile,
+      '-CAkey',
+      this.ca.keyFile,
+      '-set_serial',
+      `0x${randomBytes(8).toString('hex')}`,
+      '-days',
+      '2',
+      '-extfile',
+      extFile,
+      '-out',
+      certFile,
+    ]);
     return read(certFile, keyFile);
   }
 }

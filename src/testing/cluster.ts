@@ -25,12 +25,15 @@ export interface EtcdClusterOptions {
    * leader failover and 1–2 s lease TTLs behave in tests. `'default'`: etcd's
    * own 100 ms / 1000 ms. Or explicit values.
    */
-  timing?: 'fast' | 'default' | {
-    /** etcd's `--heartbeat-interval`, in milliseconds. */
-    heartbeatMs: number;
-    /** etcd's `--election-timeout`, in milliseconds. */
-    electionMs: number;
-  };
+  timing?:
+    | 'fast'
+    | 'default'
+    | {
+        /** etcd's `--heartbeat-interval`, in milliseconds. */
+        heartbeatMs: number;
+        /** etcd's `--election-timeout`, in milliseconds. */
+        electionMs: number;
+      };
   /** Path of the etcd binary; default from {@link findEtcdBinary}. */
   etcdBin?: string;
   /** Install etcd with apt-get when missing (root only). Default false. */
@@ -48,20 +51,24 @@ export interface EtcdClusterOptions {
    * {@link EtcdCluster.client} presents one. Client URLs become `https://`;
    * health and metrics stay on a plain-HTTP {@link EtcdMember.metricsUrl}.
    */
-  tls?: boolean | {
-    /** Members require a client certificate. */
-    clientCertAuth?: boolean;
-  };
+  tls?:
+    | boolean
+    | {
+        /** Members require a client certificate. */
+        clientCertAuth?: boolean;
+      };
   /**
    * Enable etcd's authentication once the cluster is up: the `root` user
    * (with the `root` role) is created and auth is enabled.
    * {@link EtcdCluster.client} then logs in as root; make users with only
    * the permissions you want with {@link EtcdCluster.createUser}.
    */
-  auth?: boolean | {
-    /** The root user's password (default: a random one). */
-    rootPassword?: string;
-  };
+  auth?:
+    | boolean
+    | {
+        /** The root user's password (default: a random one). */
+        rootPassword?: string;
+      };
 }
 
 /** User name and password of an etcd user, as etcd3's `auth` option takes them. */
@@ -75,25 +82,25 @@ export interface EtcdCredentials {
 /** One permission of {@link EtcdCluster.createUser}: a key, a prefix or a range `[key, end)`. */
 export type EtcdGrant =
   | {
-    /** Every key starting with this. */
-    readonly prefix: string;
-    /** Default `'readwrite'`. */
-    readonly permission?: 'read' | 'write' | 'readwrite';
-  }
+      /** Every key starting with this. */
+      readonly prefix: string;
+      /** Default `'readwrite'`. */
+      readonly permission?: 'read' | 'write' | 'readwrite';
+    }
   | {
-    /** This one key. */
-    readonly key: string;
-    /** Default `'readwrite'`. */
-    readonly permission?: 'read' | 'write' | 'readwrite';
-  }
+      /** This one key. */
+      readonly key: string;
+      /** Default `'readwrite'`. */
+      readonly permission?: 'read' | 'write' | 'readwrite';
+    }
   | {
-    /** The first key of the range. */
-    readonly key: string;
-    /** The end of the range (excluded). */
-    readonly end: string;
-    /** Default `'readwrite'`. */
-    readonly permission?: 'read' | 'write' | 'readwrite';
-  };
+      /** The first key of the range. */
+      readonly key: string;
+      /** The end of the range (excluded). */
+      readonly end: string;
+      /** Default `'readwrite'`. */
+      readonly permission?: 'read' | 'write' | 'readwrite';
+    };
 
 /** The TLS material of a cluster started with `tls`. */
 export interface EtcdClusterTls {
@@ -117,7 +124,8 @@ const TLS_GRPC_OPTIONS = { 'grpc.ssl_target_name_override': 'localhost' } as con
 
 /** etcd3's fault policy that neither retries nor breaks: one status probe, one answer. */
 const noRetry = {
-  execute: <T>(fn: (context: { signal: AbortSignal }) => PromiseLike<T> | T) => Promise.resolve(fn({ signal: new AbortController().signal })),
+  execute: <T>(fn: (context: { signal: AbortSignal }) => PromiseLike<T> | T) =>
+    Promise.resolve(fn({ signal: new AbortController().signal })),
 } as unknown as NonNullable<NonNullable<IOptions['faultHandling']>['global']>;
 
 /** TLS material for plain-Node requests to a member. */
@@ -206,8 +214,14 @@ export class EtcdMember {
   #log: string[] = [];
 
   /** Made by {@link EtcdCluster.start}; not meant to be called directly. */
-  constructor(bin: string, name: string, ports: { client: number; peer: number; metrics?: number }, dataDir: string, args: string[],
-    tls?: MemberTls) {
+  constructor(
+    bin: string,
+    name: string,
+    ports: { client: number; peer: number; metrics?: number },
+    dataDir: string,
+    args: string[],
+    tls?: MemberTls,
+  ) {
     const scheme = tls ? 'https' : 'http';
     this.#bin = bin;
     this.name = name;
@@ -239,7 +253,9 @@ export class EtcdMember {
   async spawn(): Promise<void> {
     if (this.#state !== 'stopped') throw new Error(`member ${this.name} is already ${this.#state}`);
     installExitHook();
-    const child = spawn('sh', ['-c', WRAPPER, 'etcd-wrapper', this.#bin, ...this.#args], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn('sh', ['-c', WRAPPER, 'etcd-wrapper', this.#bin, ...this.#args], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
     this.#wrapper = child;
     child.stderr!.setEncoding('utf8');
     child.stderr!.on('data', (chunk: string) => {
@@ -248,7 +264,9 @@ export class EtcdMember {
     });
     child.stdin!.on('error', () => undefined);
     let exitCode: (code: number | null) => void = () => undefined;
-    this.#exited = new Promise((resolve) => { exitCode = resolve; });
+    this.#exited = new Promise((resolve) => {
+      exitCode = resolve;
+    });
     child.stdout!.setEncoding('utf8');
     const pid = await new Promise<number>((resolve, reject) => {
       let buffered = '';
@@ -349,8 +367,10 @@ export class EtcdMember {
     const deadline = performance.now() + timeoutMs;
     let pause = 20;
     while (!(await this.healthy())) {
-      if (this.#state === 'stopped') throw new Error(`member ${this.name} exited:\n${this.recentLog.split('\n').slice(-10).join('\n')}`);
-      if (performance.now() + pause > deadline) throw new Error(`member ${this.name} not healthy after ${timeoutMs} ms`);
+      if (this.#state === 'stopped')
+        throw new Error(`member ${this.name} exited:\n${this.recentLog.split('\n').slice(-10).join('\n')}`);
+      if (performance.now() + pause > deadline)
+        throw new Error(`member ${this.name} not healthy after ${timeoutMs} ms`);
       await new Promise((r) => setTimeout(r, pause));
       pause = Math.min(pause * 2, 250);
     }
@@ -360,7 +380,7 @@ export class EtcdMember {
   async healthy(timeoutMs = 1000): Promise<boolean> {
     if (this.#state !== 'running') return false;
     try {
-      const body = await requestJson(`${this.metricsUrl}/health`, { timeoutMs }) as { health?: string };
+      const body = (await requestJson(`${this.metricsUrl}/health`, { timeoutMs })) as { health?: string };
       return body.health === 'true';
     } catch {
       return false;
@@ -380,7 +400,10 @@ export class EtcdMember {
       // etcd's HTTP gateway refuses requests that carry a client certificate once auth is on: ask over gRPC.
       const client = new Etcd3({
         hosts: [this.endpoint],
-        credentials: { rootCertificate: this.#tls.ca, ...(this.#tls.cert ? { certChain: this.#tls.cert, privateKey: this.#tls.key } : {}) },
+        credentials: {
+          rootCertificate: this.#tls.ca,
+          ...(this.#tls.cert ? { certChain: this.#tls.cert, privateKey: this.#tls.key } : {}),
+        },
         grpcOptions: TLS_GRPC_OPTIONS,
         faultHandling: { global: noRetry, host: () => noRetry },
       });
@@ -391,8 +414,10 @@ export class EtcdMember {
         client.close();
       }
     }
-    const body = await requestJson(`${this.clientUrl}/v3/maintenance/status`, { body: '{}', timeoutMs }) as
-      { header: { member_id: string; raft_term: string }; leader: string };
+    const body = (await requestJson(`${this.clientUrl}/v3/maintenance/status`, { body: '{}', timeoutMs })) as {
+      header: { member_id: string; raft_term: string };
+      leader: string;
+    };
     return { memberId: body.header.member_id, leaderId: body.leader, raftTerm: body.header.raft_term };
   }
 
@@ -406,24 +431,30 @@ export class EtcdMember {
 function requestJson(url: string, options: { body?: string; timeoutMs: number; tls?: MemberTls }): Promise<unknown> {
   return new Promise((resolve, reject) => {
     const send = url.startsWith('https:') ? httpsRequest : httpRequest;
-    const req = send(url, {
-      method: options.body === undefined ? 'GET' : 'POST',
-      timeout: options.timeoutMs,
-      agent: false,
-      ...(options.tls ? { ca: options.tls.ca, cert: options.tls.cert, key: options.tls.key } : {}),
-    }, (res) => {
-      let text = '';
-      res.setEncoding('utf8');
-      res.on('data', (d: string) => { text += d; });
-      res.on('end', () => {
-        try {
-          resolve(JSON.parse(text));
-        } catch {
-          reject(new Error(`${url}: HTTP ${res.statusCode}: ${text.slice(0, 200)}`));
-        }
-      });
-      res.on('error', reject);
-    });
+    const req = send(
+      url,
+      {
+        method: options.body === undefined ? 'GET' : 'POST',
+        timeout: options.timeoutMs,
+        agent: false,
+        ...(options.tls ? { ca: options.tls.ca, cert: options.tls.cert, key: options.tls.key } : {}),
+      },
+      (res) => {
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (d: string) => {
+          text += d;
+        });
+        res.on('end', () => {
+          try {
+            resolve(JSON.parse(text));
+          } catch {
+            reject(new Error(`${url}: HTTP ${res.statusCode}: ${text.slice(0, 200)}`));
+          }
+        });
+        res.on('error', reject);
+      },
+    );
     req.on('timeout', () => req.destroy(new Error(`${url}: no answer within ${options.timeoutMs} ms`)));
     req.on('error', reject);
     req.end(options.body);
@@ -460,8 +491,13 @@ export class EtcdCluster implements AsyncDisposable {
   #root: EtcdCredentials | undefined;
   #stopped = false;
 
-  private constructor(members: EtcdMember[], dataDir: string, startTimeoutMs: number,
-    authority: TestCertificateAuthority | undefined, tls: EtcdClusterTls | undefined) {
+  private constructor(
+    members: EtcdMember[],
+    dataDir: string,
+    startTimeoutMs: number,
+    authority: TestCertificateAuthority | undefined,
+    tls: EtcdClusterTls | undefined,
+  ) {
     this.members = members;
     this.dataDir = dataDir;
     this.#startTimeoutMs = startTimeoutMs;
@@ -475,9 +511,16 @@ export class EtcdCluster implements AsyncDisposable {
     if (size !== 1 && size !== 3) throw new RangeError(`members must be 1 or 3, got ${String(size)}`);
     const bin = options.etcdBin ?? findEtcdBinary({ install: options.install });
     const timing = options.timing ?? 'fast';
-    const { heartbeatMs, electionMs } = timing === 'fast' ? { heartbeatMs: 25, electionMs: 250 }
-      : timing === 'default' ? { heartbeatMs: 100, electionMs: 1000 } : timing;
-    const root = join(defaultDataRoot(options.dataDir), `etcd-recipes-${process.pid}-${randomBytes(4).toString('hex')}`);
+    const { heartbeatMs, electionMs } =
+      timing === 'fast'
+        ? { heartbeatMs: 25, electionMs: 250 }
+        : timing === 'default'
+          ? { heartbeatMs: 100, electionMs: 1000 }
+          : timing;
+    const root = join(
+      defaultDataRoot(options.dataDir),
+      `etcd-recipes-${process.pid}-${randomBytes(4).toString('hex')}`,
+    );
     mkdirSync(root, { recursive: true });
     const startTimeoutMs = options.startTimeoutMs ?? 30_000;
 
@@ -501,13 +544,25 @@ export class EtcdCluster implements AsyncDisposable {
         throw err;
       }
     }
-    const tlsArgs = tls ? [
-      '--cert-file', tls.server.certFile, '--key-file', tls.server.keyFile,
-      ...(tls.clientCertAuth ? ['--client-cert-auth', '--trusted-ca-file', tls.ca.certFile] : []),
-      '--peer-cert-file', tls.server.certFile, '--peer-key-file', tls.server.keyFile,
-      '--peer-client-cert-auth', '--peer-trusted-ca-file', tls.ca.certFile,
-    ] : [];
-    const memberTls: MemberTls | undefined = tls ? { ca: tls.ca.cert, cert: tls.client?.cert, key: tls.client?.key } : undefined;
+    const tlsArgs = tls
+      ? [
+          '--cert-file',
+          tls.server.certFile,
+          '--key-file',
+          tls.server.keyFile,
+          ...(tls.clientCertAuth ? ['--client-cert-auth', '--trusted-ca-file', tls.ca.certFile] : []),
+          '--peer-cert-file',
+          tls.server.certFile,
+          '--peer-key-file',
+          tls.server.keyFile,
+          '--peer-client-cert-auth',
+          '--peer-trusted-ca-file',
+          tls.ca.certFile,
+        ]
+      : [];
+    const memberTls: MemberTls | undefined = tls
+      ? { ca: tls.ca.cert, cert: tls.client?.cert, key: tls.client?.key }
+      : undefined;
     const scheme = tls ? 'https' : 'http';
     const portsPerMember = tls ? 3 : 2;
 
@@ -525,25 +580,46 @@ export class EtcdCluster implements AsyncDisposable {
         const peer = ports[size + i]!;
         const metrics = tls ? ports[2 * size + i]! : undefined;
         const dir = join(root, `${name}-${attempt}`);
-        return new EtcdMember(bin, name, { client, peer, metrics }, dir, [
-          '--name', name,
-          '--data-dir', dir,
-          '--listen-client-urls', `${scheme}://127.0.0.1:${client}`,
-          '--advertise-client-urls', `${scheme}://127.0.0.1:${client}`,
-          '--listen-peer-urls', `${scheme}://127.0.0.1:${peer}`,
-          '--initial-advertise-peer-urls', `${scheme}://127.0.0.1:${peer}`,
-          '--initial-cluster', initialCluster,
-          '--initial-cluster-state', 'new',
-          '--initial-cluster-token', token,
-          '--heartbeat-interval', String(heartbeatMs),
-          '--election-timeout', String(electionMs),
-          '--logger', 'zap',
-          '--log-outputs', 'stderr',
-          '--log-level', 'warn',
-          ...(metrics ? ['--listen-metrics-urls', `http://127.0.0.1:${metrics}`] : []),
-          ...tlsArgs,
-          ...(options.extraArgs ?? []),
-        ], memberTls);
+        return new EtcdMember(
+          bin,
+          name,
+          { client, peer, metrics },
+          dir,
+          [
+            '--name',
+            name,
+            '--data-dir',
+            dir,
+            '--listen-client-urls',
+            `${scheme}://127.0.0.1:${client}`,
+            '--advertise-client-urls',
+            `${scheme}://127.0.0.1:${client}`,
+            '--listen-peer-urls',
+            `${scheme}://127.0.0.1:${peer}`,
+            '--initial-advertise-peer-urls',
+            `${scheme}://127.0.0.1:${peer}`,
+            '--initial-cluster',
+            initialCluster,
+            '--initial-cluster-state',
+            'new',
+            '--initial-cluster-token',
+            token,
+            '--heartbeat-interval',
+            String(heartbeatMs),
+            '--election-timeout',
+            String(electionMs),
+            '--logger',
+            'zap',
+            '--log-outputs',
+            'stderr',
+            '--log-level',
+            'warn',
+            ...(metrics ? ['--listen-metrics-urls', `http://127.0.0.1:${metrics}`] : []),
+            ...tlsArgs,
+            ...(options.extraArgs ?? []),
+          ],
+          memberTls,
+        );
       });
       const cluster = new EtcdCluster(members, root, startTimeoutMs, authority, tls);
       try {
@@ -552,7 +628,7 @@ export class EtcdCluster implements AsyncDisposable {
       } catch (err) {
         const logs = members.map((m) => `--- ${m.name}\n${m.recentLog.split('\n').slice(-15).join('\n')}`).join('\n');
         await Promise.all(members.map((m) => m.kill()));
-        members.forEach((m) => m.removeData());
+        for (const m of members) m.removeData();
         // A port taken between probing and binding: try once more with new ports.
         if (attempt < 3 && /address already in use|bind/i.test(logs)) continue;
         rmSync(root, { recursive: true, force: true });
@@ -599,7 +675,11 @@ export class EtcdCluster implements AsyncDisposable {
    * privilege: `cluster.client({ auth: await cluster.createUser('app', [{ prefix: 'locks/app' }]) })`.
    * Needs a cluster started with `auth`. The password is random unless given.
    */
-  async createUser(name: string, grants: readonly EtcdGrant[], password = randomBytes(12).toString('base64url')): Promise<EtcdCredentials> {
+  async createUser(
+    name: string,
+    grants: readonly EtcdGrant[],
+    password = randomBytes(12).toString('base64url'),
+  ): Promise<EtcdCredentials> {
     if (!this.#root) throw new Error('createUser needs a cluster started with { auth: true }');
     if (!/^[A-Za-z0-9._-]{1,64}$/.test(name) || name === 'root') {
       throw new RangeError(`user name must be 1-64 of [A-Za-z0-9._-] and not root, got ${JSON.stringify(name)}`);
@@ -680,7 +760,12 @@ export class EtcdCluster implements AsyncDisposable {
       if (states.every(Boolean)) return;
       if (live.length === 0) throw new Error('no member is running');
       if (performance.now() + delay > deadline) {
-        throw new Error(`not healthy after ${timeoutMs} ms (${live.filter((_, i) => !states[i]).map((m) => m.name).join(', ')})`);
+        throw new Error(
+          `not healthy after ${timeoutMs} ms (${live
+            .filter((_, i) => !states[i])
+            .map((m) => m.name)
+            .join(', ')})`,
+        );
       }
       await new Promise((r) => setTimeout(r, delay));
       delay = Math.min(delay * 2, 250);
@@ -695,7 +780,14 @@ export class EtcdCluster implements AsyncDisposable {
     const deadline = performance.now() + timeoutMs;
     for (;;) {
       const live = this.members.filter((m) => m.state === 'running');
-      const statuses = await Promise.all(live.map((m) => m.status(500).then((s) => ({ m, s }), () => undefined)));
+      const statuses = await Promise.all(
+        live.map((m) =>
+          m.status(500).then(
+            (s) => ({ m, s }),
+            () => undefined,
+          ),
+        ),
+      );
       const ok = statuses.filter((x): x is NonNullable<typeof x> => !!x);
       const leaderId = ok[0]?.s.leaderId;
       if (leaderId && leaderId !== '0' && ok.every((x) => x.s.leaderId === leaderId)) {

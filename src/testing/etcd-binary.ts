@@ -6,8 +6,10 @@ import { delimiter, dirname, join } from 'node:path';
 export class EtcdNotFoundError extends Error {
   /** @param what - the missing binary; @param detail - why the usual places did not work */
   constructor(what: 'etcd' | 'etcdctl', detail = '') {
-    super(`${what} not found${detail ? ` (${detail})` : ''}: install it with \`sudo apt-get install etcd-server etcd-client\` ` +
-      `(Debian/Ubuntu), or set ${what === 'etcd' ? 'ETCD_BIN' : 'ETCDCTL_BIN'}=/path/to/${what}`);
+    super(
+      `${what} not found${detail ? ` (${detail})` : ''}: install it with \`sudo apt-get install etcd-server etcd-client\` ` +
+        `(Debian/Ubuntu), or set ${what === 'etcd' ? 'ETCD_BIN' : 'ETCDCTL_BIN'}=/path/to/${what}`,
+    );
     this.name = 'EtcdNotFoundError';
   }
 }
@@ -37,8 +39,12 @@ export function onPath(name: string): string | undefined {
 
 /** @internal Root on Linux with apt-get. */
 export function canInstallWithApt(): boolean {
-  return process.platform === 'linux' && typeof process.getuid === 'function' && process.getuid() === 0 &&
-    existsSync('/usr/bin/apt-get');
+  return (
+    process.platform === 'linux' &&
+    typeof process.getuid === 'function' &&
+    process.getuid() === 0 &&
+    existsSync('/usr/bin/apt-get')
+  );
 }
 
 const installAttempted = new Set<string>();

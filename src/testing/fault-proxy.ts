@@ -244,7 +244,9 @@ export class FaultProxy implements AsyncDisposable {
   dropNextReply(): Promise<boolean> {
     this.#disarm(false);
     this.restore();
-    return new Promise<boolean>((resolve) => { this.#armed = resolve; });
+    return new Promise<boolean>((resolve) => {
+      this.#armed = resolve;
+    });
   }
 
   /**

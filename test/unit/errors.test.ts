@@ -2,8 +2,14 @@ import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { GRPCDeadlineExceededError, GRPCUnavailableError, EtcdPermissionDeniedError } from 'etcd3';
 import {
-  ClosedError, InvalidArgumentError, isRecipeError, OutcomeUnknownError, PermissionDeniedError, RECIPE_ERROR_CODES,
-  RecipeError, ServiceIdTakenError,
+  ClosedError,
+  InvalidArgumentError,
+  isRecipeError,
+  OutcomeUnknownError,
+  PermissionDeniedError,
+  RECIPE_ERROR_CODES,
+  RecipeError,
+  ServiceIdTakenError,
 } from '../../src/core/errors.js';
 import { classifyEtcdError } from '../../src/core/etcd-errors.js';
 import { isTransient } from '../../src/core/retry.js';
@@ -20,7 +26,9 @@ describe('error vocabulary (no etcd)', () => {
 
   it('the README lists exactly the declared codes', () => {
     const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
-    const listed = new Set([...readme.matchAll(/`([A-Z][A-Z_]+)`/g)].map((m) => m[1]!).filter((c) => c.includes('_') || c === 'CLOSED'));
+    const listed = new Set(
+      [...readme.matchAll(/`([A-Z][A-Z_]+)`/g)].map((m) => m[1]!).filter((c) => c.includes('_') || c === 'CLOSED'),
+    );
     for (const code of RECIPE_ERROR_CODES) expect(listed.has(code), `${code} in README.md`).toBe(true);
   });
 
@@ -36,7 +44,7 @@ describe('error vocabulary (no etcd)', () => {
     expect(isTransient('not an error')).toBe(false);
   });
 
-  it('turns etcd\'s permission refusal into PERMISSION_DENIED naming the key', () => {
+  it("turns etcd's permission refusal into PERMISSION_DENIED naming the key", () => {
     const err = classifyEtcdError(new EtcdPermissionDeniedError('etcdserver: permission denied'), 'locks/x');
     expect(err).toBeInstanceOf(PermissionDeniedError);
     expect((err as PermissionDeniedError).key).toBe('locks/x');

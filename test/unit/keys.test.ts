@@ -1,5 +1,14 @@
 import { describe, expect, it } from 'vitest';
-import { childPrefix, leaseHex, prefixEnd, sessionKey, showKey, toBuffer, uniqueKey, uniqueSuffix } from '../../src/core/keys.js';
+import {
+  childPrefix,
+  leaseHex,
+  prefixEnd,
+  sessionKey,
+  showKey,
+  toBuffer,
+  uniqueKey,
+  uniqueSuffix,
+} from '../../src/core/keys.js';
 
 describe('key encoding (no etcd)', () => {
   it('names a session key like Go: <name>/<lease in lowercase hex>', () => {

@@ -4,7 +4,8 @@ import { InvalidArgumentError } from '../../src/core/errors.js';
 import { retrying } from '../../src/core/retry.js';
 import { checkInteger, checkOptions, checkSignal } from '../../src/core/validate.js';
 
-const transient = () => Object.assign(new Error('14 UNAVAILABLE: No connection established'), { name: 'GRPCUnavailableError' });
+const transient = () =>
+  Object.assign(new Error('14 UNAVAILABLE: No connection established'), { name: 'GRPCUnavailableError' });
 
 describe('retry policy (no etcd)', () => {
   it('retries transient failures with backoff and returns the first success', async () => {
@@ -20,23 +21,50 @@ describe('retry policy (no etcd)', () => {
   it('rethrows a permanent failure at once', async () => {
     let calls = 0;
     const permanent = new Error('etcdserver: mvcc: required revision has been compacted');
-    await expect(retrying(async () => { calls++; throw permanent; })).rejects.toBe(permanent);
+    await expect(
+      retrying(async () => {
+        calls++;
+        throw permanent;
+      }),
+    ).rejects.toBe(permanent);
     expect(calls).toBe(1);
   });
 
   it('gives up after maxElapsedMs, and on the signal with its reason', async () => {
     const started = performance.now();
-    await expect(retrying(async () => { throw transient(); }, { maxElapsedMs: 200 })).rejects.toThrow(/UNAVAILABLE/);
+    await expect(
+      retrying(
+        async () => {
+          throw transient();
+        },
+        { maxElapsedMs: 200 },
+      ),
+    ).rejects.toThrow(/UNAVAILABLE/);
     expect(performance.now() - started).toBeLessThan(2000);
     const reason = new Error('stop');
     const controller = new AbortController();
     setTimeout(() => controller.abort(reason), 50);
-    await expect(retrying(async () => { throw transient(); }, { signals: [controller.signal], maxElapsedMs: Infinity })).rejects.toBe(reason);
+    await expect(
+      retrying(
+        async () => {
+          throw transient();
+        },
+        { signals: [controller.signal], maxElapsedMs: Infinity },
+      ),
+    ).rejects.toBe(reason);
   });
 
   it('retryIf chooses what to retry', async () => {
     let calls = 0;
-    await expect(retrying(async () => { calls++; throw new Error('custom'); }, { retryIf: () => calls < 3 })).rejects.toThrow('custom');
+    await expect(
+      retrying(
+        async () => {
+          calls++;
+          throw new Error('custom');
+        },
+        { retryIf: () => calls < 3 },
+      ),
+    ).rejects.toThrow('custom');
     expect(calls).toBe(3);
   });
 });
@@ -63,7 +91,9 @@ describe('signals (no etcd)', () => {
     c.abort(new Error('gone'));
     await expect(racing).rejects.toThrow('gone');
     let wake: (() => void) | undefined;
-    const waiting = untilWoken(new AbortController().signal, (w) => { wake = w; });
+    const waiting = untilWoken(new AbortController().signal, (w) => {
+      wake = w;
+    });
     wake!();
     await expect(waiting).resolves.toBeUndefined();
   });

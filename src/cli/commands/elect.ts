@@ -27,7 +27,11 @@ to CMD. With --observe, prints leader changes as JSON lines instead (see
 \`observe\`). Exit code: CMD's own; ${EXIT.LOST} when lost.`,
   options: {
     ...LOSS_OPTIONS,
-    observe: { type: 'boolean', short: 'l', help: 'observe the election instead of campaigning (like etcdctl elect -l)' },
+    observe: {
+      type: 'boolean',
+      short: 'l',
+      help: 'observe the election instead of campaigning (like etcdctl elect -l)',
+    },
   },
   examples: [
     'etcd-recipes elect scheduler "$(hostname)" -- ./scheduler --serve',
@@ -51,20 +55,25 @@ to CMD. With --observe, prints leader changes as JSON lines instead (see
     const stop = linkSignals(ctx.interrupts.signal);
     let result: ChildResult | undefined;
     try {
-      await runAsLeader(client, name, async (_signal, leader) => {
-        result = await runChild({
-          command: ctx.child,
-          env: { ETCD_RECIPES_KEY: leader.key, ETCD_RECIPES_FENCING_TOKEN: leader.revision.toString() },
-          // The term's own signal: the task's also aborts on our interrupts, which are forwarded, not a loss.
-          lost: leader.election.signal,
-          killAfterMs,
-          interrupts: ctx.interrupts,
-          onLost: (reason) => say(ctx.stderr, `${what} lost (${errorMessage(reason)}); stopping the command`),
-          onSpawnError: (message) => say(ctx.stderr, message),
-        });
-        // runAsLeader would campaign again after a loss; the tool ends instead.
-        if (result.lost) stop.abort(new Lost());
-      }, { value, ttl, signal: stop.signal });
+      await runAsLeader(
+        client,
+        name,
+        async (_signal, leader) => {
+          result = await runChild({
+            command: ctx.child,
+            env: { ETCD_RECIPES_KEY: leader.key, ETCD_RECIPES_FENCING_TOKEN: leader.revision.toString() },
+            // The term's own signal: the task's also aborts on our interrupts, which are forwarded, not a loss.
+            lost: leader.election.signal,
+            killAfterMs,
+            interrupts: ctx.interrupts,
+            onLost: (reason) => say(ctx.stderr, `${what} lost (${errorMessage(reason)}); stopping the command`),
+            onSpawnError: (message) => say(ctx.stderr, message),
+          });
+          // runAsLeader would campaign again after a loss; the tool ends instead.
+          if (result.lost) stop.abort(new Lost());
+        },
+        { value, ttl, signal: stop.signal },
+      );
     } catch (err) {
       if (err instanceof Lost) return EXIT.LOST;
       if (result) return result.code;

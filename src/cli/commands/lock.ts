@@ -28,8 +28,13 @@ Exit code: CMD's own; ${EXIT.NOT_ACQUIRED} (or --conflict-exit-code) when not ac
     expectArgs(ctx.args, ['NAME']);
     const name = ctx.args[0]!;
     const settings = holdSettings(ctx.options);
-    return runWhileHolding(ctx, settings, `lock ${name}`,
-      (session, wait, signal) => (wait ? new Mutex(session, name).acquire({ signal }) : new Mutex(session, name).tryAcquire({ signal })),
-      (held) => ({ ...holdEnv(held), ETCD_LOCK_KEY: held.key, ETCD_LOCK_REV: held.fencingToken.toString() }));
+    return runWhileHolding(
+      ctx,
+      settings,
+      `lock ${name}`,
+      (session, wait, signal) =>
+        wait ? new Mutex(session, name).acquire({ signal }) : new Mutex(session, name).tryAcquire({ signal }),
+      (held) => ({ ...holdEnv(held), ETCD_LOCK_KEY: held.key, ETCD_LOCK_REV: held.fencingToken.toString() }),
+    );
   },
 };

@@ -19,7 +19,12 @@ Each item goes to exactly one pop. Same keys as Go's recipe.Queue. With --json,
 push prints {"key"} and pop prints {"key","value"}.`,
   options: {
     timeout: { type: 'string', value: 'S', help: `pop: give up after waiting this long (exit ${EXIT.NOT_ACQUIRED})` },
-    'conflict-exit-code': { type: 'string', short: 'E', value: 'N', help: `pop: exit code when nothing arrived in time (default ${EXIT.NOT_ACQUIRED})` },
+    'conflict-exit-code': {
+      type: 'string',
+      short: 'E',
+      value: 'N',
+      help: `pop: exit code when nothing arrived in time (default ${EXIT.NOT_ACQUIRED})`,
+    },
   },
   examples: [
     'etcd-recipes queue mail push "to=ops@example.com"',
@@ -30,7 +35,8 @@ push prints {"key"} and pop prints {"key","value"}.`,
     const [name, verb] = ctx.args;
     if (verb === 'push') {
       expectArgs(ctx.args, ['NAME', 'push', 'VALUE']);
-      if (ctx.options.timeout !== undefined || ctx.options['conflict-exit-code'] !== undefined) throw new UsageError('push takes no --timeout or --conflict-exit-code');
+      if (ctx.options.timeout !== undefined || ctx.options['conflict-exit-code'] !== undefined)
+        throw new UsageError('push takes no --timeout or --conflict-exit-code');
       const value = await valueArgument(ctx.args[2]!, ctx.stdin);
       const client = await ctx.connect();
       const key = await new Queue(client, name!).enqueue(value);
@@ -43,14 +49,18 @@ push prints {"key"} and pop prints {"key","value"}.`,
       const conflictCode = integerOption(ctx.options, 'conflict-exit-code', 0, 255, EXIT.NOT_ACQUIRED);
       const client = await ctx.connect();
       const queue = new Queue(client, name!);
-      const waiting = linkSignals(ctx.interrupts.signal, timeoutMs === undefined ? undefined : AbortSignal.timeout(timeoutMs));
+      const waiting = linkSignals(
+        ctx.interrupts.signal,
+        timeoutMs === undefined ? undefined : AbortSignal.timeout(timeoutMs),
+      );
       try {
         const item = await queue.dequeueItem({ signal: waiting.signal });
         if (ctx.json) printJson(ctx.stdout, { key: item.key.toString(), value: item.value.toString() });
         else ctx.stdout.write(Buffer.concat([item.value, Buffer.from('\n')]));
         return 0;
       } catch (err) {
-        if (waiting.signal.aborted) return waitEnded(waiting.signal.reason, conflictCode, ctx, `queue ${name}`, timeoutMs);
+        if (waiting.signal.aborted)
+          return waitEnded(waiting.signal.reason, conflictCode, ctx, `queue ${name}`, timeoutMs);
         throw err;
       } finally {
         waiting.dispose();
@@ -58,6 +68,8 @@ push prints {"key"} and pop prints {"key","value"}.`,
       }
     }
     if (name === undefined) throw new UsageError('missing NAME');
-    throw new UsageError(verb === undefined ? 'missing push or pop' : `unknown queue action ${JSON.stringify(verb)} (push or pop)`);
+    throw new UsageError(
+      verb === undefined ? 'missing push or pop' : `unknown queue action ${JSON.stringify(verb)} (push or pop)`,
+    );
   },
 };

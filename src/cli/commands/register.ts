@@ -8,26 +8,34 @@ import { errorMessage, say } from '../output.js';
 
 /** The `--root` option of the service commands. */
 export const ROOT_OPTION = {
-  root: { type: 'string', value: 'PREFIX', help: `service directory: '' or ending with / (default ${DEFAULT_SERVICE_ROOT})` },
+  root: {
+    type: 'string',
+    value: 'PREFIX',
+    help: `service directory: '' or ending with / (default ${DEFAULT_SERVICE_ROOT})`,
+  },
 } as const;
 
 /** `--root`, checked. @throws UsageError */
 export function rootOption(values: OptionValues): string {
   const root = stringOption(values, 'root') ?? DEFAULT_SERVICE_ROOT;
-  if (root !== '' && !root.endsWith('/')) throw new UsageError(`--root: must be '' or end with /, got ${JSON.stringify(root)}`);
+  if (root !== '' && !root.endsWith('/'))
+    throw new UsageError(`--root: must be '' or end with /, got ${JSON.stringify(root)}`);
   return root;
 }
 
 /** Throws a UsageError unless `service` is a service name (non-empty, no `/`). */
 export function checkServiceArgument(service: string): void {
-  if (service === '' || service.includes('/')) throw new UsageError(`SERVICE must be non-empty without /, got ${JSON.stringify(service)}`);
+  if (service === '' || service.includes('/'))
+    throw new UsageError(`SERVICE must be non-empty without /, got ${JSON.stringify(service)}`);
 }
 
 /** `register SERVICE ID ADDRESS -- CMD`: a registration sidecar. */
 export const registerCommand: Command = {
   name: 'register',
   summary: 'keep a service instance registered while a command runs',
-  usage: ['register SERVICE ID ADDRESS [--meta K=V ...] [--ttl S] [--replace] [--root PREFIX] [--kill-after S] -- CMD [ARGS...]'],
+  usage: [
+    'register SERVICE ID ADDRESS [--meta K=V ...] [--ttl S] [--replace] [--root PREFIX] [--kill-after S] -- CMD [ARGS...]',
+  ],
   description: `Registers instance ID of SERVICE at ADDRESS (key <root>SERVICE/ID, a JSON value
 with the address and metadata, attached to a lease), runs CMD, and deregisters
 when CMD exits: a sidecar for services not written in Node. A lost lease (etcd
@@ -39,11 +47,17 @@ CMD gets ETCD_RECIPES_KEY. Exit code: CMD's own; ${EXIT.LOST} when displaced.`,
   options: {
     meta: { type: 'string', multiple: true, value: 'K=V', help: 'metadata entry (repeatable); values are strings' },
     ...LOSS_OPTIONS,
-    ttl: { type: 'string', value: 'S', help: 'lease TTL in seconds: how long a dead instance stays listed (default 10)' },
+    ttl: {
+      type: 'string',
+      value: 'S',
+      help: 'lease TTL in seconds: how long a dead instance stays listed (default 10)',
+    },
     replace: { type: 'boolean', help: 'take the ID over from another live instance' },
     ...ROOT_OPTION,
   },
-  examples: ['etcd-recipes register login 0001 10.0.0.7:8008 --meta version=1.4 --meta zone=a -- ./login-server --port 8008'],
+  examples: [
+    'etcd-recipes register login 0001 10.0.0.7:8008 --meta version=1.4 --meta zone=a -- ./login-server --port 8008',
+  ],
   child: 'required',
   async run(ctx) {
     expectArgs(ctx.args, ['SERVICE', 'ID', 'ADDRESS']);
@@ -64,26 +78,50 @@ CMD gets ETCD_RECIPES_KEY. Exit code: CMD's own; ${EXIT.LOST} when displaced.`,
     const client = await ctx.connect();
     let reg: ServiceRegistry;
     try {
-      reg = await ServiceRegistry.register(client, { service, id, address, metadata, ttl, root, replace, signal: ctx.interrupts.signal });
+      reg = await ServiceRegistry.register(client, {
+        service,
+        id,
+        address,
+        metadata,
+        ttl,
+        root,
+        replace,
+        signal: ctx.interrupts.signal,
+      });
     } catch (err) {
       if (isRecipeError(err, 'SERVICE_ID_TAKEN')) throw new CliExit(EXIT.NOT_ACQUIRED, errorMessage(err));
-      if (ctx.interrupts.signal.aborted) return waitEnded(ctx.interrupts.signal.reason, EXIT.NOT_ACQUIRED, ctx, what, undefined);
+      if (ctx.interrupts.signal.aborted)
+        return waitEnded(ctx.interrupts.signal.reason, EXIT.NOT_ACQUIRED, ctx, what, undefined);
       throw err;
     }
     const displaced = new AbortController();
-    reg.on('displaced', (info) => displaced.abort(new Error(info.reason === 'deleted' ? 'its key was deleted' : `instance ID taken over by lease ${info.leaseId ?? '?'}`)));
+    reg.on('displaced', (info) =>
+      displaced.abort(
+        new Error(
+          info.reason === 'deleted' ? 'its key was deleted' : `instance ID taken over by lease ${info.leaseId ?? '?'}`,
+        ),
+      ),
+    );
     reg.on('lost', (err) => say(ctx.stderr, `${what}: lease lost (${err.message}); registering again`));
     reg.on('re-registered', () => say(ctx.stderr, `${what}: registered again`));
     reg.on('error', () => undefined);
     try {
       const result = await runChild({
-        command: ctx.child, env: { ETCD_RECIPES_KEY: reg.key }, lost: displaced.signal, killAfterMs, interrupts: ctx.interrupts,
+        command: ctx.child,
+        env: { ETCD_RECIPES_KEY: reg.key },
+        lost: displaced.signal,
+        killAfterMs,
+        interrupts: ctx.interrupts,
         onLost: (reason) => say(ctx.stderr, `${what} displaced (${errorMessage(reason)}); stopping the command`),
         onSpawnError: (message) => say(ctx.stderr, message),
       });
       return result.lost ? EXIT.LOST : result.code;
     } finally {
-      await reg.deregister().catch((err: unknown) => say(ctx.stderr, `${what}: deregister failed (${errorMessage(err)}); the key expires with its lease`));
+      await reg
+        .deregister()
+        .catch((err: unknown) =>
+          say(ctx.stderr, `${what}: deregister failed (${errorMessage(err)}); the key expires with its lease`),
+        );
     }
   },
 };

@@ -19,9 +19,7 @@ acquired; ${EXIT.LOST} when lost.`,
     permits: { type: 'string', value: 'N', help: `how many holders at most (1 to ${MAX_PERMITS}; required)` },
     ...HOLD_OPTIONS,
   },
-  examples: [
-    'etcd-recipes semaphore --permits 2 gpu -- ./train.sh',
-  ],
+  examples: ['etcd-recipes semaphore --permits 2 gpu -- ./train.sh'],
   child: 'required',
   async run(ctx) {
     expectArgs(ctx.args, ['NAME']);
@@ -29,9 +27,15 @@ acquired; ${EXIT.LOST} when lost.`,
     const permits = integerOption(ctx.options, 'permits', 1, MAX_PERMITS);
     if (permits === undefined) throw new UsageError('--permits N is required');
     const settings = holdSettings(ctx.options);
-    return runWhileHolding(ctx, settings, `semaphore ${name}`, (session, wait, signal) => {
-      const sem = new Semaphore(session, name, permits);
-      return wait ? sem.acquire({ signal }) : sem.tryAcquire({ signal });
-    }, holdEnv);
+    return runWhileHolding(
+      ctx,
+      settings,
+      `semaphore ${name}`,
+      (session, wait, signal) => {
+        const sem = new Semaphore(session, name, permits);
+        return wait ? sem.acquire({ signal }) : sem.tryAcquire({ signal });
+      },
+      holdEnv,
+    );
   },
 };

@@ -5,7 +5,15 @@ import { printJson, toJson } from '../output.js';
 import { checkServiceArgument, rootOption, ROOT_OPTION } from './register.js';
 
 function instanceJson(i: ServiceInstance): Record<string, unknown> {
-  return { id: i.id, address: i.address, metadata: i.metadata, key: i.key, lease: i.leaseId, revision: i.revision, registeredAt: i.registeredAt?.toISOString() };
+  return {
+    id: i.id,
+    address: i.address,
+    metadata: i.metadata,
+    key: i.key,
+    lease: i.leaseId,
+    revision: i.revision,
+    registeredAt: i.registeredAt?.toISOString(),
+  };
 }
 
 /** `services SERVICE [--watch]`: list (or follow) a service's instances. */
@@ -51,7 +59,12 @@ instance now ({"type":"added",...}), then one per change ("added", "updated",
       discovery.on('ready', list);
       discovery.on('change', (c) => {
         if (!listed) return;
-        printJson(ctx.stdout, { type: c.type, ...instanceJson(c.instance), revision: c.revision, ...(c.resync ? { resync: true } : {}) });
+        printJson(ctx.stdout, {
+          type: c.type,
+          ...instanceJson(c.instance),
+          revision: c.revision,
+          ...(c.resync ? { resync: true } : {}),
+        });
       });
       if (discovery.isReady) list();
       await new Promise<void>((resolve) => {

@@ -4,7 +4,16 @@ import type { Command } from '../command.js';
 import { UsageError } from '../exit-codes.js';
 import { rootOption, ROOT_OPTION } from './register.js';
 
-const KINDS: readonly RecipeKind[] = ['lock', 'election', 'semaphore', 'rwmutex', 'queue', 'priority-queue', 'work-queue', 'service'];
+const KINDS: readonly RecipeKind[] = [
+  'lock',
+  'election',
+  'semaphore',
+  'rwmutex',
+  'queue',
+  'priority-queue',
+  'work-queue',
+  'service',
+];
 
 /** `status NAME [--watch]`: who holds, leads, waits, from etcd alone. */
 export const statusCommand: Command = {
@@ -28,7 +37,8 @@ nothing is found under NAME.`,
     expectArgs(ctx.args, ['NAME']);
     const name = ctx.args[0]!;
     const kind = ctx.options.kind as string | undefined;
-    if (kind !== undefined && !KINDS.includes(kind as RecipeKind)) throw new UsageError(`--kind must be one of ${KINDS.join(', ')}`);
+    if (kind !== undefined && !KINDS.includes(kind as RecipeKind))
+      throw new UsageError(`--kind must be one of ${KINDS.join(', ')}`);
     const options = { kind: kind as RecipeKind | undefined, root: rootOption(ctx.options) };
     const client = await ctx.connect();
     if (!ctx.options.watch) {
@@ -37,7 +47,9 @@ nothing is found under NAME.`,
       return found.length ? 0 : 1;
     }
     for await (const found of watchStatus(client, name, { ...options, signal: ctx.interrupts.signal })) {
-      ctx.stdout.write(ctx.json ? `${inspectionJSON(found)}\n` : `\n${new Date().toISOString()}\n${formatStatus(found)}`);
+      ctx.stdout.write(
+        ctx.json ? `${inspectionJSON(found)}\n` : `\n${new Date().toISOString()}\n${formatStatus(found)}`,
+      );
     }
     return 0;
   },

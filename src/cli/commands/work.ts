@@ -14,7 +14,11 @@ const DEFAULT_RETRY_DELAY_MS = 1000;
 /** Options and the verbs that take them. */
 const OPTION_VERBS: Record<string, readonly string[]> = {
   priority: ['add'],
-  concurrency: ['run'], 'max-attempts': ['run'], 'retry-delay': ['run'], ttl: ['run'], 'kill-after': ['run'],
+  concurrency: ['run'],
+  'max-attempts': ['run'],
+  'retry-delay': ['run'],
+  ttl: ['run'],
+  'kill-after': ['run'],
   limit: ['dead'],
 };
 
@@ -42,8 +46,16 @@ letters (with --json, as JSON lines).`,
   options: {
     priority: { type: 'string', value: 'P', help: `add: 0 (first) to 65535 (default ${DEFAULT_JOB_PRIORITY})` },
     concurrency: { type: 'string', value: 'N', help: 'run: jobs at once (default 1)' },
-    'max-attempts': { type: 'string', value: 'K', help: 'run: dead-letter a job after K failed tries (default: retry forever)' },
-    'retry-delay': { type: 'string', value: 'S', help: 'run: keep a failed job this long before giving it back (default 1)' },
+    'max-attempts': {
+      type: 'string',
+      value: 'K',
+      help: 'run: dead-letter a job after K failed tries (default: retry forever)',
+    },
+    'retry-delay': {
+      type: 'string',
+      value: 'S',
+      help: 'run: keep a failed job this long before giving it back (default 1)',
+    },
     ...LOSS_OPTIONS,
     limit: { type: 'string', value: 'N', help: 'dead: list at most N (default 1000)' },
   },
@@ -58,16 +70,22 @@ letters (with --json, as JSON lines).`,
     const [name, verb] = ctx.args;
     if (name === undefined) throw new UsageError('missing NAME');
     if (verb === undefined) throw new UsageError('missing add, run, stats or dead');
-    if (!['add', 'run', 'stats', 'dead'].includes(verb)) throw new UsageError(`unknown work action ${JSON.stringify(verb)} (add, run, stats or dead)`);
+    if (!['add', 'run', 'stats', 'dead'].includes(verb))
+      throw new UsageError(`unknown work action ${JSON.stringify(verb)} (add, run, stats or dead)`);
     for (const [option, verbs] of Object.entries(OPTION_VERBS)) {
-      if (ctx.options[option] !== undefined && !verbs.includes(verb)) throw new UsageError(`--${option} does not apply to ${verb}`);
+      if (ctx.options[option] !== undefined && !verbs.includes(verb))
+        throw new UsageError(`--${option} does not apply to ${verb}`);
     }
     if (verb !== 'run' && ctx.child.length > 0) throw new UsageError(`${verb} takes no command`);
     switch (verb) {
-      case 'add': return add(ctx, name);
-      case 'run': return work(ctx, name);
-      case 'stats': return stats(ctx, name);
-      default: return dead(ctx, name);
+      case 'add':
+        return add(ctx, name);
+      case 'run':
+        return work(ctx, name);
+      case 'stats':
+        return stats(ctx, name);
+      default:
+        return dead(ctx, name);
     }
   },
 };
@@ -162,13 +180,16 @@ async function work(ctx: CommandContext, name: string): Promise<number> {
         command: ctx.child,
         input: job.buffer,
         env: {
-          ETCD_RECIPES_JOB_ID: job.id, ETCD_RECIPES_ATTEMPTS: String(job.attempts),
-          ETCD_RECIPES_FENCING_TOKEN: job.fencingToken.toString(), ETCD_RECIPES_KEY: job.key,
+          ETCD_RECIPES_JOB_ID: job.id,
+          ETCD_RECIPES_ATTEMPTS: String(job.attempts),
+          ETCD_RECIPES_FENCING_TOKEN: job.fencingToken.toString(),
+          ETCD_RECIPES_KEY: job.key,
         },
         lost: job.signal,
         killAfterMs,
         interrupts: ctx.interrupts,
-        onLost: (reason) => say(ctx.stderr, `job ${job.id}: claim lost (${errorMessage(reason)}); stopping its command`),
+        onLost: (reason) =>
+          say(ctx.stderr, `job ${job.id}: claim lost (${errorMessage(reason)}); stopping its command`),
         onSpawnError: (message) => say(ctx.stderr, message),
       });
       if (result.lost) continue;

@@ -88,18 +88,27 @@ export class Barrier {
     try {
       const guard = await resolveGuard(this.client, options.guard);
       // A receipt proves a landed hold after a lost reply, even once someone released it again.
-      const out = await this.#receipts().write({
-        compares: [cmp.version(this.#key, '==', 0n), ...guard.compares],
-        success: [op.put(this.#key, '', lease)],
-        failure: guard.reads,
-      }, { signal: linked.signal, what: `${this.#what}: hold` }).catch((err: unknown) => {
-        // The session's lease may be gone on the server before the session noticed.
-        throw session ? session.leaseError(err, this.#what) : err;
-      });
+      const out = await this.#receipts()
+        .write(
+          {
+            compares: [cmp.version(this.#key, '==', 0n), ...guard.compares],
+            success: [op.put(this.#key, '', lease)],
+            failure: guard.reads,
+          },
+          { signal: linked.signal, what: `${this.#what}: hold` },
+        )
+        .catch((err: unknown) => {
+          // The session's lease may be gone on the server before the session noticed.
+          throw session ? session.leaseError(err, this.#what) : err;
+        });
       if (out.landed && out.aborted !== undefined) {
         // Given up, yet the hold landed: take it back (only this very hold, by its create revision).
-        await this.#receipts().write({ compares: [cmp.create(this.#key, '==', out.revision)], success: [op.delete(this.#key)] },
-          { what: `${this.#what}: undo an aborted hold` }).catch((err: unknown) => log('%s: could not undo: %s', this.#what, (err as Error).message));
+        await this.#receipts()
+          .write(
+            { compares: [cmp.create(this.#key, '==', out.revision)], success: [op.delete(this.#key)] },
+            { what: `${this.#what}: undo an aborted hold` },
+          )
+          .catch((err: unknown) => log('%s: could not undo: %s', this.#what, (err as Error).message));
         throw out.aborted;
       }
       if (!out.landed && !guard.holds(out.failure)) throw guard.error(`${this.#what}: hold`);
@@ -120,10 +129,13 @@ export class Barrier {
     checkOptions(options);
     checkSignal(options.signal);
     try {
-      const out = await this.#receipts().write({
-        compares: [cmp.version(this.#key, '>', 0n)],
-        success: [op.delete(this.#key)],
-      }, { signal: options.signal, what: `${this.#what}: release` });
+      const out = await this.#receipts().write(
+        {
+          compares: [cmp.version(this.#key, '>', 0n)],
+          success: [op.delete(this.#key)],
+        },
+        { signal: options.signal, what: `${this.#what}: release` },
+      );
       log('%s: %s', this.#what, out.landed ? 'released' : 'release: was not held');
       return out.landed;
     } finally {
@@ -133,12 +145,17 @@ export class Barrier {
 
   /** Receipts of this barrier's holds and releases (`__<key>/receipts/`), deleted once their call returned. */
   #receipts(): ReceiptBook {
-    this.#book ??= new ReceiptBook(this.client, Buffer.concat([Buffer.from('__'), this.#key, Buffer.from('/receipts/')]));
+    this.#book ??= new ReceiptBook(
+      this.client,
+      Buffer.concat([Buffer.from('__'), this.#key, Buffer.from('/receipts/')]),
+    );
     return this.#book;
   }
 
   async #flushReceipts(): Promise<void> {
-    await this.#book?.flush().catch((err: unknown) => log('%s: receipt cleanup failed: %s', this.#what, (err as Error).message));
+    await this.#book
+      ?.flush()
+      .catch((err: unknown) => log('%s: receipt cleanup failed: %s', this.#what, (err as Error).message));
   }
 
   /** True if the barrier is held right now (one linearizable read). */
@@ -146,7 +163,10 @@ export class Barrier {
     checkOptions(options);
     checkSignal(options.signal);
     options.signal?.throwIfAborted();
-    const r = await raceAbort(retrying(() => range(this.client, this.#key, { countOnly: true }), { signals: [options.signal] }), options.signal);
+    const r = await raceAbort(
+      retrying(() => range(this.client, this.#key, { countOnly: true }), { signals: [options.signal] }),
+      options.signal,
+    );
     return r.count > 0n;
   }
 
@@ -164,7 +184,10 @@ export class Barrier {
     const linked = linkSignals(options.signal);
     const signal = linked.signal;
     try {
-      const initial = await raceAbort(retrying(() => this.#readHold(undefined), { signals: [signal] }), signal);
+      const initial = await raceAbort(
+        retrying(() => this.#readHold(undefined), { signals: [signal] }),
+        signal,
+      );
       if (!initial.blocker) return;
       // The hold we wait for is identified by its create revision: a key
       // with another create revision means ours was deleted meanwhile.

@@ -104,7 +104,10 @@ export class DoubleBarrier {
     checkOptions(options);
     checkSignal(options.signal);
     if (this.#phase !== 'idle') {
-      throw new InvalidArgumentError('this', `${this.#what}: this participant has already entered or is entering; use one DoubleBarrier object per participant`);
+      throw new InvalidArgumentError(
+        'this',
+        `${this.#what}: this participant has already entered or is entering; use one DoubleBarrier object per participant`,
+      );
     }
     const { session } = this;
     options.signal?.throwIfAborted();
@@ -117,7 +120,9 @@ export class DoubleBarrier {
     let removed = false;
     try {
       // #join keeps `pending` on the key it may be creating (undefined once it knows it created none).
-      const joined = await this.#join(signal, pending, (creating) => { inFlight = creating; });
+      const joined = await this.#join(signal, pending, (creating) => {
+        inFlight = creating;
+      });
       const myKey = joined.key;
       const myRev = joined.rev;
       let round: bigint;
@@ -126,7 +131,10 @@ export class DoubleBarrier {
         await this.#deleteMine(myKey, myRev);
         throw new BarrierFullError(`${this.#what} already has ${this.count} participant(s) entering`);
       } else if (joined.position === this.count) {
-        round = await raceAbort(retrying(() => this.#startRound(myKey, myRev), { signals: [signal] }), signal);
+        round = await raceAbort(
+          retrying(() => this.#startRound(myKey, myRev), { signals: [signal] }),
+          signal,
+        );
         log('%s: %s completed the count, round %s started', this.#what, showKey(myKey), round);
       } else {
         log('%s: %s entered as %d of %d, waiting', this.#what, showKey(myKey), joined.position, this.count);
@@ -146,7 +154,12 @@ export class DoubleBarrier {
       this.#phase = 'idle';
       if (!removed) {
         // Remove the key this call may have created, after its Txn settled.
-        await cleanUpAfter(inFlight, () => (pending.key ? this.#deleteMine(pending.key, pending.rev) : Promise.resolve()), noop, log);
+        await cleanUpAfter(
+          inFlight,
+          () => (pending.key ? this.#deleteMine(pending.key, pending.rev) : Promise.resolve()),
+          noop,
+          log,
+        );
       }
       throw err;
     } finally {
@@ -165,7 +178,10 @@ export class DoubleBarrier {
     checkOptions(options);
     checkSignal(options.signal);
     if (this.#phase !== 'entered' || !this.#me) {
-      throw new InvalidArgumentError('this', `${this.#what}: leave() needs a successful enter() first${this.#phase === 'leaving' ? ' (already leaving)' : ''}`);
+      throw new InvalidArgumentError(
+        'this',
+        `${this.#what}: leave() needs a successful enter() first${this.#phase === 'leaving' ? ' (already leaving)' : ''}`,
+      );
     }
     const { session } = this;
     const me = this.#me;
@@ -216,17 +232,29 @@ export class DoubleBarrier {
    * A stale `ready` key (its round has no member left: a crash) is removed
    * first.
    */
-  async #join(signal: AbortSignal, pending: PendingKey, onAttempt: (creating: Promise<unknown>) => void):
-    Promise<{ key: Buffer; rev: bigint; position: number; state: LineState<bigint> }> {
+  async #join(
+    signal: AbortSignal,
+    pending: PendingKey,
+    onAttempt: (creating: Promise<unknown>) => void,
+  ): Promise<{ key: Buffer; rev: bigint; position: number; state: LineState<bigint> }> {
     const { session } = this;
     for (let attempt = 0; attempt < 50; attempt++) {
       // core/line.ts proves a landed attempt by our lease on the key, never by counting attempts:
       // etcd3 may have re-sent the Txn unseen, and a second participant key would be a phantom.
-      const creating = createUniqueKey(session, this.#waiters, [op.range(this.#waiters, { prefix: true, countOnly: true })],
-        pending, signal, {
+      const creating = createUniqueKey(
+        session,
+        this.#waiters,
+        [op.range(this.#waiters, { prefix: true, countOnly: true })],
+        pending,
+        signal,
+        {
           compares: [cmp.version(this.#ready, '==', 0n)],
-          failureReads: [op.range(this.#ready), op.range(this.#waiters, { prefix: true, sortTarget: 'Create', sortOrder: 'Ascend', limit: 1 })],
-        });
+          failureReads: [
+            op.range(this.#ready),
+            op.range(this.#waiters, { prefix: true, sortTarget: 'Create', sortOrder: 'Ascend', limit: 1 }),
+          ],
+        },
+      );
       onAttempt(creating);
       const res = await raceAbort(creating, signal).catch((err: unknown) => {
         // The lease may be gone on the server before our session noticed.
@@ -239,8 +267,14 @@ export class DoubleBarrier {
           return { key, rev, position, state: { alive: true, revision: rev, blocker: this.#readyBlocker(undefined) } };
         }
         // Adopted after a lost reply: learn the position as of the key's creation.
-        const position = await raceAbort(retrying(() => this.#positionAt(rev), { signals: [signal] }), signal);
-        const state = await raceAbort(retrying(() => this.#readEnter(key, rev), { signals: [signal] }), signal);
+        const position = await raceAbort(
+          retrying(() => this.#positionAt(rev), { signals: [signal] }),
+          signal,
+        );
+        const state = await raceAbort(
+          retrying(() => this.#readEnter(key, rev), { signals: [signal] }),
+          signal,
+        );
         return { key, rev, position, state };
       }
       const [readyRes, oldestRes] = res.failure;
@@ -251,7 +285,10 @@ export class DoubleBarrier {
         throw new BarrierFullError(`${this.#what}: a round of ${this.count} is in progress`);
       }
       // No member of that round is left (crashed): its ready key is stale.
-      await raceAbort(retrying(() => this.#removeStaleReady(ready.modRevision), { signals: [signal] }), signal);
+      await raceAbort(
+        retrying(() => this.#removeStaleReady(ready.modRevision), { signals: [signal] }),
+        signal,
+      );
     }
     throw new BarrierFullError(`${this.#what}: could not enter (the barrier kept changing)`);
   }
@@ -271,10 +308,12 @@ export class DoubleBarrier {
   /** The count-th participant starts the round: create `<key>/ready` while its own key still exists. Returns the round's revision. */
   async #startRound(key: Buffer, rev: bigint): Promise<bigint> {
     for (let i = 0; i < 10; i++) {
-      const res = await txn(this.session.client,
+      const res = await txn(
+        this.session.client,
         [cmp.create(key, '==', rev), cmp.version(this.#ready, '==', 0n)],
         [op.put(this.#ready, '')],
-        [op.range(key), op.range(this.#ready)]);
+        [op.range(key), op.range(this.#ready)],
+      );
       if (res.succeeded) return res.revision;
       const mine = rangeAt(res, 0).kvs[0];
       const ready = rangeAt(res, 1).kvs[0];
@@ -311,12 +350,16 @@ export class DoubleBarrier {
    */
   async #readLeave(me: Participant, inLine: boolean): Promise<LineState<LeaveView>> {
     const members = { prefix: true, maxCreateRevision: me.round - 1n, limit: 1 } as const;
-    const res = await txn(this.session.client, [], [
-      op.range(me.key),
-      op.range(this.#waiters, { ...members, sortTarget: 'Create', sortOrder: 'Ascend' }),
-      op.range(this.#waiters, { ...members, sortTarget: 'Create', sortOrder: 'Descend' }),
-      op.range(this.#ready),
-    ]);
+    const res = await txn(
+      this.session.client,
+      [],
+      [
+        op.range(me.key),
+        op.range(this.#waiters, { ...members, sortTarget: 'Create', sortOrder: 'Ascend' }),
+        op.range(this.#waiters, { ...members, sortTarget: 'Create', sortOrder: 'Descend' }),
+        op.range(this.#ready),
+      ],
+    );
     const mine = rangeAt(res, 0).kvs[0];
     const view: LeaveView = {
       inLine: !!mine && mine.createRevision === me.rev,
@@ -341,10 +384,12 @@ export class DoubleBarrier {
   /** The last member leaves: delete its key and the round's ready key in one Txn. */
   #finishRound(me: Participant): () => Promise<void> {
     return async () => {
-      const res = await txn(this.session.client,
+      const res = await txn(
+        this.session.client,
         [cmp.create(me.key, '==', me.rev), cmp.mod(this.#ready, '==', me.round)],
         [op.delete(me.key), op.delete(this.#ready)],
-        [op.range(me.key)]);
+        [op.range(me.key)],
+      );
       if (res.succeeded) return;
       const mine = rangeAt(res, 0).kvs[0];
       if (!mine || mine.createRevision !== me.rev) {
@@ -361,7 +406,9 @@ export class DoubleBarrier {
   /** Deletes `<key>/ready` if it is still the one with mod revision `rev`. */
   async #removeStaleReady(rev: bigint): Promise<void> {
     try {
-      const res = await retrying(() => txn(this.session.client, [cmp.mod(this.#ready, '==', rev)], [op.delete(this.#ready)]));
+      const res = await retrying(() =>
+        txn(this.session.client, [cmp.mod(this.#ready, '==', rev)], [op.delete(this.#ready)]),
+      );
       if (res.succeeded) log('%s: removed the ready key of round %s (its members are gone)', this.#what, rev);
     } catch (err) {
       // The next enter() removes it as well.
@@ -372,5 +419,4 @@ export class DoubleBarrier {
   #deleteMine(key: Buffer, rev: bigint | undefined): Promise<void> {
     return deleteOwnKey(this.session, key, rev, log);
   }
-
 }

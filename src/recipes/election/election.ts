@@ -81,7 +81,13 @@ export interface ElectionEvents {
 }
 
 function leaderInfo(kv: KeyValue): LeaderInfo {
-  return { key: kv.key.toString(), value: kv.value.toString(), revision: kv.createRevision, modRevision: kv.modRevision, lease: kv.lease };
+  return {
+    key: kv.key.toString(),
+    value: kv.value.toString(),
+    revision: kv.createRevision,
+    modRevision: kv.modRevision,
+    lease: kv.lease,
+  };
 }
 
 /**
@@ -122,7 +128,9 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     this.#key = this.#line.key;
     this.#what = `election ${showKey(name)}`;
     // A 'lost' listener wants to hear of a deleted key at once: watch it.
-    (this as EventEmitter).on('newListener', (event: string | symbol) => { if (event === 'lost') this.#term?.watch(); });
+    (this as EventEmitter).on('newListener', (event: string | symbol) => {
+      if (event === 'lost') this.#term?.watch();
+    });
   }
 
   /** The campaign key of this session: `<name>/<lease hex>`. */
@@ -184,7 +192,8 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     checkValue(value, 'value');
     checkOptions(options);
     checkSignal(options.signal);
-    if (this.#campaign) throw new InvalidArgumentError('this', `${this.#what}: this Election object is already campaigning`);
+    if (this.#campaign)
+      throw new InvalidArgumentError('this', `${this.#what}: this Election object is already campaigning`);
     const bytes = toBuffer(value);
     const term = this.#term;
     if (term && !term.signal.aborted) {
@@ -194,8 +203,12 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     options.signal?.throwIfAborted();
     this.session.throwIfExpired();
     const stop = new AbortController();
-    const done = traced('campaign', () => electionTarget(this.name, this.#key, this.session),
-      () => this.#campaignOnce(bytes, options.signal, stop.signal), (_, __, waitMs) => ({ revision: this.#term!.revision, waitMs }));
+    const done = traced(
+      'campaign',
+      () => electionTarget(this.name, this.#key, this.session),
+      () => this.#campaignOnce(bytes, options.signal, stop.signal),
+      (_, __, waitMs) => ({ revision: this.#term!.revision, waitMs }),
+    );
     this.#campaign = { stop, done };
     try {
       await done;
@@ -210,13 +223,25 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     const line = this.#line;
     // Go's re-campaign: an existing key of this session keeps its place and gets the new value.
     const turn = (await joinLine(session, {
-      what, log, wait: true, signals: [callerSignal, stopSignal], localTurn: line.key,
+      what,
+      log,
+      wait: true,
+      signals: [callerSignal, stopSignal],
+      localTurn: line.key,
       enter: (pending, signal) => line.enter(value, true, pending, signal),
       read: (_key, rev) => line.read(rev),
     }))!;
     const own = turn.state.data!;
-    const term = new Term(session, this.#key, turn.rev, own.value, turn.state.revision + 1n, turn.releaseLocal, what,
-      (reason) => this.#onLost(term, reason));
+    const term = new Term(
+      session,
+      this.#key,
+      turn.rev,
+      own.value,
+      turn.state.revision + 1n,
+      turn.releaseLocal,
+      what,
+      (reason) => this.#onLost(term, reason),
+    );
     this.#term = term;
     if (this.listenerCount('lost') > 0) term.watch();
     log('%s: %s elected (revision %s)', what, this.key, turn.rev);
@@ -226,7 +251,11 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
   #onLost(term: Term, reason: unknown): void {
     log('%s: leadership of %s@%s lost: %s', this.#what, this.key, term.revision, (reason as Error)?.message);
     this.#emitSafely('lost', reason);
-    publish('electionDeposed', () => ({ ...electionTarget(this.name, this.#key, this.session), revision: term.revision, error: reason }));
+    publish('electionDeposed', () => ({
+      ...electionTarget(this.name, this.#key, this.session),
+      revision: term.revision,
+      error: reason,
+    }));
   }
 
   #emitSafely<K extends keyof ElectionEvents>(event: K, ...args: ElectionEvents[K]): void {
@@ -251,8 +280,17 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     const guard = await resolveGuard(client, options.guard);
     // Re-sending is harmless: the same value put again under the same compares.
     const res = await retrying(
-      () => raceAbort(txn(client, [cmp.create(this.#key, '==', term.revision), ...guard.compares], [op.put(this.#key, bytes, leaseId)],
-        [op.range(this.#key, { keysOnly: true }), ...guard.reads]), options.signal, term.signal),
+      () =>
+        raceAbort(
+          txn(
+            client,
+            [cmp.create(this.#key, '==', term.revision), ...guard.compares],
+            [op.put(this.#key, bytes, leaseId)],
+            [op.range(this.#key, { keysOnly: true }), ...guard.reads],
+          ),
+          options.signal,
+          term.signal,
+        ),
       { signals: [options.signal, term.signal], maxElapsedMs: Infinity },
     ).catch((err: unknown) => {
       // The lease may be gone on the server before our session noticed: the term is over.
@@ -290,7 +328,11 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     const term = this.#term;
     const leading = term && !term.signal.aborted;
     if (term) await term.resign();
-    if (leading) publish('electionResigned', () => ({ ...electionTarget(this.name, this.#key, this.session), revision: term.revision }));
+    if (leading)
+      publish('electionResigned', () => ({
+        ...electionTarget(this.name, this.#key, this.session),
+        revision: term.revision,
+      }));
   }
 
   /**
@@ -308,7 +350,11 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
   ifLeader(): ComparatorBuilder {
     const term = this.#term;
     if (!term || term.signal.aborted) throw new NotLeaderError(`${this.#what}: not the leader`);
-    return markGuard(this.session.client.if(this.#key, 'Create', '==', term.revision.toString()), 'NOT_LEADER', this.#what);
+    return markGuard(
+      this.session.client.if(this.#key, 'Create', '==', term.revision.toString()),
+      'NOT_LEADER',
+      this.#what,
+    );
   }
 
   /**
@@ -347,8 +393,16 @@ class Term {
   #resigning: Promise<void> | undefined;
   #resignStarted = false;
 
-  constructor(session: Session, key: Buffer, revision: bigint, value: Buffer, watchFrom: bigint, releaseLocal: LocalRelease,
-    what: string, onLost: (reason: unknown) => void) {
+  constructor(
+    session: Session,
+    key: Buffer,
+    revision: bigint,
+    value: Buffer,
+    watchFrom: bigint,
+    releaseLocal: LocalRelease,
+    what: string,
+    onLost: (reason: unknown) => void,
+  ) {
     this.#session = session;
     this.#key = key;
     this.revision = revision;
@@ -395,17 +449,29 @@ class Term {
     const signal = this.signal;
     if (signal.aborted) return;
     const { client } = this.#session;
-    openWatch(client, { key: this.#key, startRevision: revision, noPut: true }, {
-      onEvents: (events) => {
-        if (events.some((ev) => ev.type === 'delete')) {
-          this.lose(new NotLeaderError(`${this.#what}: our key ${showKey(this.#key)} was deleted`));
-        }
+    openWatch(
+      client,
+      { key: this.#key, startRevision: revision, noPut: true },
+      {
+        onEvents: (events) => {
+          if (events.some((ev) => ev.type === 'delete')) {
+            this.lose(new NotLeaderError(`${this.#what}: our key ${showKey(this.#key)} was deleted`));
+          }
+        },
+        onEnd: (err) => {
+          void this.#recheck(err);
+        },
       },
-      onEnd: (err) => { void this.#recheck(err); },
-    }, signal).then((handle) => {
-      if (signal.aborted) handle.close();
-      else this.#watch = handle;
-    }, (err: unknown) => { void this.#recheck(err); });
+      signal,
+    ).then(
+      (handle) => {
+        if (signal.aborted) handle.close();
+        else this.#watch = handle;
+      },
+      (err: unknown) => {
+        void this.#recheck(err);
+      },
+    );
   }
 
   async #recheck(cause: unknown): Promise<void> {
@@ -414,7 +480,10 @@ class Term {
     this.#watch = undefined;
     log('%s: watch on our key ended (%s); re-reading it', this.#what, (cause as Error)?.message);
     try {
-      const r = await retrying(() => range(this.#session.client, this.#key), { signals: [signal], maxElapsedMs: Infinity });
+      const r = await retrying(() => range(this.#session.client, this.#key), {
+        signals: [signal],
+        maxElapsedMs: Infinity,
+      });
       const kv = r.kvs[0];
       if (!kv || kv.createRevision !== this.revision) {
         this.lose(new NotLeaderError(`${this.#what}: our key ${showKey(this.#key)} was deleted`));
@@ -453,15 +522,24 @@ class Term {
  * revision under `<name>/`), read linearizably, or undefined when there is
  * none. Needs no session.
  */
-export async function getLeader(client: Namespace, name: string | Buffer, options: CampaignOptions = {}): Promise<LeaderInfo | undefined> {
+export async function getLeader(
+  client: Namespace,
+  name: string | Buffer,
+  options: CampaignOptions = {},
+): Promise<LeaderInfo | undefined> {
   checkClient(client);
   checkName(name, 'name');
   checkOptions(options);
   checkSignal(options.signal);
   const prefix = childPrefix(name);
   const r = await retrying(
-    () => raceAbort(range(client, prefix, { prefix: true, sortTarget: 'Create', sortOrder: 'Ascend', limit: 1 }), options.signal),
-    { signals: [options.signal] });
+    () =>
+      raceAbort(
+        range(client, prefix, { prefix: true, sortTarget: 'Create', sortOrder: 'Ascend', limit: 1 }),
+        options.signal,
+      ),
+    { signals: [options.signal] },
+  );
   const kv = r.kvs[0];
   return kv ? leaderInfo(kv) : undefined;
 }
@@ -481,7 +559,11 @@ export function observeLeader(client: Namespace, name: string | Buffer, options:
 
 function sameState(a: LeaderState, b: LeaderState): boolean {
   if (!a.leader || !b.leader) return !a.leader && !b.leader;
-  return a.leader.key === b.leader.key && a.leader.revision === b.leader.revision && a.leader.modRevision === b.leader.modRevision;
+  return (
+    a.leader.key === b.leader.key &&
+    a.leader.revision === b.leader.revision &&
+    a.leader.modRevision === b.leader.modRevision
+  );
 }
 
 function isClientClosed(err: unknown): boolean {
@@ -634,7 +716,7 @@ export class LeaderObserver implements AsyncIterableIterator<LeaderState>, Async
 
   /** Applies watch events, publishing a state after each revision that changed the leader. */
   #apply(events: WatchEvent[]): void {
-    for (let i = 0; i < events.length;) {
+    for (let i = 0; i < events.length; ) {
       const revision = events[i]!.kv.modRevision;
       for (; i < events.length && events[i]!.kv.modRevision === revision; i++) {
         const ev = events[i]!;
@@ -645,7 +727,11 @@ export class LeaderObserver implements AsyncIterableIterator<LeaderState>, Async
         } else {
           this.#candidates.set(id, ev.kv);
           // A key created while nobody leads becomes leader; one behind the leader does not.
-          if (this.#leaderId !== undefined && this.#candidates.get(this.#leaderId)!.createRevision > ev.kv.createRevision) this.#leaderId = undefined;
+          if (
+            this.#leaderId !== undefined &&
+            this.#candidates.get(this.#leaderId)!.createRevision > ev.kv.createRevision
+          )
+            this.#leaderId = undefined;
         }
       }
       this.#publish(revision);
@@ -666,14 +752,21 @@ export class LeaderObserver implements AsyncIterableIterator<LeaderState>, Async
       try {
         let buffered: WatchEvent[] | undefined = [];
         let endWatch: (err: Error) => void = () => undefined;
-        const ended = new Promise<Error>((resolve) => { endWatch = resolve; });
-        handle = await openWatch(client, { key: this.#prefix, prefix: true }, {
-          onEvents: (events) => {
-            if (buffered) buffered.push(...events);
-            else this.#apply(events);
+        const ended = new Promise<Error>((resolve) => {
+          endWatch = resolve;
+        });
+        handle = await openWatch(
+          client,
+          { key: this.#prefix, prefix: true },
+          {
+            onEvents: (events) => {
+              if (buffered) buffered.push(...events);
+              else this.#apply(events);
+            },
+            onEnd: (err) => endWatch(err),
           },
-          onEnd: (err) => endWatch(err),
-        }, signal);
+          signal,
+        );
         const at = handle.createdRevision;
         const r = await raceAbort(range(client, this.#prefix, { prefix: true, revision: at }), signal);
         this.#candidates = new Map(r.kvs.map((kv) => [kv.key.toString('hex'), kv]));
@@ -690,7 +783,8 @@ export class LeaderObserver implements AsyncIterableIterator<LeaderState>, Async
         if (err instanceof WatchCompactedError) continue;
       } catch (err) {
         if (signal.aborted) break;
-        const retry = isTransient(err) || err instanceof WatchCompactedError || /compacted/i.test((err as Error)?.message ?? '');
+        const retry =
+          isTransient(err) || err instanceof WatchCompactedError || /compacted/i.test((err as Error)?.message ?? '');
         if (!retry) {
           log('%s: failed: %s', this.#what, (err as Error)?.message);
           this.#finish({ err });

@@ -6,7 +6,15 @@ import { logger } from '../../core/log.js';
 import { isTransient } from '../../core/retry.js';
 import { inFreshSessions, type RoundOutcome } from '../../core/fresh-sessions.js';
 import type { Session } from '../../core/session.js';
-import { checkClient, checkFunction, checkInteger, checkName, checkOptions, checkSignal, checkValue } from '../../core/validate.js';
+import {
+  checkClient,
+  checkFunction,
+  checkInteger,
+  checkName,
+  checkOptions,
+  checkSignal,
+  checkValue,
+} from '../../core/validate.js';
 import { Election, observeLeader, type LeaderInfo } from './election.js';
 
 const log = logger('election');
@@ -67,7 +75,11 @@ export interface RunAsLeaderOptions {
   onNewLeader?: (value: string | undefined, leader: LeaderInfo | undefined) => void;
 }
 
-type Outcome<T> = { kind: 'finished'; value: T } | { kind: 'threw'; error: unknown } | { kind: 'lost'; started: boolean } | { kind: 'stopped' };
+type Outcome<T> =
+  | { kind: 'finished'; value: T }
+  | { kind: 'threw'; error: unknown }
+  | { kind: 'lost'; started: boolean }
+  | { kind: 'stopped' };
 
 function call<A extends unknown[]>(name: string, fn: ((...args: A) => void) | undefined, ...args: A): void {
   if (!fn) return;
@@ -107,14 +119,25 @@ function call<A extends unknown[]>(name: string, fn: ((...args: A) => void) | un
  * @returns what `task` returned
  * @throws the outer signal's reason when it aborts; the task's error
  */
-export async function runAsLeader<T>(client: Namespace, name: string | Buffer,
-  task: (signal: AbortSignal, ctx: LeaderContext) => Promise<T> | T, options: RunAsLeaderOptions = {}): Promise<T> {
+export async function runAsLeader<T>(
+  client: Namespace,
+  name: string | Buffer,
+  task: (signal: AbortSignal, ctx: LeaderContext) => Promise<T> | T,
+  options: RunAsLeaderOptions = {},
+): Promise<T> {
   checkClient(client);
   checkName(name, 'name');
   checkFunction(task, 'task');
   checkOptions(options);
   checkSignal(options.signal);
-  const { value = `${hostname()}:${process.pid}`, ttl = 60, signal: outer, onElected, onDeposed, onNewLeader } = options;
+  const {
+    value = `${hostname()}:${process.pid}`,
+    ttl = 60,
+    signal: outer,
+    onElected,
+    onDeposed,
+    onNewLeader,
+  } = options;
   checkValue(value, 'options.value');
   checkInteger(ttl, 'options.ttl', 1, 9_000_000_000);
   if (onElected !== undefined) checkFunction(onElected, 'options.onElected');
@@ -123,37 +146,55 @@ export async function runAsLeader<T>(client: Namespace, name: string | Buffer,
   outer?.throwIfAborted();
 
   const watching = linkSignals(outer);
-  const observing = onNewLeader ? (async () => {
-    try {
-      for await (const state of observeLeader(client, name, { signal: watching.signal })) call('onNewLeader', onNewLeader, state.leader?.value, state.leader);
-    } catch (err) {
-      log('runAsLeader: observing %s failed: %s', String(name), (err as Error)?.message);
-    }
-  })() : undefined;
+  const observing = onNewLeader
+    ? (async () => {
+        try {
+          for await (const state of observeLeader(client, name, { signal: watching.signal }))
+            call('onNewLeader', onNewLeader, state.leader?.value, state.leader);
+        } catch (err) {
+          log('runAsLeader: observing %s failed: %s', String(name), (err as Error)?.message);
+        }
+      })()
+    : undefined;
 
   try {
-    return await inFreshSessions(client, { ttl, signal: outer, what: `runAsLeader ${String(name)}`, log }, async (session): Promise<RoundOutcome<T>> => {
-      const election = new Election(session, name);
-      try {
-        await election.campaign(value, { signal: outer });
-      } catch (err) {
-        // The session was lost while we waited, or etcd is unreachable: a fresh session, after a pause.
-        if (outer?.aborted || (!isRecipeError(err, 'SESSION_EXPIRED') && !isTransient(err))) throw err;
-        log('runAsLeader: campaign for %s failed (%s); campaigning again', String(name), (err as Error)?.message);
-        return { lost: true, reason: err };
-      }
-      const outcome = await term(election, session, task, outer, onElected);
-      if (outcome.kind !== 'lost' || outcome.started) {
-        call('onDeposed', onDeposed, outcome.kind === 'lost' ? election.signal!.reason
-          : outcome.kind === 'stopped' ? abortReason(outer!) : undefined);
-      }
-      switch (outcome.kind) {
-        case 'finished': return { lost: false, value: outcome.value };
-        case 'threw': throw outcome.error;
-        case 'stopped': throw abortReason(outer!);
-        case 'lost': return { lost: true, reason: election.signal!.reason };
-      }
-    });
+    return await inFreshSessions(
+      client,
+      { ttl, signal: outer, what: `runAsLeader ${String(name)}`, log },
+      async (session): Promise<RoundOutcome<T>> => {
+        const election = new Election(session, name);
+        try {
+          await election.campaign(value, { signal: outer });
+        } catch (err) {
+          // The session was lost while we waited, or etcd is unreachable: a fresh session, after a pause.
+          if (outer?.aborted || (!isRecipeError(err, 'SESSION_EXPIRED') && !isTransient(err))) throw err;
+          log('runAsLeader: campaign for %s failed (%s); campaigning again', String(name), (err as Error)?.message);
+          return { lost: true, reason: err };
+        }
+        const outcome = await term(election, session, task, outer, onElected);
+        if (outcome.kind !== 'lost' || outcome.started) {
+          call(
+            'onDeposed',
+            onDeposed,
+            outcome.kind === 'lost'
+              ? election.signal!.reason
+              : outcome.kind === 'stopped'
+                ? abortReason(outer!)
+                : undefined,
+          );
+        }
+        switch (outcome.kind) {
+          case 'finished':
+            return { lost: false, value: outcome.value };
+          case 'threw':
+            throw outcome.error;
+          case 'stopped':
+            throw abortReason(outer!);
+          case 'lost':
+            return { lost: true, reason: election.signal!.reason };
+        }
+      },
+    );
   } finally {
     watching.abort();
     await observing;
@@ -161,8 +202,13 @@ export async function runAsLeader<T>(client: Namespace, name: string | Buffer,
 }
 
 /** One term: run the task while leader, then resign unless the term was lost. */
-async function term<T>(election: Election, session: Session, task: (signal: AbortSignal, ctx: LeaderContext) => Promise<T> | T,
-  outer: AbortSignal | undefined, onElected: RunAsLeaderOptions['onElected']): Promise<Outcome<T>> {
+async function term<T>(
+  election: Election,
+  session: Session,
+  task: (signal: AbortSignal, ctx: LeaderContext) => Promise<T> | T,
+  outer: AbortSignal | undefined,
+  onElected: RunAsLeaderOptions['onElected'],
+): Promise<Outcome<T>> {
   const leadership = election.signal!;
   // Lost between the election and now (our key deleted at once): do not start a task for it.
   if (leadership.aborted) return { kind: 'lost', started: false };

@@ -59,9 +59,12 @@ export interface MultiLockContext {
  */
 function lockOrder(names: unknown): (string | Buffer)[] {
   if (!Array.isArray(names) || names.length === 0) {
-    throw new InvalidArgumentError('names', `must be a non-empty array of lock names, got ${Array.isArray(names) ? 'an empty array' : typeof names}`);
+    throw new InvalidArgumentError(
+      'names',
+      `must be a non-empty array of lock names, got ${Array.isArray(names) ? 'an empty array' : typeof names}`,
+    );
   }
-  names.forEach((n: unknown, i) => checkName(n, `names[${i}]`));
+  for (const [i, n] of (names as unknown[]).entries()) checkName(n, `names[${i}]`);
   const byBytes = new Map<string, string | Buffer>();
   for (const n of names as (string | Buffer)[]) {
     const id = toBuffer(n).toString('latin1');
@@ -84,7 +87,11 @@ function lockOrder(names: unknown): (string | Buffer)[] {
  * @throws InvalidArgumentError for an empty list, a bad name or a non-Session
  * @throws SessionExpiredError if the session's lease is lost while waiting
  */
-export async function acquireAll(session: Session, names: readonly (string | Buffer)[], options: LockOptions = {}): Promise<MultiLockHandle> {
+export async function acquireAll(
+  session: Session,
+  names: readonly (string | Buffer)[],
+  options: LockOptions = {},
+): Promise<MultiLockHandle> {
   checkSession(session);
   const ordered = lockOrder(names);
   checkOptions(options);
@@ -93,9 +100,14 @@ export async function acquireAll(session: Session, names: readonly (string | Buf
   session.throwIfExpired();
   const held: LockHandle[] = [];
   try {
-    await traced('multiLock', () => ({ names: ordered.map((n) => showKey(n)), leaseId: session.leaseId }), async () => {
-      for (const name of ordered) held.push(await new Mutex(session, name).acquire({ signal: options.signal }));
-    }, (_, __, waitMs) => ({ keys: held.map((h) => h.key), fencingTokens: held.map((h) => h.fencingToken), waitMs }));
+    await traced(
+      'multiLock',
+      () => ({ names: ordered.map((n) => showKey(n)), leaseId: session.leaseId }),
+      async () => {
+        for (const name of ordered) held.push(await new Mutex(session, name).acquire({ signal: options.signal }));
+      },
+      (_, __, waitMs) => ({ keys: held.map((h) => h.key), fencingTokens: held.map((h) => h.fencingToken), waitMs }),
+    );
   } catch (err) {
     log('acquiring %d locks failed after %d: %s', ordered.length, held.length, (err as Error)?.message);
     await Promise.all(held.map((h) => h.release().catch(() => undefined)));
@@ -138,7 +150,8 @@ class MultiLock implements MultiLockHandle {
   }
 
   ifOwner(): ComparatorBuilder {
-    if (this.released) throw new LockNotHeldError(`locks ${this.names.map((n) => showKey(n)).join(', ')} are not all held`);
+    if (this.released)
+      throw new LockNotHeldError(`locks ${this.names.map((n) => showKey(n)).join(', ')} are not all held`);
     const [first, ...rest] = this.#keys.map((k, i) => [k, this.locks[i]!.fencingToken.toString()] as const);
     let builder = this.#session.client.if(first![0], 'Create', '==', first![1]);
     for (const [key, token] of rest) builder = builder.and(key, 'Create', '==', token);
@@ -166,8 +179,12 @@ class MultiLock implements MultiLockHandle {
  * often.
  * @returns what `fn` returns
  */
-export async function withLocks<T>(client: Namespace, names: readonly (string | Buffer)[],
-  fn: (ctx: MultiLockContext) => Promise<T> | T, options: WithLockOptions = {}): Promise<T> {
+export async function withLocks<T>(
+  client: Namespace,
+  names: readonly (string | Buffer)[],
+  fn: (ctx: MultiLockContext) => Promise<T> | T,
+  options: WithLockOptions = {},
+): Promise<T> {
   checkClient(client);
   lockOrder(names);
   checkFunction(fn, 'fn');
@@ -175,13 +192,16 @@ export async function withLocks<T>(client: Namespace, names: readonly (string | 
   checkSignal(options.signal);
   if (options.session !== undefined) checkSession(options.session, 'options.session');
   else if (options.ttl !== undefined) checkInteger(options.ttl, 'options.ttl', 1);
-  const session = options.session ?? await Session.create(client, { ttl: options.ttl, signal: options.signal });
+  const session = options.session ?? (await Session.create(client, { ttl: options.ttl, signal: options.signal }));
   try {
     const handle = await acquireAll(session, names, { signal: options.signal });
     const linked = linkSignals(handle.signal, options.signal);
     try {
       return await fn({
-        signal: linked.signal, names: handle.names, keys: handle.keys, fencingTokens: handle.fencingTokens,
+        signal: linked.signal,
+        names: handle.names,
+        keys: handle.keys,
+        fencingTokens: handle.fencingTokens,
         ifOwner: () => handle.ifOwner(),
       });
     } finally {

@@ -7,7 +7,7 @@ import { Holding, type HeldKey } from '../../core/holding.js';
 import { showKey } from '../../core/keys.js';
 import { joinLine, SessionLine } from '../../core/line.js';
 import { logger } from '../../core/log.js';
-import { checkSession, createOwnedSession, Session } from '../../core/session.js';
+import { checkSession, createOwnedSession, type Session } from '../../core/session.js';
 import { checkClient, checkFunction, checkInteger, checkName, checkOptions, checkSignal } from '../../core/validate.js';
 
 const log = logger('mutex');
@@ -141,7 +141,10 @@ export class Mutex {
 
   #beginLocking(): void {
     if (this.held || this.#locking) {
-      throw new InvalidArgumentError('this', `mutex ${showKey(this.name)} is already locked or locking through this Mutex object; use acquire() for more than one holder`);
+      throw new InvalidArgumentError(
+        'this',
+        `mutex ${showKey(this.name)} is already locked or locking through this Mutex object; use acquire() for more than one holder`,
+      );
     }
     this.#held = undefined;
     this.#locking = true;
@@ -157,7 +160,12 @@ export class Mutex {
     const line = this.#line;
     const lock = lockTarget('mutex', this.name, session);
     const turn = await joinLine(session, {
-      what, log, wait, lock, signals: [options.signal], localTurn: line.key,
+      what,
+      log,
+      wait,
+      lock,
+      signals: [options.signal],
+      localTurn: line.key,
       enter: (pending, signal) => line.enter(EMPTY, false, pending, signal),
       read: (_key, rev) => line.read(rev),
     });
@@ -197,8 +205,12 @@ export interface WithLockOptions {
  * `fn` receives a signal that aborts if the lock may be lost.
  * @returns what `fn` returns
  */
-export async function withLock<T>(client: Namespace, name: string | Buffer,
-  fn: (ctx: LockContext) => Promise<T> | T, options: WithLockOptions = {}): Promise<T> {
+export async function withLock<T>(
+  client: Namespace,
+  name: string | Buffer,
+  fn: (ctx: LockContext) => Promise<T> | T,
+  options: WithLockOptions = {},
+): Promise<T> {
   checkClient(client);
   checkName(name, 'name');
   checkFunction(fn, 'fn');
@@ -206,12 +218,17 @@ export async function withLock<T>(client: Namespace, name: string | Buffer,
   checkSignal(options.signal);
   if (options.session !== undefined) checkSession(options.session, 'options.session');
   else if (options.ttl !== undefined) checkInteger(options.ttl, 'options.ttl', 1);
-  const session = options.session ?? await createOwnedSession(client, { ttl: options.ttl, signal: options.signal });
+  const session = options.session ?? (await createOwnedSession(client, { ttl: options.ttl, signal: options.signal }));
   try {
     const handle = await new Mutex(session, name).acquire({ signal: options.signal });
     const linked = linkSignals(handle.signal, options.signal);
     try {
-      return await fn({ signal: linked.signal, fencingToken: handle.fencingToken, key: handle.key, ifOwner: () => handle.ifOwner() });
+      return await fn({
+        signal: linked.signal,
+        fencingToken: handle.fencingToken,
+        key: handle.key,
+        ifOwner: () => handle.ifOwner(),
+      });
     } finally {
       linked.dispose();
       await handle.release();

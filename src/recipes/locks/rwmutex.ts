@@ -195,8 +195,11 @@ export class RWMutex {
 
   async #lockObject(mode: RWLockMode, options: RWLockOptions, wait: boolean): Promise<boolean> {
     if (this.held || this.#locking) {
-      throw new InvalidArgumentError('this', `rwmutex ${showKey(this.name)} is already locked (${this.mode ?? 'taking a lock'}) through this RWMutex object; ` +
-        'a second lock on it would wait for the first forever (no reentrancy, no upgrade); use acquireRead()/acquireWrite() for more than one hold');
+      throw new InvalidArgumentError(
+        'this',
+        `rwmutex ${showKey(this.name)} is already locked (${this.mode ?? 'taking a lock'}) through this RWMutex object; ` +
+          'a second lock on it would wait for the first forever (no reentrancy, no upgrade); use acquireRead()/acquireWrite() for more than one hold',
+      );
     }
     this.#locking = true;
     try {
@@ -230,7 +233,11 @@ export class RWMutex {
     const lock = lockTarget('rwmutex', this.name, session, 1, mode);
     // Keys are unique per call: no local turn is needed.
     const turn = await joinLine(session, {
-      what, log, wait, lock, signals: [options.signal],
+      what,
+      log,
+      wait,
+      lock,
+      signals: [options.signal],
       enter: (pending, signal) => this.#enter(mode, pending, signal),
       read: (key, rev) => this.#readLine(mode, key, rev),
     });
@@ -242,8 +249,28 @@ export class RWMutex {
   /** The range that finds what blocks a `mode` waiter: the newest older writer, or our own key and the newest older key. */
   #blockerRange(mode: RWLockMode, maxCreateRevision?: bigint): { key: Buffer; options: RangeOptions } {
     return mode === 'read'
-      ? { key: this.#writeDir, options: { prefix: true, maxCreateRevision, sortTarget: 'Create', sortOrder: 'Descend', limit: 1, keysOnly: true } }
-      : { key: this.#prefix, options: { prefix: true, maxCreateRevision, sortTarget: 'Create', sortOrder: 'Descend', limit: 2, keysOnly: true } };
+      ? {
+          key: this.#writeDir,
+          options: {
+            prefix: true,
+            maxCreateRevision,
+            sortTarget: 'Create',
+            sortOrder: 'Descend',
+            limit: 1,
+            keysOnly: true,
+          },
+        }
+      : {
+          key: this.#prefix,
+          options: {
+            prefix: true,
+            maxCreateRevision,
+            sortTarget: 'Create',
+            sortOrder: 'Descend',
+            limit: 2,
+            keysOnly: true,
+          },
+        };
   }
 
   /**
@@ -255,7 +282,13 @@ export class RWMutex {
   async #enter(mode: RWLockMode, pending: PendingKey, signal: AbortSignal): Promise<LineState> {
     const dir = mode === 'read' ? this.#readDir : this.#writeDir;
     const blocker = this.#blockerRange(mode);
-    const { key, rev, reads } = await createUniqueKey(this.session, dir, [op.range(blocker.key, blocker.options)], pending, signal);
+    const { key, rev, reads } = await createUniqueKey(
+      this.session,
+      dir,
+      [op.range(blocker.key, blocker.options)],
+      pending,
+      signal,
+    );
     // Adopted after a lost reply: read the line anew.
     if (!reads) return retrying(() => this.#readLine(mode, key, rev), { signals: [signal], maxElapsedMs: Infinity });
     const kvs = (reads[0] as RangeResult).kvs;
@@ -298,4 +331,3 @@ export class RWMutex {
     };
   }
 }
-

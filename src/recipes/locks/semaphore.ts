@@ -49,7 +49,6 @@ export interface SemaphoreUsage {
   waiters: number;
 }
 
-
 /** What a waiter's read tells it beyond "blocked or not": who to wake once it holds. */
 interface LineData {
   /** Our own keys as read (their mod revisions show whether someone touched them already). */
@@ -180,12 +179,17 @@ export class Semaphore {
    */
   async usage(): Promise<SemaphoreUsage> {
     const r = await range(this.session.client, this.#queueDir, {
-      prefix: true, sortTarget: 'Create', sortOrder: 'Ascend', limit: this.permits + 1, keysOnly: true,
+      prefix: true,
+      sortTarget: 'Create',
+      sortOrder: 'Ascend',
+      limit: this.permits + 1,
+      keysOnly: true,
     });
     // Requests hold in order while they fit; the first one that does not fit (or is cut by the limit) waits.
     let holders = 0;
     for (const g of groupByRevision(r.kvs.slice(0, this.permits))) {
-      const complete = holders + g.length < r.kvs.length && r.kvs[holders + g.length]!.createRevision !== g[0]!.createRevision;
+      const complete =
+        holders + g.length < r.kvs.length && r.kvs[holders + g.length]!.createRevision !== g[0]!.createRevision;
       if (holders + g.length > this.permits || (!complete && holders + g.length < Number(r.count))) break;
       holders += g.length;
     }
@@ -207,7 +211,11 @@ export class Semaphore {
     const lock = lockTarget('semaphore', this.name, session, n);
     // Keys are unique per call: no local turn is needed.
     const turn = await joinLine<LineData>(session, {
-      what, log, wait, lock, signals: [options.signal],
+      what,
+      log,
+      wait,
+      lock,
+      signals: [options.signal],
       enter: async (pending, signal) => {
         const entered = await this.#enter(n, pending, signal);
         request = entered.request;
@@ -227,7 +235,11 @@ export class Semaphore {
     const base = uniqueKey(this.#queueDir);
     if (n === 1) return { n, keys: [base], group: undefined };
     const group = Buffer.concat([base, Buffer.from('-')]);
-    return { n, group, keys: Array.from({ length: n }, (_, i) => Buffer.concat([group, Buffer.from(String(i).padStart(3, '0'))])) };
+    return {
+      n,
+      group,
+      keys: Array.from({ length: n }, (_, i) => Buffer.concat([group, Buffer.from(String(i).padStart(3, '0'))])),
+    };
   }
 
   /**
@@ -236,8 +248,22 @@ export class Semaphore {
    */
   #lineReads(n: number, maxCreateRevision?: bigint): Op[] {
     return [
-      op.range(this.#queueDir, { prefix: true, maxCreateRevision, sortTarget: 'Create', sortOrder: 'Ascend', limit: this.permits + 1, keysOnly: true }),
-      op.range(this.#queueDir, { prefix: true, maxCreateRevision, sortTarget: 'Create', sortOrder: 'Descend', limit: n + 1, keysOnly: true }),
+      op.range(this.#queueDir, {
+        prefix: true,
+        maxCreateRevision,
+        sortTarget: 'Create',
+        sortOrder: 'Ascend',
+        limit: this.permits + 1,
+        keysOnly: true,
+      }),
+      op.range(this.#queueDir, {
+        prefix: true,
+        maxCreateRevision,
+        sortTarget: 'Create',
+        sortOrder: 'Descend',
+        limit: n + 1,
+        keysOnly: true,
+      }),
     ];
   }
 
@@ -249,7 +275,11 @@ export class Semaphore {
    * aborts; a retry whose earlier attempt did land finds the first key with
    * our lease and adopts the request (its keys were written together).
    */
-  async #enter(n: number, pending: PendingKey, signal: AbortSignal): Promise<{ request: Request; state: LineState<LineData> }> {
+  async #enter(
+    n: number,
+    pending: PendingKey,
+    signal: AbortSignal,
+  ): Promise<{ request: Request; state: LineState<LineData> }> {
     const { client, leaseId } = this.session;
     const count = String(this.permits);
     let createCount = false;
@@ -260,17 +290,32 @@ export class Semaphore {
       pending.key = key;
       pending.rev = undefined;
       pending.group = request.group;
-      const countGuard = createCount ? cmp.create(this.#permitsKey, '==', 0n) : cmp.value(this.#permitsKey, '==', count);
+      const countGuard = createCount
+        ? cmp.create(this.#permitsKey, '==', 0n)
+        : cmp.value(this.#permitsKey, '==', count);
       const puts = request.keys.map((k) => op.put(k, '', leaseId));
       const writes = createCount ? [op.put(this.#permitsKey, count), ...puts] : puts;
-      const res: TxnResult = await retrying(() => txn(client,
-        [countGuard, ...request.keys.map((k) => cmp.create(k, '==', 0n))],
-        [...writes, ...this.#lineReads(n)],
-        [op.range(this.#permitsKey), op.range(key, { keysOnly: true })]), { signals: [signal], maxElapsedMs: Infinity });
+      const res: TxnResult = await retrying(
+        () =>
+          txn(
+            client,
+            [countGuard, ...request.keys.map((k) => cmp.create(k, '==', 0n))],
+            [...writes, ...this.#lineReads(n)],
+            [op.range(this.#permitsKey), op.range(key, { keysOnly: true })],
+          ),
+        { signals: [signal], maxElapsedMs: Infinity },
+      );
       if (res.succeeded) {
         pending.rev = res.revision;
-        if (createCount) log('semaphore %s: stored %s permits in %s', showKey(this.name), count, showKey(this.#permitsKey));
-        const state = this.#lineState(request, res.revision, res.revision, rangeAt(res, writes.length).kvs, rangeAt(res, writes.length + 1).kvs);
+        if (createCount)
+          log('semaphore %s: stored %s permits in %s', showKey(this.name), count, showKey(this.#permitsKey));
+        const state = this.#lineState(
+          request,
+          res.revision,
+          res.revision,
+          rangeAt(res, writes.length).kvs,
+          rangeAt(res, writes.length + 1).kvs,
+        );
         return { request, state };
       }
       const stored = rangeAt(res, 0).kvs[0];
@@ -288,12 +333,16 @@ export class Semaphore {
         createCount = false;
         const value = stored.value.toString();
         if (value !== count) {
-          throw new InvalidArgumentError('permits', `semaphore ${showKey(this.name)} has ${JSON.stringify(value)} permits stored in ` +
-            `${showKey(this.#permitsKey)}, this Semaphore was created with ${count}; every user of a name must pass the same count ` +
-            '(delete the key while nobody uses the semaphore to change it)');
+          throw new InvalidArgumentError(
+            'permits',
+            `semaphore ${showKey(this.name)} has ${JSON.stringify(value)} permits stored in ` +
+              `${showKey(this.#permitsKey)}, this Semaphore was created with ${count}; every user of a name must pass the same count ` +
+              '(delete the key while nobody uses the semaphore to change it)',
+          );
         }
       }
-      if (attempt >= MAX_UNIQUE_ATTEMPTS) throw new Error(`semaphore ${showKey(this.name)}: could not queue after ${attempt} attempts`);
+      if (attempt >= MAX_UNIQUE_ATTEMPTS)
+        throw new Error(`semaphore ${showKey(this.name)}: could not queue after ${attempt} attempts`);
     }
   }
 
@@ -302,11 +351,28 @@ export class Semaphore {
     const reads = this.#lineReads(request.n, rev);
     const behind = Math.min(this.permits - 1, WAKE_AHEAD);
     if (behind > 0) {
-      reads.push(op.range(this.#queueDir, { prefix: true, minCreateRevision: rev + 1n, sortTarget: 'Create', sortOrder: 'Ascend', limit: behind, keysOnly: true }));
+      reads.push(
+        op.range(this.#queueDir, {
+          prefix: true,
+          minCreateRevision: rev + 1n,
+          sortTarget: 'Create',
+          sortOrder: 'Ascend',
+          limit: behind,
+          keysOnly: true,
+        }),
+      );
     }
     const res = await txn(this.session.client, [], reads);
     const after = behind > 0 ? rangeAt(res, 2).kvs : [];
-    return this.#lineState(request, rev, res.revision, rangeAt(res, 0).kvs, rangeAt(res, 1).kvs, after, after.length === behind);
+    return this.#lineState(
+      request,
+      rev,
+      res.revision,
+      rangeAt(res, 0).kvs,
+      rangeAt(res, 1).kvs,
+      after,
+      after.length === behind,
+    );
   }
 
   /**
@@ -321,8 +387,15 @@ export class Semaphore {
    * waiter (its deletion, or its touch when it became a holder): we watch
    * one of its keys (it touches them all).
    */
-  #lineState(request: Request, rev: bigint, revision: bigint, first: KeyValue[], last: KeyValue[],
-    behind: KeyValue[] = [], behindCut = false): LineState<LineData> {
+  #lineState(
+    request: Request,
+    rev: bigint,
+    revision: bigint,
+    first: KeyValue[],
+    last: KeyValue[],
+    behind: KeyValue[] = [],
+    behindCut = false,
+  ): LineState<LineData> {
     const own = last.filter((kv) => kv.createRevision === rev);
     const key = request.keys[0]!;
     if (own.length !== request.n || !own.some((kv) => kv.key.equals(key))) return { alive: false, revision };
@@ -330,8 +403,14 @@ export class Semaphore {
     const data: LineData = { own, place, behind, behindCut };
     if (place + request.n <= this.permits) return { alive: true, revision, data };
     const pred = last.find((kv) => kv.createRevision < rev);
-    if (place <= this.permits || !pred) return { alive: true, revision, data, blocker: { kind: 'prefix-deletes', prefix: this.#queueDir } };
-    return { alive: true, revision, data, blocker: { kind: 'key', key: pred.key, createRevision: pred.createRevision, anyEvent: true } };
+    if (place <= this.permits || !pred)
+      return { alive: true, revision, data, blocker: { kind: 'prefix-deletes', prefix: this.#queueDir } };
+    return {
+      alive: true,
+      revision,
+      data,
+      blocker: { kind: 'key', key: pred.key, createRevision: pred.createRevision, anyEvent: true },
+    };
   }
 
   /**
@@ -362,10 +441,18 @@ export class Semaphore {
     if (groups.length === 0) return;
     const { client, signal } = this.session;
     // The key's own lease: a put without it would detach the key from its owner's lease.
-    const touch = (kvs: KeyValue[]) => retrying(() => txn(client,
-      kvs.map((kv) => cmp.create(kv.key, '==', kv.createRevision)),
-      kvs.map((kv) => op.put(kv.key, '', kv.lease))), { signals: [signal], maxElapsedMs: Infinity });
-    const failed = (err: unknown) => log('touch failed (the waiter behind wakes when the key is deleted): %s', (err as Error).message);
+    const touch = (kvs: KeyValue[]) =>
+      retrying(
+        () =>
+          txn(
+            client,
+            kvs.map((kv) => cmp.create(kv.key, '==', kv.createRevision)),
+            kvs.map((kv) => op.put(kv.key, '', kv.lease)),
+          ),
+        { signals: [signal], maxElapsedMs: Infinity },
+      );
+    const failed = (err: unknown) =>
+      log('touch failed (the waiter behind wakes when the key is deleted): %s', (err as Error).message);
     // All in one Txn when it fits etcd's op limit, so that every woken waiter reads them all
     // done; otherwise, or if one of the requests is gone meanwhile (its owner left), request by request.
     const all = groups.flat();
@@ -374,6 +461,8 @@ export class Semaphore {
       void oneByOne();
       return;
     }
-    void touch(all).then((res) => (res.succeeded ? undefined : oneByOne())).catch(failed);
+    void touch(all)
+      .then((res) => (res.succeeded ? undefined : oneByOne()))
+      .catch(failed);
   }
 }

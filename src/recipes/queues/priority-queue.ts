@@ -83,8 +83,12 @@ export class PriorityQueue extends ItemQueue {
     checkValue(value, 'value');
     checkInteger(priority, 'priority', 0, MAX_PRIORITY);
     ItemQueue.checkEnqueueOptions(options);
-    return traced('enqueue', () => ({ recipe: 'priority-queue' as const, name: this.diagName, priority }),
-      () => this.#enqueue(value, priority, options), (key) => ({ key }));
+    return traced(
+      'enqueue',
+      () => ({ recipe: 'priority-queue' as const, name: this.diagName, priority }),
+      () => this.#enqueue(value, priority, options),
+      (key) => ({ key }),
+    );
   }
 
   async #enqueue(value: string | Buffer, priority: number, options: EnqueueOptions): Promise<string> {
@@ -94,7 +98,13 @@ export class PriorityQueue extends ItemQueue {
     const level = Buffer.concat([this.items, Buffer.from(pad5(priority))]);
     const levelPrefix = childPrefix(level);
     const base = Buffer.concat([Buffer.from('__'), level]);
-    const lastKey = op.range(levelPrefix, { prefix: true, sortTarget: 'Key', sortOrder: 'Descend', limit: 1, keysOnly: true });
+    const lastKey = op.range(levelPrefix, {
+      prefix: true,
+      sortTarget: 'Key',
+      sortOrder: 'Descend',
+      limit: 1,
+      keysOnly: true,
+    });
     // Go reads the last key before every allocation. After our own allocation we already know it (and the
     // revision at which nobody else had allocated): try the next number at once; the compare catches anyone else.
     let known: { next: bigint; seen: bigint } | undefined = this.#levels.get(priority);
@@ -106,12 +116,15 @@ export class PriorityQueue extends ItemQueue {
     const what = `${this.what}: enqueue`;
     for (let attempt = 1; ; attempt++) {
       const key = Buffer.concat([levelPrefix, Buffer.from(pad16(known.next))]);
-      const out = await this.sent.write({
-        compares: [cmp.mod(base, '<', known.seen + 1n), ...guard.compares],
-        // Go writes "" to the base key too: only its mod revision matters.
-        success: [op.put(base, ''), op.put(key, val)],
-        failure: [lastKey, ...guard.reads],
-      }, { signal, what });
+      const out = await this.sent.write(
+        {
+          compares: [cmp.mod(base, '<', known.seen + 1n), ...guard.compares],
+          // Go writes "" to the base key too: only its mod revision matters.
+          success: [op.put(base, ''), op.put(key, val)],
+          failure: [lastKey, ...guard.reads],
+        },
+        { signal, what },
+      );
       if (out.landed) {
         if (out.res) this.#remember(priority, { next: known.next + 1n, seen: out.res.revision });
         else this.#levels.delete(priority);

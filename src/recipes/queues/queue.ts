@@ -11,8 +11,15 @@ import { retrying } from '../../core/retry.js';
 import { checkClient, checkInteger, checkName, checkOptions, checkSignal, checkValue } from '../../core/validate.js';
 import type { WatchEvent, WatchSpec } from '../../core/watch-hub.js';
 import {
-  ConsumerLine, createItem, OwnSession, WINDOW,
-  type Candidate, type ClaimContext, type ClaimOutcome, type ClaimSource, type SourceScan,
+  ConsumerLine,
+  createItem,
+  OwnSession,
+  WINDOW,
+  type Candidate,
+  type ClaimContext,
+  type ClaimOutcome,
+  type ClaimSource,
+  type SourceScan,
 } from '../../core/queue-line.js';
 
 const log = logger('queue');
@@ -69,8 +76,16 @@ class ItemSource implements ClaimSource<QueueItem> {
   readonly #sort: 'Mod' | 'Key';
   readonly #interchangeable: (cands: Candidate[]) => number;
 
-  constructor(client: Namespace, items: Buffer, book: Buffer, taken: ReceiptBook, sort: 'Mod' | 'Key', what: string, log: Logger,
-    interchangeable: (cands: Candidate[]) => number) {
+  constructor(
+    client: Namespace,
+    items: Buffer,
+    book: Buffer,
+    taken: ReceiptBook,
+    sort: 'Mod' | 'Key',
+    what: string,
+    log: Logger,
+    interchangeable: (cands: Candidate[]) => number,
+  ) {
     this.client = client;
     this.#items = items;
     this.#sort = sort;
@@ -90,7 +105,13 @@ class ItemSource implements ClaimSource<QueueItem> {
    */
   scanOps(): Op[] {
     return [
-      op.range(this.#items, { prefix: true, sortTarget: this.#sort, sortOrder: 'Ascend', limit: WINDOW, keysOnly: true }),
+      op.range(this.#items, {
+        prefix: true,
+        sortTarget: this.#sort,
+        sortOrder: 'Ascend',
+        limit: WINDOW,
+        keysOnly: true,
+      }),
       op.range(this.#items, { prefix: true, sortTarget: this.#sort, sortOrder: 'Ascend', limit: 1 }),
     ];
   }
@@ -100,12 +121,15 @@ class ItemSource implements ClaimSource<QueueItem> {
     if (keys?.type !== 'range' || head?.type !== 'range') throw new Error('internal: scan responses are not ranges');
     const cands: Candidate[] = keys.kvs.map((kv) => ({ key: kv.key, rev: kv.modRevision }));
     const first = head.kvs[0];
-    if (first && cands[0] && first.key.equals(cands[0].key) && first.modRevision === cands[0].rev) cands[0].value = first.value;
+    if (first && cands[0] && first.key.equals(cands[0].key) && first.modRevision === cands[0].rev)
+      cands[0].value = first.value;
     return { cands };
   }
 
   fromEvents(events: WatchEvent[]): Candidate[] {
-    return events.filter((e) => e.type === 'put').map((e) => ({ key: e.kv.key, rev: e.kv.modRevision, value: e.kv.value }));
+    return events
+      .filter((e) => e.type === 'put')
+      .map((e) => ({ key: e.kv.key, rev: e.kv.modRevision, value: e.kv.value }));
   }
 
   interchangeable(cands: Candidate[]): number {
@@ -124,17 +148,23 @@ class ItemSource implements ClaimSource<QueueItem> {
   async claim(c: Candidate, ctx: ClaimContext): Promise<ClaimOutcome<QueueItem>> {
     let value = c.value;
     if (!value) {
-      const res = await retrying(() => txn(this.client, [], [op.range(c.key), ...ctx.scan]), { signals: [ctx.signal], maxElapsedMs: Infinity });
+      const res = await retrying(() => txn(this.client, [], [op.range(c.key), ...ctx.scan]), {
+        signals: [ctx.signal],
+        maxElapsedMs: Infinity,
+      });
       const kv = rangeAt(res, 0).kvs[0];
       if (!kv || kv.modRevision !== c.rev) return { won: false, scan: res.responses.slice(1) };
       value = kv.value;
     }
     const waiterOps = ctx.waiter ? [op.delete(ctx.waiter.key)] : [];
-    const out = await this.#taken.write({
-      compares: [cmp.mod(c.key, '==', c.rev)],
-      success: [op.delete(c.key), ...waiterOps, ...ctx.scan],
-      failure: ctx.scan,
-    }, { signal: ctx.signal, what: `${this.what}: claim of ${showKey(c.key)}`, receiptValue: value });
+    const out = await this.#taken.write(
+      {
+        compares: [cmp.mod(c.key, '==', c.rev)],
+        success: [op.delete(c.key), ...waiterOps, ...ctx.scan],
+        failure: ctx.scan,
+      },
+      { signal: ctx.signal, what: `${this.what}: claim of ${showKey(c.key)}`, receiptValue: value },
+    );
     if (!out.landed) return { won: false, scan: out.failure };
     if (!out.res) {
       this.log('%s: claim of %s committed on an earlier try', this.what, showKey(c.key));
@@ -171,8 +201,16 @@ export abstract class ItemQueue implements AsyncDisposable {
    * @param argument - the name argument's name, for error messages
    * @param interchangeable - how many leading candidates competing consumers may take in any order
    */
-  protected constructor(client: Namespace, name: string | Buffer, argument: string, options: QueueOptions, kind: string,
-    sort: 'Mod' | 'Key', interchangeable: (items: Buffer) => (cands: Candidate[]) => number, queueLog: Logger) {
+  protected constructor(
+    client: Namespace,
+    name: string | Buffer,
+    argument: string,
+    options: QueueOptions,
+    kind: string,
+    sort: 'Mod' | 'Key',
+    interchangeable: (items: Buffer) => (cands: Candidate[]) => number,
+    queueLog: Logger,
+  ) {
     checkClient(client);
     checkName(name, argument);
     checkOptions(options);
@@ -188,7 +226,16 @@ export abstract class ItemQueue implements AsyncDisposable {
     this.sent = new ReceiptBook(client, sub(book, 'sent/'));
     this.#taken = new ReceiptBook(client, sub(book, 'taken/'));
     this.#own = new OwnSession(client, options.ttl ?? 5, options.idleMs ?? 10_000, queueLog);
-    const source = new ItemSource(client, this.items, book, this.#taken, sort, this.what, queueLog, interchangeable(this.items));
+    const source = new ItemSource(
+      client,
+      this.items,
+      book,
+      this.#taken,
+      sort,
+      this.what,
+      queueLog,
+      interchangeable(this.items),
+    );
     this.#line = new ConsumerLine(source, this.#own);
   }
 
@@ -218,8 +265,12 @@ export abstract class ItemQueue implements AsyncDisposable {
   async dequeueItem(options: DequeueOptions = {}): Promise<QueueItem> {
     checkOptions(options);
     checkSignal(options.signal);
-    return traced('dequeue', () => ({ recipe: this.kind, name: this.diagName }), () => this.#line.take(options.signal),
-      (item, _, waitMs) => ({ key: item.key.toString(), waitMs }));
+    return traced(
+      'dequeue',
+      () => ({ recipe: this.kind, name: this.diagName }),
+      () => this.#line.take(options.signal),
+      (item, _, waitMs) => ({ key: item.key.toString(), waitMs }),
+    );
   }
 
   /** The number of items in the queue now. */
@@ -236,7 +287,8 @@ export abstract class ItemQueue implements AsyncDisposable {
   async close(): Promise<void> {
     await this.#own.close();
     await Promise.all([this.sent.flush(), this.#taken.flush()]).catch((err: unknown) =>
-      this.#log('%s: receipt cleanup failed (left for the next writer): %s', this.what, (err as Error).message));
+      this.#log('%s: receipt cleanup failed (left for the next writer): %s', this.what, (err as Error).message),
+    );
   }
 
   /** `await using q = new Queue(...)` closes it at scope exit. */
@@ -292,10 +344,22 @@ export class Queue extends ItemQueue {
   async enqueue(value: string | Buffer, options: EnqueueOptions = {}): Promise<string> {
     checkValue(value, 'value');
     ItemQueue.checkEnqueueOptions(options);
-    return traced('enqueue', () => ({ recipe: 'queue' as const, name: this.diagName }), async () => {
-      const guard = await resolveGuard(this.client, options.guard);
-      const key = await createItem(this.sent, () => uniqueKey(this.items), toBuffer(value), guard, `${this.what}: enqueue`, options.signal);
-      return key.toString();
-    }, (key) => ({ key }));
+    return traced(
+      'enqueue',
+      () => ({ recipe: 'queue' as const, name: this.diagName }),
+      async () => {
+        const guard = await resolveGuard(this.client, options.guard);
+        const key = await createItem(
+          this.sent,
+          () => uniqueKey(this.items),
+          toBuffer(value),
+          guard,
+          `${this.what}: enqueue`,
+          options.signal,
+        );
+        return key.toString();
+      },
+      (key) => ({ key }),
+    );
   }
 }

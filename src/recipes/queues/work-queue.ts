@@ -9,14 +9,21 @@ import { childPrefix, showKey, toBuffer, uniqueSuffix } from '../../core/keys.js
 import { cmp, op, range, rangeAt, txn, type Op, type OpResult } from '../../core/kv.js';
 import { logger } from '../../core/log.js';
 import { watchHeldKey } from '../../core/own-key.js';
-import { ReceiptBook } from '../../core/receipts.js';
+import { type ProvenOutcome, ReceiptBook } from '../../core/receipts.js';
 import { retrying } from '../../core/retry.js';
 import { checkSession, type Session } from '../../core/session.js';
 import { checkClient, checkInteger, checkName, checkOptions, checkSignal, checkValue } from '../../core/validate.js';
 import type { WatchEvent, WatchSpec } from '../../core/watch-hub.js';
 import {
-  ConsumerLine, createItem, GivenSession, WINDOW,
-  type Candidate, type ClaimContext, type ClaimOutcome, type ClaimSource, type SourceScan,
+  ConsumerLine,
+  createItem,
+  GivenSession,
+  WINDOW,
+  type Candidate,
+  type ClaimContext,
+  type ClaimOutcome,
+  type ClaimSource,
+  type SourceScan,
 } from '../../core/queue-line.js';
 
 const log = logger('work-queue');
@@ -141,10 +148,18 @@ class Layout {
     this.receipts = sub('receipts/');
   }
 
-  job(id: string): Buffer { return Buffer.concat([this.jobs, Buffer.from(id)]); }
-  claim(id: string): Buffer { return Buffer.concat([this.claims, Buffer.from(id)]); }
-  attempt(id: string): Buffer { return Buffer.concat([this.attempts, Buffer.from(id)]); }
-  deadKey(id: string): Buffer { return Buffer.concat([this.dead, Buffer.from(id)]); }
+  job(id: string): Buffer {
+    return Buffer.concat([this.jobs, Buffer.from(id)]);
+  }
+  claim(id: string): Buffer {
+    return Buffer.concat([this.claims, Buffer.from(id)]);
+  }
+  attempt(id: string): Buffer {
+    return Buffer.concat([this.attempts, Buffer.from(id)]);
+  }
+  deadKey(id: string): Buffer {
+    return Buffer.concat([this.dead, Buffer.from(id)]);
+  }
 
   /** The ID in a key under `under`, or undefined. */
   idIn(under: Buffer, key: Buffer): string | undefined {
@@ -181,7 +196,13 @@ class JobSource implements ClaimSource<Claimed> {
   scanOps(): Op[] {
     return [
       op.range(this.#k.claims, { prefix: true, keysOnly: true }),
-      op.range(this.#k.jobs, { prefix: true, sortTarget: 'Key', sortOrder: 'Ascend', limit: this.#window, keysOnly: true }),
+      op.range(this.#k.jobs, {
+        prefix: true,
+        sortTarget: 'Key',
+        sortOrder: 'Ascend',
+        limit: this.#window,
+        keysOnly: true,
+      }),
     ];
   }
 
@@ -189,7 +210,8 @@ class JobSource implements ClaimSource<Claimed> {
     const [claims, jobs] = results;
     if (claims?.type !== 'range' || jobs?.type !== 'range') throw new Error('internal: scan responses are not ranges');
     const claimed = new Set(claims.kvs.map((kv) => this.#k.idIn(this.#k.claims, kv.key)));
-    const cands = jobs.kvs.filter((kv) => !claimed.has(this.#k.idIn(this.#k.jobs, kv.key)))
+    const cands = jobs.kvs
+      .filter((kv) => !claimed.has(this.#k.idIn(this.#k.jobs, kv.key)))
       .map((kv) => ({ key: kv.key, rev: kv.createRevision }));
     const wanted = claimed.size + WINDOW;
     const incomplete = !cands.length && jobs.more;
@@ -201,14 +223,16 @@ class JobSource implements ClaimSource<Claimed> {
   fromEvents(events: WatchEvent[]): Candidate[] | undefined {
     const k = this.#k;
     const ackedIds = new Set<string>();
-    for (const e of events) if (e.type === 'delete') {
-      const id = k.idIn(k.jobs, e.kv.key);
-      if (id) ackedIds.add(id);
-    }
+    for (const e of events)
+      if (e.type === 'delete') {
+        const id = k.idIn(k.jobs, e.kv.key);
+        if (id) ackedIds.add(id);
+      }
     const cands: Candidate[] = [];
     let released = false;
     for (const e of events) {
-      if (e.type === 'put' && e.kv.version === 1n && k.idIn(k.jobs, e.kv.key)) cands.push({ key: e.kv.key, rev: e.kv.createRevision });
+      if (e.type === 'put' && e.kv.version === 1n && k.idIn(k.jobs, e.kv.key))
+        cands.push({ key: e.kv.key, rev: e.kv.createRevision });
       if (e.type === 'delete') {
         const id = k.idIn(k.claims, e.kv.key);
         // A claim deleted without its job: released, or its claimer's lease expired.
@@ -239,8 +263,10 @@ class JobSource implements ClaimSource<Claimed> {
     const cleanup = spent.map((key) => op.delete(key));
     try {
       return await retrying(() => this.#claimOnce(c, ctx, cleanup), {
-        signals: [ctx.session.signal], maxElapsedMs: Infinity,
-        onRetry: (err) => log('%s: claim of %s failed, retrying: %s', this.what, showKey(c.key), (err as Error).message),
+        signals: [ctx.session.signal],
+        maxElapsedMs: Infinity,
+        onRetry: (err) =>
+          log('%s: claim of %s failed, retrying: %s', this.what, showKey(c.key), (err as Error).message),
       });
     } catch (err) {
       for (const key of spent) this.#book.spend(key);
@@ -257,14 +283,19 @@ class JobSource implements ClaimSource<Claimed> {
     const claimKey = k.claim(id);
     const attemptsKey = k.attempt(id);
     const waiterOps = ctx.waiter ? [op.delete(ctx.waiter.key)] : [];
-    const res = await txn(this.client, [cmp.create(claimKey, '==', 0n), cmp.create(c.key, '==', c.rev)], [
-      op.put(claimKey, ctx.attemptId, ctx.session.leaseId),
-      op.put(attemptsKey, ctx.session.leaseHex),
-      op.range(c.key),
-      op.range(attemptsKey, { keysOnly: true }),
-      ...waiterOps,
-      ...cleanup,
-    ], [op.range(claimKey), op.range(c.key), op.range(attemptsKey, { keysOnly: true }), ...ctx.scan, ...cleanup]);
+    const res = await txn(
+      this.client,
+      [cmp.create(claimKey, '==', 0n), cmp.create(c.key, '==', c.rev)],
+      [
+        op.put(claimKey, ctx.attemptId, ctx.session.leaseId),
+        op.put(attemptsKey, ctx.session.leaseHex),
+        op.range(c.key),
+        op.range(attemptsKey, { keysOnly: true }),
+        ...waiterOps,
+        ...cleanup,
+      ],
+      [op.range(claimKey), op.range(c.key), op.range(attemptsKey, { keysOnly: true }), ...ctx.scan, ...cleanup],
+    );
     if (res.succeeded) {
       const job = rangeAt(res, 2).kvs[0]!;
       const attempts = Number(rangeAt(res, 3).kvs[0]?.version ?? 1n);
@@ -330,8 +361,8 @@ export class WorkQueue implements AsyncDisposable {
     checkName(prefix, 'prefix');
     checkOptions(options);
     if (options.maxAttempts !== undefined) checkInteger(options.maxAttempts, 'options.maxAttempts', 1);
-    this.session = isSession ? session as Session : undefined;
-    this.client = this.session ? this.session.client : session as Namespace;
+    this.session = isSession ? (session as Session) : undefined;
+    this.client = this.session ? this.session.client : (session as Namespace);
     this.prefix = prefix;
     this.#k = new Layout(prefix);
     this.#maxAttempts = options.maxAttempts;
@@ -365,12 +396,24 @@ export class WorkQueue implements AsyncDisposable {
     const priority = options.priority ?? DEFAULT_JOB_PRIORITY;
     checkInteger(priority, 'options.priority', 0, 65535);
     this.#checkLive();
-    return traced('enqueue', () => ({ recipe: 'work-queue' as const, name: nameOf(this.prefix), priority }), async () => {
-      const guard = await resolveGuard(this.client, options.guard);
-      const pfx = `${priority.toString().padStart(5, '0')}-`;
-      const key = await createItem(this.#book, () => this.#k.job(pfx + uniqueSuffix()), toBuffer(value), guard, `${this.#what}: add`, options.signal);
-      return this.#k.idIn(this.#k.jobs, key)!;
-    }, (id) => ({ key: this.#k.job(id).toString(), id }));
+    return traced(
+      'enqueue',
+      () => ({ recipe: 'work-queue' as const, name: nameOf(this.prefix), priority }),
+      async () => {
+        const guard = await resolveGuard(this.client, options.guard);
+        const pfx = `${priority.toString().padStart(5, '0')}-`;
+        const key = await createItem(
+          this.#book,
+          () => this.#k.job(pfx + uniqueSuffix()),
+          toBuffer(value),
+          guard,
+          `${this.#what}: add`,
+          options.signal,
+        );
+        return this.#k.idIn(this.#k.jobs, key)!;
+      },
+      (id) => ({ key: this.#k.job(id).toString(), id }),
+    );
   }
 
   /**
@@ -384,24 +427,34 @@ export class WorkQueue implements AsyncDisposable {
     checkSignal(options.signal);
     const line = this.#line;
     if (!line || !this.session) {
-      throw new InvalidArgumentError('session', `${this.#what}: claim() needs a WorkQueue built with a Session ` +
-        '(new WorkQueue(session, prefix)); this one was built from a plain client, for producers');
+      throw new InvalidArgumentError(
+        'session',
+        `${this.#what}: claim() needs a WorkQueue built with a Session ` +
+          '(new WorkQueue(session, prefix)); this one was built from a plain client, for producers',
+      );
     }
     const session = this.session;
     const name = nameOf(this.prefix);
-    return traced('claim', () => ({ name, leaseId: session.leaseId }), async () => {
-      for (;;) {
-        const c = await line.take(options.signal);
-        const job = new ClaimedJob(session, this.#k, c, this.#what, this.#book, name);
-        if (this.#maxAttempts === undefined || c.attempts <= this.#maxAttempts) {
-          log('%s: claimed %s (attempt %d, token %s)', this.#what, c.id, c.attempts, c.token);
-          if (c.attempts >= 2) publish('workQueueRetry', () => job.message());
-          return job;
+    return traced(
+      'claim',
+      () => ({ name, leaseId: session.leaseId }),
+      async () => {
+        for (;;) {
+          const c = await line.take(options.signal);
+          const job = new ClaimedJob(session, this.#k, c, this.#what, this.#book, name);
+          if (this.#maxAttempts === undefined || c.attempts <= this.#maxAttempts) {
+            log('%s: claimed %s (attempt %d, token %s)', this.#what, c.id, c.attempts, c.token);
+            if (c.attempts >= 2) publish('workQueueRetry', () => job.message());
+            return job;
+          }
+          log('%s: %s claimed %d times without an ack: dead-lettering it', this.#what, c.id, c.attempts - 1);
+          await job
+            .deadLetter({}, 'max-attempts')
+            .catch((err: unknown) => log('%s: dead-letter of %s failed: %s', this.#what, c.id, (err as Error).message));
         }
-        log('%s: %s claimed %d times without an ack: dead-lettering it', this.#what, c.id, c.attempts - 1);
-        await job.deadLetter({}, 'max-attempts').catch((err: unknown) => log('%s: dead-letter of %s failed: %s', this.#what, c.id, (err as Error).message));
-      }
-    }, (job, _, waitMs) => ({ ...(job as ClaimedJob).message(), waitMs }));
+      },
+      (job, _, waitMs) => ({ ...(job as ClaimedJob).message(), waitMs }),
+    );
   }
 
   /**
@@ -412,7 +465,9 @@ export class WorkQueue implements AsyncDisposable {
     this.#checkLive();
     const k = this.#k;
     const count = (p: Buffer) => op.range(p, { prefix: true, countOnly: true });
-    const res = await retrying(() => txn(this.client, [], [count(k.jobs), count(k.claims), count(k.dead), count(k.waiters)]));
+    const res = await retrying(() =>
+      txn(this.client, [], [count(k.jobs), count(k.claims), count(k.dead), count(k.waiters)]),
+    );
     const n = (i: number) => Number(rangeAt(res, i).count);
     return { jobs: n(0), claimed: n(1), dead: n(2), waiting: n(3) };
   }
@@ -424,8 +479,14 @@ export class WorkQueue implements AsyncDisposable {
   async deadLetters(limit = 1000): Promise<DeadJob[]> {
     checkInteger(limit, 'limit', 1);
     this.#checkLive();
-    const r = await retrying(() => range(this.client, this.#k.dead, { prefix: true, sortTarget: 'Key', sortOrder: 'Ascend', limit }));
-    return r.kvs.map((kv) => ({ id: this.#k.idIn(this.#k.dead, kv.key)!, value: kv.value.toString(), buffer: kv.value }));
+    const r = await retrying(() =>
+      range(this.client, this.#k.dead, { prefix: true, sortTarget: 'Key', sortOrder: 'Ascend', limit }),
+    );
+    return r.kvs.map((kv) => ({
+      id: this.#k.idIn(this.#k.dead, kv.key)!,
+      value: kv.value.toString(),
+      buffer: kv.value,
+    }));
   }
 
   /**
@@ -439,7 +500,11 @@ export class WorkQueue implements AsyncDisposable {
    * @throws OutcomeUnknownError if the signal aborted while etcd was unreachable mid-write
    */
   async retryDead(id: string, options: GuardedWriteOptions = {}): Promise<boolean> {
-    if (typeof id !== 'string' || !ID.test(id)) throw new InvalidArgumentError('id', `must be a job ID like "00100-1732212345678901234", got ${typeof id === 'string' ? JSON.stringify(id) : typeof id}`);
+    if (typeof id !== 'string' || !ID.test(id))
+      throw new InvalidArgumentError(
+        'id',
+        `must be a job ID like "00100-1732212345678901234", got ${typeof id === 'string' ? JSON.stringify(id) : typeof id}`,
+      );
     checkWriteOptions(options);
     this.#checkLive();
     const { signal } = options;
@@ -451,11 +516,18 @@ export class WorkQueue implements AsyncDisposable {
       const dead = await retrying(() => range(this.client, k.deadKey(id)), { signals: [signal] });
       const kv = dead.kvs[0];
       if (!kv) return false;
-      const out = await this.#book.write({
-        compares: [cmp.mod(k.deadKey(id), '==', kv.modRevision), cmp.create(k.job(id), '==', 0n), ...guard.compares],
-        success: [op.put(k.job(id), kv.value), op.delete(k.deadKey(id)), op.delete(k.attempt(id))],
-        failure: [op.range(k.deadKey(id), { keysOnly: true }), op.range(k.job(id), { keysOnly: true }), ...guard.reads],
-      }, { signal, what });
+      const out = await this.#book.write(
+        {
+          compares: [cmp.mod(k.deadKey(id), '==', kv.modRevision), cmp.create(k.job(id), '==', 0n), ...guard.compares],
+          success: [op.put(k.job(id), kv.value), op.delete(k.deadKey(id)), op.delete(k.attempt(id))],
+          failure: [
+            op.range(k.deadKey(id), { keysOnly: true }),
+            op.range(k.job(id), { keysOnly: true }),
+            ...guard.reads,
+          ],
+        },
+        { signal, what },
+      );
       if (out.landed) return true;
       const [deadNow, jobNow, ...reads] = out.failure;
       if (!guard.holds(reads)) throw guard.error(what);
@@ -471,7 +543,9 @@ export class WorkQueue implements AsyncDisposable {
    * the caller's and stays open; claimed jobs are untouched.
    */
   async close(): Promise<void> {
-    await this.#book.flush().catch((err: unknown) => log('%s: receipt cleanup failed: %s', this.#what, (err as Error).message));
+    await this.#book
+      .flush()
+      .catch((err: unknown) => log('%s: receipt cleanup failed: %s', this.#what, (err as Error).message));
   }
 
   /** `await using wq = new WorkQueue(...)` cleans up at scope exit. */
@@ -530,7 +604,9 @@ class ClaimedJob implements Job {
     // Someone else may delete our claim (an operator, a revoked lease): the job is then lost too.
     // Watched from the first look at the signal until the job ends.
     if (!this.#stopWatch && !this.#ending && !this.#linked.signal.aborted) {
-      const stop = watchHeldKey(this.#session, this.#k.claim(this.id), this.fencingToken, this.#what, (reason) => this.#linked.abort(reason));
+      const stop = watchHeldKey(this.#session, this.#k.claim(this.id), this.fencingToken, this.#what, (reason) =>
+        this.#linked.abort(reason),
+      );
       this.#stopWatch = stop;
       this.#linked.signal.addEventListener('abort', stop, { once: true });
     }
@@ -543,7 +619,11 @@ class ClaimedJob implements Job {
 
   ifOwner(): ComparatorBuilder {
     if (this.done) throw new LockNotHeldError(`${this.#what} is not held (${this.#outcome ?? 'claim lost'})`);
-    return markGuard(this.#session.client.if(this.#k.claim(this.id), 'Create', '==', this.fencingToken.toString()), 'LOCK_NOT_HELD', this.#what);
+    return markGuard(
+      this.#session.client.if(this.#k.claim(this.id), 'Create', '==', this.fencingToken.toString()),
+      'LOCK_NOT_HELD',
+      this.#what,
+    );
   }
 
   /** @internal This job as diagnostics messages show it. */
@@ -552,7 +632,12 @@ class ClaimedJob implements Job {
   }
 
   ack(options: GuardedWriteOptions = {}): Promise<void> {
-    return traced('ack', () => this.message(), () => this.#finish('acked', [], 'ack', options), () => ({}));
+    return traced(
+      'ack',
+      () => this.message(),
+      () => this.#finish('acked', [], 'ack', options),
+      () => ({}),
+    );
   }
 
   async deadLetter(options: GuardedWriteOptions = {}, reason: 'manual' | 'max-attempts' = 'manual'): Promise<void> {
@@ -579,7 +664,9 @@ class ClaimedJob implements Job {
     }
     if (this.#ending) {
       if (this.#outcome === outcome) return this.#ending;
-      return Promise.reject(new LockNotHeldError(`${this.#what}: cannot ${verb}, already ${this.#outcome ?? 'ending'}`));
+      return Promise.reject(
+        new LockNotHeldError(`${this.#what}: cannot ${verb}, already ${this.#outcome ?? 'ending'}`),
+      );
     }
     this.#outcome = outcome;
     this.#stopWatch?.(); // our own delete is not a loss
@@ -597,16 +684,21 @@ class ClaimedJob implements Job {
     this.#ending = (async () => {
       if (session.expired) {
         this.#linked.abort(session.signal.reason);
-        throw new LockNotHeldError(`${what}: not written, the session's lease was lost (the job may run again elsewhere)`);
+        throw new LockNotHeldError(
+          `${what}: not written, the session's lease was lost (the job may run again elsewhere)`,
+        );
       }
       const guard = await resolveGuard(session.client, options.guard).catch(reopen);
-      let out;
+      let out: ProvenOutcome;
       try {
-        out = await this.#book.write({
-          compares: [cmp.create(claim, '==', this.fencingToken), ...guard.compares],
-          success: [op.delete(job), op.delete(claim), op.delete(k.attempt(this.id)), ...extra],
-          failure: [op.range(claim, { keysOnly: true }), ...guard.reads],
-        }, { signal: options.signal, what });
+        out = await this.#book.write(
+          {
+            compares: [cmp.create(claim, '==', this.fencingToken), ...guard.compares],
+            success: [op.delete(job), op.delete(claim), op.delete(k.attempt(this.id)), ...extra],
+            failure: [op.range(claim, { keysOnly: true }), ...guard.reads],
+          },
+          { signal: options.signal, what },
+        );
       } catch (err) {
         // Aborted and voided: nothing was written, the claim is still ours to ack or release.
         if (options.signal?.aborted && err === options.signal.reason) return reopen(err);
@@ -617,8 +709,10 @@ class ClaimedJob implements Job {
         const [mine, ...reads] = out.failure;
         const held = mine?.type === 'range' && mine.kvs[0]?.createRevision === this.fencingToken;
         if (!held) {
-          const lost = new LockNotHeldError(`${what}: not written, the claim was lost first (its lease expired, or it was ` +
-            'released or deleted); the job may run, or have run, elsewhere');
+          const lost = new LockNotHeldError(
+            `${what}: not written, the claim was lost first (its lease expired, or it was ` +
+              'released or deleted); the job may run, or have run, elsewhere',
+          );
           this.#linked.abort(lost);
           throw lost;
         }
@@ -642,7 +736,8 @@ class ClaimedJob implements Job {
     this.#ending = (async () => {
       if (session.expired) return; // the claim went with the lease
       await retrying(() => txn(session.client, [cmp.create(claim, '==', this.fencingToken)], [op.delete(claim)]), {
-        signals: [session.signal], maxElapsedMs: Infinity,
+        signals: [session.signal],
+        maxElapsedMs: Infinity,
       }).catch((err: unknown) => {
         if (session.expired) return;
         throw err;

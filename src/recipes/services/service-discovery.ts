@@ -4,8 +4,19 @@ import { abortReason } from '../../core/abort.js';
 import { InvalidArgumentError } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import { checkClient, checkInteger, checkOptions, checkSignal } from '../../core/validate.js';
-import { PrefixCache, type CachedKeyValue, type PrefixCacheChange, type PrefixCacheWaitOptions } from '../prefix-cache.js';
-import { checkRoot, checkServiceName, DEFAULT_SERVICE_ROOT, servicePrefix, type ServiceMetadata } from './service-registry.js';
+import {
+  PrefixCache,
+  type CachedKeyValue,
+  type PrefixCacheChange,
+  type PrefixCacheWaitOptions,
+} from '../prefix-cache.js';
+import {
+  checkRoot,
+  checkServiceName,
+  DEFAULT_SERVICE_ROOT,
+  servicePrefix,
+  type ServiceMetadata,
+} from './service-registry.js';
 import { emitSafely } from '../../core/events.js';
 
 const log = logger('service-discovery');
@@ -70,7 +81,11 @@ export interface ServiceDiscoveryEvents<M extends object = ServiceMetadata> {
 }
 
 /** The instance a key-value describes, or undefined if it does not parse as one. */
-function parseInstance<M extends object>(service: string, prefixLength: number, kv: CachedKeyValue): ServiceInstance<M> | undefined {
+function parseInstance<M extends object>(
+  service: string,
+  prefixLength: number,
+  kv: CachedKeyValue,
+): ServiceInstance<M> | undefined {
   let v: unknown;
   try {
     v = JSON.parse(kv.value);
@@ -88,7 +103,16 @@ function parseInstance<M extends object>(service: string, prefixLength: number, 
     const d = new Date(o.registeredAt);
     if (!Number.isNaN(d.getTime())) registeredAt = d;
   }
-  return { service, id: kv.key.slice(prefixLength), key: kv.key, address, metadata, registeredAt, leaseId: kv.lease, revision: kv.modRevision };
+  return {
+    service,
+    id: kv.key.slice(prefixLength),
+    key: kv.key,
+    address,
+    metadata,
+    registeredAt,
+    leaseId: kv.lease,
+    revision: kv.modRevision,
+  };
 }
 
 /**
@@ -109,8 +133,10 @@ function parseInstance<M extends object>(service: string, prefixLength: number, 
  * Registrations written by etcd's Go `naming/endpoints` manager
  * (`{"Op":0,"Addr":...,"Metadata":...}` under `<root><service>/`) are read too.
  */
-export class ServiceDiscovery<M extends object = ServiceMetadata> extends EventEmitter<ServiceDiscoveryEvents<M>>
-  implements AsyncIterable<ServiceInstance<M>[]>, AsyncDisposable {
+export class ServiceDiscovery<M extends object = ServiceMetadata>
+  extends EventEmitter<ServiceDiscoveryEvents<M>>
+  implements AsyncIterable<ServiceInstance<M>[]>, AsyncDisposable
+{
   /** The service's name. */
   readonly service: string;
   /** The prefix watched: `<root><service>/`. */
@@ -230,22 +256,23 @@ export class ServiceDiscovery<M extends object = ServiceMetadata> extends EventE
     let seen = -1;
     let done = false;
     const self = this;
-    const waitForChange = () => new Promise<void>((resolve, reject) => {
-      const onAbort = () => {
-        cleanup();
-        reject(abortReason(signal!));
-      };
-      const wake = () => {
-        cleanup();
-        resolve();
-      };
-      const cleanup = () => {
-        self.#versionWaiters.delete(wake);
-        signal?.removeEventListener('abort', onAbort);
-      };
-      self.#versionWaiters.add(wake);
-      signal?.addEventListener('abort', onAbort, { once: true });
-    });
+    const waitForChange = () =>
+      new Promise<void>((resolve, reject) => {
+        const onAbort = () => {
+          cleanup();
+          reject(abortReason(signal!));
+        };
+        const wake = () => {
+          cleanup();
+          resolve();
+        };
+        const cleanup = () => {
+          self.#versionWaiters.delete(wake);
+          signal?.removeEventListener('abort', onAbort);
+        };
+        self.#versionWaiters.add(wake);
+        signal?.addEventListener('abort', onAbort, { once: true });
+      });
     const iterator: AsyncIterableIterator<ServiceInstance<M>[]> = {
       async next() {
         for (;;) {
@@ -336,6 +363,9 @@ export class ServiceDiscovery<M extends object = ServiceMetadata> extends EventE
 
 function checkStrategy(value: unknown, argument: string): asserts value is PickStrategy {
   if (value !== 'round-robin' && value !== 'random') {
-    throw new InvalidArgumentError(argument, `must be 'round-robin' or 'random', got ${typeof value === 'string' ? JSON.stringify(value) : typeof value}`);
+    throw new InvalidArgumentError(
+      argument,
+      `must be 'round-robin' or 'random', got ${typeof value === 'string' ? JSON.stringify(value) : typeof value}`,
+    );
   }
 }

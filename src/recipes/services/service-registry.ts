@@ -6,7 +6,7 @@ import { InvalidArgumentError, isRecipeError, ServiceIdTakenError, SessionExpire
 import { cmp, op, range, rangeAt, txn, type Compare, type KeyValue } from '../../core/kv.js';
 import { logger } from '../../core/log.js';
 import { isTransient, retrying } from '../../core/retry.js';
-import { createOwnedSession, Session } from '../../core/session.js';
+import { createOwnedSession, type Session } from '../../core/session.js';
 import { checkBoolean, checkClient, checkInteger, checkOptions, checkSignal } from '../../core/validate.js';
 import { openWatch, type WatchEvent, type WatchHandle } from '../../core/watch-hub.js';
 import { emitSafely } from '../../core/events.js';
@@ -81,12 +81,14 @@ export interface ServiceRegistryEvents {
    */
   lost: [err: SessionExpiredError];
   /** Registered again after `lost`, under a new lease. */
-  're-registered': [info: {
-    /** The new lease (decimal string). */
-    leaseId: string;
-    /** The revision of the new registration write. */
-    revision: bigint;
-  }];
+  're-registered': [
+    info: {
+      /** The new lease (decimal string). */
+      leaseId: string;
+      /** The revision of the new registration write. */
+      revision: bigint;
+    },
+  ];
   /**
    * The key was deleted or taken over by someone else while our lease lived.
    * The registry stops (it revokes its lease and does not re-register): the
@@ -99,23 +101,29 @@ export interface ServiceRegistryEvents {
   deregistered: [];
 }
 
-
 // ---------------------------------------------------------------------------
 // The key layout, shared with ServiceDiscovery.
 
 /** @internal Throws unless `root` is '' or a string ending with '/'. */
 export function checkRoot(root: unknown, argument = 'options.root'): asserts root is string {
   if (typeof root !== 'string' || (root !== '' && !root.endsWith('/'))) {
-    throw new InvalidArgumentError(argument, `must be '' or a string ending with '/', got ${typeof root === 'string' ? JSON.stringify(root) : typeof root}`);
+    throw new InvalidArgumentError(
+      argument,
+      `must be '' or a string ending with '/', got ${typeof root === 'string' ? JSON.stringify(root) : typeof root}`,
+    );
   }
 }
 
 /** @internal Throws unless `service` is a non-empty string without '/'. */
 export function checkServiceName(service: unknown, argument: string): asserts service is string {
   if (typeof service !== 'string' || service.length === 0) {
-    throw new InvalidArgumentError(argument, `must be a non-empty string, got ${typeof service === 'string' ? '""' : typeof service}`);
+    throw new InvalidArgumentError(
+      argument,
+      `must be a non-empty string, got ${typeof service === 'string' ? '""' : typeof service}`,
+    );
   }
-  if (service.includes('/')) throw new InvalidArgumentError(argument, `must not contain '/', got ${JSON.stringify(service)}`);
+  if (service.includes('/'))
+    throw new InvalidArgumentError(argument, `must not contain '/', got ${JSON.stringify(service)}`);
 }
 
 /** @internal The prefix under which a service's instances live: `<root><service>/`. */
@@ -125,14 +133,20 @@ export function servicePrefix(root: string, service: string): string {
 
 function checkNonEmptyString(value: unknown, argument: string): asserts value is string {
   if (typeof value !== 'string' || value.length === 0) {
-    throw new InvalidArgumentError(argument, `must be a non-empty string, got ${typeof value === 'string' ? '""' : value === null ? 'null' : typeof value}`);
+    throw new InvalidArgumentError(
+      argument,
+      `must be a non-empty string, got ${typeof value === 'string' ? '""' : value === null ? 'null' : typeof value}`,
+    );
   }
 }
 
 function checkMetadata(value: unknown, argument: string): void {
   if (value === undefined) return;
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
-    throw new InvalidArgumentError(argument, `must be a plain object or undefined, got ${value === null ? 'null' : Array.isArray(value) ? 'an array' : typeof value}`);
+    throw new InvalidArgumentError(
+      argument,
+      `must be a plain object or undefined, got ${value === null ? 'null' : Array.isArray(value) ? 'an array' : typeof value}`,
+    );
   }
   try {
     JSON.stringify(value);
@@ -169,7 +183,10 @@ const leaseIs = (key: string, leaseId: string): Compare => ({ key, target: 'Leas
  * process.on('SIGTERM', () => void reg.deregister());
  * ```
  */
-export class ServiceRegistry<M extends object = ServiceMetadata> extends EventEmitter<ServiceRegistryEvents> implements AsyncDisposable {
+export class ServiceRegistry<M extends object = ServiceMetadata>
+  extends EventEmitter<ServiceRegistryEvents>
+  implements AsyncDisposable
+{
   /** The etcd3 client (or namespace). */
   readonly client: Namespace;
   /** The service's name. */
@@ -224,15 +241,26 @@ export class ServiceRegistry<M extends object = ServiceMetadata> extends EventEm
    * @throws ServiceIdTakenError (code `SERVICE_ID_TAKEN`) if another live
    *   instance holds the ID and `replace` is not set; nothing is left behind
    */
-  static async register<M extends object = ServiceMetadata>(client: Namespace, options: RegisterOptions<M>): Promise<ServiceRegistry<M>> {
+  static async register<M extends object = ServiceMetadata>(
+    client: Namespace,
+    options: RegisterOptions<M>,
+  ): Promise<ServiceRegistry<M>> {
     checkClient(client);
-    if (options === undefined) throw new InvalidArgumentError('options', 'must be an object with service, id and address');
+    if (options === undefined)
+      throw new InvalidArgumentError('options', 'must be an object with service, id and address');
     checkOptions(options);
     checkServiceName(options.service, 'options.service');
     checkNonEmptyString(options.id, 'options.id');
     checkNonEmptyString(options.address, 'options.address');
     checkMetadata(options.metadata, 'options.metadata');
-    const { ttl = 10, root = DEFAULT_SERVICE_ROOT, replace = false, waitForStale = false, etcdEndpoints = false, signal } = options;
+    const {
+      ttl = 10,
+      root = DEFAULT_SERVICE_ROOT,
+      replace = false,
+      waitForStale = false,
+      etcdEndpoints = false,
+      signal,
+    } = options;
     checkInteger(ttl, 'options.ttl', 1, 9_000_000_000);
     checkRoot(root);
     checkBoolean(options.replace, 'options.replace');
@@ -242,8 +270,15 @@ export class ServiceRegistry<M extends object = ServiceMetadata> extends EventEm
     signal?.throwIfAborted();
 
     const reg = new ServiceRegistry<M>(client, {
-      service: options.service, id: options.id, address: options.address,
-      metadata: options.metadata ?? ({} as M), ttl, root, replace, waitForStale, etcdEndpoints,
+      service: options.service,
+      id: options.id,
+      address: options.address,
+      metadata: options.metadata ?? ({} as M),
+      ttl,
+      root,
+      replace,
+      waitForStale,
+      etcdEndpoints,
     });
     // A member failing over can stall a fresh lease's first keepalive past its TTL: such
     // transient failures (and the session loss they cause) are retried, for up to 30 s.
@@ -254,8 +289,12 @@ export class ServiceRegistry<M extends object = ServiceMetadata> extends EventEm
         await reg.#registerOnce(signal);
         break;
       } catch (err) {
-        if (signal?.aborted || !(isTransient(err) || isRecipeError(err, 'SESSION_EXPIRED')) ||
-            performance.now() - started + backoff > REGISTER_RETRY_MS) throw err;
+        if (
+          signal?.aborted ||
+          !(isTransient(err) || isRecipeError(err, 'SESSION_EXPIRED')) ||
+          performance.now() - started + backoff > REGISTER_RETRY_MS
+        )
+          throw err;
         log('%s: registration failed (%s); retrying in %d ms', reg.key, (err as Error).message, backoff);
         await delay(backoff, signal);
         backoff = Math.min(backoff * 2, 1000);
@@ -309,14 +348,18 @@ export class ServiceRegistry<M extends object = ServiceMetadata> extends EventEm
    */
   async update(changes: RegistrationUpdate<M>, options: GuardedWriteOptions = {}): Promise<void> {
     checkOptions(changes, 'changes');
-    if (changes === undefined) throw new InvalidArgumentError('changes', 'must be an object with address and/or metadata');
+    if (changes === undefined)
+      throw new InvalidArgumentError('changes', 'must be an object with address and/or metadata');
     if (changes.address !== undefined) checkNonEmptyString(changes.address, 'changes.address');
     checkMetadata(changes.metadata, 'changes.metadata');
     checkOptions(options);
     checkSignal(options.signal);
     checkGuard(options.guard);
     if (this.#deregistering || this.#displaced) {
-      throw new InvalidArgumentError('this', `${this.key} is no longer registered (${this.#displaced ? 'displaced' : 'deregistered'})`);
+      throw new InvalidArgumentError(
+        'this',
+        `${this.key} is no longer registered (${this.#displaced ? 'displaced' : 'deregistered'})`,
+      );
     }
     options.signal?.throwIfAborted();
     const before = { address: this.#address, metadata: this.#metadata };
@@ -326,9 +369,19 @@ export class ServiceRegistry<M extends object = ServiceMetadata> extends EventEm
     if (!this.#registered || !session) return;
     const guard = await resolveGuard(this.client, options.guard);
     // Re-sending is harmless: the same value put again under the same compares.
-    const res = await retrying(() => raceAbort(txn(this.client, [leaseIs(this.key, session.leaseId), ...guard.compares],
-      [op.put(this.key, this.#value(), session.leaseId)], [op.range(this.key, { keysOnly: true }), ...guard.reads]), options.signal),
-    { signals: [options.signal, session.signal] });
+    const res = await retrying(
+      () =>
+        raceAbort(
+          txn(
+            this.client,
+            [leaseIs(this.key, session.leaseId), ...guard.compares],
+            [op.put(this.key, this.#value(), session.leaseId)],
+            [op.range(this.key, { keysOnly: true }), ...guard.reads],
+          ),
+          options.signal,
+        ),
+      { signals: [options.signal, session.signal] },
+    );
     if (!res.succeeded && rangeAt(res, 0).kvs[0]?.lease === session.leaseId && !guard.holds(res.responses.slice(1))) {
       ({ address: this.#address, metadata: this.#metadata } = before);
       throw guard.error(`${this.key}: update`);
@@ -382,8 +435,9 @@ export class ServiceRegistry<M extends object = ServiceMetadata> extends EventEm
   async #revoke(leaseId: string): Promise<void> {
     const bound = Math.min(this.ttl * 1000, 2000);
     try {
-      await retrying(() => this.client.leaseClient.leaseRevoke({ ID: leaseId }, { deadline: Date.now() + bound }),
-        { maxElapsedMs: this.ttl * 1000 });
+      await retrying(() => this.client.leaseClient.leaseRevoke({ ID: leaseId }, { deadline: Date.now() + bound }), {
+        maxElapsedMs: this.ttl * 1000,
+      });
       log('%s: revoked lease %s', this.key, BigInt(leaseId).toString(16));
     } catch (err) {
       // Not found: it expired already. Otherwise it expires by itself within the TTL.
@@ -407,7 +461,12 @@ export class ServiceRegistry<M extends object = ServiceMetadata> extends EventEm
     try {
       session = await raceAbort(creating, signal, this.#stop.signal);
     } catch (err) {
-      creating.then((s) => s.close(), () => undefined).catch(() => undefined);
+      creating
+        .then(
+          (s) => s.close(),
+          () => undefined,
+        )
+        .catch(() => undefined);
       throw err;
     }
     const linked = linkSignals(signal, session.signal, this.#stop.signal);
@@ -444,8 +503,12 @@ export class ServiceRegistry<M extends object = ServiceMetadata> extends EventEm
    */
   async #expiredInTime(holder: KeyValue, signal: AbortSignal): Promise<boolean> {
     if (holder.lease === '0') return false;
-    const ttl = await retrying(() => this.client.leaseClient.leaseTimeToLive({ ID: holder.lease }), { signals: [signal] })
-      .then((r) => Number(r.TTL), () => 0);
+    const ttl = await retrying(() => this.client.leaseClient.leaseTimeToLive({ ID: holder.lease }), {
+      signals: [signal],
+    }).then(
+      (r) => Number(r.TTL),
+      () => 0,
+    );
     if (ttl <= 0) return true;
     log('%s: held by lease %s (%d s left); waiting for it to expire', this.key, BigInt(holder.lease).toString(16), ttl);
     // etcd reports whole seconds, rounded down, and revokes expired leases on a timer of its own: allow for both.
@@ -472,8 +535,16 @@ export class ServiceRegistry<M extends object = ServiceMetadata> extends EventEm
   async #claim(session: Session, signal: AbortSignal): Promise<bigint> {
     const leaseId = session.leaseId;
     for (let attempt = 0; attempt < 100; attempt++) {
-      const res = await retrying(() => txn(this.client, [cmp.create(this.key, '==', 0n)],
-        [op.put(this.key, this.#value(), leaseId)], [op.range(this.key)]), { signals: [signal], maxElapsedMs: Infinity });
+      const res = await retrying(
+        () =>
+          txn(
+            this.client,
+            [cmp.create(this.key, '==', 0n)],
+            [op.put(this.key, this.#value(), leaseId)],
+            [op.range(this.key)],
+          ),
+        { signals: [signal], maxElapsedMs: Infinity },
+      );
       if (res.succeeded) return res.revision;
       const holder: KeyValue | undefined = rangeAt(res, 0).kvs[0];
       if (!holder) continue; // deleted in between
@@ -482,14 +553,21 @@ export class ServiceRegistry<M extends object = ServiceMetadata> extends EventEm
       const oldLease = this.#oldLeases.includes(holder.lease);
       if (ours) return holder.modRevision;
       if (!ours && !oldLease && !this.#replace) {
-        if (this.#waitForStale && await this.#expiredInTime(holder, signal)) continue;
+        if (this.#waitForStale && (await this.#expiredInTime(holder, signal))) continue;
         throw new ServiceIdTakenError(this.key, holder.lease);
       }
-      const taken = await retrying(() => txn(this.client, [cmp.mod(this.key, '==', holder.modRevision)],
-        [op.put(this.key, this.#value(), leaseId)]), { signals: [signal], maxElapsedMs: Infinity });
+      const taken = await retrying(
+        () =>
+          txn(this.client, [cmp.mod(this.key, '==', holder.modRevision)], [op.put(this.key, this.#value(), leaseId)]),
+        { signals: [signal], maxElapsedMs: Infinity },
+      );
       if (taken.succeeded) {
-        log('%s: took over the key from %s lease %s', this.key, oldLease ? 'our earlier' : 'another instance\'s',
-          holder.lease === '0' ? 'none' : BigInt(holder.lease).toString(16));
+        log(
+          '%s: took over the key from %s lease %s',
+          this.key,
+          oldLease ? 'our earlier' : "another instance's",
+          holder.lease === '0' ? 'none' : BigInt(holder.lease).toString(16),
+        );
         if (oldLease) void this.client.leaseClient.leaseRevoke({ ID: holder.lease }).catch(() => undefined);
         return taken.revision;
       }
@@ -505,8 +583,16 @@ export class ServiceRegistry<M extends object = ServiceMetadata> extends EventEm
     if (this.#oldLeases.length > 4) this.#oldLeases.shift();
     log('%s: lease %s lost (%s); re-registering', this.key, session.leaseHex, err.message);
     this.#safeEmit('lost', err);
-    publish('serviceLost', () => ({ service: this.service, id: this.id, key: this.key, leaseId: session.leaseId, error: err }));
-    this.#reregistering ??= this.#reregister().finally(() => { this.#reregistering = undefined; });
+    publish('serviceLost', () => ({
+      service: this.service,
+      id: this.id,
+      key: this.key,
+      leaseId: session.leaseId,
+      error: err,
+    }));
+    this.#reregistering ??= this.#reregister().finally(() => {
+      this.#reregistering = undefined;
+    });
   }
 
   /** Registers again with a new lease, retrying until it works or `deregister()`. */
@@ -521,11 +607,21 @@ export class ServiceRegistry<M extends object = ServiceMetadata> extends EventEm
         const session = this.#session!;
         log('%s re-registered (lease %s, revision %s)', this.key, session.leaseHex, this.#revision);
         this.#safeEmit('re-registered', { leaseId: session.leaseId, revision: this.#revision });
-        publish('serviceReregistered', () => ({ service: this.service, id: this.id, key: this.key, leaseId: session.leaseId, revision: this.#revision }));
+        publish('serviceReregistered', () => ({
+          service: this.service,
+          id: this.id,
+          key: this.key,
+          leaseId: session.leaseId,
+          revision: this.#revision,
+        }));
         return;
       } catch (err) {
         if (stop.aborted) return;
-        if (err instanceof ClientClosedError || isRecipeError(err, 'CLOSED') || /client was already closed/i.test((err as Error).message)) {
+        if (
+          err instanceof ClientClosedError ||
+          isRecipeError(err, 'CLOSED') ||
+          /client was already closed/i.test((err as Error).message)
+        ) {
           // The application closed the client without deregistering: nothing more we can do.
           log('%s: client closed; giving up re-registering', this.key);
           this.#emitError(err as Error);
@@ -554,16 +650,23 @@ export class ServiceRegistry<M extends object = ServiceMetadata> extends EventEm
     const onEnd = () => {
       if (this.#session === session && this.#registered) void this.#verify();
     };
-    openWatch(this.client, { key: Buffer.from(this.key), startRevision: revision + 1n }, { onEvents, onEnd }, session.signal)
-      .then((handle) => {
+    openWatch(
+      this.client,
+      { key: Buffer.from(this.key), startRevision: revision + 1n },
+      { onEvents, onEnd },
+      session.signal,
+    ).then(
+      (handle) => {
         if (this.#session === session && this.#registered && !this.#keyWatch) this.#keyWatch = handle;
         else handle.close();
-      }, (err: unknown) => {
+      },
+      (err: unknown) => {
         if (this.#session === session && this.#registered && !session.expired) {
           log('%s: watch on own key failed (%s); checking', this.key, (err as Error).message);
           void this.#verify();
         }
-      });
+      },
+    );
   }
 
   #closeKeyWatch(): void {
@@ -582,7 +685,10 @@ export class ServiceRegistry<M extends object = ServiceMetadata> extends EventEm
     const session = this.#session;
     try {
       if (!session || !this.#registered) return;
-      const res = await retrying(() => range(this.client, this.key), { signals: [session.signal, this.#stop.signal], maxElapsedMs: Infinity });
+      const res = await retrying(() => range(this.client, this.key), {
+        signals: [session.signal, this.#stop.signal],
+        maxElapsedMs: Infinity,
+      });
       if (this.#session !== session || !this.#registered) return;
       const kv = res.kvs[0];
       if (kv && kv.lease === session.leaseId) {
@@ -591,8 +697,10 @@ export class ServiceRegistry<M extends object = ServiceMetadata> extends EventEm
         return;
       }
       if (!kv) {
-        const ttl = await retrying(() => this.client.leaseClient.leaseTimeToLive({ ID: session.leaseId }),
-          { signals: [session.signal, this.#stop.signal], maxElapsedMs: Infinity });
+        const ttl = await retrying(() => this.client.leaseClient.leaseTimeToLive({ ID: session.leaseId }), {
+          signals: [session.signal, this.#stop.signal],
+          maxElapsedMs: Infinity,
+        });
         if (this.#session !== session || !this.#registered) return;
         if (!(Number(ttl.TTL) > 0)) {
           // Our lease is gone on the server although the session has not noticed yet: that is a loss.
