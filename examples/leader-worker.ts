@@ -5,7 +5,7 @@
 // stops at once, another takes over, and it campaigns again.
 // Run: npx tsx examples/leader-worker.ts   (uses ETCD_ENDPOINTS, or starts a throwaway etcd)
 import { Etcd3 } from 'etcd3';
-import { getLeader, observeLeader, runAsLeader, type LeaderContext } from 'etcd-recipes';
+import { observeLeader, runAsLeader, type LeaderInfo } from 'etcd-recipes';
 import { exampleEtcd } from './etcd.js';
 
 const ELECTION = 'elections/scheduler';
@@ -23,7 +23,6 @@ const sleep = (ms: number, signal?: AbortSignal) =>
   });
 
 const etcd = await exampleEtcd();
-const terms = new Map<string, LeaderContext>();
 
 /** One scheduler "process": campaigns, schedules while leader, and keeps campaigning until stopped. */
 async function scheduler(id: string, stop: AbortSignal): Promise<void> {
@@ -37,7 +36,6 @@ async function scheduler(id: string, stop: AbortSignal): Promise<void> {
           client,
           ELECTION,
           async (signal, ctx) => {
-            terms.set(id, ctx);
             console.log(`[${id}] elected, term ${ctx.revision}: scheduling`);
             for (let job = 1; !signal.aborted; job++) {
               // A fenced write: it cannot land once this term is over, even if we were paused.
@@ -73,18 +71,24 @@ try {
     }
   })();
 
+  /** The first leader other than `previous`, as soon as one is elected (watching, not polling). */
+  const nextLeader = async (previous?: string): Promise<LeaderInfo> => {
+    for await (const { leader } of observeLeader(client, ELECTION, { signal: AbortSignal.timeout(30_000) })) {
+      if (leader && leader.value !== previous) return leader;
+    }
+    throw new Error('no leader was elected within 30 s');
+  };
+
   const stops = new Map(['a', 'b', 'c'].map((id) => [id, new AbortController()]));
   const running = [...stops].map(([id, c]) => scheduler(id, c.signal));
-  await sleep(700);
-
-  const first = (await getLeader(client, ELECTION))!.value;
+  const first = (await nextLeader()).value;
+  await sleep(700); // let it schedule a few jobs
   console.log(`--- stopping the leader ${first} gracefully: it finishes, resigns, and the next one takes over at once`);
   stops.get(first)!.abort(new Error('shutdown'));
+  const second = await nextLeader(first);
   await sleep(700);
-
-  const second = (await getLeader(client, ELECTION))!.value;
-  console.log(`--- the lease of ${second} disappears (as if etcd expired it): its task is told at once`);
-  await client.leaseClient.leaseRevoke({ ID: terms.get(second)!.session.leaseId });
+  console.log(`--- the lease of ${second.value} disappears (as if etcd expired it): its task is told at once`);
+  await client.leaseClient.leaseRevoke({ ID: second.lease });
   await sleep(900);
 
   console.log('--- stopping everyone');

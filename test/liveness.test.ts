@@ -20,14 +20,15 @@ describe('a process woken from a pause past its TTL', () => {
   it('sees held and isLeader false at once, before any timer fires', async () => {
     const client = createClient({ hosts: etcd().endpoints });
     clients.push(client);
-    const session = await Session.create(client, { ttl: 1 });
+    // TTL 3 s, not 1: on a loaded machine a 1 s lease can run out before the freeze even starts.
+    const session = await Session.create(client, { ttl: 3 });
     const held = await new Mutex(session, 'live/lock').acquire();
     const election = new Election(session, 'live/elect');
     await election.campaign('me');
     expect(held.held).toBe(true);
     expect(election.isLeader).toBe(true);
     expect(session.live).toBe(true);
-    freezeFor(1200);
+    freezeFor(3300);
     // No timer has run since the freeze: the session's own deadline is what tells.
     expect(session.expired).toBe(false);
     expect(session.live).toBe(false);
