@@ -213,7 +213,7 @@ export default async function run(ctx: BenchContext): Promise<void> {
     ]),
   );
   console.log(
-    '\nA claim scans the claim keys (keys only) to skip claimed jobs, so its response grows with the jobs in flight.',
+    '\nA claim reads a page of jobs and of claim keys from a cursor, plus two counts: flat in the jobs in flight.',
   );
   if (profileDir)
     console.log(

@@ -80,6 +80,33 @@ describe('WorkQueue', () => {
     expect(await keysUnder(etcd().client(), 'order/')).toEqual([]);
   });
 
+  it('skips many claimed jobs; a job released behind them, or of a lower priority number, goes first', async () => {
+    const client = etcd().client();
+    await using holderSession = await Session.create(client, { ttl: 10 });
+    await using session = await Session.create(etcd().client(), { ttl: 10 });
+    const holder = new WorkQueue(holderSession, 'cursor');
+    const worker = new WorkQueue(session, 'cursor');
+    for (let i = 0; i < 40; i++) await holder.add(`held-${i}`);
+    const held: Job[] = [];
+    for (let i = 0; i < 40; i++) held.push(await holder.claim());
+    for (const v of ['a', 'b', 'c']) await holder.add(v);
+    const take = async () => {
+      const job = await worker.claim();
+      await job.ack();
+      return job.value;
+    };
+    expect(await take()).toBe('a');
+    await held[5]!.release(); // now behind the first free job the worker saw
+    expect(await take()).toBe('held-5');
+    await holder.add('urgent', { priority: 0 });
+    expect(await take()).toBe('urgent');
+    expect([await take(), await take()]).toEqual(['b', 'c']);
+    expect(await worker.stats()).toMatchObject({ jobs: 39, claimed: 39 });
+    await Promise.all(held.map((j) => j.release()));
+    await holder.close();
+    await worker.close();
+  });
+
   it('a worker whose session is lost cannot ack; the job goes to the next worker, fenced', async () => {
     const client = etcd().client();
     const a = await Session.create(client, { ttl: 3 }); // keepalives every second: it learns of the revoke soon

@@ -6,7 +6,7 @@ import { cmp, op, rangeAt, txn, type KeyValue } from '../../core/kv.js';
 import { logger } from '../../core/log.js';
 import { retrying } from '../../core/retry.js';
 import { checkInteger, checkValue } from '../../core/validate.js';
-import type { Candidate } from '../../core/queue-line.js';
+import type { Candidate } from '../../core/claim-source.js';
 import { ItemQueue, type EnqueueOptions, type QueueOptions } from './queue.js';
 
 const log = logger('priority-queue');

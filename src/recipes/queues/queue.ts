@@ -10,17 +10,17 @@ import { ReceiptBook } from '../../core/receipts.js';
 import { retrying } from '../../core/retry.js';
 import { checkClient, checkInteger, checkName, checkOptions, checkSignal, checkValue } from '../../core/validate.js';
 import type { WatchEvent, WatchSpec } from '../../core/watch-hub.js';
+import { ConsumerLine } from '../../core/queue-line.js';
+import { OwnSession } from '../../core/queue-sessions.js';
 import {
-  ConsumerLine,
-  createItem,
-  OwnSession,
   WINDOW,
   type Candidate,
   type ClaimContext,
   type ClaimOutcome,
   type ClaimSource,
   type SourceScan,
-} from '../../core/queue-line.js';
+} from '../../core/claim-source.js';
+import { createItem } from './create-item.js';
 
 const log = logger('queue');
 

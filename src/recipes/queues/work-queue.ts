@@ -1,30 +1,21 @@
 import type { WaitOptions } from '../../core/options.js';
 import { nameOf, publish, traced } from '../../core/diagnostics.js';
 import type { ComparatorBuilder, Namespace } from 'etcd3';
-import type { Logger } from '../../core/log.js';
-import { linkSignals, type LinkedSignal } from '../../core/abort.js';
-import { InvalidArgumentError, LockNotHeldError } from '../../core/errors.js';
-import { checkGuard, markGuard, resolveGuard, type GuardedWriteOptions } from '../../core/guard.js';
-import { childPrefix, showKey, toBuffer, uniqueSuffix } from '../../core/keys.js';
-import { cmp, op, range, rangeAt, txn, type Op, type OpResult } from '../../core/kv.js';
+import { InvalidArgumentError } from '../../core/errors.js';
+import { resolveGuard, type GuardedWriteOptions } from '../../core/guard.js';
+import { showKey, toBuffer, uniqueSuffix } from '../../core/keys.js';
+import { cmp, op, range, rangeAt, txn } from '../../core/kv.js';
 import { logger } from '../../core/log.js';
-import { watchHeldKey } from '../../core/own-key.js';
-import { type ProvenOutcome, ReceiptBook } from '../../core/receipts.js';
+import { ReceiptBook } from '../../core/receipts.js';
 import { retrying } from '../../core/retry.js';
 import { checkSession, type Session } from '../../core/session.js';
 import { checkClient, checkInteger, checkName, checkOptions, checkSignal, checkValue } from '../../core/validate.js';
-import type { WatchEvent, WatchSpec } from '../../core/watch-hub.js';
-import {
-  ConsumerLine,
-  createItem,
-  GivenSession,
-  WINDOW,
-  type Candidate,
-  type ClaimContext,
-  type ClaimOutcome,
-  type ClaimSource,
-  type SourceScan,
-} from '../../core/queue-line.js';
+import { ConsumerLine } from '../../core/queue-line.js';
+import { GivenSession } from '../../core/queue-sessions.js';
+import { createItem } from './create-item.js';
+import { checkWriteOptions, ClaimedJob } from './work-queue/claimed-job.js';
+import { JobSource } from './work-queue/job-source.js';
+import { ID, Layout, type Claimed } from './work-queue/layout.js';
 
 const log = logger('work-queue');
 
@@ -118,201 +109,6 @@ export interface DeadJob {
   buffer: Buffer;
 }
 
-interface Claimed {
-  id: string;
-  value: Buffer;
-  attempts: number;
-  token: bigint;
-}
-
-const ID = /^[0-9]{5}-[0-9]+$/;
-
-/** The keys of one work queue. */
-class Layout {
-  readonly root: Buffer;
-  readonly jobs: Buffer;
-  readonly claims: Buffer;
-  readonly attempts: Buffer;
-  readonly waiters: Buffer;
-  readonly dead: Buffer;
-  readonly receipts: Buffer;
-
-  constructor(prefix: string | Buffer) {
-    this.root = childPrefix(prefix);
-    const sub = (s: string) => Buffer.concat([this.root, Buffer.from(s)]);
-    this.jobs = sub('jobs/');
-    this.claims = sub('claims/');
-    this.attempts = sub('attempts/');
-    this.waiters = sub('waiters/');
-    this.dead = sub('dead/');
-    this.receipts = sub('receipts/');
-  }
-
-  job(id: string): Buffer {
-    return Buffer.concat([this.jobs, Buffer.from(id)]);
-  }
-  claim(id: string): Buffer {
-    return Buffer.concat([this.claims, Buffer.from(id)]);
-  }
-  attempt(id: string): Buffer {
-    return Buffer.concat([this.attempts, Buffer.from(id)]);
-  }
-  deadKey(id: string): Buffer {
-    return Buffer.concat([this.dead, Buffer.from(id)]);
-  }
-
-  /** The ID in a key under `under`, or undefined. */
-  idIn(under: Buffer, key: Buffer): string | undefined {
-    if (key.length <= under.length || !key.subarray(0, under.length).equals(under)) return undefined;
-    return key.subarray(under.length).toString();
-  }
-}
-
-/**
- * @internal Jobs that a claimer takes by creating a claim key next to them:
- * a job is claimable while no claim key exists for it. Candidates are the
- * unclaimed jobs in key order (priority, then age).
- */
-class JobSource implements ClaimSource<Claimed> {
-  readonly client: Namespace;
-  readonly what: string;
-  readonly log: Logger = log;
-  readonly waitersPrefix: Buffer;
-  readonly headWatch: WatchSpec;
-  readonly #k: Layout;
-  readonly #book: ReceiptBook;
-  /** Jobs read per scan: enough to see past every claimed job at the front. */
-  #window = WINDOW;
-
-  constructor(client: Namespace, k: Layout, book: ReceiptBook, what: string) {
-    this.client = client;
-    this.#k = k;
-    this.#book = book;
-    this.what = what;
-    this.waitersPrefix = k.waiters;
-    this.headWatch = { key: k.root, prefix: true };
-  }
-
-  scanOps(): Op[] {
-    return [
-      op.range(this.#k.claims, { prefix: true, keysOnly: true }),
-      op.range(this.#k.jobs, {
-        prefix: true,
-        sortTarget: 'Key',
-        sortOrder: 'Ascend',
-        limit: this.#window,
-        keysOnly: true,
-      }),
-    ];
-  }
-
-  parseScan(results: OpResult[]): SourceScan {
-    const [claims, jobs] = results;
-    if (claims?.type !== 'range' || jobs?.type !== 'range') throw new Error('internal: scan responses are not ranges');
-    const claimed = new Set(claims.kvs.map((kv) => this.#k.idIn(this.#k.claims, kv.key)));
-    const cands = jobs.kvs
-      .filter((kv) => !claimed.has(this.#k.idIn(this.#k.jobs, kv.key)))
-      .map((kv) => ({ key: kv.key, rev: kv.createRevision }));
-    const wanted = claimed.size + WINDOW;
-    const incomplete = !cands.length && jobs.more;
-    if (incomplete) this.#window = Math.max(wanted, this.#window * 2);
-    else if (wanted > this.#window || this.#window > 4 * wanted) this.#window = wanted;
-    return { cands, incomplete };
-  }
-
-  fromEvents(events: WatchEvent[]): Candidate[] | undefined {
-    const k = this.#k;
-    const ackedIds = new Set<string>();
-    for (const e of events)
-      if (e.type === 'delete') {
-        const id = k.idIn(k.jobs, e.kv.key);
-        if (id) ackedIds.add(id);
-      }
-    const cands: Candidate[] = [];
-    let released = false;
-    for (const e of events) {
-      if (e.type === 'put' && e.kv.version === 1n && k.idIn(k.jobs, e.kv.key))
-        cands.push({ key: e.kv.key, rev: e.kv.createRevision });
-      if (e.type === 'delete') {
-        const id = k.idIn(k.claims, e.kv.key);
-        // A claim deleted without its job: released, or its claimer's lease expired.
-        if (id && !ackedIds.has(id)) released = true;
-      }
-    }
-    return released ? undefined : cands;
-  }
-
-  interchangeable(cands: Candidate[]): number {
-    const prio = (c: Candidate) => this.#k.idIn(this.#k.jobs, c.key)?.slice(0, 5);
-    const head = cands[0] && prio(cands[0]);
-    let n = 0;
-    while (n < cands.length && prio(cands[n]!) === head) n++;
-    return n;
-  }
-
-  /**
-   * Creates the claim key on the claimer's lease, with the attempt's ID as
-   * its value: that key, with our lease and our ID, is the proof that a
-   * claim whose reply was lost landed (the job itself is still there to
-   * read: only an ack removes it). Retried until the outcome is known or
-   * the session is lost (the claim then went with its lease). The same Txn
-   * deletes receipts our acks spent, saving them a round trip of their own.
-   */
-  async claim(c: Candidate, ctx: ClaimContext): Promise<ClaimOutcome<Claimed>> {
-    const spent = this.#book.takeSpent();
-    const cleanup = spent.map((key) => op.delete(key));
-    try {
-      return await retrying(() => this.#claimOnce(c, ctx, cleanup), {
-        signals: [ctx.session.signal],
-        maxElapsedMs: Infinity,
-        onRetry: (err) =>
-          log('%s: claim of %s failed, retrying: %s', this.what, showKey(c.key), (err as Error).message),
-      });
-    } catch (err) {
-      for (const key of spent) this.#book.spend(key);
-      // Best effort: undo an attempt that may have landed (if the session is gone, its lease took the claim).
-      const claimKey = this.#k.claim(this.#k.idIn(this.#k.jobs, c.key)!);
-      await txn(this.client, [cmp.value(claimKey, '==', ctx.attemptId)], [op.delete(claimKey)]).catch(() => undefined);
-      throw ctx.session.leaseError(err, this.what);
-    }
-  }
-
-  async #claimOnce(c: Candidate, ctx: ClaimContext, cleanup: Op[]): Promise<ClaimOutcome<Claimed>> {
-    const k = this.#k;
-    const id = k.idIn(k.jobs, c.key)!;
-    const claimKey = k.claim(id);
-    const attemptsKey = k.attempt(id);
-    const waiterOps = ctx.waiter ? [op.delete(ctx.waiter.key)] : [];
-    const res = await txn(
-      this.client,
-      [cmp.create(claimKey, '==', 0n), cmp.create(c.key, '==', c.rev)],
-      [
-        op.put(claimKey, ctx.attemptId, ctx.session.leaseId),
-        op.put(attemptsKey, ctx.session.leaseHex),
-        op.range(c.key),
-        op.range(attemptsKey, { keysOnly: true }),
-        ...waiterOps,
-        ...cleanup,
-      ],
-      [op.range(claimKey), op.range(c.key), op.range(attemptsKey, { keysOnly: true }), ...ctx.scan, ...cleanup],
-    );
-    if (res.succeeded) {
-      const job = rangeAt(res, 2).kvs[0]!;
-      const attempts = Number(rangeAt(res, 3).kvs[0]?.version ?? 1n);
-      return { won: true, result: { id, value: job.value, attempts, token: res.revision } };
-    }
-    const claim = rangeAt(res, 0).kvs[0];
-    const job = rangeAt(res, 1).kvs[0];
-    if (claim && claim.value.toString() === ctx.attemptId && claim.lease === ctx.session.leaseId && job) {
-      // An earlier try of this very claim committed and its reply was lost.
-      log('%s: claim of %s committed on an earlier try', this.what, id);
-      const attempts = Number(rangeAt(res, 2).kvs[0]?.version ?? 1n);
-      return { won: true, result: { id, value: job.value, attempts, token: claim.createRevision } };
-    }
-    return { won: false, scan: res.responses.slice(3, 3 + ctx.scan.length) };
-  }
-}
-
 /**
  * A crash-safe work queue for job schedulers (Go's recipes and etcd3 have
  * none): at-least-once delivery with acknowledgements.
@@ -334,7 +130,7 @@ class JobSource implements ClaimSource<Claimed> {
  * claimed in order of priority (lower first), then age.
  */
 export class WorkQueue implements AsyncDisposable {
-  /** The session whose lease holds this object's claims and waiter keys; undefined for a producer built from a client. */
+  /** The session whose lease holds this object's claims and waiter keys; undefined for a producer (a client). */
   readonly session: Session | undefined;
   /** The etcd3 client (or namespace) every call goes through: the session's, or the one given. */
   readonly client: Namespace;
@@ -500,11 +296,10 @@ export class WorkQueue implements AsyncDisposable {
    * @throws OutcomeUnknownError if the signal aborted while etcd was unreachable mid-write
    */
   async retryDead(id: string, options: GuardedWriteOptions = {}): Promise<boolean> {
-    if (typeof id !== 'string' || !ID.test(id))
-      throw new InvalidArgumentError(
-        'id',
-        `must be a job ID like "00100-1732212345678901234", got ${typeof id === 'string' ? JSON.stringify(id) : typeof id}`,
-      );
+    if (typeof id !== 'string' || !ID.test(id)) {
+      const got = typeof id === 'string' ? JSON.stringify(id) : typeof id;
+      throw new InvalidArgumentError('id', `must be a job ID like "00100-1732212345678901234", got ${got}`);
+    }
     checkWriteOptions(options);
     this.#checkLive();
     const { signal } = options;
@@ -551,204 +346,5 @@ export class WorkQueue implements AsyncDisposable {
   /** `await using wq = new WorkQueue(...)` cleans up at scope exit. */
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
-  }
-}
-
-function checkWriteOptions(options: GuardedWriteOptions): void {
-  checkOptions(options);
-  checkGuard(options.guard);
-  checkSignal(options.signal);
-}
-
-/** A claimed job. */
-class ClaimedJob implements Job {
-  readonly id: string;
-  readonly priority: number;
-  readonly buffer: Buffer;
-  readonly attempts: number;
-  readonly fencingToken: bigint;
-  readonly #session: Session;
-  readonly #k: Layout;
-  readonly #book: ReceiptBook;
-  readonly #what: string;
-  readonly #linked: LinkedSignal;
-  #ending: Promise<void> | undefined;
-  #outcome: 'acked' | 'released' | 'dead' | undefined;
-  #stopWatch: (() => void) | undefined;
-
-  readonly #name: string;
-
-  constructor(session: Session, k: Layout, c: Claimed, what: string, book: ReceiptBook, name: string) {
-    this.#name = name;
-    this.#session = session;
-    this.#k = k;
-    this.#book = book;
-    this.id = c.id;
-    this.priority = Number(c.id.slice(0, 5));
-    this.buffer = c.value;
-    this.attempts = c.attempts;
-    this.fencingToken = c.token;
-    this.#what = `${what} job ${c.id}`;
-    this.#linked = linkSignals(session.signal);
-  }
-
-  get value(): string {
-    return this.buffer.toString();
-  }
-
-  get key(): string {
-    return this.#k.claim(this.id).toString();
-  }
-
-  get signal(): AbortSignal {
-    // Someone else may delete our claim (an operator, a revoked lease): the job is then lost too.
-    // Watched from the first look at the signal until the job ends.
-    if (!this.#stopWatch && !this.#ending && !this.#linked.signal.aborted) {
-      const stop = watchHeldKey(this.#session, this.#k.claim(this.id), this.fencingToken, this.#what, (reason) =>
-        this.#linked.abort(reason),
-      );
-      this.#stopWatch = stop;
-      this.#linked.signal.addEventListener('abort', stop, { once: true });
-    }
-    return this.#linked.signal;
-  }
-
-  get done(): boolean {
-    return this.#linked.signal.aborted;
-  }
-
-  ifOwner(): ComparatorBuilder {
-    if (this.done) throw new LockNotHeldError(`${this.#what} is not held (${this.#outcome ?? 'claim lost'})`);
-    return markGuard(
-      this.#session.client.if(this.#k.claim(this.id), 'Create', '==', this.fencingToken.toString()),
-      'LOCK_NOT_HELD',
-      this.#what,
-    );
-  }
-
-  /** @internal This job as diagnostics messages show it. */
-  message(): { name: string; id: string; key: string; fencingToken: bigint; attempts: number } {
-    return { name: this.#name, id: this.id, key: this.key, fencingToken: this.fencingToken, attempts: this.attempts };
-  }
-
-  ack(options: GuardedWriteOptions = {}): Promise<void> {
-    return traced(
-      'ack',
-      () => this.message(),
-      () => this.#finish('acked', [], 'ack', options),
-      () => ({}),
-    );
-  }
-
-  async deadLetter(options: GuardedWriteOptions = {}, reason: 'manual' | 'max-attempts' = 'manual'): Promise<void> {
-    await this.#finish('dead', [op.put(this.#k.deadKey(this.id), this.buffer)], 'dead-letter', options);
-    publish('workQueueDeadLetter', () => ({ ...this.message(), reason }));
-  }
-
-  /**
-   * Deletes the job, its claim and its counter (plus `extra`) in one Txn
-   * guarded by the claim's create revision, as a proven write: its receipt,
-   * not the absence of the claim or the job, says that an earlier try whose
-   * reply was lost landed. Claim and job both gone without our receipt means
-   * the claim was lost first (another worker may have run and acked the
-   * job): that rejects. The write is not bound to the session: once sent,
-   * it is settled from etcd's state, however long etcd takes to answer.
-   * A guard that fails, or an abort that voided the write, leaves the claim
-   * held and the job open to another ack or release.
-   */
-  #finish(outcome: 'acked' | 'dead', extra: Op[], verb: string, options: GuardedWriteOptions): Promise<void> {
-    try {
-      checkWriteOptions(options);
-    } catch (err) {
-      return Promise.reject(err);
-    }
-    if (this.#ending) {
-      if (this.#outcome === outcome) return this.#ending;
-      return Promise.reject(
-        new LockNotHeldError(`${this.#what}: cannot ${verb}, already ${this.#outcome ?? 'ending'}`),
-      );
-    }
-    this.#outcome = outcome;
-    this.#stopWatch?.(); // our own delete is not a loss
-    const session = this.#session;
-    const k = this.#k;
-    const claim = k.claim(this.id);
-    const job = k.job(this.id);
-    const what = `${this.#what}: ${verb}`;
-    const reopen = (err: unknown): never => {
-      this.#ending = undefined;
-      this.#outcome = undefined;
-      this.#stopWatch = undefined; // watched again from the next look at the signal
-      throw err;
-    };
-    this.#ending = (async () => {
-      if (session.expired) {
-        this.#linked.abort(session.signal.reason);
-        throw new LockNotHeldError(
-          `${what}: not written, the session's lease was lost (the job may run again elsewhere)`,
-        );
-      }
-      const guard = await resolveGuard(session.client, options.guard).catch(reopen);
-      let out: ProvenOutcome;
-      try {
-        out = await this.#book.write(
-          {
-            compares: [cmp.create(claim, '==', this.fencingToken), ...guard.compares],
-            success: [op.delete(job), op.delete(claim), op.delete(k.attempt(this.id)), ...extra],
-            failure: [op.range(claim, { keysOnly: true }), ...guard.reads],
-          },
-          { signal: options.signal, what },
-        );
-      } catch (err) {
-        // Aborted and voided: nothing was written, the claim is still ours to ack or release.
-        if (options.signal?.aborted && err === options.signal.reason) return reopen(err);
-        this.#linked.abort(err);
-        throw err;
-      }
-      if (!out.landed) {
-        const [mine, ...reads] = out.failure;
-        const held = mine?.type === 'range' && mine.kvs[0]?.createRevision === this.fencingToken;
-        if (!held) {
-          const lost = new LockNotHeldError(
-            `${what}: not written, the claim was lost first (its lease expired, or it was ` +
-              'released or deleted); the job may run, or have run, elsewhere',
-          );
-          this.#linked.abort(lost);
-          throw lost;
-        }
-        if (!guard.holds(reads)) return reopen(guard.error(what));
-        return reopen(new Error(`internal: ${what} failed its compares, which all hold`));
-      }
-      this.#linked.abort(new LockNotHeldError(`${this.#what} ${outcome}`));
-      log('%s %s', this.#what, outcome);
-    })();
-    return this.#ending;
-  }
-
-  release(): Promise<void> {
-    if (this.#ending) return this.#ending.catch(() => undefined);
-    this.#outcome = 'released';
-    this.#stopWatch?.();
-    const session = this.#session;
-    const claim = this.#k.claim(this.id);
-    this.#linked.abort(new LockNotHeldError(`${this.#what} released`));
-    // Deleting our claim (guarded by its create revision) is harmless to repeat: no receipt is needed.
-    this.#ending = (async () => {
-      if (session.expired) return; // the claim went with the lease
-      await retrying(() => txn(session.client, [cmp.create(claim, '==', this.fencingToken)], [op.delete(claim)]), {
-        signals: [session.signal],
-        maxElapsedMs: Infinity,
-      }).catch((err: unknown) => {
-        if (session.expired) return;
-        throw err;
-      });
-      log('%s released', this.#what);
-      publish('workQueueRelease', () => this.message());
-    })();
-    return this.#ending;
-  }
-
-  [Symbol.asyncDispose](): Promise<void> {
-    return this.release();
   }
 }

@@ -1,0 +1,215 @@
+import type { ComparatorBuilder } from 'etcd3';
+import { linkSignals, type LinkedSignal } from '../../../core/abort.js';
+import { publish, traced } from '../../../core/diagnostics.js';
+import { LockNotHeldError } from '../../../core/errors.js';
+import { checkGuard, markGuard, resolveGuard, type GuardedWriteOptions } from '../../../core/guard.js';
+import { deleteOwnKey } from '../../../core/holding.js';
+import { cmp, op, type Op } from '../../../core/kv.js';
+import { logger } from '../../../core/log.js';
+import { watchHeldKey } from '../../../core/own-key.js';
+import type { ProvenOutcome, ReceiptBook } from '../../../core/receipts.js';
+import type { Session } from '../../../core/session.js';
+import { checkOptions, checkSignal } from '../../../core/validate.js';
+import type { Job } from '../work-queue.js';
+import type { Claimed, Layout } from './layout.js';
+
+const log = logger('work-queue');
+
+/** Checks the options of a guarded write (before anything is written). */
+export function checkWriteOptions(options: GuardedWriteOptions): void {
+  checkOptions(options);
+  checkGuard(options.guard);
+  checkSignal(options.signal);
+}
+
+/**
+ * A claimed job. Not a core `Holding`: an ack that a guard refused, or an
+ * abort voided, leaves the claim held (its signal live, its own-key watch
+ * resumed), and the end of a claim says how it ended (acked, released,
+ * dead-lettered); a Holding's end is final and always "released".
+ */
+export class ClaimedJob implements Job {
+  readonly id: string;
+  readonly priority: number;
+  readonly buffer: Buffer;
+  readonly attempts: number;
+  readonly fencingToken: bigint;
+  readonly #session: Session;
+  readonly #k: Layout;
+  readonly #book: ReceiptBook;
+  readonly #what: string;
+  readonly #linked: LinkedSignal;
+  #ending: Promise<void> | undefined;
+  #outcome: 'acked' | 'released' | 'dead' | undefined;
+  #stopWatch: (() => void) | undefined;
+
+  readonly #name: string;
+
+  constructor(session: Session, k: Layout, c: Claimed, what: string, book: ReceiptBook, name: string) {
+    this.#name = name;
+    this.#session = session;
+    this.#k = k;
+    this.#book = book;
+    this.id = c.id;
+    this.priority = Number(c.id.slice(0, 5));
+    this.buffer = c.value;
+    this.attempts = c.attempts;
+    this.fencingToken = c.token;
+    this.#what = `${what} job ${c.id}`;
+    this.#linked = linkSignals(session.signal);
+  }
+
+  get value(): string {
+    return this.buffer.toString();
+  }
+
+  get key(): string {
+    return this.#k.claim(this.id).toString();
+  }
+
+  get signal(): AbortSignal {
+    // Someone else may delete our claim (an operator, a revoked lease): the job is then lost too.
+    // Watched from the first look at the signal until the job ends.
+    if (!this.#stopWatch && !this.#ending && !this.#linked.signal.aborted) {
+      const stop = watchHeldKey(this.#session, this.#k.claim(this.id), this.fencingToken, this.#what, (reason) =>
+        this.#linked.abort(reason),
+      );
+      this.#stopWatch = stop;
+      this.#linked.signal.addEventListener('abort', stop, { once: true });
+    }
+    return this.#linked.signal;
+  }
+
+  get done(): boolean {
+    return this.#linked.signal.aborted;
+  }
+
+  ifOwner(): ComparatorBuilder {
+    if (this.done) throw new LockNotHeldError(`${this.#what} is not held (${this.#outcome ?? 'claim lost'})`);
+    return markGuard(
+      this.#session.client.if(this.#k.claim(this.id), 'Create', '==', this.fencingToken.toString()),
+      'LOCK_NOT_HELD',
+      this.#what,
+    );
+  }
+
+  /** @internal This job as diagnostics messages show it. */
+  message(): { name: string; id: string; key: string; fencingToken: bigint; attempts: number } {
+    return { name: this.#name, id: this.id, key: this.key, fencingToken: this.fencingToken, attempts: this.attempts };
+  }
+
+  ack(options: GuardedWriteOptions = {}): Promise<void> {
+    return traced(
+      'ack',
+      () => this.message(),
+      () => this.#finish('acked', [], 'ack', options),
+      () => ({}),
+    );
+  }
+
+  async deadLetter(options: GuardedWriteOptions = {}, reason: 'manual' | 'max-attempts' = 'manual'): Promise<void> {
+    await this.#finish('dead', [op.put(this.#k.deadKey(this.id), this.buffer)], 'dead-letter', options);
+    publish('workQueueDeadLetter', () => ({ ...this.message(), reason }));
+  }
+
+  /**
+   * Deletes the job, its claim and its counter (plus `extra`) in one Txn
+   * guarded by the claim's create revision, as a proven write: its receipt,
+   * not the absence of the claim or the job, says that an earlier try whose
+   * reply was lost landed. Claim and job both gone without our receipt means
+   * the claim was lost first (another worker may have run and acked the
+   * job): that rejects. The write is not bound to the session: once sent,
+   * it is settled from etcd's state, however long etcd takes to answer.
+   * A guard that fails, or an abort that voided the write, leaves the claim
+   * held and the job open to another ack or release.
+   */
+  #finish(outcome: 'acked' | 'dead', extra: Op[], verb: string, options: GuardedWriteOptions): Promise<void> {
+    try {
+      checkWriteOptions(options);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    if (this.#ending) {
+      if (this.#outcome === outcome) return this.#ending;
+      return Promise.reject(
+        new LockNotHeldError(`${this.#what}: cannot ${verb}, already ${this.#outcome ?? 'ending'}`),
+      );
+    }
+    this.#outcome = outcome;
+    this.#stopWatch?.(); // our own delete is not a loss
+    const session = this.#session;
+    const k = this.#k;
+    const claim = k.claim(this.id);
+    const job = k.job(this.id);
+    const what = `${this.#what}: ${verb}`;
+    const reopen = (err: unknown): never => {
+      this.#ending = undefined;
+      this.#outcome = undefined;
+      this.#stopWatch = undefined; // watched again from the next look at the signal
+      throw err;
+    };
+    this.#ending = (async () => {
+      if (session.expired) {
+        this.#linked.abort(session.signal.reason);
+        throw new LockNotHeldError(
+          `${what}: not written, the session's lease was lost (the job may run again elsewhere)`,
+        );
+      }
+      const guard = await resolveGuard(session.client, options.guard).catch(reopen);
+      let out: ProvenOutcome;
+      try {
+        out = await this.#book.write(
+          {
+            compares: [cmp.create(claim, '==', this.fencingToken), ...guard.compares],
+            success: [op.delete(job), op.delete(claim), op.delete(k.attempt(this.id)), ...extra],
+            failure: [op.range(claim, { keysOnly: true }), ...guard.reads],
+          },
+          { signal: options.signal, what },
+        );
+      } catch (err) {
+        // Aborted and voided: nothing was written, the claim is still ours to ack or release.
+        if (options.signal?.aborted && err === options.signal.reason) return reopen(err);
+        this.#linked.abort(err);
+        throw err;
+      }
+      if (!out.landed) {
+        const [mine, ...reads] = out.failure;
+        const held = mine?.type === 'range' && mine.kvs[0]?.createRevision === this.fencingToken;
+        if (!held) {
+          const lost = new LockNotHeldError(
+            `${what}: not written, the claim was lost first (its lease expired, or it was ` +
+              'released or deleted); the job may run, or have run, elsewhere',
+          );
+          this.#linked.abort(lost);
+          throw lost;
+        }
+        if (!guard.holds(reads)) return reopen(guard.error(what));
+        return reopen(new Error(`internal: ${what} failed its compares, which all hold`));
+      }
+      this.#linked.abort(new LockNotHeldError(`${this.#what} ${outcome}`));
+      log('%s %s', this.#what, outcome);
+    })();
+    return this.#ending;
+  }
+
+  release(): Promise<void> {
+    if (this.#ending) return this.#ending.catch(() => undefined);
+    this.#outcome = 'released';
+    this.#stopWatch?.();
+    const session = this.#session;
+    const claim = this.#k.claim(this.id);
+    this.#linked.abort(new LockNotHeldError(`${this.#what} released`));
+    // Deleting our claim (guarded by its create revision) is harmless to repeat: no receipt is needed.
+    this.#ending = (async () => {
+      if (session.expired) return; // the claim went with the lease
+      await deleteOwnKey(session, claim, this.fencingToken, log);
+      log('%s released', this.#what);
+      publish('workQueueRelease', () => this.message());
+    })();
+    return this.#ending;
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.release();
+  }
+}
