@@ -80,13 +80,13 @@ export default async function run(ctx: BenchContext): Promise<void> {
       (_, n) => Number(counters[`${prefix}/counter-${n}`]) === (run.counts[`n${n}`] ?? 0),
     ).every(Boolean);
     broken ||= !ok;
-    if (names === 1) single = run.perSecond;
+    if (names === 1) single = run.ops / wall;
     rows.push([
       names,
       names * PER_NAME,
-      fmt.n(run.perSecond),
-      fmt.ratio(run.perSecond / single),
-      fmt.n(run.perSecond / names, 1),
+      fmt.n(run.ops / wall),
+      fmt.ratio(run.ops / wall / single),
+      fmt.n(run.ops / wall / names, 1),
       fmt.n(req.kv / run.ops, 2),
       fmt.cpu(run.cpuPerOp),
       fmt.n(run.cpuMs / 1000 / wall, 2),
