@@ -9,8 +9,10 @@ import {
   requestsBetween,
   table,
   type BenchContext,
+  type Timed,
 } from './lib.js';
 import { merged, WorkerGroup } from './workers/pool.js';
+import { formatSummary, summarize } from './workers/profile-summary.js';
 
 /*
  * npm run bench -- mutex
@@ -35,38 +37,102 @@ interface ContendedResult {
   watchPerSection: number;
   /** Client CPU ms per section, summed over the worker processes. */
   cpuPerSection: number;
+  /** The chain floor in a worker process, measured in the slices right before this row's. */
+  chainPerSecond?: number;
 }
 
-/** W workers, each on its own connection and session, spread over `procs` worker processes. */
-async function contended(ctx: BenchContext, workers: number, procs: number, seconds: number): Promise<ContendedResult> {
+/** A contended row: W workers, each on its own connection and session, spread over `procs` worker processes. */
+interface Contender {
+  workers: number;
+  procs: number;
+  counter: string;
+  group: WorkerGroup;
+  runs: ReturnType<typeof merged>[];
+  elapsed: number;
+  kv: number;
+  watch: number;
+  chainOps: number;
+  chainElapsed: number;
+}
+
+/**
+ * The contended rows and the chain floor, all set up first (every worker
+ * connected and its session created), then run in alternating slices, each
+ * row right after a slice of the chain floor in a worker process: the load
+ * of this shared machine drifts within minutes, and a row and its floor
+ * should see the same drift. With `profileDir`, the W = 8 one-process row's
+ * worker is CPU-profiled.
+ */
+async function contendedRows(
+  ctx: BenchContext,
+  shapes: readonly (readonly [number, number])[],
+  seconds: number,
+  profileDir?: string,
+): Promise<ContendedResult[]> {
   const admin = ctx.client();
-  const counter = `bench/mutex/counter-${workers}-${procs}`;
-  await admin.put(counter).value('0');
-  const group = await WorkerGroup.start(
-    ctx.endpoints,
-    'mutex',
-    { workers, lock: `bench/mutex/lock-${workers}-${procs}`, counter },
-    { procs },
-  );
+  const slices = 3;
+  const contenders: Contender[] = [];
+  const chain = await WorkerGroup.start(ctx.endpoints, 'chain', { prefix: 'bench/mutex/chain-worker' }, { procs: 1 });
   try {
-    const before = await grpcMessages(ctx.metricsUrl);
-    const run = merged(await group.run(seconds));
-    const req = requestsBetween(before, await grpcMessages(ctx.metricsUrl));
-    const value = Number(await admin.get(counter).string());
-    return {
-      workers,
-      procs,
-      sections: run.ops,
-      perSecond: run.perSecond,
-      handoffs: mutexHandoffs(run.records),
-      counterOk: value === run.ops,
-      // The workload's own get + put are not the lock's cost.
-      kvPerSection: (req.kv - 2 * run.ops) / run.ops,
-      watchPerSection: req.watch / run.ops,
-      cpuPerSection: run.cpuPerOp,
-    };
+    for (const [workers, procs] of shapes) {
+      const counter = `bench/mutex/counter-${workers}-${procs}`;
+      await admin.put(counter).value('0');
+      const profile = profileDir && workers === 8 && procs === 1 ? profileDir : undefined;
+      const group = await WorkerGroup.start(
+        ctx.endpoints,
+        'mutex',
+        { workers, lock: `bench/mutex/lock-${workers}-${procs}`, counter },
+        { procs, profileDir: profile },
+      );
+      contenders.push({
+        workers,
+        procs,
+        counter,
+        group,
+        runs: [],
+        elapsed: 0,
+        kv: 0,
+        watch: 0,
+        chainOps: 0,
+        chainElapsed: 0,
+      });
+    }
+    for (let slice = 0; slice < slices; slice++) {
+      for (const c of contenders) {
+        const floor = await chain.run(seconds / slices);
+        c.chainOps += merged(floor).ops;
+        c.chainElapsed += floor.elapsed;
+        const before = await grpcMessages(ctx.metricsUrl);
+        const r = await c.group.run(seconds / slices);
+        const req = requestsBetween(before, await grpcMessages(ctx.metricsUrl));
+        c.runs.push(merged(r));
+        c.elapsed += r.elapsed;
+        c.kv += req.kv;
+        c.watch += req.watch;
+      }
+    }
+    const rows: ContendedResult[] = [];
+    for (const c of contenders) {
+      const ops = c.runs.reduce((t, r) => t + r.ops, 0);
+      const cpu = c.runs.reduce((t, r) => t + r.cpuMs, 0);
+      const value = Number(await admin.get(c.counter).string());
+      rows.push({
+        workers: c.workers,
+        procs: c.procs,
+        sections: ops,
+        perSecond: ops / c.elapsed,
+        handoffs: c.runs.flatMap((r) => mutexHandoffs(r.records)),
+        counterOk: value === ops,
+        // The workload's own get + put are not the lock's cost.
+        kvPerSection: (c.kv - 2 * ops) / ops,
+        watchPerSection: c.watch / ops,
+        cpuPerSection: cpu / ops,
+        chainPerSecond: c.chainOps / c.chainElapsed,
+      });
+    }
+    return rows;
   } finally {
-    await group.close();
+    await Promise.all([chain.close(), ...contenders.map((c) => c.group.close())]);
   }
 }
 
@@ -112,6 +178,37 @@ async function scale(ctx: BenchContext, waiters: number): Promise<ContendedResul
 }
 
 export default async function run(ctx: BenchContext): Promise<void> {
+  const s = ctx.seconds;
+  const profileDir = ctx.profileDir ? `${ctx.profileDir}mutex-w8` : undefined;
+  // MUTEX_CONTENDED_ONLY=1: only the W = 8 rows and their floor, for quick before/after comparisons.
+  if (process.env.MUTEX_CONTENDED_ONLY) {
+    const rows = await contendedRows(
+      ctx,
+      [
+        [8, 1],
+        [8, 4],
+      ] as const,
+      s,
+      profileDir,
+    );
+    printContended(rows, undefined, undefined, profileDir);
+    return;
+  }
+  const chain = await uncontended(ctx);
+  const shapes = [
+    [2, 1],
+    [8, 1],
+    [8, 4],
+    [32, 1],
+    [32, 4],
+  ] as const;
+  const rows = await contendedRows(ctx, shapes, s, profileDir);
+  const scaleRun = await scale(ctx, 1000);
+  printContended(rows, chain, scaleRun, profileDir);
+}
+
+/** The uncontended table; returns the chain floor (e), which the contended rows are divided by. */
+async function uncontended(ctx: BenchContext): Promise<Timed> {
   const client = ctx.client();
   const s = ctx.seconds;
 
@@ -193,23 +290,25 @@ export default async function run(ctx: BenchContext): Promise<void> {
     ],
   );
 
-  const rows: ContendedResult[] = [];
-  for (const [w, procs] of [
-    [2, 1],
-    [8, 1],
-    [8, 4],
-    [32, 1],
-    [32, 4],
-  ] as const)
-    rows.push(await contended(ctx, w, procs, s));
-  const scaleRun = await scale(ctx, 1000);
+  return chain!;
+}
+
+function printContended(
+  rows: ContendedResult[],
+  chain: Timed | undefined,
+  scaleRun: ContendedResult | undefined,
+  profileDir: string | undefined,
+): void {
+  const all = scaleRun ? [...rows, scaleRun] : rows;
   table(
     'Contended: W workers on separate connections, lock → get+put counter → unlock',
     [
       'W',
       'processes',
       'sections/s',
-      '÷ chain floor',
+      '÷ chain floor (e)',
+      'chain floor in a worker /s',
+      '÷ it',
       'handoff p50 ms',
       'handoff p99 ms',
       'lock KV req/section',
@@ -217,11 +316,13 @@ export default async function run(ctx: BenchContext): Promise<void> {
       'client CPU ms/section',
       'counter ok',
     ],
-    [...rows, scaleRun].map((r) => [
+    all.map((r) => [
       r === scaleRun ? `${r.workers} (queued once each, no workload)` : r.workers,
       r === scaleRun ? '1 (bench)' : r.procs,
       fmt.n(r.perSecond),
-      r === scaleRun ? '' : fmt.ratio(r.perSecond / chain!.perSecond),
+      r === scaleRun || !chain ? '' : fmt.ratio(r.perSecond / chain.perSecond),
+      r.chainPerSecond === undefined ? '' : fmt.n(r.chainPerSecond),
+      r.chainPerSecond === undefined ? '' : fmt.ratio(r.perSecond / r.chainPerSecond),
       fmt.ms(percentile(r.handoffs, 50)),
       fmt.ms(percentile(r.handoffs, 99)),
       fmt.n(r.kvPerSection, 2),
@@ -237,6 +338,8 @@ export default async function run(ctx: BenchContext): Promise<void> {
   );
   console.log('and the confirming range happen while the waiter is queued. client CPU ms/section is the CPU time of');
   console.log('all worker processes during the run (user + system), divided by the sections, the workload included.');
-  if (rows.some((r) => !r.counterOk) || !scaleRun.counterOk)
-    throw new Error('counter mismatch: mutual exclusion violated');
+  console.log('The chain floor in a worker is (e) run in a worker process like the rows, in the slices right before');
+  console.log("each row's, so that both see the same load.");
+  if (profileDir) console.log(formatSummary('Mutex W = 8, one process (self time)', summarize(profileDir), 20));
+  if (all.some((r) => !r.counterOk)) throw new Error('counter mismatch: mutual exclusion violated');
 }

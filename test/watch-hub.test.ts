@@ -118,3 +118,44 @@ describe('watch hub', () => {
     ).rejects.toBe(reason);
   });
 });
+
+/** etcd's count of Watch streams started and ended, from its own gRPC counters. */
+async function watchStreams(url: string): Promise<{ started: number; ended: number }> {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  const sum = (metric: string) =>
+    text
+      .split('\n')
+      .filter((l) => l.startsWith(`${metric}{`) && l.includes('grpc_method="Watch"'))
+      .reduce((t, l) => t + Number(l.slice(l.lastIndexOf(' ') + 1)), 0);
+  return { started: sum('grpc_server_started_total'), ended: sum('grpc_server_handled_total') };
+}
+
+describe('watch hub stream', () => {
+  const etcd = useCluster();
+
+  it('is reused by a watch opened soon after the last one closed, and closed once idle', async () => {
+    const cluster = etcd();
+    const url = cluster.members[0]!.metricsUrl;
+    const client = cluster.client();
+    const before = await watchStreams(url);
+    // A lock waiter's pattern: close the watch at the handoff, make a few calls, open the next one.
+    for (let i = 0; i < 5; i++) {
+      const c = collector();
+      const handle = await openWatch(client, { key: Buffer.from(`ws/${i}`) }, c.listener);
+      await client.put(`ws/${i}`).value('x');
+      await c.next(1);
+      handle.close();
+      await client.get(`ws/${i}`).string();
+    }
+    const after = await watchStreams(url);
+    expect(after.started - before.started).toBe(1);
+    // An idle stream would keep the process alive: it ends on its own (well within 5 s).
+    const deadline = performance.now() + 5000;
+    let now = after;
+    while (now.ended - before.ended < 1 && performance.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 50));
+      now = await watchStreams(url);
+    }
+    expect(now.ended - before.ended).toBe(1);
+  });
+});

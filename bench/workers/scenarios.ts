@@ -83,6 +83,36 @@ async function mutex(env: WorkerEnv, p: { workers: number; lock: string; counter
 }
 
 /**
+ * The chain floor in a worker process: one client runs delete, range (keys,
+ * limit 2), get, put in sequence, the four calls on a contended section's
+ * critical path (the holder's delete, the successor's read, the workload's
+ * get + put) without the lock. Each process runs its own chain on its own keys.
+ */
+async function chain(env: WorkerEnv, p: { prefix: string }): Promise<Runner> {
+  const client = env.client();
+  await connect([client]);
+  const lock = `${p.prefix}/lock-${env.proc}`;
+  const counter = `${p.prefix}/counter-${env.proc}`;
+  await client.put(counter).value('0');
+  return {
+    async run(endAt) {
+      const out = empty();
+      while (epochMs() < endAt) {
+        const t = performance.now();
+        await client.delete().key(lock);
+        await client.getAll().prefix(lock).limit(2).keys();
+        const n = Number(await client.get(counter).string());
+        await client.put(counter).value(String(n + 1));
+        out.ops++;
+        out.latencies.push(performance.now() - t);
+      }
+      return out;
+    },
+    close: async () => undefined,
+  };
+}
+
+/**
  * Many locks: `names` lock names with `perName` workers each. Worker k of a
  * name lives in process k % procs; the workers of one process share one
  * session (and client) per k ÷ procs, so that no session queues twice on a
@@ -366,6 +396,7 @@ export async function rawTransfer(client: Etcd3, from: string, to: string, amoun
 
 export const scenarios: Record<string, Scenario> = {
   mutex: mutex as Scenario,
+  chain: chain as Scenario,
   manyLocks: manyLocks as Scenario,
   semaphore: semaphore as Scenario,
   queue: queue as Scenario,

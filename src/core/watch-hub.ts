@@ -113,6 +113,8 @@ const hubs = new WeakMap<Namespace, WatchHub>();
 const PROBE_AFTER_MS = 1000;
 /** Silence after which the stream counts as dead (a frozen member) and is re-opened elsewhere. */
 const SILENT_AFTER_MS = 2000;
+/** How long a stream without watches stays open for the next one (see WatchHub's #closeWhenIdle). */
+const IDLE_LINGER_MS = 500;
 
 /** The watch hub of `client`. */
 function watchHub(client: Namespace): WatchHub {
@@ -147,7 +149,7 @@ class WatchHub {
   /** Creates sent on the current stream and not yet answered, oldest first. */
   #unanswered: Entry[] = [];
   #reconnectTimer: NodeJS.Timeout | undefined;
-  #idleCheck: NodeJS.Immediate | undefined;
+  #idleTimer: NodeJS.Timeout | undefined;
   #probeTimer: NodeJS.Timeout | undefined;
   #lastHeard = 0;
   readonly #closed: AbortSignal;
@@ -176,6 +178,8 @@ class WatchHub {
       entry.onFailed = reject;
     });
     this.#entries.set(entry.id, entry);
+    clearTimeout(this.#idleTimer);
+    this.#idleTimer = undefined;
     if (this.#stream) this.#sendCreate(entry);
     else this.#connect();
     const handle = { createdRevision: 0n, close: () => this.#close(entry) };
@@ -210,21 +214,25 @@ class WatchHub {
   }
 
   /**
-   * An open stream keeps the process alive, so it closes as soon as no watch
-   * needs it: after the current turn of the event loop, which lets a waiter
-   * that closes one watch and opens the next (the common handoff) keep it.
+   * An open stream keeps the process alive, so it closes once no watch has
+   * needed it for IDLE_LINGER_MS. Until then the next watch reuses it: a
+   * waiter closes its watch at each handoff and opens the next one a few
+   * calls later (its section, release and next acquire), and re-opening a
+   * gRPC stream each time cost about as much client CPU as one more call
+   * per handoff. Closing the client closes the stream at once.
    */
   #closeWhenIdle(): void {
-    this.#idleCheck ??= setImmediate(() => {
-      this.#idleCheck = undefined;
+    this.#idleTimer ??= setTimeout(() => {
+      this.#idleTimer = undefined;
       if (this.#entries.size > 0) return;
       clearTimeout(this.#reconnectTimer);
       this.#dropStream();
-    });
+    }, IDLE_LINGER_MS).unref();
   }
 
   #shutDown(): void {
     clearTimeout(this.#reconnectTimer);
+    clearTimeout(this.#idleTimer);
     this.#dropStream();
     for (const entry of [...this.#entries.values()]) this.#end(entry, abortReason(this.#closed) as Error);
   }
