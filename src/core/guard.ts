@@ -64,7 +64,7 @@ export interface ResolvedGuard {
 }
 
 /** No guard: nothing added, always holds. */
-export const noGuard: ResolvedGuard = {
+const noGuard: ResolvedGuard = {
   compares: [],
   reads: [],
   holds: () => true,

@@ -44,7 +44,7 @@ export interface InspectedKey {
 }
 
 /** @internal Default and bounds of {@link InspectOptions.limit}. */
-export const DEFAULT_LIMIT = 1000;
+const DEFAULT_LIMIT = 1000;
 const MAX_LIMIT = 100_000;
 /** Lease TTL lookups in flight at once (etcd has no batch call for them). */
 const TTL_CONCURRENCY = 16;
