@@ -86,7 +86,8 @@ export default async function run(ctx: BenchContext): Promise<void> {
     ]);
   }
   table(
-    `Many locks: N names × ${PER_NAME} workers in ${PROCS} processes, lock → get + put the name's counter → unlock, ${seconds} s per point`,
+    `Many locks: N names × ${PER_NAME} workers in ${PROCS} processes, ` +
+      `lock → get + put the name's counter → unlock, ${seconds} s per point`,
     [
       'names',
       'workers',

@@ -21,7 +21,7 @@ describe('DoubleBarrier', () => {
   /** Waits until `key`'s waiters prefix holds at least `n` keys. */
   const waitersAtLeast = (client: Etcd3, name: string, n: number) => waitForKeyCount(client, `${name}/waiters/`, n);
 
-  it("uses Go's layout: <key>/waiters/<19 digits> on the session lease, <key>/ready without lease; nothing left after the round", async () => {
+  it("uses Go's layout: <key>/waiters/<19 digits> on the lease, <key>/ready without; nothing left after", async () => {
     const client = etcd().client();
     await using p = await participants('layout/db', 2);
     const [a, b] = p.barriers;
@@ -143,7 +143,7 @@ describe('DoubleBarrier', () => {
     expect(await keysUnder(client, `${name}/`)).toEqual([]);
   });
 
-  it('an aborted leave() removes its key and lets the others finish, whether it was the oldest key or not', async () => {
+  it('an aborted leave() removes its key and lets the others finish, whether it was the oldest or not', async () => {
     const client = etcd().client();
     const name = 'abort-leave/db';
     await using p = await participants(name, 2);
@@ -177,7 +177,7 @@ describe('DoubleBarrier', () => {
     expect(await keysUnder(client, `${name}/`)).toEqual([]);
   });
 
-  it('a participant whose session dies while entering rejects with SESSION_EXPIRED; the others wait for a replacement', async () => {
+  it('a participant whose session dies while entering gets SESSION_EXPIRED; others await a replacement', async () => {
     const client = etcd().client();
     const name = 'die-enter/db';
     await using p = await participants(name, 3);

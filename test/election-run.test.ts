@@ -169,7 +169,7 @@ describe('runAsLeader', () => {
     expect(await keysUnder(client, 'run/abort/')).toEqual([]);
   });
 
-  it("a lost lease aborts the task's signal, elects the next candidate, and campaigns again with a fresh session", async () => {
+  it("a lost lease aborts the task's signal, elects the next candidate, campaigns again on a new session", async () => {
     const admin = etcd().client();
     const stopA = new AbortController();
     const stopB = new AbortController();

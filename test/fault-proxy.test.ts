@@ -52,7 +52,7 @@ describe('FaultProxy', () => {
     expect(proxy.stats.open).toBeGreaterThan(0);
   });
 
-  it('dropReplies: a put commits (a direct client sees it) while the proxied call hears nothing; restore resets', async () => {
+  it('dropReplies: a put commits (seen directly), the proxied call hears nothing; restore resets it', async () => {
     const { proxy, direct, proxied } = await setup();
     proxy.dropReplies();
     const call = proxied.put('fp/drop').value('committed').exec();

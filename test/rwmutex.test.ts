@@ -5,7 +5,7 @@ import { keysUnder, stillPending, useCluster, waitForKeyCount, within } from './
 describe('RWMutex', () => {
   const etcd = useCluster();
 
-  it("uses Go's recipes layout: <name>/read/<19 digits> and <name>/write/<19 digits>, empty, on the lease", async () => {
+  it("uses Go's recipes layout: <name>/read/<19 digits>, <name>/write/<19 digits>, empty, on the lease", async () => {
     const client = etcd().client();
     await using session = await Session.create(client, { ttl: 10 });
     const rw = new RWMutex(session, 'layout/rw');

@@ -153,7 +153,7 @@ describe('Semaphore', () => {
     await Promise.all(sessions.map((s) => s.close()));
   });
 
-  it('aborting a waiter (first in line or deeper) rejects with the reason, leaves no key and loses no permit', async () => {
+  it('aborting a waiter (first in line or deeper) rejects with its reason, leaves no key, keeps permits', async () => {
     const client = etcd().client();
     await using hs = await Session.create(client, { ttl: 10 });
     const holder = await new Semaphore(hs, 'abort/sem', 1).acquire();
@@ -236,7 +236,7 @@ describe('Semaphore', () => {
     await Promise.all(sessions.map((s) => s.close()));
   });
 
-  it('a waiter whose session expires rejects with SESSION_EXPIRED; a lost holder is told and frees its permit', async () => {
+  it('a waiter whose session expires gets SESSION_EXPIRED; a lost holder is told and frees its permit', async () => {
     const client = etcd().client();
     // Short TTLs: a session notices a revoked lease at its next keepalive (every TTL/3).
     const a = await Session.create(client, { ttl: 3 });

@@ -133,7 +133,9 @@ export class ServiceIdTakenError extends RecipeError {
   constructor(key: string, holderLeaseId: string, options?: ErrorOptions) {
     super(
       'SERVICE_ID_TAKEN',
-      `${key} is already registered by another live instance (lease ${holderLeaseId === '0' ? 'none' : BigInt(holderLeaseId).toString(16)}); pass { replace: true } to take it over`,
+      `${key} is already registered by another live instance ` +
+        `(lease ${holderLeaseId === '0' ? 'none' : BigInt(holderLeaseId).toString(16)}); ` +
+        'pass { replace: true } to take it over',
       options,
     );
     this.key = key;

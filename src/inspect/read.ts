@@ -29,7 +29,10 @@ export interface InspectedKey {
   readonly key: string;
   /** The key's lease ID in decimal, as etcd3 and `etcdctl -w json` print it; `'0'` when none. */
   readonly lease: string;
-  /** The same lease ID in lowercase hex, as Go, `etcdctl lease` and the Mutex/Election key suffix print it; `'0'` when none. */
+  /**
+   * The same lease ID in lowercase hex, as Go, `etcdctl lease` and the Mutex/Election key suffix
+   * print it; `'0'` when none.
+   */
   readonly leaseHex: string;
   /**
    * The lease's remaining time to live in seconds, read right after the

@@ -34,7 +34,8 @@ export const registerCommand: Command = {
   name: 'register',
   summary: 'keep a service instance registered while a command runs',
   usage: [
-    'register SERVICE ID ADDRESS [--meta K=V ...] [--ttl S] [--replace] [--root PREFIX] [--kill-after S] -- CMD [ARGS...]',
+    'register SERVICE ID ADDRESS [--meta K=V ...] [--ttl S] [--replace] [--root PREFIX] [--kill-after S] ' +
+      '-- CMD [ARGS...]',
   ],
   description: `Registers instance ID of SERVICE at ADDRESS (key <root>SERVICE/ID, a JSON value
 with the address and metadata, attached to a lease), runs CMD, and deregisters

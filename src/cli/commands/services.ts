@@ -49,7 +49,8 @@ instance now ({"type":"added",...}), then one per change ("added", "updated",
         }
         return 0;
       }
-      // Both handlers run synchronously in the cache's event order: the list and the changes after it join without a gap.
+      // Both handlers run synchronously in the cache's event order: the list and the changes after it
+      // join without a gap.
       let listed = false;
       const list = () => {
         if (listed) return;
