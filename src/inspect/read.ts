@@ -1,6 +1,7 @@
 import type { Namespace } from 'etcd3';
 import { raceAbort } from '../core/abort.js';
 import { leaseHex, showKey } from '../core/keys.js';
+import { InternalError } from '../core/errors.js';
 import { range, type KeyValue, type RangeOptions, type RangeResult } from '../core/kv.js';
 import { retrying } from '../core/retry.js';
 import { checkClient, checkInteger, checkName, checkOptions, checkSignal } from '../core/validate.js';
@@ -91,7 +92,7 @@ export class SnapshotReader {
 
   /** The store revision every read of this reader sees (set by the first read). */
   get revision(): bigint {
-    if (this.#revision === undefined) throw new Error('internal: no read made yet');
+    if (this.#revision === undefined) throw new InternalError('inspection: no read made yet');
     return this.#revision;
   }
 

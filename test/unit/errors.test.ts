@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { GRPCDeadlineExceededError, GRPCUnavailableError, EtcdPermissionDeniedError } from 'etcd3';
 import {
   ClosedError,
+  InternalError,
   InvalidArgumentError,
   isRecipeError,
   OutcomeUnknownError,
@@ -21,6 +22,7 @@ describe('error vocabulary (no etcd)', () => {
     const fake = Object.assign(new Error('x'), { code: 'ECONNRESET' });
     expect(isRecipeError(fake)).toBe(false);
     expect(new ServiceIdTakenError('k', '0').code).toBe('SERVICE_ID_TAKEN');
+    expect(isRecipeError(new InternalError('x'), 'INTERNAL')).toBe(true);
     expect(new InvalidArgumentError('options.ttl', 'bad').message).toContain('options.ttl');
   });
 

@@ -1,6 +1,6 @@
 import type { WaitOptions } from '../../core/options.js';
 import { linkSignals, raceAbort } from '../../core/abort.js';
-import { BarrierFullError, InvalidArgumentError, SessionExpiredError } from '../../core/errors.js';
+import { BarrierFullError, InternalError, InvalidArgumentError, SessionExpiredError } from '../../core/errors.js';
 import { cleanUpAfter, deleteOwnKey } from '../../core/holding.js';
 import { showKey, toBuffer } from '../../core/keys.js';
 import { createUniqueKey, type PendingKey } from '../../core/line.js';
@@ -329,7 +329,7 @@ export class DoubleBarrier {
       // or a retry whose first attempt landed. ready was absent when our key was created.
       if (ready && ready.modRevision > rev) return ready.modRevision;
     }
-    throw new Error(`${this.#what}: internal: could not start the round`);
+    throw new InternalError(`${this.#what}: could not start the round`);
   }
 
   /** Waiting to enter: own key (liveness) and `<key>/ready` in one request. Data: the round's revision. */

@@ -1,4 +1,4 @@
-import { InvalidArgumentError } from '../../core/errors.js';
+import { InternalError, InvalidArgumentError } from '../../core/errors.js';
 import { lockTarget } from '../../core/diagnostics.js';
 import { Holding, type HeldKey } from '../../core/holding.js';
 import { childPrefix, showKey, uniqueKey } from '../../core/keys.js';
@@ -343,7 +343,7 @@ export class Semaphore {
         }
       }
       if (attempt >= MAX_UNIQUE_ATTEMPTS)
-        throw new Error(`semaphore ${showKey(this.name)}: could not queue after ${attempt} attempts`);
+        throw new InternalError(`semaphore ${showKey(this.name)}: could not queue after ${attempt} attempts`);
     }
   }
 
