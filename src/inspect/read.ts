@@ -1,6 +1,6 @@
 import type { Namespace } from 'etcd3';
 import { raceAbort } from '../core/abort.js';
-import { leaseHex, showKey } from '../core/keys.js';
+import { childPrefix, leaseHex, showKey } from '../core/keys.js';
 import { InternalError } from '../core/errors.js';
 import { range, type KeyValue, type RangeOptions, type RangeResult } from '../core/kv.js';
 import { retrying } from '../core/retry.js';
@@ -142,6 +142,38 @@ export class SnapshotReader {
     const ttls = await this.leaseTtls(kvs.map((kv) => kv.lease));
     return kvs.map((kv) => describeKey(kv, ttls));
   }
+
+  /** {@link list}, with each key described (see {@link describe}). */
+  async describedList(prefix: Buffer, limit: number): Promise<Listing & { keys: InspectedKey[] }> {
+    const list = await this.list(prefix, limit);
+    return { ...list, keys: await this.describe(list.kvs) };
+  }
+}
+
+/** @internal One line of keys, read for an inspection by {@link readLine}. */
+export interface LineRead extends Listing {
+  /** The reader, pinned to the line's revision, for further reads of the same snapshot. */
+  reader: SnapshotReader;
+  /** What every report starts with: the name as shown, and the revision read at. */
+  id: { name: string; revision: bigint };
+  /** The keys, described, oldest create revision first. */
+  keys: InspectedKey[];
+}
+
+/**
+ * @internal Checks an inspection's arguments, then reads the line of keys
+ * under `<name>/<dir>` (oldest create revision first) with their leases.
+ */
+export async function readLine(
+  client: Namespace,
+  name: string | Buffer,
+  options: InspectOptions,
+  dir = '',
+): Promise<LineRead> {
+  const limit = checkInspectArgs(client, name, options);
+  const reader = new SnapshotReader(client, options.signal);
+  const list = await reader.describedList(under(childPrefix(name), dir), limit);
+  return { ...list, reader, id: { name: showKey(name), revision: reader.revision } };
 }
 
 /** @internal An {@link InspectedKey} from a key-value and the TTLs of its lease. */
