@@ -1,7 +1,16 @@
 import type { Etcd3 } from 'etcd3';
 import { describe, expect, it } from 'vitest';
 import { DoubleBarrier, isRecipeError, Session } from '../src/index.js';
-import { keysUnder, stillPending, useCluster, waitForKeyCount, waitForKeyGone, within } from './helpers.js';
+import {
+  keysUnder,
+  rejectsBadNames,
+  rejectsInvalid,
+  stillPending,
+  useCluster,
+  waitForKeyCount,
+  waitForKeyGone,
+  within,
+} from './helpers.js';
 
 describe('DoubleBarrier', () => {
   const etcd = useCluster();
@@ -281,10 +290,8 @@ describe('DoubleBarrier', () => {
     const client = etcd().client();
     await using session = await Session.create(client, { ttl: 10 });
     const before = await keysUnder(client);
-    const bad = (fn: () => unknown) =>
-      expect(Promise.resolve().then(fn)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
-    await bad(() => new DoubleBarrier(session, '', 2));
-    await bad(() => new DoubleBarrier(session, Buffer.alloc(0), 2));
+    const bad = rejectsInvalid;
+    await rejectsBadNames((name) => new DoubleBarrier(session, name, 2));
     await bad(() => new DoubleBarrier(session, {} as never, 2));
     for (const count of [0, -1, 1.5, Number.NaN, Infinity, '3', undefined, 2n]) {
       await bad(() => new DoubleBarrier(session, 'bad/db', count as never));

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { isRecipeError, MAX_PERMITS, Semaphore, Session, type PermitHandle } from '../src/index.js';
-import { keysUnder, stillPending, useCluster, waitForKeyCount, within } from './helpers.js';
+import { keysUnder, rejectsInvalid, stillPending, useCluster, waitForKeyCount, within } from './helpers.js';
 
 /** Records the order in which pending acquires resolve. */
 function tracker() {
@@ -299,8 +299,7 @@ describe('Semaphore', () => {
     const client = etcd().client();
     await using session = await Session.create(client, { ttl: 10 });
     const before = await keysUnder(client);
-    const bad = (fn: () => unknown, argument: string) =>
-      expect(Promise.resolve().then(fn)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', argument });
+    const bad = rejectsInvalid;
     await bad(() => new Semaphore(session, 'bad/sem', 0), 'permits');
     await bad(() => new Semaphore(session, 'bad/sem', -1), 'permits');
     await bad(() => new Semaphore(session, 'bad/sem', 1.5), 'permits');
