@@ -261,7 +261,8 @@ async function memory(ctx: BenchContext): Promise<void> {
 
   const kb = (bytes: number) => `${fmt.n(perThousand(bytes) / 1024, 0)} KiB`;
   table(
-    `Heap per 1,000 cached instances (${count.toLocaleString('en')} registered; key ${sample.key.length} B, value ${sample.value.length} B)`,
+    `Heap per 1,000 cached instances (${count.toLocaleString('en')} registered; ` +
+      `key ${sample.key.length} B, value ${sample.value.length} B)`,
     ['what', 'heap per 1,000', 'bytes per instance', 'ratio to floor'],
     [
       ['floor: Map<string, string> of keys and values', kb(floorBytes), fmt.n(floorBytes / count), '1.00×'],

@@ -51,7 +51,8 @@ export async function withBenchEtcd(args: string[], fn: (ctx: BenchContext) => P
       endpoints = cluster.endpoints;
       metricsUrl = cluster.members[0]!.clientUrl;
       console.log(
-        `etcd ${etcdVersion()} at ${endpoints.join(',')}, data ${onShm ? 'on /dev/shm' : `on disk (${cluster.dataDir})`}`,
+        `etcd ${etcdVersion()} at ${endpoints.join(',')}, ` +
+          `data ${onShm ? 'on /dev/shm' : `on disk (${cluster.dataDir})`}`,
       );
     }
     console.log(

@@ -390,7 +390,8 @@ export default async function run(ctx: BenchContext): Promise<void> {
     const floorRate = results[0]!.perSecond;
     const goRate = results[1]!.perSecond;
     table(
-      `1 producer (${inFlight === 1 ? 'one enqueue at a time' : `${inFlight} enqueues in flight`}, ${s} s) and ${consumers} consumers, each on its own connection`,
+      `1 producer (${inFlight === 1 ? 'one enqueue at a time' : `${inFlight} enqueues in flight`}, ${s} s) ` +
+        `and ${consumers} consumers, each on its own connection`,
       [
         'what',
         'delivered/s',

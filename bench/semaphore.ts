@@ -309,7 +309,8 @@ export default async function run(ctx: BenchContext): Promise<void> {
         8,
         '1 (bench)',
         fmt.n(readers.perSecond),
-        `${fmt.ratio(readers.perSecond / mutexSolo!.perSecond)} Mutex (c), ${fmt.ratio(readers.perSecond / raw8.perSecond)} raw×8`,
+        `${fmt.ratio(readers.perSecond / mutexSolo!.perSecond)} Mutex (c), ` +
+          `${fmt.ratio(readers.perSecond / raw8.perSecond)} raw×8`,
         '',
         '',
         fmt.n(readers.kvPerCycle, 2),

@@ -356,7 +356,8 @@ async function plainBank(ctx: BenchContext): Promise<void> {
   const rate = (i: number) => totals[i]!.ops / totals[i]!.elapsed;
   const goIndex = contenders.findIndex((c) => c.what.startsWith('Go'));
   table(
-    `Plain bank workload: C = ${workers}, get(a), get(b), put, put, no prefetch, ${ACCOUNTS} accounts, ${ctx.seconds} s per row in ${rounds} slices`,
+    `Plain bank workload: C = ${workers}, get(a), get(b), put, put, no prefetch, ${ACCOUNTS} accounts, ` +
+      `${ctx.seconds} s per row in ${rounds} slices`,
     [
       'what',
       'processes',
@@ -423,7 +424,8 @@ export default async function run(ctx: BenchContext): Promise<void> {
   }
   const floor = (w: number) => results.find((r) => r.workers === w && r.what.startsWith('raw')) ?? results[0]!;
   table(
-    `STM bank transfers: ${ACCOUNTS} accounts, W workers on their own connections, ${ctx.seconds} s per row in ${rounds} slices`,
+    `STM bank transfers: ${ACCOUNTS} accounts, W workers on their own connections, ` +
+      `${ctx.seconds} s per row in ${rounds} slices`,
     [
       'W',
       'what',

@@ -59,9 +59,14 @@ try {
   const interesting = text
     .split('\n')
     .filter((l) =>
-      /^etcd_recipes_(lock_wait_duration_seconds_(count|sum)|lock_held|session_created_total|election_campaign_duration_seconds_count|stm_attempt_conflicted_total)/.test(
-        l,
-      ),
+      [
+        'etcd_recipes_lock_wait_duration_seconds_count',
+        'etcd_recipes_lock_wait_duration_seconds_sum',
+        'etcd_recipes_lock_held',
+        'etcd_recipes_session_created_total',
+        'etcd_recipes_election_campaign_duration_seconds_count',
+        'etcd_recipes_stm_attempt_conflicted_total',
+      ].some((name) => l.startsWith(name)),
     );
   console.log(interesting.join('\n'));
   if (!interesting.some((l) => l.startsWith('etcd_recipes_stm_attempt_conflicted_total')))

@@ -34,7 +34,8 @@ try {
             .commit();
           if (i === 0)
             console.log(
-              `${name}: locked ${names.join(' + ')} (tokens ${fencingTokens.join(', ')}), moved ${amount} ${from} -> ${to}: ${res.succeeded}`,
+              `${name}: locked ${names.join(' + ')} (tokens ${fencingTokens.join(', ')}), ` +
+                `moved ${amount} ${from} -> ${to}: ${res.succeeded}`,
             );
         },
         { session },

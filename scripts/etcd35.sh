@@ -39,5 +39,9 @@ apt-get $apt_opts -qq update >&2
 rm -rf "$dest"
 mkdir -p "$dest"
 for deb in "$work"/debs/*.deb; do dpkg-deb -x "$deb" "$dest"; done
-"$bin" --version | grep -q 'Version: 3\.5\.' || { echo "etcd35: $bin is not etcd 3.5:" >&2; "$bin" --version >&2; exit 1; }
+if ! "$bin" --version | grep -q 'Version: 3\.5\.'; then
+  echo "etcd35: $bin is not etcd 3.5:" >&2
+  "$bin" --version >&2
+  exit 1
+fi
 echo "$bin"

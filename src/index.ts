@@ -13,6 +13,7 @@ export {
   PermissionDeniedError,
   ClosedError,
   OutcomeUnknownError,
+  InternalError,
   isRecipeError,
   RECIPE_ERROR_CODES,
 } from './core/errors.js';

@@ -45,7 +45,7 @@ describe('Barrier and DoubleBarrier in a 3-member cluster', () => {
     expect(await keysUnder(admin, 'ha/work/')).toHaveLength(rounds * count);
   });
 
-  it('a Barrier waiter cut off from etcd while the barrier is released, held again and compacted still passes', async () => {
+  it('a Barrier waiter cut off while the barrier is released, held again and compacted still passes', async () => {
     const cluster = etcd();
     // Bring the killed member of the previous test back first.
     for (const m of cluster.members) if (m.state === 'stopped') await m.restart();

@@ -27,7 +27,7 @@ describe('barriers after a lost reply', () => {
     return { proxy, client };
   }
 
-  it('DoubleBarrier: a lost enter() reply re-sent by etcd3 makes no phantom; nobody passes early; leave never hangs', async () => {
+  it('DoubleBarrier: an enter() reply lost and re-sent makes no phantom, none passes early, leave ends', async () => {
     const direct = etcd().client();
     const { proxy, client } = await plainViaProxy();
     await using mine = await Session.create(client, { ttl: 10 });

@@ -32,8 +32,10 @@ describe.skipIf(!built)('loading the package', () => {
   it('has no side effect in fact: importing it adds no global, listener, timer or handle', async () => {
     const probe = `
       const snapshot = () => ({
-        globals: [...Object.getOwnPropertyNames(globalThis), ...Object.getOwnPropertySymbols(globalThis).map(String)].sort(),
-        listeners: ['exit', 'beforeExit', 'SIGINT', 'SIGTERM', 'uncaughtException', 'unhandledRejection', 'warning'].map((e) => process.listenerCount(e)),
+        globals: [...Object.getOwnPropertyNames(globalThis), ...Object.getOwnPropertySymbols(globalThis).map(String)]
+          .sort(),
+        listeners: ['exit', 'beforeExit', 'SIGINT', 'SIGTERM', 'uncaughtException', 'unhandledRejection', 'warning']
+          .map((e) => process.listenerCount(e)),
         resources: process.getActiveResourcesInfo().sort(),
       });
       await import('etcd3');
@@ -42,7 +44,8 @@ describe.skipIf(!built)('loading the package', () => {
       const cjs = (await import('node:module')).createRequire(import.meta.url)('etcd-recipes');
       await import('etcd-recipes/testing');
       const after = snapshot();
-      console.log(JSON.stringify({ before, after, loaded: typeof esm.Mutex === 'function' && typeof cjs.Mutex === 'function' }));`;
+      const loaded = typeof esm.Mutex === 'function' && typeof cjs.Mutex === 'function';
+      console.log(JSON.stringify({ before, after, loaded }));`;
     const { before, after, loaded } = JSON.parse(await node(['--input-type=module', '-e', probe])) as {
       before: unknown;
       after: unknown;

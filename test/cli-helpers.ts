@@ -165,7 +165,8 @@ export function gatedChild(
     : `trap 'echo "term ${label}"; kill $p 2>/dev/null; exit 0' TERM`;
   const script =
     `${trap}; [ -p "${gate}" ] || mkfifo "${gate}"; ${say(`start ${label} $ETCD_RECIPES_FENCING_TOKEN $$`)}; ` +
-    `cat "${gate}" > /dev/null 2>&1 & p=$!; while ! wait $p; do kill -0 $p 2>/dev/null || break; done; ${say(`end ${label}`)}; exit ${options.code ?? 0}`;
+    `cat "${gate}" > /dev/null 2>&1 & p=$!; while ! wait $p; do kill -0 $p 2>/dev/null || break; done; ` +
+    `${say(`end ${label}`)}; exit ${options.code ?? 0}`;
   return ['sh', '-c', script];
 }
 

@@ -138,7 +138,7 @@ describe('etcd-recipes lock', () => {
     await waitForPrefixEmpty(client, 'x/e/');
   });
 
-  it("--try exits at once with the conflict code; --timeout waits that long; the child's code passes through", async () => {
+  it("--try exits at once (conflict code); --timeout waits that long; the child's code passes through", async () => {
     const client = cluster().client();
     const holder = cli(ep(), ['lock', 'x/f', '--', ...gatedChild(dir, 'f1')]);
     await holder.waitFor(/^start f1/);
@@ -172,7 +172,7 @@ describe('etcd-recipes lock', () => {
     await waitForPrefixEmpty(client, 'x/f/');
   });
 
-  it('rejects bad flags with one line and the usage code, touching nothing; names the endpoints it cannot reach', async () => {
+  it('rejects bad flags with one line and the usage code, touching nothing; names unreachable endpoints', async () => {
     const client = cluster().client();
     const before = (await client.get('x').exec()).header.revision;
     for (const { args, p } of [

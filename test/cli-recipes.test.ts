@@ -68,7 +68,7 @@ describe('etcd-recipes semaphore, elect, observe, queue, work, register, service
     expect(await keysUnder(client, 'sem/a/queue/')).toEqual([]);
   });
 
-  it("elect runs the child only on the leader; the successor's child starts after the leader's is killed; observe prints each change", async () => {
+  it("elect runs the child on the leader only, the next one's once it is killed; observe prints changes", async () => {
     const client = cluster().client();
     const observer = cli(ep(), ['observe', 'el/a']);
     await observer.waitFor(/"leader":null/);
@@ -120,7 +120,7 @@ describe('etcd-recipes semaphore, elect, observe, queue, work, register, service
     expect(await tool.exited).toBe(LOST);
   });
 
-  it("status shows a lock's holder and its waiter with their leases, as a table and as JSON; nothing found exits 1", async () => {
+  it("status shows a lock's holder and waiter with leases, as table and as JSON; nothing found exits 1", async () => {
     const client = cluster().client();
     const holder = await Session.create(client, { ttl: 30 });
     const waiter = await Session.create(client, { ttl: 30 });
@@ -145,7 +145,7 @@ describe('etcd-recipes semaphore, elect, observe, queue, work, register, service
     await Promise.all([holder.close(), waiter.close()]);
   });
 
-  it('queue push and pop: FIFO, one line per value; pop --timeout on an empty queue exits with the conflict code', async () => {
+  it('queue push and pop: FIFO, a line per value; pop --timeout on an empty queue: the conflict code', async () => {
     const pushed = cli(ep(), ['queue', 'q/a', 'push', 'first', '--json']);
     expect(await pushed.exited).toBe(0);
     expect(JSON.parse(pushed.stdout[0]!)).toEqual({ key: expect.stringMatching(/^q\/a\/[0-9]+$/) });
@@ -179,7 +179,8 @@ describe('etcd-recipes semaphore, elect, observe, queue, work, register, service
       '--',
       'sh',
       '-c',
-      `v=$(cat); echo "$ETCD_RECIPES_JOB_ID $ETCD_RECIPES_ATTEMPTS $v $ETCD_RECIPES_FENCING_TOKEN" >> ${log}; [ "$ETCD_RECIPES_ATTEMPTS" -ge 3 ]`,
+      `v=$(cat); echo "$ETCD_RECIPES_JOB_ID $ETCD_RECIPES_ATTEMPTS $v $ETCD_RECIPES_FENCING_TOKEN" >> ${log}; ` +
+        '[ "$ETCD_RECIPES_ATTEMPTS" -ge 3 ]',
     ]);
     await waitForPrefixEmpty(client, 'w/a/jobs/');
     worker.kill('SIGTERM');

@@ -24,7 +24,8 @@ if (!chromium) console.warn(`dashboard browser test ${skipReason}`);
 /** A JS expression: the lock card's holder and waiter keys as JSON, or undefined while the card is absent. */
 function lockCard(name: string): string {
   return `(() => {
-    const card = [...document.querySelectorAll('.card[data-kind="lock"]')].find((c) => c.dataset.name === ${JSON.stringify(name)});
+    const card = [...document.querySelectorAll('.card[data-kind="lock"]')]
+      .find((c) => c.dataset.name === ${JSON.stringify(name)});
     if (!card) return undefined;
     const keys = (role) => [...card.querySelectorAll('tr[data-role="' + role + '"]')].map((r) => r.dataset.key);
     return JSON.stringify({ holders: keys('holder'), waiters: keys('waiter') });

@@ -33,7 +33,7 @@ describe('diagnostics channels', () => {
     for (const n of names) expect(n).toMatch(/^etcd-recipes:[a-z-]+(:[a-z-]+)?$/);
   });
 
-  it('show a lock handoff in order: start, acquired, start, wait, released, acquired (waited, later token), released', async () => {
+  it('show a handoff: start, acquired, start, wait, released, acquired (waited, later token), released', async () => {
     const client = etcd().client();
     const name = 'dc/lock-handoff';
     await using a = await Session.create(client, { ttl: 10 });
@@ -152,7 +152,8 @@ describe('diagnostics channels', () => {
     const leaders = events
       .filter((s) => s.what === 'etcd-recipes:election:leader')
       .map((s) => s.message.leader as { value: string; revision: bigint } | undefined);
-    // The observer's first state (nobody leads), then A, then B (a later observer state, nobody, ends the list when B resigns).
+    // The observer's first state (nobody leads), then A, then B (a later observer state, nobody, ends
+    // the list when B resigns).
     expect(leaders.slice(0, 3).map((l) => l && [l.value, l.revision])).toEqual([
       undefined,
       ['a', electedA.revision],
@@ -287,7 +288,8 @@ describe('diagnostics channels', () => {
     const ratio = median(withSub) / perOpWithout;
     // Reported, not asserted: on a loaded machine a run of lock+unlock varies by more than any subscriber costs.
     console.log(
-      `mutex lock+unlock: ${perOpWithout.toFixed(3)} ms without a subscriber, ratio with/without (no-op subscribers on every channel) ${ratio.toFixed(3)}`,
+      `mutex lock+unlock: ${perOpWithout.toFixed(3)} ms without a subscriber, ` +
+        `ratio with/without (no-op subscribers on every channel) ${ratio.toFixed(3)}`,
     );
 
     // What the diagnostics code of one acquire and release costs with nobody subscribed (an upper bound:
@@ -302,7 +304,8 @@ describe('diagnostics channels', () => {
     }
     const overheadMs = (performance.now() - t0) / n;
     console.log(
-      `diagnostics code per acquire+release, nobody subscribed: ${(overheadMs * 1e6).toFixed(0)} ns = ${((overheadMs / perOpWithout) * 100).toFixed(4)} % of a lock+unlock`,
+      `diagnostics code per acquire+release, nobody subscribed: ${(overheadMs * 1e6).toFixed(0)} ns = ` +
+        `${((overheadMs / perOpWithout) * 100).toFixed(4)} % of a lock+unlock`,
     );
     expect(overheadMs / perOpWithout).toBeLessThan(0.01);
   }, 120_000);

@@ -4,7 +4,6 @@ import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import ts from 'typescript';
 import { afterAll, describe, expect, it } from 'vitest';
-import { RECIPE_ERROR_CODES } from '../src/index.js';
 
 /*
  * Docs that cannot rot: every ```ts block in README.md and docs/*.md is
@@ -110,13 +109,4 @@ describe.skipIf(!built)('code blocks in README.md and docs/', () => {
     });
     expect([...unexplained, ...problems]).toEqual([]);
   }, 120_000);
-});
-
-describe('README.md', () => {
-  it('lists exactly the error codes the library declares, in order', () => {
-    const readme = readFileSync(join(root, 'README.md'), 'utf8');
-    const section = /\n## Errors\n([\s\S]*?)\n## /.exec(readme)?.[1] ?? '';
-    const listed = [...section.matchAll(/^\| `([A-Z_]+)` \|/gm)].map((m) => m[1]);
-    expect(listed).toEqual([...RECIPE_ERROR_CODES]);
-  });
 });

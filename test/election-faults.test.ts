@@ -1,54 +1,9 @@
-import { spawn } from 'node:child_process';
-import { createInterface } from 'node:readline';
 import { format } from 'node:util';
 import createDebug from 'debug';
 import { describe, expect, it } from 'vitest';
 import { Election, isRecipeError, observeLeader, Session, type LeaderState } from '../src/index.js';
-import { findEtcdctlBinary } from '../src/testing/index.js';
+import { etcdctl } from './fixtures/etcdctl.js';
 import { keysUnder, stillPending, useCluster, waitForKey, waitForKeyCount, within } from './helpers.js';
-
-/**
- * Runs `etcdctl elect <args>` (Go's concurrency.Election, 60 s session TTL:
- * always stop it with SIGTERM, which resigns, never SIGKILL).
- */
-function etcdctlElect(endpoint: string, args: string[]) {
-  const child = spawn(process.env.ETCDCTL_BIN ?? findEtcdctlBinary(), ['--endpoints', endpoint, 'elect', ...args], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, ETCDCTL_API: '3' },
-  });
-  const lines: string[] = [];
-  const waiters: (() => void)[] = [];
-  createInterface({ input: child.stdout! }).on('line', (line) => {
-    lines.push(line);
-    for (const w of waiters.splice(0)) w();
-  });
-  let stderr = '';
-  child.stderr!.on('data', (d: Buffer) => {
-    stderr += d.toString();
-  });
-  const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
-  return {
-    lines,
-    exited,
-    /** Resolves once at least `n` lines were printed. */
-    async lineCount(n: number, ms = 15_000): Promise<string[]> {
-      await within(
-        ms,
-        (async () => {
-          while (lines.length < n) {
-            if (child.exitCode !== null) throw new Error(`etcdctl exited (${child.exitCode}): ${stderr}`);
-            await new Promise<void>((r) => waiters.push(r));
-          }
-        })(),
-        `etcdctl elect ${args.join(' ')} printing ${n} lines`,
-      );
-      return lines.slice(0, n);
-    },
-    stop: () => {
-      if (child.exitCode === null) child.kill('SIGTERM');
-    },
-  };
-}
 
 describe("Election interoperates with etcdctl elect (Go's concurrency.Election)", () => {
   const etcd = useCluster();
@@ -56,9 +11,9 @@ describe("Election interoperates with etcdctl elect (Go's concurrency.Election)"
   it("we observe etcdctl's leadership and value, queue behind it, and lead once it resigns", async () => {
     const cluster = etcd();
     const client = cluster.client();
-    const ctl = etcdctlElect(cluster.endpoints[0]!, ['interop/a', 'ctl-proposal']);
+    const ctl = etcdctl(cluster.endpoints[0]!, 'elect', ['interop/a', 'ctl-proposal']);
     try {
-      const [ctlKey, ctlValue] = await ctl.lineCount(2);
+      const [ctlKey, ctlValue] = await ctl.waitLines(2);
       expect(ctlKey).toMatch(/^interop\/a\/[0-9a-f]+$/);
       expect(ctlValue).toBe('ctl-proposal');
       const observer = observeLeader(client, 'interop/a');
@@ -89,19 +44,19 @@ describe("Election interoperates with etcdctl elect (Go's concurrency.Election)"
     await using session = await Session.create(client, { ttl: 10 });
     const e = new Election(session, 'interop/b');
     await e.campaign('ours-1');
-    const listener = etcdctlElect(cluster.endpoints[0]!, ['-l', 'interop/b']);
-    const candidate = etcdctlElect(cluster.endpoints[0]!, ['interop/b', 'ctl']);
+    const listener = etcdctl(cluster.endpoints[0]!, 'elect', ['-l', 'interop/b']);
+    const candidate = etcdctl(cluster.endpoints[0]!, 'elect', ['interop/b', 'ctl']);
     try {
-      expect(await listener.lineCount(2)).toEqual([e.key, 'ours-1']);
+      expect(await listener.waitLines(2)).toEqual([e.key, 'ours-1']);
       await e.proclaim('ours-2');
-      expect((await listener.lineCount(4)).slice(2)).toEqual([e.key, 'ours-2']);
+      expect((await listener.waitLines(4)).slice(2)).toEqual([e.key, 'ours-2']);
       await waitForKeyCount(client, 'interop/b/', 2); // etcdctl's candidate is queued behind us
-      expect(await stillPending(candidate.lineCount(1), 300)).toBe(true);
+      expect(await stillPending(candidate.waitLines(1), 300)).toBe(true);
       await e.resign();
-      const [ctlKey, ctlValue] = await candidate.lineCount(2);
+      const [ctlKey, ctlValue] = await candidate.waitLines(2);
       expect(ctlValue).toBe('ctl');
       expect(ctlKey).not.toBe(e.key);
-      expect((await listener.lineCount(6)).slice(4)).toEqual([ctlKey, 'ctl']);
+      expect((await listener.waitLines(6)).slice(4)).toEqual([ctlKey, 'ctl']);
       expect(await e.leader()).toMatchObject({ key: ctlKey, value: 'ctl' });
     } finally {
       candidate.stop();

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { Election, getLeader, isRecipeError, observeLeader, Session, type LeaderState } from '../src/index.js';
-import { keysUnder, stillPending, useCluster, waitForKey, within } from './helpers.js';
+import { keysUnder, rejectsBadNames, rejectsInvalid, stillPending, useCluster, waitForKey, within } from './helpers.js';
 
 /** Collects states from an observer until `until` matches one (bounded). */
 async function collect(
@@ -138,7 +138,7 @@ describe('Election', () => {
     await Promise.all(sessions.map((s) => s.close()));
   });
 
-  it("proclaim updates the leader's value; a non-leader's proclaim fails with NOT_LEADER and changes nothing", async () => {
+  it("proclaim updates the leader's value; a non-leader's proclaim gets NOT_LEADER and changes nothing", async () => {
     const client = etcd().client();
     await using a = await Session.create(client, { ttl: 10 });
     await using b = await Session.create(etcd().client(), { ttl: 10 });
@@ -309,7 +309,7 @@ describe('Election', () => {
     await e.resign();
   });
 
-  it('a candidate whose session expires while queued rejects with SESSION_EXPIRED, never a phantom win (etcd#11051)', async () => {
+  it('a candidate whose session expires in line gets SESSION_EXPIRED, never a phantom win (etcd#11051)', async () => {
     const client = etcd().client();
     await using a = await Session.create(client, { ttl: 10 });
     const b = await Session.create(etcd().client(), { ttl: 3 }); // notices the revoke at its next keepalive (TTL/3)
@@ -374,7 +374,7 @@ describe('Election', () => {
     await ea.resign();
   });
 
-  it('observe via Election: for await / break closes the watch; a slow consumer gets the latest state, memory bounded', async () => {
+  it('Election.observe: break closes the watch; a slow consumer gets the latest state, bounded memory', async () => {
     const client = etcd().client();
     await using a = await Session.create(client, { ttl: 10 });
     const e = new Election(a, 'slow/e');
@@ -430,11 +430,8 @@ describe('Election', () => {
     const client = etcd().client();
     await using session = await Session.create(client, { ttl: 10 });
     const before = await keysUnder(client);
-    const bad = (fn: () => unknown) =>
-      expect(Promise.resolve().then(fn)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
-    await bad(() => new Election(session, ''));
-    await bad(() => new Election(session, Buffer.alloc(0)));
-    await bad(() => new Election(session, 7 as never));
+    const bad = rejectsInvalid;
+    await rejectsBadNames((name) => new Election(session, name));
     await bad(() => new Election({} as never, 'x'));
     await bad(() => new Election(null as never, 'x'));
     const e = new Election(session, 'bad/e');

@@ -26,6 +26,13 @@ async function untilOk(fn: () => Promise<unknown>, timeoutMs: number): Promise<v
   }
 }
 
+/** `call`, settled either way (the caller only waits for it to end). */
+const settled = (call: Promise<unknown>): Promise<void> =>
+  call.then(
+    () => undefined,
+    () => undefined,
+  );
+
 describe('FaultProxy', () => {
   const etcd = useCluster();
   const proxies: FaultProxy[] = [];
@@ -52,7 +59,7 @@ describe('FaultProxy', () => {
     expect(proxy.stats.open).toBeGreaterThan(0);
   });
 
-  it('dropReplies: a put commits (a direct client sees it) while the proxied call hears nothing; restore resets', async () => {
+  it('dropReplies: a put commits (seen directly), the proxied call hears nothing; restore resets it', async () => {
     const { proxy, direct, proxied } = await setup();
     proxy.dropReplies();
     const call = proxied.put('fp/drop').value('committed').exec();
@@ -64,14 +71,7 @@ describe('FaultProxy', () => {
     proxy.restore();
     expect(proxy.stats.open).toBeLessThan(openBefore);
     // The reset ends the silent connection: the call settles (etcd3 may re-send it and succeed).
-    await within(
-      15_000,
-      call.then(
-        () => undefined,
-        () => undefined,
-      ),
-      'call after restore',
-    );
+    await within(15_000, settled(call), 'call after restore');
     await proxied.put('fp/drop-after').value('ok');
     expect(await direct.get('fp/drop-after').string()).toBe('ok');
   });
@@ -89,14 +89,7 @@ describe('FaultProxy', () => {
     const other = etcd().client({ hosts: [proxy.endpoint], grpcOptions: { 'grpc.use_local_subchannel_pool': 1 } });
     await within(10_000, other.put('fp/next-other').value('2').exec(), 'put on a new connection');
     proxy.restore();
-    await within(
-      15_000,
-      call.then(
-        () => undefined,
-        () => undefined,
-      ),
-      'call after restore',
-    );
+    await within(15_000, settled(call), 'call after restore');
     await within(10_000, proxied.put('fp/next-after').value('3').exec(), 'put after restore');
     expect(await direct.get('fp/next-after').string()).toBe('3');
   });

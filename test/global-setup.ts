@@ -1,7 +1,10 @@
 import { findEtcdBinary, findEtcdctlBinary, EtcdNotFoundError } from '../src/testing/index.js';
 import { ensureChromium } from './fixtures/chromium.js';
 
-/** Makes sure etcd (and etcdctl), and Chromium for the dashboard test, exist before any test starts, installing them when allowed. */
+/**
+ * Makes sure etcd (and etcdctl), and Chromium for the dashboard test, exist before any test starts,
+ * installing them when allowed.
+ */
 export default function setup(): void {
   try {
     // Validates ETCD_BIN / ETCDCTL_BIN when set, else finds (or installs) the binaries.

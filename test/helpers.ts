@@ -2,7 +2,7 @@ import { fork, spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import type { Namespace } from 'etcd3';
-import { afterAll, beforeAll } from 'vitest';
+import { afterAll, beforeAll, expect } from 'vitest';
 import { openWatch } from '../src/core/watch-hub.js';
 import { EtcdCluster, type EtcdClusterOptions } from '../src/testing/index.js';
 
@@ -264,4 +264,15 @@ export function forkFixture(script: string, args: string[]) {
       );
     },
   };
+}
+
+/** Asserts that `fn` throws or rejects with INVALID_ARGUMENT (naming `argument`, when given). */
+export function rejectsInvalid(fn: () => unknown, argument?: string): Promise<void> {
+  const expected = argument === undefined ? { code: 'INVALID_ARGUMENT' } : { code: 'INVALID_ARGUMENT', argument };
+  return expect(Promise.resolve().then(fn)).rejects.toMatchObject(expected);
+}
+
+/** Asserts that `make` rejects each malformed name (empty string, empty Buffer, number) with INVALID_ARGUMENT. */
+export async function rejectsBadNames(make: (name: never) => unknown): Promise<void> {
+  for (const name of ['', Buffer.alloc(0), 7]) await rejectsInvalid(() => make(name as never));
 }

@@ -150,7 +150,8 @@ describe('RecipeMetrics', () => {
   });
 
   it('counts the queue channels from their documented messages', async () => {
-    // The queue recipes publish these; here the messages are published as documented, to pin the recorder to the shapes.
+    // The queue recipes publish these; here the messages are published as documented, to pin the
+    // recorder to the shapes.
     const job: JobMessage = { name: 'jobs', id: '00100-1', key: 'jobs/claims/00100-1', fencingToken: 7n, attempts: 2 };
     const enqueue = tracingChannel<unknown, EnqueueContext>('etcd-recipes:queue:enqueue');
     await enqueue.tracePromise(async () => undefined, { recipe: 'work-queue', name: 'jobs', priority: 100 });

@@ -150,7 +150,8 @@ describe('withLocks / acquireAll', () => {
       await Promise.all(workers.map((w) => w.exited));
     }
     console.log(
-      `multi-lock: 4 x ${rounds} rounds in ${Math.round(performance.now() - started)} ms (${results.map((r) => r.ms).join(', ')})`,
+      `multi-lock: 4 x ${rounds} rounds in ${Math.round(performance.now() - started)} ms ` +
+        `(${results.map((r) => r.ms).join(', ')})`,
     );
     expect(results.map((r) => r.violations)).toEqual([0, 0, 0, 0]);
     for (const name of names) {

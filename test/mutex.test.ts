@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { isRecipeError, Mutex, Session, withLock } from '../src/index.js';
-import { keysUnder, stillPending, useCluster, waitForKey, within } from './helpers.js';
+import { keysUnder, rejectsBadNames, rejectsInvalid, stillPending, useCluster, waitForKey, within } from './helpers.js';
 
 describe('Mutex', () => {
   const etcd = useCluster();
@@ -273,11 +273,8 @@ describe('Mutex', () => {
     const client = etcd().client();
     await using session = await Session.create(client, { ttl: 10 });
     const before = await keysUnder(client);
-    const bad = (fn: () => unknown) =>
-      expect(Promise.resolve().then(fn)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
-    await bad(() => new Mutex(session, ''));
-    await bad(() => new Mutex(session, Buffer.alloc(0)));
-    await bad(() => new Mutex(session, 42 as never));
+    const bad = rejectsInvalid;
+    await rejectsBadNames((name) => new Mutex(session, name));
     await bad(() => new Mutex({} as never, 'x'));
     await bad(() => new Mutex(undefined as never, 'x'));
     const m = new Mutex(session, 'bad/lock');

@@ -21,7 +21,8 @@ describe.skipIf(!existsSync(join(root, 'dist/esm/index.js')))('the built package
       ? [
           '--input-type=module',
           '-e',
-          `import * as m from '${spec}'; console.log(JSON.stringify(Object.keys(m).filter(k => k !== 'default' && k !== 'module.exports').sort()))`,
+          `import * as m from '${spec}'; ` +
+            "console.log(JSON.stringify(Object.keys(m).filter(k => k !== 'default' && k !== 'module.exports').sort()))",
         ]
       : ['-e', `console.log(JSON.stringify(Object.keys(require('${spec}')).sort()))`];
 

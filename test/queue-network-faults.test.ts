@@ -244,7 +244,7 @@ describe.each(kinds)('$name under network faults', (kind) => {
     expect(await leftovers(admin, name)).toEqual([]);
   });
 
-  it("dequeue never fails because of the queue's internal lease, even a write refused for a lease etcd dropped", async () => {
+  it("dequeue never fails because of the queue's own lease, even a write refused for a dropped lease", async () => {
     const name = `${kind.name}-lease`;
     const admin = etcd().client();
     const client = direct();

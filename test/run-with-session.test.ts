@@ -122,7 +122,7 @@ describe('runWithSession', () => {
     expect((await client.leaseClient.leaseLeases()).leases?.length ?? 0).toBe(leasesBefore);
   });
 
-  it('a worker process SIGSTOPped past its TTL recovers by itself; its jobs are redelivered, no side effect twice', async () => {
+  it('a worker SIGSTOPped past its TTL recovers by itself; its jobs are redelivered, no effect twice', async () => {
     const cluster = etcd();
     const client = cluster.client();
     const prefix = 'rws-jobs';

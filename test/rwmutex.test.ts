@@ -1,11 +1,19 @@
 import { describe, expect, it } from 'vitest';
 import { isRecipeError, RWMutex, Session, type RWLockHandle } from '../src/index.js';
-import { keysUnder, stillPending, useCluster, waitForKeyCount, within } from './helpers.js';
+import {
+  keysUnder,
+  rejectsBadNames,
+  rejectsInvalid,
+  stillPending,
+  useCluster,
+  waitForKeyCount,
+  within,
+} from './helpers.js';
 
 describe('RWMutex', () => {
   const etcd = useCluster();
 
-  it("uses Go's recipes layout: <name>/read/<19 digits> and <name>/write/<19 digits>, empty, on the lease", async () => {
+  it("uses Go's recipes layout: <name>/read/<19 digits>, <name>/write/<19 digits>, empty, on the lease", async () => {
     const client = etcd().client();
     await using session = await Session.create(client, { ttl: 10 });
     const rw = new RWMutex(session, 'layout/rw');
@@ -373,11 +381,8 @@ describe('RWMutex', () => {
     const client = etcd().client();
     await using session = await Session.create(client, { ttl: 10 });
     const before = await keysUnder(client);
-    const bad = (fn: () => unknown) =>
-      expect(Promise.resolve().then(fn)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
-    await bad(() => new RWMutex(session, ''));
-    await bad(() => new RWMutex(session, Buffer.alloc(0)));
-    await bad(() => new RWMutex(session, 7 as never));
+    const bad = rejectsInvalid;
+    await rejectsBadNames((name) => new RWMutex(session, name));
     await bad(() => new RWMutex({} as never, 'x'));
     const rw = new RWMutex(session, 'bad/rw');
     await bad(() => rw.rLock({ signal: 'soon' as never }));

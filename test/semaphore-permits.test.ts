@@ -102,7 +102,7 @@ describe('Semaphore.acquire({ permits: n })', () => {
     expect(await keysUnder(client, 'bad-w')).toEqual([]);
   });
 
-  it('never more than N permits held (from etcd state), and a request of N/2 at the head is served under a stream of single ones', async () => {
+  it('never more than N permits held (per etcd); a request of N/2 at the head is served amid single ones', async () => {
     const client = etcd().client();
     const N = 4;
     const stop = new AbortController();
@@ -153,7 +153,8 @@ describe('Semaphore.acquire({ permits: n })', () => {
     stop.abort();
     await within(30_000, Promise.all(streamers));
     console.log(
-      `semaphore permits: N/2 request served in ${waits.map((w) => Math.round(w)).join(', ')} ms; ${checks} occupancy checks`,
+      `semaphore permits: N/2 request served in ${waits.map((w) => Math.round(w)).join(', ')} ms; ` +
+        `${checks} occupancy checks`,
     );
     expect(violations).toBe(0);
     expect(checks).toBeGreaterThan(100);

@@ -110,7 +110,8 @@ describe('Session expiry while etcd is paused', () => {
       const { reason, abortedAfter } = await within(
         10_000,
         new Promise<{ reason: unknown; abortedAfter: number }>((resolve) => {
-          // Measured from the last keepalive etcd acknowledged (one may still have been answered just before the pause).
+          // Measured from the last keepalive etcd acknowledged (one may still have been answered just
+          // before the pause).
           session.signal.addEventListener(
             'abort',
             () =>

@@ -35,7 +35,13 @@ describe('STM tx.getRange', () => {
 
   for (const isolation of guardedLevels) {
     for (const kind of ['add', 'change', 'delete', 'outside'] as const) {
-      it(`${isolation}: a key ${kind === 'outside' ? 'written next to (not under) the prefix does not conflict' : `${kind === 'add' ? 'added to' : kind === 'change' ? 'changed in' : 'deleted from'} the range before the commit conflicts`}`, async () => {
+      const what = {
+        add: 'added to the range before the commit conflicts',
+        change: 'changed in the range before the commit conflicts',
+        delete: 'deleted from the range before the commit conflicts',
+        outside: 'written next to (not under) the prefix does not conflict',
+      }[kind];
+      it(`${isolation}: a key ${what}`, async () => {
         const client = etcd().client();
         const other = etcd().client();
         const prefix = `rc/${isolation}/${kind}/`;

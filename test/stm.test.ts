@@ -247,7 +247,7 @@ describe('runSTM', () => {
     },
   );
 
-  it("after a conflict, the retry reads every key at the Else branch's revision, also keys the failed attempt did not read", async () => {
+  it("after a conflict, the retry reads every key at the Else branch's revision, also ones unread before", async () => {
     const client = etcd().client();
     const meddler = etcd().client();
     await client.put('else/a').value('a1');
@@ -271,7 +271,7 @@ describe('runSTM', () => {
     expect(await client.get('else/out').string()).toBe('a2,c2');
   });
 
-  it('a read-only transaction commits without writing; under serializable-snapshot from one snapshot, without a commit Txn', async () => {
+  it('a read-only transaction commits without writing; serializable-snapshot: 1 snapshot, no commit Txn', async () => {
     const client = etcd().client();
     const url = etcd().members[0]!.clientUrl;
     await client.put('ro/a').value('1');
@@ -356,7 +356,8 @@ describe('runSTM', () => {
         runs++;
         // Served from the prefetch read (awaiting it makes sure that read is done before we meddle).
         const a = Number(await tx.get('prefetch/a'));
-        if (tx.attempt === 1) await etcd().client().put('prefetch/b').value('7'); // prefetched, read by fn only after the change
+        // prefetched, read by fn only after the change
+        if (tx.attempt === 1) await etcd().client().put('prefetch/b').value('7');
         tx.put('prefetch/sum', String(a + Number(await tx.get('prefetch/b'))));
       },
       { prefetch: ['prefetch/a', 'prefetch/b'] },
@@ -448,7 +449,7 @@ describe('runSTM', () => {
     expect(await client.get('abort/y').string()).toBeNull();
   });
 
-  it("rejects an oversized transaction clearly before sending it, and accepts one at exactly etcd's limit", async () => {
+  it("rejects an oversized transaction clearly before sending it, accepts one at exactly etcd's limit", async () => {
     const client = etcd().client();
     const keys = Array.from({ length: 129 }, (_, i) => `big/${String(i).padStart(3, '0')}`);
     // 129 writes: one more than etcd's default --max-txn-ops.

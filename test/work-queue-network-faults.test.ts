@@ -114,7 +114,7 @@ describe('WorkQueue under network faults', () => {
     expect(await keysUnder(etcd().client(), `${name}/`)).toEqual([]);
   });
 
-  it('(b) a lost claim reply, then a cut longer than the TTL: the claim rejects, the job is acked once elsewhere', async () => {
+  it('(b) a lost claim reply, then a cut past the TTL: the claim rejects, another acks the job once', async () => {
     const name = 'wq-b';
     const admin = etcd().client();
     const { proxy, client } = await proxied();
@@ -140,7 +140,7 @@ describe('WorkQueue under network faults', () => {
     expect(await keysUnder(admin, `${name}/`)).toEqual([]);
   });
 
-  it('(b) a lost ack reply, then a cut longer than the TTL: the ack resolves (its receipt proves it), once', async () => {
+  it('(b) a lost ack reply, then a cut past the TTL: the ack resolves (its receipt proves it), once', async () => {
     const name = 'wq-b2';
     const admin = etcd().client();
     const { proxy, client } = await proxied();
@@ -169,7 +169,7 @@ describe('WorkQueue under network faults', () => {
     expect(await keysUnder(admin, `${name}/`)).toEqual([]);
   });
 
-  it("(c) a lost reply followed by a compaction: add, claim and ack settle from etcd's state, not history", async () => {
+  it("(c) a lost reply, then a compaction: add, claim and ack settle from etcd's state, not history", async () => {
     const name = 'wq-c';
     const admin = etcd().client();
     const { proxy, client } = await proxied();
@@ -202,7 +202,7 @@ describe('WorkQueue under network faults', () => {
     expect(await keysUnder(admin, `${name}/`)).toEqual([]);
   });
 
-  it('(d) re-sends that etcd3 makes on its own (default policies): add, claim, ack and retryDead once each', async () => {
+  it('(d) re-sends etcd3 makes on its own (default policies): add, claim, ack and retryDead once each', async () => {
     const name = 'wq-d';
     const cluster = etcd();
     const admin = cluster.client();
@@ -213,7 +213,10 @@ describe('WorkQueue under network faults', () => {
     await using session = await Session.create(plain, { ttl: 30 });
     const wq = new WorkQueue(session, name, { maxAttempts: 1 });
     await wq.stats();
-    /** Sends `call` with the reply of its matching Txn lost until `landed()` shows it committed; then the link resets. */
+    /**
+     * Sends `call` with the reply of its matching Txn lost until `landed()` shows it committed; then
+     * the link resets.
+     */
     const withLostReply = async <T>(
       match: Parameters<typeof beforeTxn>[1],
       call: () => Promise<T>,
@@ -287,7 +290,7 @@ describe('WorkQueue acks, guards and producers', () => {
     expect(await keysUnder(admin, 'lostack/')).toEqual([]);
   });
 
-  it('add, ack and retryDead guarded by a deposed leader write nothing; a failed ack guard keeps the claim', async () => {
+  it('add, ack, retryDead guarded by a deposed leader write nothing; a failed ack guard keeps the claim', async () => {
     const admin = etcd().client();
     const s1 = await Session.create(admin, { ttl: 10 });
     const e1 = new Election(s1, 'wq-guard-leader');

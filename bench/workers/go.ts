@@ -29,7 +29,9 @@ export function buildGo(name: string): { path: string } | { skipped: string } {
   const built = spawnSync('go', ['build', '-o', path, '.'], { cwd: `${goDir}${name}`, encoding: 'utf8', env });
   if (built.status !== 0)
     return {
-      skipped: `go build failed (is golang-etcd-server-dev installed?): ${built.stderr.trim().split('\n').slice(-3).join(' ')}`,
+      skipped:
+        'go build failed (is golang-etcd-server-dev installed?): ' +
+        built.stderr.trim().split('\n').slice(-3).join(' '),
     };
   return { path: `${path}` };
 }

@@ -105,7 +105,8 @@ export function formatSummary(title: string, s: ProfileSummary, top = 12): strin
   const pct = (ms: number) => `${((100 * ms) / s.busyMs).toFixed(1)} %`;
   const lines = [
     `\n#### CPU profile: ${title}\n`,
-    `${s.busyMs.toFixed(0)} ms of samples in the measured phase (${s.idleMs.toFixed(0)} ms idle not counted); self time, main thread.\n`,
+    `${s.busyMs.toFixed(0)} ms of samples in the measured phase (${s.idleMs.toFixed(0)} ms idle not counted); ` +
+      'self time, main thread.\n',
     '| module (self time) | ms | share |',
     '|---|---|---|',
     ...s.byModule.slice(0, top).map(([m, ms]) => `| ${m} | ${ms.toFixed(0)} | ${pct(ms)} |`),

@@ -9,7 +9,7 @@ import { formatDuration } from './args.js';
  * (per-call deadlines, no hidden re-sends; docs/faults.md).
  * @throws UsageError for settings etcd3 rejects (e.g. TLS options it cannot use)
  */
-export function createEtcdClient(o: ConnectionOptions): Etcd3 {
+function createEtcdClient(o: ConnectionOptions): Etcd3 {
   const options: ClientOptions = { hosts: o.endpoints, dialTimeout: o.dialTimeoutMs };
   if (o.cacert || o.cert) {
     // etcd3 types the CA as required; grpc-js takes undefined as "the system's CAs".

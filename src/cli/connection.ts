@@ -24,9 +24,9 @@ export interface ConnectionOptions {
 }
 
 /** The default endpoint, as etcdctl's. */
-export const DEFAULT_ENDPOINT = '127.0.0.1:2379';
+const DEFAULT_ENDPOINT = '127.0.0.1:2379';
 /** The default dial timeout, as etcdctl's (2 s). */
-export const DEFAULT_DIAL_TIMEOUT_MS = 2000;
+const DEFAULT_DIAL_TIMEOUT_MS = 2000;
 
 /** The flags every command accepts. */
 export const CONNECTION_OPTIONS: Readonly<Record<string, OptionSpec>> = {

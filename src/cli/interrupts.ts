@@ -1,5 +1,5 @@
 /** The signals the tool handles itself: forwarded to a running child, or ending a wait. */
-export const HANDLED_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+const HANDLED_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
 export type HandledSignal = (typeof HANDLED_SIGNALS)[number];
 
 /** The reason `Interrupts.signal` aborts with. */

@@ -20,6 +20,7 @@ export const RECIPE_ERROR_CODES = [
   'PERMISSION_DENIED',
   'CLOSED',
   'OUTCOME_UNKNOWN',
+  'INTERNAL',
 ] as const;
 
 /** The stable codes of {@link RecipeError}. */
@@ -133,7 +134,9 @@ export class ServiceIdTakenError extends RecipeError {
   constructor(key: string, holderLeaseId: string, options?: ErrorOptions) {
     super(
       'SERVICE_ID_TAKEN',
-      `${key} is already registered by another live instance (lease ${holderLeaseId === '0' ? 'none' : BigInt(holderLeaseId).toString(16)}); pass { replace: true } to take it over`,
+      `${key} is already registered by another live instance ` +
+        `(lease ${holderLeaseId === '0' ? 'none' : BigInt(holderLeaseId).toString(16)}); ` +
+        'pass { replace: true } to take it over',
       options,
     );
     this.key = key;
@@ -183,6 +186,19 @@ export class OutcomeUnknownError extends RecipeError {
   }
 }
 
+/**
+ * The library met a reply or a state it does not expect and gave up: for
+ * example etcd cancelled a watch for a reason it did not give before, or keys
+ * changed by hand kept a write from ever succeeding. The message says what;
+ * please report it if it recurs.
+ */
+export class InternalError extends RecipeError {
+  /** @param message - what was unexpected */
+  constructor(message: string, options?: ErrorOptions) {
+    super('INTERNAL', message, options);
+  }
+}
+
 /** The error class behind each code, for {@link isRecipeError}'s narrowing. */
 export interface RecipeErrorByCode {
   /** {@link SessionExpiredError} */
@@ -205,6 +221,8 @@ export interface RecipeErrorByCode {
   CLOSED: ClosedError;
   /** {@link OutcomeUnknownError} */
   OUTCOME_UNKNOWN: OutcomeUnknownError;
+  /** {@link InternalError} */
+  INTERNAL: InternalError;
 }
 
 const codes: ReadonlySet<string> = new Set<string>(RECIPE_ERROR_CODES);

@@ -10,24 +10,11 @@ import { isTransient, retrying } from './retry.js';
 const log = logger('receipts');
 
 /*
- * The one way the recipes write something whose reply may be lost (see
- * docs/internals.md, "Outcome unknown means prove it").
- *
- * etcd3 re-sends a failed call on its own, our retries re-send too, and a
- * deadline can fire after etcd committed: an attempt counter proves nothing.
- * A write is therefore sent as a Txn that is harmless to repeat (its
- * compares fail once any earlier attempt landed) and that carries its own
- * proof of landing, which the failure branch reads back:
- *
- *  - a key on our lease (line keys, claims): a key that exists with our
- *    lease is ours; see core/line.ts `createUniqueKey`;
- *  - a receipt: a key of its own, written in the same Txn, that nobody else
- *    deletes. Items that someone else consumes (a queue item, a job) cannot
- *    prove anything by their own existence, since a consumer may already have
- *    taken them when we retry; the receipt outlives them. Receipts carry no
- *    lease, so the proof survives any outage and any compaction. The writer
- *    deletes a receipt once its outcome is known, in its next write (no
- *    extra round trip) or on close; a writer that dies leaves one small key.
+ * The one way the recipes write something someone else consumes, whose reply
+ * may be lost: a Txn harmless to re-send, carrying a receipt that proves it
+ * landed. Why, and the other proofs: docs/internals.md, "Outcome unknown means
+ * prove it". The writer deletes a receipt in its next write (no extra round
+ * trip) or on close; a writer that dies leaves one small key.
  */
 
 /** The first byte of a receipt: the write landed (the caller's receipt value follows), or it was voided. */
@@ -65,7 +52,10 @@ export interface ProvenWriteOptions {
   signal?: AbortSignal;
   /** What the write is, for logs and the OUTCOME_UNKNOWN message. */
   what: string;
-  /** A value to store in the receipt (e.g. the value a consume took), returned when only the receipt proves the landing. */
+  /**
+   * A value to store in the receipt (e.g. the value a consume took), returned when only the
+   * receipt proves the landing.
+   */
   receiptValue?: string | Buffer;
 }
 

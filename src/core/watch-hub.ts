@@ -2,7 +2,7 @@ import { ClientClosedError, type Namespace } from 'etcd3';
 import { abortReason } from './abort.js';
 import { clientScope, reportSilentStream } from './client.js';
 import { publish } from './diagnostics.js';
-import { ClosedError } from './errors.js';
+import { ClosedError, InternalError } from './errors.js';
 import { classifyEtcdError } from './etcd-errors.js';
 import { decodeKv, encodeKey, type KeyValue, type RawKv } from './kv.js';
 import { prefixEnd, showKey } from './keys.js';
@@ -380,7 +380,7 @@ class WatchHub {
     }
     // A refused watch (auth) is a PermissionDeniedError naming the key, like any refused call.
     return classifyEtcdError(
-      new Error(`watch cancelled by etcd${res.cancel_reason ? `: ${res.cancel_reason}` : ''}`),
+      new InternalError(`watch cancelled by etcd${res.cancel_reason ? `: ${res.cancel_reason}` : ''}`),
       entry.spec.key,
     ) as Error;
   }

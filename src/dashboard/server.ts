@@ -155,7 +155,8 @@ export async function startDashboard(client: Namespace, options: DashboardOption
     'referrer-policy': 'no-referrer',
     'x-frame-options': 'DENY',
     'content-security-policy': nonce
-      ? `default-src 'none'; script-src 'nonce-${nonce}'; style-src 'nonce-${nonce}'; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'`
+      ? `default-src 'none'; script-src 'nonce-${nonce}'; style-src 'nonce-${nonce}'; connect-src 'self'; ` +
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
       : "default-src 'none'; frame-ancestors 'none'",
   });
 

@@ -52,6 +52,18 @@ export type RecipeKind =
   | 'work-queue'
   | 'service';
 
+/** @internal Every {@link RecipeKind}, in the order `--kind` help lists them. */
+export const RECIPE_KINDS: readonly RecipeKind[] = [
+  'lock',
+  'election',
+  'semaphore',
+  'rwmutex',
+  'queue',
+  'priority-queue',
+  'work-queue',
+  'service',
+];
+
 /** A recipe found under a prefix. */
 export interface DiscoveredRecipe {
   /** What the keys under `name` look like. */

@@ -1,6 +1,5 @@
 import type { Namespace } from 'etcd3';
-import { childPrefix, showKey } from '../core/keys.js';
-import { checkInspectArgs, SnapshotReader, type InspectedKey, type InspectOptions } from './read.js';
+import { readLine, type InspectedKey, type InspectOptions } from './read.js';
 
 /** A candidate of an election, leader or queued. */
 export interface Candidate extends InspectedKey {
@@ -36,17 +35,7 @@ export async function inspectElection(
   name: string | Buffer,
   options: InspectOptions = {},
 ): Promise<ElectionInspection> {
-  const limit = checkInspectArgs(client, name, options);
-  const reader = new SnapshotReader(client, options.signal);
-  const list = await reader.list(childPrefix(name), limit);
-  const keys = await reader.describe(list.kvs);
-  const all: Candidate[] = keys.map((k, i) => ({ ...k, value: list.kvs[i]!.value.toString() }));
-  return {
-    name: showKey(name),
-    revision: reader.revision,
-    leader: all[0],
-    candidates: all.slice(1),
-    total: list.total,
-    truncated: list.truncated,
-  };
+  const { id, keys, kvs, total, truncated } = await readLine(client, name, options);
+  const all: Candidate[] = keys.map((k, i) => ({ ...k, value: kvs[i]!.value.toString() }));
+  return { ...id, leader: all[0], candidates: all.slice(1), total, truncated };
 }

@@ -30,6 +30,8 @@ export function formatStatus(inspections: readonly RecipeInspection[], options: 
   return inspections.map((i) => formatInspection(i, options)).join('\n');
 }
 
+const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? '' : 's'}`;
+
 /** One recipe's inspection as a heading and a table (the text of `etcd-recipes status`). */
 export function formatInspection(ri: RecipeInspection, options: FormatOptions = {}): string {
   const max = options.maxValue ?? 60;
@@ -54,7 +56,10 @@ export function formatInspection(ri: RecipeInspection, options: FormatOptions = 
         ...i.waiters.map((k, n) => keyRow(`waiter ${n + 1}`, k, modeOf(k))),
       ];
       const permits = ri.kind === 'semaphore' ? `, ${ri.inspection.permits ?? 'unknown'} permits` : '';
-      const head = `${ri.kind} ${i.name} (revision ${i.revision}${permits}): ${i.holders.length ? `${i.holders.length} holding` : 'free'}, ${i.waiters.length} waiting${i.truncated ? ` (${i.total} keys, list cut)` : ''}`;
+      const held = i.holders.length ? `${i.holders.length} holding` : 'free';
+      const cutNote = i.truncated ? ` (${i.total} keys, list cut)` : '';
+      const waiting = `${i.waiters.length} waiting${cutNote}`;
+      const head = `${ri.kind} ${i.name} (revision ${i.revision}${permits}): ${held}, ${waiting}`;
       return `${head}\n${table(rw ? [...keyHeader, 'MODE'] : keyHeader, rows)}`;
     }
     case 'election': {
@@ -62,7 +67,8 @@ export function formatInspection(ri: RecipeInspection, options: FormatOptions = 
       const all = [...(i.leader ? [i.leader] : []), ...i.candidates];
       const rows = all.map((c, n) => keyRow(n === 0 ? 'leader' : `candidate ${n}`, c, [cut(c.value)]));
       return (
-        `election ${i.name} (revision ${i.revision}): ${i.leader ? `led by ${i.leader.key}` : 'no leader'}, ${i.candidates.length} queued\n` +
+        `election ${i.name} (revision ${i.revision}): ` +
+        `${i.leader ? `led by ${i.leader.key}` : 'no leader'}, ${i.candidates.length} queued\n` +
         table([...keyHeader, 'VALUE'], rows)
       );
     }
@@ -70,7 +76,9 @@ export function formatInspection(ri: RecipeInspection, options: FormatOptions = 
     case 'priority-queue': {
       const i = ri.inspection;
       const h = i.head;
-      const head = `${ri.kind} ${i.name} (revision ${i.revision}): ${i.depth} item${i.depth === 1 ? '' : 's'}, ${i.waitingConsumers} consumer${i.waitingConsumers === 1 ? '' : 's'} waiting`;
+      const head =
+        `${ri.kind} ${i.name} (revision ${i.revision}): ${plural(i.depth, 'item')}, ` +
+        `${plural(i.waitingConsumers, 'consumer')} waiting`;
       if (!h) return `${head}\n`;
       return `${head}\n${table(
         ['HEAD', 'PRIORITY', 'MOD REV', 'AGE (REVISIONS)', 'VALUE'],
@@ -101,7 +109,8 @@ export function formatInspection(ri: RecipeInspection, options: FormatOptions = 
         ...i.dead.map((j) => ['dead', j.id, '-', '-', '-', cut(j.value)]),
       ];
       return (
-        `work-queue ${i.name} (revision ${i.revision}): ${c.pending} pending, ${c.claimed} claimed, ${c.dead} dead, ${c.waiting} worker${c.waiting === 1 ? '' : 's'} waiting${i.truncated ? ' (lists cut)' : ''}\n` +
+        `work-queue ${i.name} (revision ${i.revision}): ${c.pending} pending, ${c.claimed} claimed, ` +
+        `${c.dead} dead, ${plural(c.waiting, 'worker')} waiting${i.truncated ? ' (lists cut)' : ''}\n` +
         table(['STATE', 'JOB', 'ATTEMPTS', 'AGE (REVISIONS)', 'CLAIMED BY (TTL)', 'VALUE'], rows)
       );
     }
@@ -114,7 +123,7 @@ export function formatInspection(ri: RecipeInspection, options: FormatOptions = 
         cut(JSON.stringify(s.metadata)),
       ]);
       return (
-        `service ${i.name} under ${i.prefix} (revision ${i.revision}): ${i.total} instance${i.total === 1 ? '' : 's'}\n` +
+        `service ${i.name} under ${i.prefix} (revision ${i.revision}): ${plural(i.total, 'instance')}\n` +
         table(['ID', 'ADDRESS', 'LEASE HEX', 'TTL', 'METADATA'], rows)
       );
     }

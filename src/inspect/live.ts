@@ -14,7 +14,10 @@ const log = logger('inspect');
 
 /** Options of {@link LiveView}. */
 export interface LiveViewOptions {
-  /** Re-read at least this often (ms), for lease TTLs, which change without events. Default 5000; 0: only on changes. */
+  /**
+   * Re-read at least this often (ms), for lease TTLs, which change without events.
+   * Default 5000; 0: only on changes.
+   */
   periodMs?: number;
   /** Wait this long (ms) after an event before re-reading, to take a burst in one read. Default 50. */
   settleMs?: number;

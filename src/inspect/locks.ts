@@ -1,6 +1,6 @@
 import type { Namespace } from 'etcd3';
 import { childPrefix, showKey } from '../core/keys.js';
-import { checkInspectArgs, SnapshotReader, under, type InspectedKey, type InspectOptions } from './read.js';
+import { checkInspectArgs, readLine, SnapshotReader, under, type InspectedKey, type InspectOptions } from './read.js';
 
 /*
  * Who holds a lock and who waits, from the keys alone: the same layouts the
@@ -38,18 +38,8 @@ export async function inspectLock(
   name: string | Buffer,
   options: InspectOptions = {},
 ): Promise<LockInspection> {
-  const limit = checkInspectArgs(client, name, options);
-  const reader = new SnapshotReader(client, options.signal);
-  const list = await reader.list(childPrefix(name), limit);
-  const keys = await reader.describe(list.kvs);
-  return {
-    name: showKey(name),
-    revision: reader.revision,
-    holders: keys.slice(0, 1),
-    waiters: keys.slice(1),
-    total: list.total,
-    truncated: list.truncated,
-  };
+  const { id, keys, total, truncated } = await readLine(client, name, options);
+  return { ...id, holders: keys.slice(0, 1), waiters: keys.slice(1), total, truncated };
 }
 
 /** What {@link inspectSemaphore} reports. */
@@ -85,24 +75,13 @@ export async function inspectSemaphore(
   name: string | Buffer,
   options: InspectOptions = {},
 ): Promise<SemaphoreInspection> {
-  const limit = checkInspectArgs(client, name, options);
-  const reader = new SnapshotReader(client, options.signal);
-  const prefix = childPrefix(name);
-  const stored = (await reader.range(under(prefix, 'permits'))).kvs[0];
+  const { reader, id, keys, total, truncated } = await readLine(client, name, options, 'queue/');
+  // Same snapshot: the reader is pinned to the line's revision.
+  const stored = (await reader.range(under(childPrefix(name), 'permits'))).kvs[0];
   const parsed = stored ? Number(stored.value.toString()) : NaN;
   const permits = Number.isInteger(parsed) && parsed > 0 ? parsed : undefined;
-  const list = await reader.list(under(prefix, 'queue/'), limit);
-  const keys = await reader.describe(list.kvs);
   const held = permits ?? 0;
-  return {
-    name: showKey(name),
-    revision: reader.revision,
-    permits,
-    holders: keys.slice(0, held),
-    waiters: keys.slice(held),
-    total: list.total,
-    truncated: list.truncated,
-  };
+  return { ...id, permits, holders: keys.slice(0, held), waiters: keys.slice(held), total, truncated };
 }
 
 /** A key of an {@link RWMutex}: a reader's or a writer's. */

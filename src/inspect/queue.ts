@@ -3,7 +3,10 @@ import { InvalidArgumentError } from '../core/errors.js';
 import { childPrefix, showKey, toBuffer } from '../core/keys.js';
 import { checkInspectArgs, SnapshotReader, under, type InspectOptions } from './read.js';
 
-/** Which layout a queue uses: {@link Queue} (`<name>/<19 digits>`) or {@link PriorityQueue} (`<name>/<%05d>/<%016d>`). */
+/**
+ * Which layout a queue uses: {@link Queue} (`<name>/<19 digits>`) or
+ * {@link PriorityQueue} (`<name>/<%05d>/<%016d>`).
+ */
 export type QueueKind = 'queue' | 'priority-queue';
 
 /** Options of {@link inspectQueue}. */

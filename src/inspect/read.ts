@@ -1,6 +1,7 @@
 import type { Namespace } from 'etcd3';
 import { raceAbort } from '../core/abort.js';
-import { leaseHex, showKey } from '../core/keys.js';
+import { childPrefix, leaseHex, showKey } from '../core/keys.js';
+import { InternalError } from '../core/errors.js';
 import { range, type KeyValue, type RangeOptions, type RangeResult } from '../core/kv.js';
 import { retrying } from '../core/retry.js';
 import { checkClient, checkInteger, checkName, checkOptions, checkSignal } from '../core/validate.js';
@@ -29,7 +30,10 @@ export interface InspectedKey {
   readonly key: string;
   /** The key's lease ID in decimal, as etcd3 and `etcdctl -w json` print it; `'0'` when none. */
   readonly lease: string;
-  /** The same lease ID in lowercase hex, as Go, `etcdctl lease` and the Mutex/Election key suffix print it; `'0'` when none. */
+  /**
+   * The same lease ID in lowercase hex, as Go, `etcdctl lease` and the Mutex/Election key suffix
+   * print it; `'0'` when none.
+   */
   readonly leaseHex: string;
   /**
    * The lease's remaining time to live in seconds, read right after the
@@ -44,7 +48,7 @@ export interface InspectedKey {
 }
 
 /** @internal Default and bounds of {@link InspectOptions.limit}. */
-export const DEFAULT_LIMIT = 1000;
+const DEFAULT_LIMIT = 1000;
 const MAX_LIMIT = 100_000;
 /** Lease TTL lookups in flight at once (etcd has no batch call for them). */
 const TTL_CONCURRENCY = 16;
@@ -88,7 +92,7 @@ export class SnapshotReader {
 
   /** The store revision every read of this reader sees (set by the first read). */
   get revision(): bigint {
-    if (this.#revision === undefined) throw new Error('internal: no read made yet');
+    if (this.#revision === undefined) throw new InternalError('inspection: no read made yet');
     return this.#revision;
   }
 
@@ -138,6 +142,38 @@ export class SnapshotReader {
     const ttls = await this.leaseTtls(kvs.map((kv) => kv.lease));
     return kvs.map((kv) => describeKey(kv, ttls));
   }
+
+  /** {@link list}, with each key described (see {@link describe}). */
+  async describedList(prefix: Buffer, limit: number): Promise<Listing & { keys: InspectedKey[] }> {
+    const list = await this.list(prefix, limit);
+    return { ...list, keys: await this.describe(list.kvs) };
+  }
+}
+
+/** @internal One line of keys, read for an inspection by {@link readLine}. */
+export interface LineRead extends Listing {
+  /** The reader, pinned to the line's revision, for further reads of the same snapshot. */
+  reader: SnapshotReader;
+  /** What every report starts with: the name as shown, and the revision read at. */
+  id: { name: string; revision: bigint };
+  /** The keys, described, oldest create revision first. */
+  keys: InspectedKey[];
+}
+
+/**
+ * @internal Checks an inspection's arguments, then reads the line of keys
+ * under `<name>/<dir>` (oldest create revision first) with their leases.
+ */
+export async function readLine(
+  client: Namespace,
+  name: string | Buffer,
+  options: InspectOptions,
+  dir = '',
+): Promise<LineRead> {
+  const limit = checkInspectArgs(client, name, options);
+  const reader = new SnapshotReader(client, options.signal);
+  const list = await reader.describedList(under(childPrefix(name), dir), limit);
+  return { ...list, reader, id: { name: showKey(name), revision: reader.revision } };
 }
 
 /** @internal An {@link InspectedKey} from a key-value and the TTLs of its lease. */

@@ -63,9 +63,8 @@ export async function inspectServices(
   checkRoot(root);
   const prefix = `${root}${service}/`;
   const reader = new SnapshotReader(client, options.signal);
-  const list = await reader.list(Buffer.from(prefix), limit);
-  const keys = await reader.describe(list.kvs);
-  const instances = keys.map((k, i): InspectedInstance => {
+  const list = await reader.describedList(Buffer.from(prefix), limit);
+  const instances = list.keys.map((k, i): InspectedInstance => {
     const value = list.kvs[i]!.value.toString();
     const o = parseObject(value);
     const address = typeof o?.address === 'string' ? o.address : typeof o?.Addr === 'string' ? o.Addr : undefined;

@@ -3,7 +3,7 @@ import { abortReason } from '../core/abort.js';
 import { InvalidArgumentError } from '../core/errors.js';
 import { checkRoot, DEFAULT_SERVICE_ROOT } from '../recipes/services/service-registry.js';
 import { checkInspectArgs, type InspectOptions } from './read.js';
-import { discoverRecipes, inspectRecipe, type RecipeInspection, type RecipeKind } from './discover.js';
+import { discoverRecipes, inspectRecipe, RECIPE_KINDS, type RecipeInspection, type RecipeKind } from './discover.js';
 import { inspectionJSON } from './format.js';
 import { LiveView } from './live.js';
 
@@ -21,24 +21,13 @@ export interface WatchStatusOptions extends StatusOptions {
   periodMs?: number;
 }
 
-const KINDS: readonly RecipeKind[] = [
-  'lock',
-  'election',
-  'semaphore',
-  'rwmutex',
-  'queue',
-  'priority-queue',
-  'work-queue',
-  'service',
-];
-
 function checkStatusOptions(client: unknown, name: unknown, options: StatusOptions): string {
   checkInspectArgs(client, name, options);
   if (typeof name !== 'string') throw new InvalidArgumentError('name', 'must be a string');
-  if (options.kind !== undefined && !KINDS.includes(options.kind)) {
+  if (options.kind !== undefined && !RECIPE_KINDS.includes(options.kind)) {
     throw new InvalidArgumentError(
       'options.kind',
-      `must be one of ${KINDS.join(', ')}, got ${JSON.stringify(options.kind)}`,
+      `must be one of ${RECIPE_KINDS.join(', ')}, got ${JSON.stringify(options.kind)}`,
     );
   }
   const root = options.root ?? DEFAULT_SERVICE_ROOT;

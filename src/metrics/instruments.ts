@@ -46,7 +46,10 @@ const seconds = (name: string, description: string): MetricDefinition => ({
 export const RECIPE_METRICS = {
   /** Counter `etcd_recipes.session.created`. Sessions created (leases granted or adopted). */
   sessionCreated: counter('etcd_recipes.session.created', '{session}', 'Sessions created (leases granted or adopted).'),
-  /** Counter `etcd_recipes.session.renewed_late`. Keepalives acknowledged with less than half the TTL left, or first after a reconnect (etcd_recipes.reason). */
+  /**
+   * Counter `etcd_recipes.session.renewed_late`. Keepalives acknowledged with less than half the
+   * TTL left, or first after a reconnect (etcd_recipes.reason).
+   */
   sessionRenewedLate: counter(
     'etcd_recipes.session.renewed_late',
     '{renewal}',
@@ -59,12 +62,19 @@ export const RECIPE_METRICS = {
   /** Up-down counter `etcd_recipes.session.active`. Sessions alive in this process. */
   sessionActive: upDown('etcd_recipes.session.active', '{session}', 'Sessions alive in this process.'),
 
-  /** Histogram (s) `etcd_recipes.lock.wait.duration`. Time from an acquire call to its outcome (etcd_recipes.outcome: acquired, busy for a try that found it taken, error). */
+  /**
+   * Histogram (s) `etcd_recipes.lock.wait.duration`. Time from an acquire call to its outcome
+   * (etcd_recipes.outcome: acquired, busy for a try that found it taken, error).
+   */
   lockWaitDuration: seconds(
     'etcd_recipes.lock.wait.duration',
-    'Time from an acquire call to its outcome (etcd_recipes.outcome: acquired, busy for a try that found it taken, error).',
+    'Time from an acquire call to its outcome ' +
+      '(etcd_recipes.outcome: acquired, busy for a try that found it taken, error).',
   ),
-  /** Histogram (s) `etcd_recipes.lock.hold.duration`. Time a lock or permit was held (etcd_recipes.outcome: released, lost). */
+  /**
+   * Histogram (s) `etcd_recipes.lock.hold.duration`. Time a lock or permit was held
+   * (etcd_recipes.outcome: released, lost).
+   */
   lockHoldDuration: seconds(
     'etcd_recipes.lock.hold.duration',
     'Time a lock or permit was held (etcd_recipes.outcome: released, lost).',
@@ -84,7 +94,10 @@ export const RECIPE_METRICS = {
     'Holds that ended without a release (session lost, key deleted).',
   ),
 
-  /** Histogram (s) `etcd_recipes.election.campaign.duration`. Time from a campaign to its outcome (etcd_recipes.outcome: elected, error). */
+  /**
+   * Histogram (s) `etcd_recipes.election.campaign.duration`. Time from a campaign to its outcome
+   * (etcd_recipes.outcome: elected, error).
+   */
   campaignDuration: seconds(
     'etcd_recipes.election.campaign.duration',
     'Time from a campaign to its outcome (etcd_recipes.outcome: elected, error).',

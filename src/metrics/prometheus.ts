@@ -88,7 +88,8 @@ export function prometheusCollectors(
       aggregator: 'sum',
       async get() {
         const now = source.snapshot().find((m) => m.name === def.name)!;
-        // prom-client may rename the collector (OpenMetrics drops a counter's _total and adds it per line): use its current name.
+        // prom-client may rename the collector (OpenMetrics drops a counter's _total and adds it per
+        // line): use its current name.
         return {
           name: collector.name,
           help: collector.help,

@@ -7,7 +7,10 @@ import { recordChannels, type MetricAttributes, type MetricSink } from './record
 
 /** Options of {@link RecipeMetrics}. */
 export interface RecipeMetricsOptions {
-  /** Adds attribute `etcd_recipes.name` (the lock, election, queue or service name). Default false: names can be unbounded. */
+  /**
+   * Adds attribute `etcd_recipes.name` (the lock, election, queue or service name).
+   * Default false: names can be unbounded.
+   */
   byName?: boolean;
   /** Histogram bucket boundaries in seconds, increasing (default {@link DEFAULT_DURATION_BUCKETS}). */
   buckets?: readonly number[];
@@ -29,7 +32,10 @@ export interface HistogramPoint {
   readonly count: number;
   /** The sum of the observed values (seconds, for durations). */
   readonly sum: number;
-  /** Observations per bucket: `bucketCounts[i]` counts values ≤ `boundaries[i]` and above the previous boundary; the last one is above every boundary. */
+  /**
+   * Observations per bucket: `bucketCounts[i]` counts values ≤ `boundaries[i]` and above the
+   * previous boundary; the last one is above every boundary.
+   */
   readonly bucketCounts: readonly number[];
 }
 

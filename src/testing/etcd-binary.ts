@@ -7,7 +7,8 @@ export class EtcdNotFoundError extends Error {
   /** @param what - the missing binary; @param detail - why the usual places did not work */
   constructor(what: 'etcd' | 'etcdctl', detail = '') {
     super(
-      `${what} not found${detail ? ` (${detail})` : ''}: install it with \`sudo apt-get install etcd-server etcd-client\` ` +
+      `${what} not found${detail ? ` (${detail})` : ''}: ` +
+        'install it with `sudo apt-get install etcd-server etcd-client` ' +
         `(Debian/Ubuntu), or set ${what === 'etcd' ? 'ETCD_BIN' : 'ETCDCTL_BIN'}=/path/to/${what}`,
     );
     this.name = 'EtcdNotFoundError';

@@ -5,7 +5,7 @@ import type { Command, CommandContext } from '../command.js';
 import { printJson } from '../output.js';
 
 /** One leader state as a JSON object: `leader` is null when nobody leads. */
-export function leaderStateJson(state: LeaderState): Record<string, unknown> {
+function leaderStateJson(state: LeaderState): Record<string, unknown> {
   const l = state.leader;
   return {
     leader: l ? { key: l.key, value: l.value, revision: l.revision, modRevision: l.modRevision, lease: l.lease } : null,

@@ -7,13 +7,18 @@ import { DEFAULT_KILL_AFTER_MS, LOSS_OPTIONS, waitEnded } from '../hold.js';
 import { errorMessage, say } from '../output.js';
 
 /** The `--root` option of the service commands. */
-export const ROOT_OPTION = {
+const ROOT_OPTION = {
   root: {
     type: 'string',
     value: 'PREFIX',
     help: `service directory: '' or ending with / (default ${DEFAULT_SERVICE_ROOT})`,
   },
 } as const;
+
+/** The options of the read-only service commands (`services`, `status`): `--watch` (with its help) and `--root`. */
+export function watchAndRootOptions(watchHelp: string) {
+  return { watch: { type: 'boolean', short: 'w', help: watchHelp }, ...ROOT_OPTION } as const;
+}
 
 /** `--root`, checked. @throws UsageError */
 export function rootOption(values: OptionValues): string {
@@ -34,7 +39,8 @@ export const registerCommand: Command = {
   name: 'register',
   summary: 'keep a service instance registered while a command runs',
   usage: [
-    'register SERVICE ID ADDRESS [--meta K=V ...] [--ttl S] [--replace] [--root PREFIX] [--kill-after S] -- CMD [ARGS...]',
+    'register SERVICE ID ADDRESS [--meta K=V ...] [--ttl S] [--replace] [--root PREFIX] [--kill-after S] ' +
+      '-- CMD [ARGS...]',
   ],
   description: `Registers instance ID of SERVICE at ADDRESS (key <root>SERVICE/ID, a JSON value
 with the address and metadata, attached to a lease), runs CMD, and deregisters

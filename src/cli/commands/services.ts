@@ -2,7 +2,7 @@ import { ServiceDiscovery, type ServiceInstance } from '../../index.js';
 import { expectArgs, flagOption } from '../args.js';
 import type { Command } from '../command.js';
 import { printJson, toJson } from '../output.js';
-import { checkServiceArgument, rootOption, ROOT_OPTION } from './register.js';
+import { checkServiceArgument, rootOption, watchAndRootOptions } from './register.js';
 
 function instanceJson(i: ServiceInstance): Record<string, unknown> {
   return {
@@ -26,10 +26,7 @@ ServiceRegistry), one per line: ID, address and metadata (JSON), tab-separated;
 with --json, one JSON object per line. With --watch, prints one JSON line per
 instance now ({"type":"added",...}), then one per change ("added", "updated",
 "removed") until interrupted.`,
-  options: {
-    watch: { type: 'boolean', short: 'w', help: 'follow changes as JSON lines' },
-    ...ROOT_OPTION,
-  },
+  options: watchAndRootOptions('follow changes as JSON lines'),
   examples: ['etcd-recipes services login', 'etcd-recipes services login --watch'],
   child: 'none',
   async run(ctx) {
@@ -49,7 +46,8 @@ instance now ({"type":"added",...}), then one per change ("added", "updated",
         }
         return 0;
       }
-      // Both handlers run synchronously in the cache's event order: the list and the changes after it join without a gap.
+      // Both handlers run synchronously in the cache's event order: the list and the changes after it
+      // join without a gap.
       let listed = false;
       const list = () => {
         if (listed) return;

@@ -2,18 +2,8 @@ import { formatStatus, inspectionJSON, inspectStatus, watchStatus, type RecipeKi
 import { expectArgs } from '../args.js';
 import type { Command } from '../command.js';
 import { UsageError } from '../exit-codes.js';
-import { rootOption, ROOT_OPTION } from './register.js';
-
-const KINDS: readonly RecipeKind[] = [
-  'lock',
-  'election',
-  'semaphore',
-  'rwmutex',
-  'queue',
-  'priority-queue',
-  'work-queue',
-  'service',
-];
+import { RECIPE_KINDS } from '../../inspect/discover.js';
+import { rootOption, watchAndRootOptions } from './register.js';
 
 /** `status NAME [--watch]`: who holds, leads, waits, from etcd alone. */
 export const statusCommand: Command = {
@@ -27,9 +17,8 @@ its key, lease and the lease's remaining TTL. Sees Go and etcdctl participants
 too. What NAME is, is told from its keys unless --kind says. Exits 1 when
 nothing is found under NAME.`,
   options: {
-    kind: { type: 'string', value: 'K', help: `what NAME is: ${KINDS.join(', ')}` },
-    watch: { type: 'boolean', short: 'w', help: 'print again after every change (JSON lines with --json)' },
-    ...ROOT_OPTION,
+    kind: { type: 'string', value: 'K', help: `what NAME is: ${RECIPE_KINDS.join(', ')}` },
+    ...watchAndRootOptions('print again after every change (JSON lines with --json)'),
   },
   examples: ['etcd-recipes status locks/nightly', 'etcd-recipes status elections/scheduler --watch --json'],
   child: 'none',
@@ -37,8 +26,8 @@ nothing is found under NAME.`,
     expectArgs(ctx.args, ['NAME']);
     const name = ctx.args[0]!;
     const kind = ctx.options.kind as string | undefined;
-    if (kind !== undefined && !KINDS.includes(kind as RecipeKind))
-      throw new UsageError(`--kind must be one of ${KINDS.join(', ')}`);
+    if (kind !== undefined && !RECIPE_KINDS.includes(kind as RecipeKind))
+      throw new UsageError(`--kind must be one of ${RECIPE_KINDS.join(', ')}`);
     const options = { kind: kind as RecipeKind | undefined, root: rootOption(ctx.options) };
     const client = await ctx.connect();
     if (!ctx.options.watch) {

@@ -1,6 +1,6 @@
 import type { WaitOptions } from '../../core/options.js';
 import { linkSignals, raceAbort } from '../../core/abort.js';
-import { BarrierFullError, InvalidArgumentError, SessionExpiredError } from '../../core/errors.js';
+import { BarrierFullError, InternalError, InvalidArgumentError, SessionExpiredError } from '../../core/errors.js';
 import { cleanUpAfter, deleteOwnKey } from '../../core/holding.js';
 import { showKey, toBuffer } from '../../core/keys.js';
 import { createUniqueKey, type PendingKey } from '../../core/line.js';
@@ -106,7 +106,8 @@ export class DoubleBarrier {
     if (this.#phase !== 'idle') {
       throw new InvalidArgumentError(
         'this',
-        `${this.#what}: this participant has already entered or is entering; use one DoubleBarrier object per participant`,
+        `${this.#what}: this participant has already entered or is entering; ` +
+          'use one DoubleBarrier object per participant',
       );
     }
     const { session } = this;
@@ -180,7 +181,8 @@ export class DoubleBarrier {
     if (this.#phase !== 'entered' || !this.#me) {
       throw new InvalidArgumentError(
         'this',
-        `${this.#what}: leave() needs a successful enter() first${this.#phase === 'leaving' ? ' (already leaving)' : ''}`,
+        `${this.#what}: leave() needs a successful enter() first` +
+          (this.#phase === 'leaving' ? ' (already leaving)' : ''),
       );
     }
     const { session } = this;
@@ -305,7 +307,10 @@ export class DoubleBarrier {
     }
   }
 
-  /** The count-th participant starts the round: create `<key>/ready` while its own key still exists. Returns the round's revision. */
+  /**
+   * The count-th participant starts the round: create `<key>/ready` while its own key still exists.
+   * Returns the round's revision.
+   */
   async #startRound(key: Buffer, rev: bigint): Promise<bigint> {
     for (let i = 0; i < 10; i++) {
       const res = await txn(
@@ -324,7 +329,7 @@ export class DoubleBarrier {
       // or a retry whose first attempt landed. ready was absent when our key was created.
       if (ready && ready.modRevision > rev) return ready.modRevision;
     }
-    throw new Error(`${this.#what}: internal: could not start the round`);
+    throw new InternalError(`${this.#what}: could not start the round`);
   }
 
   /** Waiting to enter: own key (liveness) and `<key>/ready` in one request. Data: the round's revision. */

@@ -1,4 +1,4 @@
-import { InvalidArgumentError } from '../../core/errors.js';
+import { InternalError, InvalidArgumentError } from '../../core/errors.js';
 import { lockTarget } from '../../core/diagnostics.js';
 import { Holding, type HeldKey } from '../../core/holding.js';
 import { childPrefix, showKey, uniqueKey } from '../../core/keys.js';
@@ -336,13 +336,14 @@ export class Semaphore {
           throw new InvalidArgumentError(
             'permits',
             `semaphore ${showKey(this.name)} has ${JSON.stringify(value)} permits stored in ` +
-              `${showKey(this.#permitsKey)}, this Semaphore was created with ${count}; every user of a name must pass the same count ` +
+              `${showKey(this.#permitsKey)}, this Semaphore was created with ${count}; ` +
+              'every user of a name must pass the same count ' +
               '(delete the key while nobody uses the semaphore to change it)',
           );
         }
       }
       if (attempt >= MAX_UNIQUE_ATTEMPTS)
-        throw new Error(`semaphore ${showKey(this.name)}: could not queue after ${attempt} attempts`);
+        throw new InternalError(`semaphore ${showKey(this.name)}: could not queue after ${attempt} attempts`);
     }
   }
 
