@@ -15,15 +15,8 @@ import { retrying } from './retry.js';
  * a session re-creates the same key name), so that a handoff wakes exactly one
  * waiter. It then waits for that thing to change and reads again.
  *
- * Why the watch starts at "now": etcd 3.4 serves a watch whose start revision
- * is already in the past from an "unsynced" group that a background loop
- * catches up every 100 ms. Go starts its watch at the read's revision and so
- * usually pays that 100 ms on a contended handoff. A watch created without a
- * start revision is synced at once; we then confirm with one read that the
- * blocker still exists, since a delete between our earlier read and the
- * watch's creation shows up in that read. When the watch's creation revision
- * equals the revision of our last read, nothing happened in between and the
- * confirming read is skipped.
+ * Why the watch starts at "now", with one confirming read: docs/internals.md,
+ * 'Why a watch starts at "now"'.
  */
 
 /** What a waiter waits on until it changes. */
@@ -47,16 +40,8 @@ export interface LineState<T = unknown> {
   data?: T;
 }
 
-/**
- * A waiter with at least this many keys ahead starts its watch at the
- * revision of its read instead of "now", and skips the confirming read: the
- * watch replays any deletion since that read (so no wake-up is ever missed),
- * and a watch from a past revision is only late (by up to etcd's 100 ms
- * catch-up) if the whole line ahead drains within those 100 ms, which this
- * many handoffs (≥ 1.5 ms each as measured here) do not. It saves one
- * request per waiter when many queue at once.
- */
-export const DEEP_IN_LINE = 64;
+/** From this depth in line a waiter watches from its read's revision instead (docs/internals.md, same section). */
+const DEEP_IN_LINE = 64;
 
 /** Options of {@link waitInLine}. */
 export interface WaitInLineOptions<T> {
