@@ -26,7 +26,7 @@ import {
 } from '../src/index.js';
 import { requestCounts, requestsBetween } from '../src/testing/index.js';
 import { etcdctl } from './fixtures/etcdctl.js';
-import { stillPending, useCluster, waitForKey, waitForKeyCount, within } from './helpers.js';
+import { stillPending, useCluster, waitForKey, waitForKeyCount, waitForPrefixEmpty, within } from './helpers.js';
 
 /** What etcd holds under `prefix`, oldest create revision first, read with etcd3's own API (not ours). */
 async function heldByEtcd(client: Namespace, prefix: string) {
@@ -315,6 +315,9 @@ describe('inspection', () => {
       ttl: 30,
     });
     try {
+      // The writes' spent receipts are deleted by a Txn of their own ~2 s later: let it happen before counting.
+      const receipts = ['__disc/q/sent/', '__disc/pq/sent/', 'disc/wq/receipts/'];
+      await Promise.all(receipts.map((p) => waitForPrefixEmpty(client, p)));
       const before = await requestCounts(cluster.members[0]!.clientUrl);
       const found = await discoverRecipes(client, 'disc/');
       expect(found).toEqual([
