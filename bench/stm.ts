@@ -361,7 +361,8 @@ async function plainBank(ctx: BenchContext): Promise<void> {
   // Each row against Go with the same connections (one client per transfer, or one shared client).
   const goFor = (c: PlainContender) => contenders.findIndex((g) => g.what.startsWith('Go') && g.shared === c.shared);
   table(
-    `Plain bank workload: C = ${workers}, get(a), get(b), put, put, no prefetch, ${ACCOUNTS} accounts, ${ctx.seconds} s per row in ${rounds} slices`,
+    `Plain bank workload: C = ${workers}, get(a), get(b), put, put, no prefetch, ${ACCOUNTS} accounts, ` +
+      `${ctx.seconds} s per row in ${rounds} slices`,
     [
       'what',
       'processes',
@@ -435,7 +436,8 @@ export default async function run(ctx: BenchContext): Promise<void> {
   }
   const floor = (w: number) => results.find((r) => r.workers === w && r.what.startsWith('raw')) ?? results[0]!;
   table(
-    `STM bank transfers: ${ACCOUNTS} accounts, W workers on their own connections, ${ctx.seconds} s per row in ${rounds} slices`,
+    `STM bank transfers: ${ACCOUNTS} accounts, W workers on their own connections, ` +
+      `${ctx.seconds} s per row in ${rounds} slices`,
     [
       'W',
       'what',

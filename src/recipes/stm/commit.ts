@@ -63,10 +63,9 @@ export async function commit(config: STMConfig, tx: Attempt): Promise<Conflict |
 
   // Transactions without ranges may share a Txn with others on disjoint keys (lane.ts).
   const keys = ranges.length === 0 ? new Set([...reads.map((r) => r.id), ...tx.writes.keys()]) : undefined;
-  const bytes = writes.reduce((n, w) => n + w.key.length + (w.value?.length ?? 0), 0);
   let res: CommitResult;
   try {
-    res = await Lane.of(config.client).commit({ compares, success, failure }, keys, config.maxTxnOps, bytes);
+    res = await Lane.of(config.client).commit({ compares, success, failure }, keys, config.maxTxnOps);
   } catch (err) {
     if (!isTransient(err)) throw err;
     return lostReply(config, tx, err);

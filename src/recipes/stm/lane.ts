@@ -52,11 +52,7 @@ interface CommitRequest {
   /** Operations in its largest branch. */
   readonly ops: number;
   readonly maxOps: number;
-  readonly bytes: number;
 }
-
-/** Merged commits stay well under etcd's default request limit (1.5 MiB). */
-const MAX_SHARED_BYTES = 512 * 1024;
 
 /** One request in flight; the requests that arrive meanwhile go out together when it is back. */
 class Batcher<R, T> {
@@ -123,9 +119,9 @@ export class Lane {
    * commits. `keys` (every key it reads or writes) allows that; without it,
    * it goes alone.
    */
-  commit(parts: TxnParts, keys: ReadonlySet<string> | undefined, maxOps: number, bytes: number): Promise<CommitResult> {
+  commit(parts: TxnParts, keys: ReadonlySet<string> | undefined, maxOps: number): Promise<CommitResult> {
     const ops = Math.max(parts.compares.length, parts.success.length, parts.failure.length);
-    return this.#commits.submit({ parts, keys: this.#mayNest ? keys : undefined, ops, maxOps, bytes });
+    return this.#commits.submit({ parts, keys: this.#mayNest ? keys : undefined, ops, maxOps });
   }
 
   async #sendReads(batch: Waiting<ReadRequest, ReadResult>[]): Promise<void> {
@@ -164,7 +160,7 @@ export class Lane {
         batch.map((w) => w.request.parts),
       );
     } catch (err) {
-      // Refused before it applied (one part's key is forbidden, too large): each goes alone.
+      // Refused before it applied (a part's key is forbidden, the whole is too large): each goes alone.
       // Anything else may have applied: each part proves its own outcome, as after any lost reply.
       if (!refused(err)) throw err;
       return void (await Promise.all(batch.map((w) => this.#sendCommits([w]).catch(w.reject))));
@@ -216,20 +212,17 @@ function takeCommits(waiting: Waiting<CommitRequest, CommitResult>[]): Waiting<C
   const keys = new Set(first.keys);
   let limit = first.maxOps;
   let ops = first.ops;
-  let bytes = first.bytes;
   for (let i = 0; i < waiting.length; i++) {
     const r = waiting[i]!.request;
     const n = taken.length + 1;
     const fits =
       r.keys !== undefined &&
       Math.max(ops, r.ops) <= Math.min(limit, r.maxOps) - n &&
-      bytes + r.bytes <= MAX_SHARED_BYTES &&
       ![...r.keys].some((k) => keys.has(k));
     if (!fits) continue;
     for (const k of r.keys!) keys.add(k);
     limit = Math.min(limit, r.maxOps);
     ops = Math.max(ops, r.ops);
-    bytes += r.bytes;
     taken.push(...waiting.splice(i--, 1));
   }
   return taken;

@@ -29,16 +29,14 @@ interface KeyEntry {
   read?: Read;
 }
 
-interface Deferred<T> {
-  resolve(value: T): void;
-  reject(err: unknown): void;
+/** Keys requested in one synchronous run of `fn`, read in one request once `send()` is called. */
+interface Batch {
+  readonly keys: Buffer[];
+  readonly result: Promise<{ kvs: (KeyValue | null)[]; at: bigint }>;
+  send(): void;
 }
 
-interface Batch {
-  readonly keys: (Deferred<Read> & { key: Buffer; id: string })[];
-  /** Set on the attempt's first read under a snapshot level: its revision becomes the snapshot. */
-  readonly defines: Deferred<bigint> | undefined;
-}
+type DefineSnapshot = { resolve(revision: bigint): void; reject(err: unknown): void } | undefined;
 
 /**
  * Internal: the attempt must start over without counting as a conflict (its
@@ -92,11 +90,8 @@ export class ReadSet {
       if (this.config.policy.guardReads) this.checkSize(1, 0);
       entry = this.#start(key, id);
     }
-    if (entry.read) {
-      this.config.signal?.throwIfAborted();
-      return entry.read;
-    }
-    return raceAbort(entry.done, this.config.signal);
+    this.config.signal?.throwIfAborted();
+    return entry.read ?? raceAbort(entry.done, this.config.signal);
   }
 
   /** The range under `prefix`, read once per attempt; its keys join the read set. */
@@ -105,7 +100,6 @@ export class ReadSet {
     let reading = this.#rangeReads.get(id);
     if (!reading) {
       reading = this.#readRange(prefix);
-      reading.catch(() => undefined);
       this.#rangeReads.set(id, reading);
       this.#pending.push(reading.catch(() => undefined));
     }
@@ -114,101 +108,97 @@ export class ReadSet {
 
   /** Sends the batch not yet sent and waits until every read has settled. */
   async settle(): Promise<void> {
-    if (this.#batch) this.#flush(this.#batch);
+    this.#batch?.send();
     await Promise.all(this.#pending);
   }
 
   #start(key: Buffer, id: string): KeyEntry {
     const pre = this.prefetched?.reads.get(id);
+    let entry: KeyEntry;
     if (pre) {
       this.#seen(pre.at);
-      const served: KeyEntry = { key, done: Promise.resolve(pre), read: pre };
-      this.keys.set(id, served);
-      return served;
+      entry = { key, done: Promise.resolve(pre), read: pre };
+    } else {
+      const batch = this.#batch ?? this.#newBatch();
+      const i = batch.keys.push(key) - 1;
+      const done = batch.result.then(({ kvs, at }) => (entry.read = { kv: kvs[i] ?? null, at }));
+      done.catch(() => undefined);
+      entry = { key, done };
     }
-    let deferred!: Deferred<Read>;
-    const done = new Promise<Read>((resolve, reject) => {
-      deferred = { resolve, reject };
-    });
-    done.catch(() => undefined);
-    const entry: KeyEntry = { key, done };
     this.keys.set(id, entry);
-    if (!this.#batch) {
-      const batch: Batch = { keys: [], defines: this.#claimSnapshot() };
-      this.#batch = batch;
-      queueMicrotask(() => this.#flush(batch));
-    }
-    this.#batch.keys.push({ ...deferred, key, id });
     return entry;
   }
 
-  #flush(batch: Batch): void {
-    if (this.#batch !== batch) return; // already sent
-    this.#batch = undefined;
-    this.#pending.push(this.#send(batch));
-  }
-
-  async #send({ keys, defines }: Batch): Promise<void> {
-    try {
-      const { opts, pinned } = await this.#options(defines);
-      const { kvs, revision } = await readKeys(
-        this.config,
-        keys.map((k) => k.key),
-        opts,
-      );
-      defines?.resolve(revision);
-      this.#seen(revision);
-      keys.forEach((k, i) => {
-        const read = { kv: kvs[i] ?? null, at: pinned ?? revision };
-        this.keys.get(k.id)!.read = read;
-        k.resolve(read);
-      });
-    } catch (err) {
-      defines?.reject(err);
-      this.failure ??= err;
-      for (const k of keys) k.reject(err);
-    }
+  #newBatch(): Batch {
+    const defines = this.#claimSnapshot();
+    const keys: Buffer[] = [];
+    let go!: () => void;
+    const result = new Promise<void>((resolve) => {
+      go = resolve;
+    }).then(async () => {
+      const { res, at } = await this.#at(defines, (opts) => readKeys(this.config, keys, opts));
+      return { kvs: res.kvs, at };
+    });
+    this.#pending.push(result.catch(() => undefined));
+    const batch: Batch = {
+      keys,
+      result,
+      send: () => {
+        if (this.#batch === batch) this.#batch = undefined;
+        go();
+      },
+    };
+    this.#batch = batch;
+    queueMicrotask(batch.send);
+    return batch;
   }
 
   async #readRange(prefix: Buffer): Promise<RangeRead> {
     const { policy, maxTxnOps, signal, client } = this.config;
     if (policy.guardReads) this.checkSize(0, 1);
-    const defines = this.#claimSnapshot();
-    let read: Awaited<ReturnType<typeof range>>;
-    let pinned: bigint | undefined;
+    // One key more than can fit: enough to know the range is too large, without reading all of it.
+    const limit = policy.guardReads ? maxTxnOps + 1 : undefined;
+    const { res, at } = await this.#at(this.#claimSnapshot(), (opts) =>
+      retrying(() => atSnapshot({ ...opts, prefix: true, limit }, (o) => range(client, prefix, o)), {
+        signals: [signal],
+      }),
+    );
+    const fresh = res.kvs.filter((kv) => !this.keys.has(idOf(kv.key)));
+    if (policy.guardReads) this.checkSize(res.more ? maxTxnOps + 1 : fresh.length, 1);
+    for (const kv of fresh) {
+      const read = { kv, at };
+      this.keys.set(idOf(kv.key), { key: kv.key, done: Promise.resolve(read), read });
+    }
+    const entry: RangeRead = { prefix, at, kvs: res.kvs };
+    this.ranges.set(idOf(prefix), entry);
+    return entry;
+  }
+
+  /**
+   * Runs one read with the attempt's read options and returns it with the
+   * revision its data is from; a read that defines the snapshot settles it.
+   */
+  async #at<T extends { revision: bigint }>(
+    defines: DefineSnapshot,
+    read: (opts: RangeOptions) => Promise<T>,
+  ): Promise<{ res: T; at: bigint }> {
     try {
-      const options = await this.#options(defines);
-      pinned = options.pinned;
-      // One key more than can fit: enough to know the range is too large, without reading all of it.
-      const opts: RangeOptions = {
-        ...options.opts,
-        prefix: true,
-        limit: policy.guardReads ? maxTxnOps + 1 : undefined,
-      };
-      read = await retrying(() => atSnapshot(opts, (o) => range(client, prefix, o)), { signals: [signal] });
+      const { opts, pinned } = await this.#options(defines);
+      const res = await read(opts);
+      defines?.resolve(res.revision);
+      this.#seen(res.revision);
+      return { res, at: pinned ?? res.revision };
     } catch (err) {
       defines?.reject(err);
       this.failure ??= err;
       throw err;
     }
-    defines?.resolve(read.revision);
-    this.#seen(read.revision);
-    const at = pinned ?? read.revision;
-    const fresh = read.kvs.filter((kv) => !this.keys.has(idOf(kv.key)));
-    if (policy.guardReads) this.checkSize(read.more ? maxTxnOps + 1 : fresh.length, 1);
-    for (const kv of fresh) {
-      const r = { kv, at };
-      this.keys.set(idOf(kv.key), { key: kv.key, done: Promise.resolve(r), read: r });
-    }
-    const entry: RangeRead = { prefix, at, kvs: read.kvs };
-    this.ranges.set(idOf(prefix), entry);
-    return entry;
   }
 
   /** Under the snapshot levels, the attempt's first read defines the snapshot: this returns its resolver. */
-  #claimSnapshot(): Deferred<bigint> | undefined {
+  #claimSnapshot(): DefineSnapshot {
     if (!this.config.policy.snapshot || this.#snapshot) return undefined;
-    let defines!: Deferred<bigint>;
+    let defines: DefineSnapshot;
     this.#snapshot = new Promise<bigint>((resolve, reject) => {
       defines = { resolve, reject };
     });
@@ -221,7 +211,7 @@ export class ReadSet {
    * linearizable and later ones are member-local at its revision; the other
    * levels read member-local, unpinned.
    */
-  async #options(defines: Deferred<bigint> | undefined): Promise<{ opts: RangeOptions; pinned?: bigint }> {
+  async #options(defines: DefineSnapshot): Promise<{ opts: RangeOptions; pinned?: bigint }> {
     if (!this.config.policy.snapshot) return { opts: { serializable: true } };
     if (defines) return { opts: {} };
     const pinned = await this.#snapshot!;
