@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { isRecipeError, runSTM, type STMIsolation } from '../src/index.js';
-import { useCluster } from './helpers.js';
+import { useCluster, within } from './helpers.js';
 import { balances, gate, isConflict, kvRequests, openAccounts, randomPair } from './stm-helpers.js';
 
 /*
@@ -40,6 +40,8 @@ describe('runSTM: transactions on one client share requests', () => {
     const client = etcd().client();
     const url = etcd().members[0]!.clientUrl;
     const accounts = await openAccounts(client, 'shared4/', 8, 100);
+    // Reads are shared once the client has seen how large values are (none of its reads is shared before).
+    await runSTM(client, (tx) => tx.get(accounts[0]!));
     const before = await kvRequests(url);
     const moved = await Promise.all(
       [0, 2, 4, 6].map((i) => transfer(client, accounts[i]!, accounts[i + 1]!, 10, 'serializable-snapshot')),
@@ -79,6 +81,25 @@ describe('runSTM: transactions on one client share requests', () => {
     await done;
     expect(runs).toEqual([1, 2, 1]);
     expect(await Promise.all(keys.map((k) => client.get(k).string()))).toEqual(['1', '11', '1']);
+  });
+
+  it('commits and reads that fit etcd one by one but not together still go through, at once', async () => {
+    const client = etcd().client();
+    const big = 'x'.repeat(700 * 1024); // etcd refuses requests over 1.5 MiB (--max-request-bytes)
+    const keys = ['sharedbig/a', 'sharedbig/b', 'sharedbig/c'];
+    await Promise.all(keys.map((k) => runSTM(client, (tx) => tx.put(k, big))));
+    for (const k of keys) expect((await client.get(k).string())?.length).toBe(big.length);
+    // Reads too: each transaction's response fits grpc-js's 4 MiB limit alone, not together.
+    const reader = etcd().client();
+    // Bounded: a shared response over the limit would fail, and etcd3 would pause the client for seconds.
+    const sizes = await within(
+      10_000,
+      Promise.all(
+        [0, 1, 2].map(() => runSTM(reader, (tx) => Promise.all(keys.map((k) => tx.get(k).then((v) => v?.length))))),
+      ),
+      'reads of large values',
+    );
+    expect(sizes).toEqual([0, 1, 2].map(() => keys.map(() => big.length)));
   });
 
   it.each(guarded)('concurrent increments of one key on one client lose none (%s)', async (isolation) => {

@@ -1,5 +1,6 @@
 import type { Namespace } from 'etcd3';
 import { isPermissionDenied } from '../../core/etcd-errors.js';
+import { toBuffer } from '../../core/keys.js';
 import {
   type KeyValue,
   nestedTxns,
@@ -52,7 +53,17 @@ interface CommitRequest {
   /** Operations in its largest branch. */
   readonly ops: number;
   readonly maxOps: number;
+  /** About how large its request is. */
+  readonly bytes: number;
 }
+
+/**
+ * A shared request or response stays under this size, far from etcd's request
+ * limit (1.5 MiB) and grpc-js's response limit (4 MiB): a request too large
+ * only because it was shared would fail, and etcd3 counts that failure
+ * towards opening its circuit breaker.
+ */
+const SHARED_BYTES = 1024 * 1024;
 
 /** One request in flight; the requests that arrive meanwhile go out together when it is back. */
 class Batcher<R, T> {
@@ -93,10 +104,18 @@ const lanes = new WeakMap<Namespace, Lane>();
 
 /** The shared reads and commits of one client (namespace) object. */
 export class Lane {
-  readonly #reads = new Batcher<ReadRequest, ReadResult>(takeReads, (b) => this.#sendReads(b));
+  readonly #reads = new Batcher<ReadRequest, ReadResult>(
+    (waiting) => takeReads(waiting, this.#perKey),
+    (b) => this.#sendReads(b),
+  );
   readonly #commits = new Batcher<CommitRequest, CommitResult>(takeCommits, (b) => this.#sendCommits(b));
   /** etcd 3.4 before 3.4.26 skips permission checks inside nested Txns: never nest for an authenticated client. */
   readonly #mayNest: boolean;
+  /**
+   * Twice the largest key-value read so far (at least 16 KiB), to size a shared read before its values are
+   * known; reads are not shared before the first one is back.
+   */
+  #perKey = Number.POSITIVE_INFINITY;
 
   private constructor(readonly client: Namespace) {
     const { options } = client as unknown as { options?: { auth?: unknown; credentials?: unknown } };
@@ -121,13 +140,17 @@ export class Lane {
    */
   commit(parts: TxnParts, keys: ReadonlySet<string> | undefined, maxOps: number): Promise<CommitResult> {
     const ops = Math.max(parts.compares.length, parts.success.length, parts.failure.length);
-    return this.#commits.submit({ parts, keys: this.#mayNest ? keys : undefined, ops, maxOps });
+    const bytes = [...parts.success, ...parts.failure, ...parts.compares].reduce(
+      (n, o) => n + 16 + toBuffer(o.key).length + ('value' in o && typeof o.value !== 'bigint' ? o.value.length : 0),
+      0,
+    );
+    return this.#commits.submit({ parts, keys: this.#mayNest ? keys : undefined, ops, maxOps, bytes });
   }
 
   async #sendReads(batch: Waiting<ReadRequest, ReadResult>[]): Promise<void> {
     if (batch.length === 1) {
       const { request, resolve } = batch[0]!;
-      return resolve(await readAlone(this.client, request));
+      return resolve(this.#measure(await readAlone(this.client, request)));
     }
     let res: Awaited<ReturnType<typeof txn>>;
     try {
@@ -138,13 +161,20 @@ export class Lane {
       );
     } catch {
       // One request's error (a compacted revision, say) must not fail the others: each goes alone.
-      return void (await Promise.all(batch.map((w) => readAlone(this.client, w.request).then(w.resolve, w.reject))));
+      const alone = (w: (typeof batch)[number]) => readAlone(this.client, w.request).then(w.resolve, w.reject);
+      return void (await Promise.all(batch.map(alone)));
     }
     let i = 0;
     for (const w of batch) {
       const kvs = w.request.keys.map(() => rangeAt(res, i++).kvs[0] ?? null);
-      w.resolve({ kvs, revision: res.revision });
+      w.resolve(this.#measure({ kvs, revision: res.revision }));
     }
+  }
+
+  #measure(read: ReadResult): ReadResult {
+    const largest = Math.max(8 * 1024, ...read.kvs.map((kv) => (kv ? kv.key.length + kv.value.length : 0)));
+    this.#perKey = this.#perKey === Number.POSITIVE_INFINITY ? 2 * largest : Math.max(this.#perKey, 2 * largest);
+    return read;
   }
 
   async #sendCommits(batch: Waiting<CommitRequest, CommitResult>[]): Promise<void> {
@@ -160,7 +190,7 @@ export class Lane {
         batch.map((w) => w.request.parts),
       );
     } catch (err) {
-      // Refused before it applied (a part's key is forbidden, the whole is too large): each goes alone.
+      // Refused before it applied (a part's key is forbidden): each goes alone.
       // Anything else may have applied: each part proves its own outcome, as after any lost reply.
       if (!refused(err)) throw err;
       return void (await Promise.all(batch.map((w) => this.#sendCommits([w]).catch(w.reject))));
@@ -181,17 +211,21 @@ function readAlone(client: Namespace, { keys, opts }: ReadRequest): Promise<Read
 
 /** etcd's refusals of a whole request, checked before anything applies. */
 function refused(err: unknown): boolean {
-  return isPermissionDenied(err) || /too many operations|request is too large|duplicate key/i.test(String(err));
+  return isPermissionDenied(err) || /too many operations|duplicate key/i.test(String(err));
 }
 
-/** Reads, first come first served, as long as the read-only Txn stays within every sender's maxTxnOps. */
-function takeReads(waiting: Waiting<ReadRequest, ReadResult>[]): Waiting<ReadRequest, ReadResult>[] {
+/**
+ * Reads, first come first served, as long as the read-only Txn stays within
+ * every sender's maxTxnOps and its response, at `perKey` bytes per key, within
+ * SHARED_BYTES.
+ */
+function takeReads(waiting: Waiting<ReadRequest, ReadResult>[], perKey: number): Waiting<ReadRequest, ReadResult>[] {
   let ops = waiting[0]!.request.keys.length;
   let limit = waiting[0]!.request.maxOps;
   let n = 1;
   for (; n < waiting.length; n++) {
     const { keys, maxOps } = waiting[n]!.request;
-    if (ops + keys.length > Math.min(limit, maxOps)) break;
+    if (ops + keys.length > Math.min(limit, maxOps) || (ops + keys.length) * perKey > SHARED_BYTES) break;
     ops += keys.length;
     limit = Math.min(limit, maxOps);
   }
@@ -212,17 +246,20 @@ function takeCommits(waiting: Waiting<CommitRequest, CommitResult>[]): Waiting<C
   const keys = new Set(first.keys);
   let limit = first.maxOps;
   let ops = first.ops;
+  let bytes = first.bytes;
   for (let i = 0; i < waiting.length; i++) {
     const r = waiting[i]!.request;
     const n = taken.length + 1;
     const fits =
       r.keys !== undefined &&
       Math.max(ops, r.ops) <= Math.min(limit, r.maxOps) - n &&
+      bytes + r.bytes <= SHARED_BYTES &&
       ![...r.keys].some((k) => keys.has(k));
     if (!fits) continue;
     for (const k of r.keys!) keys.add(k);
     limit = Math.min(limit, r.maxOps);
     ops = Math.max(ops, r.ops);
+    bytes += r.bytes;
     taken.push(...waiting.splice(i--, 1));
   }
   return taken;
