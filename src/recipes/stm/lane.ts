@@ -14,8 +14,8 @@ import {
 } from '../../core/kv.js';
 
 /*
- * Requests that concurrent transactions on one client share (docs/internals.md,
- * "STM: shared requests"). Client CPU per gRPC call is what limits STM
+ * Requests that concurrent transactions on one client share (docs/stm.md,
+ * "Shared requests"). Client CPU per gRPC call is what limits STM
  * throughput in one process, so while a read is in flight, the reads other
  * transactions issue wait and then go out together as one read-only Txn; while
  * a commit is in flight, the commits that wait go out together as nested Txns
