@@ -28,12 +28,13 @@ import { formatSummary, summarize } from './workers/profile-summary.js';
  *
  * Then the plain bank workload (the issue's): C = 8 transfers at a time,
  * each get(a), then get(b), then put, put, through runSTM with no prefetch,
- * in worker processes: the raw floor and runSTM in one process, runSTM in
- * 4 processes, and Go's clientv3/concurrency STM (etcd 3.4's own, built from
- * bench/go/stmbank when Go is installed) in one process, in the same run,
- * taking turns in three slices. With --profile, the one-process runSTM
- * worker is profiled and its top costs printed. STM_PLAIN_ONLY=1 runs only
- * this part.
+ * in worker processes: the raw floor and runSTM in one process with a client
+ * per transfer, runSTM in one process with one shared client, runSTM in 4
+ * processes, and Go's clientv3/concurrency STM (etcd 3.4's own, built from
+ * bench/go/stmbank when Go is installed) in one process with a client per
+ * transfer and with one shared client, in the same run, taking turns in three
+ * slices. With --profile, the one-process, one-client runSTM worker is
+ * profiled and its top costs printed. STM_PLAIN_ONLY=1 runs only this part.
  */
 
 const ACCOUNTS = 100;
@@ -232,6 +233,8 @@ function etcd3Transfer(isolation: STMIsolation): Transfer {
 interface PlainContender {
   what: string;
   procs: number;
+  /** The transfers of a process share one client (else each has its own). */
+  shared: boolean;
   prefix: string;
   run(
     seconds: number,
@@ -243,23 +246,29 @@ async function plainBank(ctx: BenchContext): Promise<void> {
   const admin = ctx.client();
   const workers = 8;
   const contenders: PlainContender[] = [];
+  const newPrefix = async () => {
+    const prefix = `bench/stm/plain/${contenders.length}/`;
+    await openAccounts(admin, prefix);
+    return prefix;
+  };
   const group = async (
     what: string,
     kind: 'raw' | 'stm',
     procs: number,
+    shared: boolean,
     profileDir?: string,
   ): Promise<PlainContender> => {
-    const prefix = `bench/stm/plain/${contenders.length}/`;
-    await openAccounts(admin, prefix);
+    const prefix = await newPrefix();
     const g = await WorkerGroup.start(
       ctx.endpoints,
       'bank',
-      { kind, workers, prefix, accounts: ACCOUNTS },
+      { kind, workers, prefix, accounts: ACCOUNTS, shared },
       { procs, profileDir },
     );
     return {
       what,
       procs,
+      shared,
       prefix,
       async run(seconds) {
         const r = await g.run(seconds);
@@ -277,45 +286,40 @@ async function plainBank(ctx: BenchContext): Promise<void> {
     };
   };
   const profileDir = ctx.profileDir ? `${ctx.profileDir}stm-plain` : undefined;
-  contenders.push(await group('raw floor (read Txn + commit Txn)', 'raw', 1));
-  contenders.push(await group('etcd-recipes runSTM', 'stm', 1, profileDir));
-  contenders.push(await group('etcd-recipes runSTM', 'stm', 4));
+  contenders.push(await group('raw floor (read Txn + commit Txn)', 'raw', 1, false));
+  contenders.push(await group('etcd-recipes runSTM', 'stm', 1, false));
+  contenders.push(await group('etcd-recipes runSTM', 'stm', 1, true, profileDir));
+  contenders.push(await group('etcd-recipes runSTM', 'stm', 4, false));
   const go = buildGo('stmbank');
   if ('path' in go) {
-    const prefix = `bench/stm/plain/${contenders.length}/`;
-    await openAccounts(admin, prefix);
-    const p = await GoProcess.start(go.path, [
-      '-endpoints',
-      ctx.endpoints.join(','),
-      '-workers',
-      String(workers),
-      '-prefix',
-      prefix,
-      '-accounts',
-      String(ACCOUNTS),
-    ]);
-    contenders.push({
-      what: 'Go clientv3/concurrency STM (etcd 3.4)',
-      procs: 1,
-      prefix,
-      async run(seconds) {
-        const { report, elapsed } = await p.run<{
-          ops: number;
-          bodies: number;
-          latencies: number[] | null;
-          cpuMs: number;
-        }>(seconds);
-        return {
-          ops: report.ops,
-          bodies: report.bodies,
-          gaveUp: 0,
-          latencies: report.latencies ?? [],
-          cpuMs: report.cpuMs,
-          elapsed,
-        };
-      },
-      close: () => p.close(),
-    });
+    for (const shared of [false, true]) {
+      const prefix = await newPrefix();
+      const args = ['-endpoints', ctx.endpoints.join(','), '-workers', String(workers), '-prefix', prefix];
+      const p = await GoProcess.start(go.path, [...args, '-accounts', String(ACCOUNTS), `-shared=${shared}`]);
+      contenders.push({
+        what: 'Go clientv3/concurrency STM (etcd 3.4)',
+        procs: 1,
+        shared,
+        prefix,
+        async run(seconds) {
+          const { report, elapsed } = await p.run<{
+            ops: number;
+            bodies: number;
+            latencies: number[] | null;
+            cpuMs: number;
+          }>(seconds);
+          return {
+            ops: report.ops,
+            bodies: report.bodies,
+            gaveUp: 0,
+            latencies: report.latencies ?? [],
+            cpuMs: report.cpuMs,
+            elapsed,
+          };
+        },
+        close: () => p.close(),
+      });
+    }
   } else {
     console.log(`\n(Go row skipped: ${go.skipped})`);
   }
@@ -354,13 +358,15 @@ async function plainBank(ctx: BenchContext): Promise<void> {
     }),
   );
   const rate = (i: number) => totals[i]!.ops / totals[i]!.elapsed;
-  const goIndex = contenders.findIndex((c) => c.what.startsWith('Go'));
+  // Each row against Go with the same connections (one client per transfer, or one shared client).
+  const goFor = (c: PlainContender) => contenders.findIndex((g) => g.what.startsWith('Go') && g.shared === c.shared);
   table(
     `Plain bank workload: C = ${workers}, get(a), get(b), put, put, no prefetch, ${ACCOUNTS} accounts, ` +
       `${ctx.seconds} s per row in ${rounds} slices`,
     [
       'what',
       'processes',
+      'connections',
       'commits/s',
       '÷ Go STM',
       '÷ raw floor',
@@ -374,11 +380,13 @@ async function plainBank(ctx: BenchContext): Promise<void> {
     ],
     contenders.map((c, i) => {
       const t = totals[i]!;
+      const g = goFor(c);
       return [
         c.what,
         c.procs,
+        c.shared ? `1 per process` : `1 per transfer`,
         fmt.n(rate(i)),
-        goIndex >= 0 ? fmt.ratio(rate(i) / rate(goIndex)) : '-',
+        g >= 0 ? fmt.ratio(rate(i) / rate(g)) : '-',
         fmt.ratio(rate(i) / rate(0)),
         fmt.n((t.bodies - t.ops) / t.ops, 2),
         t.gaveUp,
@@ -390,11 +398,15 @@ async function plainBank(ctx: BenchContext): Promise<void> {
       ];
     }),
   );
-  console.log("\nEach contender has its own 100 accounts and its own 8 connections. runSTM and Go's STM run at");
-  console.log("serializable-snapshot (both defaults); Go's retries without limit, runSTM gives up after 11 attempts.");
+  console.log('\nEach contender has its own 100 accounts. "1 per transfer": each of the 8 concurrent transfers has');
+  console.log('its own client (connection); "1 per process": they share one. ÷ Go STM compares with Go on the same');
+  console.log("connections. runSTM and Go's STM run at serializable-snapshot (both defaults); Go's retries without");
+  console.log('limit, runSTM gives up after 11 attempts.');
   console.log("client CPU ms/commit: CPU time of the worker processes (the Go process's own rusage for Go).");
   if (profileDir)
-    console.log(formatSummary('runSTM, plain bank workload, one process (self time)', summarize(profileDir), 15));
+    console.log(
+      formatSummary('runSTM, plain bank workload, one process, one client (self time)', summarize(profileDir), 15),
+    );
   if (conserved.some((ok) => !ok)) throw new Error('plain bank workload: total not conserved');
 }
 

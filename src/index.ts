@@ -34,8 +34,8 @@ export type { BarrierHoldOptions, BarrierWaitOptions } from './recipes/barriers/
 export { DoubleBarrier } from './recipes/barriers/double-barrier.js';
 export type { DoubleBarrierOptions } from './recipes/barriers/double-barrier.js';
 
-export { runSTM } from './recipes/stm.js';
-export type { STMIsolation, STMOptions, STMTransaction, STMBackoff } from './recipes/stm.js';
+export { runSTM } from './recipes/stm/run.js';
+export type { STMIsolation, STMOptions, STMTransaction, STMBackoff } from './recipes/stm/types.js';
 
 export { Election, LeaderObserver, getLeader, observeLeader } from './recipes/election/election.js';
 export type {
@@ -98,7 +98,7 @@ export type { RunWithSessionOptions } from './recipes/run-with-session.js';
 export { acquireAll, withLocks } from './recipes/locks/multi-lock.js';
 export type { MultiLockHandle, MultiLockContext } from './recipes/locks/multi-lock.js';
 export { MAX_PERMITS_PER_ACQUIRE } from './recipes/locks/semaphore.js';
-export type { STMRangeItem } from './recipes/stm.js';
+export type { STMRangeItem } from './recipes/stm/types.js';
 export { inspectLock, inspectSemaphore, inspectRWMutex } from './inspect/locks.js';
 export type { LockInspection, SemaphoreInspection, RWMutexInspection, RWLockKey } from './inspect/locks.js';
 export type { InspectOptions, InspectedKey } from './inspect/read.js';

@@ -311,15 +311,18 @@ async function queue(
  * account, then the other, then writes both, through runSTM (no prefetch);
  * or 'raw': the hand-written floor (one read Txn for both, one commit Txn
  * with mod compares, the Else branch re-reading). Accounts are `<prefix>NNN`.
- * Latency per transfer, retries included; counts: bodies, gaveUp.
+ * Latency per transfer, retries included; counts: bodies, gaveUp. With
+ * `shared`, the transfers of a process share one client.
  */
 async function bank(
   env: WorkerEnv,
-  p: { kind: 'stm' | 'raw'; workers: number; prefix: string; accounts: number },
+  p: { kind: 'stm' | 'raw'; workers: number; prefix: string; accounts: number; shared?: boolean },
 ): Promise<Runner> {
   const ids = mine(env, p.workers);
-  const clients = ids.map(() => env.client());
-  await connect(clients);
+  // shared: the process's transfers share one client (one connection), as an app's would.
+  const one = p.shared ? env.client() : undefined;
+  const clients = ids.map(() => one ?? env.client());
+  await connect(one ? [one] : clients);
   const account = (i: number) => `${p.prefix}${String(i).padStart(3, '0')}`;
   return {
     async run(endAt) {

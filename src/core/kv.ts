@@ -309,16 +309,56 @@ export async function txn(
   return sendTxn(client, compares, success, failure);
 }
 
+function encodeTxn(client: Namespace, compares: Compare[], success: Op[], failure: Op[]): Raw {
+  return {
+    compare: compares.map((c) => encodeCompare(client, c)),
+    success: success.map((o) => encodeOp(client, o)),
+    failure: failure.map((o) => encodeOp(client, o)),
+  };
+}
+
+/** One Txn of a {@link nestedTxns} call. */
+export interface TxnParts {
+  compares: Compare[];
+  success: Op[];
+  failure: Op[];
+}
+
+/**
+ * Sends several Txns as nested Txns of one (etcd ≥ 3.3): one request, one
+ * revision, each part judged by its own compares. etcd evaluates every
+ * part's compares before applying any part, so the parts must touch disjoint
+ * keys; etcd 3.4 before 3.4.26 also skips permission checks inside nested
+ * Txns. Not retried: writes prove their own outcome.
+ */
+export async function nestedTxns(
+  client: Namespace,
+  parts: TxnParts[],
+): Promise<{ revision: bigint; results: { succeeded: boolean; responses: OpResult[] }[] }> {
+  const first = parts[0]!;
+  const res = await send(
+    client,
+    () => txnKey(first.compares, first.success),
+    () =>
+      client.kv.txn({
+        compare: [],
+        success: parts.map((p) => ({ request_txn: encodeTxn(client, p.compares, p.success, p.failure) })),
+        failure: [],
+      } as never),
+  );
+  const revision = BigInt(res.header.revision);
+  const results = (res.responses ?? []).map((r) => {
+    const t = (r as unknown as { response_txn: { succeeded?: boolean; responses?: Raw[] } }).response_txn;
+    return { succeeded: !!t.succeeded, responses: (t.responses ?? []).map((o) => decodeOpResult(client, o, revision)) };
+  });
+  return { revision, results };
+}
+
 async function sendTxn(client: Namespace, compares: Compare[], success: Op[], failure: Op[]): Promise<TxnResult> {
   const res = await send(
     client,
     () => txnKey(compares, success),
-    () =>
-      client.kv.txn({
-        compare: compares.map((c) => encodeCompare(client, c)),
-        success: success.map((o) => encodeOp(client, o)),
-        failure: failure.map((o) => encodeOp(client, o)),
-      } as never),
+    () => client.kv.txn(encodeTxn(client, compares, success, failure) as never),
   );
   const revision = BigInt(res.header.revision);
   return {

@@ -1,6 +1,7 @@
 // stmbank runs the plain bank workload through Go's clientv3/concurrency STM
-// (etcd 3.4), for bench/stm.ts: W goroutines, each on its own client, move a
-// random amount between two random accounts: Get(a), Get(b), Put, Put.
+// (etcd 3.4), for bench/stm.ts: W goroutines, each on its own client (or all
+// on one with -shared), move a random amount between two random accounts:
+// Get(a), Get(b), Put, Put.
 //
 // Protocol on stdin/stdout: after connecting it prints "ready"; each line
 // "run <deadline-epoch-ms>" runs until that time and prints one JSON report;
@@ -43,10 +44,15 @@ func main() {
 	workers := flag.Int("workers", 8, "concurrent transfers, each on its own client")
 	prefix := flag.String("prefix", "bench/stm/go/", "account key prefix")
 	accounts := flag.Int("accounts", 100, "number of accounts")
+	shared := flag.Bool("shared", false, "all workers share one client")
 	flag.Parse()
 
 	clients := make([]*clientv3.Client, *workers)
 	for i := range clients {
+		if *shared && i > 0 {
+			clients[i] = clients[0]
+			continue
+		}
 		c, err := clientv3.New(clientv3.Config{Endpoints: strings.Split(*endpoints, ","), DialTimeout: 5 * time.Second})
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
