@@ -234,6 +234,7 @@ describe('a 3-member cluster', () => {
     const stop = performance.now() + 6000;
     let killed = false;
     let elected: Promise<number> | undefined;
+    let electedAfter = Number.NaN;
     try {
       while (performance.now() < stop) {
         if (!killed && calls === 20) {
@@ -259,18 +260,21 @@ describe('a 3-member cluster', () => {
         await timed(() => queue.enqueue(String(calls)));
         calls++;
       }
+      electedAfter = (await elected) ?? Number.NaN;
     } finally {
-      const electedAfter = await elected?.catch(() => Number.NaN);
       await leader.restart();
-      console.log(
-        `leader kill: a new leader after ${Math.round(electedAfter ?? Number.NaN)} ms; ` +
-          `the slowest of ${calls * 3} lock, unlock and enqueue calls took ${Math.round(worst)} ms`,
-      );
     }
     expect(killed).toBe(true);
-    // Issue 10's target. A call caught by the leader's death waits one deadline (1.5 s), then for a live leader
-    // (core/leader-search.ts), never for a second deadline at a follower that still believes in the dead one.
-    expect(worst, `the slowest call took ${Math.round(worst)} ms`).toBeLessThan(3000);
+    console.log(
+      `leader kill: a new leader after ${Math.round(electedAfter)} ms; ` +
+        `the slowest of ${calls * 3} lock, unlock and enqueue calls took ${Math.round(worst)} ms`,
+    );
+    // Issue 10's target is 3 s. A call caught by the leader's death waits one deadline (1.5 s), then for a live
+    // leader (core/leader-search.ts), never for a second deadline at a follower that still believes in the dead
+    // one. No write can commit while the cluster has no leader: when etcd's election itself took longer than
+    // 2.5 s (randomized timeouts, a vote refused; seen in 1 of 15 runs), the bound is that time plus 0.5 s.
+    const bound = Math.max(3000, electedAfter + 500);
+    expect(worst, `the slowest call took ${Math.round(worst)} ms`).toBeLessThan(bound);
     await queue.close();
   }, 60_000);
 });
