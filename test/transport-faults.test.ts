@@ -309,4 +309,16 @@ describe('shutdown', () => {
     expect(exitedAfter, `exited ${exitedAfter} ms after close()`).toBeLessThan(1000);
     console.log(`shutdown: settled in ${settledMs} ms, exited ${exitedAfter} ms after close()`);
   }, 90_000);
+
+  it('a process that ends without closing its client deletes its spent receipts on the way out', async () => {
+    const endpoints = etcd().endpoints;
+    const worker = spawnWorker('fixtures/receipt-writer.ts', [endpoints.join(','), 'exit/queue']);
+    const line = await worker.waitFor(/^enqueued receipts=\d+$/, 60_000);
+    // The enqueue did leave a receipt: what follows is its deletion, not its absence from the start.
+    expect(line).toBe('enqueued receipts=1');
+    expect(await within(20_000, worker.exited, 'the process to exit')).toBe(0);
+    const c = client({ hosts: endpoints });
+    expect(await c.getAll().prefix('__exit/queue/sent/').keys()).toEqual([]);
+    expect(Object.values(await c.getAll().prefix('exit/queue/').strings())).toEqual(['job']);
+  }, 90_000);
 });
