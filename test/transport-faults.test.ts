@@ -92,6 +92,51 @@ describe('a single member behind a proxy', () => {
     }
   }, 60_000);
 
+  it('a member whose call failed is left alone for 3 s while another answers, then used again', async () => {
+    const cluster = etcd();
+    // Two paths to the one member: each is a "member" to the client, and only one of them fails.
+    const suspect = await TcpProxy.start(cluster.endpoints[0]!);
+    const healthy = await TcpProxy.start(cluster.endpoints[0]!);
+    ConnectionPool.deterministicOrder = true;
+    try {
+      // etcd3's deterministic order tries the last host first: the suspect one, unless it steps aside.
+      const c = client({ hosts: [healthy.endpoint, suspect.endpoint] });
+      await c.put('avoid/k').value('v');
+      suspect.cut();
+      // A reset connection, not a timeout: this is the avoidance alone, without the search for a leader.
+      await expect(c.get('avoid/k').string()).rejects.toThrow(/UNAVAILABLE|ECONNRESET|Connection/i);
+      const failedAt = performance.now();
+      suspect.restore();
+      let usedAfter: number | undefined;
+      const used = suspect.dropNextReply().then((caught) => {
+        if (caught) usedAfter = performance.now() - failedAt;
+        // The caught call's reply is gone: reset its connection so that it fails now, not at its deadline.
+        suspect.restore();
+      });
+      let answered = 0;
+      while (usedAfter === undefined && performance.now() - failedAt < 8000) {
+        if (
+          (await c
+            .get('avoid/k')
+            .string()
+            .catch(() => undefined)) === 'v' &&
+          usedAfter === undefined
+        )
+          answered++;
+        // A call every 25 ms probes which member the client picks; there is no event to wait for.
+        await faultFor(25);
+      }
+      await within(5000, used, 'a call through the suspect member');
+      expect(answered, 'calls answered by the other member meanwhile').toBeGreaterThan(20);
+      expect(usedAfter, 'ms until the suspect member was used again').toBeGreaterThan(2900);
+      expect(usedAfter).toBeLessThan(4000);
+    } finally {
+      ConnectionPool.deterministicOrder = false;
+      await suspect.close();
+      await healthy.close();
+    }
+  }, 30_000);
+
   it('a holder whose key is deleted behind its back is told within 200 ms (Mutex, RWMutex, Semaphore, WorkQueue claim)', async () => {
     const direct = client({ hosts: etcd().endpoints });
     await using session = await Session.create(direct, { ttl: 10 });
