@@ -42,7 +42,9 @@ const faultFor = (ms: number) => new Promise((r) => setTimeout(r, ms));
 describe('a single member behind a proxy', () => {
   const etcd = useCluster();
 
-  it('a session with TTL 5 survives blips of 300 ms and 1 s and a member restart; its waiter resumes within 1.5 s', async () => {
+  const blipTest =
+    'a session with TTL 5 survives blips of 300 ms and 1 s and a member restart; its waiter resumes in 1.5 s';
+  it(blipTest, async () => {
     const cluster = etcd();
     const proxy = await TcpProxy.start(cluster.endpoints[0]!);
     try {
@@ -137,7 +139,9 @@ describe('a single member behind a proxy', () => {
     }
   }, 30_000);
 
-  it('a holder whose key is deleted behind its back is told within 200 ms (Mutex, RWMutex, Semaphore, WorkQueue claim)', async () => {
+  const outsideDelete =
+    'a holder whose key is deleted behind its back is told within 200 ms (Mutex, RWMutex, Semaphore, claim)';
+  it(outsideDelete, async () => {
     const direct = client({ hosts: etcd().endpoints });
     await using session = await Session.create(direct, { ttl: 10 });
     const jobs = new WorkQueue(session, 'outside/jobs');
@@ -201,7 +205,9 @@ describe('a 3-member cluster', () => {
     await Promise.all(sessions.map((s) => s.close()));
   }, 60_000);
 
-  it('with one member frozen for 10 s, waiters, consumers and caches connected through it wake within 3 s', async () => {
+  const frozenTest =
+    'with one member frozen for 10 s, waiters, consumers and caches connected through it wake within 3 s';
+  it(frozenTest, async () => {
     const cluster = etcd();
     const frozen = (await cluster.followers())[0]!;
     const others = cluster.members.filter((m) => m !== frozen).map((m) => m.endpoint);

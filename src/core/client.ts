@@ -233,7 +233,10 @@ export interface ClientScope {
   readonly signal: AbortSignal;
   /** Closes `thing` when the client closes; returns the undo. */
   own(thing: Closable): () => void;
-  /** Runs `tidy` (bounded) when the client closes, before pending calls are ended: last writes such as receipt clean-up. */
+  /**
+   * Runs `tidy` (bounded) when the client closes, before pending calls are
+   * ended: last writes such as receipt clean-up.
+   */
   beforeClose(tidy: () => Promise<void>): () => void;
 }
 

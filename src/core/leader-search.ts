@@ -5,7 +5,7 @@ const log = logger('client');
 
 /*
  * After a call timed out, find a member that is a live Raft leader before the
- * call is retried (docs/internals.md, "A leader lost or a slow member").
+ * call is retried (docs/faults.md, "Leader loss").
  *
  * A follower forwards a proposal to the leader it believes in. When that
  * leader has just died, the proposal is lost and the call waits for its whole

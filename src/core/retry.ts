@@ -10,8 +10,15 @@ import { isPermissionDenied } from './etcd-errors.js';
  * everything else surfaces to the caller.
  */
 
-const transientMessage =
-  /leader changed|no leader|request timed out|timed out|unavailable|ECONNREFUSED|ECONNRESET|EPIPE|stream ended|stream removed|circuit|not connected|too many requests|connection (closed|reset|refused)|No connection established|Call cancelled|Deadline exceeded|socket hang up|GOAWAY/i;
+const transientMessage = new RegExp(
+  [
+    'leader changed|no leader|request timed out|timed out|unavailable',
+    'ECONNREFUSED|ECONNRESET|EPIPE|stream ended|stream removed|circuit|not connected|too many requests',
+    'connection (closed|reset|refused)|No connection established|Call cancelled|Deadline exceeded',
+    'socket hang up|GOAWAY',
+  ].join('|'),
+  'i',
+);
 
 /** True for failures that may go away by themselves: retry these. */
 export function isTransient(err: unknown): boolean {
