@@ -43,7 +43,7 @@ const DEFAULT_CALL_TIMEOUT_MS = 1500;
 interface Pool {
   close(): void;
   /** Its members, in the order of the `hosts` option. */
-  hosts: PoolMember[];
+  hosts?: PoolMember[];
 }
 
 function poolOf(client: Namespace): Pool {
@@ -84,7 +84,8 @@ export function createClient(options: ClientOptions): Etcd3 {
     },
   });
   coordinationPools().add(poolOf(client));
-  health.attach(poolOf(client).hosts, clientScope(client).signal);
+  // Without etcd3's member list (a future etcd3), there is no leader to search for: calls are just retried.
+  health.attach(poolOf(client).hosts ?? [], clientScope(client).signal);
   return client;
 }
 
