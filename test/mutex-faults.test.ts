@@ -117,7 +117,17 @@ describe('Mutex aborted while its acquire Txn is in flight', () => {
 
   it('removes the key that Txn creates when it lands after the abort', async () => {
     const cluster = etcd();
-    const client = cluster.client();
+    // etcd3 resolves a call's options as it hands the call to gRPC: from then on the call is sent whatever
+    // its caller does (an abort stops the waiting, not the call). That is the event that the Txn has left.
+    let onKeyTxn: (() => void) | undefined;
+    const client = cluster.client({
+      defaultCallOptions: (call) => {
+        const params = 'params' in call ? (call.params as { success?: { request_put?: unknown }[] }) : undefined;
+        const success = params?.success;
+        if (call.method === 'txn' && success?.some((o) => o.request_put)) onKeyTxn?.();
+        return {};
+      },
+    });
     await using session = await Session.create(client, { ttl: 20 });
     const m = new Mutex(session, 'inflight/lock');
     await m.tryLock(); // connections are up before etcd freezes
@@ -143,9 +153,11 @@ describe('Mutex aborted while its acquire Txn is in flight', () => {
     try {
       cluster.members[0]!.pause();
       const controller = new AbortController();
+      const keyTxnSent = new Promise<void>((resolve) => {
+        onKeyTxn = resolve;
+      });
       const locking = m.lock({ signal: controller.signal });
-      // No event tells us the Txn has left: give it a moment while etcd is frozen.
-      await new Promise((r) => setTimeout(r, 100));
+      await within(5000, keyTxnSent, 'the Txn that creates the key to be sent');
       const reason = new Error('gave up');
       controller.abort(reason);
       await expect(within(5000, locking)).rejects.toBe(reason);

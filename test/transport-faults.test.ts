@@ -42,7 +42,9 @@ const faultFor = (ms: number) => new Promise((r) => setTimeout(r, ms));
 describe('a single member behind a proxy', () => {
   const etcd = useCluster();
 
-  it('a session with TTL 5 survives blips of 300 ms and 1 s and a member restart; its waiter resumes within 1.5 s', async () => {
+  const blipTest =
+    'a session with TTL 5 survives blips of 300 ms and 1 s and a member restart; its waiter resumes in 1.5 s';
+  it(blipTest, async () => {
     const cluster = etcd();
     const proxy = await TcpProxy.start(cluster.endpoints[0]!);
     try {
@@ -92,7 +94,54 @@ describe('a single member behind a proxy', () => {
     }
   }, 60_000);
 
-  it('a holder whose key is deleted behind its back is told within 200 ms (Mutex, RWMutex, Semaphore, WorkQueue claim)', async () => {
+  it('a member whose call failed is left alone for 3 s while another answers, then used again', async () => {
+    const cluster = etcd();
+    // Two paths to the one member: each is a "member" to the client, and only one of them fails.
+    const suspect = await TcpProxy.start(cluster.endpoints[0]!);
+    const healthy = await TcpProxy.start(cluster.endpoints[0]!);
+    ConnectionPool.deterministicOrder = true;
+    try {
+      // etcd3's deterministic order tries the last host first: the suspect one, unless it steps aside.
+      const c = client({ hosts: [healthy.endpoint, suspect.endpoint] });
+      await c.put('avoid/k').value('v');
+      suspect.cut();
+      // A reset connection, not a timeout: this is the avoidance alone, without the search for a leader.
+      await expect(c.get('avoid/k').string()).rejects.toThrow(/UNAVAILABLE|ECONNRESET|Connection/i);
+      const failedAt = performance.now();
+      suspect.restore();
+      let usedAfter: number | undefined;
+      const used = suspect.dropNextReply().then((caught) => {
+        if (caught) usedAfter = performance.now() - failedAt;
+        // The caught call's reply is gone: reset its connection so that it fails now, not at its deadline.
+        suspect.restore();
+      });
+      let answered = 0;
+      while (usedAfter === undefined && performance.now() - failedAt < 8000) {
+        if (
+          (await c
+            .get('avoid/k')
+            .string()
+            .catch(() => undefined)) === 'v' &&
+          usedAfter === undefined
+        )
+          answered++;
+        // A call every 25 ms probes which member the client picks; there is no event to wait for.
+        await faultFor(25);
+      }
+      await within(5000, used, 'a call through the suspect member');
+      expect(answered, 'calls answered by the other member meanwhile').toBeGreaterThan(20);
+      expect(usedAfter, 'ms until the suspect member was used again').toBeGreaterThan(2900);
+      expect(usedAfter).toBeLessThan(4000);
+    } finally {
+      ConnectionPool.deterministicOrder = false;
+      await suspect.close();
+      await healthy.close();
+    }
+  }, 30_000);
+
+  const outsideDelete =
+    'a holder whose key is deleted behind its back is told within 200 ms (Mutex, RWMutex, Semaphore, claim)';
+  it(outsideDelete, async () => {
     const direct = client({ hosts: etcd().endpoints });
     await using session = await Session.create(direct, { ttl: 10 });
     const jobs = new WorkQueue(session, 'outside/jobs');
@@ -156,7 +205,9 @@ describe('a 3-member cluster', () => {
     await Promise.all(sessions.map((s) => s.close()));
   }, 60_000);
 
-  it('with one member frozen for 10 s, waiters, consumers and caches connected through it wake within 3 s', async () => {
+  const frozenTest =
+    'with one member frozen for 10 s, waiters, consumers and caches connected through it wake within 3 s';
+  it(frozenTest, async () => {
     const cluster = etcd();
     const frozen = (await cluster.followers())[0]!;
     const others = cluster.members.filter((m) => m !== frozen).map((m) => m.endpoint);
@@ -233,11 +284,18 @@ describe('a 3-member cluster', () => {
     let calls = 0;
     const stop = performance.now() + 6000;
     let killed = false;
+    let elected: Promise<number> | undefined;
+    let electedAfter = Number.NaN;
     try {
       while (performance.now() < stop) {
         if (!killed && calls === 20) {
           killed = true;
-          void leader.kill();
+          const killedAt = performance.now();
+          // How long the cluster had no leader: no call can commit before that, whatever the client does.
+          elected = leader.kill().then(async () => {
+            await cluster.leader(20_000);
+            return performance.now() - killedAt;
+          });
         }
         // Each recipe call on its own: the promise is about one call, not a sequence of them.
         const timed = async <T>(call: () => Promise<T>): Promise<T> => {
@@ -253,14 +311,21 @@ describe('a 3-member cluster', () => {
         await timed(() => queue.enqueue(String(calls)));
         calls++;
       }
+      electedAfter = (await elected) ?? Number.NaN;
     } finally {
       await leader.restart();
     }
     expect(killed).toBe(true);
-    console.log(`leader kill: the slowest of ${calls * 3} lock, unlock and enqueue calls took ${Math.round(worst)} ms`);
-    // Issue 10's target is 3 s; a call caught twice by the election (two 1.5 s deadlines) took up to 3.2 s
-    // on etcd 3.5 on a loaded 2-core machine (docs/faults.md). Before the per-call deadline it was 7 s.
-    expect(worst, `the slowest call took ${Math.round(worst)} ms`).toBeLessThan(5000);
+    console.log(
+      `leader kill: a new leader after ${Math.round(electedAfter)} ms; ` +
+        `the slowest of ${calls * 3} lock, unlock and enqueue calls took ${Math.round(worst)} ms`,
+    );
+    // Issue 10's target is 3 s. A call caught by the leader's death waits one deadline (1.5 s), then for a live
+    // leader (core/leader-search.ts), never for a second deadline at a follower that still believes in the dead
+    // one. No write can commit while the cluster has no leader: when etcd's election itself took longer than
+    // 2.5 s (randomized timeouts, a vote refused; 2 of 28 runs), the bound is that time plus 0.5 s.
+    const bound = Math.max(3000, electedAfter + 500);
+    expect(worst, `the slowest call took ${Math.round(worst)} ms`).toBeLessThan(bound);
     await queue.close();
   }, 60_000);
 });
@@ -294,5 +359,17 @@ describe('shutdown', () => {
     // Process teardown included; the library itself keeps nothing alive (see the figure in docs/faults.md).
     expect(exitedAfter, `exited ${exitedAfter} ms after close()`).toBeLessThan(1000);
     console.log(`shutdown: settled in ${settledMs} ms, exited ${exitedAfter} ms after close()`);
+  }, 90_000);
+
+  it('a process that ends without closing its client deletes its spent receipts on the way out', async () => {
+    const endpoints = etcd().endpoints;
+    const worker = spawnWorker('fixtures/receipt-writer.ts', [endpoints.join(','), 'exit/queue']);
+    const line = await worker.waitFor(/^enqueued receipts=\d+$/, 60_000);
+    // The enqueue did leave a receipt: what follows is its deletion, not its absence from the start.
+    expect(line).toBe('enqueued receipts=1');
+    expect(await within(20_000, worker.exited, 'the process to exit')).toBe(0);
+    const c = client({ hosts: endpoints });
+    expect(await c.getAll().prefix('__exit/queue/sent/').keys()).toEqual([]);
+    expect(Object.values(await c.getAll().prefix('exit/queue/').strings())).toEqual(['job']);
   }, 90_000);
 });

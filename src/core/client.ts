@@ -1,6 +1,7 @@
 import { setMaxListeners } from 'node:events';
 import { Etcd3, type IOptions, type Namespace } from 'etcd3';
 import { ClosedError } from './errors.js';
+import { LeaderSearch, mayHaveLostLeader, type PoolMember } from './leader-search.js';
 import { logger } from './log.js';
 import { processWide } from './shared.js';
 
@@ -18,7 +19,8 @@ const log = logger('client');
  * coordination instead: no hidden re-sends (the recipes retry, with proof),
  * a deadline on every unary call, fast reconnects, and a host policy that
  * steers calls away from a member that just timed out or went silent, to
- * the least suspect one.
+ * the least suspect one; after a timeout, it finds a live leader before the
+ * call is retried (core/leader-search.ts).
  */
 
 /** Options of {@link createClient}: etcd3's own, plus the recipes' deadline. */
@@ -40,6 +42,8 @@ const DEFAULT_CALL_TIMEOUT_MS = 1500;
 /** The pool object etcd3 shares between a client and its namespaces (internal to etcd3, stable in 1.1.x). */
 interface Pool {
   close(): void;
+  /** Its members, in the order of the `hosts` option. */
+  hosts?: PoolMember[];
 }
 
 function poolOf(client: Namespace): Pool {
@@ -80,7 +84,8 @@ export function createClient(options: ClientOptions): Etcd3 {
     },
   });
   coordinationPools().add(poolOf(client));
-  clientScope(client);
+  // Without etcd3's member list (a future etcd3), there is no leader to search for: calls are just retried.
+  health.attach(poolOf(client).hosts ?? [], clientScope(client).signal);
   return client;
 }
 
@@ -110,6 +115,7 @@ const streamHosts = () => processWide('stream-hosts', () => new WeakMap<object, 
 interface HostState {
   host: string;
   avoidUntil: number;
+  member?: PoolMember;
 }
 
 /** An error etcd3 treats like an open circuit: the call was not sent, try the next member. */
@@ -122,18 +128,33 @@ class MemberAvoidedError extends Error {
 
 class HostHealth {
   readonly #hosts: HostState[] = [];
+  readonly #leaderSearch = new LeaderSearch(AVOID_MS);
+
+  /** Links each policy to its member of the pool (etcd3 makes them in the same order). */
+  attach(members: readonly PoolMember[], signal: AbortSignal): void {
+    for (const [i, state] of this.#hosts.entries()) state.member = members[i];
+    this.#leaderSearch.attach(members, signal);
+  }
+
+  /** Lower goes first: a live leader found after a timeout, then members not suspect, then the least suspect. */
+  #rank(state: HostState, now: number, leader: PoolMember | undefined): number {
+    if (now < state.avoidUntil) return state.avoidUntil;
+    return leader && state.member === leader ? -1 : 0;
+  }
 
   policy(host: string): Policy {
     const state: HostState = { host, avoidUntil: 0 };
     this.#hosts.push(state);
     return {
       execute: async (fn, signal) => {
-        // Step aside for a member less suspect than this one (all may be suspect during an election).
-        if (
-          performance.now() < state.avoidUntil &&
-          this.#hosts.some((h) => h !== state && h.avoidUntil < state.avoidUntil)
-        ) {
-          throw new MemberAvoidedError(host);
+        // Step aside for a member ranked before this one (all may be suspect during an election).
+        const now = performance.now();
+        const leader = this.#leaderSearch.leader;
+        if (now < state.avoidUntil || (leader && state.member !== leader)) {
+          const mine = this.#rank(state, now, leader);
+          if (this.#hosts.some((h) => h !== state && this.#rank(h, now, leader) < mine)) {
+            throw new MemberAvoidedError(host);
+          }
         }
         try {
           const result = await fn({ signal: signal ?? neverAborted });
@@ -145,6 +166,8 @@ class HostHealth {
           return result;
         } catch (err) {
           if (isConnectionFault(err)) avoid(state, (err as Error).message);
+          // The retry should go where a live leader is known, not to a member that still believes in a dead one.
+          if (mayHaveLostLeader(err)) await this.#leaderSearch.find();
           throw err;
         }
       },
@@ -211,7 +234,10 @@ export interface ClientScope {
   readonly signal: AbortSignal;
   /** Closes `thing` when the client closes; returns the undo. */
   own(thing: Closable): () => void;
-  /** Runs `tidy` (bounded) when the client closes, before pending calls are ended: last writes such as receipt clean-up. */
+  /**
+   * Runs `tidy` (bounded) when the client closes, before pending calls are
+   * ended: last writes such as receipt clean-up.
+   */
   beforeClose(tidy: () => Promise<void>): () => void;
 }
 

@@ -49,17 +49,19 @@ export interface RetryOptions {
   onRetry?: (err: unknown, attempt: number) => void;
   /** Which errors to retry; default {@link isTransient}. */
   retryIf?: (err: unknown) => boolean;
+  /** The longest pause between attempts (ms). Default 1000. */
+  maxBackoffMs?: number;
 }
 
 /**
  * Runs `fn` until it succeeds, retrying transient errors with jittered
- * exponential backoff (25 ms doubling to 1 s), bounded by `maxElapsedMs` and
- * by the signals.
+ * exponential backoff (25 ms doubling to `maxBackoffMs`, 1 s by default),
+ * bounded by `maxElapsedMs` and by the signals.
  */
 export async function retrying<T>(fn: () => Promise<T>, options: RetryOptions = {}): Promise<T> {
-  const { signals = [], maxElapsedMs = 30_000, onRetry, retryIf = isTransient } = options;
+  const { signals = [], maxElapsedMs = 30_000, onRetry, retryIf = isTransient, maxBackoffMs = 1000 } = options;
   const started = performance.now();
-  let backoff = 25;
+  let backoff = Math.min(25, maxBackoffMs);
   for (let attempt = 1; ; attempt++) {
     for (const s of signals) s?.throwIfAborted();
     try {
@@ -68,7 +70,7 @@ export async function retrying<T>(fn: () => Promise<T>, options: RetryOptions = 
       if (!retryIf(err) || performance.now() - started + backoff > maxElapsedMs) throw err;
       onRetry?.(err, attempt);
       await backoffSleep(backoff / 2 + (Math.random() * backoff) / 2, signals);
-      backoff = Math.min(backoff * 2, 1000);
+      backoff = Math.min(backoff * 2, maxBackoffMs);
     }
   }
 }
