@@ -224,7 +224,7 @@ export function checkTransport(client: Namespace): boolean {
 // Life cycle: what closing a client ends.
 
 /** Something the library keeps open on a client: a cache, a discovery, a session it created itself. */
-export interface Closable {
+interface Closable {
   close(): Promise<void> | void;
 }
 
@@ -335,9 +335,4 @@ async function bounded(work: Promise<unknown>, ms: number): Promise<void> {
 export function closeClient(client: Namespace): Promise<void> {
   const scope = clientScope(client) as ScopeState;
   return shutDown(scope);
-}
-
-/** Rejects with a ClosedError if `client` was closed. @internal */
-export function throwIfClosed(client: Namespace): void {
-  clientScope(client).signal.throwIfAborted();
 }

@@ -71,12 +71,12 @@ export interface RangeResult {
   more: boolean;
   count: bigint;
 }
-export interface PutResult {
+interface PutResult {
   type: 'put';
   revision: bigint;
   prevKv?: KeyValue;
 }
-export interface DeleteResult {
+interface DeleteResult {
   type: 'delete';
   revision: bigint;
   deleted: bigint;
@@ -284,7 +284,7 @@ async function send<T>(
 }
 
 /** The library's error for an etcd3 error, where it has one (closed, permission denied); else the error as is. */
-export function callError(err: unknown, key: string | Buffer | (() => string | Buffer | undefined)): unknown {
+function callError(err: unknown, key: string | Buffer | (() => string | Buffer | undefined)): unknown {
   if (err instanceof ClientClosedError) return new ClosedError('the etcd client was closed', { cause: err });
   return classifyEtcdError(err, key);
 }
@@ -375,20 +375,6 @@ export async function range(client: Namespace, key: string | Buffer, options?: R
     { maxElapsedMs: READ_RETRY_MS },
   );
   return decodeRange(client, res as never);
-}
-
-/** Unconditional delete of one key (or a prefix); returns the store revision after it. */
-export async function del(
-  client: Namespace,
-  key: string | Buffer,
-  options: { prefix?: boolean } = {},
-): Promise<DeleteResult> {
-  const k = toBuffer(key);
-  const req: Raw = { key: encodeKey(client, k) };
-  const end = rangeEnd(client, k, options);
-  if (end) req.range_end = end;
-  const res = await send(client, key, () => client.kv.deleteRange(req as never));
-  return { type: 'delete', revision: BigInt(res.header.revision), deleted: BigInt(res.deleted ?? '0'), prevKvs: [] };
 }
 
 /** Narrowing helpers for Txn responses. */
