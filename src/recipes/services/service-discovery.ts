@@ -10,13 +10,7 @@ import {
   type PrefixCacheChange,
   type PrefixCacheWaitOptions,
 } from '../prefix-cache.js';
-import {
-  checkRoot,
-  checkServiceName,
-  DEFAULT_SERVICE_ROOT,
-  servicePrefix,
-  type ServiceMetadata,
-} from './service-registry.js';
+import { checkRoot, checkServiceName, DEFAULT_SERVICE_ROOT, servicePrefix, type ServiceMetadata } from './layout.js';
 import { emitSafely } from '../../core/events.js';
 
 const log = logger('service-discovery');
