@@ -306,7 +306,7 @@ export class PrefixCache
       this.#readyGate.reject(err);
       this.#readyGate = gate();
     }
-    this.#emitError(err);
+    emitSafely(this, 'error', err);
     log('%s: list/watch failed (%s); retrying', showKey(this.#prefix), err.message);
   }
 
@@ -324,7 +324,7 @@ export class PrefixCache
     log('%s: re-listed at revision %s after compaction: %d changes', showKey(this.#prefix), revision, changes.length);
     for (const [k, c] of changes) this.#publish(k, c);
     if (this.listenerCount('resync') > 0)
-      this.#safeEmit('resync', { revision, compactRevision, changes: changes.length });
+      emitSafely(this, 'resync', { revision, compactRevision, changes: changes.length });
     publish('prefixCacheResync', () => ({
       prefix: showKey(this.#prefix),
       revision,
@@ -335,7 +335,7 @@ export class PrefixCache
 
   #becomeReady(): void {
     this.#ready = true;
-    this.#safeEmit('ready');
+    emitSafely(this, 'ready');
     this.#readyGate.resolve();
   }
 
@@ -372,7 +372,7 @@ export class PrefixCache
       this.#requestSync(err.compactRevision);
       return;
     }
-    this.#emitError(err);
+    emitSafely(this, 'error', err);
     log('%s: watch ended (%s); re-listing', showKey(this.#prefix), err.message);
     void delay(100, this.#stop.signal).then(
       () => this.#requestSync(undefined),
@@ -382,14 +382,6 @@ export class PrefixCache
 
   #publish(mapKey: string, c: PrefixCacheChange): void {
     for (const s of this.#streams) s.push(c, mapKey);
-    this.#safeEmit('change', c);
-  }
-
-  #safeEmit<K extends keyof PrefixCacheEvents>(event: K, ...args: PrefixCacheEvents[K]): void {
-    emitSafely(this, event as string, args);
-  }
-
-  #emitError(err: Error): void {
-    this.#safeEmit('error', err);
+    emitSafely(this, 'change', c);
   }
 }

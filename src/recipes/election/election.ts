@@ -197,21 +197,17 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     this.#term = term;
     if (this.listenerCount('lost') > 0) term.watch();
     log('%s: %s elected (revision %s)', what, this.key, turn.rev);
-    this.#emitSafely('elected', leaderInfo(own));
+    emitSafely(this, 'elected', leaderInfo(own));
   }
 
   #onLost(term: Term, reason: unknown): void {
     log('%s: leadership of %s@%s lost: %s', this.#what, this.key, term.revision, (reason as Error)?.message);
-    this.#emitSafely('lost', reason);
+    emitSafely(this, 'lost', reason);
     publish('electionDeposed', () => ({
       ...electionTarget(this.name, this.#key, this.session),
       revision: term.revision,
       error: reason,
     }));
-  }
-
-  #emitSafely<K extends keyof ElectionEvents>(event: K, ...args: ElectionEvents[K]): void {
-    emitSafely(this, event as string, args);
   }
 
   /**

@@ -171,7 +171,7 @@ export class ServiceDiscovery<M extends object = ServiceMetadata>
     this.cache.on('ready', () => this.#load());
     this.cache.on('change', (c) => this.#onChange(c));
     this.cache.on('error', (err) => {
-      if (this.listenerCount('error') > 0) this.emit('error', err);
+      emitSafely(this, 'error', err);
     });
     this.cache.on('closed', () => {
       for (const lists of [...this.#lists]) lists.close();
@@ -291,7 +291,7 @@ export class ServiceDiscovery<M extends object = ServiceMetadata>
     }
     if (skipped) log('%s: ignored %d keys that are not registrations', this.prefix, skipped);
     this.#bump();
-    this.#safeEmit('ready');
+    emitSafely(this, 'ready');
   }
 
   #onChange(c: PrefixCacheChange): void {
@@ -306,16 +306,12 @@ export class ServiceDiscovery<M extends object = ServiceMetadata>
     const change: ServiceChange<M> = instance
       ? { type: previous ? 'updated' : 'added', instance, previous, revision: c.revision, resync: c.resync }
       : { type: 'removed', instance: previous!, previous, revision: c.revision, resync: c.resync };
-    this.#safeEmit('change', change);
+    emitSafely(this, 'change', change);
   }
 
   #bump(): void {
     this.#sorted = undefined;
     for (const lists of this.#lists) lists.push(this.instances(), LATEST);
-  }
-
-  #safeEmit<K extends keyof ServiceDiscoveryEvents<M>>(event: K, ...args: ServiceDiscoveryEvents<M>[K]): void {
-    emitSafely(this, event as string, args);
   }
 }
 

@@ -320,7 +320,7 @@ export class ServiceRegistry<M extends object = ServiceMetadata>
     this.#oldLeases.push(session.leaseId);
     if (this.#oldLeases.length > 4) this.#oldLeases.shift();
     log('%s: lease %s lost (%s); re-registering', this.key, session.leaseHex, err.message);
-    this.#safeEmit('lost', err);
+    emitSafely(this, 'lost', err);
     const { service, id, key } = this;
     publish('serviceLost', () => ({ service, id, key, leaseId: session.leaseId, error: err }));
     this.#reregistering ??= this.#reregister().finally(() => {
@@ -339,9 +339,10 @@ export class ServiceRegistry<M extends object = ServiceMetadata>
         retryIf: (err) => !isClientClosed(err),
         onRetry: (err) => {
           if (err instanceof ServiceIdTakenError) {
-            if (!reportedTaken) this.#emitError(err);
+            if (!reportedTaken) emitSafely(this, 'error', err);
             reportedTaken = true;
-          } else if (!isTransient(err) && !isRecipeError(err, 'SESSION_EXPIRED')) this.#emitError(err as Error);
+          } else if (!isTransient(err) && !isRecipeError(err, 'SESSION_EXPIRED'))
+            emitSafely(this, 'error', err as Error);
           log('%s: re-registration failed (%s); retrying', this.key, (err as Error).message);
         },
       });
@@ -349,13 +350,13 @@ export class ServiceRegistry<M extends object = ServiceMetadata>
       if (stop.aborted) return;
       // The application closed the client without deregistering: nothing more we can do.
       log('%s: client closed; giving up re-registering', this.key);
-      this.#emitError(err as Error);
+      emitSafely(this, 'error', err as Error);
       return;
     }
     if (stop.aborted) return; // deregister() closes the new session
     const session = this.#session!;
     log('%s re-registered (lease %s, revision %s)', this.key, session.leaseHex, this.#revision);
-    this.#safeEmit('re-registered', { leaseId: session.leaseId, revision: this.#revision });
+    emitSafely(this, 're-registered', { leaseId: session.leaseId, revision: this.#revision });
     publish('serviceReregistered', () => ({
       service: this.service,
       id: this.id,
@@ -379,14 +380,6 @@ export class ServiceRegistry<M extends object = ServiceMetadata>
     log('%s displaced: %s', this.key, info.reason);
     // Our lease holds no key any more: revoke it (a replaced key is attached to the other lease and stays).
     void session?.close();
-    this.#safeEmit('displaced', info);
-  }
-
-  #safeEmit<K extends keyof ServiceRegistryEvents>(event: K, ...args: ServiceRegistryEvents[K]): void {
-    emitSafely(this, event as string, args);
-  }
-
-  #emitError(err: Error): void {
-    this.#safeEmit('error', err);
+    emitSafely(this, 'displaced', info);
   }
 }
