@@ -16,7 +16,10 @@ export interface SessionMessage {
   ttl: number;
 }
 
-/** `etcd-recipes:session:renewed-late`: a keepalive acknowledged with less than half the TTL left, or the first after a reconnect. */
+/**
+ * `etcd-recipes:session:renewed-late`: a keepalive acknowledged with less than half the TTL left, or the first after a
+ * reconnect.
+ */
 export interface SessionRenewedLateMessage extends SessionMessage {
   /** `'reconnect'` when the keepalive stream was re-opened before this ack, else `'late'`. */
   reason: 'late' | 'reconnect';
@@ -69,7 +72,10 @@ export interface LockReleasedMessage extends LockTarget {
   heldMs: number;
 }
 
-/** `etcd-recipes:lock:lost`: the hold ended without a release (session lost or closed, or the key deleted by someone else). */
+/**
+ * `etcd-recipes:lock:lost`: the hold ended without a release (session lost or closed, or the key deleted by someone
+ * else).
+ */
 export interface LockLostMessage extends LockReleasedMessage {
   /** Why the hold ended (the session's abort reason, or an error saying the key was deleted). */
   error: unknown;
@@ -99,7 +105,10 @@ export interface ElectionResignedMessage extends ElectionTarget {
   revision: bigint;
 }
 
-/** `etcd-recipes:election:leader`: an observer (`observe()`, `observeLeader`, runAsLeader's observer) saw a leader change. */
+/**
+ * `etcd-recipes:election:leader`: an observer (`observe()`, `observeLeader`, runAsLeader's observer) saw a leader
+ * change.
+ */
 export interface ElectionLeaderMessage {
   /** The election's name. */
   name: string;
@@ -148,7 +157,9 @@ export interface JobDeadLetterMessage extends JobMessage {
   reason: 'max-attempts' | 'manual';
 }
 
-/** `etcd-recipes:watch:reconnect`: the shared watch stream broke and is re-opened (every watch resumes where it was). */
+/**
+ * `etcd-recipes:watch:reconnect`: the shared watch stream broke and is re-opened (every watch resumes where it was).
+ */
 export interface WatchReconnectMessage {
   /** How many watches resume. */
   watches: number;

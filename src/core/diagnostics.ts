@@ -34,7 +34,10 @@ export * from './diagnostics-channels.js';
 export type * from './diagnostics-messages.js';
 export type * from './tracing-contexts.js';
 
-/** Handlers for {@link subscribeTracing}; each gets the operation's context object (the same object throughout one call). */
+/**
+ * Handlers for {@link subscribeTracing}; each gets the operation's context object (the same object throughout one
+ * call).
+ */
 export interface TracingHandlers<C> {
   /** The call began (the context is bound to async stores while it runs). */
   start?(context: C): void;

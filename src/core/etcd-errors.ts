@@ -34,7 +34,8 @@ export function classifyEtcdError(
   return new PermissionDeniedError(
     name,
     `etcd refused access to ${name === undefined ? 'a key' : JSON.stringify(name)}: permission denied ` +
-      "(auth is enabled and the user's role does not grant this key; see docs/security.md for the role each recipe needs)",
+      "(auth is enabled and the user's role does not grant this key; " +
+      'see docs/security.md for the role each recipe needs)',
     { cause: err },
   );
 }

@@ -106,7 +106,9 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
     if (leaseId !== undefined && (typeof leaseId !== 'string' || !/^[1-9][0-9]{0,18}$/.test(leaseId))) {
       throw new InvalidArgumentError(
         'options.leaseId',
-        `must be a lease ID as a positive decimal string, got ${typeof leaseId === 'string' ? JSON.stringify(leaseId) : typeof leaseId}`,
+        `must be a lease ID as a positive decimal string, got ${
+          typeof leaseId === 'string' ? JSON.stringify(leaseId) : typeof leaseId
+        }`,
       );
     }
     if (expiryMarginMs !== undefined) checkNumber(expiryMarginMs, 'options.expiryMarginMs', 0, (ttl * 1000) / 2);
@@ -168,7 +170,9 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
     this.#controller.signal.addEventListener('abort', disown, { once: true });
   }
 
-  /** Aborted, with a {@link SessionExpiredError}, once the lease is lost, may have expired, or the session is closed. */
+  /**
+   * Aborted, with a {@link SessionExpiredError}, once the lease is lost, may have expired, or the session is closed.
+   */
   get signal(): AbortSignal {
     return this.#controller.signal;
   }
@@ -298,7 +302,8 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
   }
 
   #lose(reason: SessionExpiredError): void {
-    // Published before the signal aborts: subscribers hear of the cause before its effects (locks lost, leaders deposed).
+    // Published before the signal aborts: subscribers hear of the cause before its effects (locks lost, leaders
+    // deposed).
     if (!this.expired) publish('sessionLost', () => ({ ...sessionFields(this), error: reason }));
     if (!this.#stop(reason)) return;
     log('lease %s lost: %s', this.leaseHex, reason.message);

@@ -28,7 +28,10 @@ export interface LockAcquireResult {
   waitMs: number;
 }
 
-/** The context of `etcd-recipes:multi-lock` (acquireAll, withLocks); each lock also has its own `etcd-recipes:lock` events. */
+/**
+ * The context of `etcd-recipes:multi-lock` (acquireAll, withLocks); each lock also has its own `etcd-recipes:lock`
+ * events.
+ */
 export interface MultiLockAcquireContext {
   /** The names, in the order they are taken. */
   names: string[];

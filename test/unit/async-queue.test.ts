@@ -38,7 +38,7 @@ describe('AsyncQueue (the one bounded async iterator)', () => {
     expect(await drain(q)).toEqual(['b1', 'a1+a2']);
   });
 
-  it('rejects a waiting next() with the signal reason on abort, then is done; endOnAbort ends it normally', async () => {
+  it('rejects a waiting next() with the signal reason on abort, then is done; endOnAbort ends normally', async () => {
     const controller = new AbortController();
     let ended = 0;
     const q = new AsyncQueue<number>({ signal: controller.signal, onEnd: () => ended++ });

@@ -137,7 +137,9 @@ export function checkMetadata(value: unknown, argument: string): void {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
     throw new InvalidArgumentError(
       argument,
-      `must be a plain object or undefined, got ${value === null ? 'null' : Array.isArray(value) ? 'an array' : typeof value}`,
+      `must be a plain object or undefined, got ${
+        value === null ? 'null' : Array.isArray(value) ? 'an array' : typeof value
+      }`,
     );
   }
   try {
