@@ -1,33 +1,5 @@
-import type {
-  SessionMessage,
-  SessionRenewedLateMessage,
-  SessionLostMessage,
-  LockWaitMessage,
-  LockReleasedMessage,
-  LockLostMessage,
-  ElectionDeposedMessage,
-  ElectionResignedMessage,
-  ElectionLeaderMessage,
-  JobMessage,
-  JobRetryMessage,
-  JobDeadLetterMessage,
-  WatchReconnectMessage,
-  WatchCompactedMessage,
-  PrefixCacheResyncMessage,
-  ServiceLostMessage,
-  ServiceReregisteredMessage,
-} from './diagnostics-messages.js';
-import type {
-  LockAcquireContext,
-  MultiLockAcquireContext,
-  CampaignContext,
-  STMContext,
-  STMAttemptContext,
-  EnqueueContext,
-  DequeueContext,
-  JobClaimContext,
-  JobAckContext,
-} from './tracing-contexts.js';
+import type * as Msg from './diagnostics-messages.js';
+import type * as Ctx from './tracing-contexts.js';
 
 /*
  * Every `node:diagnostics_channel` channel the library publishes on, with its
@@ -115,63 +87,63 @@ export const TRACING_CHANNELS = {
 /** The message of each point channel, by name. */
 export interface DiagnosticsMessages {
   /** The message of `etcd-recipes:session:created`. */
-  'etcd-recipes:session:created': SessionMessage;
+  'etcd-recipes:session:created': Msg.SessionMessage;
   /** The message of `etcd-recipes:session:renewed-late`. */
-  'etcd-recipes:session:renewed-late': SessionRenewedLateMessage;
+  'etcd-recipes:session:renewed-late': Msg.SessionRenewedLateMessage;
   /** The message of `etcd-recipes:session:lost`. */
-  'etcd-recipes:session:lost': SessionLostMessage;
+  'etcd-recipes:session:lost': Msg.SessionLostMessage;
   /** The message of `etcd-recipes:session:closed`. */
-  'etcd-recipes:session:closed': SessionMessage;
+  'etcd-recipes:session:closed': Msg.SessionMessage;
   /** The message of `etcd-recipes:lock:wait`. */
-  'etcd-recipes:lock:wait': LockWaitMessage;
+  'etcd-recipes:lock:wait': Msg.LockWaitMessage;
   /** The message of `etcd-recipes:lock:released`. */
-  'etcd-recipes:lock:released': LockReleasedMessage;
+  'etcd-recipes:lock:released': Msg.LockReleasedMessage;
   /** The message of `etcd-recipes:lock:lost`. */
-  'etcd-recipes:lock:lost': LockLostMessage;
+  'etcd-recipes:lock:lost': Msg.LockLostMessage;
   /** The message of `etcd-recipes:election:deposed`. */
-  'etcd-recipes:election:deposed': ElectionDeposedMessage;
+  'etcd-recipes:election:deposed': Msg.ElectionDeposedMessage;
   /** The message of `etcd-recipes:election:resigned`. */
-  'etcd-recipes:election:resigned': ElectionResignedMessage;
+  'etcd-recipes:election:resigned': Msg.ElectionResignedMessage;
   /** The message of `etcd-recipes:election:leader`. */
-  'etcd-recipes:election:leader': ElectionLeaderMessage;
+  'etcd-recipes:election:leader': Msg.ElectionLeaderMessage;
   /** The message of `etcd-recipes:work-queue:release`. */
-  'etcd-recipes:work-queue:release': JobMessage;
+  'etcd-recipes:work-queue:release': Msg.JobMessage;
   /** The message of `etcd-recipes:work-queue:retry`. */
-  'etcd-recipes:work-queue:retry': JobRetryMessage;
+  'etcd-recipes:work-queue:retry': Msg.JobRetryMessage;
   /** The message of `etcd-recipes:work-queue:dead-letter`. */
-  'etcd-recipes:work-queue:dead-letter': JobDeadLetterMessage;
+  'etcd-recipes:work-queue:dead-letter': Msg.JobDeadLetterMessage;
   /** The message of `etcd-recipes:watch:reconnect`. */
-  'etcd-recipes:watch:reconnect': WatchReconnectMessage;
+  'etcd-recipes:watch:reconnect': Msg.WatchReconnectMessage;
   /** The message of `etcd-recipes:watch:compacted`. */
-  'etcd-recipes:watch:compacted': WatchCompactedMessage;
+  'etcd-recipes:watch:compacted': Msg.WatchCompactedMessage;
   /** The message of `etcd-recipes:prefix-cache:resync`. */
-  'etcd-recipes:prefix-cache:resync': PrefixCacheResyncMessage;
+  'etcd-recipes:prefix-cache:resync': Msg.PrefixCacheResyncMessage;
   /** The message of `etcd-recipes:service:lost`. */
-  'etcd-recipes:service:lost': ServiceLostMessage;
+  'etcd-recipes:service:lost': Msg.ServiceLostMessage;
   /** The message of `etcd-recipes:service:re-registered`. */
-  'etcd-recipes:service:re-registered': ServiceReregisteredMessage;
+  'etcd-recipes:service:re-registered': Msg.ServiceReregisteredMessage;
 }
 
 /** The context object of each tracing channel, by name. */
 export interface TracingContexts {
   /** The context object of `etcd-recipes:lock`. */
-  'etcd-recipes:lock': LockAcquireContext;
+  'etcd-recipes:lock': Ctx.LockAcquireContext;
   /** The context object of `etcd-recipes:multi-lock`. */
-  'etcd-recipes:multi-lock': MultiLockAcquireContext;
+  'etcd-recipes:multi-lock': Ctx.MultiLockAcquireContext;
   /** The context object of `etcd-recipes:election:campaign`. */
-  'etcd-recipes:election:campaign': CampaignContext;
+  'etcd-recipes:election:campaign': Ctx.CampaignContext;
   /** The context object of `etcd-recipes:stm`. */
-  'etcd-recipes:stm': STMContext;
+  'etcd-recipes:stm': Ctx.STMContext;
   /** The context object of `etcd-recipes:stm:attempt`. */
-  'etcd-recipes:stm:attempt': STMAttemptContext;
+  'etcd-recipes:stm:attempt': Ctx.STMAttemptContext;
   /** The context object of `etcd-recipes:queue:enqueue`. */
-  'etcd-recipes:queue:enqueue': EnqueueContext;
+  'etcd-recipes:queue:enqueue': Ctx.EnqueueContext;
   /** The context object of `etcd-recipes:queue:dequeue`. */
-  'etcd-recipes:queue:dequeue': DequeueContext;
+  'etcd-recipes:queue:dequeue': Ctx.DequeueContext;
   /** The context object of `etcd-recipes:work-queue:claim`. */
-  'etcd-recipes:work-queue:claim': JobClaimContext;
+  'etcd-recipes:work-queue:claim': Ctx.JobClaimContext;
   /** The context object of `etcd-recipes:work-queue:ack`. */
-  'etcd-recipes:work-queue:ack': JobAckContext;
+  'etcd-recipes:work-queue:ack': Ctx.JobAckContext;
 }
 
 /** A point channel's name. */
