@@ -30,7 +30,6 @@ import {
 const log = logger('service-registry');
 
 export {
-  checkRoot,
   DEFAULT_SERVICE_ROOT,
   type DisplacedInfo,
   type RegisterOptions,
