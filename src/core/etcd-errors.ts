@@ -1,4 +1,5 @@
-import { PermissionDeniedError } from './errors.js';
+import { ClientClosedError } from 'etcd3';
+import { isRecipeError, PermissionDeniedError } from './errors.js';
 import type { Compare, Op } from './kv.js';
 
 /*
@@ -46,4 +47,15 @@ export function classifyEtcdError(
  */
 export function txnKey(compares: readonly Compare[], success: readonly Op[]): string | Buffer | undefined {
   return success.find((o) => o.type !== 'range')?.key ?? compares[0]?.key ?? success[0]?.key;
+}
+
+/** True when the etcd3 client (ours or the user's copy) was closed: nothing will work on it any more. */
+export function isClientClosed(err: unknown): boolean {
+  if (err instanceof ClientClosedError || isRecipeError(err, 'CLOSED')) return true;
+  return err instanceof Error && /client was already closed/i.test(err.message);
+}
+
+/** True when etcd refused a read or watch because its revision was compacted away. */
+export function isCompacted(err: unknown): boolean {
+  return err instanceof Error && /compacted/i.test(err.message);
 }

@@ -16,7 +16,12 @@ const log = logger('own-key');
  * that happened before we started watching is replayed, not missed; if that
  * history is compacted, one read decides. Returns the stop function.
  */
-function watchOwnKey(client: Namespace, key: Buffer, createRevision: bigint, onGone: (err: Error) => void): () => void {
+export function watchOwnKey(
+  client: Namespace,
+  key: Buffer,
+  createRevision: bigint,
+  onGone: (err: Error) => void,
+): () => void {
   let stopped = false;
   let handle: WatchHandle | undefined;
   const gone = (err: Error) => {

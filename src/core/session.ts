@@ -1,13 +1,13 @@
 import { EventEmitter, setMaxListeners } from 'node:events';
 import type { Namespace } from 'etcd3';
 import { raceAbort } from './abort.js';
-import { clientScope, reportSilentStream } from './client.js';
+import { clientScope } from './client.js';
+import { KeepAlive } from './keepalive.js';
 import { publish, sessionFields } from './diagnostics.js';
 import { type ClosedError, InvalidArgumentError, SessionExpiredError } from './errors.js';
 import { leaseHex } from './keys.js';
-import { closeStreamQuietly } from './streams.js';
 import { logger } from './log.js';
-import { isTransient, retrying } from './retry.js';
+import { retrying } from './retry.js';
 import { checkClient, checkInteger, checkNumber, checkOptions, checkSignal } from './validate.js';
 
 const log = logger('session');
@@ -41,8 +41,6 @@ export interface SessionEvents {
   closed: [];
 }
 
-type KeepAliveStream = Awaited<ReturnType<Namespace['leaseClient']['leaseKeepAlive']>>;
-
 /**
  * A lease that is kept alive for as long as the session lives, and the
  * ownership scope of every key a recipe writes on its behalf: when the
@@ -73,15 +71,9 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
   readonly #marginMs: number;
   #deadline: number;
   #lastAckedSendAt: number;
-  #stream: KeepAliveStream | undefined;
-  #pendingSends: number[] = [];
-  #sendTimer: NodeJS.Timeout | undefined;
-  #ackTimer: NodeJS.Timeout | undefined;
+  readonly #keepAlive: KeepAlive;
   #deadlineTimer: NodeJS.Timeout | undefined;
   #closing: Promise<void> | undefined;
-  #reconnectBackoff = 50;
-  /** The keepalive stream was re-opened since the last ack. */
-  #resumed = false;
 
   private constructor(client: Namespace, leaseId: string, ttl: number, sentAt: number, marginMs: number) {
     super();
@@ -94,6 +86,9 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
     this.#marginMs = marginMs;
     this.#lastAckedSendAt = sentAt;
     this.#deadline = sentAt + ttl * 1000 - marginMs;
+    this.#keepAlive = new KeepAlive(client, this, this.#controller.signal, {
+      ack: (ttlLeft, ackSentAt, resumed) => this.#onKeepAlive(ttlLeft, ackSentAt, resumed),
+    });
   }
 
   /**
@@ -111,7 +106,9 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
     if (leaseId !== undefined && (typeof leaseId !== 'string' || !/^[1-9][0-9]{0,18}$/.test(leaseId))) {
       throw new InvalidArgumentError(
         'options.leaseId',
-        `must be a lease ID as a positive decimal string, got ${typeof leaseId === 'string' ? JSON.stringify(leaseId) : typeof leaseId}`,
+        `must be a lease ID as a positive decimal string, got ${
+          typeof leaseId === 'string' ? JSON.stringify(leaseId) : typeof leaseId
+        }`,
       );
     }
     if (expiryMarginMs !== undefined) checkNumber(expiryMarginMs, 'options.expiryMarginMs', 0, (ttl * 1000) / 2);
@@ -173,7 +170,9 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
     this.#controller.signal.addEventListener('abort', disown, { once: true });
   }
 
-  /** Aborted, with a {@link SessionExpiredError}, once the lease is lost, may have expired, or the session is closed. */
+  /**
+   * Aborted, with a {@link SessionExpiredError}, once the lease is lost, may have expired, or the session is closed.
+   */
   get signal(): AbortSignal {
     return this.#controller.signal;
   }
@@ -290,21 +289,21 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
       once: true,
     });
     this.#armDeadline();
-    void this.#connect();
+    void this.#keepAlive.connect();
     publish('sessionCreated', () => sessionFields(this));
   }
 
   #stop(reason: SessionExpiredError | ClosedError): boolean {
     if (this.#controller.signal.aborted) return false;
     this.#controller.abort(reason);
-    clearTimeout(this.#sendTimer);
     clearTimeout(this.#deadlineTimer);
-    this.#closeStream();
+    this.#keepAlive.stop();
     return true;
   }
 
   #lose(reason: SessionExpiredError): void {
-    // Published before the signal aborts: subscribers hear of the cause before its effects (locks lost, leaders deposed).
+    // Published before the signal aborts: subscribers hear of the cause before its effects (locks lost, leaders
+    // deposed).
     if (!this.expired) publish('sessionLost', () => ({ ...sessionFields(this), error: reason }));
     if (!this.#stop(reason)) return;
     log('lease %s lost: %s', this.leaseHex, reason.message);
@@ -339,118 +338,24 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
     // Timers can fire early by a millisecond: re-check on wake instead of trusting them.
     this.#deadlineTimer = setTimeout(() => this.#armDeadline(), Math.ceil(wait)).unref();
   }
-
-  async #connect(): Promise<void> {
-    if (this.expired) return;
-    let stream: KeepAliveStream;
-    try {
-      stream = await this.client.leaseClient.leaseKeepAlive();
-    } catch (err) {
-      this.#scheduleReconnect(err);
-      return;
-    }
-    if (this.expired) {
-      closeStreamQuietly(stream);
-      return;
-    }
-    this.#stream = stream;
-    this.#pendingSends = [];
-    stream.on('data', (res: { TTL: string }) => this.#onKeepAlive(stream, res));
-    stream.on('error', (err: Error) => this.#onStreamEnd(stream, err));
-    stream.on('end', () => this.#onStreamEnd(stream, new Error('keepalive stream ended')));
-    this.#send();
-  }
-
-  #send(): void {
-    clearTimeout(this.#sendTimer);
-    const stream = this.#stream;
-    if (!stream || this.expired) return;
-    // Record the send time: the server renews the lease when it receives this
-    // request, so send time + TTL is a lower bound of the new expiry.
-    this.#pendingSends.push(performance.now());
-    try {
-      stream.write({ ID: this.leaseId });
-    } catch (err) {
-      this.#onStreamEnd(stream, err as Error);
-      return;
-    }
-    this.#ackTimer ??= setTimeout(() => this.#onSilent(stream), this.#ackTimeoutMs()).unref();
-    this.#sendTimer = setTimeout(() => this.#send(), Math.max(100, (this.ttl * 1000) / 3)).unref();
-  }
-
-  #onKeepAlive(stream: KeepAliveStream, res: { TTL: string }): void {
-    if (stream !== this.#stream || this.expired) return;
-    const sentAt = this.#pendingSends.shift();
-    const ttl = Number(res.TTL);
+  /** A keepalive ack (see {@link KeepAlive}): the deadline moves to its send time + TTL − margin. */
+  #onKeepAlive(ttl: number, sentAt: number | undefined, resumed: boolean): void {
     if (!(ttl > 0)) {
-      this.#lose(
-        new SessionExpiredError(`session ${this.leaseHex} expired: etcd reports the lease gone (expired or revoked)`),
-      );
+      const gone = `session ${this.leaseHex} expired: etcd reports the lease gone (expired or revoked)`;
+      this.#lose(new SessionExpiredError(gone));
       return;
     }
-    this.#reconnectBackoff = 50;
-    clearTimeout(this.#ackTimer);
-    this.#ackTimer = this.#pendingSends.length
-      ? setTimeout(() => this.#onSilent(stream), this.#ackTimeoutMs()).unref()
-      : undefined;
     if (sentAt === undefined) return;
     const left = this.#lastAckedSendAt + this.ttl * 1000 - performance.now();
-    if (this.#resumed || left < this.ttl * 500)
+    if (resumed || left < this.ttl * 500)
       publish('sessionRenewedLate', () => ({
         ...sessionFields(this),
-        reason: this.#resumed ? 'reconnect' : 'late',
+        reason: resumed ? 'reconnect' : 'late',
         remainingMs: left,
       }));
-    this.#resumed = false;
     this.#lastAckedSendAt = sentAt;
     this.#deadline = Math.max(this.#deadline, sentAt + ttl * 1000 - this.#marginMs);
     this.#armDeadline();
-  }
-
-  /**
-   * A keepalive went unanswered: the member may be frozen with its connection
-   * open. Re-open the stream on another member well before the TTL runs out.
-   */
-  #ackTimeoutMs(): number {
-    return Math.min(2000, Math.max(500, (this.ttl * 1000) / 4));
-  }
-
-  #onSilent(stream: KeepAliveStream): void {
-    this.#ackTimer = undefined;
-    if (stream !== this.#stream || this.expired) return;
-    reportSilentStream(stream);
-    this.#onStreamEnd(stream, new Error(`keepalive unanswered for ${this.#ackTimeoutMs()} ms`));
-  }
-
-  #onStreamEnd(stream: KeepAliveStream, err: Error): void {
-    if (stream !== this.#stream) return;
-    this.#closeStream();
-    if (this.expired) return;
-    if (!isTransient(err) && !/ended|cancel/i.test(err.message)) log('keepalive stream error: %s', err.message);
-    this.#scheduleReconnect(err);
-  }
-
-  #scheduleReconnect(err: unknown): void {
-    if (this.expired) return;
-    log(
-      'keepalive for %s interrupted (%s); retrying in %d ms',
-      this.leaseHex,
-      (err as Error)?.message,
-      this.#reconnectBackoff,
-    );
-    clearTimeout(this.#sendTimer);
-    this.#resumed = true;
-    this.#sendTimer = setTimeout(() => void this.#connect(), this.#reconnectBackoff).unref();
-    this.#reconnectBackoff = Math.min(this.#reconnectBackoff * 2, 500);
-  }
-
-  #closeStream(): void {
-    const stream = this.#stream;
-    this.#stream = undefined;
-    this.#pendingSends = [];
-    clearTimeout(this.#ackTimer);
-    this.#ackTimer = undefined;
-    if (stream) closeStreamQuietly(stream);
   }
 }
 

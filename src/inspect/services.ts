@@ -1,7 +1,7 @@
 import type { Namespace } from 'etcd3';
 import { InvalidArgumentError } from '../core/errors.js';
 import { showKey } from '../core/keys.js';
-import { checkRoot, DEFAULT_SERVICE_ROOT } from '../recipes/services/service-registry.js';
+import { checkRoot, DEFAULT_SERVICE_ROOT } from '../recipes/services/layout.js';
 import { checkInspectArgs, SnapshotReader, type InspectedKey, type InspectOptions } from './read.js';
 
 /** Options of {@link inspectServices}. */

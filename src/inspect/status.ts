@@ -1,7 +1,7 @@
 import type { Namespace } from 'etcd3';
 import { abortReason } from '../core/abort.js';
 import { InvalidArgumentError } from '../core/errors.js';
-import { checkRoot, DEFAULT_SERVICE_ROOT } from '../recipes/services/service-registry.js';
+import { checkRoot, DEFAULT_SERVICE_ROOT } from '../recipes/services/layout.js';
 import { checkInspectArgs, type InspectOptions } from './read.js';
 import { discoverRecipes, inspectRecipe, RECIPE_KINDS, type RecipeInspection, type RecipeKind } from './discover.js';
 import { inspectionJSON } from './format.js';

@@ -1,163 +1,60 @@
-import type { WaitOptions } from '../core/options.js';
 import { EventEmitter } from 'node:events';
-import { isAscii, isUtf8 } from 'node:buffer';
-import { ClientClosedError, type Namespace } from 'etcd3';
-import { abortReason, delay } from '../core/abort.js';
+import type { Namespace } from 'etcd3';
+import { delay, raceAbort } from '../core/abort.js';
+import { AsyncQueue } from '../core/async-queue.js';
 import { clientScope } from '../core/client.js';
 import { publish } from '../core/diagnostics.js';
-import { ClosedError, isRecipeError } from '../core/errors.js';
-import { prefixEnd, showKey, toBuffer } from '../core/keys.js';
-import { range, type KeyValue } from '../core/kv.js';
+import { ClosedError } from '../core/errors.js';
+import { isClientClosed } from '../core/etcd-errors.js';
+import { emitSafely } from '../core/events.js';
+import { showKey, toBuffer } from '../core/keys.js';
+import type { KeyValue } from '../core/kv.js';
 import { logger } from '../core/log.js';
 import { isTransient, retrying } from '../core/retry.js';
 import { checkClient, checkInteger, checkName, checkOptions, checkSignal } from '../core/validate.js';
 import { openWatch, WatchCompactedError, type WatchEvent, type WatchHandle } from '../core/watch-hub.js';
-import { emitSafely } from '../core/events.js';
+import {
+  type CachedKeyValue,
+  change,
+  listPrefix,
+  makeEntry,
+  mapKeyOf,
+  snapshotDiff,
+  snapshotEntries,
+  mapKeyOfInput,
+  mergeChanges,
+  type PrefixCacheChange,
+  type PrefixCacheEvents,
+  type PrefixCacheOptions,
+  type PrefixCacheWaitOptions,
+} from './prefix-cache-snapshot.js';
+
+export {
+  CachedKeyValue,
+  type PrefixCacheChange,
+  type PrefixCacheEvents,
+  type PrefixCacheOptions,
+  type PrefixCacheResync,
+  type PrefixCacheWaitOptions,
+} from './prefix-cache-snapshot.js';
 
 const log = logger('prefix-cache');
-
-/** Options of {@link PrefixCache}. */
-export interface PrefixCacheOptions {
-  /**
-   * Keys per request when listing the prefix (the first load and every
-   * re-list after compaction). Every page is read at the revision of the
-   * first one, so the snapshot is consistent however many pages it takes.
-   * Default 1000.
-   */
-  pageSize?: number;
-}
-
-/** Options of the waiting calls of {@link PrefixCache}. */
-export type PrefixCacheWaitOptions = WaitOptions;
-
-/**
- * One key of a {@link PrefixCache}, as etcd last reported it. Immutable: a
- * change replaces the object.
- * @hideconstructor
- */
-export class CachedKeyValue {
-  /** The key (UTF-8 decoded; see {@link CachedKeyValue.keyBuffer} for the exact bytes). */
-  readonly key: string;
-  /** The value (UTF-8 decoded; see {@link CachedKeyValue.valueBuffer} for the exact bytes). */
-  readonly value: string;
-  /** Revision of the key's creation. */
-  readonly createRevision: bigint;
-  /** Revision of the key's last change. */
-  readonly modRevision: bigint;
-  /** Number of changes since creation (1 for a new key). */
-  readonly version: bigint;
-  /** Lease ID (decimal string) the key is attached to; '0' for none. */
-  readonly lease: string;
-  // The exact bytes, kept only when they are not valid UTF-8 (rare): the strings are the compact form.
-  readonly #rawKey: Buffer | undefined;
-  readonly #rawValue: Buffer | undefined;
-
-  /**
-   * Made by the cache for each entry; not meant to be called directly.
-   * @param kv - the key-value as etcd3 returned it
-   * @param key - the key as a string
-   */
-  constructor(kv: KeyValue, key: string) {
-    this.key = key;
-    this.value = kv.value.toString('utf8');
-    this.#rawValue = isUtf8(kv.value) ? undefined : Buffer.from(kv.value);
-    this.#rawKey = isUtf8(kv.key) ? undefined : Buffer.from(kv.key);
-    this.createRevision = kv.createRevision;
-    this.modRevision = kv.modRevision;
-    this.version = kv.version;
-    this.lease = kv.lease;
-  }
-
-  /** The key's exact bytes (a copy). */
-  get keyBuffer(): Buffer {
-    return this.#rawKey ? Buffer.from(this.#rawKey) : Buffer.from(this.key, 'utf8');
-  }
-
-  /** The value's exact bytes (a copy). */
-  get valueBuffer(): Buffer {
-    return this.#rawValue ? Buffer.from(this.#rawValue) : Buffer.from(this.value, 'utf8');
-  }
-}
-
-/** One change of a {@link PrefixCache}: a key created, updated or deleted. */
-export interface PrefixCacheChange {
-  /** `'put'` (created or updated) or `'delete'`. */
-  type: 'put' | 'delete';
-  /** The key. */
-  key: string;
-  /** The new value; undefined for a delete. */
-  value: string | undefined;
-  /** The value before the change; undefined if the key did not exist. */
-  prevValue: string | undefined;
-  /** The new key-value with its revisions; undefined for a delete. */
-  entry: CachedKeyValue | undefined;
-  /** The key-value before the change; undefined if the key did not exist. */
-  prevEntry: CachedKeyValue | undefined;
-  /**
-   * The revision of the change: the event's revision, or for a change found
-   * by a re-list (`resync: true`) the revision of that list.
-   */
-  revision: bigint;
-  /**
-   * True when the change was found by comparing a re-list with the cache
-   * (after the watch's revision was compacted): changes in between were lost
-   * to compaction, this is their net effect.
-   */
-  resync: boolean;
-}
-
-/** What a re-list after compaction found. */
-export interface PrefixCacheResync {
-  /** Revision of the new snapshot. */
-  revision: bigint;
-  /** The compaction revision that ended the watch. */
-  compactRevision: bigint | undefined;
-  /** How many change events the difference produced. */
-  changes: number;
-}
-
-/** Events of a {@link PrefixCache}. */
-export interface PrefixCacheEvents {
-  /** A key changed. The cache already reflects the change when this is emitted. */
-  change: [change: PrefixCacheChange];
-  /** The first list is loaded and the watch is live. */
-  ready: [];
-  /** The watch's revision was compacted; the cache re-listed and emitted the difference. */
-  resync: [info: PrefixCacheResync];
-  /**
-   * A failure the cache is retrying (etcd unreachable for long, a watch
-   * cancelled by the server, a non-transient list error). Informational:
-   * the cache never stops because of it. Only emitted when a listener exists.
-   */
-  error: [err: Error];
-  /** The cache was closed (by `close()`, or because its client was closed). */
-  closed: [];
-}
-
-interface ReadyWaiter {
-  resolve: () => void;
-  reject: (err: unknown) => void;
-}
-
-/** The map key of a key: its bytes as latin1, one char per byte (bijective, byte-ordered). */
-function mapKeyOf(key: Buffer): string {
-  return key.toString('latin1');
-}
-
-function mapKeyOfInput(key: string | Buffer): string {
-  if (typeof key === 'string') return /^\p{ASCII}*$/u.test(key) ? key : Buffer.from(key, 'utf8').toString('latin1');
-  return key.toString('latin1');
-}
 
 function closedError(): Error {
   return new DOMException('the PrefixCache was closed', 'AbortError');
 }
 
-function isCompacted(err: unknown): boolean {
-  return err instanceof Error && /required revision has been compacted/i.test(err.message);
+/** A promise settled from outside; rejecting it makes no unhandled rejection by itself. */
+function gate(): { promise: Promise<void>; resolve: () => void; reject: (err: unknown) => void } {
+  let resolve!: () => void;
+  let reject!: (err: unknown) => void;
+  const promise = new Promise<void>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  promise.catch(() => undefined);
+  return { promise, resolve, reject };
 }
-
-const MAX_BACKOFF_MS = 2000;
 
 /**
  * A local, always-current copy of every key under a prefix: a list, then a
@@ -191,19 +88,19 @@ export class PrefixCache
   readonly prefix: string | Buffer;
 
   readonly #prefix: Buffer;
-  readonly #end: Buffer;
   readonly #pageSize: number;
   #entries = new Map<string, CachedKeyValue>();
   #revision = 0n;
   #ready = false;
-  #readyWaiters: ReadyWaiter[] = [];
+  /** Settled when ready; rejected (and replaced) when a first list fails for good, or on close. */
+  #readyGate = gate();
   #watch: WatchHandle | undefined;
   /** Incremented with every list+watch cycle; stale watch callbacks compare against it. */
   #generation = 0;
   #syncing = false;
   #syncWanted: { compactRevision: bigint | undefined } | undefined;
   readonly #stop = new AbortController();
-  readonly #streams = new Set<ChangeStream>();
+  readonly #streams = new Set<AsyncQueue<PrefixCacheChange>>();
   #closing: Promise<void> | undefined;
   readonly #disown: () => void;
 
@@ -224,7 +121,6 @@ export class PrefixCache
     this.client = client;
     this.prefix = prefix;
     this.#prefix = toBuffer(prefix);
-    this.#end = prefixEnd(this.#prefix);
     this.#pageSize = pageSize;
     // Closing the client closes the cache; pending ready() calls then reject with CLOSED.
     this.#disown = clientScope(client).own({
@@ -266,29 +162,9 @@ export class PrefixCache
   ready(options: PrefixCacheWaitOptions = {}): Promise<void> {
     checkOptions(options);
     checkSignal(options.signal);
-    const { signal } = options;
     if (this.#ready) return Promise.resolve();
     if (this.closed) return Promise.reject(closedError());
-    if (signal?.aborted) return Promise.reject(abortReason(signal));
-    return new Promise<void>((resolve, reject) => {
-      const onAbort = () => {
-        const i = this.#readyWaiters.indexOf(waiter);
-        if (i >= 0) this.#readyWaiters.splice(i, 1);
-        reject(abortReason(signal!));
-      };
-      const waiter: ReadyWaiter = {
-        resolve: () => {
-          signal?.removeEventListener('abort', onAbort);
-          resolve();
-        },
-        reject: (err) => {
-          signal?.removeEventListener('abort', onAbort);
-          reject(err);
-        },
-      };
-      this.#readyWaiters.push(waiter);
-      signal?.addEventListener('abort', onAbort, { once: true });
-    });
+    return raceAbort(this.#readyGate.promise, options.signal);
   }
 
   /** The value of `key` (a full key, prefix included), or undefined. */
@@ -327,9 +203,13 @@ export class PrefixCache
   changes(options: PrefixCacheWaitOptions = {}): AsyncIterableIterator<PrefixCacheChange> {
     checkOptions(options);
     checkSignal(options.signal);
-    const stream = new ChangeStream(() => this.#streams.delete(stream), options.signal);
-    if (this.closed) stream.end();
-    else this.#streams.add(stream);
+    const stream = new AsyncQueue<PrefixCacheChange>({
+      merge: mergeChanges,
+      signal: options.signal,
+      onEnd: () => this.#streams.delete(stream),
+    });
+    if (this.closed) stream.finish();
+    else if (!stream.ended) this.#streams.add(stream);
     return stream;
   }
 
@@ -350,8 +230,8 @@ export class PrefixCache
       this.#generation++;
       this.#watch?.close();
       this.#watch = undefined;
-      for (const w of this.#readyWaiters.splice(0)) w.reject(reason);
-      for (const s of [...this.#streams]) s.end();
+      this.#readyGate.reject(reason);
+      for (const s of [...this.#streams]) s.finish();
       this.#streams.clear();
       log('%s: closed', showKey(this.#prefix));
       this.emit('closed');
@@ -382,96 +262,57 @@ export class PrefixCache
   async #sync(): Promise<void> {
     this.#syncing = true;
     const signal = this.#stop.signal;
-    let backoff = 50;
     try {
       while (this.#syncWanted && !signal.aborted) {
         const { compactRevision } = this.#syncWanted;
         this.#syncWanted = undefined;
-        try {
-          const snapshot = await this.#list(signal);
-          if (signal.aborted) return;
-          const generation = ++this.#generation;
-          this.#applySnapshot(snapshot.kvs, snapshot.revision, compactRevision);
-          // The watch may end (compacted) before this resolves: #onWatchEnd then sets #syncWanted and we loop.
-          const handle = await openWatch(
-            this.client,
-            {
-              key: this.#prefix,
-              prefix: true,
-              startRevision: snapshot.revision + 1n,
-            },
-            {
-              onEvents: (events) => this.#onEvents(generation, events),
-              onEnd: (err) => this.#onWatchEnd(generation, err),
-            },
-            signal,
-          );
-          if (generation === this.#generation && !this.#syncWanted) this.#watch = handle;
-          else handle.close();
-          if (!this.#ready) this.#becomeReady();
-          backoff = 50;
-        } catch (err) {
-          if (signal.aborted) return;
-          if (isClientClosed(err)) {
-            void this.close();
-            return;
-          }
-          this.#syncWanted ??= { compactRevision };
-          if (!this.#ready && !isTransient(err)) {
-            for (const w of this.#readyWaiters.splice(0)) w.reject(err);
-          }
-          this.#emitError(err as Error);
-          log('%s: list/watch failed (%s); retrying in %d ms', showKey(this.#prefix), (err as Error).message, backoff);
-          await delay(backoff, signal).catch(() => undefined);
-          backoff = Math.min(backoff * 2, MAX_BACKOFF_MS);
-        }
+        await retrying(() => this.#syncOnce(compactRevision, signal), {
+          signals: [signal],
+          maxElapsedMs: Infinity,
+          retryIf: (err) => !isClientClosed(err),
+          onRetry: (err) => this.#syncFailed(err as Error),
+        });
       }
+    } catch (err) {
+      if (!signal.aborted && isClientClosed(err)) void this.close();
     } finally {
       this.#syncing = false;
     }
   }
 
-  /** Every key under the prefix at one revision, in pages. Restarts if that revision gets compacted meanwhile. */
-  async #list(signal: AbortSignal): Promise<{ kvs: KeyValue[]; revision: bigint }> {
-    for (;;) {
-      const kvs: KeyValue[] = [];
-      let revision: bigint | undefined;
-      let from = this.#prefix;
-      try {
-        for (;;) {
-          const at = revision;
-          const page = await retrying(
-            () => range(this.client, from, { end: this.#end, limit: this.#pageSize, revision: at }),
-            {
-              signals: [signal],
-              maxElapsedMs: Infinity,
-            },
-          );
-          revision ??= page.revision;
-          for (const kv of page.kvs) kvs.push(kv);
-          const last = page.kvs[page.kvs.length - 1];
-          if (!page.more || !last) break;
-          from = Buffer.concat([last.key, Buffer.from([0])]);
-        }
-        return { kvs, revision };
-      } catch (err) {
-        if (isCompacted(err) && !signal.aborted) {
-          log('%s: list revision %s compacted while paging; listing again', showKey(this.#prefix), revision);
-          continue;
-        }
-        throw err;
-      }
+  async #syncOnce(compactRevision: bigint | undefined, signal: AbortSignal): Promise<void> {
+    const snapshot = await listPrefix(this.client, this.#prefix, this.#pageSize, signal);
+    if (signal.aborted) return;
+    const generation = ++this.#generation;
+    this.#applySnapshot(snapshot.kvs, snapshot.revision, compactRevision);
+    // The watch may end (compacted) before this resolves: #onWatchEnd then sets #syncWanted and #sync loops.
+    const handle = await openWatch(
+      this.client,
+      { key: this.#prefix, prefix: true, startRevision: snapshot.revision + 1n },
+      {
+        onEvents: (events) => this.#onEvents(generation, events),
+        onEnd: (err) => this.#onWatchEnd(generation, err),
+      },
+      signal,
+    );
+    if (generation === this.#generation && !this.#syncWanted) this.#watch = handle;
+    else handle.close();
+    if (!this.#ready) this.#becomeReady();
+  }
+
+  /** A list or watch failed (it is retried): a first load that fails for good rejects the pending `ready()`. */
+  #syncFailed(err: Error): void {
+    if (!this.#ready && !isTransient(err)) {
+      this.#readyGate.reject(err);
+      this.#readyGate = gate();
     }
+    emitSafely(this, 'error', err);
+    log('%s: list/watch failed (%s); retrying', showKey(this.#prefix), err.message);
   }
 
   #applySnapshot(kvs: KeyValue[], revision: bigint, compactRevision: bigint | undefined): void {
     const previous = this.#entries;
-    const next = new Map<string, CachedKeyValue>();
-    for (const kv of kvs) {
-      const k = mapKeyOf(kv.key);
-      const old = previous.get(k);
-      next.set(k, old && old.modRevision === kv.modRevision ? old : makeEntry(k, kv));
-    }
+    const next = snapshotEntries(kvs, previous);
     this.#entries = next;
     this.#revision = revision;
     if (!this.#ready) {
@@ -479,19 +320,11 @@ export class PrefixCache
       return;
     }
     // A re-list: emit the difference, in key order, with the cache already at the new snapshot.
-    const changes: [string, PrefixCacheChange][] = [];
-    for (const [k, old] of previous) {
-      if (!next.has(k)) changes.push([k, change(undefined, old, revision, true)]);
-    }
-    for (const [k, entry] of next) {
-      const old = previous.get(k);
-      if (old !== entry) changes.push([k, change(entry, old, revision, true)]);
-    }
-    changes.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+    const changes = snapshotDiff(previous, next, revision);
     log('%s: re-listed at revision %s after compaction: %d changes', showKey(this.#prefix), revision, changes.length);
     for (const [k, c] of changes) this.#publish(k, c);
     if (this.listenerCount('resync') > 0)
-      this.#safeEmit('resync', { revision, compactRevision, changes: changes.length });
+      emitSafely(this, 'resync', { revision, compactRevision, changes: changes.length });
     publish('prefixCacheResync', () => ({
       prefix: showKey(this.#prefix),
       revision,
@@ -502,8 +335,8 @@ export class PrefixCache
 
   #becomeReady(): void {
     this.#ready = true;
-    this.#safeEmit('ready');
-    for (const w of this.#readyWaiters.splice(0)) w.resolve();
+    emitSafely(this, 'ready');
+    this.#readyGate.resolve();
   }
 
   #onEvents(generation: number, events: WatchEvent[]): void {
@@ -539,7 +372,7 @@ export class PrefixCache
       this.#requestSync(err.compactRevision);
       return;
     }
-    this.#emitError(err);
+    emitSafely(this, 'error', err);
     log('%s: watch ended (%s); re-listing', showKey(this.#prefix), err.message);
     void delay(100, this.#stop.signal).then(
       () => this.#requestSync(undefined),
@@ -548,156 +381,7 @@ export class PrefixCache
   }
 
   #publish(mapKey: string, c: PrefixCacheChange): void {
-    for (const s of this.#streams) s.push(mapKey, c);
-    this.#safeEmit('change', c);
-  }
-
-  #safeEmit<K extends keyof PrefixCacheEvents>(event: K, ...args: PrefixCacheEvents[K]): void {
-    emitSafely(this, event as string, args);
-  }
-
-  #emitError(err: Error): void {
-    this.#safeEmit('error', err);
-  }
-}
-
-function isClientClosed(err: unknown): boolean {
-  return (
-    err instanceof ClientClosedError ||
-    isRecipeError(err, 'CLOSED') ||
-    (err instanceof Error && /client was already closed/i.test(err.message))
-  );
-}
-
-function makeEntry(mapKey: string, kv: KeyValue): CachedKeyValue {
-  // For ASCII keys the latin1 map key already is the UTF-8 string: share it.
-  return new CachedKeyValue(kv, isAscii(kv.key) ? mapKey : kv.key.toString('utf8'));
-}
-
-function change(
-  entry: CachedKeyValue | undefined,
-  prev: CachedKeyValue | undefined,
-  revision: bigint,
-  resync: boolean,
-): PrefixCacheChange {
-  return {
-    type: entry ? 'put' : 'delete',
-    key: (entry ?? prev)!.key,
-    value: entry?.value,
-    prevValue: prev?.value,
-    entry,
-    prevEntry: prev,
-    revision,
-    resync,
-  };
-}
-
-/**
- * The async iterator behind {@link PrefixCache.changes}: pending changes are
- * kept per key (in the order of their latest change) and merged, so the
- * buffer never holds more than one change per key.
- */
-class ChangeStream implements AsyncIterableIterator<PrefixCacheChange> {
-  readonly #pending = new Map<string, PrefixCacheChange>();
-  readonly #unsubscribe: () => void;
-  readonly #signal: AbortSignal | undefined;
-  #waiter: { resolve: (r: IteratorResult<PrefixCacheChange>) => void; reject: (err: unknown) => void } | undefined;
-  #ended = false;
-  #failed: unknown;
-  readonly #onAbort = () => this.#fail(abortReason(this.#signal!));
-
-  constructor(unsubscribe: () => void, signal: AbortSignal | undefined) {
-    this.#unsubscribe = unsubscribe;
-    this.#signal = signal;
-    if (signal?.aborted) this.#fail(abortReason(signal));
-    else signal?.addEventListener('abort', this.#onAbort, { once: true });
-  }
-
-  push(mapKey: string, c: PrefixCacheChange): void {
-    if (this.#ended) return;
-    const old = this.#pending.get(mapKey);
-    if (old) {
-      this.#pending.delete(mapKey);
-      // Created and deleted while pending: nothing happened, as far as this consumer can tell.
-      if (!old.prevEntry && !c.entry) return;
-      c = {
-        type: c.entry ? 'put' : 'delete',
-        key: c.key,
-        value: c.value,
-        prevValue: old.prevValue,
-        entry: c.entry,
-        prevEntry: old.prevEntry,
-        revision: c.revision,
-        resync: old.resync || c.resync,
-      };
-    }
-    this.#pending.set(mapKey, c);
-    this.#deliver();
-  }
-
-  /** No more changes: the consumer drains what is pending, then the iterator is done. */
-  end(): void {
-    if (this.#ended) return;
-    this.#ended = true;
-    this.#detach();
-    this.#deliver();
-  }
-
-  next(): Promise<IteratorResult<PrefixCacheChange>> {
-    if (this.#failed !== undefined) return Promise.reject(this.#failed);
-    const first = this.#take();
-    if (first) return Promise.resolve({ value: first, done: false });
-    if (this.#ended) return Promise.resolve({ value: undefined, done: true });
-    return new Promise((resolve, reject) => {
-      this.#waiter = { resolve, reject };
-    });
-  }
-
-  return(): Promise<IteratorResult<PrefixCacheChange>> {
-    this.#ended = true;
-    this.#pending.clear();
-    this.#detach();
-    this.#deliver();
-    return Promise.resolve({ value: undefined, done: true });
-  }
-
-  [Symbol.asyncIterator](): AsyncIterableIterator<PrefixCacheChange> {
-    return this;
-  }
-
-  #take(): PrefixCacheChange | undefined {
-    for (const [k, c] of this.#pending) {
-      this.#pending.delete(k);
-      return c;
-    }
-    return undefined;
-  }
-
-  #deliver(): void {
-    const w = this.#waiter;
-    if (!w) return;
-    const first = this.#take();
-    if (first) {
-      this.#waiter = undefined;
-      w.resolve({ value: first, done: false });
-    } else if (this.#ended) {
-      this.#waiter = undefined;
-      w.resolve({ value: undefined, done: true });
-    }
-  }
-
-  #fail(reason: unknown): void {
-    this.#failed = reason;
-    this.#ended = true;
-    this.#pending.clear();
-    this.#detach();
-    const w = this.#waiter;
-    this.#waiter = undefined;
-    w?.reject(reason);
-  }
-
-  #detach(): void {
-    this.#signal?.removeEventListener('abort', this.#onAbort);
-    this.#unsubscribe();
+    for (const s of this.#streams) s.push(c, mapKey);
+    emitSafely(this, 'change', c);
   }
 }

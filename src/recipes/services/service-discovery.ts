@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
 import type { Namespace } from 'etcd3';
-import { abortReason } from '../../core/abort.js';
+import { AsyncQueue } from '../../core/async-queue.js';
 import { InvalidArgumentError } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import { checkClient, checkInteger, checkOptions, checkSignal } from '../../core/validate.js';
@@ -10,16 +10,13 @@ import {
   type PrefixCacheChange,
   type PrefixCacheWaitOptions,
 } from '../prefix-cache.js';
-import {
-  checkRoot,
-  checkServiceName,
-  DEFAULT_SERVICE_ROOT,
-  servicePrefix,
-  type ServiceMetadata,
-} from './service-registry.js';
+import { checkRoot, checkServiceName, DEFAULT_SERVICE_ROOT, servicePrefix, type ServiceMetadata } from './layout.js';
 import { emitSafely } from '../../core/events.js';
 
 const log = logger('service-discovery');
+
+/** The one key of a `lists()` queue. */
+const LATEST = 'latest';
 
 /** How {@link ServiceDiscovery.pick} chooses. */
 export type PickStrategy = 'round-robin' | 'random';
@@ -148,9 +145,8 @@ export class ServiceDiscovery<M extends object = ServiceMetadata>
   readonly #instances = new Map<string, ServiceInstance<M>>();
   #sorted: ServiceInstance<M>[] | undefined;
   #lastPicked: string | undefined;
-  /** Bumped on every change: list iterators compare against it. */
-  #version = 0;
-  readonly #versionWaiters = new Set<() => void>();
+  /** The iterators of `lists()` (as methods, so that a discovery of a metadata subtype stays assignable). */
+  readonly #lists = new Set<{ push(list: ServiceInstance<M>[], key: string): void; close(): void }>();
 
   /**
    * Starts watching at once; `await ready()` before the first `pick()`.
@@ -175,10 +171,10 @@ export class ServiceDiscovery<M extends object = ServiceMetadata>
     this.cache.on('ready', () => this.#load());
     this.cache.on('change', (c) => this.#onChange(c));
     this.cache.on('error', (err) => {
-      if (this.listenerCount('error') > 0) this.emit('error', err);
+      emitSafely(this, 'error', err);
     });
     this.cache.on('closed', () => {
-      for (const wake of [...this.#versionWaiters]) wake();
+      for (const lists of [...this.#lists]) lists.close();
       this.emit('closed');
     });
   }
@@ -252,52 +248,15 @@ export class ServiceDiscovery<M extends object = ServiceMetadata>
   lists(options: PrefixCacheWaitOptions = {}): AsyncIterableIterator<ServiceInstance<M>[]> {
     checkOptions(options);
     checkSignal(options.signal);
-    const { signal } = options;
-    let seen = -1;
-    let done = false;
-    const self = this;
-    const waitForChange = () =>
-      new Promise<void>((resolve, reject) => {
-        const onAbort = () => {
-          cleanup();
-          reject(abortReason(signal!));
-        };
-        const wake = () => {
-          cleanup();
-          resolve();
-        };
-        const cleanup = () => {
-          self.#versionWaiters.delete(wake);
-          signal?.removeEventListener('abort', onAbort);
-        };
-        self.#versionWaiters.add(wake);
-        signal?.addEventListener('abort', onAbort, { once: true });
-      });
-    const iterator: AsyncIterableIterator<ServiceInstance<M>[]> = {
-      async next() {
-        for (;;) {
-          if (done) return { value: undefined, done: true };
-          signal?.throwIfAborted();
-          if (self.cache.closed) {
-            done = true;
-            return { value: undefined, done: true };
-          }
-          if (self.isReady && self.#version !== seen) {
-            seen = self.#version;
-            return { value: self.instances(), done: false };
-          }
-          await waitForChange();
-        }
-      },
-      async return() {
-        done = true;
-        return { value: undefined, done: true };
-      },
-      [Symbol.asyncIterator]() {
-        return iterator;
-      },
-    };
-    return iterator;
+    // Keyed by one key: a list not yet taken is replaced by the latest.
+    const lists = new AsyncQueue<ServiceInstance<M>[]>({
+      signal: options.signal,
+      onEnd: () => this.#lists.delete(lists),
+    });
+    if (this.cache.closed) lists.finish();
+    else if (!lists.ended) this.#lists.add(lists);
+    if (this.isReady) lists.push(this.instances(), LATEST);
+    return lists;
   }
 
   /** `for await (const instances of discovery)`: see {@link ServiceDiscovery.lists}. */
@@ -332,7 +291,7 @@ export class ServiceDiscovery<M extends object = ServiceMetadata>
     }
     if (skipped) log('%s: ignored %d keys that are not registrations', this.prefix, skipped);
     this.#bump();
-    this.#safeEmit('ready');
+    emitSafely(this, 'ready');
   }
 
   #onChange(c: PrefixCacheChange): void {
@@ -347,17 +306,12 @@ export class ServiceDiscovery<M extends object = ServiceMetadata>
     const change: ServiceChange<M> = instance
       ? { type: previous ? 'updated' : 'added', instance, previous, revision: c.revision, resync: c.resync }
       : { type: 'removed', instance: previous!, previous, revision: c.revision, resync: c.resync };
-    this.#safeEmit('change', change);
+    emitSafely(this, 'change', change);
   }
 
   #bump(): void {
     this.#sorted = undefined;
-    this.#version++;
-    for (const wake of [...this.#versionWaiters]) wake();
-  }
-
-  #safeEmit<K extends keyof ServiceDiscoveryEvents<M>>(event: K, ...args: ServiceDiscoveryEvents<M>[K]): void {
-    emitSafely(this, event as string, args);
+    for (const lists of this.#lists) lists.push(this.instances(), LATEST);
   }
 }
 
