@@ -95,9 +95,7 @@ export function subscribeTracing<N extends TracingChannelName>(
 
 type Point = { [K in keyof typeof DIAGNOSTICS_CHANNELS]: Channel };
 /** @internal The point channels, made once (channel objects are shared by name across the process). */
-const points = Object.fromEntries(
-  Object.entries(DIAGNOSTICS_CHANNELS).map(([k, name]) => [k, channel(name)]),
-) as Point;
+const points = Object.fromEntries(Object.entries(DIAGNOSTICS_CHANNELS).map(([k, name]) => [k, channel(name)])) as Point;
 
 type Tracing = { [K in keyof typeof TRACING_CHANNELS]: TracingChannel<unknown, object> };
 /** @internal The tracing channels. */

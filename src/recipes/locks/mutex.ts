@@ -143,7 +143,8 @@ export class Mutex {
     if (this.held || this.#locking) {
       throw new InvalidArgumentError(
         'this',
-        `mutex ${showKey(this.name)} is already locked or locking through this Mutex object; use acquire() for more than one holder`,
+        `mutex ${showKey(this.name)} is already locked or locking through this Mutex object; ` +
+          'use acquire() for more than one holder',
       );
     }
     this.#held = undefined;
