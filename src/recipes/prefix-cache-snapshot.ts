@@ -206,15 +206,16 @@ export function listPrefix(
   prefix: Buffer,
   pageSize: number,
   signal: AbortSignal,
+  at?: bigint,
 ): Promise<{ kvs: KeyValue[]; revision: bigint }> {
   const end = prefixEnd(prefix);
   const forever = { signals: [signal], maxElapsedMs: Infinity };
   const list = async () => {
     const kvs: KeyValue[] = [];
-    let revision: bigint | undefined;
+    let revision: bigint | undefined = at;
     for (let from = prefix; ; ) {
-      const at = revision;
-      const page = await retrying(() => range(client, from, { end, limit: pageSize, revision: at }), forever);
+      const pinned = revision;
+      const page = await retrying(() => range(client, from, { end, limit: pageSize, revision: pinned }), forever);
       revision ??= page.revision;
       for (const kv of page.kvs) kvs.push(kv);
       const last = page.kvs[page.kvs.length - 1];
@@ -224,7 +225,8 @@ export function listPrefix(
   };
   return retrying(list, {
     ...forever,
-    retryIf: isCompacted,
+    // A list pinned by the caller cannot move on: the caller starts over.
+    retryIf: (err) => at === undefined && isCompacted(err),
     onRetry: () => log('%s: list revision compacted while paging; listing again', showKey(prefix)),
   });
 }

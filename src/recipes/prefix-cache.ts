@@ -57,8 +57,8 @@ function gate(): { promise: Promise<void>; resolve: () => void; reject: (err: un
 }
 
 /**
- * A local, always-current copy of every key under a prefix: a list, then a
- * watch from the list's revision + 1.
+ * A local, always-current copy of every key under a prefix: a watch from
+ * "now", and a list at exactly the watch's creation revision.
  *
  * - Reconnects resume the watch after the last revision seen: no gap, no
  *   duplicate.
@@ -258,7 +258,7 @@ export class PrefixCache
     if (!this.#syncing) void this.#sync();
   }
 
-  /** List, then watch from the list's revision + 1; retried until it works or the cache closes. */
+  /** Watch from "now", then list at the watch's creation revision; retried until it works or the cache closes. */
   async #sync(): Promise<void> {
     this.#syncing = true;
     const signal = this.#stop.signal;
@@ -281,21 +281,33 @@ export class PrefixCache
   }
 
   async #syncOnce(compactRevision: bigint | undefined, signal: AbortSignal): Promise<void> {
-    const snapshot = await listPrefix(this.client, this.#prefix, this.#pageSize, signal);
-    if (signal.aborted) return;
+    // Watch first, from "now", and list at the watch's creation revision: a watch from a past revision
+    // would pay etcd's 100 ms catch-up (docs/internals.md, 'Why a watch starts at "now"').
     const generation = ++this.#generation;
-    this.#applySnapshot(snapshot.kvs, snapshot.revision, compactRevision);
+    let early: WatchEvent[] | undefined = [];
     // The watch may end (compacted) before this resolves: #onWatchEnd then sets #syncWanted and #sync loops.
     const handle = await openWatch(
       this.client,
-      { key: this.#prefix, prefix: true, startRevision: snapshot.revision + 1n },
+      { key: this.#prefix, prefix: true },
       {
-        onEvents: (events) => this.#onEvents(generation, events),
+        onEvents: (events) => (early ? early.push(...events) : this.#onEvents(generation, events)),
         onEnd: (err) => this.#onWatchEnd(generation, err),
       },
       signal,
     );
-    if (generation === this.#generation && !this.#syncWanted) this.#watch = handle;
+    let snapshot: Awaited<ReturnType<typeof listPrefix>>;
+    try {
+      snapshot = await listPrefix(this.client, this.#prefix, this.#pageSize, signal, handle.createdRevision);
+    } catch (err) {
+      handle.close();
+      throw err;
+    }
+    if (signal.aborted || generation !== this.#generation) return handle.close();
+    this.#applySnapshot(snapshot.kvs, snapshot.revision, compactRevision);
+    const events = early;
+    early = undefined;
+    this.#onEvents(generation, events);
+    if (!this.#syncWanted) this.#watch = handle;
     else handle.close();
     if (!this.#ready) this.#becomeReady();
   }
