@@ -20,16 +20,9 @@ function describe(value: unknown): string {
 
 /** A key, name or prefix: a non-empty string or Buffer. */
 export function checkName(value: unknown, argument: string): asserts value is string | Buffer {
-  if (typeof value === 'string') {
-    if (value.length === 0) throw new InvalidArgumentError(argument, 'must be a non-empty string or Buffer, got ""');
-    return;
-  }
-  if (Buffer.isBuffer(value)) {
-    if (value.length === 0)
-      throw new InvalidArgumentError(argument, 'must be a non-empty string or Buffer, got an empty Buffer');
-    return;
-  }
-  throw new InvalidArgumentError(argument, `must be a non-empty string or Buffer, got ${describe(value)}`);
+  if ((typeof value === 'string' || Buffer.isBuffer(value)) && value.length > 0) return;
+  const got = Buffer.isBuffer(value) ? 'an empty Buffer' : describe(value);
+  throw new InvalidArgumentError(argument, `must be a non-empty string or Buffer, got ${got}`);
 }
 
 /** A value to store: a string or Buffer (may be empty). */
@@ -45,10 +38,7 @@ export function checkInteger(
   min: number,
   max = Number.MAX_SAFE_INTEGER,
 ): asserts value is number {
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
-    const range = max === Number.MAX_SAFE_INTEGER ? `an integer >= ${min}` : `an integer from ${min} to ${max}`;
-    throw new InvalidArgumentError(argument, `must be ${range}, got ${describe(value)}`);
-  }
+  checkRange(value, argument, min, max, true);
 }
 
 /** A finite number in [min, max] (fractions allowed). */
@@ -58,12 +48,19 @@ export function checkNumber(
   min: number,
   max = Number.MAX_VALUE,
 ): asserts value is number {
-  if (typeof value !== 'number' || !Number.isFinite(value) || value < min || value > max) {
-    throw new InvalidArgumentError(
-      argument,
-      `must be a number from ${min}${max === Number.MAX_VALUE ? '' : ` to ${max}`}, got ${describe(value)}`,
-    );
-  }
+  checkRange(value, argument, min, max, false);
+}
+
+function checkRange(value: unknown, argument: string, min: number, max: number, integer: boolean): void {
+  const isNumber = integer ? Number.isInteger(value) : Number.isFinite(value);
+  if (isNumber && (value as number) >= min && (value as number) <= max) return;
+  const open = max === (integer ? Number.MAX_SAFE_INTEGER : Number.MAX_VALUE);
+  const range = integer
+    ? open
+      ? `an integer >= ${min}`
+      : `an integer from ${min} to ${max}`
+    : `a number from ${min}${open ? '' : ` to ${max}`}`;
+  throw new InvalidArgumentError(argument, `must be ${range}, got ${describe(value)}`);
 }
 
 /** An optional AbortSignal. */
