@@ -110,13 +110,17 @@ function isBuilder(value: unknown): value is ComparatorBuilder {
   );
 }
 
-/** Throws an InvalidArgumentError unless `value` is undefined or a {@link Guard}. Synchronous: call it with the other checks. */
+/**
+ * Throws an InvalidArgumentError unless `value` is undefined or a {@link Guard}. Synchronous: call it
+ * with the other checks.
+ */
 export function checkGuard(value: unknown, argument = 'options.guard'): asserts value is Guard | undefined {
   if (value === undefined || isBuilder(value)) return;
   if (!Array.isArray(value)) {
     throw new InvalidArgumentError(
       argument,
-      `must be the builder of ifLeader()/ifOwner() or an array of compares, got ${value === null ? 'null' : typeof value}`,
+      'must be the builder of ifLeader()/ifOwner() or an array of compares, ' +
+        `got ${value === null ? 'null' : typeof value}`,
     );
   }
   for (const [i, c] of (value as unknown[]).entries()) checkCompare(c, `${argument}[${i}]`);

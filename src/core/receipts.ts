@@ -65,7 +65,10 @@ export interface ProvenWriteOptions {
   signal?: AbortSignal;
   /** What the write is, for logs and the OUTCOME_UNKNOWN message. */
   what: string;
-  /** A value to store in the receipt (e.g. the value a consume took), returned when only the receipt proves the landing. */
+  /**
+   * A value to store in the receipt (e.g. the value a consume took), returned when only the receipt
+   * proves the landing.
+   */
   receiptValue?: string | Buffer;
 }
 

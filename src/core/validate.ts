@@ -31,30 +31,20 @@ export function checkValue(value: unknown, argument: string): asserts value is s
   throw new InvalidArgumentError(argument, `must be a string or Buffer, got ${describe(value)}`);
 }
 
-/** An integer in [min, max]. */
-export function checkInteger(
-  value: unknown,
-  argument: string,
-  min: number,
-  max = Number.MAX_SAFE_INTEGER,
-): asserts value is number {
+/** An integer in [min, max] (no upper bound by default). */
+export function checkInteger(value: unknown, argument: string, min: number, max?: number): asserts value is number {
   checkRange(value, argument, min, max, true);
 }
 
-/** A finite number in [min, max] (fractions allowed). */
-export function checkNumber(
-  value: unknown,
-  argument: string,
-  min: number,
-  max = Number.MAX_VALUE,
-): asserts value is number {
+/** A finite number in [min, max] (fractions allowed; no upper bound by default). */
+export function checkNumber(value: unknown, argument: string, min: number, max?: number): asserts value is number {
   checkRange(value, argument, min, max, false);
 }
 
-function checkRange(value: unknown, argument: string, min: number, max: number, integer: boolean): void {
-  const isNumber = integer ? Number.isInteger(value) : Number.isFinite(value);
-  if (isNumber && (value as number) >= min && (value as number) <= max) return;
-  const open = max === (integer ? Number.MAX_SAFE_INTEGER : Number.MAX_VALUE);
+function checkRange(value: unknown, argument: string, min: number, max: number | undefined, integer: boolean): void {
+  const isNumber = integer ? Number.isSafeInteger(value) : Number.isFinite(value);
+  if (isNumber && (value as number) >= min && (max === undefined || (value as number) <= max)) return;
+  const open = max === undefined;
   const range = integer
     ? open
       ? `an integer >= ${min}`

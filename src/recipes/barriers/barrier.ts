@@ -24,7 +24,10 @@ export interface BarrierHoldOptions {
   session?: Session;
   /** Abort the call; it then rejects with the signal's reason and leaves no key behind. */
   signal?: AbortSignal;
-  /** Fencing: hold only if these compares hold (e.g. `election.ifLeader()`), in the same Txn; else reject with the guard's code. */
+  /**
+   * Fencing: hold only if these compares hold (e.g. `election.ifLeader()`), in the same Txn; else
+   * reject with the guard's code.
+   */
   guard?: Guard;
 }
 

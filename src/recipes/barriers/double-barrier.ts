@@ -106,7 +106,8 @@ export class DoubleBarrier {
     if (this.#phase !== 'idle') {
       throw new InvalidArgumentError(
         'this',
-        `${this.#what}: this participant has already entered or is entering; use one DoubleBarrier object per participant`,
+        `${this.#what}: this participant has already entered or is entering; ` +
+          'use one DoubleBarrier object per participant',
       );
     }
     const { session } = this;
@@ -145,7 +146,8 @@ export class DoubleBarrier {
     if (this.#phase !== 'entered' || !this.#me) {
       throw new InvalidArgumentError(
         'this',
-        `${this.#what}: leave() needs a successful enter() first${this.#phase === 'leaving' ? ' (already leaving)' : ''}`,
+        `${this.#what}: leave() needs a successful enter() first` +
+          (this.#phase === 'leaving' ? ' (already leaving)' : ''),
       );
     }
     const { session } = this;
@@ -258,7 +260,10 @@ export class DoubleBarrier {
     }
   }
 
-  /** The count-th participant starts the round: create `<key>/ready` while its own key still exists. Returns the round's revision. */
+  /**
+   * The count-th participant starts the round: create `<key>/ready` while its own key still exists.
+   * Returns the round's revision.
+   */
   async #startRound(key: Buffer, rev: bigint): Promise<bigint> {
     for (let i = 0; i < 10; i++) {
       const res = await txn(

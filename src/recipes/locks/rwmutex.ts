@@ -17,7 +17,10 @@ const log = logger('rwmutex');
 /** Options of a blocking read or write lock. */
 export type RWLockOptions = WaitOptions;
 
-/** A held read or write lock, from {@link RWMutex.acquireRead} / {@link RWMutex.acquireWrite}. Dispose it (or `release()`) to unlock. */
+/**
+ * A held read or write lock, from {@link RWMutex.acquireRead} / {@link RWMutex.acquireWrite}. Dispose
+ * it (or `release()`) to unlock.
+ */
 export type RWLockHandle = HeldKey;
 
 /** Which side of an {@link RWMutex} is held. */
@@ -181,12 +184,18 @@ export class RWMutex {
     return this.#acquire('write', options, true) as Promise<RWLockHandle>;
   }
 
-  /** Like {@link RWMutex.acquireRead} but never waits: resolves undefined (leaving no key) if a writer holds or waits. */
+  /**
+   * Like {@link RWMutex.acquireRead} but never waits: resolves undefined (leaving no key) if a writer
+   * holds or waits.
+   */
   tryAcquireRead(options: RWLockOptions = {}): Promise<RWLockHandle | undefined> {
     return this.#acquire('read', options, false);
   }
 
-  /** Like {@link RWMutex.acquireWrite} but never waits: resolves undefined (leaving no key) if anyone holds or waits. */
+  /**
+   * Like {@link RWMutex.acquireWrite} but never waits: resolves undefined (leaving no key) if anyone
+   * holds or waits.
+   */
   tryAcquireWrite(options: RWLockOptions = {}): Promise<RWLockHandle | undefined> {
     return this.#acquire('write', options, false);
   }
@@ -197,8 +206,9 @@ export class RWMutex {
     if (this.held || this.#locking) {
       throw new InvalidArgumentError(
         'this',
-        `rwmutex ${showKey(this.name)} is already locked (${this.mode ?? 'taking a lock'}) through this RWMutex object; ` +
-          'a second lock on it would wait for the first forever (no reentrancy, no upgrade); use acquireRead()/acquireWrite() for more than one hold',
+        `rwmutex ${showKey(this.name)} is already locked (${this.mode ?? 'taking a lock'}) through this RWMutex ` +
+          'object; a second lock on it would wait for the first forever (no reentrancy, no upgrade); ' +
+          'use acquireRead()/acquireWrite() for more than one hold',
       );
     }
     this.#locking = true;

@@ -331,7 +331,8 @@ export class Semaphore {
           throw new InvalidArgumentError(
             'permits',
             `semaphore ${showKey(this.name)} has ${JSON.stringify(value)} permits stored in ` +
-              `${showKey(this.#permitsKey)}, this Semaphore was created with ${count}; every user of a name must pass the same count ` +
+              `${showKey(this.#permitsKey)}, this Semaphore was created with ${count}; ` +
+              'every user of a name must pass the same count ' +
               '(delete the key while nobody uses the semaphore to change it)',
           );
         }
