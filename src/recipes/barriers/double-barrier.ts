@@ -27,11 +27,8 @@ interface Participant {
 
 /** What a leave read found. */
 interface LeaveView {
-  /** This participant's key is still there (it has not left yet). */
-  inLine: boolean;
-  /** Members of the round that have not left, oldest and newest (by create revision). */
-  lowest: KeyValue | undefined;
-  highest: KeyValue | undefined;
+  /** This participant is the only member of the round that has not left. */
+  alone: boolean;
   /** Mod revision of `<key>/ready`, undefined when absent. */
   ready: bigint | undefined;
 }
@@ -165,7 +162,7 @@ export class DoubleBarrier {
       // Still in line: wait while we are the lowest and others remain; then
       // either finish the round (alone) or step out of line.
       let state = await waitForOthers();
-      if (state.data!.lowest?.key.equals(me.key) && state.data!.highest?.key.equals(me.key)) {
+      if (state.data!.alone) {
         finishing = retrying(this.#finishRound(me), { signals: [signal] });
         await raceAbort(finishing, signal);
         log('%s: %s left last, round %s over', this.#what, showKey(me.key), me.round);
@@ -318,25 +315,13 @@ export class DoubleBarrier {
         op.range(this.#ready),
       ],
     );
-    const mine = rangeAt(res, 0).kvs[0];
-    const view: LeaveView = {
-      inLine: !!mine && mine.createRevision === me.rev,
-      lowest: rangeAt(res, 1).kvs[0],
-      highest: rangeAt(res, 2).kvs[0],
-      ready: rangeAt(res, 3).kvs[0]?.modRevision,
-    };
+    const [mine, lowest, highest, ready] = [0, 1, 2, 3].map((i) => rangeAt(res, i).kvs[0]);
+    const isMe = (kv: KeyValue | undefined) => !!kv && kv.key.equals(me.key);
+    const data = { alone: isMe(lowest) && isMe(highest), ready: ready?.modRevision };
     const target = (kv: KeyValue): WatchTarget => ({ kind: 'key', key: kv.key, createRevision: kv.createRevision });
-    if (inLine) {
-      const lowestIsMe = !!view.lowest && view.lowest.key.equals(me.key);
-      const alone = lowestIsMe && !!view.highest && view.highest.key.equals(me.key);
-      return {
-        alive: view.inLine,
-        revision: res.revision,
-        blocker: lowestIsMe && !alone ? target(view.highest!) : undefined,
-        data: view,
-      };
-    }
-    return { alive: true, revision: res.revision, blocker: view.lowest ? target(view.lowest) : undefined, data: view };
+    if (!inLine) return { alive: true, revision: res.revision, blocker: lowest && target(lowest), data };
+    const alive = !!mine && mine.createRevision === me.rev;
+    return { alive, revision: res.revision, blocker: isMe(lowest) && !data.alone ? target(highest!) : undefined, data };
   }
 
   /** The last member leaves: delete its key and the round's ready key in one Txn. */
