@@ -174,12 +174,10 @@ export async function resolveGuard(
       });
     },
     error(what) {
-      const about = mark ? ` (${mark.what})` : '';
-      return mark?.code === 'NOT_LEADER'
-        ? new NotLeaderError(`${what}: not written, its guard failed: no longer the leader${about}`)
-        : new LockNotHeldError(
-            `${what}: not written, its guard failed${mark ? `: the lock is no longer held${about}` : ''}`,
-          );
+      const failed = `${what}: not written, its guard failed`;
+      if (!mark) return new LockNotHeldError(failed);
+      if (mark.code === 'NOT_LEADER') return new NotLeaderError(`${failed}: no longer the leader (${mark.what})`);
+      return new LockNotHeldError(`${failed}: the lock is no longer held (${mark.what})`);
     },
   };
 }
