@@ -64,20 +64,36 @@ export function combineSignals(...sources: (AbortSignal | undefined)[]): { signa
  * aborts first. The promise keeps running; callers clean up after it.
  */
 export function raceAbort<T>(promise: Promise<T>, ...signals: (AbortSignal | undefined)[]): Promise<T> {
-  if (!signals.some((s) => s)) return promise;
-  const { signal, dispose } = combineSignals(...signals);
-  if (signal.aborted) {
-    dispose();
-    promise.catch(() => undefined);
-    return Promise.reject(abortReason(signal));
-  }
+  const live = signals.filter((s): s is AbortSignal => !!s);
+  for (const s of live)
+    if (s.aborted) {
+      promise.catch(() => undefined);
+      return Promise.reject(abortReason(s));
+    }
+  if (live.length === 0) return promise;
   return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(abortReason(signal));
-    signal.addEventListener('abort', onAbort, { once: true });
-    promise.then(resolve, reject).finally(() => {
-      signal.removeEventListener('abort', onAbort);
-      dispose();
-    });
+    const cleanups: (() => void)[] = [];
+    const done = () => {
+      for (const c of cleanups.splice(0)) c();
+    };
+    for (const s of live) {
+      const onAbort = () => {
+        done();
+        reject(abortReason(s));
+      };
+      s.addEventListener('abort', onAbort, { once: true });
+      cleanups.push(() => s.removeEventListener('abort', onAbort));
+    }
+    promise.then(
+      (v) => {
+        done();
+        resolve(v);
+      },
+      (e) => {
+        done();
+        reject(e);
+      },
+    );
   });
 }
 
