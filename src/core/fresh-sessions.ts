@@ -34,14 +34,6 @@ class RoundLost extends Error {
   }
 }
 
-/** Carries a round's own error through the retry loop, which must not retry it. */
-class RoundFailed extends Error {
-  override name = 'RoundFailed';
-  constructor(readonly error: unknown) {
-    super('round failed');
-  }
-}
-
 /**
  * Runs `round` on a fresh session until a round ends with a result (which
  * is returned) or throws (which is rethrown as is). A round that reports
@@ -57,6 +49,8 @@ export async function inFreshSessions<T>(
   round: (session: Session) => Promise<RoundOutcome<T>>,
 ): Promise<T> {
   const { ttl, signal: outer, what, log } = options;
+  // A round's own error ends the loop as it is: never retried, even if it looks transient.
+  let roundFailed = false;
   try {
     return await retrying(
       async () => {
@@ -66,7 +60,8 @@ export async function inFreshSessions<T>(
         try {
           outcome = await round(session);
         } catch (err) {
-          throw new RoundFailed(err);
+          roundFailed = true;
+          throw err;
         } finally {
           await session.close();
         }
@@ -77,14 +72,13 @@ export async function inFreshSessions<T>(
       {
         signals: [outer],
         maxElapsedMs: Infinity,
-        retryIf: (err) => err instanceof RoundLost || isTransient(err),
+        retryIf: (err) => !roundFailed && (err instanceof RoundLost || isTransient(err)),
         onRetry: (err, attempt) =>
           log('%s: round %d ended (%s); starting again on a fresh session', what, attempt, (err as Error)?.message),
       },
     );
   } catch (err) {
     if (outer?.aborted) throw abortReason(outer);
-    if (err instanceof RoundFailed) throw err.error;
     throw err;
   }
 }

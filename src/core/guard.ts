@@ -72,6 +72,15 @@ const noGuard: ResolvedGuard = {
 };
 
 const TARGETS = ['Version', 'Create', 'Mod', 'Value', 'Lease'] as const;
+/** What a compare's value must be, by target (revisions and versions: the rest). */
+const VALUE_RULES: Record<'Value' | 'Lease' | 'revision', [(v: unknown) => boolean, string]> = {
+  Value: [(v) => typeof v === 'string' || Buffer.isBuffer(v), 'must be a string or Buffer'],
+  Lease: [
+    (v) => (typeof v === 'string' && /^[0-9]+$/.test(v)) || typeof v === 'bigint',
+    'must be a lease ID (decimal string or bigint)',
+  ],
+  revision: [(v) => typeof v === 'bigint', 'must be a bigint'],
+};
 const RESULTS = ['==', '>', '<', '!='] as const;
 const RESULT_NAMES: Record<string, GuardCompare['result']> = { Equal: '==', Greater: '>', Less: '<', NotEqual: '!=' };
 const FIELDS = {
@@ -102,8 +111,8 @@ function isBuilder(value: unknown): value is ComparatorBuilder {
 }
 
 /**
- * Throws an InvalidArgumentError unless `value` is undefined or a {@link Guard}.
- * Synchronous: call it with the other checks.
+ * Throws an InvalidArgumentError unless `value` is undefined or a {@link Guard}. Synchronous: call it
+ * with the other checks.
  */
 export function checkGuard(value: unknown, argument = 'options.guard'): asserts value is Guard | undefined {
   if (value === undefined || isBuilder(value)) return;
@@ -127,23 +136,8 @@ function checkCompare(c: unknown, argument: string): asserts c is GuardCompare {
     throw new InvalidArgumentError(`${argument}.target`, `must be one of ${TARGETS.join(', ')}`);
   if (!RESULTS.includes(o.result as never))
     throw new InvalidArgumentError(`${argument}.result`, `must be one of ${RESULTS.join(', ')}`);
-  const v = o.value;
-  const ok =
-    o.target === 'Value'
-      ? typeof v === 'string' || Buffer.isBuffer(v)
-      : o.target === 'Lease'
-        ? (typeof v === 'string' && /^[0-9]+$/.test(v)) || typeof v === 'bigint'
-        : typeof v === 'bigint';
-  if (!ok) {
-    throw new InvalidArgumentError(
-      `${argument}.value`,
-      o.target === 'Value'
-        ? 'must be a string or Buffer for target Value'
-        : o.target === 'Lease'
-          ? 'must be a lease ID (decimal string or bigint) for target Lease'
-          : `must be a bigint for target ${String(o.target)}`,
-    );
-  }
+  const [valid, accepted] = VALUE_RULES[o.target as keyof typeof VALUE_RULES] ?? VALUE_RULES.revision;
+  if (!valid(o.value)) throw new InvalidArgumentError(`${argument}.value`, `${accepted} for target ${o.target}`);
 }
 
 /**
@@ -180,12 +174,10 @@ export async function resolveGuard(
       });
     },
     error(what) {
-      const about = mark ? ` (${mark.what})` : '';
-      return mark?.code === 'NOT_LEADER'
-        ? new NotLeaderError(`${what}: not written, its guard failed: no longer the leader${about}`)
-        : new LockNotHeldError(
-            `${what}: not written, its guard failed${mark ? `: the lock is no longer held${about}` : ''}`,
-          );
+      const failed = `${what}: not written, its guard failed`;
+      if (!mark) return new LockNotHeldError(failed);
+      if (mark.code === 'NOT_LEADER') return new NotLeaderError(`${failed}: no longer the leader (${mark.what})`);
+      return new LockNotHeldError(`${failed}: the lock is no longer held (${mark.what})`);
     },
   };
 }
@@ -224,28 +216,12 @@ function evaluate(c: Compare, kv: KeyValue | undefined): boolean {
     if (!kv) return false;
     order = Buffer.compare(kv.value, toBuffer(c.value as string | Buffer));
   } else {
-    const actual = !kv
-      ? 0n
-      : c.target === 'Create'
-        ? kv.createRevision
-        : c.target === 'Mod'
-          ? kv.modRevision
-          : c.target === 'Version'
-            ? kv.version
-            : BigInt(kv.lease);
+    const field = { Create: 'createRevision', Mod: 'modRevision', Version: 'version', Lease: 'lease' } as const;
+    const actual = kv ? BigInt(kv[field[c.target]]) : 0n;
     const wanted = BigInt(c.value as bigint | string);
     order = actual < wanted ? -1 : actual > wanted ? 1 : 0;
   }
-  switch (c.result) {
-    case '==':
-      return order === 0;
-    case '!=':
-      return order !== 0;
-    case '<':
-      return order < 0;
-    case '>':
-      return order > 0;
-  }
+  return { '==': order === 0, '!=': order !== 0, '<': order < 0, '>': order > 0 }[c.result];
 }
 
 /** Options of a write the library makes for a user: a fencing guard and a signal. */

@@ -1,6 +1,6 @@
 import type { Namespace } from 'etcd3';
 import { toBuffer, uniqueKey } from './keys.js';
-import { cmp, op, rangeAt, txn, type Compare, type Op, type OpResult, type TxnResult } from './kv.js';
+import { cmp, op, rangeAt, txn, type Compare, type Op, type KeyValue, type OpResult, type TxnResult } from './kv.js';
 import { logger } from './log.js';
 import { clientScope } from './client.js';
 import { OutcomeUnknownError } from './errors.js';
@@ -53,8 +53,8 @@ export interface ProvenWriteOptions {
   /** What the write is, for logs and the OUTCOME_UNKNOWN message. */
   what: string;
   /**
-   * A value to store in the receipt (e.g. the value a consume took), returned when only the
-   * receipt proves the landing.
+   * A value to store in the receipt (e.g. the value a consume took), returned when only the receipt
+   * proves the landing.
    */
   receiptValue?: string | Buffer;
 }
@@ -133,25 +133,12 @@ export class ReceiptBook {
     const aborted = o.signal?.aborted ? (o.signal.reason as unknown) : undefined;
     if (res.succeeded) {
       this.spend(receipt);
-      return {
-        landed: true,
-        revision: res.revision,
-        res: { ...res, responses: res.responses.slice(0, t.success.length) },
-        aborted,
-      };
+      const own = { ...res, responses: res.responses.slice(0, t.success.length) };
+      return { landed: true, revision: res.revision, res: own, aborted };
     }
     const [found, ...failure] = res.responses;
     const kv = found?.type === 'range' ? found.kvs[0] : undefined;
-    if (kv) {
-      this.spend(receipt);
-      return {
-        landed: true,
-        revision: kv.createRevision,
-        res: undefined,
-        receiptValue: kv.value.subarray(LANDED.length),
-        aborted,
-      };
-    }
+    if (kv) return this.#landedByReceipt(receipt, kv, aborted);
     if (aborted !== undefined) throw aborted;
     return { landed: false, failure: failure.slice(0, t.failure?.length ?? 0) };
   }
@@ -182,13 +169,18 @@ export class ReceiptBook {
       setTimeout(() => this.spend(receipt), 60_000).unref();
       throw reason;
     }
+    return this.#landedByReceipt(receipt, kv, reason);
+  }
+
+  /** Only the receipt `kv` says the write landed. */
+  #landedByReceipt(receipt: Buffer, kv: KeyValue, aborted: unknown): ProvenOutcome {
     this.spend(receipt);
     return {
       landed: true,
       revision: kv.createRevision,
       res: undefined,
       receiptValue: kv.value.subarray(LANDED.length),
-      aborted: reason,
+      aborted,
     };
   }
 
@@ -223,15 +215,13 @@ export class ReceiptBook {
     this.#untidy = undefined;
     unflushed().delete(this);
     if (!batch.length) return;
-    try {
-      await txn(
-        this.#client,
-        [],
-        batch.map((k) => op.delete(k)),
-      );
-    } catch (err) {
+    await txn(
+      this.#client,
+      [],
+      batch.map((k) => op.delete(k)),
+    ).catch((err: unknown) => {
       this.#spent.push(...batch);
       throw err;
-    }
+    });
   }
 }

@@ -1,5 +1,5 @@
 import { isRecoverableError } from 'etcd3';
-import { delay } from './abort.js';
+import { delay, raceAbort } from './abort.js';
 import { clientClosings } from './client.js';
 import { isRecipeError } from './errors.js';
 import { isPermissionDenied } from './etcd-errors.js';
@@ -89,4 +89,17 @@ function backoffSleep(ms: number, signals: (AbortSignal | undefined)[]): Promise
       if (!woken.signal.aborted || signals.some((s) => s?.aborted)) throw err;
     })
     .finally(() => clientClosings().removeEventListener('close', wake));
+}
+
+/**
+ * {@link retrying} stopped by `signal`, which also ends the wait for an
+ * attempt already in flight: the call rejects with the signal's reason at
+ * once (the attempt runs on; callers clean up after it, as with `raceAbort`).
+ */
+export function retryingUntil<T>(
+  signal: AbortSignal | undefined,
+  fn: () => Promise<T>,
+  options: RetryOptions = {},
+): Promise<T> {
+  return raceAbort(retrying(fn, { ...options, signals: [signal, ...(options.signals ?? [])] }), signal);
 }

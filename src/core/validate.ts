@@ -20,16 +20,9 @@ function describe(value: unknown): string {
 
 /** A key, name or prefix: a non-empty string or Buffer. */
 export function checkName(value: unknown, argument: string): asserts value is string | Buffer {
-  if (typeof value === 'string') {
-    if (value.length === 0) throw new InvalidArgumentError(argument, 'must be a non-empty string or Buffer, got ""');
-    return;
-  }
-  if (Buffer.isBuffer(value)) {
-    if (value.length === 0)
-      throw new InvalidArgumentError(argument, 'must be a non-empty string or Buffer, got an empty Buffer');
-    return;
-  }
-  throw new InvalidArgumentError(argument, `must be a non-empty string or Buffer, got ${describe(value)}`);
+  if ((typeof value === 'string' || Buffer.isBuffer(value)) && value.length > 0) return;
+  const got = Buffer.isBuffer(value) ? 'an empty Buffer' : describe(value);
+  throw new InvalidArgumentError(argument, `must be a non-empty string or Buffer, got ${got}`);
 }
 
 /** A value to store: a string or Buffer (may be empty). */
@@ -38,32 +31,26 @@ export function checkValue(value: unknown, argument: string): asserts value is s
   throw new InvalidArgumentError(argument, `must be a string or Buffer, got ${describe(value)}`);
 }
 
-/** An integer in [min, max]. */
-export function checkInteger(
-  value: unknown,
-  argument: string,
-  min: number,
-  max = Number.MAX_SAFE_INTEGER,
-): asserts value is number {
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
-    const range = max === Number.MAX_SAFE_INTEGER ? `an integer >= ${min}` : `an integer from ${min} to ${max}`;
-    throw new InvalidArgumentError(argument, `must be ${range}, got ${describe(value)}`);
-  }
+/** An integer in [min, max] (no upper bound by default). */
+export function checkInteger(value: unknown, argument: string, min: number, max?: number): asserts value is number {
+  checkRange(value, argument, min, max, true);
 }
 
-/** A finite number in [min, max] (fractions allowed). */
-export function checkNumber(
-  value: unknown,
-  argument: string,
-  min: number,
-  max = Number.MAX_VALUE,
-): asserts value is number {
-  if (typeof value !== 'number' || !Number.isFinite(value) || value < min || value > max) {
-    throw new InvalidArgumentError(
-      argument,
-      `must be a number from ${min}${max === Number.MAX_VALUE ? '' : ` to ${max}`}, got ${describe(value)}`,
-    );
-  }
+/** A finite number in [min, max] (fractions allowed; no upper bound by default). */
+export function checkNumber(value: unknown, argument: string, min: number, max?: number): asserts value is number {
+  checkRange(value, argument, min, max, false);
+}
+
+function checkRange(value: unknown, argument: string, min: number, max: number | undefined, integer: boolean): void {
+  const isNumber = integer ? Number.isSafeInteger(value) : Number.isFinite(value);
+  if (isNumber && (value as number) >= min && (max === undefined || (value as number) <= max)) return;
+  const open = max === undefined;
+  const range = integer
+    ? open
+      ? `an integer >= ${min}`
+      : `an integer from ${min} to ${max}`
+    : `a number from ${min}${open ? '' : ` to ${max}`}`;
+  throw new InvalidArgumentError(argument, `must be ${range}, got ${describe(value)}`);
 }
 
 /** An optional AbortSignal. */

@@ -44,34 +44,24 @@ export interface OpenTelemetryMeterLike {
 
 /** @internal A sink recording on `meter`'s instruments, each created on first use. */
 export function openTelemetrySink(meter: OpenTelemetryMeterLike, boundaries: readonly number[]): MetricSink {
-  const adders = new Map<MetricDefinition, { add(value: number, attributes?: MetricAttributes): void }>();
-  const recorders = new Map<MetricDefinition, { record(value: number, attributes?: MetricAttributes): void }>();
-  const options = (def: MetricDefinition): OpenTelemetryInstrumentOptions => ({
-    description: def.description,
-    unit: def.unit,
-  });
+  type Instrument = { add?(value: number, attributes?: MetricAttributes): void } & {
+    record?(value: number, attributes?: MetricAttributes): void;
+  };
+  const instruments = new Map<MetricDefinition, Instrument>();
+  const instrument = (def: MetricDefinition): Instrument => {
+    let inst = instruments.get(def);
+    if (!inst) {
+      const options = { description: def.description, unit: def.unit };
+      if (def.kind === 'counter') inst = meter.createCounter(def.name, options);
+      else if (def.kind === 'updowncounter') inst = meter.createUpDownCounter(def.name, options);
+      else
+        inst = meter.createHistogram(def.name, { ...options, advice: { explicitBucketBoundaries: [...boundaries] } });
+      instruments.set(def, inst);
+    }
+    return inst;
+  };
   return {
-    add(def, value, attributes) {
-      let inst = adders.get(def);
-      if (!inst) {
-        inst =
-          def.kind === 'counter'
-            ? meter.createCounter(def.name, options(def))
-            : meter.createUpDownCounter(def.name, options(def));
-        adders.set(def, inst);
-      }
-      inst.add(value, attributes);
-    },
-    record(def, value, attributes) {
-      let inst = recorders.get(def);
-      if (!inst) {
-        inst = meter.createHistogram(def.name, {
-          ...options(def),
-          advice: { explicitBucketBoundaries: [...boundaries] },
-        });
-        recorders.set(def, inst);
-      }
-      inst.record(value, attributes);
-    },
+    add: (def, value, attributes) => instrument(def).add?.(value, attributes),
+    record: (def, value, attributes) => instrument(def).record?.(value, attributes),
   };
 }

@@ -51,9 +51,7 @@ export interface PrometheusRegistryLike {
 }
 
 function labels(attributes: Readonly<Record<string, string>>): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const [k, v] of Object.entries(attributes)) out[prometheusLabel(k)] = v;
-  return out;
+  return Object.fromEntries(Object.entries(attributes).map(([k, v]) => [prometheusLabel(k), v]));
 }
 
 function values(m: MetricSnapshot, name: string): PrometheusValue[] {
@@ -90,13 +88,8 @@ export function prometheusCollectors(
         const now = source.snapshot().find((m) => m.name === def.name)!;
         // prom-client may rename the collector (OpenMetrics drops a counter's _total and adds it per
         // line): use its current name.
-        return {
-          name: collector.name,
-          help: collector.help,
-          type,
-          aggregator: 'sum',
-          values: values(now, collector.name),
-        };
+        const { name, help } = collector;
+        return { name, help, type, aggregator: 'sum', values: values(now, name) };
       },
       reset() {
         /* the values belong to RecipeMetrics */

@@ -1,6 +1,6 @@
 import { InvalidArgumentError } from '../core/errors.js';
 import { checkBoolean, checkOptions } from '../core/validate.js';
-import { DEFAULT_DURATION_BUCKETS, RECIPE_METRICS, type InstrumentKind, type MetricDefinition } from './instruments.js';
+import { DEFAULT_DURATION_BUCKETS, RECIPE_METRICS, type MetricDefinition } from './instruments.js';
 import { prometheusCollectors, type PrometheusRegistryLike } from './prometheus.js';
 import { openTelemetrySink, type OpenTelemetryMeterLike } from './opentelemetry.js';
 import { recordChannels, type MetricAttributes, type MetricSink } from './recorder.js';
@@ -8,8 +8,8 @@ import { recordChannels, type MetricAttributes, type MetricSink } from './record
 /** Options of {@link RecipeMetrics}. */
 export interface RecipeMetricsOptions {
   /**
-   * Adds attribute `etcd_recipes.name` (the lock, election, queue or service name).
-   * Default false: names can be unbounded.
+   * Adds attribute `etcd_recipes.name` (the lock, election, queue or service name). Default false:
+   * names can be unbounded.
    */
   byName?: boolean;
   /** Histogram bucket boundaries in seconds, increasing (default {@link DEFAULT_DURATION_BUCKETS}). */
@@ -33,8 +33,8 @@ export interface HistogramPoint {
   /** The sum of the observed values (seconds, for durations). */
   readonly sum: number;
   /**
-   * Observations per bucket: `bucketCounts[i]` counts values ≤ `boundaries[i]` and above the
-   * previous boundary; the last one is above every boundary.
+   * Observations per bucket: `bucketCounts[i]` counts values ≤ `boundaries[i]` and above the previous
+   * boundary; the last one is above every boundary.
    */
   readonly bucketCounts: readonly number[];
 }
@@ -101,16 +101,12 @@ export class RecipeMetrics implements Disposable {
     checkOptions(options);
     if (options.byName !== undefined) checkBoolean(options.byName, 'options.byName');
     const buckets = options.buckets ?? DEFAULT_DURATION_BUCKETS;
-    if (
-      !Array.isArray(buckets) ||
-      buckets.length === 0 ||
-      buckets.some((b, i) => typeof b !== 'number' || !Number.isFinite(b) || (i > 0 && b <= buckets[i - 1]!))
-    ) {
+    const increasing = (b: unknown, i: number) => Number.isFinite(b) && (i === 0 || (b as number) > buckets[i - 1]!);
+    if (!Array.isArray(buckets) || buckets.length === 0 || !buckets.every(increasing))
       throw new InvalidArgumentError(
         'options.buckets',
         'must be a non-empty array of finite numbers in increasing order',
       );
-    }
     this.boundaries = Object.freeze([...buckets]);
     for (const def of Object.values(RECIPE_METRICS)) this.#cells.set(def, new Map());
     this.#unsubscribe = recordChannels(
@@ -147,24 +143,15 @@ export class RecipeMetrics implements Disposable {
   snapshot(): MetricSnapshot[] {
     return [...this.#cells].map(([def, cells]): MetricSnapshot => {
       const all = [...cells.values()];
-      if (def.kind === 'histogram') {
-        return {
-          ...def,
-          kind: 'histogram',
-          boundaries: this.boundaries,
-          points: all.map((c) => ({
-            attributes: c.attributes,
-            count: c.count,
-            sum: c.sum,
-            bucketCounts: [...c.buckets],
-          })),
-        };
-      }
-      return {
-        ...def,
-        kind: def.kind as Exclude<InstrumentKind, 'histogram'>,
-        points: all.map((c) => ({ attributes: c.attributes, value: c.value })),
-      };
+      if (def.kind !== 'histogram')
+        return { ...def, kind: def.kind, points: all.map(({ attributes, value }) => ({ attributes, value })) };
+      const points = all.map(({ attributes, count, sum, buckets }) => ({
+        attributes,
+        count,
+        sum,
+        bucketCounts: [...buckets],
+      }));
+      return { ...def, kind: 'histogram', boundaries: this.boundaries, points };
     });
   }
 
@@ -214,13 +201,8 @@ export class RecipeMetrics implements Disposable {
    * advice. Call it right after construction to miss nothing.
    */
   exportToOpenTelemetry(meter: OpenTelemetryMeterLike): void {
-    if (
-      typeof meter !== 'object' ||
-      meter === null ||
-      typeof meter.createCounter !== 'function' ||
-      typeof meter.createUpDownCounter !== 'function' ||
-      typeof meter.createHistogram !== 'function'
-    ) {
+    const creates = ['createCounter', 'createUpDownCounter', 'createHistogram'] as const;
+    if (typeof meter !== 'object' || meter === null || creates.some((m) => typeof meter[m] !== 'function')) {
       throw new InvalidArgumentError(
         'meter',
         'must be an OpenTelemetry Meter (createCounter, createUpDownCounter, createHistogram)',

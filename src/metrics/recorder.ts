@@ -45,46 +45,47 @@ function errorType(err: unknown): string {
  * only count what started while subscribed, so they never go negative.
  */
 export function recordChannels(sink: MetricSink, options: RecorderOptions = {}): () => void {
-  const byName = !!options.byName;
   const subs: (() => void)[] = [];
   const on = <N extends DiagnosticsChannelName>(name: N, fn: (m: DiagnosticsMessages[N]) => void) => {
     subs.push(subscribeDiagnostics(name, fn));
   };
-  const end = <N extends TracingChannelName>(name: N, fn: (c: TracingContexts[N]) => void) => {
-    subs.push(subscribeTracing(name, { asyncEnd: fn }));
+  const end = <N extends TracingChannelName>(name: N, asyncEnd: (c: TracingContexts[N]) => void) => {
+    subs.push(subscribeTracing(name, { asyncEnd }));
   };
+  /** Each message counts one on `metric`, with the attributes `attrs` makes of it. */
+  const count = <N extends DiagnosticsChannelName>(
+    name: N,
+    metric: MetricDefinition,
+    attrs: (m: DiagnosticsMessages[N]) => MetricAttributes = () => none,
+  ) => on(name, (m) => sink.add(metric, 1, attrs(m)));
   // A duration from the call's own start event, so failed calls are timed too.
   const timed = <N extends TracingChannelName>(name: N, fn: (c: TracingContexts[N], seconds: number) => void) => {
     const starts = new WeakMap<object, number>();
-    subs.push(
-      subscribeTracing(name, {
-        start: (c) => {
-          starts.set(c, performance.now());
-        },
-        asyncEnd: (c) => {
-          const since = starts.get(c);
-          fn(c, since === undefined ? 0 : (performance.now() - since) / 1000);
-        },
-      }),
-    );
+    const start = (c: object) => void starts.set(c, performance.now());
+    const asyncEnd = (c: TracingContexts[N]) =>
+      fn(c, (performance.now() - (starts.get(c) ?? performance.now())) / 1000);
+    subs.push(subscribeTracing(name, { start, asyncEnd }));
   };
-  const named = (name: string, attrs: Record<string, string>): MetricAttributes =>
-    byName ? { ...attrs, 'etcd_recipes.name': name } : attrs;
+  const named = (name: string, attrs: Record<string, string> = {}): MetricAttributes =>
+    options.byName ? { ...attrs, 'etcd_recipes.name': name } : attrs;
   const lockAttrs = (t: LockTarget, extra: Record<string, string> = {}): MetricAttributes =>
-    named(
-      t.name,
-      t.mode
-        ? { 'etcd_recipes.recipe': t.recipe, 'etcd_recipes.lock.mode': t.mode, ...extra }
-        : { 'etcd_recipes.recipe': t.recipe, ...extra },
-    );
+    named(t.name, {
+      'etcd_recipes.recipe': t.recipe,
+      ...(t.mode ? { 'etcd_recipes.lock.mode': t.mode } : {}),
+      ...extra,
+    });
+  /** `o`, or the outcome `error` with its `error.type` when the call failed. */
   const outcome = (o: string, err?: unknown): Record<string, string> =>
-    err === undefined ? { 'etcd_recipes.outcome': o } : { 'etcd_recipes.outcome': o, 'error.type': errorType(err) };
+    err === undefined
+      ? { 'etcd_recipes.outcome': o }
+      : { 'etcd_recipes.outcome': 'error', 'error.type': errorType(err) };
   const none: MetricAttributes = {};
+  const holdId = (key: string, token: bigint | undefined) => `${key}@${token}`;
 
   // Sessions
   const live = new Set<string>();
-  const ended = (leaseId: string) => {
-    if (live.delete(leaseId)) sink.add(M.sessionActive, -1, none);
+  const ended = (m: { leaseId: string }) => {
+    if (live.delete(m.leaseId)) sink.add(M.sessionActive, -1, none);
   };
   on('etcd-recipes:session:created', (m) => {
     sink.add(M.sessionCreated, 1, none);
@@ -93,22 +94,15 @@ export function recordChannels(sink: MetricSink, options: RecorderOptions = {}):
       sink.add(M.sessionActive, 1, none);
     }
   });
-  on('etcd-recipes:session:renewed-late', (m) =>
-    sink.add(M.sessionRenewedLate, 1, { 'etcd_recipes.reason': m.reason }),
-  );
-  on('etcd-recipes:session:lost', (m) => {
-    sink.add(M.sessionLost, 1, none);
-    ended(m.leaseId);
-  });
-  on('etcd-recipes:session:closed', (m) => {
-    sink.add(M.sessionClosed, 1, none);
-    ended(m.leaseId);
-  });
+  count('etcd-recipes:session:renewed-late', M.sessionRenewedLate, (m) => ({ 'etcd_recipes.reason': m.reason }));
+  count('etcd-recipes:session:lost', M.sessionLost);
+  count('etcd-recipes:session:closed', M.sessionClosed);
+  on('etcd-recipes:session:lost', ended);
+  on('etcd-recipes:session:closed', ended);
 
   // Locks and permits
   const waiting = new WeakSet<object>();
   const held = new Set<string>();
-  const holdId = (key: string, token: bigint | undefined) => `${key}@${token}`;
   on('etcd-recipes:lock:wait', (m) => {
     waiting.add(m.context);
     sink.add(M.lockWaiting, 1, lockAttrs(m));
@@ -116,8 +110,7 @@ export function recordChannels(sink: MetricSink, options: RecorderOptions = {}):
   timed('etcd-recipes:lock', (c, seconds) => {
     if (waiting.delete(c)) sink.add(M.lockWaiting, -1, lockAttrs(c));
     const r = c.result;
-    const o = c.error !== undefined ? outcome('error', c.error) : outcome(r?.acquired ? 'acquired' : 'busy');
-    sink.record(M.lockWaitDuration, seconds, lockAttrs(c, o));
+    sink.record(M.lockWaitDuration, seconds, lockAttrs(c, outcome(r?.acquired ? 'acquired' : 'busy', c.error)));
     if (r?.acquired) {
       held.add(holdId(r.key!, r.fencingToken));
       sink.add(M.lockHeld, 1, lockAttrs(c));
@@ -128,40 +121,29 @@ export function recordChannels(sink: MetricSink, options: RecorderOptions = {}):
     if (held.delete(holdId(m.key, m.fencingToken))) sink.add(M.lockHeld, -1, lockAttrs(m));
   };
   on('etcd-recipes:lock:released', (m) => holdEnded(m, 'released'));
-  on('etcd-recipes:lock:lost', (m) => {
-    holdEnded(m, 'lost');
-    sink.add(M.lockLost, 1, lockAttrs(m));
-  });
+  on('etcd-recipes:lock:lost', (m) => holdEnded(m, 'lost'));
+  count('etcd-recipes:lock:lost', M.lockLost, (m) => lockAttrs(m));
 
   // Elections
   const leading = new Set<string>();
   timed('etcd-recipes:election:campaign', (c, seconds) => {
-    if (c.error !== undefined || !c.result) {
-      sink.record(M.campaignDuration, seconds, named(c.name, outcome('error', c.error)));
-      return;
-    }
-    sink.record(M.campaignDuration, seconds, named(c.name, outcome('elected')));
-    leading.add(holdId(c.key, c.result.revision));
-    sink.add(M.electionLeading, 1, named(c.name, {}));
+    const elected = c.error === undefined && !!c.result;
+    sink.record(M.campaignDuration, seconds, named(c.name, elected ? outcome('elected') : outcome('error', c.error)));
+    if (!elected) return;
+    leading.add(holdId(c.key, c.result!.revision));
+    sink.add(M.electionLeading, 1, named(c.name));
   });
   const termEnded = (m: { name: string; key: string; revision: bigint }) => {
-    if (leading.delete(holdId(m.key, m.revision))) sink.add(M.electionLeading, -1, named(m.name, {}));
+    if (leading.delete(holdId(m.key, m.revision))) sink.add(M.electionLeading, -1, named(m.name));
   };
-  on('etcd-recipes:election:deposed', (m) => {
-    termEnded(m);
-    sink.add(M.electionDeposed, 1, named(m.name, {}));
-  });
+  on('etcd-recipes:election:deposed', termEnded);
   on('etcd-recipes:election:resigned', termEnded);
-  on('etcd-recipes:election:leader', (m) => sink.add(M.electionLeaderChanged, 1, named(m.name, {})));
+  count('etcd-recipes:election:deposed', M.electionDeposed, (m) => named(m.name));
+  count('etcd-recipes:election:leader', M.electionLeaderChanged, (m) => named(m.name));
 
   // STM
   timed('etcd-recipes:stm', (c, seconds) => {
-    const o =
-      c.error === undefined
-        ? outcome('commit')
-        : errorType(c.error) === 'STM_CONFLICT'
-          ? outcome('give_up')
-          : outcome('error', c.error);
+    const o = errorType(c.error) === 'STM_CONFLICT' ? outcome('give_up') : outcome('commit', c.error);
     sink.record(M.stmDuration, seconds, { 'etcd_recipes.stm.isolation': c.isolation, ...o });
   });
   end('etcd-recipes:stm:attempt', (c) => {
@@ -173,29 +155,28 @@ export function recordChannels(sink: MetricSink, options: RecorderOptions = {}):
   end('etcd-recipes:queue:enqueue', (c) => {
     if (c.error === undefined) sink.add(M.queueEnqueued, 1, named(c.name, { 'etcd_recipes.recipe': c.recipe }));
   });
-  timed('etcd-recipes:queue:dequeue', (c, seconds) => {
-    const o = c.error === undefined ? outcome('dequeued') : outcome('error', c.error);
-    sink.record(M.queueDequeueDuration, seconds, named(c.name, { 'etcd_recipes.recipe': c.recipe, ...o }));
-  });
-  timed('etcd-recipes:work-queue:claim', (c, seconds) => {
-    const o = c.error === undefined ? outcome('claimed') : outcome('error', c.error);
-    sink.record(M.workQueueClaimDuration, seconds, named(c.name, o));
-  });
   end('etcd-recipes:work-queue:ack', (c) => {
-    if (c.error === undefined) sink.add(M.workQueueAcked, 1, named(c.name, {}));
+    if (c.error === undefined) sink.add(M.workQueueAcked, 1, named(c.name));
   });
-  on('etcd-recipes:work-queue:release', (m) => sink.add(M.workQueueReleased, 1, named(m.name, {})));
-  on('etcd-recipes:work-queue:retry', (m) => sink.add(M.workQueueRetried, 1, named(m.name, {})));
-  on('etcd-recipes:work-queue:dead-letter', (m) =>
-    sink.add(M.workQueueDeadLettered, 1, named(m.name, { 'etcd_recipes.reason': m.reason })),
+  timed('etcd-recipes:queue:dequeue', (c, seconds) => {
+    const attrs = named(c.name, { 'etcd_recipes.recipe': c.recipe, ...outcome('dequeued', c.error) });
+    sink.record(M.queueDequeueDuration, seconds, attrs);
+  });
+  timed('etcd-recipes:work-queue:claim', (c, seconds) =>
+    sink.record(M.workQueueClaimDuration, seconds, named(c.name, outcome('claimed', c.error))),
+  );
+  count('etcd-recipes:work-queue:release', M.workQueueReleased, (m) => named(m.name));
+  count('etcd-recipes:work-queue:retry', M.workQueueRetried, (m) => named(m.name));
+  count('etcd-recipes:work-queue:dead-letter', M.workQueueDeadLettered, (m) =>
+    named(m.name, { 'etcd_recipes.reason': m.reason }),
   );
 
   // Watches, caches, services
-  on('etcd-recipes:watch:reconnect', () => sink.add(M.watchReconnected, 1, none));
-  on('etcd-recipes:watch:compacted', () => sink.add(M.watchCompacted, 1, none));
-  on('etcd-recipes:prefix-cache:resync', () => sink.add(M.prefixCacheResynced, 1, none));
-  on('etcd-recipes:service:lost', (m) => sink.add(M.serviceLost, 1, named(m.service, {})));
-  on('etcd-recipes:service:re-registered', (m) => sink.add(M.serviceReregistered, 1, named(m.service, {})));
+  count('etcd-recipes:watch:reconnect', M.watchReconnected);
+  count('etcd-recipes:watch:compacted', M.watchCompacted);
+  count('etcd-recipes:prefix-cache:resync', M.prefixCacheResynced);
+  count('etcd-recipes:service:lost', M.serviceLost, (m) => named(m.service));
+  count('etcd-recipes:service:re-registered', M.serviceReregistered, (m) => named(m.service));
 
   return () => {
     for (const u of subs.splice(0)) u();

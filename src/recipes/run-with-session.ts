@@ -72,29 +72,23 @@ export function runWithSession<T>(
       lostReason = err;
     });
     const linked = linkSignals(session.signal, outer);
-    let result: { ok: true; value: T } | { ok: false; error: unknown };
+    // The caller's stop wins over a loss; a loss wins over what fn made of it. A SESSION_EXPIRED
+    // from fn is a loss too: etcd can notice the lease gone before our keepalive does.
     try {
-      result = { ok: true, value: await fn(session, linked.signal) };
+      const value = await fn(session, linked.signal);
+      if (outer?.aborted || lostReason === undefined) return { lost: false, value };
     } catch (error) {
-      result = { ok: false, error };
+      if (lostReason === undefined && isRecipeError(error, 'SESSION_EXPIRED')) lostReason = error;
+      if (outer?.aborted || lostReason === undefined) throw error;
     } finally {
       linked.dispose();
     }
-    // The caller's stop wins over a loss; a loss wins over what fn made of it. A SESSION_EXPIRED
-    // from fn is a loss too: etcd can notice the lease gone before our keepalive does.
-    if (!result.ok && lostReason === undefined && isRecipeError(result.error, 'SESSION_EXPIRED'))
-      lostReason = result.error;
-    if (!outer?.aborted && lostReason !== undefined) {
-      const reason = lostReason;
-      log('session %s lost: %s', session.leaseHex, (reason as Error)?.message);
-      try {
-        onLost?.(reason);
-      } catch (err) {
-        log('onLost threw (ignored): %s', (err as Error)?.message);
-      }
-      return { lost: true, reason };
+    log('session %s lost: %s', session.leaseHex, (lostReason as Error)?.message);
+    try {
+      onLost?.(lostReason);
+    } catch (err) {
+      log('onLost threw (ignored): %s', (err as Error)?.message);
     }
-    if (!result.ok) throw result.error;
-    return { lost: false, value: result.value };
+    return { lost: true, reason: lostReason };
   });
 }

@@ -1,12 +1,12 @@
 import type { WaitOptions } from '../../core/options.js';
 import type { Namespace } from 'etcd3';
-import { linkSignals, raceAbort } from '../../core/abort.js';
+import { linkSignals } from '../../core/abort.js';
 import { checkGuard, resolveGuard, type Guard } from '../../core/guard.js';
 import { ReceiptBook } from '../../core/receipts.js';
 import { showKey, toBuffer } from '../../core/keys.js';
 import { cmp, op, range } from '../../core/kv.js';
 import { logger } from '../../core/log.js';
-import { retrying } from '../../core/retry.js';
+import { retryingUntil } from '../../core/retry.js';
 import { checkSession, type Session } from '../../core/session.js';
 import { checkClient, checkName, checkOptions, checkSignal } from '../../core/validate.js';
 import { waitInLine, type LineState } from '../../core/wait.js';
@@ -25,8 +25,8 @@ export interface BarrierHoldOptions {
   /** Abort the call; it then rejects with the signal's reason and leaves no key behind. */
   signal?: AbortSignal;
   /**
-   * Fencing: hold only if these compares hold (e.g. `election.ifLeader()`), in the same Txn;
-   * else reject with the guard's code.
+   * Fencing: hold only if these compares hold (e.g. `election.ifLeader()`), in the same Txn; else
+   * reject with the guard's code.
    */
   guard?: Guard;
 }
@@ -52,7 +52,8 @@ export class Barrier {
   readonly key: string | Buffer;
   readonly #key: Buffer;
   readonly #what: string;
-  #book: ReceiptBook | undefined;
+  /** Receipts of this barrier's holds and releases (`__<key>/receipts/`), deleted once their call returned. */
+  readonly #book: ReceiptBook;
 
   /**
    * @param client - an etcd3 client or namespace
@@ -66,6 +67,7 @@ export class Barrier {
     this.key = key;
     this.#key = toBuffer(key);
     this.#what = `barrier ${showKey(key)}`;
+    this.#book = new ReceiptBook(client, Buffer.concat([Buffer.from('__'), this.#key, Buffer.from('/receipts/')]));
   }
 
   /**
@@ -91,7 +93,7 @@ export class Barrier {
     try {
       const guard = await resolveGuard(this.client, options.guard);
       // A receipt proves a landed hold after a lost reply, even once someone released it again.
-      const out = await this.#receipts()
+      const out = await this.#book
         .write(
           {
             compares: [cmp.version(this.#key, '==', 0n), ...guard.compares],
@@ -106,7 +108,7 @@ export class Barrier {
         });
       if (out.landed && out.aborted !== undefined) {
         // Given up, yet the hold landed: take it back (only this very hold, by its create revision).
-        await this.#receipts()
+        await this.#book
           .write(
             { compares: [cmp.create(this.#key, '==', out.revision)], success: [op.delete(this.#key)] },
             { what: `${this.#what}: undo an aborted hold` },
@@ -132,7 +134,7 @@ export class Barrier {
     checkOptions(options);
     checkSignal(options.signal);
     try {
-      const out = await this.#receipts().write(
+      const out = await this.#book.write(
         {
           compares: [cmp.version(this.#key, '>', 0n)],
           success: [op.delete(this.#key)],
@@ -146,18 +148,9 @@ export class Barrier {
     }
   }
 
-  /** Receipts of this barrier's holds and releases (`__<key>/receipts/`), deleted once their call returned. */
-  #receipts(): ReceiptBook {
-    this.#book ??= new ReceiptBook(
-      this.client,
-      Buffer.concat([Buffer.from('__'), this.#key, Buffer.from('/receipts/')]),
-    );
-    return this.#book;
-  }
-
   async #flushReceipts(): Promise<void> {
     await this.#book
-      ?.flush()
+      .flush()
       .catch((err: unknown) => log('%s: receipt cleanup failed: %s', this.#what, (err as Error).message));
   }
 
@@ -166,10 +159,7 @@ export class Barrier {
     checkOptions(options);
     checkSignal(options.signal);
     options.signal?.throwIfAborted();
-    const r = await raceAbort(
-      retrying(() => range(this.client, this.#key, { countOnly: true }), { signals: [options.signal] }),
-      options.signal,
-    );
+    const r = await retryingUntil(options.signal, () => range(this.client, this.#key, { countOnly: true }));
     return r.count > 0n;
   }
 
@@ -184,23 +174,16 @@ export class Barrier {
     checkOptions(options);
     checkSignal(options.signal);
     options.signal?.throwIfAborted();
-    const linked = linkSignals(options.signal);
-    const signal = linked.signal;
-    try {
-      const initial = await raceAbort(
-        retrying(() => this.#readHold(undefined), { signals: [signal] }),
-        signal,
-      );
-      if (!initial.blocker) return;
-      // The hold we wait for is identified by its create revision: a key
-      // with another create revision means ours was deleted meanwhile.
-      const heldAt = initial.blocker.kind === 'key' ? initial.blocker.createRevision : 0n;
-      log('%s: waiting for the hold created at %s to be released', this.#what, heldAt);
-      await waitInLine(this.client, { initial, read: () => this.#readHold(heldAt), signal, what: this.#what, log });
-      log('%s: released, waiter passes', this.#what);
-    } finally {
-      linked.dispose();
-    }
+    const initial = await retryingUntil(options.signal, () => this.#readHold(undefined));
+    if (!initial.blocker) return;
+    // The hold we wait for is identified by its create revision: a key
+    // with another create revision means ours was deleted meanwhile.
+    const heldAt = initial.blocker.kind === 'key' ? initial.blocker.createRevision : 0n;
+    log('%s: waiting for the hold created at %s to be released', this.#what, heldAt);
+    // waitInLine needs a signal; without the caller's, one that never aborts.
+    const signal = options.signal ?? new AbortController().signal;
+    await waitInLine(this.client, { initial, read: () => this.#readHold(heldAt), signal, what: this.#what, log });
+    log('%s: released, waiter passes', this.#what);
   }
 
   /**

@@ -3,10 +3,10 @@ import { linkSignals, raceAbort } from '../../core/abort.js';
 import { BarrierFullError, InternalError, InvalidArgumentError, SessionExpiredError } from '../../core/errors.js';
 import { cleanUpAfter, deleteOwnKey } from '../../core/holding.js';
 import { showKey, toBuffer } from '../../core/keys.js';
-import { createUniqueKey, type PendingKey } from '../../core/line.js';
+import { createUniqueKey, joinLine, type PendingKey } from '../../core/line.js';
 import { cmp, op, range, rangeAt, txn, type KeyValue, type TxnResult } from '../../core/kv.js';
 import { logger } from '../../core/log.js';
-import { retrying } from '../../core/retry.js';
+import { retrying, retryingUntil } from '../../core/retry.js';
 import { checkSession, type Session } from '../../core/session.js';
 import { checkInteger, checkName, checkOptions, checkSignal } from '../../core/validate.js';
 import { waitInLine, type LineState, type WatchTarget } from '../../core/wait.js';
@@ -27,11 +27,8 @@ interface Participant {
 
 /** What a leave read found. */
 interface LeaveView {
-  /** This participant's key is still there (it has not left yet). */
-  inLine: boolean;
-  /** Members of the round that have not left, oldest and newest (by create revision). */
-  lowest: KeyValue | undefined;
-  highest: KeyValue | undefined;
+  /** This participant is the only member of the round that has not left. */
+  alone: boolean;
   /** Mod revision of `<key>/ready`, undefined when absent. */
   ready: bigint | undefined;
 }
@@ -114,57 +111,22 @@ export class DoubleBarrier {
     options.signal?.throwIfAborted();
     session.throwIfExpired();
     this.#phase = 'entering';
-    const linked = linkSignals(options.signal, session.signal);
-    const signal = linked.signal;
-    const pending: PendingKey = {};
-    let inFlight: Promise<unknown> = Promise.resolve();
-    let removed = false;
     try {
-      // #join keeps `pending` on the key it may be creating (undefined once it knows it created none).
-      const joined = await this.#join(signal, pending, (creating) => {
-        inFlight = creating;
+      // joinLine removes the key this call may have created if it fails or is turned away.
+      const turn = await joinLine<bigint>(session, {
+        what: this.#what,
+        log,
+        wait: true,
+        signals: [options.signal],
+        enter: (pending, signal) => this.#join(pending, signal),
+        read: (key, rev) => this.#readEnter(key, rev),
       });
-      const myKey = joined.key;
-      const myRev = joined.rev;
-      let round: bigint;
-      if (joined.position > this.count) {
-        removed = true;
-        await this.#deleteMine(myKey, myRev);
-        throw new BarrierFullError(`${this.#what} already has ${this.count} participant(s) entering`);
-      } else if (joined.position === this.count) {
-        round = await raceAbort(
-          retrying(() => this.#startRound(myKey, myRev), { signals: [signal] }),
-          signal,
-        );
-        log('%s: %s completed the count, round %s started', this.#what, showKey(myKey), round);
-      } else {
-        log('%s: %s entered as %d of %d, waiting', this.#what, showKey(myKey), joined.position, this.count);
-        const state = await waitInLine(this.session.client, {
-          initial: joined.state,
-          read: () => this.#readEnter(myKey, myRev),
-          signal,
-          what: this.#what,
-          log,
-        });
-        round = state.data!;
-        log('%s: %s passes, round %s', this.#what, showKey(myKey), round);
-      }
-      this.#me = { key: myKey, rev: myRev, round };
+      this.#me = { key: turn!.key, rev: turn!.rev, round: turn!.state.data! };
       this.#phase = 'entered';
+      log('%s: %s passes, round %s', this.#what, showKey(turn!.key), this.#me.round);
     } catch (err) {
       this.#phase = 'idle';
-      if (!removed) {
-        // Remove the key this call may have created, after its Txn settled.
-        await cleanUpAfter(
-          inFlight,
-          () => (pending.key ? this.#deleteMine(pending.key, pending.rev) : Promise.resolve()),
-          noop,
-          log,
-        );
-      }
       throw err;
-    } finally {
-      linked.dispose();
     }
   }
 
@@ -194,22 +156,22 @@ export class DoubleBarrier {
     let inLine = true;
     let finishing: Promise<unknown> = Promise.resolve();
     const read = () => this.#readLeave(me, inLine);
+    const waitForOthers = async () =>
+      waitInLine(session.client, { initial: await retryingUntil(signal, read), read, signal, what: this.#what, log });
     try {
-      let state = await raceAbort(retrying(read, { signals: [signal] }), signal);
       // Still in line: wait while we are the lowest and others remain; then
       // either finish the round (alone) or step out of line.
-      state = await waitInLine(session.client, { initial: state, read, signal, what: this.#what, log });
-      if (state.data!.lowest?.key.equals(me.key) && state.data!.highest?.key.equals(me.key)) {
+      let state = await waitForOthers();
+      if (state.data!.alone) {
         finishing = retrying(this.#finishRound(me), { signals: [signal] });
         await raceAbort(finishing, signal);
         log('%s: %s left last, round %s over', this.#what, showKey(me.key), me.round);
       } else {
-        await this.#deleteMine(me.key, me.rev);
+        await deleteOwnKey(session, me.key, me.rev, log);
         inLine = false;
         log('%s: %s left, waiting for the others', this.#what, showKey(me.key));
-        state = await raceAbort(retrying(read, { signals: [signal] }), signal);
         // Out of line: wait until no member of the round remains.
-        state = await waitInLine(session.client, { initial: state, read, signal, what: this.#what, log });
+        state = await waitForOthers();
         const ready = state.data!.ready;
         // The last member died instead of leaving: remove the round's ready key for it.
         if (ready === me.round) await this.#removeStaleReady(me.round);
@@ -218,7 +180,7 @@ export class DoubleBarrier {
     } catch (err) {
       if (inLine) {
         // Aborted or failed: step out of line rather than leave our key behind.
-        await cleanUpAfter(finishing, () => this.#deleteMine(me.key, me.rev), noop, log);
+        await cleanUpAfter(finishing, () => deleteOwnKey(session, me.key, me.rev, log), noop, log);
       }
       throw err;
     } finally {
@@ -230,21 +192,17 @@ export class DoubleBarrier {
 
   /**
    * Creates this participant's key, if no round is in progress, and learns
-   * its position (how many live keys were created up to and including it).
-   * A stale `ready` key (its round has no member left: a crash) is removed
-   * first.
+   * its position (how many live keys were created up to and including it):
+   * past the count it is turned away, the count-th starts the round, the
+   * others wait for `<key>/ready`. A stale `ready` key (its round has no
+   * member left: a crash) is removed first.
    */
-  async #join(
-    signal: AbortSignal,
-    pending: PendingKey,
-    onAttempt: (creating: Promise<unknown>) => void,
-  ): Promise<{ key: Buffer; rev: bigint; position: number; state: LineState<bigint> }> {
-    const { session } = this;
+  async #join(pending: PendingKey, signal: AbortSignal): Promise<LineState<bigint>> {
     for (let attempt = 0; attempt < 50; attempt++) {
       // core/line.ts proves a landed attempt by our lease on the key, never by counting attempts:
       // etcd3 may have re-sent the Txn unseen, and a second participant key would be a phantom.
-      const creating = createUniqueKey(
-        session,
+      const res = await createUniqueKey(
+        this.session,
         this.#waiters,
         [op.range(this.#waiters, { prefix: true, countOnly: true })],
         pending,
@@ -257,27 +215,22 @@ export class DoubleBarrier {
           ],
         },
       );
-      onAttempt(creating);
-      const res = await raceAbort(creating, signal).catch((err: unknown) => {
-        // The lease may be gone on the server before our session noticed.
-        throw session.leaseError(err, this.#what);
-      });
       if ('key' in res) {
-        const { key, rev } = res;
-        if (res.reads) {
-          const position = Number(rangeAt({ responses: res.reads } as TxnResult, 0).count);
-          return { key, rev, position, state: { alive: true, revision: rev, blocker: this.#readyBlocker(undefined) } };
+        const { key, rev, reads } = res;
+        // Adopted after a lost reply (no reads): learn the position as of the key's creation.
+        const position = reads
+          ? Number(rangeAt({ responses: reads } as TxnResult, 0).count)
+          : await retryingUntil(signal, () => this.#positionAt(rev));
+        if (position > this.count)
+          throw new BarrierFullError(`${this.#what} already has ${this.count} participant(s) entering`);
+        if (position === this.count) {
+          const round = await retryingUntil(signal, () => this.#startRound(key, rev));
+          log('%s: %s completed the count, round %s started', this.#what, showKey(key), round);
+          return { alive: true, revision: round, data: round };
         }
-        // Adopted after a lost reply: learn the position as of the key's creation.
-        const position = await raceAbort(
-          retrying(() => this.#positionAt(rev), { signals: [signal] }),
-          signal,
-        );
-        const state = await raceAbort(
-          retrying(() => this.#readEnter(key, rev), { signals: [signal] }),
-          signal,
-        );
-        return { key, rev, position, state };
+        log('%s: %s entered as %d of %d, waiting', this.#what, showKey(key), position, this.count);
+        if (!reads) return retryingUntil(signal, () => this.#readEnter(key, rev));
+        return { alive: true, revision: rev, blocker: this.#readyBlocker(undefined) };
       }
       const [readyRes, oldestRes] = res.failure;
       const ready = readyRes?.type === 'range' ? readyRes.kvs[0] : undefined;
@@ -287,10 +240,7 @@ export class DoubleBarrier {
         throw new BarrierFullError(`${this.#what}: a round of ${this.count} is in progress`);
       }
       // No member of that round is left (crashed): its ready key is stale.
-      await raceAbort(
-        retrying(() => this.#removeStaleReady(ready.modRevision), { signals: [signal] }),
-        signal,
-      );
+      await retryingUntil(signal, () => this.#removeStaleReady(ready.modRevision));
     }
     throw new BarrierFullError(`${this.#what}: could not enter (the barrier kept changing)`);
   }
@@ -365,25 +315,13 @@ export class DoubleBarrier {
         op.range(this.#ready),
       ],
     );
-    const mine = rangeAt(res, 0).kvs[0];
-    const view: LeaveView = {
-      inLine: !!mine && mine.createRevision === me.rev,
-      lowest: rangeAt(res, 1).kvs[0],
-      highest: rangeAt(res, 2).kvs[0],
-      ready: rangeAt(res, 3).kvs[0]?.modRevision,
-    };
+    const [mine, lowest, highest, ready] = [0, 1, 2, 3].map((i) => rangeAt(res, i).kvs[0]);
+    const isMe = (kv: KeyValue | undefined) => !!kv && kv.key.equals(me.key);
+    const data = { alone: isMe(lowest) && isMe(highest), ready: ready?.modRevision };
     const target = (kv: KeyValue): WatchTarget => ({ kind: 'key', key: kv.key, createRevision: kv.createRevision });
-    if (inLine) {
-      const lowestIsMe = !!view.lowest && view.lowest.key.equals(me.key);
-      const alone = lowestIsMe && !!view.highest && view.highest.key.equals(me.key);
-      return {
-        alive: view.inLine,
-        revision: res.revision,
-        blocker: lowestIsMe && !alone ? target(view.highest!) : undefined,
-        data: view,
-      };
-    }
-    return { alive: true, revision: res.revision, blocker: view.lowest ? target(view.lowest) : undefined, data: view };
+    if (!inLine) return { alive: true, revision: res.revision, blocker: lowest && target(lowest), data };
+    const alive = !!mine && mine.createRevision === me.rev;
+    return { alive, revision: res.revision, blocker: isMe(lowest) && !data.alone ? target(highest!) : undefined, data };
   }
 
   /** The last member leaves: delete its key and the round's ready key in one Txn. */
@@ -419,9 +357,5 @@ export class DoubleBarrier {
       // The next enter() removes it as well.
       log('%s: could not remove a stale ready key: %s', this.#what, (err as Error).message);
     }
-  }
-
-  #deleteMine(key: Buffer, rev: bigint | undefined): Promise<void> {
-    return deleteOwnKey(this.session, key, rev, log);
   }
 }

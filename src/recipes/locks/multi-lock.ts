@@ -1,11 +1,12 @@
 import type { ComparatorBuilder, Namespace } from 'etcd3';
 import { linkSignals, type LinkedSignal } from '../../core/abort.js';
+import { withHeld } from './with-held.js';
 import { traced } from '../../core/diagnostics.js';
 import { InvalidArgumentError, LockNotHeldError } from '../../core/errors.js';
 import { sessionKey, showKey, toBuffer } from '../../core/keys.js';
 import { logger } from '../../core/log.js';
-import { checkSession, Session } from '../../core/session.js';
-import { checkClient, checkFunction, checkInteger, checkName, checkOptions, checkSignal } from '../../core/validate.js';
+import { checkSession, type Session } from '../../core/session.js';
+import { checkClient, checkFunction, checkName, checkOptions, checkSignal } from '../../core/validate.js';
 import { Mutex, type LockHandle, type LockOptions, type WithLockOptions } from './mutex.js';
 
 const log = logger('multi-lock');
@@ -188,27 +189,17 @@ export async function withLocks<T>(
   checkClient(client);
   lockOrder(names);
   checkFunction(fn, 'fn');
-  checkOptions(options);
-  checkSignal(options.signal);
-  if (options.session !== undefined) checkSession(options.session, 'options.session');
-  else if (options.ttl !== undefined) checkInteger(options.ttl, 'options.ttl', 1);
-  const session = options.session ?? (await Session.create(client, { ttl: options.ttl, signal: options.signal }));
-  try {
-    const handle = await acquireAll(session, names, { signal: options.signal });
-    const linked = linkSignals(handle.signal, options.signal);
-    try {
-      return await fn({
-        signal: linked.signal,
-        names: handle.names,
-        keys: handle.keys,
-        fencingTokens: handle.fencingTokens,
-        ifOwner: () => handle.ifOwner(),
-      });
-    } finally {
-      linked.dispose();
-      await handle.release();
-    }
-  } finally {
-    if (!options.session) await session.close();
-  }
+  return withHeld(
+    client,
+    options,
+    (session) => acquireAll(session, names, { signal: options.signal }),
+    (held, signal) =>
+      fn({
+        signal,
+        names: held.names,
+        keys: held.keys,
+        fencingTokens: held.fencingTokens,
+        ifOwner: () => held.ifOwner(),
+      }),
+  );
 }

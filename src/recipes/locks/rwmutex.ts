@@ -18,8 +18,8 @@ const log = logger('rwmutex');
 export type RWLockOptions = WaitOptions;
 
 /**
- * A held read or write lock, from {@link RWMutex.acquireRead} / {@link RWMutex.acquireWrite}.
- * Dispose it (or `release()`) to unlock.
+ * A held read or write lock, from {@link RWMutex.acquireRead} / {@link RWMutex.acquireWrite}. Dispose
+ * it (or `release()`) to unlock.
  */
 export type RWLockHandle = HeldKey;
 
@@ -185,16 +185,16 @@ export class RWMutex {
   }
 
   /**
-   * Like {@link RWMutex.acquireRead} but never waits: resolves undefined (leaving no key) if a
-   * writer holds or waits.
+   * Like {@link RWMutex.acquireRead} but never waits: resolves undefined (leaving no key) if a writer
+   * holds or waits.
    */
   tryAcquireRead(options: RWLockOptions = {}): Promise<RWLockHandle | undefined> {
     return this.#acquire('read', options, false);
   }
 
   /**
-   * Like {@link RWMutex.acquireWrite} but never waits: resolves undefined (leaving no key) if
-   * anyone holds or waits.
+   * Like {@link RWMutex.acquireWrite} but never waits: resolves undefined (leaving no key) if anyone
+   * holds or waits.
    */
   tryAcquireWrite(options: RWLockOptions = {}): Promise<RWLockHandle | undefined> {
     return this.#acquire('write', options, false);
@@ -206,9 +206,9 @@ export class RWMutex {
     if (this.held || this.#locking) {
       throw new InvalidArgumentError(
         'this',
-        `rwmutex ${showKey(this.name)} is already locked (${this.mode ?? 'taking a lock'}) ` +
-          'through this RWMutex object; a second lock on it would wait for the first forever ' +
-          '(no reentrancy, no upgrade); use acquireRead()/acquireWrite() for more than one hold',
+        `rwmutex ${showKey(this.name)} is already locked (${this.mode ?? 'taking a lock'}) through this RWMutex ` +
+          'object; a second lock on it would wait for the first forever (no reentrancy, no upgrade); ' +
+          'use acquireRead()/acquireWrite() for more than one hold',
       );
     }
     this.#locking = true;
@@ -257,33 +257,21 @@ export class RWMutex {
   }
 
   /**
-   * The range that finds what blocks a `mode` waiter: the newest older writer, or our own key and
-   * the newest older key.
+   * The range that finds what blocks a `mode` waiter: the newest older
+   * writer, or our own key and the newest older key.
    */
-  #blockerRange(mode: RWLockMode, maxCreateRevision?: bigint): { key: Buffer; options: RangeOptions } {
-    return mode === 'read'
-      ? {
-          key: this.#writeDir,
-          options: {
-            prefix: true,
-            maxCreateRevision,
-            sortTarget: 'Create',
-            sortOrder: 'Descend',
-            limit: 1,
-            keysOnly: true,
-          },
-        }
-      : {
-          key: this.#prefix,
-          options: {
-            prefix: true,
-            maxCreateRevision,
-            sortTarget: 'Create',
-            sortOrder: 'Descend',
-            limit: 2,
-            keysOnly: true,
-          },
-        };
+  #blockerRange(mode: RWLockMode, maxCreateRevision?: bigint): [Buffer, RangeOptions] {
+    return [
+      mode === 'read' ? this.#writeDir : this.#prefix,
+      {
+        prefix: true,
+        maxCreateRevision,
+        sortTarget: 'Create',
+        sortOrder: 'Descend',
+        limit: mode === 'read' ? 1 : 2,
+        keysOnly: true,
+      },
+    ];
   }
 
   /**
@@ -294,18 +282,17 @@ export class RWMutex {
    */
   async #enter(mode: RWLockMode, pending: PendingKey, signal: AbortSignal): Promise<LineState> {
     const dir = mode === 'read' ? this.#readDir : this.#writeDir;
-    const blocker = this.#blockerRange(mode);
     const { key, rev, reads } = await createUniqueKey(
       this.session,
       dir,
-      [op.range(blocker.key, blocker.options)],
+      [op.range(...this.#blockerRange(mode))],
       pending,
       signal,
     );
     // Adopted after a lost reply: read the line anew.
     if (!reads) return retrying(() => this.#readLine(mode, key, rev), { signals: [signal], maxElapsedMs: Infinity });
     const kvs = (reads[0] as RangeResult).kvs;
-    return mode === 'read' ? this.#readerState(true, kvs[0], rev) : this.#writerState(kvs, key, rev, rev);
+    return mode === 'read' ? lineState(true, kvs[0], rev) : writerState(kvs, key, rev, rev);
   }
 
   /**
@@ -316,31 +303,23 @@ export class RWMutex {
    */
   async #readLine(mode: RWLockMode, key: Buffer, rev: bigint): Promise<LineState> {
     const client = this.session.client;
-    const blocker = this.#blockerRange(mode, rev);
     if (mode === 'write') {
-      const r = await range(client, blocker.key, blocker.options);
-      return this.#writerState(r.kvs, key, rev, r.revision);
+      const r = await range(client, ...this.#blockerRange(mode, rev));
+      return writerState(r.kvs, key, rev, r.revision);
     }
-    const res = await txn(client, [], [op.range(key, { keysOnly: true }), op.range(blocker.key, blocker.options)]);
+    const res = await txn(client, [], [op.range(key, { keysOnly: true }), op.range(...this.#blockerRange(mode, rev))]);
     const own = rangeAt(res, 0).kvs[0];
-    return this.#readerState(!!own && own.createRevision === rev, rangeAt(res, 1).kvs[0], res.revision);
+    return lineState(!!own && own.createRevision === rev, rangeAt(res, 1).kvs[0], res.revision);
   }
+}
 
-  #readerState(alive: boolean, writer: KeyValue | undefined, revision: bigint): LineState {
-    return {
-      alive,
-      revision,
-      blocker: alive && writer ? { kind: 'key', key: writer.key, createRevision: writer.createRevision } : undefined,
-    };
-  }
+/** A line state: blocked by `blocker` while alive. */
+function lineState(alive: boolean, blocker: KeyValue | undefined, revision: bigint): LineState {
+  if (!alive || !blocker) return { alive, revision };
+  return { alive, revision, blocker: { kind: 'key', key: blocker.key, createRevision: blocker.createRevision } };
+}
 
-  #writerState(kvs: KeyValue[], key: Buffer, rev: bigint, revision: bigint): LineState {
-    const [first, pred] = kvs;
-    const alive = !!first && first.createRevision === rev && first.key.equals(key);
-    return {
-      alive,
-      revision,
-      blocker: alive && pred ? { kind: 'key', key: pred.key, createRevision: pred.createRevision } : undefined,
-    };
-  }
+/** A writer's state from the newest keys up to its own (`kvs`: its own key first, then its predecessor). */
+function writerState([first, pred]: KeyValue[], key: Buffer, rev: bigint, revision: bigint): LineState {
+  return lineState(!!first && first.createRevision === rev && first.key.equals(key), pred, revision);
 }

@@ -2,7 +2,17 @@ import { InternalError, InvalidArgumentError } from '../../core/errors.js';
 import { lockTarget } from '../../core/diagnostics.js';
 import { Holding, type HeldKey } from '../../core/holding.js';
 import { childPrefix, showKey, uniqueKey } from '../../core/keys.js';
-import { cmp, op, range, rangeAt, txn, type KeyValue, type Op, type TxnResult } from '../../core/kv.js';
+import {
+  cmp,
+  op,
+  range,
+  rangeAt,
+  txn,
+  type KeyValue,
+  type Op,
+  type RangeOptions,
+  type TxnResult,
+} from '../../core/kv.js';
 import { joinLine, MAX_UNIQUE_ATTEMPTS, type PendingKey } from '../../core/line.js';
 import { logger } from '../../core/log.js';
 import { retrying } from '../../core/retry.js';
@@ -178,13 +188,7 @@ export class Semaphore {
    * names under `<name>/queue/` would count too).
    */
   async usage(): Promise<SemaphoreUsage> {
-    const r = await range(this.session.client, this.#queueDir, {
-      prefix: true,
-      sortTarget: 'Create',
-      sortOrder: 'Ascend',
-      limit: this.permits + 1,
-      keysOnly: true,
-    });
+    const r = await range(this.session.client, this.#queueDir, this.#queue('Ascend', this.permits + 1));
     // Requests hold in order while they fit; the first one that does not fit (or is cut by the limit) waits.
     let holders = 0;
     for (const g of groupByRevision(r.kvs.slice(0, this.permits))) {
@@ -242,28 +246,19 @@ export class Semaphore {
     };
   }
 
+  /** Keys-only range options over the queue, by create revision. */
+  #queue(sortOrder: 'Ascend' | 'Descend', limit: number, bounds: Partial<RangeOptions> = {}): RangeOptions {
+    return { prefix: true, ...bounds, sortTarget: 'Create', sortOrder, limit, keysOnly: true };
+  }
+
   /**
    * The two reads every line state comes from: the first `permits + 1`
    * keys, and our `n` keys with our predecessor's (the newest key older than ours).
    */
   #lineReads(n: number, maxCreateRevision?: bigint): Op[] {
     return [
-      op.range(this.#queueDir, {
-        prefix: true,
-        maxCreateRevision,
-        sortTarget: 'Create',
-        sortOrder: 'Ascend',
-        limit: this.permits + 1,
-        keysOnly: true,
-      }),
-      op.range(this.#queueDir, {
-        prefix: true,
-        maxCreateRevision,
-        sortTarget: 'Create',
-        sortOrder: 'Descend',
-        limit: n + 1,
-        keysOnly: true,
-      }),
+      op.range(this.#queueDir, this.#queue('Ascend', this.permits + 1, { maxCreateRevision })),
+      op.range(this.#queueDir, this.#queue('Descend', n + 1, { maxCreateRevision })),
     ];
   }
 
@@ -287,14 +282,14 @@ export class Semaphore {
       signal.throwIfAborted();
       const request = this.#request(n);
       const key = request.keys[0]!;
-      pending.key = key;
-      pending.rev = undefined;
-      pending.group = request.group;
+      Object.assign(pending, { key, rev: undefined, group: request.group });
       const countGuard = createCount
         ? cmp.create(this.#permitsKey, '==', 0n)
         : cmp.value(this.#permitsKey, '==', count);
-      const puts = request.keys.map((k) => op.put(k, '', leaseId));
-      const writes = createCount ? [op.put(this.#permitsKey, count), ...puts] : puts;
+      const writes = [
+        ...(createCount ? [op.put(this.#permitsKey, count)] : []),
+        ...request.keys.map((k) => op.put(k, '', leaseId)),
+      ];
       const res: TxnResult = await retrying(
         () =>
           txn(
@@ -351,18 +346,8 @@ export class Semaphore {
   async #readLine(request: Request, rev: bigint): Promise<LineState<LineData>> {
     const reads = this.#lineReads(request.n, rev);
     const behind = Math.min(this.permits - 1, WAKE_AHEAD);
-    if (behind > 0) {
-      reads.push(
-        op.range(this.#queueDir, {
-          prefix: true,
-          minCreateRevision: rev + 1n,
-          sortTarget: 'Create',
-          sortOrder: 'Ascend',
-          limit: behind,
-          keysOnly: true,
-        }),
-      );
-    }
+    if (behind > 0)
+      reads.push(op.range(this.#queueDir, this.#queue('Ascend', behind, { minCreateRevision: rev + 1n })));
     const res = await txn(this.session.client, [], reads);
     const after = behind > 0 ? rangeAt(res, 2).kvs : [];
     return this.#lineState(
