@@ -1,14 +1,14 @@
 import type { WaitOptions } from '../../core/options.js';
 import type { ComparatorBuilder, Namespace } from 'etcd3';
-import { linkSignals } from '../../core/abort.js';
 import { lockTarget } from '../../core/diagnostics.js';
 import { InvalidArgumentError, LockNotHeldError } from '../../core/errors.js';
 import { Holding, type HeldKey } from '../../core/holding.js';
 import { showKey } from '../../core/keys.js';
+import { withHeld } from './with-held.js';
 import { joinLine, SessionLine } from '../../core/line.js';
 import { logger } from '../../core/log.js';
-import { checkSession, createOwnedSession, type Session } from '../../core/session.js';
-import { checkClient, checkFunction, checkInteger, checkName, checkOptions, checkSignal } from '../../core/validate.js';
+import { checkSession, type Session } from '../../core/session.js';
+import { checkClient, checkFunction, checkName, checkOptions, checkSignal } from '../../core/validate.js';
 
 const log = logger('mutex');
 
@@ -215,26 +215,11 @@ export async function withLock<T>(
   checkClient(client);
   checkName(name, 'name');
   checkFunction(fn, 'fn');
-  checkOptions(options);
-  checkSignal(options.signal);
-  if (options.session !== undefined) checkSession(options.session, 'options.session');
-  else if (options.ttl !== undefined) checkInteger(options.ttl, 'options.ttl', 1);
-  const session = options.session ?? (await createOwnedSession(client, { ttl: options.ttl, signal: options.signal }));
-  try {
-    const handle = await new Mutex(session, name).acquire({ signal: options.signal });
-    const linked = linkSignals(handle.signal, options.signal);
-    try {
-      return await fn({
-        signal: linked.signal,
-        fencingToken: handle.fencingToken,
-        key: handle.key,
-        ifOwner: () => handle.ifOwner(),
-      });
-    } finally {
-      linked.dispose();
-      await handle.release();
-    }
-  } finally {
-    if (!options.session) await session.close();
-  }
+  return withHeld(
+    client,
+    options,
+    (session) => new Mutex(session, name).acquire({ signal: options.signal }),
+    (handle, signal) =>
+      fn({ signal, fencingToken: handle.fencingToken, key: handle.key, ifOwner: () => handle.ifOwner() }),
+  );
 }
