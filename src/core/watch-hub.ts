@@ -4,85 +4,29 @@ import { clientScope, reportSilentStream } from './client.js';
 import { publish } from './diagnostics.js';
 import { ClosedError, InternalError } from './errors.js';
 import { classifyEtcdError } from './etcd-errors.js';
-import { decodeKv, encodeKey, type KeyValue, type RawKv } from './kv.js';
+import { decodeKv, encodeKey, type RawKv } from './kv.js';
 import { prefixEnd, showKey } from './keys.js';
 import { logger } from './log.js';
 import { closeStreamQuietly } from './streams.js';
+import {
+  WatchCompactedError,
+  type WatchEvent,
+  type WatchHandle,
+  type WatchListener,
+  type WatchSpec,
+} from './watch-types.js';
 
 const log = logger('watch');
 
 /*
- * One etcd watch stream per client, shared by every watch a recipe opens.
- *
- * We do not use etcd3's Watcher for three reasons, each measured or read in
- * its source (etcd3 1.1.2):
- *  - when its last watcher is cancelled it cancels the gRPC stream, and its
- *    error hook then resets every gRPC channel of the client (KV, Lease and
- *    Watch alike), so the next call builds a new channel: a lock handoff paid
- *    for a TCP and HTTP/2 handshake and several ms of CPU each time;
- *  - a watch cancelled for compaction is reported as an opaque error and
- *    dropped, while recipes must re-read and go on;
- *  - the revision at which a watch was created is not exposed, and waiters
- *    need it to skip a confirming read.
- *
- * Here every watch gets a client-chosen watch_id (etcd >= 3.4), creates are
- * pipelined, a broken stream is re-opened and each watch resumes after the
- * last revision it saw, compaction ends a watch with a WatchCompactedError,
- * and an idle stream is closed without touching the client's channels.
- *
- * A stream can also go silent without breaking (a frozen member keeps its
- * TCP connection open): after a second without a word from etcd we ask for
- * a progress report, and a stream that stays silent for two seconds is
- * dropped and re-opened on another member. Closing the client ends every
- * watch with a ClosedError.
+ * One etcd watch stream per client, shared by every watch a recipe opens: client-chosen watch IDs,
+ * pipelined creates, resume after the last revision seen on a new stream, WatchCompactedError on
+ * compaction, a progress probe after 1 s of silence and a re-open elsewhere after 2 s, ClosedError
+ * when the client closes. Why not etcd3's Watcher: docs/internals.md, "Why our own watch stream".
  */
 
-/** What to watch. Keys are as the recipe sees them (the client's namespace is applied here). */
-export interface WatchSpec {
-  key: Buffer;
-  /** Watch every key starting with `key`. */
-  prefix?: boolean;
-  /** First revision to deliver; omit to start "now" (the watch is then synced at once). */
-  startRevision?: bigint;
-  /** Skip put events. */
-  noPut?: boolean;
-  /** Skip delete events. */
-  noDelete?: boolean;
-  /** Ask etcd for the previous key-value with each event. */
-  prevKv?: boolean;
-}
-
-export interface WatchEvent {
-  type: 'put' | 'delete';
-  /** For a delete: the key and the deletion's mod revision (create revision 0). */
-  kv: KeyValue;
-  prevKv?: KeyValue;
-}
-
-/** The watch's start revision was compacted away: re-read the state and watch again from there. */
-export class WatchCompactedError extends Error {
-  readonly compactRevision: bigint;
-  constructor(compactRevision: bigint) {
-    super(`watch start revision compacted (compact revision ${compactRevision})`);
-    this.name = 'WatchCompactedError';
-    this.compactRevision = compactRevision;
-  }
-}
-
-export interface WatchListener {
-  /** Events of one revision range, in order. `revision` is the response header's revision. */
-  onEvents(events: WatchEvent[], revision: bigint): void;
-  /** The watch ended for good (compaction, cancellation by the server, closed client). */
-  onEnd(err: Error): void;
-}
-
-/** A live watch. */
-export interface WatchHandle {
-  /** The store revision when etcd created the watch; events after it are delivered. */
-  readonly createdRevision: bigint;
-  /** Stops the watch. Idempotent. */
-  close(): void;
-}
+export { WatchCompactedError };
+export type { WatchEvent, WatchHandle, WatchListener, WatchSpec };
 
 interface Entry {
   id: string;
