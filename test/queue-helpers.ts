@@ -1,6 +1,6 @@
 import type { Namespace } from 'etcd3';
 import { requestCounts as etcdRequestCounts } from '../src/testing/index.js';
-import { waitForKeyCount } from './helpers.js';
+import { waitForKeyCount, within } from './helpers.js';
 
 /** etcd's own count of KV requests received (Range, Txn, Put, DeleteRange) and watch messages, from /metrics. */
 export async function requestCounts(
@@ -77,4 +77,28 @@ export async function compactAll(client: Namespace, filler: string): Promise<big
 /** The length of an injected fault (an outage), not a wait for an event. */
 export function faultFor(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
+}
+
+/** Values collected (taken, acked), with a bounded, event-driven wait for one of them. */
+export class Collected {
+  readonly values: string[] = [];
+  #wake: (() => void) | undefined;
+
+  push(v: string): void {
+    this.values.push(v);
+    this.#wake?.();
+  }
+
+  async until(check: (values: string[]) => boolean, what: string, ms = 20_000): Promise<void> {
+    await within(
+      ms,
+      (async () => {
+        while (!check(this.values))
+          await new Promise<void>((r) => {
+            this.#wake = r;
+          });
+      })(),
+      what,
+    );
+  }
 }

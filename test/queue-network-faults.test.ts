@@ -23,6 +23,7 @@ import {
   tally,
   waitForCount,
   type RawTxn,
+  Collected,
 } from './queue-helpers.js';
 
 /*
@@ -48,32 +49,8 @@ const kinds: Kind[] = [
   },
 ];
 
-/** Values a consumer took, with a bounded, event-driven wait for one of them. */
-class Taken {
-  readonly values: string[] = [];
-  #wake: (() => void) | undefined;
-
-  push(v: string): void {
-    this.values.push(v);
-    this.#wake?.();
-  }
-
-  async until(check: (values: string[]) => boolean, what: string, ms = 20_000): Promise<void> {
-    await within(
-      ms,
-      (async () => {
-        while (!check(this.values))
-          await new Promise<void>((r) => {
-            this.#wake = r;
-          });
-      })(),
-      what,
-    );
-  }
-}
-
 /** Dequeues into `taken` until `stop` aborts; any other rejection fails the test. */
-function drain(q: Queue | PriorityQueue, taken: Taken, stop: AbortSignal): Promise<void> {
+function drain(q: Queue | PriorityQueue, taken: Collected, stop: AbortSignal): Promise<void> {
   return (async () => {
     for (;;) {
       let v: string;
@@ -122,7 +99,7 @@ describe.each(kinds)('$name under network faults', (kind) => {
     const { proxy, client } = await proxied();
     const producer = kind.make(client, name);
     const consumer = kind.make(direct(), name);
-    const taken = new Taken();
+    const taken = new Collected();
     const stop = new AbortController();
     const draining = drain(consumer, taken, stop.signal);
     const rounds = 6;
@@ -261,7 +238,7 @@ describe.each(kinds)('$name under network faults', (kind) => {
       },
       4,
     );
-    const taken = new Taken();
+    const taken = new Collected();
     const stop = new AbortController();
     const draining = consumers.map((c) => drain(c, taken, stop.signal));
     const producer = kind.make(admin, name);

@@ -12,6 +12,7 @@ import {
   requestCounts,
   tally,
   waitForCount,
+  Collected,
 } from './queue-helpers.js';
 
 /*
@@ -28,32 +29,8 @@ afterAll(async () => {
   await Promise.all(clients.map((c) => closeClient(c)));
 });
 
-/** Acked values, with a bounded, event-driven wait for one of them. */
-class Acked {
-  readonly values: string[] = [];
-  #wake: (() => void) | undefined;
-
-  push(v: string): void {
-    this.values.push(v);
-    this.#wake?.();
-  }
-
-  async until(check: (values: string[]) => boolean, what: string, ms = 20_000): Promise<void> {
-    await within(
-      ms,
-      (async () => {
-        while (!check(this.values))
-          await new Promise<void>((r) => {
-            this.#wake = r;
-          });
-      })(),
-      what,
-    );
-  }
-}
-
 /** Claims and acks into `acked` until `stop` aborts; any other rejection fails the test. */
-function work(wq: WorkQueue, acked: Acked, stop: AbortSignal): Promise<void> {
+function work(wq: WorkQueue, acked: Collected, stop: AbortSignal): Promise<void> {
   return (async () => {
     for (;;) {
       let job: Job;
@@ -92,7 +69,7 @@ describe('WorkQueue under network faults', () => {
     const producer = new WorkQueue(client, name);
     await using session = await Session.create(direct(), { ttl: 10 });
     const worker = new WorkQueue(session, name);
-    const acked = new Acked();
+    const acked = new Collected();
     const stop = new AbortController();
     const working = work(worker, acked, stop.signal);
     await producer.stats(); // the connection is up before replies are dropped
