@@ -231,7 +231,7 @@ export class HoldTrace {
 }
 
 /** @internal Traces one lock acquire (see joinLine); `fn` gets a callback for the moment it starts waiting. */
-export function traceLock<T extends { key: Buffer; rev: bigint; waited: boolean } | undefined>(
+export function traceLock<T extends { key: Buffer; rev: bigint; waited: boolean; handedOver: boolean } | undefined>(
   lock: LockTarget | undefined,
   wait: boolean,
   fn: (onWait: ((key: Buffer, rev: bigint, blocker: Buffer | undefined) => void) | undefined) => Promise<T>,
@@ -258,6 +258,7 @@ export function traceLock<T extends { key: Buffer; rev: bigint; waited: boolean 
             key: showKey(turn.key),
             fencingToken: turn.rev,
             waited: turn.waited,
+            ...(turn.handedOver && { handedOver: true }),
             waitMs: performance.now() - since,
           }
         : { acquired: false, waited: false, waitMs: performance.now() - since },

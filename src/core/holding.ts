@@ -5,6 +5,7 @@ import type { ComparatorBuilder } from 'etcd3';
 import { markGuard } from './guard.js';
 import { HoldTrace, type LockTarget } from './diagnostics.js';
 import { LockNotHeldError, withoutStack } from './errors.js';
+import { releaseAndHandOver } from './handoff.js';
 import { cmp, op, txn } from './kv.js';
 import { showKey } from './keys.js';
 import type { LocalRelease } from './local-lock.js';
@@ -26,7 +27,10 @@ import { watchHeldKey } from './own-key.js';
  * same name that another lease holds is never deleted. Transient errors are
  * retried until the session's lease is gone anyway. Guarding is
  * wire-compatible with Go (whose Unlock deletes unconditionally) and never
- * deletes a key that a later call re-created.
+ * deletes a key that a later call re-created. With `line` (the prefix of a
+ * line whose head holds), the same Txn reads the new head and hands it the
+ * lock if it waits in this process (core/handoff.ts), right after calling
+ * `onDeleted`.
  */
 export async function deleteOwnKey(
   session: Session,
@@ -34,6 +38,8 @@ export async function deleteOwnKey(
   rev: bigint | undefined,
   log?: Logger,
   group?: Buffer,
+  line?: Buffer,
+  onDeleted?: () => void,
 ): Promise<void> {
   const client = session.client;
   const guard =
@@ -41,7 +47,12 @@ export async function deleteOwnKey(
       ? { key, target: 'Lease' as const, result: '==' as const, value: session.leaseId }
       : cmp.create(key, '==', rev);
   // A group (keys written together under one unique prefix, `key` among them) goes as one.
-  await retrying(() => txn(client, [guard], [group ? op.deletePrefix(group) : op.delete(key)]), {
+  const remove = group ? op.deletePrefix(group) : op.delete(key);
+  const attempt =
+    line && rev !== undefined
+      ? () => releaseAndHandOver(client, key, rev, [guard], remove, line, onDeleted)
+      : () => txn(client, [guard], [remove]);
+  await retrying(attempt, {
     signals: [session.signal],
     maxElapsedMs: Infinity,
     onRetry: (err) => log?.('delete of %s failed, retrying: %s', showKey(key), (err as Error).message),
@@ -122,6 +133,7 @@ export class Holding implements HeldKey {
   readonly #what: string;
   readonly #log: Logger | undefined;
   readonly #group: Buffer | undefined;
+  readonly #line: Buffer | undefined;
   #controller: AbortController | undefined;
   #detach: (() => void) | undefined;
   #releasing: Promise<void> | undefined;
@@ -134,6 +146,7 @@ export class Holding implements HeldKey {
    * the local callers behind us fail on the session's signal by themselves.)
    * `group`: the hold is every key under this prefix (`key` among them), deleted together.
    * `lock`: publish the hold's end on the `etcd-recipes:lock` channels.
+   * `line`: the prefix of a line whose head holds; the release hands the lock on in process (deleteOwnKey).
    */
   constructor(
     session: Session,
@@ -144,6 +157,7 @@ export class Holding implements HeldKey {
     log?: Logger,
     group?: Buffer,
     lock?: LockTarget,
+    line?: Buffer,
   ) {
     this.#session = session;
     this.#key = key;
@@ -152,6 +166,7 @@ export class Holding implements HeldKey {
     this.#what = what;
     this.#log = log;
     this.#group = group;
+    this.#line = line;
     this.#trace = lock && new HoldTrace(lock, session.signal, key, rev);
   }
 
@@ -232,11 +247,17 @@ export class Holding implements HeldKey {
       try {
         // The local turn passes on only after our key is gone: the next local caller would
         // otherwise adopt our key (same lease, same name) and then see it deleted under it.
+        // Told as soon as the delete landed: an in-process hand-over lets the next holder in right after.
+        let told = false;
+        const tell = () => {
+          told = true;
+          this.#log?.('%s released (token %s)', this.#what, this.fencingToken);
+          if (this.#session.expired) this.#trace?.lost(this.#session.signal.reason);
+          else this.#trace?.released();
+        };
         if (!this.#session.expired)
-          await deleteOwnKey(this.#session, this.#key, this.fencingToken, this.#log, this.#group);
-        this.#log?.('%s released (token %s)', this.#what, this.fencingToken);
-        if (this.#session.expired) this.#trace?.lost(this.#session.signal.reason);
-        else this.#trace?.released();
+          await deleteOwnKey(this.#session, this.#key, this.fencingToken, this.#log, this.#group, this.#line, tell);
+        if (!told) tell();
         done();
       } catch (err) {
         failed(err);

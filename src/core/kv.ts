@@ -1,6 +1,7 @@
 import { ClientClosedError, type Namespace } from 'etcd3';
 import { raceAbort } from './abort.js';
 import { clientScope } from './client.js';
+import { noteCluster } from './cluster-id.js';
 import { ClosedError } from './errors.js';
 import { classifyEtcdError, txnKey } from './etcd-errors.js';
 import { prefixEnd, toBuffer } from './keys.js';
@@ -277,7 +278,9 @@ async function send<T>(
   const { signal } = clientScope(client);
   signal.throwIfAborted();
   try {
-    return await raceAbort(call(), signal);
+    const res = await raceAbort(call(), signal);
+    noteCluster(client, res);
+    return res;
   } catch (err) {
     throw callError(err, key);
   }

@@ -1,6 +1,7 @@
 import type { Logger } from './log.js';
 import { combineSignals, raceAbort } from './abort.js';
 import { traceLock, type LockTarget } from './diagnostics.js';
+import { HandoffSlot } from './handoff.js';
 import { cleanUpAfter, deleteOwnKey } from './holding.js';
 import { childPrefix, sessionKey, showKey, uniqueKey } from './keys.js';
 import {
@@ -64,6 +65,11 @@ export interface JoinLineOptions<T> {
   wait: boolean;
   /** Set for locks and permits: the call is published on the `etcd-recipes:lock` channels. */
   lock?: LockTarget;
+  /**
+   * The prefix of this line, for lines whose head holds (Mutex, RWMutex): a
+   * local release may hand us the turn (core/handoff.ts).
+   */
+  handoff?: Buffer;
 }
 
 /** A call's turn: its key, the key's create revision (the fencing token) and the final line state. */
@@ -73,6 +79,8 @@ export interface Turn<T> {
   state: LineState<T>;
   /** True if the call had to wait for others. */
   waited: boolean;
+  /** True if a release in this process handed us the turn (core/handoff.ts). */
+  handedOver: boolean;
   /** Lets the next local caller on the same per-session key go; call once the key is deleted. */
   releaseLocal: LocalRelease;
 }
@@ -111,6 +119,7 @@ async function enterAndWait<T>(
     const key = pending.key!;
     const rev = pending.rev!;
     const waited = !!state.blocker;
+    let handedOver = false;
     if (state.blocker) {
       if (!o.wait) {
         await deleteOwnKey(session, key, rev, log, pending.group);
@@ -125,11 +134,24 @@ async function enterAndWait<T>(
         state.blocker.kind === 'key' ? showKey(state.blocker.key) : 'deletes',
       );
       onWait?.(key, rev, state.blocker.kind === 'key' ? state.blocker.key : undefined);
-      state = await waitInLine(session.client, { initial: state, read: () => o.read(key, rev), signal, what, log });
+      const handoff = o.handoff && new HandoffSlot(session.client, o.handoff, key, rev, session.leaseId);
+      try {
+        state = await waitInLine(session.client, {
+          initial: state,
+          read: () => o.read(key, rev),
+          signal,
+          what,
+          log,
+          handoff,
+        });
+        handedOver = state.revision === handoff?.revision;
+      } finally {
+        handoff?.close();
+      }
     }
     // Aborted at the last moment: do not hand out a turn the caller gave up on.
     signal.throwIfAborted();
-    return { key, rev, state, waited, releaseLocal };
+    return { key, rev, state, waited, handedOver, releaseLocal };
   } catch (err) {
     if (releaseLocal) {
       const release = releaseLocal;

@@ -24,6 +24,11 @@ export interface LockAcquireResult {
   fencingToken?: bigint;
   /** True if the call queued behind another holder. */
   waited: boolean;
+  /**
+   * Set (true) when a release in this process handed the lock over: the
+   * waiter held it without a watch event or a read of its own.
+   */
+  handedOver?: true;
   /** From the call to the outcome, in ms. */
   waitMs: number;
 }

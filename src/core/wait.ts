@@ -1,6 +1,7 @@
 import type { Namespace } from 'etcd3';
 import { openWatch, WatchCompactedError, type WatchEvent, type WatchHandle, type WatchSpec } from './watch-hub.js';
-import { untilWoken } from './abort.js';
+import { raceAbort, untilWoken } from './abort.js';
+import type { HandoffSlot } from './handoff.js';
 import { SessionExpiredError } from './errors.js';
 import { showKey } from './keys.js';
 import type { Logger } from './log.js';
@@ -54,6 +55,8 @@ export interface WaitInLineOptions<T> {
   /** Names the waiter in errors and logs. */
   what: string;
   log?: Logger;
+  /** A local release may hand us the turn through this slot: the proof a read would give (core/handoff.ts). */
+  handoff?: HandoffSlot;
 }
 
 function sameTarget(a: WatchTarget, b: WatchTarget): boolean {
@@ -70,15 +73,29 @@ function sameTarget(a: WatchTarget, b: WatchTarget): boolean {
  * retried for as long as the signal allows.
  */
 export async function waitInLine<T>(client: Namespace, options: WaitInLineOptions<T>): Promise<LineState<T>> {
-  const { read, signal, what, log } = options;
+  const { read, signal, what, log, handoff } = options;
   let state = options.initial;
-  const reread = () =>
-    retrying(read, {
+  // Handed over at revision r: our key alive and nobody ahead at r, as a read at r would have
+  // found. A read newer than r (which may have found our key gone since) decides instead.
+  const handedOver = (): LineState<T> | undefined => {
+    const r = handoff?.revision;
+    return r !== undefined && r >= state.revision ? { alive: true, revision: r } : undefined;
+  };
+  const orHandOver = <R>(p: Promise<R>): Promise<R | undefined> => {
+    if (!handoff) return p;
+    p.catch(() => undefined); // overtaken by the hand-over, it may still fail: nobody needs it
+    return Promise.race([p, handoff.taken.then(() => undefined)]);
+  };
+  const reread = async (): Promise<LineState<T>> => {
+    const reading = retrying(read, {
       signals: [signal],
       maxElapsedMs: Infinity,
       onRetry: (err) => log?.('%s: read failed, retrying: %s', what, (err as Error).message),
     });
+    return (await orHandOver(reading)) ?? handedOver() ?? (await reading);
+  };
   for (;;) {
+    state = handedOver() ?? state;
     if (!state.alive)
       throw new SessionExpiredError(`${what}: our key is gone; the session's lease expired while waiting`);
     const blocker = state.blocker;
@@ -86,12 +103,21 @@ export async function waitInLine<T>(client: Namespace, options: WaitInLineOption
     signal.throwIfAborted();
     const deep = (state.ahead ?? 0) >= DEEP_IN_LINE;
     const from = deep ? state.revision + 1n : undefined;
-    const watch = await retrying(() => ChangeWatch.open(client, blocker, signal, from), {
+    const opening = retrying(() => ChangeWatch.open(client, blocker, signal, from), {
       signals: [signal],
       maxElapsedMs: Infinity,
       onRetry: (err) => log?.('%s: watch failed, retrying: %s', what, (err as Error).message),
     });
+    const watch = await orHandOver(opening);
+    if (!watch) {
+      void opening.then(
+        (w) => w.close(),
+        () => undefined,
+      );
+      continue;
+    }
     try {
+      if (handedOver()) continue;
       if (!deep && watch.createdRevision > state.revision && !watch.changed) {
         const confirmed = await reread();
         if (!confirmed.blocker || !sameTarget(confirmed.blocker, blocker) || !confirmed.alive) {
@@ -101,11 +127,14 @@ export async function waitInLine<T>(client: Namespace, options: WaitInLineOption
         state = confirmed;
       }
       log?.('%s: waiting on %s', what, describeTarget(blocker));
-      await watch.untilChanged(signal);
+      await orHandOver(watch.untilChanged(signal));
+      // Woken by a local release's delete: its reply, due now, may hand us the turn without a read.
+      if (handoff && blocker.kind === 'key' && !handedOver())
+        await raceAbort(handoff.releaseOf(blocker.key, blocker.createRevision), signal);
     } finally {
       watch.close();
     }
-    state = await reread();
+    state = handedOver() ?? (await reread());
   }
 }
 
@@ -198,9 +227,11 @@ export class ChangeWatch {
     });
   }
 
-  /** Cancels the watch. */
+  /** Cancels the watch; a wait still pending on it (overtaken by a hand-over) resolves, freeing its listener. */
   close(): void {
+    const wake = this.#wake;
     this.#wake = undefined;
+    wake?.();
     this.#handle.close();
   }
 }

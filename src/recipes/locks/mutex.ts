@@ -169,10 +169,11 @@ export class Mutex {
       localTurn: line.key,
       enter: (pending, signal) => line.enter(EMPTY, false, pending, signal),
       read: (_key, rev) => line.read(rev),
+      handoff: line.prefix,
     });
     if (!turn) return undefined;
     log('%s: acquired by %s, token %s', what, this.key, turn.rev);
-    return new Holding(session, turn.key, turn.rev, turn.releaseLocal, what, log, undefined, lock);
+    return new Holding(session, turn.key, turn.rev, turn.releaseLocal, what, log, undefined, lock, line.prefix);
   }
 }
 

@@ -250,10 +250,12 @@ export class RWMutex {
       signals: [options.signal],
       enter: (pending, signal) => this.#enter(mode, pending, signal),
       read: (key, rev) => this.#readLine(mode, key, rev),
+      // The head of the line holds whatever its kind: nothing older blocks it.
+      handoff: this.#prefix,
     });
     if (!turn) return undefined;
     log('%s: acquired by %s, token %s', what, showKey(turn.key), turn.rev);
-    return new Holding(session, turn.key, turn.rev, turn.releaseLocal, what, log, undefined, lock);
+    return new Holding(session, turn.key, turn.rev, turn.releaseLocal, what, log, undefined, lock, this.#prefix);
   }
 
   /**
