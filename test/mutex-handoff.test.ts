@@ -196,8 +196,12 @@ async function lineWithHead(client: Etcd3, line: string, lease: string) {
   return { head, other, headRev: rangeAt(res, 2).kvs[0]!.createRevision, otherRev: res.revision };
 }
 
-/** A release of `other`@`rev` (outside the line) whose Txn reads the line's head: the hand-over's trigger. */
-function release(client: Etcd3, other: Buffer, rev: bigint, line: string) {
+/**
+ * A release of `other`@`rev` (outside the line) whose Txn reads the line's
+ * head, which it does because `waiter` waits on `other`: the hand-over's trigger.
+ */
+function release(client: Etcd3, other: Buffer, rev: bigint, line: string, waiter: HandoffSlot) {
+  waiter.waitOn(other, rev);
   return releaseAndHandOver(client, other, rev, [cmp.create(other, '==', rev)], op.delete(other), Buffer.from(line));
 }
 
@@ -210,31 +214,31 @@ describe('hand-over registrations (core/handoff.ts)', () => {
     const lease = (await client.leaseClient.leaseGrant({ TTL: 30, ID: '0' })).ID;
     const line = 'reg/line/';
     let { head, other, headRev, otherRev } = await lineWithHead(client, line, lease);
-    // Another waiter of this process on the line, never the head: releases read the head throughout.
-    const bystander = new HandoffSlot(client, Buffer.from(line), Buffer.from(`${line}zz`), headRev + 1000n, lease);
+    // Another waiter of this process, never the head.
+    const bystander = new HandoffSlot(client, Buffer.from(`${line}zz`), headRev + 1000n, lease);
 
-    const slot = new HandoffSlot(client, Buffer.from(line), head, headRev, lease);
-    const res = await release(client, other, otherRev, line);
+    const slot = new HandoffSlot(client, head, headRev, lease);
+    const res = await release(client, other, otherRev, line, slot);
     expect(res.succeeded).toBe(true);
     expect(slot.revision).toBe(res.revision);
     // Served once: a second release that reads the same head does not touch the slot again.
     ({ other, otherRev } = await lineWithHead(client, line, lease));
-    expect((await release(client, other, otherRev, line)).succeeded).toBe(true);
+    expect((await release(client, other, otherRev, line, slot)).succeeded).toBe(true);
     expect(slot.revision).toBe(res.revision);
     slot.close();
 
     // Closed: the waiter woke by itself, aborted or gave up.
     ({ other, otherRev, headRev } = await lineWithHead(client, line, lease));
-    const closed = new HandoffSlot(client, Buffer.from(line), head, headRev, lease);
+    const closed = new HandoffSlot(client, head, headRev, lease);
     closed.close();
-    expect((await release(client, other, otherRev, line)).succeeded).toBe(true);
+    expect((await release(client, other, otherRev, line, bystander)).succeeded).toBe(true);
     expect(closed.revision).toBeUndefined();
 
     // Re-created: the registration names the key's earlier create revision.
-    const stale = new HandoffSlot(client, Buffer.from(line), head, headRev, lease);
+    const stale = new HandoffSlot(client, head, headRev, lease);
     await txn(client, [], [op.delete(head)]);
     ({ other, otherRev } = await lineWithHead(client, line, lease));
-    expect((await release(client, other, otherRev, line)).succeeded).toBe(true);
+    expect((await release(client, other, otherRev, line, stale)).succeeded).toBe(true);
     expect(stale.revision).toBeUndefined();
     stale.close();
     expect(bystander.revision).toBeUndefined();
@@ -258,11 +262,11 @@ describe('hand-over registrations (core/handoff.ts)', () => {
     expect(clusterOf(a)).toBeDefined();
     expect(clusterOf(a)).not.toBe(clusterOf(b));
 
-    const slot = new HandoffSlot(a, Buffer.from(line), onA.head, onA.headRev, lease);
-    expect((await release(b, onB.other, onB.otherRev, line)).succeeded).toBe(true);
+    const slot = new HandoffSlot(a, onA.head, onA.headRev, lease);
+    expect((await release(b, onB.other, onB.otherRev, line, slot)).succeeded).toBe(true);
     expect(slot.revision).toBeUndefined();
     // The same release on the waiter's own cluster does hand over.
-    const res = await release(a, onA.other, onA.otherRev, line);
+    const res = await release(a, onA.other, onA.otherRev, line, slot);
     expect(slot.revision).toBe(res.revision);
     slot.close();
   });

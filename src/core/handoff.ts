@@ -23,10 +23,14 @@ interface Waiter {
 }
 
 const waiting = new Map<string, Waiter>();
-/** How many registered waiters each line (cluster and full prefix) has: a release reads the head only if any. */
-const lines = new Map<string, number>();
+/**
+ * How many registered waiters wait on each key (cluster, full key and create
+ * revision): a release reads the head only if its key is waited on here.
+ */
+const blockers = new Map<string, number>();
 
 const waiterId = (cluster: string, fullKey: Buffer): string => `${cluster}\u0000${fullKey.toString('latin1')}`;
+const blockerId = (cluster: string, fullKey: Buffer, rev: bigint): string => `${waiterId(cluster, fullKey)}@${rev}`;
 
 /**
  * A waiter's registration: its key (with `createRevision`, on `lease`) may be
@@ -40,11 +44,11 @@ export class HandoffSlot {
   readonly #client: Namespace;
   readonly #cluster: string | undefined;
   readonly #id: string | undefined;
-  #line: string | undefined;
+  #blocker: string | undefined;
   #waiter: Waiter | undefined;
 
-  /** Registers `key`@`createRevision` on `lease`, a waiter in the line under the prefix `line`. */
-  constructor(client: Namespace, line: Buffer, key: Buffer, createRevision: bigint, lease: string) {
+  /** Registers the waiter `key`@`createRevision` on `lease`. */
+  constructor(client: Namespace, key: Buffer, createRevision: bigint, lease: string) {
     let resolve!: () => void;
     this.taken = new Promise<void>((r) => {
       resolve = r;
@@ -66,8 +70,24 @@ export class HandoffSlot {
       },
     };
     waiting.set(id, this.#waiter);
-    this.#line = waiterId(cluster, encodeKey(client, line));
-    lines.set(this.#line, (lines.get(this.#line) ?? 0) + 1);
+  }
+
+  /** Notes the key the waiter now waits on (undefined: none), so that its release reads the head. */
+  waitOn(key: Buffer | undefined, createRevision: bigint): void {
+    this.#unblock();
+    if (!key || !this.#waiter || this.#cluster === undefined) return;
+    const blocker = blockerId(this.#cluster, encodeKey(this.#client, key), createRevision);
+    this.#blocker = blocker;
+    blockers.set(blocker, (blockers.get(blocker) ?? 0) + 1);
+  }
+
+  #unblock(): void {
+    const blocker = this.#blocker;
+    if (blocker === undefined) return;
+    this.#blocker = undefined;
+    const n = blockers.get(blocker)! - 1;
+    if (n > 0) blockers.set(blocker, n);
+    else blockers.delete(blocker);
   }
 
   /**
@@ -91,12 +111,7 @@ export class HandoffSlot {
   close(): void {
     if (this.#id !== undefined && waiting.get(this.#id) === this.#waiter) waiting.delete(this.#id);
     this.#waiter = undefined;
-    const line = this.#line;
-    if (line === undefined) return;
-    this.#line = undefined;
-    const n = lines.get(line)! - 1;
-    if (n > 0) lines.set(line, n);
-    else lines.delete(line);
+    this.#unblock();
   }
 }
 
@@ -118,8 +133,8 @@ const RELEASE_REPLY_WAIT_MS = 100;
 /**
  * One attempt of a release Txn: `compares` guard `remove` (the delete of
  * `key`@`createRevision`), and the same Txn reads the head of the line under
- * `line` as the delete left it, if a waiter of this process is registered
- * on that line. A head that is such a waiter, with the same cluster, key,
+ * `line` as the delete left it, if a waiter of this process waits on that
+ * key. A head that is such a waiter, with the same cluster, key,
  * create revision and lease, is handed the lock at the Txn's revision, right
  * after `onDeleted` (so the release is told before the next hold). While
  * the attempt is in flight, a local waiter woken by its delete waits for it
@@ -135,10 +150,11 @@ export async function releaseAndHandOver(
   onDeleted?: () => void,
 ): Promise<TxnResult> {
   const cluster = clusterOf(client);
-  // Nobody waits on this line in this process: the plain guarded delete.
-  if (cluster === undefined || !lines.has(waiterId(cluster, encodeKey(client, line))))
+  const fullKey = encodeKey(client, key);
+  // Nobody in this process waits on this key: the plain guarded delete.
+  if (cluster === undefined || !blockers.has(blockerId(cluster, fullKey, createRevision)))
     return txn(client, compares, [remove]);
-  const id = waiterId(cluster, encodeKey(client, key));
+  const id = waiterId(cluster, fullKey);
   let settle!: () => void;
   const release: Release = { createRevision, settled: new Promise<void>((r) => (settle = r)) };
   releasing.set(id, release);

@@ -65,11 +65,8 @@ export interface JoinLineOptions<T> {
   wait: boolean;
   /** Set for locks and permits: the call is published on the `etcd-recipes:lock` channels. */
   lock?: LockTarget;
-  /**
-   * The prefix of this line, for lines whose head holds (Mutex, RWMutex): a
-   * local release may hand us the turn (core/handoff.ts).
-   */
-  handoff?: Buffer;
+  /** The head of this line holds (Mutex, RWMutex): a local release may hand us the turn (core/handoff.ts). */
+  handoff?: boolean;
 }
 
 /** A call's turn: its key, the key's create revision (the fencing token) and the final line state. */
@@ -134,7 +131,7 @@ async function enterAndWait<T>(
         state.blocker.kind === 'key' ? showKey(state.blocker.key) : 'deletes',
       );
       onWait?.(key, rev, state.blocker.kind === 'key' ? state.blocker.key : undefined);
-      const handoff = o.handoff && new HandoffSlot(session.client, o.handoff, key, rev, session.leaseId);
+      const handoff = o.handoff ? new HandoffSlot(session.client, key, rev, session.leaseId) : undefined;
       try {
         state = await waitInLine(session.client, {
           initial: state,

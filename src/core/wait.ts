@@ -101,6 +101,10 @@ export async function waitInLine<T>(client: Namespace, options: WaitInLineOption
     const blocker = state.blocker;
     if (!blocker) return state;
     signal.throwIfAborted();
+    handoff?.waitOn(
+      blocker.kind === 'key' ? blocker.key : undefined,
+      blocker.kind === 'key' ? blocker.createRevision : 0n,
+    );
     const deep = (state.ahead ?? 0) >= DEEP_IN_LINE;
     const from = deep ? state.revision + 1n : undefined;
     const opening = retrying(() => ChangeWatch.open(client, blocker, signal, from), {

@@ -169,7 +169,7 @@ export class Mutex {
       localTurn: line.key,
       enter: (pending, signal) => line.enter(EMPTY, false, pending, signal),
       read: (_key, rev) => line.read(rev),
-      handoff: line.prefix,
+      handoff: true,
     });
     if (!turn) return undefined;
     log('%s: acquired by %s, token %s', what, this.key, turn.rev);

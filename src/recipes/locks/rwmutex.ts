@@ -251,7 +251,7 @@ export class RWMutex {
       enter: (pending, signal) => this.#enter(mode, pending, signal),
       read: (key, rev) => this.#readLine(mode, key, rev),
       // The head of the line holds whatever its kind: nothing older blocks it.
-      handoff: this.#prefix,
+      handoff: true,
     });
     if (!turn) return undefined;
     log('%s: acquired by %s, token %s', what, showKey(turn.key), turn.rev);
