@@ -336,7 +336,9 @@ function printContended(
   console.log(
     "holder's delete and the successor's post-wake range lie on the handoff path; the acquire Txn, the watch",
   );
-  console.log('and the confirming range happen while the waiter is queued. client CPU ms/section is the CPU time of');
+  console.log("and the confirming range happen while the waiter is queued. A successor in the holder's process is");
+  console.log("handed the lock by the delete's reply (core/handoff.ts) and sends no post-wake range.");
+  console.log('client CPU ms/section is the CPU time of');
   console.log('all worker processes during the run (user + system), divided by the sections, the workload included.');
   console.log('The chain floor in a worker is (e) run in a worker process like the rows, in the slices right before');
   console.log("each row's, so that both see the same load.");
