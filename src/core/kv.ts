@@ -378,8 +378,8 @@ export async function range(client: Namespace, key: string | Buffer, options?: R
 }
 
 /** Narrowing helpers for Txn responses. */
-export function rangeAt(res: TxnResult, i: number): RangeResult {
-  const r = res.responses[i];
+export function rangeAt(res: TxnResult | OpResult[], i: number): RangeResult {
+  const r = (Array.isArray(res) ? res : res.responses)[i];
   if (r?.type !== 'range') throw new Error(`internal: Txn response ${i} is not a range`);
   return r;
 }
