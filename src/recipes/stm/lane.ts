@@ -1,5 +1,5 @@
 import type { Namespace } from 'etcd3';
-import { isPermissionDenied } from '../../core/etcd-errors.js';
+import { isRefusedTxn } from '../../core/etcd-errors.js';
 import { toBuffer } from '../../core/keys.js';
 import {
   type KeyValue,
@@ -192,7 +192,7 @@ export class Lane {
     } catch (err) {
       // Refused before it applied (a part's key is forbidden): each goes alone.
       // Anything else may have applied: each part proves its own outcome, as after any lost reply.
-      if (!refused(err)) throw err;
+      if (!isRefusedTxn(err)) throw err;
       return void (await Promise.all(batch.map((w) => this.#sendCommits([w]).catch(w.reject))));
     }
     for (const [i, w] of batch.entries()) w.resolve({ ...res.results[i]!, revision: res.revision });
@@ -207,11 +207,6 @@ function readAlone(client: Namespace, { keys, opts }: ReadRequest): Promise<Read
     kvs: keys.map((_, i) => rangeAt(res, i).kvs[0] ?? null),
     revision: res.revision,
   }));
-}
-
-/** etcd's refusals of a whole request, checked before anything applies. */
-function refused(err: unknown): boolean {
-  return isPermissionDenied(err) || /too many operations|duplicate key/i.test(String(err));
 }
 
 /**
