@@ -169,9 +169,17 @@ function rangeEnd(client: Namespace, key: Buffer, options: { prefix?: boolean; e
   return undefined;
 }
 
+/**
+ * An int64 field as protobufjs takes it most cheaply: a number when exact
+ * (Long.fromNumber), else a decimal string (Long.fromString, several times
+ * slower; docs/benchmarks.md, "Where the client CPU goes").
+ */
+const MAX_EXACT = BigInt(Number.MAX_SAFE_INTEGER);
+const int64 = (v: bigint): number | string => (v <= MAX_EXACT && v >= -MAX_EXACT ? Number(v) : v.toString());
+
 function encodeCompare(client: Namespace, c: Compare): Raw {
   const v = c.value;
-  const encoded = typeof v === 'bigint' ? v.toString() : c.target === 'Value' ? toBuffer(v) : v;
+  const encoded = typeof v === 'bigint' ? int64(v) : c.target === 'Value' ? toBuffer(v) : v;
   const req: Raw = {
     key: encodeKey(client, c.key),
     target: c.target,
@@ -190,11 +198,11 @@ function encodeRange(client: Namespace, key: string | Buffer, o: RangeOptions = 
   if (o.limit !== undefined) req.limit = o.limit;
   if (o.sortTarget) req.sort_target = o.sortTarget;
   if (o.sortOrder) req.sort_order = o.sortOrder;
-  if (o.maxCreateRevision !== undefined) req.max_create_revision = o.maxCreateRevision.toString();
-  if (o.minCreateRevision !== undefined) req.min_create_revision = o.minCreateRevision.toString();
-  if (o.maxModRevision !== undefined) req.max_mod_revision = o.maxModRevision.toString();
-  if (o.minModRevision !== undefined) req.min_mod_revision = o.minModRevision.toString();
-  if (o.revision !== undefined) req.revision = o.revision.toString();
+  if (o.maxCreateRevision !== undefined) req.max_create_revision = int64(o.maxCreateRevision);
+  if (o.minCreateRevision !== undefined) req.min_create_revision = int64(o.minCreateRevision);
+  if (o.maxModRevision !== undefined) req.max_mod_revision = int64(o.maxModRevision);
+  if (o.minModRevision !== undefined) req.min_mod_revision = int64(o.minModRevision);
+  if (o.revision !== undefined) req.revision = int64(o.revision);
   if (o.serializable) req.serializable = true;
   if (o.countOnly) req.count_only = true;
   if (o.keysOnly) req.keys_only = true;
