@@ -19,14 +19,21 @@ describe('runSTM after a lost commit reply, with etcd3 re-sending it unseen', ()
     await Promise.all(proxies.splice(0).map((p) => p.close()));
   });
 
+  /** A client through a fault proxy: plain (etcd3 re-sends failed calls unseen) or built by createClient. */
+  async function viaProxy(kind: 'plain' | 'createClient'): Promise<{ proxy: FaultProxy; client: Etcd3 }> {
+    const proxy = await FaultProxy.start(etcd().endpoints[0]!);
+    proxies.push(proxy);
+    const options = { hosts: proxy.endpoint, grpcOptions: { 'grpc.use_local_subchannel_pool': 1 } };
+    const client = kind === 'plain' ? new Etcd3(options) : createClient({ ...options, callTimeoutMs: 500 });
+    clients.push(client);
+    return { proxy, client };
+  }
+
   const levels: STMIsolation[] = ['serializable-snapshot', 'serializable', 'repeatable-reads', 'read-committed'];
 
   it.each(levels)('%s: the transfer applies exactly once, and a later deposit survives', async (isolation) => {
     const direct = etcd().client();
-    const proxy = await FaultProxy.start(etcd().endpoints[0]!);
-    proxies.push(proxy);
-    const client = new Etcd3({ hosts: proxy.endpoint, grpcOptions: { 'grpc.use_local_subchannel_pool': 1 } });
-    clients.push(client);
+    const { proxy, client } = await viaProxy('plain');
     const [a, b] = [`lost-${isolation}/a`, `lost-${isolation}/b`];
     await direct.put(a).value('100');
     await direct.put(b).value('100');
@@ -77,14 +84,7 @@ describe('runSTM after a lost commit reply, with etcd3 re-sending it unseen', ()
 
   it('createClient: a lost commit reply that cannot be proven rejects with OUTCOME_UNKNOWN, applied once', async () => {
     const direct = etcd().client();
-    const proxy = await FaultProxy.start(etcd().endpoints[0]!);
-    proxies.push(proxy);
-    const client = createClient({
-      hosts: proxy.endpoint,
-      callTimeoutMs: 500,
-      grpcOptions: { 'grpc.use_local_subchannel_pool': 1 },
-    });
-    clients.push(client);
+    const { proxy, client } = await viaProxy('createClient');
     await direct.put('unknown/a').value('100');
     await direct.put('unknown/b').value('100');
     let runs = 0;
