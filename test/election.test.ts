@@ -214,6 +214,29 @@ describe('Election', () => {
     expect(await keysUnder(client, 'local/')).toEqual([]);
   });
 
+  it('a term lost without resign lets the next local candidate lead at once; a late resign spares it', async () => {
+    const client = etcd().client();
+    await using session = await Session.create(client, { ttl: 10 });
+    const e1 = new Election(session, 'local-lost/e');
+    const e2 = new Election(session, 'local-lost/e');
+    await e1.campaign('one');
+    const lost = new Promise<unknown>((resolve) => e1.once('lost', resolve));
+    const second = e2.campaign('two');
+    expect(await stillPending(second, 200)).toBe(true);
+    const rev1 = e1.revision!;
+    await client.delete().key(e1.key);
+    expect(await within(5000, lost, 'lost event')).toMatchObject({ code: 'NOT_LEADER' });
+    await within(5000, second, 'the next local candidate, without a resign');
+    expect(e2.revision! > rev1).toBe(true);
+    expect(e1.isLeader).toBe(false);
+    await e1.resign(); // guarded by its own term's revision: the same key name, re-created by e2, stays
+    expect(await keysUnder(client, 'local-lost/')).toEqual([e2.key]);
+    expect(e2.isLeader).toBe(true);
+    expect((await e2.leader())?.value).toBe('two');
+    await e2.resign();
+    expect(await keysUnder(client, 'local-lost/')).toEqual([]);
+  });
+
   it('an aborted or resigned campaign rejects and leaves no key; an aborted signal writes nothing', async () => {
     const client = etcd().client();
     await using a = await Session.create(client, { ttl: 10 });

@@ -214,6 +214,25 @@ describe('WorkQueue', () => {
     await Promise.all(sessions.map((s) => s.close()));
   });
 
+  it('an ack refused by its guard keeps the claim: its signal stays live and still reports a later loss', async () => {
+    const client = etcd().client();
+    await using session = await Session.create(client, { ttl: 10 });
+    const wq = new WorkQueue(session, 'refused');
+    await wq.add('job');
+    const job = await wq.claim();
+    const guard = [{ key: 'refused-flag', target: 'Value' as const, result: '==' as const, value: 'go' }];
+    await expect(job.ack({ guard })).rejects.toBeInstanceOf(Error);
+    expect(job.done).toBe(false);
+    const signal = job.signal;
+    expect(signal.aborted).toBe(false);
+    expect(await keysUnder(client, 'refused/claims/')).toEqual([job.key]);
+    await client.delete().key(job.key); // someone else deletes our claim
+    expect(await aborted(signal)).toMatchObject({ code: 'LOCK_NOT_HELD' });
+    expect(job.done).toBe(true);
+    await expect(job.ack()).rejects.toMatchObject({ code: 'LOCK_NOT_HELD' });
+    await wq.close();
+  });
+
   it("an aborted claim rejects with the signal's reason and leaves no key", async () => {
     const client = etcd().client();
     await using session = await Session.create(client, { ttl: 10 });

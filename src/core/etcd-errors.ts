@@ -59,3 +59,16 @@ export function isClientClosed(err: unknown): boolean {
 export function isCompacted(err: unknown): boolean {
   return err instanceof Error && /compacted/i.test(err.message);
 }
+
+/** True when a member was asked for a revision it has not applied yet (a lagging follower). */
+export function isFutureRevision(err: unknown): boolean {
+  return err instanceof Error && /future revision/i.test(err.message);
+}
+
+/**
+ * True when etcd refused a whole Txn before applying any of it: permission
+ * denied, more operations than --max-txn-ops, or a key written twice.
+ */
+export function isRefusedTxn(err: unknown): boolean {
+  return isPermissionDenied(err) || (err instanceof Error && /too many operations|duplicate key/i.test(err.message));
+}

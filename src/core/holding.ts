@@ -4,7 +4,7 @@ import { checkOptions, checkSignal } from './validate.js';
 import type { ComparatorBuilder } from 'etcd3';
 import { markGuard } from './guard.js';
 import { HoldTrace, type LockTarget } from './diagnostics.js';
-import { LockNotHeldError, withoutStack } from './errors.js';
+import { LockNotHeldError, NotLeaderError, withoutStack } from './errors.js';
 import { releaseAndHandOver } from './handoff.js';
 import { cmp, op, txn } from './kv.js';
 import { showKey } from './keys.js';
@@ -15,10 +15,11 @@ import type { Session } from './session.js';
 import { watchHeldKey } from './own-key.js';
 
 /*
- * What a recipe hands to the caller once it holds something (a lock, a read
- * lock, a permit): the key it holds, its fencing token, a signal that aborts
- * when the hold may be lost, and a release that deletes exactly that key.
- * Shared by Mutex, RWMutex and Semaphore.
+ * The one owned key (Go's EphemeralKV): what a recipe holds once it holds
+ * something (a lock, a read lock, a permit, an election term, a work-queue
+ * claim): the key, its fencing token, a signal that aborts when the hold may
+ * be lost, and a release that deletes exactly that key. See docs/internals.md,
+ * "One owned key".
  */
 
 /**
@@ -120,6 +121,23 @@ export interface HeldKey extends AsyncDisposable {
   release(options?: WaitOptions): Promise<void>;
 }
 
+/** How a hold that is not a lock differs from one (docs/internals.md, "One owned key"), and a lock line's handoff. */
+interface HoldingKind {
+  /** An election term: its errors say NOT_LEADER, not LOCK_NOT_HELD. */
+  term?: boolean;
+  /**
+   * Called (a microtask later) once the hold is lost rather than released;
+   * the next local caller is let go first, not at release(). Makes the
+   * hold follow the session from the start, not from the first look at its signal.
+   */
+  onLost?: (reason: unknown) => void;
+  /**
+   * A lock's line whose head holds (Mutex, RWMutex), by prefix: the release
+   * reads the new head and hands the lock on in process (deleteOwnKey).
+   */
+  line?: Buffer;
+}
+
 /**
  * @internal The implementation behind every {@link HeldKey}. Its signal is
  * made on first use: a lock taken and released in a loop by code that never
@@ -133,11 +151,13 @@ export class Holding implements HeldKey {
   readonly #what: string;
   readonly #log: Logger | undefined;
   readonly #group: Buffer | undefined;
-  readonly #line: Buffer | undefined;
+  readonly #kind: HoldingKind;
   #controller: AbortController | undefined;
-  #detach: (() => void) | undefined;
+  #unlink: (() => void) | undefined;
+  #stopWatch: (() => void) | undefined;
+  #watchPaused = false;
   #releasing: Promise<void> | undefined;
-  #lostKey = false;
+  #lost = false;
   readonly #trace: HoldTrace | undefined;
 
   /**
@@ -146,7 +166,7 @@ export class Holding implements HeldKey {
    * the local callers behind us fail on the session's signal by themselves.)
    * `group`: the hold is every key under this prefix (`key` among them), deleted together.
    * `lock`: publish the hold's end on the `etcd-recipes:lock` channels.
-   * `line`: the prefix of a line whose head holds; the release hands the lock on in process (deleteOwnKey).
+   * `kind`: how a hold other than a lock's differs, and a lock line's in-process handoff.
    */
   constructor(
     session: Session,
@@ -157,7 +177,7 @@ export class Holding implements HeldKey {
     log?: Logger,
     group?: Buffer,
     lock?: LockTarget,
-    line?: Buffer,
+    kind: HoldingKind = {},
   ) {
     this.#session = session;
     this.#key = key;
@@ -166,8 +186,9 @@ export class Holding implements HeldKey {
     this.#what = what;
     this.#log = log;
     this.#group = group;
-    this.#line = line;
     this.#trace = lock && new HoldTrace(lock, session.signal, key, rev);
+    this.#kind = kind;
+    if (kind.onLost) this.#link();
   }
 
   get key(): string {
@@ -180,37 +201,76 @@ export class Holding implements HeldKey {
   }
 
   get signal(): AbortSignal {
+    const signal = this.#link();
+    // Someone else may delete our key (an operator, a revoked lease): the hold is then lost too.
+    if (!this.#stopWatch && !this.#watchPaused && !signal.aborted) {
+      const { fencingToken: rev } = this;
+      const error = this.#kind.term ? NotLeaderError : LockNotHeldError;
+      this.#stopWatch = watchHeldKey(this.#session, this.#key, rev, this.#what, error, (reason) => {
+        this.#trace?.lost(reason);
+        this.end(reason);
+      });
+    }
+    return signal;
+  }
+
+  /** The signal, linked to the session's but without the own-key watch. */
+  #link(): AbortSignal {
     if (!this.#controller) {
       const controller = new AbortController();
       this.#controller = controller;
       const lost = this.#session.signal;
       if (this.#releasing) controller.abort(this.#releasedReason());
-      else if (lost.aborted) controller.abort(lost.reason);
+      else if (lost.aborted) this.end(lost.reason);
       else {
-        const onLost = () => {
-          stopWatching();
-          controller.abort(lost.reason);
-        };
+        const onLost = () => this.end(lost.reason);
         lost.addEventListener('abort', onLost, { once: true });
-        // Someone else may delete our key (an operator, a revoked lease): the hold is then lost too.
-        const stopWatching = watchHeldKey(this.#session, this.#key, this.fencingToken, this.#what, (reason) => {
-          this.#lostKey = true;
-          this.#trace?.lost(reason);
-          this.#log?.('%s lost: %s', this.#what, reason.message);
-          lost.removeEventListener('abort', onLost);
-          controller.abort(reason);
-        });
-        this.#detach = () => {
-          lost.removeEventListener('abort', onLost);
-          stopWatching();
-        };
+        this.#unlink = () => lost.removeEventListener('abort', onLost);
       }
     }
     return this.#controller.signal;
   }
 
+  #detach = (): void => {
+    this.#unlink?.();
+    this.#stopWatch?.();
+  };
+
+  /**
+   * Ends the hold without deleting its key: lost (found deleted), or
+   * consumed by a write of the holder's own (a work-queue ack). Aborts the
+   * signal with `reason`; a no-op once the hold has ended.
+   */
+  end(reason: unknown): void {
+    if (this.#releasing || this.#lost) return;
+    this.#lost = true;
+    this.#detach();
+    this.#log?.('%s ended: %s', this.#what, (reason as Error)?.message);
+    this.#controller ??= new AbortController();
+    this.#controller.abort(reason);
+    const { onLost } = this.#kind;
+    if (!onLost) return;
+    // A lost term lets the next local candidate go at once (its calls will see why).
+    this.#releaseLocal();
+    queueMicrotask(() => onLost(reason));
+  }
+
+  /**
+   * Stops the own-key watch while a write of ours that deletes the key is in
+   * flight (that delete is not a loss). The returned function allows it
+   * again, from the next look at the signal, if that write did not land.
+   */
+  pauseWatch(): () => void {
+    this.#watchPaused = true;
+    this.#stopWatch?.();
+    this.#stopWatch = undefined;
+    return () => {
+      this.#watchPaused = false;
+    };
+  }
+
   get released(): boolean {
-    return !!this.#releasing || this.#lostKey || this.#session.expired;
+    return !!this.#releasing || this.#lost || this.#session.expired;
   }
 
   get held(): boolean {
@@ -218,12 +278,11 @@ export class Holding implements HeldKey {
   }
 
   ifOwner(): ComparatorBuilder {
-    if (this.released) throw new LockNotHeldError(`${this.#what} is not held (released or session lost)`);
-    return markGuard(
-      this.#session.client.if(this.#key, 'Create', '==', this.fencingToken.toString()),
-      'LOCK_NOT_HELD',
-      this.#what,
-    );
+    const term = this.#kind.term;
+    if (this.released)
+      throw new (term ? NotLeaderError : LockNotHeldError)(`${this.#what} is not held (released or lost)`);
+    const builder = this.#session.client.if(this.#key, 'Create', '==', this.fencingToken.toString());
+    return markGuard(builder, term ? 'NOT_LEADER' : 'LOCK_NOT_HELD', this.#what);
   }
 
   release(options?: WaitOptions): Promise<void> {
@@ -256,7 +315,15 @@ export class Holding implements HeldKey {
           else this.#trace?.released();
         };
         if (!this.#session.expired)
-          await deleteOwnKey(this.#session, this.#key, this.fencingToken, this.#log, this.#group, this.#line, tell);
+          await deleteOwnKey(
+            this.#session,
+            this.#key,
+            this.fencingToken,
+            this.#log,
+            this.#group,
+            this.#kind.line,
+            tell,
+          );
         if (!told) tell();
         done();
       } catch (err) {
@@ -268,8 +335,8 @@ export class Holding implements HeldKey {
     return this.#releasing;
   }
 
-  #releasedReason(): LockNotHeldError {
-    return withoutStack(() => new LockNotHeldError(`${this.#what} released`));
+  #releasedReason(): Error {
+    return withoutStack(() => new (this.#kind.term ? NotLeaderError : LockNotHeldError)(`${this.#what} released`));
   }
 
   [Symbol.asyncDispose](): Promise<void> {

@@ -170,9 +170,17 @@ function rangeEnd(client: Namespace, key: Buffer, options: { prefix?: boolean; e
   return undefined;
 }
 
+/**
+ * An int64 field as protobufjs takes it most cheaply: a number when exact
+ * (Long.fromNumber), else a decimal string (Long.fromString, several times
+ * slower; docs/benchmarks.md, "Where the client CPU goes").
+ */
+const MAX_EXACT = BigInt(Number.MAX_SAFE_INTEGER);
+const int64 = (v: bigint): number | string => (v <= MAX_EXACT && v >= -MAX_EXACT ? Number(v) : v.toString());
+
 function encodeCompare(client: Namespace, c: Compare): Raw {
   const v = c.value;
-  const encoded = typeof v === 'bigint' ? v.toString() : c.target === 'Value' ? toBuffer(v) : v;
+  const encoded = typeof v === 'bigint' ? int64(v) : c.target === 'Value' ? toBuffer(v) : v;
   const req: Raw = {
     key: encodeKey(client, c.key),
     target: c.target,
@@ -191,11 +199,11 @@ function encodeRange(client: Namespace, key: string | Buffer, o: RangeOptions = 
   if (o.limit !== undefined) req.limit = o.limit;
   if (o.sortTarget) req.sort_target = o.sortTarget;
   if (o.sortOrder) req.sort_order = o.sortOrder;
-  if (o.maxCreateRevision !== undefined) req.max_create_revision = o.maxCreateRevision.toString();
-  if (o.minCreateRevision !== undefined) req.min_create_revision = o.minCreateRevision.toString();
-  if (o.maxModRevision !== undefined) req.max_mod_revision = o.maxModRevision.toString();
-  if (o.minModRevision !== undefined) req.min_mod_revision = o.minModRevision.toString();
-  if (o.revision !== undefined) req.revision = o.revision.toString();
+  if (o.maxCreateRevision !== undefined) req.max_create_revision = int64(o.maxCreateRevision);
+  if (o.minCreateRevision !== undefined) req.min_create_revision = int64(o.minCreateRevision);
+  if (o.maxModRevision !== undefined) req.max_mod_revision = int64(o.maxModRevision);
+  if (o.minModRevision !== undefined) req.min_mod_revision = int64(o.minModRevision);
+  if (o.revision !== undefined) req.revision = int64(o.revision);
   if (o.serializable) req.serializable = true;
   if (o.countOnly) req.count_only = true;
   if (o.keysOnly) req.keys_only = true;
@@ -332,12 +340,14 @@ export interface TxnParts {
  * revision, each part judged by its own compares. etcd evaluates every
  * part's compares before applying any part, so the parts must touch disjoint
  * keys; etcd 3.4 before 3.4.26 also skips permission checks inside nested
- * Txns. Not retried: writes prove their own outcome.
+ * Txns. `reads` follow the parts in the same Txn and see their writes (the
+ * Txn's revision). Not retried: writes prove their own outcome.
  */
 export async function nestedTxns(
   client: Namespace,
   parts: TxnParts[],
-): Promise<{ revision: bigint; results: { succeeded: boolean; responses: OpResult[] }[] }> {
+  reads: Op[] = [],
+): Promise<{ revision: bigint; results: { succeeded: boolean; responses: OpResult[] }[]; reads: OpResult[] }> {
   const first = parts[0]!;
   const res = await send(
     client,
@@ -345,16 +355,21 @@ export async function nestedTxns(
     () =>
       client.kv.txn({
         compare: [],
-        success: parts.map((p) => ({ request_txn: encodeTxn(client, p.compares, p.success, p.failure) })),
+        success: [
+          ...parts.map((p) => ({ request_txn: encodeTxn(client, p.compares, p.success, p.failure) })),
+          ...reads.map((o) => encodeOp(client, o)),
+        ],
         failure: [],
       } as never),
   );
   const revision = BigInt(res.header.revision);
-  const results = (res.responses ?? []).map((r) => {
+  const responses = res.responses ?? [];
+  const results = responses.slice(0, parts.length).map((r) => {
     const t = (r as unknown as { response_txn: { succeeded?: boolean; responses?: Raw[] } }).response_txn;
     return { succeeded: !!t.succeeded, responses: (t.responses ?? []).map((o) => decodeOpResult(client, o, revision)) };
   });
-  return { revision, results };
+  const after = responses.slice(parts.length).map((r) => decodeOpResult(client, r as unknown as Raw, revision));
+  return { revision, results, reads: after };
 }
 
 async function sendTxn(client: Namespace, compares: Compare[], success: Op[], failure: Op[]): Promise<TxnResult> {
@@ -381,8 +396,8 @@ export async function range(client: Namespace, key: string | Buffer, options?: R
 }
 
 /** Narrowing helpers for Txn responses. */
-export function rangeAt(res: TxnResult, i: number): RangeResult {
-  const r = res.responses[i];
+export function rangeAt(res: TxnResult | OpResult[], i: number): RangeResult {
+  const r = (Array.isArray(res) ? res : res.responses)[i];
   if (r?.type !== 'range') throw new Error(`internal: Txn response ${i} is not a range`);
   return r;
 }

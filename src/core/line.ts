@@ -17,6 +17,7 @@ import {
   type RangeOptions,
 } from './kv.js';
 import { takeLocalTurn, type LocalRelease } from './local-lock.js';
+import { InternalError } from './errors.js';
 import { retrying } from './retry.js';
 import type { Session } from './session.js';
 import { waitInLine, type LineState } from './wait.js';
@@ -174,6 +175,12 @@ export interface UniqueKeyConditions {
   compares?: Compare[];
   /** Reads returned when one of `compares` fails (our key was not created). */
   failureReads?: Op[];
+  /**
+   * Writes these keys for a fresh name instead of the name itself, as one
+   * entry (all on our lease, at one revision; the first is the one that
+   * proves and orders it), and `group`, their common prefix, deleted as one.
+   */
+  entry?: (name: Buffer) => { keys: Buffer[]; group?: Buffer | undefined };
 }
 
 /**
@@ -211,25 +218,29 @@ export async function createUniqueKey(
   conditions: UniqueKeyConditions = {},
 ): Promise<{ key: Buffer; rev: bigint; reads: OpResult[] | undefined } | { failure: OpResult[] }> {
   const { client, leaseId } = session;
-  const { compares = [], failureReads = [] } = conditions;
+  const {
+    compares = [],
+    failureReads = [],
+    entry = (name: Buffer): { keys: Buffer[]; group?: Buffer | undefined } => ({ keys: [name] }),
+  } = conditions;
   for (let attempt = 1; ; attempt++) {
     signal?.throwIfAborted();
-    const key = uniqueKey(dir);
-    pending.key = key;
-    pending.rev = undefined;
+    const { keys, group } = entry(uniqueKey(dir));
+    const key = keys[0]!;
+    Object.assign(pending, { key, rev: undefined, group });
     const res = await retrying(
       () =>
         txn(
           client,
-          [cmp.create(key, '==', 0n), ...compares],
-          [op.put(key, '', leaseId), ...reads],
+          [...keys.map((k) => cmp.create(k, '==', 0n)), ...compares],
+          [...keys.map((k) => op.put(k, '', leaseId)), ...reads],
           [op.range(key, { keysOnly: true }), ...failureReads],
         ),
       { signals: [signal], maxElapsedMs: Infinity },
     );
     if (res.succeeded) {
       pending.rev = res.revision;
-      return { key, rev: res.revision, reads: res.responses.slice(1) };
+      return { key, rev: res.revision, reads: res.responses.slice(keys.length) };
     }
     const existing = rangeAt(res, 0).kvs[0];
     if (existing && existing.lease === leaseId) {
@@ -241,7 +252,7 @@ export async function createUniqueKey(
       return { failure: res.responses.slice(1) };
     }
     if (attempt >= MAX_UNIQUE_ATTEMPTS)
-      throw new Error(`no unique key under ${showKey(dir)} after ${attempt} attempts`);
+      throw new InternalError(`no unique key under ${showKey(dir)} after ${attempt} attempts`);
   }
 }
 

@@ -1,7 +1,6 @@
 import type { Namespace } from 'etcd3';
-import { LockNotHeldError } from './errors.js';
 import { showKey } from './keys.js';
-import { range } from './kv.js';
+import { range, type KeyValue } from './kv.js';
 import { logger } from './log.js';
 import type { Session } from './session.js';
 import { openWatch, WatchCompactedError, type WatchHandle } from './watch-hub.js';
@@ -9,17 +8,19 @@ import { openWatch, WatchCompactedError, type WatchHandle } from './watch-hub.js
 const log = logger('own-key');
 
 /**
- * Watches a key we hold (identified by name and create revision) and calls
- * `onGone` once it is deleted or re-created by someone else: our lease was
- * revoked, an operator ran `etcdctl del`, or etcd's own bug #15247 revoked a
- * live lease. The watch starts just after the key's creation, so a deletion
- * that happened before we started watching is replayed, not missed; if that
- * history is compacted, one read decides. Returns the stop function.
+ * Watches a key we hold and calls `onGone` once it is deleted or no longer
+ * `ours`: our lease was revoked, an operator ran `etcdctl del`, etcd's own
+ * bug #15247 revoked a live lease, or someone re-created (or, for a key
+ * told apart by its lease, took over) the key. The watch starts just after
+ * revision `since` (the key's creation, or our last write of it), so a
+ * change that happened before we started watching is replayed, not missed;
+ * if that history is compacted, one read decides. Returns the stop function.
  */
 export function watchOwnKey(
   client: Namespace,
   key: Buffer,
-  createRevision: bigint,
+  since: bigint,
+  ours: (kv: KeyValue) => boolean,
   onGone: (err: Error) => void,
 ): () => void {
   let stopped = false;
@@ -31,10 +32,10 @@ export function watchOwnKey(
     onGone(err);
   };
   const listener = {
-    onEvents: (events: { type: 'put' | 'delete'; kv: { createRevision: bigint; modRevision: bigint } }[]) => {
+    onEvents: (events: { type: 'put' | 'delete'; kv: KeyValue }[]) => {
       for (const ev of events) {
-        if (ev.type === 'delete' || ev.kv.createRevision !== createRevision) {
-          gone(new Error(`deleted at revision ${ev.kv.modRevision}`));
+        if (ev.type === 'delete' || !ours(ev.kv)) {
+          gone(new Error(`${ev.type === 'delete' ? 'deleted' : 'overwritten'} at revision ${ev.kv.modRevision}`));
           return;
         }
       }
@@ -53,14 +54,14 @@ export function watchOwnKey(
       handle = h;
       const now = await range(client, key);
       const kv = now.kvs[0];
-      if (!kv || kv.createRevision !== createRevision) gone(new Error('deleted (found gone after a compaction)'));
+      if (!kv || !ours(kv)) gone(new Error('deleted (found gone after a compaction)'));
     } catch (err) {
       // The client closed, or etcd is unreachable: the session's own deadline covers the lease.
       log('own-key watch on %s could not resume: %s', key.toString(), (err as Error).message);
       if ((err as Error).name === 'ClosedError') gone(err as Error);
     }
   };
-  openWatch(client, { key, startRevision: createRevision + 1n }, listener).then(
+  openWatch(client, { key, startRevision: since + 1n }, listener).then(
     (h) => {
       if (stopped) h.close();
       else handle = h;
@@ -75,7 +76,8 @@ export function watchOwnKey(
 
 /**
  * {@link watchOwnKey} for a key held on `session`'s lease: `lose` is called
- * with a LockNotHeldError when someone else deleted the key, or with the
+ * with an `error` (LockNotHeldError, or NotLeaderError for an election term)
+ * when someone else deleted the key, or with the
  * ClosedError when the client closed. A key that went with the lease itself
  * (revoked, expired) is the session's loss: the session says so (and so the
  * signals linked to it), as SESSION_EXPIRED, and `lose` is not called.
@@ -85,12 +87,14 @@ export function watchHeldKey(
   key: Buffer,
   createRevision: bigint,
   what: string,
+  error: new (message: string, options?: ErrorOptions) => Error,
   lose: (reason: Error) => void,
 ): () => void {
-  return watchOwnKey(session.client, key, createRevision, (err) => {
+  const ours = (kv: KeyValue) => kv.createRevision === createRevision;
+  return watchOwnKey(session.client, key, createRevision, ours, (err) => {
     if (err.name === 'ClosedError') return lose(err);
     void session.verifyLease().then((alive) => {
-      if (alive) lose(new LockNotHeldError(`${what} lost: its key ${showKey(key)} was ${err.message}`, { cause: err }));
+      if (alive) lose(new error(`${what} lost: its key ${showKey(key)} was ${err.message}`, { cause: err }));
     });
   });
 }

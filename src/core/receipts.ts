@@ -39,8 +39,8 @@ export type ProvenOutcome =
    * the caller undoes it if it can (and rejects), or reports it.
    */
   | { landed: true; revision: bigint; res: TxnResult | undefined; receiptValue?: Buffer; aborted?: unknown }
-  /** The compares failed and no attempt of ours landed: `failure` holds the failure branch's reads. */
-  | { landed: false; failure: OpResult[] };
+  /** The compares failed and no attempt of ours landed: `failure` holds the failure branch's reads, at `revision`. */
+  | { landed: false; failure: OpResult[]; revision: bigint };
 
 /** Options of {@link ReceiptBook.write}. */
 export interface ProvenWriteOptions {
@@ -57,6 +57,10 @@ export interface ProvenWriteOptions {
    * proves the landing.
    */
   receiptValue?: string | Buffer;
+  /** Sends each attempt (default: a Txn of its own); STM's shared commits pass theirs. */
+  send?: (compares: Compare[], success: Op[], failure: Op[]) => Promise<TxnResult>;
+  /** At most this many spent receipts are deleted by this write (default 32): room left under --max-txn-ops. */
+  cleanup?: number;
 }
 
 /**
@@ -83,14 +87,18 @@ export class ReceiptBook {
   readonly #spent: Buffer[] = [];
   #flushTimer: NodeJS.Timeout | undefined;
   #untidy: (() => void) | undefined;
+  readonly #idleFlush: boolean;
 
   /**
    * @param client - the client the writes go through
    * @param dir - the receipts' directory, ending with '/'; nothing else lives there
+   * @param idleFlush - delete spent receipts 2 s after the last write; without it, only with the next write,
+   *   on close and at exit (STM: no write of its own between the user's)
    */
-  constructor(client: Namespace, dir: Buffer) {
+  constructor(client: Namespace, dir: Buffer, idleFlush = true) {
     this.#client = client;
     this.#dir = dir;
+    this.#idleFlush = idleFlush;
   }
 
   /**
@@ -104,7 +112,8 @@ export class ReceiptBook {
   async write(t: ProvenTxn, o: ProvenWriteOptions): Promise<ProvenOutcome> {
     o.signal?.throwIfAborted();
     const receipt = uniqueKey(this.#dir);
-    const spent = this.#spent.splice(0, 32);
+    const spent = this.#spent.splice(0, o.cleanup ?? 32);
+    const send = o.send ?? ((c: Compare[], s: Op[], f: Op[]) => txn(this.#client, c, s, f));
     const cleanup = spent.map((k) => op.delete(k));
     const landedMark = Buffer.concat([LANDED, toBuffer(o.receiptValue ?? '')]);
     let sent = false;
@@ -113,8 +122,7 @@ export class ReceiptBook {
       res = await retrying(
         () => {
           sent = true;
-          return txn(
-            this.#client,
+          return send(
             [...t.compares, cmp.create(receipt, '==', 0n)],
             [...t.success, op.put(receipt, landedMark), ...cleanup],
             [op.range(receipt), ...(t.failure ?? []), ...cleanup],
@@ -140,7 +148,7 @@ export class ReceiptBook {
     const kv = found?.type === 'range' ? found.kvs[0] : undefined;
     if (kv) return this.#landedByReceipt(receipt, kv, aborted);
     if (aborted !== undefined) throw aborted;
-    return { landed: false, failure: failure.slice(0, t.failure?.length ?? 0) };
+    return { landed: false, failure: failure.slice(0, t.failure?.length ?? 0), revision: res.revision };
   }
 
   /**
@@ -190,6 +198,7 @@ export class ReceiptBook {
     this.#untidy ??= clientScope(this.#client).beforeClose(() => this.flush());
     unflushed().add(this);
     // A writer that stops writing still cleans up, a little later.
+    if (!this.#idleFlush) return;
     this.#flushTimer ??= setTimeout(() => {
       this.#flushTimer = undefined;
       void this.flush().catch((err: unknown) => log('receipt cleanup failed: %s', (err as Error).message));

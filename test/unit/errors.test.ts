@@ -12,7 +12,7 @@ import {
   RecipeError,
   ServiceIdTakenError,
 } from '../../src/core/errors.js';
-import { classifyEtcdError } from '../../src/core/etcd-errors.js';
+import { classifyEtcdError, isCompacted, isFutureRevision, isRefusedTxn } from '../../src/core/etcd-errors.js';
 import { isTransient } from '../../src/core/retry.js';
 
 describe('error vocabulary (no etcd)', () => {
@@ -51,5 +51,17 @@ describe('error vocabulary (no etcd)', () => {
     expect((err as PermissionDeniedError).key).toBe('locks/x');
     const other = new Error('something else');
     expect(classifyEtcdError(other, 'k')).toBe(other);
+  });
+
+  it("recognises etcd's refusals by their messages: compacted, future revision, a Txn refused whole", () => {
+    const etcd = (m: string) => new Error(`etcdserver: ${m}`);
+    expect(isCompacted(etcd('mvcc: required revision has been compacted'))).toBe(true);
+    expect(isFutureRevision(etcd('mvcc: required revision is a future revision'))).toBe(true);
+    expect(isFutureRevision(etcd('mvcc: required revision has been compacted'))).toBe(false);
+    expect(isRefusedTxn(etcd('too many operations in txn request'))).toBe(true);
+    expect(isRefusedTxn(etcd('duplicate key given in txn request'))).toBe(true);
+    expect(isRefusedTxn(new EtcdPermissionDeniedError('etcdserver: permission denied'))).toBe(true);
+    expect(isRefusedTxn(new GRPCUnavailableError('connection reset'))).toBe(false);
+    expect(isCompacted('compacted')).toBe(false); // not an Error
   });
 });

@@ -5,11 +5,12 @@ import { raceAbort } from '../../core/abort.js';
 import { electionTarget, publish, traced } from '../../core/diagnostics.js';
 import { InvalidArgumentError, NotLeaderError } from '../../core/errors.js';
 import { emitSafely } from '../../core/events.js';
-import { checkGuard, markGuard, resolveGuard, type GuardedWriteOptions } from '../../core/guard.js';
+import { checkGuard, resolveGuard, type GuardedWriteOptions } from '../../core/guard.js';
 import { showKey, toBuffer } from '../../core/keys.js';
 import { cmp, op, rangeAt, txn } from '../../core/kv.js';
 import { joinLine, SessionLine } from '../../core/line.js';
 import { logger } from '../../core/log.js';
+import { Holding } from '../../core/holding.js';
 import { retrying } from '../../core/retry.js';
 import { checkSession, type Session } from '../../core/session.js';
 import { checkName, checkOptions, checkSignal, checkValue } from '../../core/validate.js';
@@ -21,7 +22,6 @@ import {
   observeLeader,
   type ObserveOptions,
 } from './observer.js';
-import { Term } from './term.js';
 
 export {
   getLeader,
@@ -69,7 +69,10 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
   readonly #line: SessionLine;
   readonly #key: Buffer;
   readonly #what: string;
-  #term: Term | undefined;
+  /** The current term: our key held on the session's lease (core's owned key). */
+  #term: Holding | undefined;
+  /** The value our key holds in this term. */
+  #value: Buffer = Buffer.alloc(0);
   #campaign: { stop: AbortController; done: Promise<unknown> } | undefined;
 
   /**
@@ -88,7 +91,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     this.#what = `election ${showKey(name)}`;
     // A 'lost' listener wants to hear of a deleted key at once: watch it.
     (this as EventEmitter).on('newListener', (event: string | symbol) => {
-      if (event === 'lost') this.#term?.watch();
+      if (event === 'lost') void this.#term?.signal;
     });
   }
 
@@ -104,7 +107,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
    * once, before any timer fires. Still guard writes with `ifLeader()`.
    */
   get isLeader(): boolean {
-    return !!this.#term && !this.#term.watch().aborted && this.session.live;
+    return !!this.#term && !this.#term.signal.aborted && this.session.live;
   }
 
   /**
@@ -112,7 +115,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
    * fencing token of this term; undefined otherwise.
    */
   get revision(): bigint | undefined {
-    return this.isLeader ? this.#term!.revision : undefined;
+    return this.isLeader ? this.#term!.fencingToken : undefined;
   }
 
   /** The fencing token of this term, as every recipe names it: the same as {@link Election.revision}. */
@@ -131,7 +134,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
    * nobody looks at costs no watch.
    */
   get signal(): AbortSignal | undefined {
-    return this.#term?.watch();
+    return this.#term?.signal;
   }
 
   /**
@@ -155,8 +158,8 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
       throw new InvalidArgumentError('this', `${this.#what}: this Election object is already campaigning`);
     const bytes = toBuffer(value);
     const term = this.#term;
-    if (term && !term.signal.aborted) {
-      if (!term.value.equals(bytes)) await this.proclaim(bytes, options);
+    if (term && !term.released) {
+      if (!this.#value.equals(bytes)) await this.proclaim(bytes, options);
       return;
     }
     options.signal?.throwIfAborted();
@@ -166,7 +169,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
       'campaign',
       () => electionTarget(this.name, this.#key, this.session),
       () => this.#campaignOnce(bytes, options.signal, stop.signal),
-      (_, __, waitMs) => ({ revision: this.#term!.revision, waitMs }),
+      (_, __, waitMs) => ({ revision: this.#term!.fencingToken, waitMs }),
     );
     this.#campaign = { stop, done };
     try {
@@ -191,21 +194,25 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
       read: (_key, rev) => line.read(rev),
     }))!;
     const own = turn.state.data!;
-    const term = new Term(session, this.#key, turn.rev, own.value, turn.releaseLocal, what, (reason) =>
-      this.#onLost(term, reason),
-    );
+    // A lost term says NOT_LEADER and lets the next local candidate go at once.
+    const onLost = (reason: unknown) => this.#onLost(turn.rev, reason);
+    const term = new Holding(session, this.#key, turn.rev, turn.releaseLocal, what, log, undefined, undefined, {
+      term: true,
+      onLost,
+    });
     this.#term = term;
-    if (this.listenerCount('lost') > 0) term.watch();
+    this.#value = own.value;
+    if (this.listenerCount('lost') > 0) void term.signal;
     log('%s: %s elected (revision %s)', what, this.key, turn.rev);
     emitSafely(this, 'elected', leaderInfo(own));
   }
 
-  #onLost(term: Term, reason: unknown): void {
-    log('%s: leadership of %s@%s lost: %s', this.#what, this.key, term.revision, (reason as Error)?.message);
+  #onLost(revision: bigint, reason: unknown): void {
+    log('%s: leadership of %s@%s lost: %s', this.#what, this.key, revision, (reason as Error)?.message);
     emitSafely(this, 'lost', reason);
     publish('electionDeposed', () => ({
       ...electionTarget(this.name, this.#key, this.session),
-      revision: term.revision,
+      revision,
       error: reason,
     }));
   }
@@ -221,7 +228,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     checkSignal(options.signal);
     checkGuard(options.guard);
     const term = this.#term;
-    if (!term || term.signal.aborted) throw new NotLeaderError(`${this.#what}: cannot proclaim, not the leader`);
+    if (!term || term.released) throw new NotLeaderError(`${this.#what}: cannot proclaim, not the leader`);
     options.signal?.throwIfAborted();
     const bytes = toBuffer(value);
     const { client, leaseId } = this.session;
@@ -232,7 +239,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
         raceAbort(
           txn(
             client,
-            [cmp.create(this.#key, '==', term.revision), ...guard.compares],
+            [cmp.create(this.#key, '==', term.fencingToken), ...guard.compares],
             [op.put(this.#key, bytes, leaseId)],
             [op.range(this.#key, { keysOnly: true }), ...guard.reads],
           ),
@@ -244,14 +251,14 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
       // The lease may be gone on the server before our session noticed: the term is over.
       throw this.session.leaseError(err, this.#what);
     });
-    const ours = res.succeeded || rangeAt(res, 0).kvs[0]?.createRevision === term.revision;
+    const ours = res.succeeded || rangeAt(res, 0).kvs[0]?.createRevision === term.fencingToken;
     if (ours && !res.succeeded) throw guard.error(`${this.#what}: proclaim`);
     if (!res.succeeded) {
       const err = new NotLeaderError(`${this.#what}: our key ${this.key} was deleted; not the leader any more`);
-      term.lose(err);
+      term.end(err);
       throw err;
     }
-    term.value = bytes;
+    this.#value = bytes;
   }
 
   /**
@@ -274,12 +281,12 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
       await campaign.done.catch(() => undefined);
     }
     const term = this.#term;
-    const leading = term && !term.signal.aborted;
-    if (term) await term.resign();
+    const leading = term && !term.released;
+    if (term) await term.release();
     if (leading)
       publish('electionResigned', () => ({
         ...electionTarget(this.name, this.#key, this.session),
-        revision: term.revision,
+        revision: term.fencingToken,
       }));
   }
 
@@ -296,13 +303,8 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
    * @throws NotLeaderError if this object is not the leader
    */
   ifLeader(): ComparatorBuilder {
-    const term = this.#term;
-    if (!term || term.signal.aborted) throw new NotLeaderError(`${this.#what}: not the leader`);
-    return markGuard(
-      this.session.client.if(this.#key, 'Create', '==', term.revision.toString()),
-      'NOT_LEADER',
-      this.#what,
-    );
+    if (!this.#term) throw new NotLeaderError(`${this.#what}: not the leader`);
+    return this.#term.ifOwner();
   }
 
   /**

@@ -173,7 +173,9 @@ export class Mutex {
     });
     if (!turn) return undefined;
     log('%s: acquired by %s, token %s', what, this.key, turn.rev);
-    return new Holding(session, turn.key, turn.rev, turn.releaseLocal, what, log, undefined, lock, line.prefix);
+    return new Holding(session, turn.key, turn.rev, turn.releaseLocal, what, log, undefined, lock, {
+      line: line.prefix,
+    });
   }
 }
 

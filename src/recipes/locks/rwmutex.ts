@@ -255,7 +255,9 @@ export class RWMutex {
     });
     if (!turn) return undefined;
     log('%s: acquired by %s, token %s', what, showKey(turn.key), turn.rev);
-    return new Holding(session, turn.key, turn.rev, turn.releaseLocal, what, log, undefined, lock, this.#prefix);
+    return new Holding(session, turn.key, turn.rev, turn.releaseLocal, what, log, undefined, lock, {
+      line: this.#prefix,
+    });
   }
 
   /**

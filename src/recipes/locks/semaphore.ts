@@ -1,19 +1,19 @@
 import { InternalError, InvalidArgumentError } from '../../core/errors.js';
 import { lockTarget } from '../../core/diagnostics.js';
 import { Holding } from '../../core/holding.js';
-import { childPrefix, showKey, uniqueKey } from '../../core/keys.js';
+import { childPrefix, showKey } from '../../core/keys.js';
 import {
   cmp,
   op,
   range,
   rangeAt,
   txn,
+  type Compare,
   type KeyValue,
   type Op,
   type RangeOptions,
-  type TxnResult,
 } from '../../core/kv.js';
-import { joinLine, MAX_UNIQUE_ATTEMPTS, type PendingKey } from '../../core/line.js';
+import { createUniqueKey, joinLine, MAX_UNIQUE_ATTEMPTS, type PendingKey } from '../../core/line.js';
 import { logger } from '../../core/log.js';
 import { retrying } from '../../core/retry.js';
 import { checkSession, type Session } from '../../core/session.js';
@@ -176,9 +176,8 @@ export class Semaphore {
     return new Holding(session, turn.key, turn.rev, turn.releaseLocal, what, log, request!.group, lock);
   }
 
-  /** A fresh request of `n` keys (one unique name; n > 1 adds `-<i>` suffixes under it). */
-  #request(n: number): Request {
-    const base = uniqueKey(this.#queueDir);
+  /** A request of `n` keys for the fresh name `base` (n > 1 adds `-<i>` suffixes under it). */
+  #request(n: number, base: Buffer): Request {
     if (n === 1) return { n, keys: [base], group: undefined };
     const group = Buffer.concat([base, Buffer.from('-')]);
     return {
@@ -205,79 +204,58 @@ export class Semaphore {
   }
 
   /**
-   * Creates our unique key(s) (create-if-absent, lease attached) in a Txn
+   * Creates our unique key(s) through core's one unique-key writer, in a Txn
    * that also checks the stored permit count and reads our place in line.
    * The first acquire for a name stores the count in the same Txn. A
-   * mismatch rejects before anything is written. Retried until the signal
-   * aborts; a retry whose earlier attempt did land finds the first key with
-   * our lease and adopts the request (its keys were written together).
+   * mismatch rejects before anything is written. A retry whose earlier
+   * attempt did land adopts the request (its keys were written together).
    */
   async #enter(
     n: number,
     pending: PendingKey,
     signal: AbortSignal,
   ): Promise<{ request: Request; state: LineState<LineData> }> {
-    const { client, leaseId } = this.session;
     const count = String(this.permits);
     let createCount = false;
     for (let attempt = 1; ; attempt++) {
-      signal.throwIfAborted();
-      const request = this.#request(n);
-      const key = request.keys[0]!;
-      Object.assign(pending, { key, rev: undefined, group: request.group });
-      const countGuard = createCount
-        ? cmp.create(this.#permitsKey, '==', 0n)
-        : cmp.value(this.#permitsKey, '==', count);
-      const writes = [
-        ...(createCount ? [op.put(this.#permitsKey, count)] : []),
-        ...request.keys.map((k) => op.put(k, '', leaseId)),
+      let request!: Request;
+      const store: Op[] = createCount ? [op.put(this.#permitsKey, count)] : [];
+      const compares: Compare[] = [
+        createCount ? cmp.create(this.#permitsKey, '==', 0n) : cmp.value(this.#permitsKey, '==', count),
       ];
-      const res: TxnResult = await retrying(
-        () =>
-          txn(
-            client,
-            [countGuard, ...request.keys.map((k) => cmp.create(k, '==', 0n))],
-            [...writes, ...this.#lineReads(n)],
-            [op.range(this.#permitsKey), op.range(key, { keysOnly: true })],
-          ),
-        { signals: [signal], maxElapsedMs: Infinity },
+      const created = await createUniqueKey(
+        this.session,
+        this.#queueDir,
+        [...store, ...this.#lineReads(n)],
+        pending,
+        signal,
+        {
+          compares,
+          failureReads: [op.range(this.#permitsKey)],
+          entry: (name) => (request = this.#request(n, name)),
+        },
       );
-      if (res.succeeded) {
-        pending.rev = res.revision;
+      if ('rev' in created) {
+        const { rev, reads } = created;
         if (createCount)
           log('semaphore %s: stored %s permits in %s', showKey(this.name), count, showKey(this.#permitsKey));
-        const state = this.#lineState(
-          request,
-          res.revision,
-          res.revision,
-          rangeAt(res, writes.length).kvs,
-          rangeAt(res, writes.length + 1).kvs,
+        // An earlier attempt of this Txn landed but its reply was lost: re-read the line.
+        const state = reads
+          ? this.#lineState(request, rev, rev, rangeAt(reads, store.length).kvs, rangeAt(reads, store.length + 1).kvs)
+          : await retrying(() => this.#readLine(request, rev), { signals: [signal], maxElapsedMs: Infinity });
+        return { request, state };
+      }
+      const stored = rangeAt(created.failure, 0).kvs[0];
+      createCount = !stored; // first use of this name (or the count key was deleted)
+      const value = stored?.value.toString();
+      if (stored && value !== count) {
+        throw new InvalidArgumentError(
+          'permits',
+          `semaphore ${showKey(this.name)} has ${JSON.stringify(value)} permits stored in ` +
+            `${showKey(this.#permitsKey)}, this Semaphore was created with ${count}; ` +
+            'every user of a name must pass the same count ' +
+            '(delete the key while nobody uses the semaphore to change it)',
         );
-        return { request, state };
-      }
-      const stored = rangeAt(res, 0).kvs[0];
-      const existing = rangeAt(res, 1).kvs[0];
-      if (existing && existing.lease === leaseId) {
-        // An earlier attempt of this Txn landed but its reply was lost: adopt the request.
-        const rev = existing.createRevision;
-        pending.rev = rev;
-        const state = await retrying(() => this.#readLine(request, rev), { signals: [signal], maxElapsedMs: Infinity });
-        return { request, state };
-      }
-      if (!stored) {
-        createCount = true; // first use of this name (or the count key was deleted)
-      } else {
-        createCount = false;
-        const value = stored.value.toString();
-        if (value !== count) {
-          throw new InvalidArgumentError(
-            'permits',
-            `semaphore ${showKey(this.name)} has ${JSON.stringify(value)} permits stored in ` +
-              `${showKey(this.#permitsKey)}, this Semaphore was created with ${count}; ` +
-              'every user of a name must pass the same count ' +
-              '(delete the key while nobody uses the semaphore to change it)',
-          );
-        }
       }
       if (attempt >= MAX_UNIQUE_ATTEMPTS)
         throw new InternalError(`semaphore ${showKey(this.name)}: could not queue after ${attempt} attempts`);

@@ -4,7 +4,7 @@ import { range } from '../../core/kv.js';
 import { logger } from '../../core/log.js';
 import { retrying } from '../../core/retry.js';
 import type { Session } from '../../core/session.js';
-import { openWatch, type WatchEvent, type WatchHandle } from '../../core/watch-hub.js';
+import { watchOwnKey } from '../../core/own-key.js';
 import type { DisplacedInfo } from './layout.js';
 
 const log = logger('service-registry');
@@ -19,9 +19,9 @@ export interface KeyWatchEvents {
 
 /**
  * Watches a registration's own key while its lease lives, to notice a
- * delete or a takeover (a put by another lease keeps the create revision,
- * so core's own-key watch, which follows the create revision, would not).
- * The registry closes it whenever this registration stops being current.
+ * delete or a takeover: core's own-key watch, with the key told apart by
+ * its lease (a put by another lease keeps the create revision). The
+ * registry closes it whenever this registration stops being current.
  */
 export class KeyWatch {
   readonly #client: Namespace;
@@ -29,7 +29,7 @@ export class KeyWatch {
   readonly #session: Session;
   readonly #stop: AbortSignal;
   readonly #on: KeyWatchEvents;
-  #handle: WatchHandle | undefined;
+  #stopWatch: (() => void) | undefined;
   #verifying = false;
   #closed = false;
 
@@ -43,25 +43,15 @@ export class KeyWatch {
 
   /** Watches from the revision after `revision` (our write's, or the read that found the key ours). */
   start(revision: bigint): void {
-    this.#handle?.close();
-    this.#handle = undefined;
-    const session = this.#session;
-    const onEvents = (events: WatchEvent[]) => {
-      if (events.some((e) => e.type === 'delete' || e.kv.lease !== session.leaseId)) void this.verify();
-    };
-    openWatch(
+    this.#stopWatch?.();
+    const { leaseId } = this.#session;
+    this.#stopWatch = watchOwnKey(
       this.#client,
-      { key: Buffer.from(this.#key), startRevision: revision + 1n },
-      { onEvents, onEnd: () => void this.verify() },
-      session.signal,
-    ).then(
-      (handle) => {
-        if (!this.#closed && !this.#handle) this.#handle = handle;
-        else handle.close();
-      },
-      (err: unknown) => {
-        if (this.#closed || session.expired) return;
-        log('%s: watch on own key failed (%s); checking', this.#key, (err as Error).message);
+      Buffer.from(this.#key),
+      revision,
+      (kv) => kv.lease === leaseId,
+      (err) => {
+        log('%s: own key %s; checking', this.#key, err.message);
         void this.verify();
       },
     );
@@ -69,8 +59,7 @@ export class KeyWatch {
 
   close(): void {
     this.#closed = true;
-    this.#handle?.close();
-    this.#handle = undefined;
+    this.#stopWatch?.();
   }
 
   /**

@@ -1,7 +1,9 @@
-import { OutcomeUnknownError } from '../../core/errors.js';
+import type { Namespace } from 'etcd3';
+import { isRecipeError, OutcomeUnknownError } from '../../core/errors.js';
 import { showKey } from '../../core/keys.js';
-import { type Compare, cmp, type Op, type OpResult, op } from '../../core/kv.js';
+import { type Compare, cmp, type Op, type OpResult, op, type TxnParts } from '../../core/kv.js';
 import { logger } from '../../core/log.js';
+import { type ProvenWriteOptions, ReceiptBook } from '../../core/receipts.js';
 import { isTransient } from '../../core/retry.js';
 import type { Attempt } from './attempt.js';
 import type { STMConfig } from './config.js';
@@ -10,6 +12,38 @@ import { type CommitResult, Lane } from './lane.js';
 import { type Prefetched, type Read, RestartAttempt, readKeys } from './reads.js';
 
 const log = logger('stm');
+
+const books = new WeakMap<Namespace, ReceiptBook>();
+/** Clients whose role grants the user's keys but not the receipts: their commits go without. */
+const refused = new WeakSet<Namespace>();
+
+/**
+ * Commits with a receipt (docs/stm.md, "Keys in etcd"), for a client that
+ * re-sends failed calls unseen: a re-sent copy that fails its compares
+ * because the first copy applied finds the receipt, instead of passing for a
+ * conflict and running `fn` again. Resolves with undefined once landed.
+ */
+async function withReceipt(
+  config: STMConfig,
+  parts: TxnParts,
+  send: NonNullable<ProvenWriteOptions['send']>,
+  cleanup: number,
+  unproven: () => Promise<CommitResult>,
+): Promise<CommitResult | undefined> {
+  const { client, signal } = config;
+  const book = books.get(client) ?? new ReceiptBook(client, Buffer.from('__stm/receipts/'), false);
+  books.set(client, book);
+  try {
+    const out = await book.write(parts, { what: 'STM commit', signal, send, cleanup });
+    return out.landed ? undefined : { succeeded: false, revision: out.revision, responses: out.failure };
+  } catch (err) {
+    if (!isRecipeError(err, 'PERMISSION_DENIED')) throw err;
+    const res = await unproven(); // refused too if the user's own keys are forbidden
+    log('receipts refused (permission denied): commits on this client go without them');
+    refused.add(client);
+    return res;
+  }
+}
 
 /** A commit that did not apply: the keys whose compares failed, and (snapshot levels) the Else branch's data. */
 export interface Conflict {
@@ -63,14 +97,20 @@ export async function commit(config: STMConfig, tx: Attempt): Promise<Conflict |
 
   // Transactions without ranges may share a Txn with others on disjoint keys (lane.ts).
   const keys = ranges.length === 0 ? new Set([...reads.map((r) => r.id), ...tx.writes.keys()]) : undefined;
-  let res: CommitResult;
-  try {
-    res = await Lane.of(config.client).commit({ compares, success, failure }, keys, config.maxTxnOps);
-  } catch (err) {
-    if (!isTransient(err)) throw err;
-    return lostReply(config, tx, err);
-  }
-  if (res.succeeded) return undefined;
+  const lane = Lane.of(config.client);
+  const send = (c: Compare[], s: Op[], f: Op[]) =>
+    lane.commit({ compares: c, success: s, failure: f }, keys, config.maxTxnOps);
+  const unproven = () =>
+    send(compares, success, failure).catch((err: unknown) => {
+      if (!isTransient(err)) throw err;
+      return lostReply(config, tx, err);
+    });
+  const room = config.maxTxnOps - 1 - Math.max(compares.length, success.length, failure.length);
+  const res =
+    config.receipts && writes.length > 0 && room >= 0 && !refused.has(config.client)
+      ? await withReceipt(config, { compares, success, failure }, send, Math.min(32, room >> 1), unproven)
+      : await unproven();
+  if (!res || res.succeeded) return undefined;
 
   // Conflict: name the keys whose compares failed, from the Else branch's reads.
   const conflicting: string[] = [];

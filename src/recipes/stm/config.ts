@@ -1,4 +1,5 @@
 import type { Namespace } from 'etcd3';
+import { checkTransport } from '../../core/client.js';
 import { InvalidArgumentError } from '../../core/errors.js';
 import { toBuffer } from '../../core/keys.js';
 import { checkInteger, checkName, checkNumber, checkOptions, checkSignal } from '../../core/validate.js';
@@ -16,6 +17,11 @@ export interface STMConfig {
   readonly prefetch: readonly Buffer[];
   readonly signal: AbortSignal | undefined;
   readonly backoff: { readonly initialMs: number; readonly maxMs: number };
+  /**
+   * The client re-sends failed calls unseen (not built by createClient): a
+   * commit then carries a receipt that proves whether it landed (commit.ts).
+   */
+  readonly receipts: boolean;
 }
 
 export const idOf = (key: Buffer): string => key.toString('latin1');
@@ -69,5 +75,6 @@ export function readConfig(client: Namespace, options: STMOptions): STMConfig {
     prefetch: [...prefetch.values()],
     signal,
     backoff: { initialMs, maxMs },
+    receipts: !checkTransport(client),
   };
 }

@@ -1,5 +1,5 @@
 import type { Namespace } from 'etcd3';
-import { isPermissionDenied } from '../../core/etcd-errors.js';
+import { isCompacted, isFutureRevision, isRefusedTxn } from '../../core/etcd-errors.js';
 import { toBuffer } from '../../core/keys.js';
 import {
   type KeyValue,
@@ -16,11 +16,12 @@ import {
 /*
  * Requests that concurrent transactions on one client share (docs/stm.md,
  * "Shared requests"). Client CPU per gRPC call is what limits STM
- * throughput in one process, so while a read is in flight, the reads other
- * transactions issue wait and then go out together as one read-only Txn; while
- * a commit is in flight, the commits that wait go out together as nested Txns
- * of one Txn, if they touch disjoint keys. A request that finds its lane idle
- * goes out at once, exactly as it would alone.
+ * throughput in one process, so one request of a client is in flight at a
+ * time, and the reads and commits other transactions issue meanwhile go out
+ * together when it is back: reads as one read-only Txn; commits as nested
+ * Txns of one Txn, if they touch disjoint keys, with the waiting reads after
+ * them. A request that finds the lane idle goes out at once, exactly as it
+ * would alone.
  */
 
 export interface ReadResult {
@@ -41,12 +42,14 @@ interface Waiting<R, T> {
 }
 
 interface ReadRequest {
+  readonly kind: 'read';
   readonly keys: Buffer[];
   readonly opts: RangeOptions;
   readonly maxOps: number;
 }
 
 interface CommitRequest {
+  readonly kind: 'commit';
   readonly parts: TxnParts;
   /** The keys it reads and writes, when it may share a Txn with others. */
   readonly keys: ReadonlySet<string> | undefined;
@@ -56,6 +59,10 @@ interface CommitRequest {
   /** About how large its request is. */
   readonly bytes: number;
 }
+
+type Request = ReadRequest | CommitRequest;
+type Waiter = Waiting<Request, ReadResult | CommitResult>;
+type Of<R extends Request> = Waiting<R, R extends ReadRequest ? ReadResult : CommitResult>;
 
 /**
  * A shared request or response stays under this size, far from etcd's request
@@ -104,11 +111,10 @@ const lanes = new WeakMap<Namespace, Lane>();
 
 /** The shared reads and commits of one client (namespace) object. */
 export class Lane {
-  readonly #reads = new Batcher<ReadRequest, ReadResult>(
-    (waiting) => takeReads(waiting, this.#perKey),
-    (b) => this.#sendReads(b),
+  readonly #batcher = new Batcher<Request, ReadResult | CommitResult>(
+    (waiting) => take(waiting, this.#perKey, this.#mayNest),
+    (b) => this.#send(b),
   );
-  readonly #commits = new Batcher<CommitRequest, CommitResult>(takeCommits, (b) => this.#sendCommits(b));
   /** etcd 3.4 before 3.4.26 skips permission checks inside nested Txns: never nest for an authenticated client. */
   readonly #mayNest: boolean;
   /**
@@ -128,15 +134,15 @@ export class Lane {
     return lane;
   }
 
-  /** Reads `keys` (at most `maxOps`) with `opts`, possibly in one Txn with other transactions' reads. */
+  /** Reads `keys` (at most `maxOps`) with `opts`, possibly in one Txn with other transactions' requests. */
   read(keys: Buffer[], opts: RangeOptions, maxOps: number): Promise<ReadResult> {
-    return this.#reads.submit({ keys, opts, maxOps });
+    return this.#batcher.submit({ kind: 'read', keys, opts, maxOps }) as Promise<ReadResult>;
   }
 
   /**
    * Sends a commit Txn, possibly nested in one Txn with other transactions'
-   * commits. `keys` (every key it reads or writes) allows that; without it,
-   * it goes alone.
+   * commits and reads. `keys` (every key it reads or writes) allows that;
+   * without it, it goes alone.
    */
   commit(parts: TxnParts, keys: ReadonlySet<string> | undefined, maxOps: number): Promise<CommitResult> {
     const ops = Math.max(parts.compares.length, parts.success.length, parts.failure.length);
@@ -144,10 +150,52 @@ export class Lane {
       (n, o) => n + 16 + toBuffer(o.key).length + ('value' in o && typeof o.value !== 'bigint' ? o.value.length : 0),
       0,
     );
-    return this.#commits.submit({ parts, keys: this.#mayNest ? keys : undefined, ops, maxOps, bytes });
+    const request: CommitRequest = {
+      kind: 'commit',
+      parts,
+      keys: this.#mayNest ? keys : undefined,
+      ops,
+      maxOps,
+      bytes,
+    };
+    return this.#batcher.submit(request) as Promise<CommitResult>;
   }
 
-  async #sendReads(batch: Waiting<ReadRequest, ReadResult>[]): Promise<void> {
+  async #send(batch: Waiter[]): Promise<void> {
+    const reads = batch.filter((w): w is Of<ReadRequest> => w.request.kind === 'read');
+    const commits = batch.filter((w): w is Of<CommitRequest> => w.request.kind === 'commit');
+    if (commits.length === 0) return this.#sendReads(reads);
+    if (reads.length === 0) return this.#sendCommits(commits);
+    let res: Awaited<ReturnType<typeof nestedTxns>>;
+    try {
+      res = await nestedTxns(
+        this.client,
+        commits.map((w) => w.request.parts),
+        reads.flatMap((w) => w.request.keys.map((k) => op.range(k, w.request.opts))),
+      );
+    } catch (err) {
+      // Reads are harmless to repeat: each goes alone. Commits refused before anything applied go alone too;
+      // after any other error each proves its own outcome, as after any lost reply.
+      const alone = reads.map((w) => readAlone(this.client, w.request).then(w.resolve, w.reject));
+      if (isRefusedTxn(err) || isCompacted(err) || isFutureRevision(err)) {
+        alone.push(...commits.map((w) => this.#sendCommits([w]).catch(w.reject)));
+      } else {
+        for (const w of commits) w.reject(err);
+      }
+      return void (await Promise.all(alone));
+    }
+    for (const [i, w] of commits.entries()) w.resolve({ ...res.results[i]!, revision: res.revision });
+    let i = 0;
+    for (const w of reads) {
+      const kvs = w.request.keys.map(() => {
+        const r = res.reads[i++];
+        return (r?.type === 'range' ? r.kvs[0] : undefined) ?? null;
+      });
+      w.resolve(this.#measure({ kvs, revision: res.revision }));
+    }
+  }
+
+  async #sendReads(batch: Of<ReadRequest>[]): Promise<void> {
     if (batch.length === 1) {
       const { request, resolve } = batch[0]!;
       return resolve(this.#measure(await readAlone(this.client, request)));
@@ -177,7 +225,7 @@ export class Lane {
     return read;
   }
 
-  async #sendCommits(batch: Waiting<CommitRequest, CommitResult>[]): Promise<void> {
+  async #sendCommits(batch: Of<CommitRequest>[]): Promise<void> {
     if (batch.length === 1) {
       const { request, resolve } = batch[0]!;
       const { compares, success, failure } = request.parts;
@@ -192,7 +240,7 @@ export class Lane {
     } catch (err) {
       // Refused before it applied (a part's key is forbidden): each goes alone.
       // Anything else may have applied: each part proves its own outcome, as after any lost reply.
-      if (!refused(err)) throw err;
+      if (!isRefusedTxn(err)) throw err;
       return void (await Promise.all(batch.map((w) => this.#sendCommits([w]).catch(w.reject))));
     }
     for (const [i, w] of batch.entries()) w.resolve({ ...res.results[i]!, revision: res.revision });
@@ -209,57 +257,58 @@ function readAlone(client: Namespace, { keys, opts }: ReadRequest): Promise<Read
   }));
 }
 
-/** etcd's refusals of a whole request, checked before anything applies. */
-function refused(err: unknown): boolean {
-  return isPermissionDenied(err) || /too many operations|duplicate key/i.test(String(err));
-}
-
 /**
- * Reads, first come first served, as long as the read-only Txn stays within
- * every sender's maxTxnOps and its response, at `perKey` bytes per key, within
- * SHARED_BYTES.
+ * The first request, and the waiting ones that may share its Txn, first come
+ * first served: commits on keys disjoint from all others taken (etcd
+ * evaluates every nested Txn's compares before applying any, which is a
+ * serial order only for disjoint transactions), reads after them (they see
+ * the commits, at the Txn's revision), all within every sender's maxTxnOps
+ * (a nested Txn may hold maxTxnOps minus the outer Txn's operations) and, at
+ * `perKey` bytes per key read, within SHARED_BYTES. Commits and reads mix only
+ * where nesting is allowed.
  */
-function takeReads(waiting: Waiting<ReadRequest, ReadResult>[], perKey: number): Waiting<ReadRequest, ReadResult>[] {
-  let ops = waiting[0]!.request.keys.length;
-  let limit = waiting[0]!.request.maxOps;
-  let n = 1;
-  for (; n < waiting.length; n++) {
-    const { keys, maxOps } = waiting[n]!.request;
-    if (ops + keys.length > Math.min(limit, maxOps) || (ops + keys.length) * perKey > SHARED_BYTES) break;
-    ops += keys.length;
-    limit = Math.min(limit, maxOps);
-  }
-  return waiting.splice(0, n);
-}
-
-/**
- * The first commit, and the waiting ones that may share its Txn: on keys
- * disjoint from all others taken (etcd evaluates every nested Txn's compares
- * before applying any, which is a serial order only for disjoint
- * transactions), and within etcd's limits (a nested Txn may hold maxTxnOps
- * minus the outer Txn's operations).
- */
-function takeCommits(waiting: Waiting<CommitRequest, CommitResult>[]): Waiting<CommitRequest, CommitResult>[] {
+function take(waiting: Waiter[], perKey: number, mayNest: boolean): Waiter[] {
   const first = waiting[0]!.request;
-  const taken = [waiting.shift()!];
-  if (!first.keys) return taken;
-  const keys = new Set(first.keys);
+  if (first.kind === 'commit' && !first.keys) return waiting.splice(0, 1);
   let limit = first.maxOps;
-  let ops = first.ops;
-  let bytes = first.bytes;
+  let commits = 0;
+  let nestedOps = 0;
+  let readOps = 0;
+  let bytes = 0;
+  const keys = new Set<string>();
+  const taken: Waiter[] = [];
   for (let i = 0; i < waiting.length; i++) {
     const r = waiting[i]!.request;
-    const n = taken.length + 1;
-    const fits =
-      r.keys !== undefined &&
-      Math.max(ops, r.ops) <= Math.min(limit, r.maxOps) - n &&
-      bytes + r.bytes <= SHARED_BYTES &&
-      ![...r.keys].some((k) => keys.has(k));
-    if (!fits) continue;
-    for (const k of r.keys!) keys.add(k);
-    limit = Math.min(limit, r.maxOps);
-    ops = Math.max(ops, r.ops);
-    bytes += r.bytes;
+    const lim = Math.min(limit, r.maxOps);
+    let fits: boolean;
+    if (r.kind === 'commit') {
+      fits =
+        r.keys !== undefined &&
+        (taken.length === 0 || mayNest) &&
+        Math.max(nestedOps, r.ops) <= lim - (commits + 1 + readOps) &&
+        bytes + r.bytes + (readOps && readOps * perKey) <= SHARED_BYTES &&
+        ![...r.keys].some((k) => keys.has(k));
+    } else {
+      const n = readOps + r.keys.length;
+      fits =
+        (commits === 0 || mayNest) &&
+        n + commits <= lim &&
+        nestedOps <= lim - (commits + n) &&
+        (taken.length === 0 || bytes + n * perKey <= SHARED_BYTES);
+    }
+    if (!fits) {
+      if (taken.length === 0) return waiting.splice(0, 1);
+      continue;
+    }
+    if (r.kind === 'commit') {
+      for (const k of r.keys!) keys.add(k);
+      commits++;
+      nestedOps = Math.max(nestedOps, r.ops);
+      bytes += r.bytes;
+    } else {
+      readOps += r.keys.length;
+    }
+    limit = lim;
     taken.push(...waiting.splice(i--, 1));
   }
   return taken;

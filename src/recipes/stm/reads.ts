@@ -1,4 +1,5 @@
 import { raceAbort } from '../../core/abort.js';
+import { isCompacted, isFutureRevision } from '../../core/etcd-errors.js';
 import { type KeyValue, type RangeOptions, range } from '../../core/kv.js';
 import { retrying } from '../../core/retry.js';
 import { idOf, type STMConfig } from './config.js';
@@ -251,11 +252,10 @@ async function atSnapshot<T>(opts: RangeOptions, read: (opts: RangeOptions) => P
   try {
     return await read(opts);
   } catch (err) {
-    const message = err instanceof Error ? err.message : '';
-    if (opts.serializable && opts.revision !== undefined && /future revision/i.test(message)) {
+    if (opts.serializable && opts.revision !== undefined && isFutureRevision(err)) {
       return atSnapshot({ ...opts, serializable: false }, read);
     }
-    if (/has been compacted/i.test(message)) {
+    if (isCompacted(err)) {
       throw new RestartAttempt(`snapshot revision ${opts.revision} was compacted`, err);
     }
     throw err;

@@ -1,12 +1,10 @@
 import type { ComparatorBuilder } from 'etcd3';
-import { linkSignals, type LinkedSignal } from '../../../core/abort.js';
 import { publish, traced } from '../../../core/diagnostics.js';
 import { LockNotHeldError } from '../../../core/errors.js';
-import { checkGuard, markGuard, resolveGuard, type GuardedWriteOptions } from '../../../core/guard.js';
-import { deleteOwnKey } from '../../../core/holding.js';
+import { checkGuard, resolveGuard, type GuardedWriteOptions } from '../../../core/guard.js';
+import { Holding } from '../../../core/holding.js';
 import { cmp, op, type Op } from '../../../core/kv.js';
 import { logger } from '../../../core/log.js';
-import { watchHeldKey } from '../../../core/own-key.js';
 import type { ProvenOutcome, ReceiptBook } from '../../../core/receipts.js';
 import type { Session } from '../../../core/session.js';
 import { checkOptions, checkSignal } from '../../../core/validate.js';
@@ -23,10 +21,10 @@ export function checkWriteOptions(options: GuardedWriteOptions): void {
 }
 
 /**
- * A claimed job. Not a core `Holding`: an ack that a guard refused, or an
- * abort voided, leaves the claim held (its signal live, its own-key watch
- * resumed), and the end of a claim says how it ended (acked, released,
- * dead-lettered); a Holding's end is final and always "released".
+ * A claimed job: its claim key is a core `Holding` (signal, own-key watch,
+ * ifOwner, release). An ack or dead-letter ends it with a proven write of
+ * its own; one that a guard refused, or an abort voided, leaves the claim
+ * held (its signal live, its own-key watch resumed).
  */
 export class ClaimedJob implements Job {
   readonly id: string;
@@ -38,10 +36,9 @@ export class ClaimedJob implements Job {
   readonly #k: Layout;
   readonly #book: ReceiptBook;
   readonly #what: string;
-  readonly #linked: LinkedSignal;
+  readonly #hold: Holding;
   #ending: Promise<void> | undefined;
   #outcome: 'acked' | 'released' | 'dead' | undefined;
-  #stopWatch: (() => void) | undefined;
 
   readonly #name: string;
 
@@ -56,7 +53,7 @@ export class ClaimedJob implements Job {
     this.attempts = c.attempts;
     this.fencingToken = c.token;
     this.#what = `${what} job ${c.id}`;
-    this.#linked = linkSignals(session.signal);
+    this.#hold = new Holding(session, k.claim(c.id), c.token, () => undefined, this.#what, log);
   }
 
   get value(): string {
@@ -64,33 +61,19 @@ export class ClaimedJob implements Job {
   }
 
   get key(): string {
-    return this.#k.claim(this.id).toString();
+    return this.#hold.key;
   }
 
   get signal(): AbortSignal {
-    // Someone else may delete our claim (an operator, a revoked lease): the job is then lost too.
-    // Watched from the first look at the signal until the job ends.
-    if (!this.#stopWatch && !this.#ending && !this.#linked.signal.aborted) {
-      const stop = watchHeldKey(this.#session, this.#k.claim(this.id), this.fencingToken, this.#what, (reason) =>
-        this.#linked.abort(reason),
-      );
-      this.#stopWatch = stop;
-      this.#linked.signal.addEventListener('abort', stop, { once: true });
-    }
-    return this.#linked.signal;
+    return this.#hold.signal;
   }
 
   get done(): boolean {
-    return this.#linked.signal.aborted;
+    return this.#hold.released;
   }
 
   ifOwner(): ComparatorBuilder {
-    if (this.done) throw new LockNotHeldError(`${this.#what} is not held (${this.#outcome ?? 'claim lost'})`);
-    return markGuard(
-      this.#session.client.if(this.#k.claim(this.id), 'Create', '==', this.fencingToken.toString()),
-      'LOCK_NOT_HELD',
-      this.#what,
-    );
+    return this.#hold.ifOwner();
   }
 
   /** @internal This job as diagnostics messages show it. */
@@ -136,7 +119,7 @@ export class ClaimedJob implements Job {
       );
     }
     this.#outcome = outcome;
-    this.#stopWatch?.(); // our own delete is not a loss
+    const resumeWatch = this.#hold.pauseWatch(); // our own delete is not a loss
     const session = this.#session;
     const k = this.#k;
     const claim = k.claim(this.id);
@@ -145,12 +128,11 @@ export class ClaimedJob implements Job {
     const reopen = (err: unknown): never => {
       this.#ending = undefined;
       this.#outcome = undefined;
-      this.#stopWatch = undefined; // watched again from the next look at the signal
+      resumeWatch();
       throw err;
     };
     this.#ending = (async () => {
       if (session.expired) {
-        this.#linked.abort(session.signal.reason);
         throw new LockNotHeldError(
           `${what}: not written, the session's lease was lost (the job may run again elsewhere)`,
         );
@@ -169,7 +151,7 @@ export class ClaimedJob implements Job {
       } catch (err) {
         // Aborted and voided: nothing was written, the claim is still ours to ack or release.
         if (options.signal?.aborted && err === options.signal.reason) return reopen(err);
-        this.#linked.abort(err);
+        this.#hold.end(err);
         throw err;
       }
       if (!out.landed) {
@@ -180,13 +162,13 @@ export class ClaimedJob implements Job {
             `${what}: not written, the claim was lost first (its lease expired, or it was ` +
               'released or deleted); the job may run, or have run, elsewhere',
           );
-          this.#linked.abort(lost);
+          this.#hold.end(lost);
           throw lost;
         }
         if (!guard.holds(reads)) return reopen(guard.error(what));
         return reopen(new Error(`internal: ${what} failed its compares, which all hold`));
       }
-      this.#linked.abort(new LockNotHeldError(`${this.#what} ${outcome}`));
+      this.#hold.end(new LockNotHeldError(`${this.#what} ${outcome}`));
       log('%s %s', this.#what, outcome);
     })();
     return this.#ending;
@@ -195,17 +177,11 @@ export class ClaimedJob implements Job {
   release(): Promise<void> {
     if (this.#ending) return this.#ending.catch(() => undefined);
     this.#outcome = 'released';
-    this.#stopWatch?.();
-    const session = this.#session;
-    const claim = this.#k.claim(this.id);
-    this.#linked.abort(new LockNotHeldError(`${this.#what} released`));
+    const expired = this.#session.expired; // then the claim went with the lease
     // Deleting our claim (guarded by its create revision) is harmless to repeat: no receipt is needed.
-    this.#ending = (async () => {
-      if (session.expired) return; // the claim went with the lease
-      await deleteOwnKey(session, claim, this.fencingToken, log);
-      log('%s released', this.#what);
-      publish('workQueueRelease', () => this.message());
-    })();
+    this.#ending = this.#hold.release().then(() => {
+      if (!expired) publish('workQueueRelease', () => this.message());
+    });
     return this.#ending;
   }
 
