@@ -1,7 +1,8 @@
 import { setMaxListeners } from 'node:events';
 import { Etcd3, type IOptions, type Namespace } from 'etcd3';
 import { ClosedError } from './errors.js';
-import { LeaderSearch, mayHaveLostLeader, type PoolMember } from './leader-search.js';
+import { isConnectionFault, mayHaveLostLeader } from './etcd-errors.js';
+import { LeaderSearch, type PoolMember } from './leader-search.js';
 import { logger } from './log.js';
 import { processWide } from './shared.js';
 
@@ -180,13 +181,6 @@ class HostHealth {
 function avoid(state: HostState, why: string): void {
   if (performance.now() >= state.avoidUntil) log('avoiding member %s for %d ms: %s', state.host, AVOID_MS, why);
   state.avoidUntil = performance.now() + AVOID_MS;
-}
-
-function isConnectionFault(err: unknown): boolean {
-  return (
-    err instanceof Error &&
-    /deadline|unavailable|ECONNRE|No connection|not connected|stream removed|socket/i.test(err.message)
-  );
 }
 
 /**

@@ -1,11 +1,13 @@
-import { ClientClosedError } from 'etcd3';
+import { ClientClosedError, isRecoverableError } from 'etcd3';
 import { isRecipeError, PermissionDeniedError } from './errors.js';
 import type { Compare, Op } from './kv.js';
 
 /*
- * Turns etcd's refusals that a caller must act on into the library's typed
- * errors. Matched by class name, gRPC code and message rather than by
- * `instanceof`, because the user's etcd3 may be another copy than ours.
+ * The library's one reading of etcd's and the transport's errors: what to
+ * retry, what means the lease, the client or the history is gone, and the
+ * refusals a caller must act on, as typed errors. Matched by class name, gRPC
+ * code and message rather than by `instanceof`, because the user's etcd3 may
+ * be another copy than ours.
  */
 
 /** gRPC status code PERMISSION_DENIED. */
@@ -71,4 +73,61 @@ export function isFutureRevision(err: unknown): boolean {
  */
 export function isRefusedTxn(err: unknown): boolean {
   return isPermissionDenied(err) || (err instanceof Error && /too many operations|duplicate key/i.test(err.message));
+}
+
+/** True when etcd no longer has the lease a call named (expired or revoked). */
+export function isLeaseNotFound(err: unknown): boolean {
+  return err instanceof Error && /lease not found/i.test(err.message);
+}
+
+/** True for a failure after which the leader may be gone: a deadline, or etcd's own timeouts and leader errors. */
+export function mayHaveLostLeader(err: unknown): boolean {
+  return err instanceof Error && /deadline|timed out|leader changed|no leader/i.test(err.message);
+}
+
+/** True when the member a call went to may be unreachable or stuck: avoid it for a moment. */
+export function isConnectionFault(err: unknown): boolean {
+  return (
+    err instanceof Error &&
+    /deadline|unavailable|ECONNRE|No connection|not connected|stream removed|socket/i.test(err.message)
+  );
+}
+
+/** True when a stream ended or was cancelled in the ordinary way (not worth a log line of its own). */
+export function isStreamEnd(err: unknown): boolean {
+  return err instanceof Error && /ended|cancel/i.test(err.message);
+}
+
+/** True when etcd refused to add a role that already exists (etcd creates `root`'s role by itself). */
+export function isRoleTaken(err: unknown): boolean {
+  return err instanceof Error && /role name already exists/i.test(err.message);
+}
+
+const transientMessage = new RegExp(
+  [
+    'leader changed|no leader|request timed out|timed out|unavailable',
+    'ECONNREFUSED|ECONNRESET|EPIPE|stream ended|stream removed|circuit|not connected|too many requests',
+    'connection (closed|reset|refused)|No connection established|Call cancelled|Deadline exceeded',
+    'socket hang up|GOAWAY',
+  ].join('|'),
+  'i',
+);
+
+/** True for failures that may go away by themselves: retry these. */
+export function isTransient(err: unknown): boolean {
+  if (isRecipeError(err) || isPermissionDenied(err)) return false;
+  if (!(err instanceof Error)) return false;
+  if (err.name === 'AbortError' || err.name === 'TimeoutError') return false;
+  try {
+    if (isRecoverableError(err)) return true;
+  } catch {
+    // isRecoverableError uses the `in` operator, which is safe on Errors; be defensive anyway.
+  }
+  if (
+    err.name === 'BrokenCircuitError' ||
+    err.name === 'MemberAvoidedError' ||
+    err.constructor?.name === 'BrokenCircuitError'
+  )
+    return true;
+  return transientMessage.test(err.message);
 }

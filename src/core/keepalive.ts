@@ -1,7 +1,8 @@
 import type { Namespace } from 'etcd3';
 import { reportSilentStream } from './client.js';
 import { logger } from './log.js';
-import { isTransient } from './retry.js';
+import { isStreamEnd, isTransient } from './etcd-errors.js';
+import { Backoff } from './retry.js';
 import { closeStreamQuietly } from './streams.js';
 
 const log = logger('session');
@@ -37,7 +38,7 @@ export class KeepAlive {
   #pendingSends: number[] = [];
   #sendTimer: NodeJS.Timeout | undefined;
   #ackTimer: NodeJS.Timeout | undefined;
-  #reconnectBackoff = 50;
+  readonly #reconnect = new Backoff(50, 500);
   /** The keepalive stream was re-opened since the last ack. */
   #resumed = false;
 
@@ -58,6 +59,7 @@ export class KeepAlive {
   /** Stops sending and closes the stream. */
   stop(): void {
     clearTimeout(this.#sendTimer);
+    this.#reconnect.cancel();
     this.#closeStream();
   }
 
@@ -102,7 +104,7 @@ export class KeepAlive {
     const sentAt = this.#pendingSends.shift();
     const ttl = Number(res.TTL);
     if (ttl > 0) {
-      this.#reconnectBackoff = 50;
+      this.#reconnect.reset();
       clearTimeout(this.#ackTimer);
       this.#ackTimer = this.#pendingSends.length
         ? setTimeout(() => this.#onSilent(stream), this.#ackTimeoutMs()).unref()
@@ -132,18 +134,16 @@ export class KeepAlive {
     if (stream !== this.#stream) return;
     this.#closeStream();
     if (this.#signal.aborted) return;
-    if (!isTransient(err) && !/ended|cancel/i.test(err.message)) log('keepalive stream error: %s', err.message);
+    if (!isTransient(err) && !isStreamEnd(err)) log('keepalive stream error: %s', err.message);
     this.#scheduleReconnect(err);
   }
 
   #scheduleReconnect(err: unknown): void {
     if (this.#signal.aborted) return;
-    const backoff = this.#reconnectBackoff;
-    log('keepalive for %s interrupted (%s); retrying in %d ms', this.#leaseHex, (err as Error)?.message, backoff);
     clearTimeout(this.#sendTimer);
     this.#resumed = true;
-    this.#sendTimer = setTimeout(() => void this.connect(), backoff).unref();
-    this.#reconnectBackoff = Math.min(backoff * 2, 500);
+    const backoff = this.#reconnect.schedule(() => void this.connect(), false);
+    log('keepalive for %s interrupted (%s); retrying in %d ms', this.#leaseHex, (err as Error)?.message, backoff);
   }
 
   #closeStream(): void {

@@ -48,11 +48,6 @@ class NoLiveLeader extends Error {
   }
 }
 
-/** True for a failure after which the leader may be gone: a deadline, or etcd's own timeouts and leader errors. */
-export function mayHaveLostLeader(err: unknown): boolean {
-  return err instanceof Error && /deadline|timed out|leader changed|no leader/i.test(err.message);
-}
-
 /** The live leader among a client's members, searched for once at a time, and remembered for a moment. */
 export class LeaderSearch {
   #members: readonly PoolMember[] = [];

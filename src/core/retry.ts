@@ -1,42 +1,69 @@
-import { isRecoverableError } from 'etcd3';
 import { delay, raceAbort } from './abort.js';
 import { clientClosings } from './client.js';
-import { isRecipeError } from './errors.js';
-import { isPermissionDenied } from './etcd-errors.js';
+import { isTransient } from './etcd-errors.js';
 
 /*
  * Transient failures (a member restarting, a leader election, a dropped
  * connection) are retried inside the recipes so that a wait survives them;
- * everything else surfaces to the caller.
+ * everything else surfaces to the caller. Which errors are transient is
+ * etcd-errors.ts's to say; how long to pause between attempts is said here only.
  */
 
-const transientMessage = new RegExp(
-  [
-    'leader changed|no leader|request timed out|timed out|unavailable',
-    'ECONNREFUSED|ECONNRESET|EPIPE|stream ended|stream removed|circuit|not connected|too many requests',
-    'connection (closed|reset|refused)|No connection established|Call cancelled|Deadline exceeded',
-    'socket hang up|GOAWAY',
-  ].join('|'),
-  'i',
-);
+export { isTransient };
 
-/** True for failures that may go away by themselves: retry these. */
-export function isTransient(err: unknown): boolean {
-  if (isRecipeError(err) || isPermissionDenied(err)) return false;
-  if (!(err instanceof Error)) return false;
-  if (err.name === 'AbortError' || err.name === 'TimeoutError') return false;
-  try {
-    if (isRecoverableError(err)) return true;
-  } catch {
-    // isRecoverableError uses the `in` operator, which is safe on Errors; be defensive anyway.
+/**
+ * A doubling pause, the one retry schedule of the library: {@link retrying}
+ * uses it, and so do the streams that re-open by themselves (watch hub,
+ * keepalive) through {@link Backoff.schedule}.
+ */
+export class Backoff {
+  readonly #firstMs: number;
+  readonly #maxMs: number;
+  #ms: number;
+  #timer: NodeJS.Timeout | undefined;
+
+  /**
+   * @param firstMs - the first pause
+   * @param maxMs - the longest pause; each pause doubles up to it
+   */
+  constructor(firstMs: number, maxMs: number) {
+    this.#firstMs = this.#ms = Math.min(firstMs, maxMs);
+    this.#maxMs = maxMs;
   }
-  if (
-    err.name === 'BrokenCircuitError' ||
-    err.name === 'MemberAvoidedError' ||
-    err.constructor?.name === 'BrokenCircuitError'
-  )
-    return true;
-  return transientMessage.test(err.message);
+
+  /** The pause to take now (ms); the one after it is twice as long, up to the maximum. */
+  next(): number {
+    const ms = this.#ms;
+    this.#ms = Math.min(ms * 2, this.#maxMs);
+    return ms;
+  }
+
+  /** After a success: the next pause is the first one again. */
+  reset(): void {
+    this.#ms = this.#firstMs;
+  }
+
+  /**
+   * Runs `fn` after the next pause, replacing a run still pending, and returns
+   * the pause. `holdProcess`: the timer keeps the process alive (someone awaits
+   * what `fn` restores).
+   */
+  schedule(fn: () => void, holdProcess: boolean): number {
+    this.cancel();
+    const ms = this.next();
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      fn();
+    }, ms);
+    if (!holdProcess) this.#timer.unref();
+    return ms;
+  }
+
+  /** Drops a pending {@link schedule}d run. */
+  cancel(): void {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+  }
 }
 
 /** Options of {@link retrying}. */
@@ -61,16 +88,16 @@ export interface RetryOptions {
 export async function retrying<T>(fn: () => Promise<T>, options: RetryOptions = {}): Promise<T> {
   const { signals = [], maxElapsedMs = 30_000, onRetry, retryIf = isTransient, maxBackoffMs = 1000 } = options;
   const started = performance.now();
-  let backoff = Math.min(25, maxBackoffMs);
+  const backoff = new Backoff(25, maxBackoffMs);
   for (let attempt = 1; ; attempt++) {
     for (const s of signals) s?.throwIfAborted();
     try {
       return await fn();
     } catch (err) {
-      if (!retryIf(err) || performance.now() - started + backoff > maxElapsedMs) throw err;
+      const pause = backoff.next();
+      if (!retryIf(err) || performance.now() - started + pause > maxElapsedMs) throw err;
       onRetry?.(err, attempt);
-      await backoffSleep(backoff / 2 + (Math.random() * backoff) / 2, signals);
-      backoff = Math.min(backoff * 2, maxBackoffMs);
+      await backoffSleep(pause / 2 + (Math.random() * pause) / 2, signals);
     }
   }
 }

@@ -4,7 +4,8 @@ import { raceAbort } from './abort.js';
 import { clientScope } from './client.js';
 import { KeepAlive } from './keepalive.js';
 import { publish, sessionFields } from './diagnostics.js';
-import { type ClosedError, InvalidArgumentError, SessionExpiredError } from './errors.js';
+import { type ClosedError, InvalidArgumentError, isRecipeError, SessionExpiredError } from './errors.js';
+import { isLeaseNotFound } from './etcd-errors.js';
 import { leaseHex } from './keys.js';
 import { logger } from './log.js';
 import { retrying } from './retry.js';
@@ -147,18 +148,11 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
       if (Number(res.TTL) <= 0) throw new SessionExpiredError(`lease ${id} does not exist or has expired`);
       granted = Number(res.grantedTTL);
       // The remaining TTL bounds the first deadline until our first keepalive is acknowledged.
-      const session = new Session(
-        client,
-        id,
-        granted,
-        sentAt - (granted - Number(res.TTL)) * 1000,
-        expiryMarginMs ?? defaultMargin(granted),
-      );
-      session.#start();
-      return session;
+      sentAt -= (granted - Number(res.TTL)) * 1000;
     }
     const session = new Session(client, id, granted, sentAt, expiryMarginMs ?? defaultMargin(granted));
     session.#start();
+    if (leaseId !== undefined) return session;
     log('granted lease %s (%s) ttl=%ds', id, session.leaseHex, granted);
     if (owned.has(options)) session.#ownedBy(client);
     return session;
@@ -220,7 +214,7 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
    */
   close(): Promise<void> {
     this.#closing ??= (async () => {
-      const wasLive = !this.expired || (this.signal.reason as Error | undefined)?.name === 'ClosedError';
+      const wasLive = !this.expired || isRecipeError(this.signal.reason, 'CLOSED');
       this.#stop(new SessionExpiredError(`session ${this.leaseHex} closed`));
       if (wasLive) await this.#revoke();
       this.emit('closed');
@@ -245,7 +239,7 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
    * SessionExpiredError to throw instead. Any other error is returned as is.
    */
   leaseError(err: unknown, what: string): unknown {
-    if (!(err instanceof Error) || !/requested lease not found/i.test(err.message)) return err;
+    if (!isLeaseNotFound(err)) return err;
     this.#lose(new SessionExpiredError(`${what}: etcd no longer has lease ${this.leaseHex}`, { cause: err }));
     return this.signal.reason;
   }
@@ -261,7 +255,7 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
       const res = await this.client.leaseClient.leaseTimeToLive({ ID: this.leaseId });
       if (Number(res.TTL) > 0) return true;
     } catch (err) {
-      if (!/lease not found/i.test((err as Error).message)) return !this.expired;
+      if (!isLeaseNotFound(err)) return !this.expired;
     }
     this.#lose(
       new SessionExpiredError(`session ${this.leaseHex} expired: etcd reports the lease gone (expired or revoked)`),

@@ -1,12 +1,13 @@
-import { ClientClosedError, type Namespace } from 'etcd3';
+import type { Namespace } from 'etcd3';
 import { abortReason } from './abort.js';
 import { clientScope, reportSilentStream } from './client.js';
 import { publish } from './diagnostics.js';
 import { ClosedError, InternalError } from './errors.js';
-import { classifyEtcdError } from './etcd-errors.js';
+import { classifyEtcdError, isClientClosed } from './etcd-errors.js';
 import { decodeKv, encodeKey, type RawKv } from './kv.js';
 import { prefixEnd, showKey } from './keys.js';
 import { logger } from './log.js';
+import { Backoff } from './retry.js';
 import { closeStreamQuietly } from './streams.js';
 import {
   WatchCompactedError,
@@ -89,10 +90,10 @@ class WatchHub {
   #stream: Stream | undefined;
   #connecting = false;
   #nextId = 1n;
-  #backoff = 25;
+  /** Pauses before re-opening a broken stream (not unref'd: a caller is waiting on one of its watches). */
+  readonly #reconnect = new Backoff(25, 2000);
   /** Creates sent on the current stream and not yet answered, oldest first. */
   #unanswered: Entry[] = [];
-  #reconnectTimer: NodeJS.Timeout | undefined;
   #idleTimer: NodeJS.Timeout | undefined;
   #probeTimer: NodeJS.Timeout | undefined;
   #lastHeard = 0;
@@ -169,13 +170,13 @@ class WatchHub {
     this.#idleTimer ??= setTimeout(() => {
       this.#idleTimer = undefined;
       if (this.#entries.size > 0) return;
-      clearTimeout(this.#reconnectTimer);
+      this.#reconnect.cancel();
       this.#dropStream();
     }, IDLE_LINGER_MS).unref();
   }
 
   #shutDown(): void {
-    clearTimeout(this.#reconnectTimer);
+    this.#reconnect.cancel();
     clearTimeout(this.#idleTimer);
     this.#dropStream();
     for (const entry of [...this.#entries.values()]) this.#end(entry, abortReason(this.#closed) as Error);
@@ -197,7 +198,7 @@ class WatchHub {
 
   #connect(): void {
     if (this.#stream || this.#connecting || this.#closed.aborted) return;
-    clearTimeout(this.#reconnectTimer);
+    this.#reconnect.cancel();
     this.#connecting = true;
     this.#client.watchClient.watch().then(
       (stream) => {
@@ -251,7 +252,7 @@ class WatchHub {
 
   #onResponse(stream: Stream, res: RawResponse): void {
     if (stream !== this.#stream) return;
-    this.#backoff = 25;
+    this.#reconnect.reset();
     this.#lastHeard = performance.now();
     const revision = BigInt(res.header.revision);
     const entry = this.#entries.get(res.watch_id);
@@ -345,7 +346,7 @@ class WatchHub {
   #onBroken(stream: Stream | undefined, err: Error): void {
     if (stream && stream !== this.#stream) return;
     this.#dropStream();
-    if (this.#closed.aborted || err instanceof ClientClosedError || /client was already closed/i.test(err.message)) {
+    if (this.#closed.aborted || isClientClosed(err)) {
       // The user closed the client: end every watch, never reconnect.
       const reason = this.#closed.aborted
         ? (abortReason(this.#closed) as Error)
@@ -354,13 +355,10 @@ class WatchHub {
       return;
     }
     if (this.#entries.size === 0) return;
-    log('watch stream broken (%s); reconnecting in %d ms', err.message, this.#backoff);
-    publish('watchReconnect', () => ({ watches: this.#entries.size, delayMs: this.#backoff, error: err }));
     for (const entry of this.#entries.values()) entry.created = false;
-    clearTimeout(this.#reconnectTimer);
-    // Not unref'd: a caller is waiting on one of these watches.
-    this.#reconnectTimer = setTimeout(() => this.#connect(), this.#backoff);
-    this.#backoff = Math.min(this.#backoff * 2, 2000);
+    const delayMs = this.#reconnect.schedule(() => this.#connect(), true);
+    log('watch stream broken (%s); reconnecting in %d ms', err.message, delayMs);
+    publish('watchReconnect', () => ({ watches: this.#entries.size, delayMs, error: err }));
   }
 
   /** Closes the current stream without letting etcd3 reset the client's channels. */

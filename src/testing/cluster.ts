@@ -3,6 +3,8 @@ import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Etcd3, Range, type IOptions } from 'etcd3';
+import { isRoleTaken } from '../core/etcd-errors.js';
+import { retrying } from '../core/retry.js';
 import { TestCertificateAuthority, type CertificatePair } from './certs.js';
 import { findEtcdBinary } from './etcd-binary.js';
 
@@ -17,6 +19,9 @@ function defaultDataRoot(dataDir: EtcdClusterOptions['dataDir']): string {
   if (dataDir !== 'disk' && existsSync('/dev/shm')) return '/dev/shm';
   return tmpdir();
 }
+
+/** A wait's condition does not hold yet: `retrying` tries again until its time is up. */
+class NotYet extends Error {}
 
 /**
  * A throwaway etcd cluster (1 or 3 members) on free 127.0.0.1 ports, for
@@ -205,7 +210,7 @@ export class EtcdCluster implements AsyncDisposable {
       try {
         await admin.role('root').create();
       } catch (err) {
-        if (!/role name already exists/i.test((err as Error).message)) throw err;
+        if (!isRoleTaken(err)) throw err;
       }
       await admin.user('root').addRole('root');
       await admin.auth.authEnable({});
@@ -303,24 +308,17 @@ export class EtcdCluster implements AsyncDisposable {
 
   /** Waits until every running member reports healthy (bounded by the start timeout). */
   async waitHealthy(timeoutMs = this.#startTimeoutMs): Promise<void> {
-    const deadline = performance.now() + timeoutMs;
-    let delay = 20;
-    for (;;) {
-      const live = this.members.filter((m) => m.state === 'running');
-      const states = await Promise.all(live.map((m) => m.healthy()));
-      if (states.every(Boolean)) return;
-      if (live.length === 0) throw new Error('no member is running');
-      if (performance.now() + delay > deadline) {
-        throw new Error(
-          `not healthy after ${timeoutMs} ms (${live
-            .filter((_, i) => !states[i])
-            .map((m) => m.name)
-            .join(', ')})`,
-        );
-      }
-      await new Promise((r) => setTimeout(r, delay));
-      delay = Math.min(delay * 2, 250);
-    }
+    await retrying(
+      async () => {
+        const live = this.members.filter((m) => m.state === 'running');
+        const states = await Promise.all(live.map((m) => m.healthy()));
+        if (states.every(Boolean)) return;
+        if (live.length === 0) throw new Error('no member is running');
+        const sick = live.filter((_, i) => !states[i]).map((m) => m.name);
+        throw new NotYet(`not healthy after ${timeoutMs} ms (${sick.join(', ')})`);
+      },
+      { maxElapsedMs: timeoutMs, maxBackoffMs: 250, retryIf: (err) => err instanceof NotYet },
+    );
   }
 
   /**
@@ -328,26 +326,26 @@ export class EtcdCluster implements AsyncDisposable {
    * waits (bounded) while an election is in progress.
    */
   async leader(timeoutMs = 10_000): Promise<EtcdMember> {
-    const deadline = performance.now() + timeoutMs;
-    for (;;) {
-      const live = this.members.filter((m) => m.state === 'running');
-      const statuses = await Promise.all(
-        live.map((m) =>
-          m.status(500).then(
-            (s) => ({ m, s }),
-            () => undefined,
+    return retrying(
+      async () => {
+        const live = this.members.filter((m) => m.state === 'running');
+        const statuses = await Promise.all(
+          live.map((m) =>
+            m.status(500).then(
+              (s) => ({ m, s }),
+              () => undefined,
+            ),
           ),
-        ),
-      );
-      const ok = statuses.filter((x): x is NonNullable<typeof x> => !!x);
-      const leaderId = ok[0]?.s.leaderId;
-      if (leaderId && leaderId !== '0' && ok.every((x) => x.s.leaderId === leaderId)) {
-        const leader = ok.find((x) => x.s.memberId === leaderId)?.m;
-        if (leader) return leader;
-      }
-      if (performance.now() > deadline) throw new Error('no agreed Raft leader');
-      await new Promise((r) => setTimeout(r, 50));
-    }
+        );
+        const ok = statuses.filter((x): x is NonNullable<typeof x> => !!x);
+        const leaderId = ok[0]?.s.leaderId;
+        const agreed = leaderId && leaderId !== '0' && ok.every((x) => x.s.leaderId === leaderId);
+        const leader = agreed ? ok.find((x) => x.s.memberId === leaderId)?.m : undefined;
+        if (!leader) throw new NotYet('no agreed Raft leader');
+        return leader;
+      },
+      { maxElapsedMs: timeoutMs, maxBackoffMs: 50, retryIf: (err) => err instanceof NotYet },
+    );
   }
 
   /** Members other than the current leader. */

@@ -4,6 +4,7 @@ import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { createServer } from 'node:net';
 import { Etcd3, type IOptions } from 'etcd3';
+import { retrying } from '../core/retry.js';
 
 /*
  * Test certificates name 127.0.0.1 and localhost. grpc-js would send the IP
@@ -255,16 +256,16 @@ export class EtcdMember {
 
   /** Waits (bounded) until this member answers /health with true. */
   async waitHealthy(timeoutMs = 30_000): Promise<void> {
-    const deadline = performance.now() + timeoutMs;
-    let pause = 20;
-    while (!(await this.healthy())) {
-      if (this.#state === 'stopped')
-        throw new Error(`member ${this.name} exited:\n${this.recentLog.split('\n').slice(-10).join('\n')}`);
-      if (performance.now() + pause > deadline)
-        throw new Error(`member ${this.name} not healthy after ${timeoutMs} ms`);
-      await new Promise((r) => setTimeout(r, pause));
-      pause = Math.min(pause * 2, 250);
-    }
+    const notYet = new Error(`member ${this.name} not healthy after ${timeoutMs} ms`);
+    await retrying(
+      async () => {
+        if (await this.healthy()) return;
+        if (this.#state === 'stopped')
+          throw new Error(`member ${this.name} exited:\n${this.recentLog.split('\n').slice(-10).join('\n')}`);
+        throw notYet;
+      },
+      { maxElapsedMs: timeoutMs, maxBackoffMs: 250, retryIf: (err) => err === notYet },
+    );
   }
 
   /** GET /health once: true when the member is up and sees a leader. */

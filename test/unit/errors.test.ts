@@ -12,7 +12,16 @@ import {
   RecipeError,
   ServiceIdTakenError,
 } from '../../src/core/errors.js';
-import { classifyEtcdError, isCompacted, isFutureRevision, isRefusedTxn } from '../../src/core/etcd-errors.js';
+import {
+  classifyEtcdError,
+  isClientClosed,
+  isCompacted,
+  isConnectionFault,
+  isFutureRevision,
+  isLeaseNotFound,
+  isRefusedTxn,
+  mayHaveLostLeader,
+} from '../../src/core/etcd-errors.js';
 import { isTransient } from '../../src/core/retry.js';
 
 describe('error vocabulary (no etcd)', () => {
@@ -43,6 +52,19 @@ describe('error vocabulary (no etcd)', () => {
     expect(isTransient(new DOMException('aborted', 'AbortError'))).toBe(false);
     expect(isTransient(new DOMException('timed out', 'TimeoutError'))).toBe(false);
     expect(isTransient('not an error')).toBe(false);
+  });
+
+  it("reads etcd's messages in one place: lease gone, compacted, client closed, leader and connection faults", () => {
+    expect(isLeaseNotFound(new Error('etcdserver: requested lease not found'))).toBe(true);
+    expect(isLeaseNotFound(new Error('etcdserver: key not found'))).toBe(false);
+    expect(isCompacted(new Error('etcdserver: mvcc: required revision has been compacted'))).toBe(true);
+    expect(isClientClosed(new ClosedError())).toBe(true);
+    expect(isClientClosed(new Error('the client was already closed'))).toBe(true);
+    expect(mayHaveLostLeader(new Error('etcdserver: leader changed'))).toBe(true);
+    expect(mayHaveLostLeader(new Error('14 UNAVAILABLE: No connection established'))).toBe(false);
+    expect(isConnectionFault(new Error('14 UNAVAILABLE: No connection established'))).toBe(true);
+    expect(isConnectionFault(new Error('etcdserver: mvcc: required revision has been compacted'))).toBe(false);
+    expect(isLeaseNotFound('not an error')).toBe(false);
   });
 
   it("turns etcd's permission refusal into PERMISSION_DENIED naming the key", () => {

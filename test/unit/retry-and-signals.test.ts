@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { abortReason, linkSignals, raceAbort, untilWoken } from '../../src/core/abort.js';
 import { InvalidArgumentError } from '../../src/core/errors.js';
-import { retrying } from '../../src/core/retry.js';
+import { Backoff, retrying } from '../../src/core/retry.js';
 import { checkInteger, checkOptions, checkSignal } from '../../src/core/validate.js';
 
 const transient = () =>
@@ -66,6 +66,35 @@ describe('retry policy (no etcd)', () => {
       ),
     ).rejects.toThrow('custom');
     expect(calls).toBe(3);
+  });
+});
+
+describe('backoff (no etcd)', () => {
+  it('doubles each pause up to the maximum, and starts over after reset', () => {
+    const b = new Backoff(25, 100);
+    expect([b.next(), b.next(), b.next(), b.next()]).toEqual([25, 50, 100, 100]);
+    b.reset();
+    expect(b.next()).toBe(25);
+    expect(new Backoff(500, 100).next()).toBe(100);
+  });
+
+  it('schedule runs once after the pause, replacing a pending run; cancel drops it', async () => {
+    const b = new Backoff(10, 1000);
+    const runs: string[] = [];
+    const run = (name: string) =>
+      new Promise<void>((resolve) => {
+        b.schedule(() => {
+          runs.push(name);
+          resolve();
+        }, true);
+      });
+    void run('first'); // 10 ms, replaced before it fires
+    await run('second'); // 20 ms
+    expect(runs).toEqual(['second']);
+    b.schedule(() => runs.push('third'), false); // 40 ms, cancelled
+    b.cancel();
+    await run('fourth'); // 80 ms: the third would have run before it
+    expect(runs).toEqual(['second', 'fourth']);
   });
 });
 
