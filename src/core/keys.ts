@@ -42,12 +42,17 @@ export function leaseHex(leaseId: string): string {
  * `NewMutex(s, "a/")` writes `a//<hex>` and so must we to share its queue.
  */
 export function sessionKey(name: string | Buffer, leaseId: string): Buffer {
-  return Buffer.concat([toBuffer(name), Buffer.from(`/${leaseHex(leaseId)}`)]);
+  return joinKey(name, `/${leaseHex(leaseId)}`);
 }
 
 /** `name` with one `/` appended: the prefix under which a recipe's keys live. */
 export function childPrefix(name: string | Buffer): Buffer {
-  return Buffer.concat([toBuffer(name), Buffer.from('/')]);
+  return joinKey(name, '/');
+}
+
+/** The key made of `parts` end to end, strings as UTF-8: `joinKey(name, '/ready')`. */
+export function joinKey(...parts: (string | Buffer)[]): Buffer {
+  return Buffer.concat(parts.map(toBuffer));
 }
 
 /** Renders a key for messages and logs (UTF-8 where it decodes cleanly). */
@@ -78,5 +83,5 @@ let clock: { last: bigint } | undefined;
 
 /** A fresh `<dir><19-digit ns>` key (Go's `newUniqueKV` layout; `dir` ends with `/`). */
 export function uniqueKey(dir: Buffer): Buffer {
-  return Buffer.concat([dir, Buffer.from(uniqueSuffix())]);
+  return joinKey(dir, uniqueSuffix());
 }

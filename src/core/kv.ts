@@ -2,7 +2,7 @@ import { ClientClosedError, type Namespace } from 'etcd3';
 import { raceAbort } from './abort.js';
 import { clientScope } from './client.js';
 import { noteCluster } from './cluster-id.js';
-import { ClosedError } from './errors.js';
+import { ClosedError, InternalError } from './errors.js';
 import { classifyEtcdError, txnKey } from './etcd-errors.js';
 import { prefixEnd, toBuffer } from './keys.js';
 import { retrying } from './retry.js';
@@ -100,32 +100,17 @@ export const op = {
   deletePrefix: (key: string | Buffer): Op => ({ type: 'delete', key, prefix: true }),
 };
 
+/** A compare constructor for `target`, whose value is a `V`. */
+const compare =
+  <V extends Compare['value']>(target: Compare['target']) =>
+  (key: string | Buffer, result: Compare['result'], value: V): Compare => ({ key, target, result, value });
+
 /** Compare constructors. */
 export const cmp = {
-  create: (key: string | Buffer, result: Compare['result'], rev: bigint): Compare => ({
-    key,
-    target: 'Create',
-    result,
-    value: rev,
-  }),
-  mod: (key: string | Buffer, result: Compare['result'], rev: bigint): Compare => ({
-    key,
-    target: 'Mod',
-    result,
-    value: rev,
-  }),
-  version: (key: string | Buffer, result: Compare['result'], v: bigint): Compare => ({
-    key,
-    target: 'Version',
-    result,
-    value: v,
-  }),
-  value: (key: string | Buffer, result: Compare['result'], v: string | Buffer): Compare => ({
-    key,
-    target: 'Value',
-    result,
-    value: v,
-  }),
+  create: compare<bigint>('Create'),
+  mod: compare<bigint>('Mod'),
+  version: compare<bigint>('Version'),
+  value: compare<string | Buffer>('Value'),
 };
 
 // ---------------------------------------------------------------------------
@@ -290,14 +275,9 @@ async function send<T>(
     noteCluster(client, res);
     return res;
   } catch (err) {
-    throw callError(err, key);
+    if (err instanceof ClientClosedError) throw new ClosedError('the etcd client was closed', { cause: err });
+    throw classifyEtcdError(err, key);
   }
-}
-
-/** The library's error for an etcd3 error, where it has one (closed, permission denied); else the error as is. */
-function callError(err: unknown, key: string | Buffer | (() => string | Buffer | undefined)): unknown {
-  if (err instanceof ClientClosedError) return new ClosedError('the etcd client was closed', { cause: err });
-  return classifyEtcdError(err, key);
 }
 
 /**
@@ -398,6 +378,6 @@ export async function range(client: Namespace, key: string | Buffer, options?: R
 /** Narrowing helpers for Txn responses. */
 export function rangeAt(res: TxnResult | OpResult[], i: number): RangeResult {
   const r = (Array.isArray(res) ? res : res.responses)[i];
-  if (r?.type !== 'range') throw new Error(`internal: Txn response ${i} is not a range`);
+  if (r?.type !== 'range') throw new InternalError(`Txn response ${i} is not a range`);
   return r;
 }

@@ -2,11 +2,11 @@ import { randomBytes, randomInt } from 'node:crypto';
 import { linkSignals, raceAbort } from './abort.js';
 import type { Candidate, ClaimContext, ClaimOutcome, ClaimSource, SessionSource, Waiter } from './claim-source.js';
 import { WINDOW } from './claim-source.js';
-import { isRecipeError } from './errors.js';
+import { InternalError, isRecipeError } from './errors.js';
 import { cleanUpAfter, deleteOwnKey } from './holding.js';
 import { createUniqueKey, type PendingKey } from './line.js';
 import { showKey } from './keys.js';
-import { op, rangeAt, txn, type KeyValue, type Op, type OpResult, type RangeOptions, type RangeResult } from './kv.js';
+import { op, rangeAt, txn, type KeyValue, type Op, type OpResult, type RangeResult } from './kv.js';
 import { retrying } from './retry.js';
 import type { Session } from './session.js';
 import { ChangeWatch, waitInLine } from './wait.js';
@@ -38,6 +38,8 @@ import { beyondLine, claimableInLine, idleHead, lineState, type Scan, type State
 
 /** After a lost race, spread this many following claims over the window. */
 const CONTENTION_CLAIMS = 32;
+/** The two newest waiter keys (with a `maxCreateRevision`: ours and our predecessor). */
+const NEWEST = { prefix: true, sortTarget: 'Create', sortOrder: 'Descend', limit: 2, keysOnly: true } as const;
 
 /** What one take carries from step to step. */
 interface Take {
@@ -145,7 +147,7 @@ export class ConsumerLine<R> {
     if (cands.length) return cands;
     if (state.scan.incomplete) {
       // The read window was too small: read again with the window the source widened.
-      if (++t.rereads > 100) throw new Error(`${src.what}: candidate window did not converge`);
+      if (++t.rereads > 100) throw new InternalError(`${src.what}: candidate window did not converge`);
       t.state = undefined;
       return [];
     }
@@ -223,7 +225,7 @@ export class ConsumerLine<R> {
 
   #parse(results: OpResult[]): Scan {
     const count = results[0];
-    if (count?.type !== 'range') throw new Error('internal: scan response is not a range');
+    if (count?.type !== 'range') throw new InternalError('scan response is not a range');
     return { ...this.#src.parseScan(results.slice(1)), waiters: Number(count.count) };
   }
 
@@ -239,7 +241,7 @@ export class ConsumerLine<R> {
       const free = beyondLine(scan);
       if (free.length || !scan.incomplete) return free;
     }
-    throw new Error(`${src.what}: candidate window did not converge`);
+    throw new InternalError(`${src.what}: candidate window did not converge`);
   }
 
   /** One claim of one of `cands` (the head, or a random interchangeable one under contention). */
@@ -267,8 +269,7 @@ export class ConsumerLine<R> {
     signal: AbortSignal | undefined,
     pending: PendingKey,
   ): Promise<{ waiter: Waiter; state: State }> {
-    const newest = { prefix: true, sortTarget: 'Create', sortOrder: 'Descend', limit: 2, keysOnly: true } as const;
-    const reads = [op.range(this.#src.waitersPrefix, newest), ...this.#scanOps()];
+    const reads = [op.range(this.#src.waitersPrefix, NEWEST), ...this.#scanOps()];
     const created = await createUniqueKey(session, this.#src.waitersPrefix, reads, pending, signal);
     const waiter = { key: created.key, rev: created.rev };
     if (!created.reads) return { waiter, state: await this.#readRetrying(waiter, signal) };
@@ -279,13 +280,7 @@ export class ConsumerLine<R> {
   /** One read: our key and our predecessor (newest first, up to ours), and the candidates. */
   async #read(waiter: Waiter): Promise<State> {
     const src = this.#src;
-    const ours: RangeOptions = {
-      prefix: true,
-      maxCreateRevision: waiter.rev,
-      sortTarget: 'Create',
-      sortOrder: 'Descend',
-    };
-    const line = op.range(src.waitersPrefix, { ...ours, limit: 2, keysOnly: true });
+    const line = op.range(src.waitersPrefix, { ...NEWEST, maxCreateRevision: waiter.rev });
     const res = await txn(src.client, [], [line, ...this.#scanOps()]);
     return this.#state(rangeAt(res, 0).kvs, waiter, res.revision, res.responses.slice(1));
   }

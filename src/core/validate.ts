@@ -89,6 +89,12 @@ export function checkOptions(value: unknown, argument = 'options'): asserts valu
   }
 }
 
+/** An optional options object ({@link checkOptions}) whose `signal` is an optional AbortSignal. */
+export function checkWaitOptions(value: unknown): asserts value is { signal?: AbortSignal } | undefined {
+  checkOptions(value);
+  checkSignal((value as { signal?: unknown } | undefined)?.signal);
+}
+
 /** An optional boolean. */
 export function checkBoolean(value: unknown, argument: string): asserts value is boolean | undefined {
   if (value === undefined || typeof value === 'boolean') return;

@@ -1,7 +1,7 @@
 import type { Namespace } from 'etcd3';
 import { InvalidArgumentError } from '../core/errors.js';
 import { childPrefix, leaseHex, prefixEnd, toBuffer } from '../core/keys.js';
-import { checkClient, checkInteger, checkOptions, checkSignal } from '../core/validate.js';
+import { checkClient, checkInteger, checkWaitOptions } from '../core/validate.js';
 import { inspectElection, type ElectionInspection } from './election.js';
 import {
   inspectLock,
@@ -52,18 +52,6 @@ export type RecipeKind =
   | 'work-queue'
   | 'service';
 
-/** @internal Every {@link RecipeKind}, in the order `--kind` help lists them. */
-export const RECIPE_KINDS: readonly RecipeKind[] = [
-  'lock',
-  'election',
-  'semaphore',
-  'rwmutex',
-  'queue',
-  'priority-queue',
-  'work-queue',
-  'service',
-];
-
 /** A recipe found under a prefix. */
 export interface DiscoveredRecipe {
   /** What the keys under `name` look like. */
@@ -106,8 +94,7 @@ export async function discoverRecipes(
   options: DiscoverOptions = {},
 ): Promise<DiscoveredRecipe[]> {
   checkClient(client);
-  checkOptions(options);
-  checkSignal(options.signal);
+  checkWaitOptions(options);
   if (typeof prefix !== 'string')
     throw new InvalidArgumentError('prefix', `must be a string ('' for the whole keyspace), got ${typeof prefix}`);
   if (options.maxKeys !== undefined) checkInteger(options.maxKeys, 'options.maxKeys', 1, 1_000_000);
@@ -226,78 +213,62 @@ export async function discoverRecipes(
 }
 
 /** One recipe's inspection, tagged with its kind. */
-export type RecipeInspection =
-  | {
-      /** The recipe's kind. */
-      readonly kind: 'lock';
-      /** What the inspection of that kind returns. */
-      readonly inspection: LockInspection;
-    }
-  | {
-      /** The recipe's kind. */
-      readonly kind: 'election';
-      /** What the inspection of that kind returns. */
-      readonly inspection: ElectionInspection;
-    }
-  | {
-      /** The recipe's kind. */
-      readonly kind: 'semaphore';
-      /** What the inspection of that kind returns. */
-      readonly inspection: SemaphoreInspection;
-    }
-  | {
-      /** The recipe's kind. */
-      readonly kind: 'rwmutex';
-      /** What the inspection of that kind returns. */
-      readonly inspection: RWMutexInspection;
-    }
-  | {
-      /** The recipe's kind. */
-      readonly kind: 'queue' | 'priority-queue';
-      /** What the inspection of that kind returns. */
-      readonly inspection: QueueInspection;
-    }
-  | {
-      /** The recipe's kind. */
-      readonly kind: 'work-queue';
-      /** What the inspection of that kind returns. */
-      readonly inspection: WorkQueueInspection;
-    }
-  | {
-      /** The recipe's kind. */
-      readonly kind: 'service';
-      /** What the inspection of that kind returns. */
-      readonly inspection: ServicesInspection;
-    };
+export type RecipeInspection = {
+  [K in RecipeKind]: {
+    /** The recipe's kind. */
+    readonly kind: K;
+    /** What the inspection of that kind returns. */
+    readonly inspection: {
+      /** What {@link inspectLock} returns. */
+      lock: LockInspection;
+      /** What {@link inspectElection} returns. */
+      election: ElectionInspection;
+      /** What {@link inspectSemaphore} returns. */
+      semaphore: SemaphoreInspection;
+      /** What {@link inspectRWMutex} returns. */
+      rwmutex: RWMutexInspection;
+      /** What {@link inspectQueue} returns. */
+      queue: QueueInspection;
+      /** What {@link inspectQueue} returns. */
+      'priority-queue': QueueInspection;
+      /** What {@link inspectWorkQueue} returns. */
+      'work-queue': WorkQueueInspection;
+      /** What {@link inspectServices} returns. */
+      service: ServicesInspection;
+    }[K];
+  };
+}[RecipeKind];
 
-/** Inspects one discovered recipe with the inspection function of its kind. */
+type InspectionOf<K extends RecipeKind> = Extract<RecipeInspection, { kind: K }>['inspection'];
+
+type Inspect<K extends RecipeKind> = (c: Namespace, r: DiscoveredRecipe, o: InspectOptions) => Promise<InspectionOf<K>>;
+
+/** The inspection function of each kind. */
+const INSPECT: { [K in RecipeKind]: Inspect<K> } = {
+  lock: (c, r, o) => inspectLock(c, r.name, o),
+  election: (c, r, o) => inspectElection(c, r.name, o),
+  semaphore: (c, r, o) => inspectSemaphore(c, r.name, o),
+  rwmutex: (c, r, o) => inspectRWMutex(c, r.name, o),
+  queue: (c, r, o) => inspectQueue(c, r.name, { signal: o.signal, kind: 'queue' }),
+  'priority-queue': (c, r, o) => inspectQueue(c, r.name, { signal: o.signal, kind: 'priority-queue' }),
+  'work-queue': (c, r, o) => inspectWorkQueue(c, r.name, o),
+  service: (c, r, o) => inspectServices(c, r.name, { ...o, root: r.root ?? '' }),
+};
+
+/** @internal Every {@link RecipeKind}, in the order `--kind` help lists them. */
+export const RECIPE_KINDS = Object.keys(INSPECT) as readonly RecipeKind[];
+
+/**
+ * Inspects one discovered recipe with the inspection function of its kind.
+ * @throws InvalidArgumentError for a kind that is not a {@link RecipeKind}, or bad options
+ */
 export async function inspectRecipe(
   client: Namespace,
   recipe: DiscoveredRecipe,
   options: InspectOptions = {},
 ): Promise<RecipeInspection> {
-  const { name } = recipe;
-  switch (recipe.kind) {
-    case 'lock':
-      return { kind: 'lock', inspection: await inspectLock(client, name, options) };
-    case 'election':
-      return { kind: 'election', inspection: await inspectElection(client, name, options) };
-    case 'semaphore':
-      return { kind: 'semaphore', inspection: await inspectSemaphore(client, name, options) };
-    case 'rwmutex':
-      return { kind: 'rwmutex', inspection: await inspectRWMutex(client, name, options) };
-    case 'queue':
-    case 'priority-queue':
-      return {
-        kind: recipe.kind,
-        inspection: await inspectQueue(client, name, { signal: options.signal, kind: recipe.kind }),
-      };
-    case 'work-queue':
-      return { kind: 'work-queue', inspection: await inspectWorkQueue(client, name, options) };
-    case 'service':
-      return {
-        kind: 'service',
-        inspection: await inspectServices(client, name, { ...options, root: recipe.root ?? '' }),
-      };
-  }
+  const kind = recipe?.kind;
+  if (!RECIPE_KINDS.includes(kind))
+    throw new InvalidArgumentError('recipe.kind', `must be one of ${RECIPE_KINDS.join(', ')}, got ${String(kind)}`);
+  return { kind, inspection: await INSPECT[kind](client, recipe, options) } as RecipeInspection;
 }

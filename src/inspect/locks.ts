@@ -1,6 +1,6 @@
 import type { Namespace } from 'etcd3';
-import { childPrefix, showKey } from '../core/keys.js';
-import { checkInspectArgs, readLine, SnapshotReader, under, type InspectedKey, type InspectOptions } from './read.js';
+import { joinKey, showKey } from '../core/keys.js';
+import { checkInspectArgs, readLine, SnapshotReader, type InspectedKey, type InspectOptions } from './read.js';
 
 /*
  * Who holds a lock and who waits, from the keys alone: the same layouts the
@@ -77,7 +77,7 @@ export async function inspectSemaphore(
 ): Promise<SemaphoreInspection> {
   const { reader, id, keys, total, truncated } = await readLine(client, name, options, 'queue/');
   // Same snapshot: the reader is pinned to the line's revision.
-  const stored = (await reader.range(under(childPrefix(name), 'permits'))).kvs[0];
+  const stored = (await reader.range(joinKey(name, '/permits'))).kvs[0];
   const parsed = stored ? Number(stored.value.toString()) : NaN;
   const permits = Number.isInteger(parsed) && parsed > 0 ? parsed : undefined;
   const held = permits ?? 0;
@@ -120,9 +120,8 @@ export async function inspectRWMutex(
 ): Promise<RWMutexInspection> {
   const limit = checkInspectArgs(client, name, options);
   const reader = new SnapshotReader(client, options.signal);
-  const prefix = childPrefix(name);
-  const reads = await reader.list(under(prefix, 'read/'), limit);
-  const writes = await reader.list(under(prefix, 'write/'), limit);
+  const reads = await reader.list(joinKey(name, '/read/'), limit);
+  const writes = await reader.list(joinKey(name, '/write/'), limit);
   const tagged = [
     ...reads.kvs.map((kv) => ({ kv, mode: 'read' as const })),
     ...writes.kvs.map((kv) => ({ kv, mode: 'write' as const })),

@@ -1,7 +1,7 @@
 import type { Namespace } from 'etcd3';
 import { InvalidArgumentError } from '../core/errors.js';
-import { childPrefix, showKey, toBuffer } from '../core/keys.js';
-import { checkInspectArgs, SnapshotReader, under, type InspectOptions } from './read.js';
+import { childPrefix, joinKey, showKey } from '../core/keys.js';
+import { checkInspectArgs, SnapshotReader, type InspectOptions } from './read.js';
 
 /**
  * Which layout a queue uses: {@link Queue} (`<name>/<19 digits>`) or
@@ -81,7 +81,7 @@ export async function inspectQueue(
       ? firstByKey
       : (await reader.range(items, { prefix: true, sortTarget: 'Mod', sortOrder: 'Ascend', limit: 1 })).kvs[0];
   const depth = await reader.count(items);
-  const waitingConsumers = await reader.count(under(Buffer.concat([Buffer.from('__'), toBuffer(name)]), '/waiters/'));
+  const waitingConsumers = await reader.count(joinKey('__', name, '/waiters/'));
   const revision = reader.revision;
   const head: QueueHead | undefined = headKv && {
     key: showKey(headKv.key),

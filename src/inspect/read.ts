@@ -1,10 +1,10 @@
 import type { Namespace } from 'etcd3';
 import { raceAbort } from '../core/abort.js';
-import { childPrefix, leaseHex, showKey } from '../core/keys.js';
+import { joinKey, leaseHex, showKey } from '../core/keys.js';
 import { InternalError } from '../core/errors.js';
 import { range, type KeyValue, type RangeOptions, type RangeResult } from '../core/kv.js';
 import { retrying } from '../core/retry.js';
-import { checkClient, checkInteger, checkName, checkOptions, checkSignal } from '../core/validate.js';
+import { checkClient, checkInteger, checkName, checkWaitOptions } from '../core/validate.js';
 
 /*
  * The one read path of every inspection: ranges only (never a Txn, never a
@@ -62,8 +62,7 @@ export function checkInspectArgs(
 ): number {
   checkClient(client);
   checkName(name, nameArgument);
-  checkOptions(options);
-  checkSignal(options?.signal);
+  checkWaitOptions(options);
   if (options?.limit !== undefined) checkInteger(options.limit, 'options.limit', 1, MAX_LIMIT);
   return options?.limit ?? DEFAULT_LIMIT;
 }
@@ -172,7 +171,7 @@ export async function readLine(
 ): Promise<LineRead> {
   const limit = checkInspectArgs(client, name, options);
   const reader = new SnapshotReader(client, options.signal);
-  const list = await reader.describedList(under(childPrefix(name), dir), limit);
+  const list = await reader.describedList(joinKey(name, '/', dir), limit);
   return { ...list, reader, id: { name: showKey(name), revision: reader.revision } };
 }
 
@@ -194,9 +193,4 @@ export async function mapInChunks<T, R>(items: readonly T[], size: number, fn: (
   const out: R[] = [];
   for (let i = 0; i < items.length; i += size) out.push(...(await Promise.all(items.slice(i, i + size).map(fn))));
   return out;
-}
-
-/** @internal `parts` appended to `base` as bytes. */
-export function under(base: Buffer, ...parts: string[]): Buffer {
-  return Buffer.concat([base, ...parts.map((p) => Buffer.from(p))]);
 }

@@ -1,5 +1,5 @@
 import type { Namespace } from 'etcd3';
-import { abortReason } from '../core/abort.js';
+import { AsyncQueue } from '../core/async-queue.js';
 import { InvalidArgumentError } from '../core/errors.js';
 import { checkRoot, DEFAULT_SERVICE_ROOT } from '../recipes/services/layout.js';
 import { checkInspectArgs, type InspectOptions } from './read.js';
@@ -76,11 +76,8 @@ export async function* watchStatus(
   options: WatchStatusOptions = {},
 ): AsyncGenerator<RecipeInspection[], void, undefined> {
   const root = checkStatusOptions(client, name, options);
-  const { signal } = options;
-  signal?.throwIfAborted();
-  const results: RecipeInspection[][] = [];
-  let failure: { err: unknown } | undefined;
-  let wake: (() => void) | undefined;
+  options.signal?.throwIfAborted();
+  const results = new AsyncQueue<RecipeInspection[]>({ signal: options.signal });
   let last = '';
   const view = new LiveView(
     client,
@@ -92,36 +89,14 @@ export async function* watchStatus(
       if (json === last) return;
       last = json;
       results.push(r);
-      wake?.();
     },
-    (err) => {
-      failure = { err };
-      wake?.();
-    },
+    (err) => results.fail(err),
     { periodMs: options.periodMs ?? 5000 },
   );
-  const onAbort = () => wake?.();
-  signal?.addEventListener('abort', onAbort);
   try {
-    view.start().catch((err: unknown) => {
-      failure = { err };
-      wake?.();
-    });
-    for (;;) {
-      if (signal?.aborted) throw abortReason(signal);
-      if (failure) throw failure.err;
-      const next = results.shift();
-      if (next) {
-        yield next;
-        continue;
-      }
-      await new Promise<void>((resolve) => {
-        wake = resolve;
-      });
-      wake = undefined;
-    }
+    view.start().catch((err: unknown) => results.fail(err));
+    yield* results;
   } finally {
-    signal?.removeEventListener('abort', onAbort);
     view.close();
   }
 }

@@ -1,14 +1,7 @@
 import type { Namespace } from 'etcd3';
-import { childPrefix, showKey } from '../core/keys.js';
+import { joinKey, showKey } from '../core/keys.js';
 import type { KeyValue } from '../core/kv.js';
-import {
-  checkInspectArgs,
-  describeKey,
-  SnapshotReader,
-  under,
-  type InspectedKey,
-  type InspectOptions,
-} from './read.js';
+import { checkInspectArgs, describeKey, SnapshotReader, type InspectedKey, type InspectOptions } from './read.js';
 
 /** A job of a {@link WorkQueue}, as {@link inspectWorkQueue} reports it. */
 export interface InspectedJob {
@@ -100,20 +93,15 @@ export async function inspectWorkQueue(
 ): Promise<WorkQueueInspection> {
   const limit = checkInspectArgs(client, prefix, options, 'prefix');
   const reader = new SnapshotReader(client, options.signal);
-  const root = childPrefix(prefix);
-  const dirs = {
-    jobs: under(root, 'jobs/'),
-    claims: under(root, 'claims/'),
-    attempts: under(root, 'attempts/'),
-    dead: under(root, 'dead/'),
-  };
+  const dir = (name: string) => joinKey(prefix, '/', name, '/');
+  const dirs = { jobs: dir('jobs'), claims: dir('claims'), attempts: dir('attempts'), dead: dir('dead') };
   const byKey = { sortTarget: 'Key', sortOrder: 'Ascend' } as const;
   const jobs = await reader.list(dirs.jobs, limit, byKey);
   const claims = await reader.list(dirs.claims, limit, { ...byKey, keysOnly: true });
   // Attempt counters only exist for jobs claimed at least once; keys only (the count is the version).
   const attempts = await reader.list(dirs.attempts, 100_000, { ...byKey, keysOnly: true });
   const dead = await reader.list(dirs.dead, limit, byKey);
-  const waiters = await reader.list(under(root, 'waiters/'), limit, { keysOnly: true });
+  const waiters = await reader.list(dir('waiters'), limit, { keysOnly: true });
   const revision = reader.revision;
   const idIn = (dir: Buffer, kv: KeyValue) => kv.key.subarray(dir.length).toString();
   const attemptsOf = new Map(attempts.kvs.map((kv) => [idIn(dirs.attempts, kv), Number(kv.version)]));
@@ -122,7 +110,7 @@ export async function inspectWorkQueue(
 
   const job = (id: string, kv: KeyValue | undefined): InspectedJob => ({
     id,
-    key: showKey(under(dirs.jobs, id)),
+    key: showKey(joinKey(dirs.jobs, id)),
     priority: priorityOf(id),
     value: kv?.value.toString(),
     createRevision: kv?.createRevision ?? 0n,

@@ -11,7 +11,7 @@ import { showKey, toBuffer } from '../core/keys.js';
 import type { KeyValue } from '../core/kv.js';
 import { logger } from '../core/log.js';
 import { isTransient, retrying } from '../core/retry.js';
-import { checkClient, checkInteger, checkName, checkOptions, checkSignal } from '../core/validate.js';
+import { checkClient, checkInteger, checkName, checkOptions, checkWaitOptions } from '../core/validate.js';
 import { openWatch, WatchCompactedError, type WatchEvent, type WatchHandle } from '../core/watch-hub.js';
 import {
   type CachedKeyValue,
@@ -160,8 +160,7 @@ export class PrefixCache
    * error (the cache keeps retrying; call `ready()` again to wait on).
    */
   ready(options: PrefixCacheWaitOptions = {}): Promise<void> {
-    checkOptions(options);
-    checkSignal(options.signal);
+    checkWaitOptions(options);
     if (this.#ready) return Promise.resolve();
     if (this.closed) return Promise.reject(closedError());
     return raceAbort(this.#readyGate.promise, options.signal);
@@ -201,8 +200,7 @@ export class PrefixCache
    * reports every change as it happens.
    */
   changes(options: PrefixCacheWaitOptions = {}): AsyncIterableIterator<PrefixCacheChange> {
-    checkOptions(options);
-    checkSignal(options.signal);
+    checkWaitOptions(options);
     const stream = new AsyncQueue<PrefixCacheChange>({
       merge: mergeChanges,
       signal: options.signal,

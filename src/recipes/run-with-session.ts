@@ -4,7 +4,7 @@ import { isRecipeError } from '../core/errors.js';
 import { inFreshSessions } from '../core/fresh-sessions.js';
 import { logger } from '../core/log.js';
 import type { Session } from '../core/session.js';
-import { checkClient, checkFunction, checkInteger, checkOptions, checkSignal } from '../core/validate.js';
+import { checkClient, checkFunction, checkInteger, checkWaitOptions } from '../core/validate.js';
 
 const log = logger('run-with-session');
 
@@ -59,8 +59,7 @@ export function runWithSession<T>(
 ): Promise<T> {
   checkClient(client);
   checkFunction(fn, 'fn');
-  checkOptions(options);
-  checkSignal(options.signal);
+  checkWaitOptions(options);
   const { ttl = 60, signal: outer, onLost } = options;
   checkInteger(ttl, 'options.ttl', 1, 9_000_000_000);
   if (onLost !== undefined) checkFunction(onLost, 'options.onLost');

@@ -57,25 +57,8 @@ export class TestCertificateAuthority {
     const certFile = join(dir, 'ca.crt');
     const keyFile = join(dir, 'ca.key');
     run(openssl, [
-      'req',
-      '-x509',
-      '-newkey',
-      'ec',
-      '-pkeyopt',
-      'ec_paramgen_curve:prime256v1',
-      '-nodes',
-      '-keyout',
-      keyFile,
-      '-out',
-      certFile,
-      '-days',
-      '2',
-      '-subj',
-      '/CN=etcd-recipes test CA',
-      '-addext',
-      'basicConstraints=critical,CA:TRUE',
-      '-addext',
-      'keyUsage=critical,keyCertSign,cRLSign',
+      ...['req', '-x509', ...newKey(keyFile, certFile), '-days', '2', '-subj', '/CN=etcd-recipes test CA'],
+      ...['-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign'],
     ]);
     return new TestCertificateAuthority(dir, openssl, read(certFile, keyFile));
   }
@@ -114,41 +97,18 @@ export class TestCertificateAuthority {
     const certFile = join(this.#dir, `${file}.crt`);
     const extFile = join(this.#dir, `${file}.ext`);
     writeFileSync(extFile, `${extensions.join('\n')}\n`);
+    run(this.#openssl, ['req', '-new', ...newKey(keyFile, csrFile), '-subj', `/CN=${commonName}`]);
     run(this.#openssl, [
-      'req',
-      '-new',
-      '-newkey',
-      'ec',
-      '-pkeyopt',
-      'ec_paramgen_curve:prime256v1',
-      '-nodes',
-      '-keyout',
-      keyFile,
-      '-out',
-      csrFile,
-      '-subj',
-      `/CN=${commonName}`,
-    ]);
-    run(this.#openssl, [
-      'x509',
-      '-req',
-      '-in',
-      csrFile,
-      '-CA',
-      this.ca.certFile,
-      '-CAkey',
-      this.ca.keyFile,
-      '-set_serial',
-      `0x${randomBytes(8).toString('hex')}`,
-      '-days',
-      '2',
-      '-extfile',
-      extFile,
-      '-out',
-      certFile,
+      ...['x509', '-req', '-in', csrFile, '-CA', this.ca.certFile, '-CAkey', this.ca.keyFile],
+      ...['-set_serial', `0x${randomBytes(8).toString('hex')}`, '-days', '2', '-extfile', extFile, '-out', certFile],
     ]);
     return read(certFile, keyFile);
   }
+}
+
+/** `openssl req`'s arguments for a new unencrypted P-256 key in `keyFile`, with the request or certificate in `out`. */
+function newKey(keyFile: string, out: string): string[] {
+  return ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', keyFile, '-out', out];
 }
 
 function run(openssl: string, args: string[]): void {

@@ -3,12 +3,12 @@ import type { Namespace } from 'etcd3';
 import { linkSignals } from '../../core/abort.js';
 import { checkGuard, resolveGuard, type Guard } from '../../core/guard.js';
 import { ReceiptBook } from '../../core/receipts.js';
-import { showKey, toBuffer } from '../../core/keys.js';
+import { joinKey, showKey, toBuffer } from '../../core/keys.js';
 import { cmp, op, range } from '../../core/kv.js';
 import { logger } from '../../core/log.js';
 import { retryingUntil } from '../../core/retry.js';
 import { checkSession, type Session } from '../../core/session.js';
-import { checkClient, checkName, checkOptions, checkSignal } from '../../core/validate.js';
+import { checkClient, checkName, checkWaitOptions } from '../../core/validate.js';
 import { waitInLine, type LineState } from '../../core/wait.js';
 
 const log = logger('barrier');
@@ -63,11 +63,11 @@ export class Barrier {
   constructor(client: Namespace, key: string | Buffer) {
     checkClient(client);
     checkName(key, 'key');
-    this.client = client;
-    this.key = key;
     this.#key = toBuffer(key);
     this.#what = `barrier ${showKey(key)}`;
-    this.#book = new ReceiptBook(client, Buffer.concat([Buffer.from('__'), this.#key, Buffer.from('/receipts/')]));
+    this.#book = new ReceiptBook(client, joinKey('__', key, '/receipts/'));
+    this.client = client;
+    this.key = key;
   }
 
   /**
@@ -81,8 +81,7 @@ export class Barrier {
    * @throws SessionExpiredError if `options.session` is no longer usable
    */
   async hold(options: BarrierHoldOptions = {}): Promise<boolean> {
-    checkOptions(options);
-    checkSignal(options.signal);
+    checkWaitOptions(options);
     checkGuard(options.guard);
     const { session } = options;
     if (session !== undefined) checkSession(session, 'options.session');
@@ -131,8 +130,7 @@ export class Barrier {
    * @returns true if the barrier was held (a key was deleted), false if not
    */
   async release(options: BarrierWaitOptions = {}): Promise<boolean> {
-    checkOptions(options);
-    checkSignal(options.signal);
+    checkWaitOptions(options);
     try {
       const out = await this.#book.write(
         {
@@ -156,8 +154,7 @@ export class Barrier {
 
   /** True if the barrier is held right now (one linearizable read). */
   async isHeld(options: BarrierWaitOptions = {}): Promise<boolean> {
-    checkOptions(options);
-    checkSignal(options.signal);
+    checkWaitOptions(options);
     options.signal?.throwIfAborted();
     const r = await retryingUntil(options.signal, () => range(this.client, this.#key, { countOnly: true }));
     return r.count > 0n;
@@ -171,8 +168,7 @@ export class Barrier {
    * revision.
    */
   async wait(options: BarrierWaitOptions = {}): Promise<void> {
-    checkOptions(options);
-    checkSignal(options.signal);
+    checkWaitOptions(options);
     options.signal?.throwIfAborted();
     const initial = await retryingUntil(options.signal, () => this.#readHold(undefined));
     if (!initial.blocker) return;

@@ -1,14 +1,15 @@
 import type { WaitOptions } from '../../core/options.js';
 import { linkSignals, raceAbort } from '../../core/abort.js';
 import { BarrierFullError, InternalError, InvalidArgumentError, SessionExpiredError } from '../../core/errors.js';
+import { isCompacted } from '../../core/etcd-errors.js';
 import { cleanUpAfter, deleteOwnKey } from '../../core/holding.js';
-import { showKey, toBuffer } from '../../core/keys.js';
+import { joinKey, showKey } from '../../core/keys.js';
 import { createUniqueKey, joinLine, type PendingKey } from '../../core/line.js';
 import { cmp, op, range, rangeAt, txn, type KeyValue, type TxnResult } from '../../core/kv.js';
 import { logger } from '../../core/log.js';
 import { retrying, retryingUntil } from '../../core/retry.js';
 import { checkSession, type Session } from '../../core/session.js';
-import { checkInteger, checkName, checkOptions, checkSignal } from '../../core/validate.js';
+import { checkInteger, checkName, checkWaitOptions } from '../../core/validate.js';
 import { waitInLine, type LineState, type WatchTarget } from '../../core/wait.js';
 
 const log = logger('double-barrier');
@@ -74,9 +75,8 @@ export class DoubleBarrier {
     this.session = session;
     this.key = key;
     this.count = count;
-    const base = toBuffer(key);
-    this.#waiters = Buffer.concat([base, Buffer.from('/waiters/')]);
-    this.#ready = Buffer.concat([base, Buffer.from('/ready')]);
+    this.#waiters = joinKey(key, '/waiters/');
+    this.#ready = joinKey(key, '/ready');
     this.#what = `double barrier ${showKey(key)}`;
   }
 
@@ -98,8 +98,7 @@ export class DoubleBarrier {
    * @throws InvalidArgumentError if this object has already entered (or is entering)
    */
   async enter(options: DoubleBarrierOptions = {}): Promise<void> {
-    checkOptions(options);
-    checkSignal(options.signal);
+    checkWaitOptions(options);
     if (this.#phase !== 'idle') {
       throw new InvalidArgumentError(
         'this',
@@ -138,8 +137,7 @@ export class DoubleBarrier {
    * @throws InvalidArgumentError if this object has not entered (or is already leaving)
    */
   async leave(options: DoubleBarrierOptions = {}): Promise<void> {
-    checkOptions(options);
-    checkSignal(options.signal);
+    checkWaitOptions(options);
     if (this.#phase !== 'entered' || !this.#me) {
       throw new InvalidArgumentError(
         'this',
@@ -251,7 +249,7 @@ export class DoubleBarrier {
       const r = await range(this.session.client, this.#waiters, { prefix: true, revision: rev, countOnly: true });
       return Number(r.count);
     } catch (err) {
-      if (!/compact/i.test((err as Error).message)) throw err;
+      if (!isCompacted(err)) throw err;
       // History is gone: we cannot prove we were within the count, so do not pass.
       return this.count + 1;
     }

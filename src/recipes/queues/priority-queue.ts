@@ -1,7 +1,7 @@
 import { traced } from '../../core/diagnostics.js';
 import type { Namespace } from 'etcd3';
 import { resolveGuard } from '../../core/guard.js';
-import { childPrefix, toBuffer } from '../../core/keys.js';
+import { joinKey, toBuffer } from '../../core/keys.js';
 import { cmp, op, rangeAt, txn, type KeyValue } from '../../core/kv.js';
 import { logger } from '../../core/log.js';
 import { retrying } from '../../core/retry.js';
@@ -15,14 +15,10 @@ const log = logger('priority-queue');
 export const MAX_PRIORITY = 65535;
 
 /** `%05d`, as Go formats a uint16 priority. */
-function pad5(n: number): string {
-  return n.toString().padStart(5, '0');
-}
+const pad5 = (n: number): string => n.toString().padStart(5, '0');
 
 /** `%016d`, as Go formats a sequence number. */
-function pad16(n: bigint): string {
-  return n.toString().padStart(16, '0');
-}
+const pad16 = (n: bigint): string => n.toString().padStart(16, '0');
 
 /**
  * Candidates of the head's priority may be taken in any order by competing
@@ -95,9 +91,9 @@ export class PriorityQueue extends ItemQueue {
     const { signal } = options;
     const guard = await resolveGuard(this.client, options.guard);
     const val = toBuffer(value);
-    const level = Buffer.concat([this.items, Buffer.from(pad5(priority))]);
-    const levelPrefix = childPrefix(level);
-    const base = Buffer.concat([Buffer.from('__'), level]);
+    const level = joinKey(this.items, pad5(priority));
+    const levelPrefix = joinKey(level, '/');
+    const base = joinKey('__', level);
     const lastKey = op.range(levelPrefix, {
       prefix: true,
       sortTarget: 'Key',
@@ -115,7 +111,7 @@ export class PriorityQueue extends ItemQueue {
     }
     const what = `${this.what}: enqueue`;
     for (let attempt = 1; ; attempt++) {
-      const key = Buffer.concat([levelPrefix, Buffer.from(pad16(known.next))]);
+      const key = joinKey(levelPrefix, pad16(known.next));
       const out = await this.sent.write(
         {
           compares: [cmp.mod(base, '<', known.seen + 1n), ...guard.compares],

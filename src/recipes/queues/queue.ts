@@ -3,12 +3,20 @@ import { nameOf, traced } from '../../core/diagnostics.js';
 import type { Namespace } from 'etcd3';
 import { checkGuard, resolveGuard, type GuardedWriteOptions } from '../../core/guard.js';
 import type { Logger } from '../../core/log.js';
-import { childPrefix, showKey, toBuffer, uniqueKey } from '../../core/keys.js';
+import { childPrefix, joinKey, showKey, toBuffer, uniqueKey } from '../../core/keys.js';
+import { InternalError } from '../../core/errors.js';
 import { cmp, op, range, rangeAt, txn, type Op, type OpResult } from '../../core/kv.js';
 import { logger } from '../../core/log.js';
 import { ReceiptBook } from '../../core/receipts.js';
 import { retrying } from '../../core/retry.js';
-import { checkClient, checkInteger, checkName, checkOptions, checkSignal, checkValue } from '../../core/validate.js';
+import {
+  checkClient,
+  checkInteger,
+  checkName,
+  checkOptions,
+  checkValue,
+  checkWaitOptions,
+} from '../../core/validate.js';
 import type { WatchEvent, WatchSpec } from '../../core/watch-hub.js';
 import { ConsumerLine } from '../../core/queue-line.js';
 import { OwnSession } from '../../core/queue-sessions.js';
@@ -52,13 +60,6 @@ export interface QueueItem {
   value: Buffer;
 }
 
-/** Go's bookkeeping prefix for a queue name: `__<name>/` (outside the items' prefix, unseen by Go's consumers). */
-function bookPrefix(name: string | Buffer): Buffer {
-  return Buffer.concat([Buffer.from('__'), toBuffer(name), Buffer.from('/')]);
-}
-
-const sub = (book: Buffer, dir: string) => Buffer.concat([book, Buffer.from(dir)]);
-
 /**
  * @internal Items under one prefix that a consumer takes by deleting them
  * (Queue, PriorityQueue): the candidates are the oldest items (by mod
@@ -91,7 +92,7 @@ class ItemSource implements ClaimSource<QueueItem> {
     this.#sort = sort;
     this.what = what;
     this.log = log;
-    this.waitersPrefix = sub(book, 'waiters/');
+    this.waitersPrefix = joinKey(book, 'waiters/');
     this.#taken = taken;
     this.headWatch = { key: items, prefix: true, noDelete: true };
     this.#interchangeable = interchangeable;
@@ -104,21 +105,16 @@ class ItemSource implements ClaimSource<QueueItem> {
    * carries more than one item's value.
    */
   scanOps(): Op[] {
+    const oldest = { prefix: true, sortTarget: this.#sort, sortOrder: 'Ascend' } as const;
     return [
-      op.range(this.#items, {
-        prefix: true,
-        sortTarget: this.#sort,
-        sortOrder: 'Ascend',
-        limit: WINDOW,
-        keysOnly: true,
-      }),
-      op.range(this.#items, { prefix: true, sortTarget: this.#sort, sortOrder: 'Ascend', limit: 1 }),
+      op.range(this.#items, { ...oldest, limit: WINDOW, keysOnly: true }),
+      op.range(this.#items, { ...oldest, limit: 1 }),
     ];
   }
 
   parseScan(results: OpResult[]): SourceScan {
     const [keys, head] = results;
-    if (keys?.type !== 'range' || head?.type !== 'range') throw new Error('internal: scan responses are not ranges');
+    if (keys?.type !== 'range' || head?.type !== 'range') throw new InternalError('scan responses are not ranges');
     const cands: Candidate[] = keys.kvs.map((kv) => ({ key: kv.key, rev: kv.modRevision }));
     const first = head.kvs[0];
     if (first && cands[0] && first.key.equals(cands[0].key) && first.modRevision === cands[0].rev)
@@ -222,9 +218,10 @@ export abstract class ItemQueue implements AsyncDisposable {
     this.diagName = nameOf(name);
     this.kind = kind === 'priority queue' ? 'priority-queue' : 'queue';
     this.#log = queueLog;
-    const book = bookPrefix(name);
-    this.sent = new ReceiptBook(client, sub(book, 'sent/'));
-    this.#taken = new ReceiptBook(client, sub(book, 'taken/'));
+    // Go's bookkeeping prefix, `__<name>/`: outside the items' prefix, unseen by Go's consumers.
+    const book = joinKey('__', name, '/');
+    this.sent = new ReceiptBook(client, joinKey(book, 'sent/'));
+    this.#taken = new ReceiptBook(client, joinKey(book, 'taken/'));
     this.#own = new OwnSession(client, options.ttl ?? 5, options.idleMs ?? 10_000, queueLog);
     const source = new ItemSource(
       client,
@@ -241,9 +238,8 @@ export abstract class ItemQueue implements AsyncDisposable {
 
   /** Checks enqueue options (before anything is written). */
   protected static checkEnqueueOptions(options: EnqueueOptions): void {
-    checkOptions(options);
+    checkWaitOptions(options);
     checkGuard(options.guard);
-    checkSignal(options.signal);
   }
 
   /**
@@ -263,8 +259,7 @@ export abstract class ItemQueue implements AsyncDisposable {
 
   /** Like `dequeue()`, returning the item's key and its value as bytes. */
   async dequeueItem(options: DequeueOptions = {}): Promise<QueueItem> {
-    checkOptions(options);
-    checkSignal(options.signal);
+    checkWaitOptions(options);
     return traced(
       'dequeue',
       () => ({ recipe: this.kind, name: this.diagName }),
