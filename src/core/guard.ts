@@ -1,7 +1,7 @@
 import type { ComparatorBuilder, Namespace } from 'etcd3';
 import { InvalidArgumentError, LockNotHeldError, NotLeaderError, type RecipeError } from './errors.js';
 import { showKey, toBuffer } from './keys.js';
-import { op, type Compare, type KeyValue, type Op, type OpResult } from './kv.js';
+import { op, TARGET_FIELDS, type Compare, type KeyValue, type Op, type OpResult } from './kv.js';
 import { processWide } from './shared.js';
 
 /*
@@ -83,13 +83,6 @@ const VALUE_RULES: Record<'Value' | 'Lease' | 'revision', [(v: unknown) => boole
 };
 const RESULTS = ['==', '>', '<', '!='] as const;
 const RESULT_NAMES: Record<string, GuardCompare['result']> = { Equal: '==', Greater: '>', Less: '<', NotEqual: '!=' };
-const FIELDS = {
-  Version: 'version',
-  Create: 'create_revision',
-  Mod: 'mod_revision',
-  Value: 'value',
-  Lease: 'lease',
-} as const;
 
 interface RawCompare {
   key: Buffer;
@@ -198,7 +191,7 @@ function fromRaw(client: Namespace, r: RawCompare, argument: string): Compare {
       `compares ${showKey(key)}, outside the namespace of the client that writes`,
     );
   }
-  const field = r[FIELDS[target]];
+  const field = r[TARGET_FIELDS[target]];
   const value =
     target === 'Value'
       ? toBuffer((field ?? Buffer.alloc(0)) as Buffer)

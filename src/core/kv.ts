@@ -131,7 +131,8 @@ interface RawHeader {
 }
 
 const resultNames = { '==': 'Equal', '!=': 'NotEqual', '<': 'Less', '>': 'Greater' } as const;
-const targetFields = {
+/** The request field each compare target sets. */
+export const TARGET_FIELDS = {
   Create: 'create_revision',
   Mod: 'mod_revision',
   Version: 'version',
@@ -170,7 +171,7 @@ function encodeCompare(client: Namespace, c: Compare): Raw {
     key: encodeKey(client, c.key),
     target: c.target,
     result: resultNames[c.result],
-    [targetFields[c.target]]: encoded,
+    [TARGET_FIELDS[c.target]]: encoded,
   };
   if (c.prefix) req.range_end = rangeEnd(client, toBuffer(c.key), { prefix: true });
   return req;

@@ -1,5 +1,5 @@
 import type { Namespace } from 'etcd3';
-import { abortReason } from './abort.js';
+import { abortReason, raceAbort } from './abort.js';
 import { clientScope, reportSilentStream } from './client.js';
 import { publish } from './diagnostics.js';
 import { ClosedError, InternalError } from './errors.js';
@@ -127,25 +127,12 @@ class WatchHub {
     this.#idleTimer = undefined;
     if (this.#stream) this.#sendCreate(entry);
     else this.#connect();
-    const handle = { createdRevision: 0n, close: () => this.#close(entry) };
-    if (!signal) return created.then((rev) => ({ ...handle, createdRevision: rev }));
-    return new Promise<WatchHandle>((resolve, reject) => {
-      const onAbort = () => {
-        this.#close(entry);
-        reject(abortReason(signal));
-      };
-      signal.addEventListener('abort', onAbort, { once: true });
-      created.then(
-        (rev) => {
-          signal.removeEventListener('abort', onAbort);
-          resolve({ ...handle, createdRevision: rev });
-        },
-        (err: unknown) => {
-          signal.removeEventListener('abort', onAbort);
-          reject(err);
-        },
-      );
-    });
+    const opened = created.then((rev) => ({ createdRevision: rev, close: () => this.#close(entry) }));
+    if (!signal) return opened;
+    // Registered before raceAbort's own listener: the watch is closed, then the call rejects with the reason.
+    const onAbort = () => this.#close(entry);
+    signal.addEventListener('abort', onAbort, { once: true });
+    return raceAbort(opened, signal).finally(() => signal.removeEventListener('abort', onAbort));
   }
 
   #close(entry: Entry): void {

@@ -194,16 +194,7 @@ export async function discoverRecipes(
     const slash = dir.lastIndexOf('/');
     add('service', dir.slice(slash + 1), dir.slice(0, slash + 1));
   });
-  const order: RecipeKind[] = [
-    'lock',
-    'rwmutex',
-    'semaphore',
-    'election',
-    'queue',
-    'priority-queue',
-    'work-queue',
-    'service',
-  ];
+  const order = 'lock rwmutex semaphore election queue priority-queue work-queue service'.split(' ');
   return [...found.values()].sort(
     (a, b) =>
       order.indexOf(a.kind) - order.indexOf(b.kind) ||
