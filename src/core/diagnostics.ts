@@ -34,6 +34,9 @@ export * from './diagnostics-channels.js';
 export type * from './diagnostics-messages.js';
 export type * from './tracing-contexts.js';
 
+/** The five channels of a tracing channel, as Node names them. */
+const TRACING_EVENTS = ['start', 'end', 'asyncStart', 'asyncEnd', 'error'] as const;
+
 /**
  * Handlers for {@link subscribeTracing}; each gets the operation's context object (the same object throughout one
  * call).
@@ -77,7 +80,7 @@ export function subscribeTracing<N extends TracingChannelName>(
   handlers: TracingHandlers<TracingContexts[N]>,
 ): () => void {
   const subs: [string, (m: unknown) => void][] = [];
-  for (const event of ['start', 'end', 'asyncStart', 'asyncEnd', 'error'] as const) {
+  for (const event of TRACING_EVENTS) {
     const h = handlers[event];
     if (!h) continue;
     const channelName = `tracing:${name}:${event}`;
@@ -114,13 +117,7 @@ export function publish<K extends keyof typeof DIAGNOSTICS_CHANNELS>(
 
 function tracingOn(tc: TracingChannel<unknown, object>): boolean {
   // TracingChannel.hasSubscribers is Node ≥ 20.13; this is what it computes.
-  return (
-    tc.start.hasSubscribers ||
-    tc.end.hasSubscribers ||
-    tc.asyncStart.hasSubscribers ||
-    tc.asyncEnd.hasSubscribers ||
-    tc.error.hasSubscribers
-  );
+  return TRACING_EVENTS.some((event) => tc[event].hasSubscribers);
 }
 
 /**

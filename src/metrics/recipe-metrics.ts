@@ -66,11 +66,7 @@ interface Cell {
 
 /** Attribute sets as a stable map key. */
 function keyOf(attributes: MetricAttributes): string {
-  return JSON.stringify(
-    Object.keys(attributes)
-      .sort()
-      .map((k) => [k, attributes[k]]),
-  );
+  return JSON.stringify(Object.entries(attributes).sort(([a], [b]) => (a < b ? -1 : 1)));
 }
 
 /**
