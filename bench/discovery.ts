@@ -61,43 +61,21 @@ async function propagation(ctx: BenchContext): Promise<void> {
   const rawLease = new Arrivals();
   const regRaw = new Arrivals();
   const handles: WatchHandle[] = [];
+  const watchInto = (c: Etcd3, prefix: string, arrivals: Arrivals) =>
+    openWatch(
+      c,
+      { key: Buffer.from(prefix), prefix: true, noDelete: true },
+      {
+        onEvents: (events) => {
+          for (const e of events) arrivals.arrived(e.kv.key.toString());
+        },
+        onEnd: () => undefined,
+      },
+    );
   for (const c of watcherClients) {
-    handles.push(
-      await openWatch(
-        c,
-        { key: Buffer.from('bench/disco/raw/'), prefix: true, noDelete: true },
-        {
-          onEvents: (events) => {
-            for (const e of events) raw.arrived(e.kv.key.toString());
-          },
-          onEnd: () => undefined,
-        },
-      ),
-    );
-    handles.push(
-      await openWatch(
-        c,
-        { key: Buffer.from('bench/disco/lease/'), prefix: true, noDelete: true },
-        {
-          onEvents: (events) => {
-            for (const e of events) rawLease.arrived(e.kv.key.toString());
-          },
-          onEnd: () => undefined,
-        },
-      ),
-    );
-    handles.push(
-      await openWatch(
-        c,
-        { key: Buffer.from('services/bench-reg/'), prefix: true, noDelete: true },
-        {
-          onEvents: (events) => {
-            for (const e of events) regRaw.arrived(e.kv.key.toString());
-          },
-          onEnd: () => undefined,
-        },
-      ),
-    );
+    handles.push(await watchInto(c, 'bench/disco/raw/', raw));
+    handles.push(await watchInto(c, 'bench/disco/lease/', rawLease));
+    handles.push(await watchInto(c, 'services/bench-reg/', regRaw));
   }
   // (c): 10 ServiceDiscovery instances.
   const ours = new Arrivals();
@@ -131,11 +109,11 @@ async function propagation(ctx: BenchContext): Promise<void> {
     await seen;
     await writer.leaseClient.leaseRevoke({ ID: lease.ID });
   };
-  const oursOp = async () => {
+  const registerOp = (service: string, arrivals: Arrivals) => async () => {
     const id = `i${n++}`;
-    const seen = ours.expect(`services/bench-disco/${id}`, performance.now());
+    const seen = arrivals.expect(`services/${service}/${id}`, performance.now());
     const reg = await ServiceRegistry.register(writer, {
-      service: 'bench-disco',
+      service,
       id,
       address: '10.0.0.1:8008',
       metadata: { zone: 'a' },
@@ -144,19 +122,8 @@ async function propagation(ctx: BenchContext): Promise<void> {
     await seen;
     await reg.deregister();
   };
-  const regOp = async () => {
-    const id = `i${n++}`;
-    const seen = regRaw.expect(`services/bench-reg/${id}`, performance.now());
-    const reg = await ServiceRegistry.register(writer, {
-      service: 'bench-reg',
-      id,
-      address: '10.0.0.1:8008',
-      metadata: { zone: 'a' },
-      ttl: 10,
-    });
-    await seen;
-    await reg.deregister();
-  };
+  const oursOp = registerOp('bench-disco', ours);
+  const regOp = registerOp('bench-reg', regRaw);
   const timings = await interleaved(ctx.seconds, [rawOp, rawLeaseOp, oursOp, regOp]);
   for (const h of handles) h.close();
   await Promise.all(discos.map((d) => d.close()));

@@ -1,6 +1,16 @@
 import type { Etcd3 } from 'etcd3';
 import { Election, observeLeader, Session } from '../src/index.js';
-import { cpuMs, fmt, grpcMessages, interleaved, percentile, requestsBetween, table, type BenchContext } from './lib.js';
+import {
+  cpuMs,
+  fmt,
+  grpcMessages,
+  interleaved,
+  percentile,
+  requestsBetween,
+  table,
+  timedRow,
+  type BenchContext,
+} from './lib.js';
 
 /*
  * npm run bench -- election
@@ -154,33 +164,19 @@ export default async function run(ctx: BenchContext): Promise<void> {
     'Uncontended campaign + resign (one client)',
     ['what', 'cycles/s', 'p50 ms', 'p99 ms', 'ratio', 'requests/cycle', 'client CPU ms/cycle'],
     [
-      [
-        '(a) raw floor: create-if-absent Txn + delete',
-        fmt.n(floor!.perSecond),
-        fmt.ms(percentile(floor!.latencies, 50)),
-        fmt.ms(percentile(floor!.latencies, 99)),
-        '1.00×',
-        '2 KV',
-        fmt.cpu(floor!.cpuPerOp),
-      ],
-      [
+      timedRow('(a) raw floor: create-if-absent Txn + delete', floor!, '1.00×', '2 KV'),
+      timedRow(
         '(b) etcd-recipes Election campaign+resign',
-        fmt.n(ours!.perSecond),
-        fmt.ms(percentile(ours!.latencies, 50)),
-        fmt.ms(percentile(ours!.latencies, 99)),
+        ours!,
         `${fmt.ratio(ours!.perSecond / floor!.perSecond)} of floor`,
         req(oursReq),
-        fmt.cpu(ours!.cpuPerOp),
-      ],
-      [
+      ),
+      timedRow(
         '(c) etcd3 Election campaign+wait+resign',
-        fmt.n(etcd3!.perSecond),
-        fmt.ms(percentile(etcd3!.latencies, 50)),
-        fmt.ms(percentile(etcd3!.latencies, 99)),
+        etcd3!,
         `ours = ${fmt.ratio(ours!.perSecond / etcd3!.perSecond)} etcd3`,
         req(etcd3Req),
-        fmt.cpu(etcd3!.cpuPerOp),
-      ],
+      ),
     ],
   );
 

@@ -188,6 +188,12 @@ export const fmt = {
   cpu: (x: number) => (Number.isFinite(x) ? x.toFixed(3) : '-'),
 };
 
+/** A table row of a {@link timed} result: `what`, ops/s, p50 and p99 ms, the `middle` cells, client CPU ms per op. */
+export function timedRow(what: string, r: Timed, ...middle: (string | number)[]): (string | number)[] {
+  const p = (q: number) => fmt.ms(percentile(r.latencies, q));
+  return [what, fmt.n(r.perSecond), p(50), p(99), ...middle, fmt.cpu(r.cpuPerOp)];
+}
+
 /** Prints a markdown table (so the output can be pasted into docs/). */
 export function table(title: string, header: string[], rows: (string | number)[][]): void {
   const cells = [header, ...rows.map((r) => r.map(String))];

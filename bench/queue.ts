@@ -3,7 +3,17 @@ import type { Etcd3 } from 'etcd3';
 import { cmp, op, rangeAt, txn } from '../src/core/kv.js';
 import { openWatch, type WatchEvent, type WatchHandle } from '../src/core/watch-hub.js';
 import { PriorityQueue, Queue, Session, WorkQueue } from '../src/index.js';
-import { cpuMs, fmt, grpcMessages, interleaved, percentile, requestsBetween, table, type BenchContext } from './lib.js';
+import {
+  cpuMs,
+  fmt,
+  grpcMessages,
+  interleaved,
+  percentile,
+  requestsBetween,
+  table,
+  timedRow,
+  type BenchContext,
+} from './lib.js';
 
 /*
  * npm run bench -- queue
@@ -277,14 +287,7 @@ export default async function run(ctx: BenchContext): Promise<void> {
     'Enqueue, one at a time (one client)',
     ['what', 'ops/s', 'p50 ms', 'p99 ms', 'ratio', 'client CPU ms/op'],
     [
-      [
-        'raw put',
-        fmt.n(put!.perSecond),
-        fmt.ms(percentile(put!.latencies, 50)),
-        fmt.ms(percentile(put!.latencies, 99)),
-        '1.00×',
-        fmt.cpu(put!.cpuPerOp),
-      ],
+      timedRow('raw put', put!, '1.00×'),
       ...(
         [
           ['raw create-if-absent Txn + put', tx!],
@@ -292,14 +295,7 @@ export default async function run(ctx: BenchContext): Promise<void> {
           ['PriorityQueue.enqueue (4 priorities)', penq!],
           ['WorkQueue.add', add!],
         ] as const
-      ).map(([name, r]) => [
-        name,
-        fmt.n(r.perSecond),
-        fmt.ms(percentile(r.latencies, 50)),
-        fmt.ms(percentile(r.latencies, 99)),
-        fmt.ratio(r.perSecond / put!.perSecond),
-        fmt.cpu(r.cpuPerOp),
-      ]),
+      ).map(([name, r]) => timedRow(name, r, fmt.ratio(r.perSecond / put!.perSecond))),
     ],
   );
   await client.delete().prefix('bench/queue/');
@@ -325,68 +321,47 @@ export default async function run(ctx: BenchContext): Promise<void> {
         ),
       );
     }
-    {
+    // Each run's consumers are on their own connections, connected before its producer is made.
+    const run = async (
+      what: string,
+      producer: () => Producer | Promise<Producer>,
+      consumer: (c: Etcd3) => Consumer | Promise<Consumer>,
+    ) => {
       const clients = Array.from({ length: consumers }, () => ctx.client());
       await connect(clients);
-      const producer = new Queue(ctx.client(), `bench/queue/go-${inFlight}`);
-      results.push(
-        await deliveries(
-          ctx,
-          "Go's recipe.Queue algorithm, ported",
-          s,
-          { put: (v) => producer.enqueue(v), close: () => producer.close() },
-          clients.map((c) => goStyleConsumer(c, `bench/queue/go-${inFlight}/`)),
-          inFlight,
-        ),
-      );
-    }
-    {
-      const clients = Array.from({ length: consumers }, () => ctx.client());
-      await connect(clients);
-      const producer = new Queue(ctx.client(), `bench/queue/ours-${inFlight}`);
-      results.push(
-        await deliveries(
-          ctx,
-          'Queue',
-          s,
-          { put: (v) => producer.enqueue(v), close: () => producer.close() },
-          clients.map((c) => queueConsumer(new Queue(c, `bench/queue/ours-${inFlight}`))),
-          inFlight,
-        ),
-      );
-    }
-    {
-      const clients = Array.from({ length: consumers }, () => ctx.client());
-      await connect(clients);
-      const producer = new PriorityQueue(ctx.client(), `bench/queue/prio-${inFlight}`);
-      let n = 0;
-      results.push(
-        await deliveries(
-          ctx,
-          'PriorityQueue (4 priorities)',
-          s,
-          { put: (v) => producer.enqueue(v, n++ % 4), close: () => producer.close() },
-          clients.map((c) => queueConsumer(new PriorityQueue(c, `bench/queue/prio-${inFlight}`))),
-          inFlight,
-        ),
-      );
-    }
-    {
-      const clients = Array.from({ length: consumers }, () => ctx.client());
-      await connect(clients);
-      const ps = await Session.create(ctx.client(), { ttl: 30 });
-      const producer = new WorkQueue(ps, `bench/queue/work-${inFlight}`);
-      results.push(
-        await deliveries(
-          ctx,
-          'WorkQueue (claim + ack)',
-          s,
-          { put: (v) => producer.add(v), close: () => ps.close() },
-          await Promise.all(clients.map((c) => workQueueConsumer(c, `bench/queue/work-${inFlight}`))),
-          inFlight,
-        ),
-      );
-    }
+      const p = await producer();
+      results.push(await deliveries(ctx, what, s, p, await Promise.all(clients.map(consumer)), inFlight));
+    };
+    const name = (kind: string) => `bench/queue/${kind}-${inFlight}`;
+    const queueProducer = (q: Queue): Producer => ({ put: (v) => q.enqueue(v), close: () => q.close() });
+    await run(
+      "Go's recipe.Queue algorithm, ported",
+      () => queueProducer(new Queue(ctx.client(), name('go'))),
+      (c) => goStyleConsumer(c, `${name('go')}/`),
+    );
+    await run(
+      'Queue',
+      () => queueProducer(new Queue(ctx.client(), name('ours'))),
+      (c) => queueConsumer(new Queue(c, name('ours'))),
+    );
+    let n = 0;
+    await run(
+      'PriorityQueue (4 priorities)',
+      () => {
+        const producer = new PriorityQueue(ctx.client(), name('prio'));
+        return { put: (v) => producer.enqueue(v, n++ % 4), close: () => producer.close() };
+      },
+      (c) => queueConsumer(new PriorityQueue(c, name('prio'))),
+    );
+    await run(
+      'WorkQueue (claim + ack)',
+      async () => {
+        const ps = await Session.create(ctx.client(), { ttl: 30 });
+        const producer = new WorkQueue(ps, name('work'));
+        return { put: (v) => producer.add(v), close: () => ps.close() };
+      },
+      (c) => workQueueConsumer(c, name('work')),
+    );
     const floorRate = results[0]!.perSecond;
     const goRate = results[1]!.perSecond;
     table(

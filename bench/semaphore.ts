@@ -9,6 +9,7 @@ import {
   percentile,
   requestsBetween,
   table,
+  timedRow,
   type BenchContext,
 } from './lib.js';
 import { merged, WorkerGroup } from './workers/pool.js';
@@ -189,29 +190,11 @@ export default async function run(ctx: BenchContext): Promise<void> {
     'Uncontended (one client)',
     ['what', 'cycles/s', 'p50 ms', 'p99 ms', 'ratio', 'client CPU ms/cycle'],
     [
-      [
-        '(a) raw floor: create-if-absent Txn + delete',
-        fmt.n(floor!.perSecond),
-        fmt.ms(percentile(floor!.latencies, 50)),
-        fmt.ms(percentile(floor!.latencies, 99)),
-        '1.00×',
-        fmt.cpu(floor!.cpuPerOp),
-      ],
-      ...(
-        [
-          ['(b) Semaphore acquire+release (4 permits)', semSolo!],
-          ['(c) Mutex lock+unlock', mutexSolo!],
-          ['(d) RWMutex rLock+rUnlock', readSolo!],
-          ['(e) RWMutex lock+unlock', writeSolo!],
-        ] as const
-      ).map(([name, r]) => [
-        name,
-        fmt.n(r.perSecond),
-        fmt.ms(percentile(r.latencies, 50)),
-        fmt.ms(percentile(r.latencies, 99)),
-        ratio(r.perSecond),
-        fmt.cpu(r.cpuPerOp),
-      ]),
+      timedRow('(a) raw floor: create-if-absent Txn + delete', floor!, '1.00×'),
+      timedRow('(b) Semaphore acquire+release (4 permits)', semSolo!, ratio(semSolo!.perSecond)),
+      timedRow('(c) Mutex lock+unlock', mutexSolo!, ratio(mutexSolo!.perSecond)),
+      timedRow('(d) RWMutex rLock+rUnlock', readSolo!, ratio(readSolo!.perSecond)),
+      timedRow('(e) RWMutex lock+unlock', writeSolo!, ratio(writeSolo!.perSecond)),
     ],
   );
 
@@ -268,42 +251,24 @@ export default async function run(ctx: BenchContext): Promise<void> {
       'client CPU ms/cycle',
     ],
     [
-      [
+      ...(
+        [
+          [4, raw4],
+          [8, raw8],
+          [16, raw16],
+        ] as const
+      ).map(([n, r]) => [
         '(f) raw floor, own key per client',
-        4,
+        n,
         '1 (bench)',
-        fmt.n(raw4.perSecond),
+        fmt.n(r.perSecond),
         '',
         '',
         '',
-        fmt.n(raw4.kvPerCycle, 2),
+        fmt.n(r.kvPerCycle, 2),
         '',
-        fmt.cpu(raw4.cpuPerCycle),
-      ],
-      [
-        '(f) raw floor, own key per client',
-        8,
-        '1 (bench)',
-        fmt.n(raw8.perSecond),
-        '',
-        '',
-        '',
-        fmt.n(raw8.kvPerCycle, 2),
-        '',
-        fmt.cpu(raw8.cpuPerCycle),
-      ],
-      [
-        '(f) raw floor, own key per client',
-        16,
-        '1 (bench)',
-        fmt.n(raw16.perSecond),
-        '',
-        '',
-        '',
-        fmt.n(raw16.kvPerCycle, 2),
-        '',
-        fmt.cpu(raw16.cpuPerCycle),
-      ],
+        fmt.cpu(r.cpuPerCycle),
+      ]),
       [
         '(g) RWMutex readers, rLock+rUnlock',
         8,
