@@ -1,5 +1,6 @@
 import type { Etcd3 } from 'etcd3';
 import { createClient, type ClientOptions } from '../core/client.js';
+import { isAuthRefusal } from '../core/etcd-errors.js';
 import type { ConnectionOptions } from './connection.js';
 import { CliExit, EXIT, UsageError } from './exit-codes.js';
 import { formatDuration } from './args.js';
@@ -43,10 +44,7 @@ export async function connect(o: ConnectionOptions): Promise<Etcd3> {
     // grpc-js appends resolver notes on further lines and after the first sentence of its detail.
     const message = ((err as Error).message ?? String(err)).split('\n')[0]!.replace(/\s*Resolution note:.*$/, '');
     const where = o.endpoints.join(', ');
-    if (
-      /auth|password|permission|user name|invalid/i.test(message) &&
-      !/unavailable|deadline|no answer|connect/i.test(message)
-    ) {
+    if (isAuthRefusal(message)) {
       throw new CliExit(EXIT.ERROR, `etcd at ${where} refused us: ${message}`);
     }
     throw new CliExit(

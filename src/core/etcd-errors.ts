@@ -98,6 +98,14 @@ export function isStreamEnd(err: unknown): boolean {
   return err instanceof Error && /ended|cancel/i.test(err.message);
 }
 
+/** True when a failed first call's message says etcd refused who we are (user, password, role), not that it is away. */
+export function isAuthRefusal(message: string): boolean {
+  return (
+    /auth|password|permission|user name|invalid/i.test(message) &&
+    !/unavailable|deadline|no answer|connect/i.test(message)
+  );
+}
+
 /** True when etcd refused to add a role that already exists (etcd creates `root`'s role by itself). */
 export function isRoleTaken(err: unknown): boolean {
   return err instanceof Error && /role name already exists/i.test(err.message);
