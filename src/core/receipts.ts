@@ -224,11 +224,9 @@ export class ReceiptBook {
     this.#untidy = undefined;
     unflushed().delete(this);
     if (!batch.length) return;
-    await txn(
-      this.#client,
-      [],
-      batch.map((k) => op.delete(k)),
-    ).catch((err: unknown) => {
+    // Deletes are harmless to repeat: a late reply under load must not leave the receipts behind for good.
+    const deletes = batch.map((k) => op.delete(k));
+    await retrying(() => txn(this.#client, [], deletes), { maxElapsedMs: 5000 }).catch((err: unknown) => {
       this.#spent.push(...batch);
       throw err;
     });

@@ -1,4 +1,5 @@
 import type { ResolvedGuard } from '../../core/guard.js';
+import { InternalError } from '../../core/errors.js';
 import { cmp, op } from '../../core/kv.js';
 import type { ReceiptBook } from '../../core/receipts.js';
 
@@ -34,5 +35,5 @@ export async function createItem(
     if (taken?.type === 'range' && taken.kvs.length) continue; // the same name from another writer
     if (!guard.holds(reads)) throw guard.error(what);
   }
-  throw new Error(`${what}: could not create a unique key`);
+  throw new InternalError(`${what}: could not create a unique key`);
 }

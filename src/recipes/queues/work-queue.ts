@@ -1,7 +1,7 @@
 import type { WaitOptions } from '../../core/options.js';
 import { nameOf, publish, traced } from '../../core/diagnostics.js';
 import type { ComparatorBuilder, Namespace } from 'etcd3';
-import { InvalidArgumentError } from '../../core/errors.js';
+import { InternalError, InvalidArgumentError } from '../../core/errors.js';
 import { resolveGuard, type GuardedWriteOptions } from '../../core/guard.js';
 import { showKey, toBuffer, uniqueSuffix } from '../../core/keys.js';
 import { cmp, op, range, rangeAt, txn } from '../../core/kv.js';
@@ -329,7 +329,7 @@ export class WorkQueue implements AsyncDisposable {
       if (jobNow?.type === 'range' && jobNow.kvs.length) return false;
       if (deadNow?.type !== 'range' || !deadNow.kvs.length) return false;
     }
-    throw new Error(`${what}: the dead job kept changing`);
+    throw new InternalError(`${what}: the dead job kept changing`);
   }
 
   /**

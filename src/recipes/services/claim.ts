@@ -1,6 +1,6 @@
 import type { Namespace } from 'etcd3';
 import { linkSignals } from '../../core/abort.js';
-import { ServiceIdTakenError } from '../../core/errors.js';
+import { InternalError, ServiceIdTakenError } from '../../core/errors.js';
 import { cmp, op, rangeAt, txn, type KeyValue } from '../../core/kv.js';
 import { logger } from '../../core/log.js';
 import { retrying } from '../../core/retry.js';
@@ -95,7 +95,7 @@ export async function claimKey(claim: Claim, leaseId: string, signal: AbortSigna
       return taken.revision;
     }
   }
-  throw new Error(`${key}: the key kept changing while registering`);
+  throw new InternalError(`${key}: the key kept changing while registering`);
 }
 
 /**

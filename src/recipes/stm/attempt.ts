@@ -137,7 +137,8 @@ export class Attempt implements STMTransaction {
   /** Refuses calls after the attempt ended, and bad keys. */
   #open(method: string, key: unknown, argument = 'key'): asserts key is string | Buffer {
     if (this.#closed) {
-      throw new Error(
+      throw new InvalidArgumentError(
+        'tx',
         `STM: tx.${method}() called after this attempt ended (tx kept past fn, or called from code fn did not await)`,
       );
     }

@@ -1,6 +1,6 @@
 import type { ComparatorBuilder } from 'etcd3';
 import { publish, traced } from '../../../core/diagnostics.js';
-import { LockNotHeldError } from '../../../core/errors.js';
+import { InternalError, LockNotHeldError } from '../../../core/errors.js';
 import { checkGuard, resolveGuard, type GuardedWriteOptions } from '../../../core/guard.js';
 import { Holding } from '../../../core/holding.js';
 import { cmp, op, type Op } from '../../../core/kv.js';
@@ -166,7 +166,7 @@ export class ClaimedJob implements Job {
           throw lost;
         }
         if (!guard.holds(reads)) return reopen(guard.error(what));
-        return reopen(new Error(`internal: ${what} failed its compares, which all hold`));
+        return reopen(new InternalError(`${what} failed its compares, which all hold`));
       }
       this.#hold.end(new LockNotHeldError(`${this.#what} ${outcome}`));
       log('%s %s', this.#what, outcome);

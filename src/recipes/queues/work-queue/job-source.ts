@@ -1,4 +1,5 @@
 import type { Namespace } from 'etcd3';
+import { InternalError } from '../../../core/errors.js';
 import type { Logger } from '../../../core/log.js';
 import type { Candidate, ClaimContext, ClaimOutcome, ClaimSource, SourceScan } from '../../../core/claim-source.js';
 import { WINDOW } from '../../../core/claim-source.js';
@@ -64,7 +65,7 @@ export class JobSource implements ClaimSource<Claimed> {
 
   parseScan(results: OpResult[]): SourceScan {
     const [jobs, claims, jobsBefore, claimsBefore] = results;
-    if (jobs?.type !== 'range' || claims?.type !== 'range') throw new Error('internal: scan responses are not ranges');
+    if (jobs?.type !== 'range' || claims?.type !== 'range') throw new InternalError('scan responses are not ranges');
     const k = this.#k;
     if (jobsBefore?.type === 'range' && claimsBefore?.type === 'range' && jobsBefore.count !== claimsBefore.count) {
       // A job before the cursor is claimable again (released, expired, or a new job of a lower priority number).
