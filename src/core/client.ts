@@ -246,7 +246,13 @@ interface ScopeState extends ClientScope {
 const scopes = () => processWide('client-scopes', () => new WeakMap<object, ScopeState>());
 
 /** Wakes every backoff sleeper of the process when any client closes (it re-checks its own client). */
-export const clientClosings = (): EventTarget => processWide('client-closings', () => new EventTarget());
+export const clientClosings = (): EventTarget =>
+  processWide('client-closings', () => {
+    const target = new EventTarget();
+    // One listener per sleeping retry: any number may sleep at once.
+    setMaxListeners(0, target);
+    return target;
+  });
 
 /**
  * @internal The life cycle of `client`. The first call wraps the client's

@@ -67,6 +67,25 @@ describe('retry policy (no etcd)', () => {
     ).rejects.toThrow('custom');
     expect(calls).toBe(3);
   });
+  it('any number of retries may sleep at once without a listener-leak warning', async () => {
+    const warnings: string[] = [];
+    const onWarning = (w: Error) => warnings.push(w.name);
+    process.on('warning', onWarning);
+    try {
+      const sleepers = Array.from({ length: 20 }, () => {
+        let calls = 0;
+        return retrying(async () => {
+          if (++calls < 2) throw transient();
+          return calls;
+        });
+      });
+      expect(await Promise.all(sleepers)).toEqual(Array(20).fill(2));
+      await new Promise((r) => setImmediate(r)); // warnings are emitted on the next tick
+    } finally {
+      process.off('warning', onWarning);
+    }
+    expect(warnings).not.toContain('MaxListenersExceededWarning');
+  });
 });
 
 describe('backoff (no etcd)', () => {
