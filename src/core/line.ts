@@ -324,7 +324,7 @@ export class SessionLine {
       if (!put.succeeded) continue; // our key vanished in between: enter anew
       return this.#state(rangeAt(put, 1).kvs, mine.createRevision, put.revision);
     }
-    throw new Error(`${showKey(this.key)}: our key kept vanishing while entering the line`);
+    throw new InternalError(`${showKey(this.key)}: our key kept vanishing while entering the line`);
   }
 
   #lineRange(rev: bigint): RangeOptions {
