@@ -1,7 +1,7 @@
 import { closeClient } from '../core/client.js';
 import type { Etcd3 } from 'etcd3';
 import { isRecipeError } from '../index.js';
-import { isTransient } from '../core/retry.js';
+import { isTransient } from '../core/etcd-errors.js';
 import { findCommandWord, parseOptions, splitAtDashDash } from './args.js';
 import type { Command, CommandContext } from './command.js';
 import { COMMANDS } from './commands.js';

@@ -1,7 +1,8 @@
 import type { Namespace } from 'etcd3';
 import type { Logger } from './log.js';
 import { abortReason } from './abort.js';
-import { isTransient, retrying } from './retry.js';
+import { retrying } from './retry.js';
+import { isTransient } from './etcd-errors.js';
 import { createOwnedSession, type Session } from './session.js';
 
 /*

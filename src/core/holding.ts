@@ -300,7 +300,7 @@ export class Holding implements HeldKey {
       failed = reject;
     });
     void (async () => {
-      this.#detach?.();
+      this.#detach();
       const controller = this.#controller;
       if (controller && !controller.signal.aborted) controller.abort(this.#releasedReason());
       try {

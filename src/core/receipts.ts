@@ -5,7 +5,8 @@ import { logger } from './log.js';
 import { clientScope } from './client.js';
 import { OutcomeUnknownError } from './errors.js';
 import { processWide } from './shared.js';
-import { isTransient, retrying } from './retry.js';
+import { retrying } from './retry.js';
+import { isTransient } from './etcd-errors.js';
 
 const log = logger('receipts');
 

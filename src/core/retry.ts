@@ -9,8 +9,6 @@ import { isTransient } from './etcd-errors.js';
  * etcd-errors.ts's to say; how long to pause between attempts is said here only.
  */
 
-export { isTransient };
-
 /**
  * A doubling pause, the one retry schedule of the library: {@link retrying}
  * uses it, and so do the streams that re-open by themselves (watch hub,

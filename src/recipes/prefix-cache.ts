@@ -10,7 +10,8 @@ import { emitSafely } from '../core/events.js';
 import { showKey, toBuffer } from '../core/keys.js';
 import type { KeyValue } from '../core/kv.js';
 import { logger } from '../core/log.js';
-import { isTransient, retrying } from '../core/retry.js';
+import { retrying } from '../core/retry.js';
+import { isTransient } from '../core/etcd-errors.js';
 import { checkClient, checkInteger, checkName, checkOptions, checkWaitOptions } from '../core/validate.js';
 import { openWatch, WatchCompactedError, type WatchEvent, type WatchHandle } from '../core/watch-hub.js';
 import {

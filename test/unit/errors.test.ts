@@ -22,7 +22,7 @@ import {
   isRefusedTxn,
   mayHaveLostLeader,
 } from '../../src/core/etcd-errors.js';
-import { isTransient } from '../../src/core/retry.js';
+import { isTransient } from '../../src/core/etcd-errors.js';
 
 describe('error vocabulary (no etcd)', () => {
   it('declares each code once, and isRecipeError knows exactly those', () => {

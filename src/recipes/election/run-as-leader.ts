@@ -3,7 +3,7 @@ import type { ComparatorBuilder, Namespace } from 'etcd3';
 import { abortReason, linkSignals } from '../../core/abort.js';
 import { isRecipeError } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
-import { isTransient } from '../../core/retry.js';
+import { isTransient } from '../../core/etcd-errors.js';
 import { inFreshSessions, type RoundOutcome } from '../../core/fresh-sessions.js';
 import type { Session } from '../../core/session.js';
 import {

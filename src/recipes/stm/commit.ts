@@ -4,7 +4,7 @@ import { showKey } from '../../core/keys.js';
 import { type Compare, cmp, type Op, type OpResult, op, type TxnParts } from '../../core/kv.js';
 import { logger } from '../../core/log.js';
 import { type ProvenWriteOptions, ReceiptBook } from '../../core/receipts.js';
-import { isTransient } from '../../core/retry.js';
+import { isTransient } from '../../core/etcd-errors.js';
 import type { Attempt } from './attempt.js';
 import type { STMConfig } from './config.js';
 import { readOnlyNeedsCommit } from './isolation.js';
