@@ -27,6 +27,8 @@ export interface SourceScan {
   cands: Candidate[];
   /** True when the read window held no claimable candidate but more keys exist: read again. */
   incomplete?: boolean;
+  /** True when keys beyond the read window may be candidates too. */
+  more?: boolean;
 }
 
 /** A consumer's own waiter key. */
@@ -57,14 +59,17 @@ export interface ClaimSource<R> {
   readonly log: Logger;
   /** Prefix of the waiter keys (ends with '/'). */
   readonly waitersPrefix: Buffer;
-  /** What the head of the line watches for new candidates. */
-  readonly headWatch: WatchSpec;
+  /** What the waiters watch (from "now"): the waiter keys and every change to the candidates. */
+  readonly watches: WatchSpec[];
   /** Range ops (inside a Txn) that read the candidates. */
   scanOps(): Op[];
   /** Candidates from the responses of {@link scanOps}. */
   parseScan(results: OpResult[]): SourceScan;
-  /** Candidates named by watch events; [] when irrelevant, undefined when a re-read is needed. */
-  fromEvents(events: WatchEvent[]): Candidate[] | undefined;
+  /**
+   * The candidates after `events` (keys outside the waiters prefix, in order), in delivery
+   * order; undefined when only a read can tell.
+   */
+  update(cands: Candidate[], events: WatchEvent[]): Candidate[] | undefined;
   /** How many leading candidates may be taken in any order (e.g. those of the first one's priority). */
   interchangeable(cands: Candidate[]): number;
   /**

@@ -1,5 +1,4 @@
 import type { Candidate, SourceScan } from './claim-source.js';
-import type { LineState } from './wait.js';
 
 /*
  * The consumer line's decisions from one read (core/queue-line.ts): pure
@@ -11,13 +10,16 @@ export interface Scan extends SourceScan {
   waiters: number;
 }
 
-/** Our place in line after one read. */
+/** Our place in line: from one read, brought up to date by the feed's events since. */
 export interface State {
   /** Our waiter key still exists with our create revision. */
   alive: boolean;
-  /** The waiter just ahead of us, if any. */
-  pred?: { key: Buffer; createRevision: bigint };
+  /** How many waiters are ahead of us. */
+  ahead: number;
+  /** Names (under the waiters prefix) of waiters ahead of us, the oldest ones when the line is long. */
+  names: Set<string>;
   scan: Scan;
+  /** The revision of the read; events after it are applied on top. */
   revision: bigint;
 }
 
@@ -32,17 +34,5 @@ export function beyondLine(scan: Scan): Candidate[] {
 /** What a consumer in line may claim now: everything at the head, the surplus elsewhere. */
 export function claimableInLine(state: State): Candidate[] {
   if (!state.alive) return [];
-  return state.pred ? beyondLine(state.scan) : state.scan.cands;
-}
-
-/** True when `state` is the head of the line with nothing to claim: time to watch the items. */
-export function idleHead(state: State): boolean {
-  return state.alive && !state.pred && !state.scan.cands.length && !state.scan.incomplete;
-}
-
-/** Our place in line as `waitInLine` sees it: blocked by our predecessor until there is something for us. */
-export function lineState(s: State): LineState<State> {
-  const settled = !s.pred || claimableInLine(s).length > 0 || !!s.scan.incomplete;
-  const blocker = settled ? undefined : { kind: 'key' as const, ...s.pred! };
-  return { alive: s.alive, revision: s.revision, blocker, data: s };
+  return state.ahead ? beyondLine(state.scan) : state.scan.cands;
 }

@@ -9,8 +9,9 @@ import { showKey } from './keys.js';
 import { op, rangeAt, txn, type KeyValue, type Op, type OpResult, type RangeResult } from './kv.js';
 import { retrying } from './retry.js';
 import type { Session } from './session.js';
-import { ChangeWatch, waitInLine } from './wait.js';
-import { beyondLine, claimableInLine, idleHead, lineState, type Scan, type State } from './queue-line-state.js';
+import type { WatchEvent } from './watch-hub.js';
+import { type FeedSub, LineFeed } from './queue-feed.js';
+import { beyondLine, claimableInLine, type Scan, type State } from './queue-line-state.js';
 
 /*
  * The consumer side shared by Queue, PriorityQueue and WorkQueue: take one
@@ -26,10 +27,12 @@ import { beyondLine, claimableInLine, idleHead, lineState, type Scan, type State
  * count (the first ones are the line's).
  *
  * Waiting. A consumer that finds nothing joins a line of waiter keys on its
- * lease. Every waiter but the head waits on its predecessor (core/wait.ts
- * `waitInLine`); only the head watches the items, so one new item wakes one
- * consumer. The head claims and deletes its waiter key in one Txn, which
- * wakes the next waiter, who reads the items before it watches them.
+ * lease. The recipe object's feed (core/queue-feed.ts), opened before the
+ * join, tells each waiter of every later change to the line and the items,
+ * so a waiter knows from events when it is at the head and what it may
+ * claim, without a read per turn; only the head claims a new item. The head
+ * claims and deletes its waiter key in one Txn, which makes the next waiter
+ * the head.
  *
  * Exactly once over lost replies: every claim carries its proof, which the
  * failure branch reads back (Queue: a receipt holding the value; WorkQueue:
@@ -38,8 +41,10 @@ import { beyondLine, claimableInLine, idleHead, lineState, type Scan, type State
 
 /** After a lost race, spread this many following claims over the window. */
 const CONTENTION_CLAIMS = 32;
-/** The two newest waiter keys (with a `maxCreateRevision`: ours and our predecessor). */
-const NEWEST = { prefix: true, sortTarget: 'Create', sortOrder: 'Descend', limit: 2, keysOnly: true } as const;
+/** How many names of the waiters ahead a read returns (a waiter deeper in line reads again once they are gone). */
+const AHEAD_NAMES = 64;
+/** The oldest waiter keys. */
+const OLDEST = { prefix: true, sortTarget: 'Create', sortOrder: 'Ascend', keysOnly: true } as const;
 
 /** What one take carries from step to step. */
 interface Take {
@@ -49,6 +54,8 @@ interface Take {
   state?: State;
   /** A join Txn that may still land (its key is deleted once it settled, if the take ends). */
   joining?: { pending: PendingKey; session: Session; txn: Promise<unknown> };
+  /** The feed's events since before `state`'s read. */
+  sub?: FeedSub;
   waited: boolean;
   rereads: number;
 }
@@ -61,6 +68,7 @@ export class ConsumerLine<R> {
   readonly #src: ClaimSource<R>;
   readonly #sessions: SessionSource;
   readonly #countWaiters: Op;
+  readonly #feed: LineFeed;
   #cache: Candidate[] = [];
   #contention = 0;
   /** Skip the first read of the next take and join the line at once: nothing was free when we last looked. */
@@ -70,6 +78,12 @@ export class ConsumerLine<R> {
     this.#src = src;
     this.#sessions = sessions;
     this.#countWaiters = op.range(src.waitersPrefix, { prefix: true, countOnly: true });
+    this.#feed = new LineFeed(src.client, src.watches, src.log);
+  }
+
+  /** Closes the feed's watches now (they otherwise close a moment after the last take). */
+  close(): void {
+    this.#feed.close();
   }
 
   /** Takes one item: claims it now, or waits in line until one is there. */
@@ -131,6 +145,12 @@ export class ConsumerLine<R> {
       t.waiter = t.state = undefined;
       t.session = await this.#sessions.acquire(signal);
     }
+    if (!t.sub?.live) {
+      t.sub?.close();
+      t.sub = undefined;
+      t.sub = await this.#feed.subscribe(signal);
+      t.state = undefined;
+    }
     if (!t.waiter) {
       if (!(await this.#join(t, signal))) return [];
     } else {
@@ -179,17 +199,13 @@ export class ConsumerLine<R> {
     return true;
   }
 
-  /** Waits behind our predecessor, then (at the head, with nothing to claim) for items. */
+  /** Waits for the feed's next events and applies them to our state (undefined: read again). */
   async #wait(t: Take, signal: AbortSignal | undefined): Promise<Candidate[]> {
     const linked = linkSignals(signal, t.session.signal);
-    const waiter = t.waiter!;
     try {
-      let state = t.state!;
-      if (state.pred) state = t.state = await this.#waitForTurn(waiter, state, linked.signal);
-      if (!idleHead(state)) return [];
-      const got = await this.#waitAsHead(waiter, state, linked.signal);
-      t.state = got.state;
-      return got.cands ?? [];
+      await t.sub!.next(linked.signal);
+      t.state = t.sub!.live ? this.#advance(t.state!, t.sub!.take(), t.waiter!) : undefined;
+      return [];
     } catch (err) {
       // Our lease was lost while waiting: Queue gets a new one and joins again; WorkQueue gives up.
       const lost = !signal?.aborted && (t.session.expired || isRecipeError(err, 'SESSION_EXPIRED'));
@@ -202,8 +218,42 @@ export class ConsumerLine<R> {
     }
   }
 
+  /**
+   * Our state after `events` (those after its read): waiters that left or
+   * joined, our own key gone, candidates put or taken. Undefined when only a
+   * read can tell (a candidate came back, or the names of the waiters ahead
+   * that the read returned are all gone while more are ahead).
+   */
+  #advance(state: State, events: WatchEvent[], waiter: Waiter): State | undefined {
+    const prefix = this.#src.waitersPrefix;
+    const items: WatchEvent[] = [];
+    let { alive, ahead, scan } = state;
+    let waiters = scan.waiters;
+    const names = state.names;
+    for (const e of events) {
+      const key = e.kv.key;
+      if (e.kv.modRevision <= state.revision) continue;
+      if (key.length <= prefix.length || key.compare(prefix, 0, prefix.length, 0, prefix.length) !== 0) {
+        items.push(e);
+      } else if (e.type === 'put') {
+        if (e.kv.version === 1n) waiters++;
+      } else {
+        waiters--;
+        if (key.equals(waiter.key)) alive = false;
+        else if (names.delete(key.subarray(prefix.length).toString('latin1'))) ahead--;
+      }
+    }
+    if (ahead > 0 && !names.size) return undefined;
+    const cands = items.length ? this.#src.update(scan.cands, items) : scan.cands;
+    // Keys beyond the read's page may be candidates too: once one we saw is gone, read again.
+    if (!cands || (scan.more && cands.length < scan.cands.length)) return undefined;
+    scan = { ...scan, cands, waiters };
+    return { alive, ahead, names, scan, revision: state.revision };
+  }
+
   /** Our waiter key, or the one a join still in flight may create: deleted once that Txn settled. */
   async #leave(t: Take): Promise<void> {
+    t.sub?.close();
     const { joining, waiter } = t;
     const owner = joining?.session ?? t.session;
     if (!owner || !(waiter || joining)) return;
@@ -263,26 +313,33 @@ export class ConsumerLine<R> {
     }
   }
 
-  /** The join Txn: our waiter key, our predecessor, the candidates. A key adopted after a lost reply is read anew. */
+  /** The join Txn: our waiter key, the waiters ahead, the candidates. A key adopted after a lost reply is read anew. */
   async #enter(
     session: Session,
     signal: AbortSignal | undefined,
     pending: PendingKey,
   ): Promise<{ waiter: Waiter; state: State }> {
-    const reads = [op.range(this.#src.waitersPrefix, NEWEST), ...this.#scanOps()];
+    const reads = [op.range(this.#src.waitersPrefix, { ...OLDEST, limit: AHEAD_NAMES + 1 }), ...this.#scanOps()];
     const created = await createUniqueKey(session, this.#src.waitersPrefix, reads, pending, signal);
     const waiter = { key: created.key, rev: created.rev };
     if (!created.reads) return { waiter, state: await this.#readRetrying(waiter, signal) };
-    const line = (created.reads[0] as RangeResult).kvs;
-    return { waiter, state: this.#state(line, waiter, created.rev, created.reads.slice(1)) };
+    // Every other waiter is ahead of us: we are the newest.
+    const line = created.reads[0] as RangeResult;
+    const scan = this.#parse(created.reads.slice(1));
+    return { waiter, state: this.#state(true, line.kvs, scan.waiters - 1, waiter, created.rev, scan) };
   }
 
-  /** One read: our key and our predecessor (newest first, up to ours), and the candidates. */
+  /** One read: our key, the waiters ahead of it (their count and the oldest names), and the candidates. */
   async #read(waiter: Waiter): Promise<State> {
     const src = this.#src;
-    const line = op.range(src.waitersPrefix, { ...NEWEST, maxCreateRevision: waiter.rev });
-    const res = await txn(src.client, [], [line, ...this.#scanOps()]);
-    return this.#state(rangeAt(res, 0).kvs, waiter, res.revision, res.responses.slice(1));
+    const older = op.range(src.waitersPrefix, { ...OLDEST, limit: AHEAD_NAMES, maxCreateRevision: waiter.rev - 1n });
+    const res = await txn(src.client, [], [op.range(waiter.key, { keysOnly: true }), older, ...this.#scanOps()]);
+    const own = rangeAt(res, 0).kvs[0];
+    const line = rangeAt(res, 1).kvs;
+    // etcd counts a range before its revision filter: a full page says only "at least that many" ahead.
+    const ahead = line.length < AHEAD_NAMES ? line.length : line.length + 1;
+    const scan = this.#parse(res.responses.slice(2));
+    return this.#state(own?.createRevision === waiter.rev, line, ahead, waiter, res.revision, scan);
   }
 
   #readRetrying(waiter: Waiter, signal: AbortSignal | undefined): Promise<State> {
@@ -293,66 +350,11 @@ export class ConsumerLine<R> {
     });
   }
 
-  #state(waiters: KeyValue[], waiter: Waiter, revision: bigint, scanResults: OpResult[]): State {
-    const [first, pred] = waiters;
-    const alive = !!first && first.key.equals(waiter.key) && first.createRevision === waiter.rev;
-    return {
-      alive,
-      pred: alive && pred ? { key: pred.key, createRevision: pred.createRevision } : undefined,
-      scan: this.#parse(scanResults),
-      revision,
-    };
-  }
-
-  /** Not at the head: wait on our predecessor only, until we are head or a read finds surplus candidates. */
-  async #waitForTurn(waiter: Waiter, state: State, signal: AbortSignal): Promise<State> {
-    const src = this.#src;
-    const read = async () => lineState(await this.#read(waiter));
-    const done = await waitInLine(src.client, {
-      initial: lineState(state),
-      read,
-      signal,
-      what: src.what,
-      log: src.log,
-    });
-    return done.data!;
-  }
-
-  /**
-   * Head of the line with nothing to claim: watch for candidates. Resolves
-   * with candidates named by events, or with a new state (undefined: read
-   * again) when a confirming read or the end of the watch says so.
-   */
-  async #waitAsHead(
-    waiter: Waiter,
-    state: State,
-    signal: AbortSignal,
-  ): Promise<{ cands?: Candidate[]; state?: State }> {
-    const src = this.#src;
-    const found: Candidate[] = [];
-    let reread = false;
-    const select = (events: Parameters<ClaimSource<R>['fromEvents']>[0]) => {
-      const cands = src.fromEvents(events);
-      if (cands === undefined) reread = true;
-      else found.push(...cands);
-      return reread || found.length > 0;
-    };
-    const watch = await retrying(() => ChangeWatch.select(src.client, src.headWatch, select, signal), {
-      signals: [signal],
-      maxElapsedMs: Infinity,
-      onRetry: (err) => src.log('%s: watch failed, retrying: %s', src.what, (err as Error).message),
-    });
-    try {
-      if (watch.createdRevision > state.revision && !watch.changed) {
-        // The store moved between our read and the watch: anything put in between shows up here.
-        const confirmed = await this.#readRetrying(waiter, signal);
-        if (!idleHead(confirmed)) return { state: confirmed };
-      }
-      src.log('%s: head of the line, waiting for items', src.what);
-      await watch.untilChanged(signal);
-      return reread || !found.length ? {} : { cands: found.splice(0) };
-    } finally {
-      watch.close();
-    }
+  #state(alive: boolean, line: KeyValue[], ahead: number, waiter: Waiter, revision: bigint, scan: Scan): State {
+    const prefix = this.#src.waitersPrefix.length;
+    const names = new Set(
+      line.filter((kv) => !kv.key.equals(waiter.key)).map((kv) => kv.key.subarray(prefix).toString('latin1')),
+    );
+    return { alive, ahead, names, scan, revision };
   }
 }

@@ -1,5 +1,5 @@
 import type { Namespace } from 'etcd3';
-import { openWatch, WatchCompactedError, type WatchEvent, type WatchHandle, type WatchSpec } from './watch-hub.js';
+import { openWatch, WatchCompactedError, type WatchHandle, type WatchSpec } from './watch-hub.js';
 import { raceAbort, untilWoken } from './abort.js';
 import type { HandoffSlot } from './handoff.js';
 import { SessionExpiredError } from './errors.js';
@@ -177,29 +177,6 @@ export class ChangeWatch {
       target.kind === 'key'
         ? { key: target.key, noPut: !target.anyEvent, startRevision }
         : { key: target.prefix, prefix: true, noPut: true, startRevision };
-    return ChangeWatch.#open(client, spec, () => true, signal);
-  }
-
-  /**
-   * A watch on `spec` from "now" where only the events that `select`
-   * accepts count as a change (`select` may keep what they say); the end of
-   * the watch counts too. The queue line's head watches its items so.
-   */
-  static select(
-    client: Namespace,
-    spec: WatchSpec,
-    select: (events: WatchEvent[]) => boolean,
-    signal?: AbortSignal,
-  ): Promise<ChangeWatch> {
-    return ChangeWatch.#open(client, spec, select, signal);
-  }
-
-  static async #open(
-    client: Namespace,
-    spec: WatchSpec,
-    select: (events: WatchEvent[]) => boolean,
-    signal: AbortSignal | undefined,
-  ): Promise<ChangeWatch> {
     let self: ChangeWatch | undefined;
     let early = false;
     const fire = () => {
@@ -210,7 +187,7 @@ export class ChangeWatch {
       self.changed = true;
       self.#wake?.();
     };
-    const listener = { onEvents: (events: WatchEvent[]) => select(events) && fire(), onEnd: fire };
+    const listener = { onEvents: fire, onEnd: fire };
     const handle = await openWatch(client, spec, listener, signal).catch((err: unknown) => {
       if (!(err instanceof WatchCompactedError)) throw err;
       // The start revision is gone: history cannot be replayed, so watch from

@@ -71,7 +71,7 @@ class ItemSource implements ClaimSource<QueueItem> {
   readonly what: string;
   readonly log: Logger;
   readonly waitersPrefix: Buffer;
-  readonly headWatch: WatchSpec;
+  readonly watches: WatchSpec[];
   readonly #items: Buffer;
   readonly #taken: ReceiptBook;
   readonly #sort: 'Mod' | 'Key';
@@ -94,7 +94,10 @@ class ItemSource implements ClaimSource<QueueItem> {
     this.log = log;
     this.waitersPrefix = joinKey(book, 'waiters/');
     this.#taken = taken;
-    this.headWatch = { key: items, prefix: true, noDelete: true };
+    this.watches = [
+      { key: items, prefix: true },
+      { key: this.waitersPrefix, prefix: true },
+    ];
     this.#interchangeable = interchangeable;
   }
 
@@ -119,13 +122,20 @@ class ItemSource implements ClaimSource<QueueItem> {
     const first = head.kvs[0];
     if (first && cands[0] && first.key.equals(cands[0].key) && first.modRevision === cands[0].rev)
       cands[0].value = first.value;
-    return { cands };
+    return { cands, more: keys.more };
   }
 
-  fromEvents(events: WatchEvent[]): Candidate[] {
-    return events
-      .filter((e) => e.type === 'put')
-      .map((e) => ({ key: e.kv.key, rev: e.kv.modRevision, value: e.kv.value }));
+  update(cands: Candidate[], events: WatchEvent[]): Candidate[] {
+    const items = new Map(cands.map((c) => [c.key.toString('latin1'), c]));
+    for (const e of events) {
+      const id = e.kv.key.toString('latin1');
+      if (e.type === 'delete') items.delete(id);
+      else items.set(id, { key: e.kv.key, rev: e.kv.modRevision, value: e.kv.value });
+    }
+    const byMod = this.#sort === 'Mod';
+    return [...items.values()].sort((a, b) =>
+      byMod ? (a.rev < b.rev ? -1 : a.rev > b.rev ? 1 : 0) : a.key.compare(b.key),
+    );
   }
 
   interchangeable(cands: Candidate[]): number {
@@ -280,6 +290,7 @@ export abstract class ItemQueue implements AsyncDisposable {
    * `close()` reject.
    */
   async close(): Promise<void> {
+    this.#line.close();
     await this.#own.close();
     await Promise.all([this.sent.flush(), this.#taken.flush()]).catch((err: unknown) =>
       this.#log('%s: receipt cleanup failed (left for the next writer): %s', this.what, (err as Error).message),

@@ -23,7 +23,7 @@ export class JobSource implements ClaimSource<Claimed> {
   readonly what: string;
   readonly log: Logger = log;
   readonly waitersPrefix: Buffer;
-  readonly headWatch: WatchSpec;
+  readonly watches: WatchSpec[];
   readonly #k: Layout;
   readonly #book: ReceiptBook;
   /** Jobs (and claims) read per scan. */
@@ -37,7 +37,7 @@ export class JobSource implements ClaimSource<Claimed> {
     this.#book = book;
     this.what = what;
     this.waitersPrefix = k.waiters;
-    this.headWatch = { key: k.root, prefix: true };
+    this.watches = [{ key: k.root, prefix: true }];
   }
 
   /**
@@ -83,7 +83,7 @@ export class JobSource implements ClaimSource<Claimed> {
     if (cands.length) {
       this.#from = cands[0]!.key.subarray(k.jobs.length);
       this.#window = WINDOW;
-      return { cands };
+      return { cands, more: jobs.more || seen.length < jobs.kvs.length };
     }
     const last = seen.at(-1);
     if (!last || !(jobs.more || seen.length < jobs.kvs.length)) return { cands };
@@ -93,26 +93,23 @@ export class JobSource implements ClaimSource<Claimed> {
     return { cands, incomplete: true };
   }
 
-  fromEvents(events: WatchEvent[]): Candidate[] | undefined {
+  /** Jobs put, claimed or acked update the candidates; a claim deleted without its job (released, expired): read. */
+  update(cands: Candidate[], events: WatchEvent[]): Candidate[] | undefined {
     const k = this.#k;
-    const ackedIds = new Set<string>();
-    for (const e of events)
-      if (e.type === 'delete') {
-        const id = k.idIn(k.jobs, e.kv.key);
-        if (id) ackedIds.add(id);
-      }
-    const cands: Candidate[] = [];
-    let released = false;
+    const jobs = new Map(cands.map((c) => [k.idIn(k.jobs, c.key)!, c]));
+    const acked = new Set(events.filter((e) => e.type === 'delete').map((e) => k.idIn(k.jobs, e.kv.key)));
     for (const e of events) {
-      if (e.type === 'put' && e.kv.version === 1n && k.idIn(k.jobs, e.kv.key))
-        cands.push({ key: e.kv.key, rev: e.kv.createRevision });
-      if (e.type === 'delete') {
-        const id = k.idIn(k.claims, e.kv.key);
-        // A claim deleted without its job: released, or its claimer's lease expired.
-        if (id && !ackedIds.has(id)) released = true;
+      const job = k.idIn(k.jobs, e.kv.key);
+      const claim = job === undefined ? k.idIn(k.claims, e.kv.key) : undefined;
+      if (job !== undefined) {
+        if (e.type === 'delete') jobs.delete(job);
+        else jobs.set(job, { key: e.kv.key, rev: e.kv.createRevision });
+      } else if (claim !== undefined) {
+        if (e.type === 'put') jobs.delete(claim);
+        else if (!acked.has(claim)) return undefined;
       }
     }
-    return released ? undefined : cands;
+    return [...jobs.values()].sort((a, b) => a.key.compare(b.key));
   }
 
   interchangeable(cands: Candidate[]): number {
