@@ -1,15 +1,19 @@
 import type { Namespace } from 'etcd3';
 import { raceAbort, untilWoken } from './abort.js';
+import { clusterOf } from './cluster-id.js';
+import { isClientClosed } from './etcd-errors.js';
+import { encodeKey } from './kv.js';
 import type { Logger } from './log.js';
 import { retrying } from './retry.js';
 import { openWatch, type WatchEvent, type WatchHandle, type WatchSpec } from './watch-hub.js';
 
 /*
  * The watches a consumer line's waiters follow (core/queue-line.ts): opened
- * once per recipe object, before the read a waiter starts from, and kept
- * while takes wait (and LINGER_MS after), so that a waiter learns its turn
- * and the candidates from events instead of a watch and a read per turn
- * (docs/internals.md, "The consumer line's feed").
+ * before the read a waiter starts from, and kept while takes wait (and
+ * LINGER_MS after), so that a waiter learns its turn and the candidates from
+ * events instead of a watch and a read per turn. One feed per process serves
+ * every recipe object on the same queue (same cluster, same full keys),
+ * whichever client each uses (docs/internals.md, "The consumer line's feed").
  */
 
 /** How long the watches stay open after the last waiting take, for the next one. */
@@ -51,31 +55,69 @@ export class FeedSub {
   }
 }
 
-/** The watches of one consumer line, shared by its takes. */
-export class LineFeed {
-  readonly #client: Namespace;
+/** The live feeds of this process, by cluster and full keys (namespace included). */
+const feeds = new Map<string, LineFeed>();
+
+/**
+ * A subscription to the feed of `specs` as `client` sees them: it hears
+ * every event after it resolves (every watch is live by then).
+ */
+export function subscribe(
+  client: Namespace,
+  specs: WatchSpec[],
+  log: Logger,
+  signal: AbortSignal | undefined,
+): Promise<FeedSub> {
+  const cluster = clusterOf(client);
+  const id = cluster && [cluster, client.prefix.toString('latin1'), ...specs.map(specId(client))].join('\u0000');
+  let feed = id ? feeds.get(id) : undefined;
+  if (!feed) {
+    feed = new LineFeed(specs, log, id || undefined);
+    if (id) feeds.set(id, feed);
+  }
+  return feed.subscribe(client, signal);
+}
+
+const specId = (client: Namespace) => (spec: WatchSpec) =>
+  `${encodeKey(client, spec.key).toString('latin1')}${spec.prefix ? '*' : ''}`;
+
+/** The watches of one consumer line, shared by the takes of every recipe object on it in this process. */
+class LineFeed {
   readonly #specs: WatchSpec[];
   readonly #log: Logger;
+  readonly #id: string | undefined;
   readonly #subs = new Set<FeedSub>();
   #live: Promise<WatchHandle[]> | undefined;
+  /** The client the watches were opened on. */
+  #client: Namespace | undefined;
   #idle: NodeJS.Timeout | undefined;
 
-  constructor(client: Namespace, specs: WatchSpec[], log: Logger) {
-    this.#client = client;
+  constructor(specs: WatchSpec[], log: Logger, id: string | undefined) {
     this.#specs = specs;
     this.#log = log;
+    this.#id = id;
   }
 
-  /** A subscription that hears every event after it resolves (every watch is live by then). */
-  async subscribe(signal: AbortSignal | undefined): Promise<FeedSub> {
+  async subscribe(client: Namespace, signal: AbortSignal | undefined): Promise<FeedSub> {
     clearTimeout(this.#idle);
     const sub = new FeedSub((s) => this.#unsubscribe(s));
     this.#subs.add(sub);
     try {
       await retrying(
-        () => {
-          this.#live ??= this.#open();
-          return raceAbort(this.#live, signal);
+        async () => {
+          for (;;) {
+            if (!this.#live) {
+              this.#client = client;
+              this.#live = this.#open(client);
+            }
+            const opener = this.#client;
+            try {
+              return await raceAbort(this.#live, signal);
+            } catch (err) {
+              // Another object's client was closed under the feed (which dropped it): open it on ours.
+              if (opener === client || !isClientClosed(err)) throw err;
+            }
+          }
         },
         { signals: [signal], maxElapsedMs: Infinity, onRetry: (err) => this.#log('feed: %s', (err as Error).message) },
       );
@@ -86,13 +128,7 @@ export class LineFeed {
     return sub;
   }
 
-  /** Closes the watches now; live subscriptions end. */
-  close(): void {
-    clearTimeout(this.#idle);
-    this.#drop();
-  }
-
-  #open(): Promise<WatchHandle[]> {
+  #open(client: Namespace): Promise<WatchHandle[]> {
     const handles: WatchHandle[] = [];
     let live: Promise<WatchHandle[]> | undefined;
     const listener = {
@@ -105,7 +141,7 @@ export class LineFeed {
     };
     live = (async () => {
       try {
-        for (const spec of this.#specs) handles.push(await openWatch(this.#client, spec, listener));
+        for (const spec of this.#specs) handles.push(await openWatch(client, spec, listener));
         return handles;
       } catch (err) {
         for (const h of handles) h.close();
@@ -133,7 +169,9 @@ export class LineFeed {
     if (!this.#subs.delete(sub) || this.#subs.size) return;
     clearTimeout(this.#idle);
     this.#idle = setTimeout(() => {
-      if (!this.#subs.size) this.#drop();
+      if (this.#subs.size) return;
+      this.#drop();
+      if (this.#id && feeds.get(this.#id) === this) feeds.delete(this.#id);
     }, LINGER_MS).unref();
   }
 }

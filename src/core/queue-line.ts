@@ -10,7 +10,7 @@ import { op, rangeAt, txn, type KeyValue, type Op, type OpResult, type RangeResu
 import { retrying } from './retry.js';
 import type { Session } from './session.js';
 import type { WatchEvent } from './watch-hub.js';
-import { type FeedSub, LineFeed } from './queue-feed.js';
+import { type FeedSub, subscribe } from './queue-feed.js';
 import { beyondLine, claimableInLine, type Scan, type State } from './queue-line-state.js';
 
 /*
@@ -27,8 +27,8 @@ import { beyondLine, claimableInLine, type Scan, type State } from './queue-line
  * count (the first ones are the line's).
  *
  * Waiting. A consumer that finds nothing joins a line of waiter keys on its
- * lease. The recipe object's feed (core/queue-feed.ts), opened before the
- * join, tells each waiter of every later change to the line and the items,
+ * lease. The queue's feed (core/queue-feed.ts, one per process), opened
+ * before the join, tells each waiter of every later change to the line and the items,
  * so a waiter knows from events when it is at the head and what it may
  * claim, without a read per turn; only the head claims a new item. The head
  * claims and deletes its waiter key in one Txn, which makes the next waiter
@@ -68,7 +68,6 @@ export class ConsumerLine<R> {
   readonly #src: ClaimSource<R>;
   readonly #sessions: SessionSource;
   readonly #countWaiters: Op;
-  readonly #feed: LineFeed;
   #cache: Candidate[] = [];
   #contention = 0;
   /** Skip the first read of the next take and join the line at once: nothing was free when we last looked. */
@@ -78,12 +77,6 @@ export class ConsumerLine<R> {
     this.#src = src;
     this.#sessions = sessions;
     this.#countWaiters = op.range(src.waitersPrefix, { prefix: true, countOnly: true });
-    this.#feed = new LineFeed(src.client, src.watches, src.log);
-  }
-
-  /** Closes the feed's watches now (they otherwise close a moment after the last take). */
-  close(): void {
-    this.#feed.close();
   }
 
   /** Takes one item: claims it now, or waits in line until one is there. */
@@ -148,7 +141,7 @@ export class ConsumerLine<R> {
     if (!t.sub?.live) {
       t.sub?.close();
       t.sub = undefined;
-      t.sub = await this.#feed.subscribe(signal);
+      t.sub = await subscribe(this.#src.client, this.#src.watches, this.#src.log, signal);
       t.state = undefined;
     }
     if (!t.waiter) {
@@ -199,13 +192,19 @@ export class ConsumerLine<R> {
     return true;
   }
 
-  /** Waits for the feed's next events and applies them to our state (undefined: read again). */
+  /** Applies the feed's events to our state until we may claim, or only a read can tell (state undefined). */
   async #wait(t: Take, signal: AbortSignal | undefined): Promise<Candidate[]> {
     const linked = linkSignals(signal, t.session.signal);
+    const sub = t.sub!;
     try {
-      await t.sub!.next(linked.signal);
-      t.state = t.sub!.live ? this.#advance(t.state!, t.sub!.take(), t.waiter!) : undefined;
-      return [];
+      for (;;) {
+        await sub.next(linked.signal);
+        const state = sub.live ? this.#advance(t.state!, sub.take(), t.waiter!) : undefined;
+        t.state = state;
+        if (!state?.alive) return [];
+        const cands = claimableInLine(state);
+        if (cands.length) return cands;
+      }
     } catch (err) {
       // Our lease was lost while waiting: Queue gets a new one and joins again; WorkQueue gives up.
       const lost = !signal?.aborted && (t.session.expired || isRecipeError(err, 'SESSION_EXPIRED'));

@@ -290,7 +290,6 @@ export abstract class ItemQueue implements AsyncDisposable {
    * `close()` reject.
    */
   async close(): Promise<void> {
-    this.#line.close();
     await this.#own.close();
     await Promise.all([this.sent.flush(), this.#taken.flush()]).catch((err: unknown) =>
       this.#log('%s: receipt cleanup failed (left for the next writer): %s', this.what, (err as Error).message),

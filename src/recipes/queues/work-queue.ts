@@ -338,7 +338,6 @@ export class WorkQueue implements AsyncDisposable {
    * the caller's and stays open; claimed jobs are untouched.
    */
   async close(): Promise<void> {
-    this.#line?.close();
     await this.#book
       .flush()
       .catch((err: unknown) => log('%s: receipt cleanup failed: %s', this.#what, (err as Error).message));

@@ -37,6 +37,7 @@ export class JobSource implements ClaimSource<Claimed> {
     this.#book = book;
     this.what = what;
     this.waitersPrefix = k.waiters;
+    // One watch: the events of a Txn (a claim and the waiter key it deletes) come together.
     this.watches = [{ key: k.root, prefix: true }];
   }
 
@@ -96,6 +97,8 @@ export class JobSource implements ClaimSource<Claimed> {
   /** Jobs put, claimed or acked update the candidates; a claim deleted without its job (released, expired): read. */
   update(cands: Candidate[], events: WatchEvent[]): Candidate[] | undefined {
     const k = this.#k;
+    const ours = (e: WatchEvent) => k.idIn(k.jobs, e.kv.key) ?? k.idIn(k.claims, e.kv.key);
+    if (!events.some(ours)) return cands;
     const jobs = new Map(cands.map((c) => [k.idIn(k.jobs, c.key)!, c]));
     const acked = new Set(events.filter((e) => e.type === 'delete').map((e) => k.idIn(k.jobs, e.kv.key)));
     for (const e of events) {
