@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { isRecipeError, Session, WorkQueue, type Job } from '../src/index.js';
+import { closeClient, createClient, isRecipeError, Session, WorkQueue, type Job } from '../src/index.js';
 import { keysUnder, stillPending, useCluster, within } from './helpers.js';
 import { tally, waitForCount } from './queue-helpers.js';
 
@@ -159,6 +159,29 @@ describe('WorkQueue', () => {
     await queues[0]!.add('two');
     expect((await within(5000, claims[2]!)).value).toBe('two');
     await Promise.all(sessions.map((s) => s.close()));
+  });
+
+  it('claimers in one process share one feed; closing the client it runs on does not stall the others', async () => {
+    const cluster = etcd();
+    const closing = createClient({ hosts: cluster.endpoints });
+    const sessions = await Promise.all([closing, cluster.client()].map((c) => Session.create(c, { ttl: 10 })));
+    const [first, second] = sessions.map((s) => new WorkQueue(s, 'feed'));
+    const admin = cluster.client();
+    const producer = new WorkQueue(admin, 'feed');
+    // The first claimer opens the process's feed on its client; the second waits behind it on the same feed.
+    const firstClaim = first!.claim();
+    await waitForCount(admin, 'feed/waiters/', 1);
+    const waiting = second!.claim();
+    await waitForCount(admin, 'feed/waiters/', 2);
+    await producer.add('one');
+    expect((await within(5000, firstClaim, 'the first claim')).value).toBe('one');
+    // The second is now the head, on a feed that runs on the first's client: close that client.
+    await closeClient(closing);
+    await producer.add('two');
+    const job = await within(5000, waiting, 'the second claim');
+    expect(job.value).toBe('two');
+    await job.ack();
+    await sessions[1]!.close();
   });
 
   it('dead-letters a job claimed maxAttempts times without an ack; it can be retried', async () => {

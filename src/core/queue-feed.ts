@@ -105,7 +105,8 @@ class LineFeed {
     try {
       await retrying(
         async () => {
-          for (;;) {
+          // Each round that fails on another object's closed client re-opens the feed; bounded all the same.
+          for (let round = 0; ; round++) {
             if (!this.#live) {
               this.#client = client;
               this.#live = this.#open(client);
@@ -115,7 +116,7 @@ class LineFeed {
               return await raceAbort(this.#live, signal);
             } catch (err) {
               // Another object's client was closed under the feed (which dropped it): open it on ours.
-              if (opener === client || !isClientClosed(err)) throw err;
+              if (opener === client || !isClientClosed(err) || round >= 100) throw err;
             }
           }
         },
