@@ -99,7 +99,7 @@ describe('Queue', () => {
     expect(delivered).toBe(items);
     const perItem = (after.txn + after.range - before.txn - before.range) / items;
     // Go's Queue: every waiting consumer tries to claim every item (>= 9 requests here).
-    // Ours: enqueue, claim, the next waiter's read, the claimer re-joining the line (and at most a confirming read).
+    // Ours: enqueue, claim, the claimer re-joining the line (waiters follow the queue's feed, no read per turn).
     expect(perItem).toBeLessThanOrEqual(6);
     await Promise.all(consumers.map((c) => c.close()));
   });
