@@ -125,8 +125,8 @@ export class Mutex {
   }
 
   #busy(): string {
-    const name = showKey(this.name);
-    return `mutex ${name} is already locked or locking through this Mutex object; use acquire() for more than one holder`;
+    const what = `mutex ${showKey(this.name)} is already locked or locking through this Mutex object`;
+    return `${what}; use acquire() for more than one holder`;
   }
 
   #notHeld(): string {
