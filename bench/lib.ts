@@ -35,6 +35,17 @@ export const CALL_TIMEOUT_MS = 15_000;
 
 export type Benchmark = (ctx: BenchContext) => Promise<void>;
 
+/**
+ * Every worker group runs its workload this long (BENCH_WARM_UP, default 6 s)
+ * before it is measured, and every in-process contender a third of it. V8
+ * compiles the hot paths (grpc-js, protobuf, the library) during the first
+ * seconds: the plain STM workload in a worker went 2.1, 1.5, 1.2, then
+ * 0.7-0.8 ms of client CPU per commit over consecutive 2 s runs, the raw floor
+ * 2.6, 1.2, then 0.8 ms, so a cold 3 s row measured mostly the compiler. A
+ * service that coordinates runs warm.
+ */
+export const WARM_UP_SECONDS = Number(process.env.BENCH_WARM_UP ?? 6);
+
 export async function withBenchEtcd(args: string[], fn: (ctx: BenchContext) => Promise<void>): Promise<void> {
   const external = process.env.ETCD_ENDPOINTS;
   let cluster: EtcdCluster | undefined;
@@ -136,6 +147,10 @@ export function cpuMs(since: NodeJS.CpuUsage): number {
  * result per operation, as {@link timed} does.
  */
 export async function interleaved(seconds: number, ops: (() => Promise<unknown>)[], rounds = 6): Promise<Timed[]> {
+  for (const op of ops) {
+    const end = performance.now() + (WARM_UP_SECONDS / 3) * 1000;
+    while (performance.now() < end) await op();
+  }
   const results = ops.map(() => ({ count: 0, latencies: [] as number[], elapsed: 0, cpu: 0 }));
   for (let r = 0; r < rounds; r++) {
     for (let i = 0; i < ops.length; i++) {

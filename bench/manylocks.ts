@@ -75,9 +75,10 @@ export default async function run(ctx: BenchContext): Promise<void> {
       await group.close();
     }
     const counters = await admin.getAll().prefix(`${prefix}/counter-`).strings();
+    const warm = group.warmUp ? merged(group.warmUp) : { counts: {} as Record<string, number> };
     const ok = Array.from(
       { length: names },
-      (_, n) => Number(counters[`${prefix}/counter-${n}`]) === (run.counts[`n${n}`] ?? 0),
+      (_, n) => Number(counters[`${prefix}/counter-${n}`]) === (run.counts[`n${n}`] ?? 0) + (warm.counts[`n${n}`] ?? 0),
     ).every(Boolean);
     broken ||= !ok;
     if (names === 1) single = run.ops / wall;

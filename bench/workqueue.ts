@@ -58,17 +58,22 @@ async function deliveries(
   } finally {
     await group.close();
   }
-  // Join the producer's [0, seq, addedAt] with the consumers' [1, seq, deliveredAt].
+  // Join the producer's [0, seq, addedAt] with the consumers' [1, seq, deliveredAt]; the lost/dup
+  // check covers the warm-up's items too (one produced then may be delivered in the measured run).
+  const warm = group.warmUp ? merged(group.warmUp) : { records: [], counts: {} as Record<string, number> };
+  const all = [...warm.records, ...run.records];
   const added = new Map<number, number>();
-  for (const [role, seq, at] of run.records) if (role === 0) added.set(seq!, at!);
+  for (const [role, seq, at] of all) if (role === 0) added.set(seq!, at!);
   const seen = new Set<number>();
   let duplicates = 0;
-  const latencies: number[] = [];
-  for (const [role, seq, at] of run.records) {
+  for (const [role, seq] of all) {
     if (role !== 1) continue;
     if (seen.has(seq!)) duplicates++;
     seen.add(seq!);
-    const t = added.get(seq!);
+  }
+  const latencies: number[] = [];
+  for (const [role, seq, at] of run.records) {
+    const t = role === 1 ? added.get(seq!) : undefined;
     if (t !== undefined) latencies.push(at! - t);
   }
   const admin = ctx.client();
@@ -84,7 +89,7 @@ async function deliveries(
   } else {
     remaining = Number(await admin.getAll().prefix(`${prefix}/`).count());
   }
-  const produced = run.counts.produced ?? 0;
+  const produced = (warm.counts.produced ?? 0) + (run.counts.produced ?? 0);
   return {
     what,
     procs,

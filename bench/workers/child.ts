@@ -56,7 +56,7 @@ async function handle(msg: ToWorker): Promise<void> {
       const cpu = process.cpuUsage();
       const partial = await runner!.run(msg.endAt);
       const used = process.cpuUsage(cpu);
-      windows.push([Number(t0 / 1000n), Number(process.hrtime.bigint() / 1000n)]);
+      if (!msg.warmUp) windows.push([Number(t0 / 1000n), Number(process.hrtime.bigint() / 1000n)]);
       send({ type: 'report', report: { ...partial, cpuMs: (used.user + used.system) / 1000 } });
       return;
     }

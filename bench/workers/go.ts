@@ -1,7 +1,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createInterface, type Interface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { epochMs } from '../lib.js';
+import { epochMs, WARM_UP_SECONDS } from '../lib.js';
 
 /*
  * Go programs under bench/go/, built at bench time against Debian's
@@ -61,6 +61,8 @@ export class GoProcess {
       await p.close();
       throw new Error(`${path} did not start: ${first}`);
     }
+    // Warmed up like the Node worker groups, so both sides are measured alike.
+    if (WARM_UP_SECONDS > 0) await p.run(WARM_UP_SECONDS);
     return p;
   }
 

@@ -1,7 +1,7 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { epochMs } from '../lib.js';
+import { epochMs, WARM_UP_SECONDS } from '../lib.js';
 import type { FromWorker, Report, ToWorker } from './protocol.js';
 
 /*
@@ -28,6 +28,8 @@ export interface GroupOptions {
   procs: number;
   /** Record a CPU profile of each process (--cpu-prof) into this folder. */
   profileDir?: string;
+  /** Seconds the group runs unmeasured before its first measured run (default {@link WARM_UP_SECONDS}). */
+  warmUpSeconds?: number;
 }
 
 export interface GroupRun {
@@ -39,6 +41,9 @@ export interface GroupRun {
 }
 
 export class WorkerGroup {
+  /** The unmeasured warm-up run: checks of etcd's state (counters, lost items) must count its operations too. */
+  warmUp: GroupRun | undefined;
+
   private constructor(private readonly members: Member[]) {}
 
   /** Forks the processes, sets the scenario up in each, and resolves once all are ready. */
@@ -87,6 +92,8 @@ export class WorkerGroup {
     const group = new WorkerGroup(members);
     try {
       await group.all((proc) => ({ type: 'setup', scenario, params, endpoints, proc, procs: options.procs }), 'ready');
+      const warmUp = options.warmUpSeconds ?? WARM_UP_SECONDS;
+      if (warmUp > 0) group.warmUp = await group.run(warmUp, true);
     } catch (err) {
       await group.kill();
       throw err;
@@ -128,10 +135,10 @@ export class WorkerGroup {
   }
 
   /** Runs every process until `seconds` from now; their reports, in process order. */
-  async run(seconds: number): Promise<GroupRun> {
+  async run(seconds: number, warmUp = false): Promise<GroupRun> {
     const started = epochMs();
     const endAt = started + seconds * 1000;
-    const answers = await this.all(() => ({ type: 'run', endAt }), 'report', seconds * 1000 + 120_000);
+    const answers = await this.all(() => ({ type: 'run', endAt, warmUp }), 'report', seconds * 1000 + 120_000);
     const reports = answers.map((a) => (a as Extract<FromWorker, { type: 'report' }>).report);
     return { reports, elapsed: (endAt - started) / 1000, cpuMs: reports.reduce((t, r) => t + r.cpuMs, 0) };
   }

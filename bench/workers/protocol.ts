@@ -21,7 +21,7 @@ export interface Report {
 
 export type ToWorker =
   | { type: 'setup'; scenario: string; params: unknown; endpoints: string[]; proc: number; procs: number }
-  | { type: 'run'; endAt: number }
+  | { type: 'run'; endAt: number; warmUp?: boolean }
   | { type: 'stop' }
   | { type: 'close' };
 

@@ -121,8 +121,16 @@ export interface HeldKey extends AsyncDisposable {
   release(options?: WaitOptions): Promise<void>;
 }
 
-/** How a hold that is not a lock differs from one (docs/internals.md, "One owned key"), and a lock line's handoff. */
-interface HoldingKind {
+/**
+ * What a hold logs and publishes, how a hold that is not a lock differs from
+ * one (docs/internals.md, "One owned key"), and a lock line's handoff.
+ */
+interface HoldingOptions {
+  log?: Logger;
+  /** The hold is every key under this prefix (`key` among them), deleted together. */
+  group?: Buffer;
+  /** Publish the hold's end on the `etcd-recipes:lock` channels. */
+  lock?: LockTarget;
   /** An election term: its errors say NOT_LEADER, not LOCK_NOT_HELD. */
   term?: boolean;
   /**
@@ -149,9 +157,7 @@ export class Holding implements HeldKey {
   readonly #key: Buffer;
   readonly #releaseLocal: LocalRelease;
   readonly #what: string;
-  readonly #log: Logger | undefined;
-  readonly #group: Buffer | undefined;
-  readonly #kind: HoldingKind;
+  readonly #options: HoldingOptions;
   #controller: AbortController | undefined;
   #unlink: (() => void) | undefined;
   #stopWatch: (() => void) | undefined;
@@ -164,9 +170,6 @@ export class Holding implements HeldKey {
    * `releaseLocal` lets the next local caller on the same per-session key go;
    * it is called once our key is deleted. (When the session is lost instead,
    * the local callers behind us fail on the session's signal by themselves.)
-   * `group`: the hold is every key under this prefix (`key` among them), deleted together.
-   * `lock`: publish the hold's end on the `etcd-recipes:lock` channels.
-   * `kind`: how a hold other than a lock's differs, and a lock line's in-process handoff.
    */
   constructor(
     session: Session,
@@ -174,21 +177,16 @@ export class Holding implements HeldKey {
     rev: bigint,
     releaseLocal: LocalRelease,
     what: string,
-    log?: Logger,
-    group?: Buffer,
-    lock?: LockTarget,
-    kind: HoldingKind = {},
+    options: HoldingOptions = {},
   ) {
     this.#session = session;
     this.#key = key;
     this.fencingToken = rev;
     this.#releaseLocal = releaseLocal;
     this.#what = what;
-    this.#log = log;
-    this.#group = group;
-    this.#trace = lock && new HoldTrace(lock, session.signal, key, rev);
-    this.#kind = kind;
-    if (kind.onLost) this.#link();
+    this.#trace = options.lock && new HoldTrace(options.lock, session.signal, key, rev);
+    this.#options = options;
+    if (options.onLost) this.#link();
   }
 
   get key(): string {
@@ -205,7 +203,7 @@ export class Holding implements HeldKey {
     // Someone else may delete our key (an operator, a revoked lease): the hold is then lost too.
     if (!this.#stopWatch && !this.#watchPaused && !signal.aborted) {
       const { fencingToken: rev } = this;
-      const error = this.#kind.term ? NotLeaderError : LockNotHeldError;
+      const error = this.#options.term ? NotLeaderError : LockNotHeldError;
       this.#stopWatch = watchHeldKey(this.#session, this.#key, rev, this.#what, error, (reason) => {
         this.#trace?.lost(reason);
         this.end(reason);
@@ -245,10 +243,10 @@ export class Holding implements HeldKey {
     if (this.#releasing || this.#lost) return;
     this.#lost = true;
     this.#detach();
-    this.#log?.('%s ended: %s', this.#what, (reason as Error)?.message);
+    this.#options.log?.('%s ended: %s', this.#what, (reason as Error)?.message);
     this.#controller ??= new AbortController();
     this.#controller.abort(reason);
-    const { onLost } = this.#kind;
+    const { onLost } = this.#options;
     if (!onLost) return;
     // A lost term lets the next local candidate go at once (its calls will see why).
     this.#releaseLocal();
@@ -278,7 +276,7 @@ export class Holding implements HeldKey {
   }
 
   ifOwner(): ComparatorBuilder {
-    const term = this.#kind.term;
+    const term = this.#options.term;
     if (this.released)
       throw new (term ? NotLeaderError : LockNotHeldError)(`${this.#what} is not held (released or lost)`);
     const builder = this.#session.client.if(this.#key, 'Create', '==', this.fencingToken.toString());
@@ -310,7 +308,7 @@ export class Holding implements HeldKey {
         let told = false;
         const tell = () => {
           told = true;
-          this.#log?.('%s released (token %s)', this.#what, this.fencingToken);
+          this.#options.log?.('%s released (token %s)', this.#what, this.fencingToken);
           if (this.#session.expired) this.#trace?.lost(this.#session.signal.reason);
           else this.#trace?.released();
         };
@@ -319,9 +317,9 @@ export class Holding implements HeldKey {
             this.#session,
             this.#key,
             this.fencingToken,
-            this.#log,
-            this.#group,
-            this.#kind.line,
+            this.#options.log,
+            this.#options.group,
+            this.#options.line,
             tell,
           );
         if (!told) tell();
@@ -336,7 +334,7 @@ export class Holding implements HeldKey {
   }
 
   #releasedReason(): Error {
-    return withoutStack(() => new (this.#kind.term ? NotLeaderError : LockNotHeldError)(`${this.#what} released`));
+    return withoutStack(() => new (this.#options.term ? NotLeaderError : LockNotHeldError)(`${this.#what} released`));
   }
 
   [Symbol.asyncDispose](): Promise<void> {

@@ -321,14 +321,12 @@ export interface TxnParts {
  * revision, each part judged by its own compares. etcd evaluates every
  * part's compares before applying any part, so the parts must touch disjoint
  * keys; etcd 3.4 before 3.4.26 also skips permission checks inside nested
- * Txns. `reads` follow the parts in the same Txn and see their writes (the
- * Txn's revision). Not retried: writes prove their own outcome.
+ * Txns. Not retried: writes prove their own outcome.
  */
 export async function nestedTxns(
   client: Namespace,
   parts: TxnParts[],
-  reads: Op[] = [],
-): Promise<{ revision: bigint; results: { succeeded: boolean; responses: OpResult[] }[]; reads: OpResult[] }> {
+): Promise<{ revision: bigint; results: { succeeded: boolean; responses: OpResult[] }[] }> {
   const first = parts[0]!;
   const res = await send(
     client,
@@ -336,21 +334,16 @@ export async function nestedTxns(
     () =>
       client.kv.txn({
         compare: [],
-        success: [
-          ...parts.map((p) => ({ request_txn: encodeTxn(client, p.compares, p.success, p.failure) })),
-          ...reads.map((o) => encodeOp(client, o)),
-        ],
+        success: parts.map((p) => ({ request_txn: encodeTxn(client, p.compares, p.success, p.failure) })),
         failure: [],
       } as never),
   );
   const revision = BigInt(res.header.revision);
-  const responses = res.responses ?? [];
-  const results = responses.slice(0, parts.length).map((r) => {
+  const results = (res.responses ?? []).map((r) => {
     const t = (r as unknown as { response_txn: { succeeded?: boolean; responses?: Raw[] } }).response_txn;
     return { succeeded: !!t.succeeded, responses: (t.responses ?? []).map((o) => decodeOpResult(client, o, revision)) };
   });
-  const after = responses.slice(parts.length).map((r) => decodeOpResult(client, r as unknown as Raw, revision));
-  return { revision, results, reads: after };
+  return { revision, results };
 }
 
 async function sendTxn(client: Namespace, compares: Compare[], success: Op[], failure: Op[]): Promise<TxnResult> {

@@ -196,10 +196,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     const own = turn.state.data!;
     // A lost term says NOT_LEADER and lets the next local candidate go at once.
     const onLost = (reason: unknown) => this.#onLost(turn.rev, reason);
-    const term = new Holding(session, this.#key, turn.rev, turn.releaseLocal, what, log, undefined, undefined, {
-      term: true,
-      onLost,
-    });
+    const term = new Holding(session, this.#key, turn.rev, turn.releaseLocal, what, { log, term: true, onLost });
     this.#term = term;
     this.#value = own.value;
     if (this.listenerCount('lost') > 0) void term.signal;

@@ -1,9 +1,9 @@
 import type { WaitOptions } from '../../core/options.js';
 import type { ComparatorBuilder, Namespace } from 'etcd3';
 import { lockTarget } from '../../core/diagnostics.js';
-import { InvalidArgumentError, LockNotHeldError } from '../../core/errors.js';
 import { Holding, type HeldKey } from '../../core/holding.js';
 import { showKey } from '../../core/keys.js';
+import { ObjectHold } from './object-hold.js';
 import { withHeld } from './with-held.js';
 import { joinLine, SessionLine } from '../../core/line.js';
 import { logger } from '../../core/log.js';
@@ -36,8 +36,7 @@ export class Mutex {
   /** The lock's name; keys live under `<name>/`. */
   readonly name: string | Buffer;
   readonly #line: SessionLine;
-  #held: LockHandle | undefined;
-  #locking = false;
+  readonly #object = new ObjectHold<'lock'>();
 
   /**
    * @param session - the session whose lease the lock key is attached to
@@ -59,17 +58,17 @@ export class Mutex {
 
   /** True while this Mutex object holds the lock (through `lock()`). */
   get held(): boolean {
-    return !!this.#held && !this.#held.released;
+    return !!this.#object.current;
   }
 
   /** The create revision of the lock key while held through `lock()`; undefined otherwise. */
   get fencingToken(): bigint | undefined {
-    return this.held ? this.#held!.fencingToken : undefined;
+    return this.#object.current?.fencingToken;
   }
 
   /** Aborted when the lock held through `lock()` is released or lost; undefined when not held. */
   get signal(): AbortSignal | undefined {
-    return this.#held?.signal;
+    return this.#object.signal;
   }
 
   /**
@@ -78,37 +77,24 @@ export class Mutex {
    * @throws SessionExpiredError if the session's lease is lost while waiting
    */
   async lock(options: LockOptions = {}): Promise<void> {
-    this.#beginLocking();
-    try {
-      this.#held = await this.acquire(options);
-    } finally {
-      this.#locking = false;
-    }
+    await this.#object.take('lock', () => this.acquire(options), this.#busy());
   }
 
   /**
    * Takes the lock if it is free right now; never waits for another holder.
    * @returns true if this object now holds the lock
    */
-  async tryLock(options: LockOptions = {}): Promise<boolean> {
-    this.#beginLocking();
-    try {
-      this.#held = await this.tryAcquire(options);
-      return !!this.#held;
-    } finally {
-      this.#locking = false;
-    }
+  tryLock(options: LockOptions = {}): Promise<boolean> {
+    return this.#object.take('lock', () => this.tryAcquire(options), this.#busy());
   }
 
   /**
    * Releases the lock held through `lock()` / `tryLock()`.
    * @throws LockNotHeldError if this object does not hold it
    */
-  async unlock(): Promise<void> {
-    const held = this.#held;
-    if (!held) throw new LockNotHeldError(`mutex ${showKey(this.name)} is not locked by this Mutex object`);
-    this.#held = undefined;
-    await held.release();
+  unlock(): Promise<void> {
+    // A lost hold still counts as locked here: its release is quiet (docs/mutex.md).
+    return this.#object.release('lock', this.#notHeld(), 'held');
   }
 
   /**
@@ -117,8 +103,7 @@ export class Mutex {
    * @throws LockNotHeldError if this object does not hold the lock
    */
   ifOwner(): ComparatorBuilder {
-    if (!this.#held) throw new LockNotHeldError(`mutex ${showKey(this.name)} is not locked by this Mutex object`);
-    return this.#held.ifOwner();
+    return this.#object.owned('lock', this.#notHeld(), 'held').ifOwner();
   }
 
   /**
@@ -139,16 +124,13 @@ export class Mutex {
     return this.#acquire(options, false);
   }
 
-  #beginLocking(): void {
-    if (this.held || this.#locking) {
-      throw new InvalidArgumentError(
-        'this',
-        `mutex ${showKey(this.name)} is already locked or locking through this Mutex object; ` +
-          'use acquire() for more than one holder',
-      );
-    }
-    this.#held = undefined;
-    this.#locking = true;
+  #busy(): string {
+    const what = `mutex ${showKey(this.name)} is already locked or locking through this Mutex object`;
+    return `${what}; use acquire() for more than one holder`;
+  }
+
+  #notHeld(): string {
+    return `mutex ${showKey(this.name)} is not locked by this Mutex object`;
   }
 
   async #acquire(options: LockOptions, wait: boolean): Promise<LockHandle | undefined> {
@@ -173,9 +155,7 @@ export class Mutex {
     });
     if (!turn) return undefined;
     log('%s: acquired by %s, token %s', what, this.key, turn.rev);
-    return new Holding(session, turn.key, turn.rev, turn.releaseLocal, what, log, undefined, lock, {
-      line: line.prefix,
-    });
+    return new Holding(session, turn.key, turn.rev, turn.releaseLocal, what, { log, lock, line: line.prefix });
   }
 }
 

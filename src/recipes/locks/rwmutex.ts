@@ -1,8 +1,9 @@
 import type { WaitOptions } from '../../core/options.js';
 import type { ComparatorBuilder } from 'etcd3';
-import { InvalidArgumentError, LockNotHeldError } from '../../core/errors.js';
+import { LockNotHeldError } from '../../core/errors.js';
 import { lockTarget } from '../../core/diagnostics.js';
 import { Holding, type HeldKey } from '../../core/holding.js';
+import { ObjectHold } from './object-hold.js';
 import { childPrefix, showKey } from '../../core/keys.js';
 import { op, range, rangeAt, txn, type KeyValue, type RangeOptions, type RangeResult } from '../../core/kv.js';
 import { createUniqueKey, joinLine, type PendingKey } from '../../core/line.js';
@@ -59,9 +60,7 @@ export class RWMutex {
   readonly #prefix: Buffer;
   readonly #readDir: Buffer;
   readonly #writeDir: Buffer;
-  #held: HeldKey | undefined;
-  #heldMode: RWLockMode | undefined;
-  #locking = false;
+  readonly #object = new ObjectHold<RWLockMode>();
 
   /**
    * @param session - the session whose lease the lock keys are attached to
@@ -80,7 +79,7 @@ export class RWMutex {
 
   /** Which side this object holds through `rLock()` / `lock()`; undefined when it holds nothing. */
   get mode(): RWLockMode | undefined {
-    return this.#held && !this.#held.released ? this.#heldMode : undefined;
+    return this.#object.mode;
   }
 
   /** True while this object holds the read or the write lock (through `rLock()` / `lock()`). */
@@ -90,17 +89,17 @@ export class RWMutex {
 
   /** The key of the hold taken through `rLock()` / `lock()`; undefined when not held. */
   get key(): string | undefined {
-    return this.held ? this.#held!.key : undefined;
+    return this.#object.current?.key;
   }
 
   /** The create revision of the key held through `rLock()` / `lock()`; undefined when not held. */
   get fencingToken(): bigint | undefined {
-    return this.held ? this.#held!.fencingToken : undefined;
+    return this.#object.current?.fencingToken;
   }
 
   /** Aborted when the hold taken through `rLock()` / `lock()` is lost (or released); undefined when not held. */
   get signal(): AbortSignal | undefined {
-    return this.#held?.signal;
+    return this.#object.signal;
   }
 
   /**
@@ -161,8 +160,9 @@ export class RWMutex {
    * @throws LockNotHeldError if this object holds nothing
    */
   ifOwner(): ComparatorBuilder {
-    if (!this.held) throw new LockNotHeldError(`rwmutex ${showKey(this.name)} is not locked by this RWMutex object`);
-    return this.#held!.ifOwner();
+    const current = this.#object.current;
+    if (!current) throw new LockNotHeldError(`rwmutex ${showKey(this.name)} is not locked by this RWMutex object`);
+    return current.ifOwner();
   }
 
   /**
@@ -202,35 +202,17 @@ export class RWMutex {
 
   // -------------------------------------------------------------------------
 
-  async #lockObject(mode: RWLockMode, options: RWLockOptions, wait: boolean): Promise<boolean> {
-    if (this.held || this.#locking) {
-      throw new InvalidArgumentError(
-        'this',
-        `rwmutex ${showKey(this.name)} is already locked (${this.mode ?? 'taking a lock'}) through this RWMutex ` +
-          'object; a second lock on it would wait for the first forever (no reentrancy, no upgrade); ' +
-          'use acquireRead()/acquireWrite() for more than one hold',
-      );
-    }
-    this.#locking = true;
-    try {
-      const held = await this.#acquire(mode, options, wait);
-      if (!held) return false;
-      this.#held = held;
-      this.#heldMode = mode;
-      return true;
-    } finally {
-      this.#locking = false;
-    }
+  #lockObject(mode: RWLockMode, options: RWLockOptions, wait: boolean): Promise<boolean> {
+    const busy =
+      `rwmutex ${showKey(this.name)} is already locked (${this.mode ?? 'taking a lock'}) through this RWMutex ` +
+      'object; a second lock on it would wait for the first forever (no reentrancy, no upgrade); ' +
+      'use acquireRead()/acquireWrite() for more than one hold';
+    return this.#object.take(mode, () => this.#acquire(mode, options, wait), busy);
   }
 
-  async #unlockObject(mode: RWLockMode): Promise<void> {
-    const held = this.#held;
-    if (!held || held.released || this.#heldMode !== mode) {
-      throw new LockNotHeldError(`rwmutex ${showKey(this.name)} is not ${mode}-locked by this RWMutex object`);
-    }
-    this.#held = undefined;
-    this.#heldMode = undefined;
-    await held.release();
+  #unlockObject(mode: RWLockMode): Promise<void> {
+    const notHeld = `rwmutex ${showKey(this.name)} is not ${mode}-locked by this RWMutex object`;
+    return this.#object.release(mode, notHeld, 'not held');
   }
 
   async #acquire(mode: RWLockMode, options: RWLockOptions, wait: boolean): Promise<RWLockHandle | undefined> {
@@ -255,9 +237,7 @@ export class RWMutex {
     });
     if (!turn) return undefined;
     log('%s: acquired by %s, token %s', what, showKey(turn.key), turn.rev);
-    return new Holding(session, turn.key, turn.rev, turn.releaseLocal, what, log, undefined, lock, {
-      line: this.#prefix,
-    });
+    return new Holding(session, turn.key, turn.rev, turn.releaseLocal, what, { log, lock, line: this.#prefix });
   }
 
   /**

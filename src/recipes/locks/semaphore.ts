@@ -173,7 +173,7 @@ export class Semaphore {
     // We may have been seen as a waiter: wake the ones behind us.
     if (turn.waited && turn.state.data) this.#wakeBehind(n, turn.state.data);
     log('%s: %d permit(s) acquired by %s, token %s', what, n, showKey(turn.key), turn.rev);
-    return new Holding(session, turn.key, turn.rev, turn.releaseLocal, what, log, request!.group, lock);
+    return new Holding(session, turn.key, turn.rev, turn.releaseLocal, what, { log, group: request!.group, lock });
   }
 
   /** A request of `n` keys for the fresh name `base` (n > 1 adds `-<i>` suffixes under it). */

@@ -1,5 +1,5 @@
 import type { Namespace } from 'etcd3';
-import { isCompacted, isFutureRevision, isRefusedTxn } from '../../core/etcd-errors.js';
+import { isRefusedTxn } from '../../core/etcd-errors.js';
 import { toBuffer } from '../../core/keys.js';
 import {
   type KeyValue,
@@ -15,13 +15,12 @@ import {
 
 /*
  * Requests that concurrent transactions on one client share (docs/stm.md,
- * "Shared requests"). Client CPU per gRPC call is what limits STM
- * throughput in one process, so one request of a client is in flight at a
- * time, and the reads and commits other transactions issue meanwhile go out
- * together when it is back: reads as one read-only Txn; commits as nested
- * Txns of one Txn, if they touch disjoint keys, with the waiting reads after
- * them. A request that finds the lane idle goes out at once, exactly as it
- * would alone.
+ * "Shared requests"). Client CPU per gRPC call limits STM throughput in one
+ * process, so a client has at most one read and one commit in flight, and
+ * those issued meanwhile go out together when it is back: reads as one
+ * read-only Txn; commits as nested Txns of one Txn, if they touch disjoint
+ * keys. Reads never wait for a commit's disk write. A request that finds its
+ * lane idle goes out at once, exactly as it would alone.
  */
 
 export interface ReadResult {
@@ -60,9 +59,7 @@ interface CommitRequest {
   readonly bytes: number;
 }
 
-type Request = ReadRequest | CommitRequest;
-type Waiter = Waiting<Request, ReadResult | CommitResult>;
-type Of<R extends Request> = Waiting<R, R extends ReadRequest ? ReadResult : CommitResult>;
+type Of<R extends ReadRequest | CommitRequest> = Waiting<R, R extends ReadRequest ? ReadResult : CommitResult>;
 
 /**
  * A shared request or response stays under this size, far from etcd's request
@@ -75,33 +72,34 @@ const SHARED_BYTES = 1024 * 1024;
 /** One request in flight; the requests that arrive meanwhile go out together when it is back. */
 class Batcher<R, T> {
   #waiting: Waiting<R, T>[] = [];
-  #busy = false;
+  #busy = 0;
 
   constructor(
     /** Removes from `waiting` the requests to send together (at least the first). */
     private readonly take: (waiting: Waiting<R, T>[]) => Waiting<R, T>[],
     /** Sends them and settles each. */
     private readonly send: (batch: Waiting<R, T>[]) => Promise<void>,
+    private readonly limit = 1,
   ) {}
 
   submit(request: R): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       this.#waiting.push({ request, resolve, reject });
       // Sent after the current synchronous run, so that requests issued together travel together.
-      if (this.#waiting.length === 1 && !this.#busy) queueMicrotask(() => this.#next());
+      if (this.#waiting.length === 1 && this.#busy < this.limit) queueMicrotask(() => this.#next());
     });
   }
 
   async #next(): Promise<void> {
-    if (this.#busy || this.#waiting.length === 0) return;
-    this.#busy = true;
+    if (this.#busy >= this.limit || this.#waiting.length === 0) return;
+    this.#busy++;
     const batch = this.take(this.#waiting);
     try {
       await this.send(batch);
     } catch (err) {
       for (const w of batch) w.reject(err);
     } finally {
-      this.#busy = false;
+      this.#busy--;
       void this.#next();
     }
   }
@@ -111,9 +109,14 @@ const lanes = new WeakMap<Namespace, Lane>();
 
 /** The shared reads and commits of one client (namespace) object. */
 export class Lane {
-  readonly #batcher = new Batcher<Request, ReadResult | CommitResult>(
-    (waiting) => take(waiting, this.#perKey, this.#mayNest),
-    (b) => this.#send(b),
+  readonly #reads = new Batcher<ReadRequest, ReadResult>(
+    (waiting) => takeReads(waiting, this.#perKey),
+    (b) => this.#sendReads(b),
+  );
+  readonly #commits = new Batcher<CommitRequest, CommitResult>(
+    (waiting) => takeCommits(waiting, this.#mayNest),
+    (b) => this.#sendCommits(b),
+    Number(process.env.COMMIT_LIMIT ?? 1),
   );
   /** etcd 3.4 before 3.4.26 skips permission checks inside nested Txns: never nest for an authenticated client. */
   readonly #mayNest: boolean;
@@ -136,7 +139,7 @@ export class Lane {
 
   /** Reads `keys` (at most `maxOps`) with `opts`, possibly in one Txn with other transactions' requests. */
   read(keys: Buffer[], opts: RangeOptions, maxOps: number): Promise<ReadResult> {
-    return this.#batcher.submit({ kind: 'read', keys, opts, maxOps }) as Promise<ReadResult>;
+    return this.#reads.submit({ kind: 'read', keys, opts, maxOps });
   }
 
   /**
@@ -158,41 +161,7 @@ export class Lane {
       maxOps,
       bytes,
     };
-    return this.#batcher.submit(request) as Promise<CommitResult>;
-  }
-
-  async #send(batch: Waiter[]): Promise<void> {
-    const reads = batch.filter((w): w is Of<ReadRequest> => w.request.kind === 'read');
-    const commits = batch.filter((w): w is Of<CommitRequest> => w.request.kind === 'commit');
-    if (commits.length === 0) return this.#sendReads(reads);
-    if (reads.length === 0) return this.#sendCommits(commits);
-    let res: Awaited<ReturnType<typeof nestedTxns>>;
-    try {
-      res = await nestedTxns(
-        this.client,
-        commits.map((w) => w.request.parts),
-        reads.flatMap((w) => w.request.keys.map((k) => op.range(k, w.request.opts))),
-      );
-    } catch (err) {
-      // Reads are harmless to repeat: each goes alone. Commits refused before anything applied go alone too;
-      // after any other error each proves its own outcome, as after any lost reply.
-      const alone = reads.map((w) => readAlone(this.client, w.request).then(w.resolve, w.reject));
-      if (isRefusedTxn(err) || isCompacted(err) || isFutureRevision(err)) {
-        alone.push(...commits.map((w) => this.#sendCommits([w]).catch(w.reject)));
-      } else {
-        for (const w of commits) w.reject(err);
-      }
-      return void (await Promise.all(alone));
-    }
-    for (const [i, w] of commits.entries()) w.resolve({ ...res.results[i]!, revision: res.revision });
-    let i = 0;
-    for (const w of reads) {
-      const kvs = w.request.keys.map(() => {
-        const r = res.reads[i++];
-        return (r?.type === 'range' ? r.kvs[0] : undefined) ?? null;
-      });
-      w.resolve(this.#measure({ kvs, revision: res.revision }));
-    }
+    return this.#commits.submit(request);
   }
 
   async #sendReads(batch: Of<ReadRequest>[]): Promise<void> {
@@ -258,56 +227,56 @@ function readAlone(client: Namespace, { keys, opts }: ReadRequest): Promise<Read
 }
 
 /**
- * The first request, and the waiting ones that may share its Txn, first come
- * first served: commits on keys disjoint from all others taken (etcd
- * evaluates every nested Txn's compares before applying any, which is a
- * serial order only for disjoint transactions), reads after them (they see
- * the commits, at the Txn's revision), all within every sender's maxTxnOps
- * (a nested Txn may hold maxTxnOps minus the outer Txn's operations) and, at
- * `perKey` bytes per key read, within SHARED_BYTES. Commits and reads mix only
- * where nesting is allowed.
+ * The first read and the waiting ones that fit one Txn with it: within every
+ * sender's maxTxnOps and, at `perKey` bytes per key, within SHARED_BYTES.
  */
-function take(waiting: Waiter[], perKey: number, mayNest: boolean): Waiter[] {
-  const first = waiting[0]!.request;
-  if (first.kind === 'commit' && !first.keys) return waiting.splice(0, 1);
-  let limit = first.maxOps;
-  let commits = 0;
-  let nestedOps = 0;
-  let readOps = 0;
-  let bytes = 0;
-  const keys = new Set<string>();
-  const taken: Waiter[] = [];
+function takeReads(waiting: Of<ReadRequest>[], perKey: number): Of<ReadRequest>[] {
+  let limit = Number.POSITIVE_INFINITY;
+  let ops = 0;
+  const taken: Of<ReadRequest>[] = [];
   for (let i = 0; i < waiting.length; i++) {
     const r = waiting[i]!.request;
     const lim = Math.min(limit, r.maxOps);
-    let fits: boolean;
-    if (r.kind === 'commit') {
-      fits =
-        r.keys !== undefined &&
-        (taken.length === 0 || mayNest) &&
-        Math.max(nestedOps, r.ops) <= lim - (commits + 1 + readOps) &&
-        bytes + r.bytes + (readOps && readOps * perKey) <= SHARED_BYTES &&
-        ![...r.keys].some((k) => keys.has(k));
-    } else {
-      const n = readOps + r.keys.length;
-      fits =
-        (commits === 0 || mayNest) &&
-        n + commits <= lim &&
-        nestedOps <= lim - (commits + n) &&
-        (taken.length === 0 || bytes + n * perKey <= SHARED_BYTES);
-    }
+    const n = ops + r.keys.length;
+    if (taken.length > 0 && (n > lim || n * perKey > SHARED_BYTES)) continue;
+    ops = n;
+    limit = lim;
+    taken.push(...waiting.splice(i--, 1));
+  }
+  return taken;
+}
+
+/**
+ * The first commit and the waiting ones that may share its Txn, first come
+ * first served: commits on keys disjoint from all others taken (etcd
+ * evaluates every nested Txn's compares before applying any, which is a
+ * serial order only for disjoint transactions), within every sender's
+ * maxTxnOps (a nested Txn may hold maxTxnOps minus the outer Txn's
+ * operations) and within SHARED_BYTES. Only where nesting is allowed.
+ */
+function takeCommits(waiting: Of<CommitRequest>[], mayNest: boolean): Of<CommitRequest>[] {
+  const first = waiting[0]!.request;
+  if (!first.keys || !mayNest) return waiting.splice(0, 1);
+  let limit = first.maxOps;
+  let nestedOps = 0;
+  let bytes = 0;
+  const keys = new Set<string>();
+  const taken: Of<CommitRequest>[] = [];
+  for (let i = 0; i < waiting.length; i++) {
+    const r = waiting[i]!.request;
+    const lim = Math.min(limit, r.maxOps);
+    const fits =
+      r.keys !== undefined &&
+      Math.max(nestedOps, r.ops) <= lim - (taken.length + 1) &&
+      bytes + r.bytes <= SHARED_BYTES &&
+      ![...r.keys].some((k) => keys.has(k));
     if (!fits) {
       if (taken.length === 0) return waiting.splice(0, 1);
       continue;
     }
-    if (r.kind === 'commit') {
-      for (const k of r.keys!) keys.add(k);
-      commits++;
-      nestedOps = Math.max(nestedOps, r.ops);
-      bytes += r.bytes;
-    } else {
-      readOps += r.keys.length;
-    }
+    for (const k of r.keys!) keys.add(k);
+    nestedOps = Math.max(nestedOps, r.ops);
+    bytes += r.bytes;
     limit = lim;
     taken.push(...waiting.splice(i--, 1));
   }

@@ -53,7 +53,7 @@ export class ClaimedJob implements Job {
     this.attempts = c.attempts;
     this.fencingToken = c.token;
     this.#what = `${what} job ${c.id}`;
-    this.#hold = new Holding(session, k.claim(c.id), c.token, () => undefined, this.#what, log);
+    this.#hold = new Holding(session, k.claim(c.id), c.token, () => undefined, this.#what, { log });
   }
 
   get value(): string {
