@@ -72,34 +72,33 @@ const SHARED_BYTES = 1024 * 1024;
 /** One request in flight; the requests that arrive meanwhile go out together when it is back. */
 class Batcher<R, T> {
   #waiting: Waiting<R, T>[] = [];
-  #busy = 0;
+  #busy = false;
 
   constructor(
     /** Removes from `waiting` the requests to send together (at least the first). */
     private readonly take: (waiting: Waiting<R, T>[]) => Waiting<R, T>[],
     /** Sends them and settles each. */
     private readonly send: (batch: Waiting<R, T>[]) => Promise<void>,
-    private readonly limit = 1,
   ) {}
 
   submit(request: R): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       this.#waiting.push({ request, resolve, reject });
       // Sent after the current synchronous run, so that requests issued together travel together.
-      if (this.#waiting.length === 1 && this.#busy < this.limit) queueMicrotask(() => this.#next());
+      if (this.#waiting.length === 1 && !this.#busy) queueMicrotask(() => this.#next());
     });
   }
 
   async #next(): Promise<void> {
-    if (this.#busy >= this.limit || this.#waiting.length === 0) return;
-    this.#busy++;
+    if (this.#busy || this.#waiting.length === 0) return;
+    this.#busy = true;
     const batch = this.take(this.#waiting);
     try {
       await this.send(batch);
     } catch (err) {
       for (const w of batch) w.reject(err);
     } finally {
-      this.#busy--;
+      this.#busy = false;
       void this.#next();
     }
   }
@@ -116,7 +115,6 @@ export class Lane {
   readonly #commits = new Batcher<CommitRequest, CommitResult>(
     (waiting) => takeCommits(waiting, this.#mayNest),
     (b) => this.#sendCommits(b),
-    Number(process.env.COMMIT_LIMIT ?? 1),
   );
   /** etcd 3.4 before 3.4.26 skips permission checks inside nested Txns: never nest for an authenticated client. */
   readonly #mayNest: boolean;
