@@ -77,7 +77,7 @@ export class Mutex {
    * @throws SessionExpiredError if the session's lease is lost while waiting
    */
   async lock(options: LockOptions = {}): Promise<void> {
-    await this.#object.take('lock', () => this.acquire(options), this.#busy());
+    await this.#object.take('lock', () => this.acquire(options), this.#busy);
   }
 
   /**
@@ -85,7 +85,7 @@ export class Mutex {
    * @returns true if this object now holds the lock
    */
   tryLock(options: LockOptions = {}): Promise<boolean> {
-    return this.#object.take('lock', () => this.tryAcquire(options), this.#busy());
+    return this.#object.take('lock', () => this.tryAcquire(options), this.#busy);
   }
 
   /**
@@ -94,7 +94,7 @@ export class Mutex {
    */
   unlock(): Promise<void> {
     // A lost hold still counts as locked here: its release is quiet (docs/mutex.md).
-    return this.#object.release('lock', this.#notHeld(), 'held');
+    return this.#object.release('lock', this.#notHeld, 'held');
   }
 
   /**
@@ -103,7 +103,7 @@ export class Mutex {
    * @throws LockNotHeldError if this object does not hold the lock
    */
   ifOwner(): ComparatorBuilder {
-    return this.#object.owned('lock', this.#notHeld(), 'held').ifOwner();
+    return this.#object.owned('lock', this.#notHeld, 'held').ifOwner();
   }
 
   /**
@@ -124,14 +124,11 @@ export class Mutex {
     return this.#acquire(options, false);
   }
 
-  #busy(): string {
-    const what = `mutex ${showKey(this.name)} is already locked or locking through this Mutex object`;
-    return `${what}; use acquire() for more than one holder`;
-  }
+  readonly #busy = (): string =>
+    `mutex ${showKey(this.name)} is already locked or locking through this Mutex object; ` +
+    'use acquire() for more than one holder';
 
-  #notHeld(): string {
-    return `mutex ${showKey(this.name)} is not locked by this Mutex object`;
-  }
+  readonly #notHeld = (): string => `mutex ${showKey(this.name)} is not locked by this Mutex object`;
 
   async #acquire(options: LockOptions, wait: boolean): Promise<LockHandle | undefined> {
     checkOptions(options);

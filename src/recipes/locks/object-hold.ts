@@ -26,9 +26,9 @@ export class ObjectHold<M extends string> {
     return this.#held?.signal;
   }
 
-  /** Takes the hold through `acquire`; `busy` says why a second one is refused. */
-  async take(mode: M, acquire: () => Promise<HeldKey | undefined>, busy: string): Promise<boolean> {
-    if (this.current || this.#locking) throw new InvalidArgumentError('this', busy);
+  /** Takes the hold through `acquire`; `busy` says why a second one is refused (built only then). */
+  async take(mode: M, acquire: () => Promise<HeldKey | undefined>, busy: () => string): Promise<boolean> {
+    if (this.current || this.#locking) throw new InvalidArgumentError('this', busy());
     this.#held = undefined;
     this.#locking = true;
     try {
@@ -44,14 +44,14 @@ export class ObjectHold<M extends string> {
    * The hold not yet unlocked, in `mode`. With `lost: 'held'` a hold that was
    * lost still counts (its release is then quiet), otherwise it throws.
    */
-  owned(mode: M, notHeld: string, lost: 'held' | 'not held'): HeldKey {
+  owned(mode: M, notHeld: () => string, lost: 'held' | 'not held'): HeldKey {
     const held = this.#held;
-    if (!held || this.#mode !== mode || (lost === 'not held' && held.released)) throw new LockNotHeldError(notHeld);
+    if (!held || this.#mode !== mode || (lost === 'not held' && held.released)) throw new LockNotHeldError(notHeld());
     return held;
   }
 
   /** Releases the hold {@link ObjectHold.owned} finds. */
-  async release(mode: M, notHeld: string, lost: 'held' | 'not held'): Promise<void> {
+  async release(mode: M, notHeld: () => string, lost: 'held' | 'not held'): Promise<void> {
     const held = this.owned(mode, notHeld, lost);
     this.#held = undefined;
     await held.release();

@@ -203,7 +203,7 @@ export class RWMutex {
   // -------------------------------------------------------------------------
 
   #lockObject(mode: RWLockMode, options: RWLockOptions, wait: boolean): Promise<boolean> {
-    const busy =
+    const busy = () =>
       `rwmutex ${showKey(this.name)} is already locked (${this.mode ?? 'taking a lock'}) through this RWMutex ` +
       'object; a second lock on it would wait for the first forever (no reentrancy, no upgrade); ' +
       'use acquireRead()/acquireWrite() for more than one hold';
@@ -211,7 +211,7 @@ export class RWMutex {
   }
 
   #unlockObject(mode: RWLockMode): Promise<void> {
-    const notHeld = `rwmutex ${showKey(this.name)} is not ${mode}-locked by this RWMutex object`;
+    const notHeld = () => `rwmutex ${showKey(this.name)} is not ${mode}-locked by this RWMutex object`;
     return this.#object.release(mode, notHeld, 'not held');
   }
 
