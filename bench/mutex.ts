@@ -61,7 +61,7 @@ interface Contender {
  * row right after a slice of the chain floor in a worker process: the load
  * of this shared machine drifts within minutes, and a row and its floor
  * should see the same drift. With `profileDir`, the W = 8 one-process row's
- * worker is CPU-profiled.
+ * worker is CPU-profiled (BENCH_PROFILE_PROCS=4: the four-process row's workers).
  */
 async function contendedRows(
   ctx: BenchContext,
@@ -77,7 +77,8 @@ async function contendedRows(
     for (const [workers, procs] of shapes) {
       const counter = `bench/mutex/counter-${workers}-${procs}`;
       await admin.put(counter).value('0');
-      const profile = profileDir && workers === 8 && procs === 1 ? profileDir : undefined;
+      const profile =
+        profileDir && workers === 8 && procs === Number(process.env.BENCH_PROFILE_PROCS ?? 1) ? profileDir : undefined;
       const group = await WorkerGroup.start(
         ctx.endpoints,
         'mutex',
@@ -342,6 +343,13 @@ function printContended(
   console.log('all worker processes during the run (user + system), divided by the sections, the workload included.');
   console.log('The chain floor in a worker is (e) run in a worker process like the rows, in the slices right before');
   console.log("each row's, so that both see the same load.");
-  if (profileDir) console.log(formatSummary('Mutex W = 8, one process (self time)', summarize(profileDir), 20));
+  if (profileDir)
+    console.log(
+      formatSummary(
+        `Mutex W = 8, ${process.env.BENCH_PROFILE_PROCS ?? 1} process(es) (self time)`,
+        summarize(profileDir),
+        20,
+      ),
+    );
   if (all.some((r) => !r.counterOk)) throw new Error('counter mismatch: mutual exclusion violated');
 }

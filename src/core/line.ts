@@ -20,7 +20,8 @@ import { takeLocalTurn, type LocalRelease } from './local-lock.js';
 import { InternalError } from './errors.js';
 import { retrying } from './retry.js';
 import type { Session } from './session.js';
-import { waitInLine, type LineState } from './wait.js';
+import { openFeed, subscribeIfLive, type FeedSub } from './line-feed.js';
+import { lineFeedSpec, waitInLine, type LineState } from './wait.js';
 
 /*
  * Joining a line: what Mutex, Election, RWMutex and Semaphore do to get their
@@ -68,6 +69,12 @@ export interface JoinLineOptions<T> {
   lock?: LockTarget;
   /** The head of this line holds (Mutex, RWMutex): a local release may hand us the turn (core/handoff.ts). */
   handoff?: boolean;
+  /**
+   * The line's prefix, when every key under it is a key of the line and the
+   * keys ahead of a waiter are those created before its key (Mutex): waiters
+   * then follow the line's feed (core/line-feed.ts) instead of a watch each.
+   */
+  feed?: Buffer;
 }
 
 /** A call's turn: its key, the key's create revision (the fencing token) and the final line state. */
@@ -106,8 +113,12 @@ async function enterAndWait<T>(
   const pending: PendingKey = {};
   let releaseLocal: LocalRelease | undefined;
   let inFlight: Promise<unknown> = Promise.resolve();
+  const feed = o.feed && [lineFeedSpec(o.feed)];
+  let sub: FeedSub | undefined;
   try {
     releaseLocal = o.localTurn ? await takeLocalTurn(session.leaseId, o.localTurn, signal) : noLocalTurn;
+    // Subscribed before the join, the feed tells of every delete after its read.
+    sub = feed && subscribeIfLive(session.client, feed);
     const entering = o.enter(pending, signal);
     inFlight = entering;
     let state = await raceAbort(entering, signal).catch((err: unknown) => {
@@ -132,6 +143,7 @@ async function enterAndWait<T>(
         state.blocker.kind === 'key' ? showKey(state.blocker.key) : 'deletes',
       );
       onWait?.(key, rev, state.blocker.kind === 'key' ? state.blocker.key : undefined);
+      if (feed && !sub) openFeed(session.client, feed, log); // for the next waiter
       const handoff = o.handoff ? new HandoffSlot(session.client, key, rev, session.leaseId) : undefined;
       try {
         state = await waitInLine(session.client, {
@@ -141,6 +153,7 @@ async function enterAndWait<T>(
           what,
           log,
           handoff,
+          follow: sub && { sub, key, rev },
         });
         handedOver = state.revision === handoff?.revision;
       } finally {
@@ -162,6 +175,7 @@ async function enterAndWait<T>(
     }
     throw err;
   } finally {
+    sub?.close();
     linked.dispose();
   }
 }

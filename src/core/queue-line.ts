@@ -10,7 +10,7 @@ import { op, rangeAt, txn, type KeyValue, type Op, type OpResult, type RangeResu
 import { retrying } from './retry.js';
 import type { Session } from './session.js';
 import type { WatchEvent } from './watch-hub.js';
-import { type FeedSub, subscribe } from './queue-feed.js';
+import { type FeedSub, subscribe } from './line-feed.js';
 import { beyondLine, claimableInLine, type Scan, type State } from './queue-line-state.js';
 
 /*
@@ -27,7 +27,7 @@ import { beyondLine, claimableInLine, type Scan, type State } from './queue-line
  * count (the first ones are the line's).
  *
  * Waiting. A consumer that finds nothing joins a line of waiter keys on its
- * lease. The queue's feed (core/queue-feed.ts, one per process), opened
+ * lease. The queue's feed (core/line-feed.ts, one per process), opened
  * before the join, tells each waiter of every later change to the line and the items,
  * so a waiter knows from events when it is at the head and what it may
  * claim, without a read per turn; only the head claims a new item. The head

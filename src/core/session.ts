@@ -2,6 +2,7 @@ import { EventEmitter, setMaxListeners } from 'node:events';
 import type { Namespace } from 'etcd3';
 import { raceAbort } from './abort.js';
 import { clientScope } from './client.js';
+import { noteCluster } from './cluster-id.js';
 import { KeepAlive } from './keepalive.js';
 import { publish, sessionFields } from './diagnostics.js';
 import { type ClosedError, InvalidArgumentError, isRecipeError, SessionExpiredError } from './errors.js';
@@ -142,6 +143,7 @@ export class Session extends EventEmitter<SessionEvents> implements AsyncDisposa
       );
       id = res.ID;
       granted = Number(res.TTL);
+      noteCluster(client, res); // lets the session's first join find this process's line feeds
     } else {
       id = leaseId;
       const res = await raceAbort(client.leaseClient.leaseTimeToLive({ ID: id }), signal);

@@ -2,6 +2,7 @@ import type { Namespace } from 'etcd3';
 import { openWatch, WatchCompactedError, type WatchHandle, type WatchSpec } from './watch-hub.js';
 import { raceAbort, untilWoken } from './abort.js';
 import type { HandoffSlot } from './handoff.js';
+import type { FeedSub } from './line-feed.js';
 import { SessionExpiredError } from './errors.js';
 import { showKey } from './keys.js';
 import type { Logger } from './log.js';
@@ -57,7 +58,20 @@ export interface WaitInLineOptions<T> {
   log?: Logger;
   /** A local release may hand us the turn through this slot: the proof a read would give (core/handoff.ts). */
   handoff?: HandoffSlot;
+  /** The line's feed, subscribed before `initial`'s read: followed instead of a watch of our own while live. */
+  follow?: LineFollow;
 }
+
+/** A waiter's subscription to its line's feed (core/line-feed.ts, with {@link lineFeedSpec}). */
+interface LineFollow {
+  sub: FeedSub;
+  /** Our key and its create revision. */
+  key: Buffer;
+  rev: bigint;
+}
+
+/** The feed a {@link LineFollow} subscribes to: the deletes under the line's prefix, with what they deleted. */
+export const lineFeedSpec = (prefix: Buffer): WatchSpec => ({ key: prefix, prefix: true, noPut: true, prevKv: true });
 
 function sameTarget(a: WatchTarget, b: WatchTarget): boolean {
   if (a.kind === 'key' && b.kind === 'key')
@@ -94,6 +108,7 @@ export async function waitInLine<T>(client: Namespace, options: WaitInLineOption
     });
     return (await orHandOver(reading)) ?? handedOver() ?? (await reading);
   };
+  const follower = options.follow && new Follower(options.follow, state);
   for (;;) {
     state = handedOver() ?? state;
     if (!state.alive)
@@ -105,6 +120,17 @@ export async function waitInLine<T>(client: Namespace, options: WaitInLineOption
       blocker.kind === 'key' ? blocker.key : undefined,
       blocker.kind === 'key' ? blocker.createRevision : 0n,
     );
+    if (follower?.live && blocker.kind === 'key') {
+      log?.('%s: following the line until %s goes', what, describeTarget(blocker));
+      const proof = await follower.until(state, blocker, signal, orHandOver);
+      if (proof || handedOver()) {
+        state = proof ?? state;
+        continue;
+      }
+      if (handoff) await raceAbort(handoff.releaseOf(blocker.key, blocker.createRevision), signal);
+      state = handedOver() ?? (await reread());
+      continue;
+    }
     const deep = (state.ahead ?? 0) >= DEEP_IN_LINE;
     const from = deep ? state.revision + 1n : undefined;
     const opening = retrying(() => ChangeWatch.open(client, blocker, signal, from), {
@@ -139,6 +165,81 @@ export async function waitInLine<T>(client: Namespace, options: WaitInLineOption
       watch.close();
     }
     state = handedOver() ?? (await reread());
+  }
+}
+
+/**
+ * Applies a line feed's deletes to a waiter's state, in place of a watch and
+ * a read per turn: the delete of our key (our session ended) or of our
+ * blocker, and, from the join's count of the keys ahead, the revision from
+ * which none is left, which a read there would have shown
+ * (docs/internals.md, "The line's feed").
+ */
+class Follower {
+  readonly #f: LineFollow;
+  /** Keys created before ours still there, counted from the join's read; undefined: not counting. */
+  #ahead: number | undefined;
+  /** The revision at which the last key ahead of us went. */
+  #clearAt: bigint | undefined;
+  /** The blocker waited on; undefined while a read is under way, whose blocker may go before we learn it. */
+  #blocker: Buffer | undefined;
+
+  constructor(f: LineFollow, joined: LineState<unknown>) {
+    this.#f = f;
+    this.#ahead = joined.ahead;
+    f.sub.interest = (event) => {
+      const at = event.kv.modRevision;
+      if (at <= joined.revision) return 'skip';
+      if (this.#ahead !== undefined) {
+        const created = event.prevKv?.createRevision;
+        if (created === undefined)
+          this.#ahead = undefined; // its history was compacted: stop counting
+        else if (created < f.rev && --this.#ahead === 0) {
+          this.#clearAt = at;
+          return 'wake';
+        }
+      }
+      if (event.kv.key.equals(f.key) || (this.#blocker && event.kv.key.equals(this.#blocker))) return 'wake';
+      return this.#blocker ? 'skip' : 'keep';
+    };
+    f.sub.push(f.sub.take()); // what came before the join's reply, counted as well
+  }
+
+  get live(): boolean {
+    return this.#f.sub.live;
+  }
+
+  /**
+   * Waits until the feed proves our turn or the end of our key (that state),
+   * or (undefined) that `blocker` went, the feed ended or the turn was handed
+   * over: then only a read or the hand-over can tell.
+   */
+  async until<T>(
+    state: LineState<T>,
+    blocker: WatchTarget & { kind: 'key' },
+    signal: AbortSignal,
+    orHandOver: <R>(p: Promise<R>) => Promise<R | undefined>,
+  ): Promise<LineState<T> | undefined> {
+    this.#blocker = blocker.key;
+    try {
+      for (;;) {
+        let mine: bigint | undefined;
+        let theirs: bigint | undefined;
+        for (const event of this.#f.sub.take()) {
+          const at = event.kv.modRevision;
+          if (at <= state.revision) continue;
+          if (mine === undefined && event.kv.key.equals(this.#f.key)) mine = at;
+          if (theirs === undefined && event.kv.key.equals(blocker.key)) theirs = at;
+        }
+        const clear = this.#clearAt;
+        if (clear !== undefined && (mine === undefined || clear < mine)) return { alive: true, revision: clear };
+        if (mine !== undefined) return { alive: false, revision: mine };
+        if (theirs !== undefined || !this.live) return undefined;
+        if (!(await orHandOver(this.#f.sub.next(signal).then(() => true)))) return undefined;
+      }
+    } finally {
+      this.#blocker = undefined;
+    }
   }
 }
 

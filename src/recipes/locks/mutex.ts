@@ -149,6 +149,7 @@ export class Mutex {
       enter: (pending, signal) => line.enter(EMPTY, false, pending, signal),
       read: (_key, rev) => line.read(rev),
       handoff: true,
+      feed: line.prefix,
     });
     if (!turn) return undefined;
     log('%s: acquired by %s, token %s', what, this.key, turn.rev);

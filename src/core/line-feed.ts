@@ -8,22 +8,29 @@ import { retrying } from './retry.js';
 import { openWatch, type WatchEvent, type WatchHandle, type WatchSpec } from './watch-hub.js';
 
 /*
- * The watches a consumer line's waiters follow (core/queue-line.ts): opened
- * before the read a waiter starts from, and kept while takes wait (and
- * LINGER_MS after), so that a waiter learns its turn and the candidates from
- * events instead of a watch and a read per turn. One feed per process serves
- * every recipe object on the same queue (same cluster, same full keys),
- * whichever client each uses (docs/internals.md, "The consumer line's feed").
+ * The watches a line's waiters follow: opened before the read (or join) a
+ * waiter starts from, and kept while waiters wait (and LINGER_MS after), so
+ * that a waiter learns its turn from events instead of a watch and a read
+ * per turn. One feed per process serves every recipe object on the same line
+ * (same cluster, same full keys), whichever client each uses. The consumer
+ * line (core/queue-line.ts) and waitInLine (core/wait.ts) follow feeds
+ * (docs/internals.md, "The line's feed").
  */
 
-/** How long the watches stay open after the last waiting take, for the next one. */
+/** How long the watches stay open after the last subscriber left, for the next one. */
 const LINGER_MS = 250;
 
-/** What one take heard since it subscribed. */
+/** Whether a subscriber keeps an event, and whether the event wakes it. */
+export type EventInterest = (event: WatchEvent) => 'skip' | 'keep' | 'wake';
+
+/** What one waiter heard since it subscribed. */
 export class FeedSub {
   /** False once the watches ended (compaction, closed client): re-read, and subscribe again. */
   live = true;
+  /** Which events this subscriber keeps and which wake it; by default every event wakes it. */
+  interest: EventInterest = () => 'wake';
   #events: WatchEvent[] = [];
+  #woken = false;
   #wake: (() => void) | undefined;
   readonly close: () => void;
 
@@ -32,8 +39,13 @@ export class FeedSub {
   }
 
   push(events: WatchEvent[]): void {
-    this.#events.push(...events);
-    this.#wake?.();
+    for (const event of events) {
+      const interest = this.interest(event);
+      if (interest === 'skip') continue;
+      this.#events.push(event);
+      if (interest === 'wake') this.#woken = true;
+    }
+    if (this.#woken) this.#wake?.();
   }
 
   end(): void {
@@ -41,16 +53,17 @@ export class FeedSub {
     this.#wake?.();
   }
 
-  /** Resolves once events (or the end) are there; rejects with the signal's reason. */
+  /** Resolves once a waking event (or the end) is there; rejects with the signal's reason. */
   next(signal: AbortSignal): Promise<void> {
-    if (this.#events.length || !this.live) return Promise.resolve();
+    if (this.#woken || !this.live) return Promise.resolve();
     return untilWoken(signal, (wake) => {
       this.#wake = wake;
     });
   }
 
-  /** The events heard since the last call. */
+  /** The events kept since the last call. */
   take(): WatchEvent[] {
+    this.#woken = false;
     return this.#events.splice(0);
   }
 }
@@ -68,8 +81,7 @@ export function subscribe(
   log: Logger,
   signal: AbortSignal | undefined,
 ): Promise<FeedSub> {
-  const cluster = clusterOf(client);
-  const id = cluster && [cluster, client.prefix.toString('latin1'), ...specs.map(specId(client))].join('\u0000');
+  const id = feedId(client, specs);
   let feed = id ? feeds.get(id) : undefined;
   if (!feed) {
     feed = new LineFeed(specs, log, id || undefined);
@@ -78,10 +90,35 @@ export function subscribe(
   return feed.subscribe(client, signal);
 }
 
-const specId = (client: Namespace) => (spec: WatchSpec) =>
-  `${encodeKey(client, spec.key).toString('latin1')}${spec.prefix ? '*' : ''}`;
+/**
+ * A subscription to the feed of `specs` if its watches are live already,
+ * else undefined: for a waiter that must not wait for a watch to open.
+ */
+export function subscribeIfLive(client: Namespace, specs: WatchSpec[]): FeedSub | undefined {
+  const id = feedId(client, specs);
+  const feed = id ? feeds.get(id) : undefined;
+  return feed?.ready ? feed.subscribeLive() : undefined;
+}
 
-/** The watches of one consumer line, shared by the takes of every recipe object on it in this process. */
+/** Opens the feed of `specs` in the background (it lingers), so that the next waiter finds it live. */
+export function openFeed(client: Namespace, specs: WatchSpec[], log: Logger): void {
+  void subscribe(client, specs, log, undefined).then(
+    (sub) => sub.close(),
+    () => undefined,
+  );
+}
+
+function feedId(client: Namespace, specs: WatchSpec[]): string | undefined {
+  const cluster = clusterOf(client);
+  return cluster && [cluster, client.prefix.toString('latin1'), ...specs.map(specId(client))].join('\u0000');
+}
+
+const specId = (client: Namespace) => (spec: WatchSpec) =>
+  `${encodeKey(client, spec.key).toString('latin1')}${spec.prefix ? '*' : ''}${spec.noPut ? '-put' : ''}${
+    spec.prevKv ? '+prev' : ''
+  }`;
+
+/** The watches of one line, shared by the waiters of every recipe object on it in this process. */
 class LineFeed {
   readonly #specs: WatchSpec[];
   readonly #log: Logger;
@@ -91,6 +128,8 @@ class LineFeed {
   /** The client the watches were opened on. */
   #client: Namespace | undefined;
   #idle: NodeJS.Timeout | undefined;
+  /** The watches are live: a new subscriber hears every later event at once. */
+  ready = false;
 
   constructor(specs: WatchSpec[], log: Logger, id: string | undefined) {
     this.#specs = specs;
@@ -98,10 +137,15 @@ class LineFeed {
     this.#id = id;
   }
 
-  async subscribe(client: Namespace, signal: AbortSignal | undefined): Promise<FeedSub> {
+  subscribeLive(): FeedSub {
     clearTimeout(this.#idle);
     const sub = new FeedSub((s) => this.#unsubscribe(s));
     this.#subs.add(sub);
+    return sub;
+  }
+
+  async subscribe(client: Namespace, signal: AbortSignal | undefined): Promise<FeedSub> {
+    const sub = this.subscribeLive();
     try {
       await retrying(
         async () => {
@@ -143,6 +187,7 @@ class LineFeed {
     live = (async () => {
       try {
         for (const spec of this.#specs) handles.push(await openWatch(client, spec, listener));
+        if (this.#live === live) this.ready = true;
         return handles;
       } catch (err) {
         for (const h of handles) h.close();
@@ -157,6 +202,7 @@ class LineFeed {
   #drop(): void {
     const live = this.#live;
     this.#live = undefined;
+    this.ready = false;
     for (const sub of this.#subs) sub.end();
     void live?.then(
       (hs) => {

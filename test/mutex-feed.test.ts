@@ -1,0 +1,143 @@
+import { Etcd3, type Namespace } from 'etcd3';
+import { afterEach, describe, expect, it } from 'vitest';
+import { DIAGNOSTICS_CHANNELS, Mutex, Session, subscribeDiagnostics } from '../src/index.js';
+import { subscribe, type FeedSub } from '../src/core/line-feed.js';
+import { range } from '../src/core/kv.js';
+import { logger } from '../src/core/log.js';
+import { lineFeedSpec } from '../src/core/wait.js';
+import { FaultProxy } from '../src/testing/index.js';
+import { keysUnder, stillPending, useCluster, within } from './helpers.js';
+
+/*
+ * Mutex waiters follow the line's feed (core/line-feed.ts, docs/internals.md
+ * "The line's feed") once it is live: one watch per process on the line's
+ * deletes, from which a waiter counts the keys ahead of it. What must hold:
+ * a waiter takes the lock when the last key ahead goes (even if it hears
+ * nothing on its own connection), never before, and falls back to its own
+ * watch and reads when the feed ends.
+ */
+
+/** Resolves once `key` starts waiting in line. */
+function waiting(key: string): Promise<void> {
+  return new Promise((resolve) => {
+    const stop = subscribeDiagnostics(DIAGNOSTICS_CHANNELS.lockWait, (m) => {
+      if (m.key !== key) return;
+      stop();
+      resolve();
+    });
+  });
+}
+
+/** Holds the feed of Mutex `name` open on `client` (live once this resolves), as a waiter before would. */
+async function openLineFeed(client: Namespace, name: string): Promise<FeedSub> {
+  await range(client, Buffer.from(name), {}); // a reply tells the client its cluster, which names the feed
+  return subscribe(client, [lineFeedSpec(Buffer.from(`${name}/`))], logger('test'), undefined);
+}
+
+describe('Mutex waiters following the line feed', () => {
+  const etcd = useCluster();
+  const proxies: FaultProxy[] = [];
+  const clients: Etcd3[] = [];
+  afterEach(async () => {
+    for (const c of clients.splice(0)) c.close();
+    await Promise.all(proxies.splice(0).map((p) => p.close()));
+  });
+
+  it('a waiter takes the lock when the keys ahead go, from the feed alone, never before', async () => {
+    const admin = etcd().client();
+    const proxy = await FaultProxy.start(etcd().endpoints[0]!);
+    proxies.push(proxy);
+    const muted = new Etcd3({ hosts: proxy.endpoint, grpcOptions: { 'grpc.use_local_subchannel_pool': 1 } });
+    clients.push(muted);
+    await using a = await Session.create(etcd().client(), { ttl: 30 });
+    await using b = await Session.create(etcd().client(), { ttl: 30 });
+    await using c = await Session.create(muted, { ttl: 30 });
+    const feed = await openLineFeed(etcd().client(), 'fd/lock');
+    try {
+      const holder = await new Mutex(a, 'fd/lock').acquire();
+      const second = new Mutex(b, 'fd/lock');
+      let queued = waiting(second.key);
+      const secondTurn = second.acquire();
+      await within(10_000, queued, 'second waiter queued');
+      const third = new Mutex(c, 'fd/lock');
+      queued = waiting(third.key);
+      const thirdTurn = third.acquire();
+      await within(10_000, queued, 'third waiter queued');
+      // From now on the third waiter's own connection hears nothing: no watch event, no read's reply.
+      proxy.dropReplies();
+      // Deleted as another process's release would: no in-process hand-over.
+      await admin.delete().key(holder.key);
+      const secondHeld = await within(10_000, secondTurn, 'second waiter');
+      expect(await stillPending(thirdTurn, 200)).toBe(true);
+      await admin.delete().key(secondHeld.key);
+      const thirdHeld = await within(10_000, thirdTurn, 'third waiter, from the feed');
+      expect(thirdHeld.fencingToken > secondHeld.fencingToken).toBe(true);
+      proxy.restore();
+      await Promise.all([holder.release(), secondHeld.release(), thirdHeld.release()]);
+      expect(await keysUnder(admin, 'fd/lock/')).toEqual([]);
+    } finally {
+      feed.close();
+    }
+  });
+
+  it('after a waiter ahead gives up, the one behind it waits for the holder, then takes the lock', async () => {
+    const admin = etcd().client();
+    await using a = await Session.create(etcd().client(), { ttl: 30 });
+    await using b = await Session.create(etcd().client(), { ttl: 30 });
+    await using c = await Session.create(etcd().client(), { ttl: 30 });
+    await using d = await Session.create(etcd().client(), { ttl: 30 });
+    const feed = await openLineFeed(etcd().client(), 'fg/lock');
+    try {
+      const holder = await new Mutex(a, 'fg/lock').acquire();
+      const [second, quitter, last] = [b, c, d].map((s) => new Mutex(s, 'fg/lock'));
+      const turns = [];
+      const controller = new AbortController();
+      for (const [m, signal] of [
+        [second!, undefined],
+        [quitter!, controller.signal],
+        [last!, undefined],
+      ] as const) {
+        const queued = waiting(m.key);
+        turns.push(m.acquire({ signal }));
+        await within(10_000, queued, `${m.key} queued`);
+      }
+      const [secondTurn, quitterTurn, lastTurn] = turns;
+      const reason = new Error('gave up');
+      controller.abort(reason);
+      await expect(quitterTurn).rejects.toBe(reason);
+      expect(await stillPending(lastTurn!, 200)).toBe(true);
+      await admin.delete().key(holder.key);
+      const secondHeld = await within(10_000, secondTurn!, 'second waiter');
+      expect(await stillPending(lastTurn!, 200)).toBe(true);
+      await admin.delete().key(secondHeld.key);
+      const lastHeld = await within(10_000, lastTurn!, 'last waiter');
+      expect(lastHeld.fencingToken > secondHeld.fencingToken).toBe(true);
+      expect(await keysUnder(admin, 'fg/lock/')).toEqual([last!.key]);
+      await Promise.all([holder.release(), secondHeld.release(), lastHeld.release()]);
+    } finally {
+      feed.close();
+    }
+  });
+
+  it('a waiter whose feed ends (its client closed) waits on its own and takes the lock', async () => {
+    const admin = etcd().client();
+    const feedClient = new Etcd3({ hosts: etcd().endpoints, grpcOptions: { 'grpc.use_local_subchannel_pool': 1 } });
+    clients.push(feedClient);
+    await using a = await Session.create(etcd().client(), { ttl: 30 });
+    await using b = await Session.create(etcd().client(), { ttl: 30 });
+    const feed = await openLineFeed(feedClient, 'fe/lock');
+    const holder = await new Mutex(a, 'fe/lock').acquire();
+    const waiter = new Mutex(b, 'fe/lock');
+    const queued = waiting(waiter.key);
+    const turn = waiter.acquire();
+    await within(10_000, queued, 'waiter queued');
+    feedClient.close();
+    feed.close();
+    expect(await stillPending(turn, 200)).toBe(true);
+    await admin.delete().key(holder.key);
+    const held = await within(10_000, turn, 'waiter, on its own watch');
+    expect(held.fencingToken > holder.fencingToken).toBe(true);
+    await Promise.all([holder.release(), held.release()]);
+    expect(await keysUnder(admin, 'fe/lock/')).toEqual([]);
+  });
+});
