@@ -102,6 +102,8 @@ export function subscribeIfLive(client: Namespace, specs: WatchSpec[]): FeedSub 
 
 /** Opens the feed of `specs` in the background (it lingers), so that the next waiter finds it live. */
 export function openFeed(client: Namespace, specs: WatchSpec[], log: Logger): void {
+  const id = feedId(client, specs);
+  if (!id || feeds.get(id)?.active) return; // open or opening already (or, without a cluster, never found)
   void subscribe(client, specs, log, undefined).then(
     (sub) => sub.close(),
     () => undefined,
@@ -135,6 +137,11 @@ class LineFeed {
     this.#specs = specs;
     this.#log = log;
     this.#id = id;
+  }
+
+  /** The watches are open or opening. */
+  get active(): boolean {
+    return this.#live !== undefined;
   }
 
   subscribeLive(): FeedSub {
