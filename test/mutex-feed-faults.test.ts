@@ -194,30 +194,64 @@ describe('Mutex line feed under faults', () => {
 
   it('lock/unlock and tryLock on the Mutex object while the feed is live', async () => {
     const admin = etcd().client();
-    await using a = await Session.create(etcd().client(), { ttl: 30 });
-    await using b = await Session.create(etcd().client(), { ttl: 30 });
-    await using c = await Session.create(etcd().client(), { ttl: 30 });
+    const sessions = await Promise.all([0, 1, 2, 3].map(() => Session.create(etcd().client(), { ttl: 30 })));
     const feed = await openLineFeed(admin, 'obj/lock');
     try {
-      const [ma, mb, mc] = [a, b, c].map((s) => new Mutex(s, 'obj/lock')) as [Mutex, Mutex, Mutex];
+      const [ma, mb, mc, md] = sessions.map((s) => new Mutex(s, 'obj/lock')) as [Mutex, Mutex, Mutex, Mutex];
       await ma.lock();
+      const first = ma.fencingToken!;
       expect(await mc.tryLock()).toBe(false);
-      const queued = waiting(mb.key);
-      const locking = mb.lock();
-      await within(10_000, queued, 'b queued');
+      const lockings = [];
+      for (const m of [mb, md]) {
+        const queued = waiting(m.key);
+        lockings.push(m.lock());
+        await within(10_000, queued, `${m.key} queued`);
+      }
+      const [bLocking, dLocking] = lockings as [Promise<void>, Promise<void>];
       expect(await mc.tryLock()).toBe(false);
-      expect(await keysUnder(admin, 'obj/lock/')).toEqual([ma.key, mb.key].sort());
-      expect(await stillPending(locking, 200)).toBe(true);
+      expect(await keysUnder(admin, 'obj/lock/')).toEqual([ma.key, mb.key, md.key].sort());
+      expect(await stillPending(bLocking, 200)).toBe(true);
       await ma.unlock();
-      await within(10_000, locking, 'b');
-      expect(mb.held && mb.fencingToken! > 0n).toBe(true);
+      await within(10_000, bLocking, 'b');
+      expect(mb.held).toBe(true);
+      expect(await stillPending(dLocking, 200)).toBe(true);
       expect(await mc.tryLock()).toBe(false);
       await mb.unlock();
+      await within(10_000, dLocking, 'd');
+      expect(md.fencingToken! > first).toBe(true);
+      expect(await keysUnder(admin, 'obj/lock/')).toEqual([md.key]);
+      await md.unlock();
       expect(await mc.tryLock()).toBe(true);
       await mc.unlock();
       expect(await keysUnder(admin, 'obj/lock/')).toEqual([]);
     } finally {
       feed.close();
+      await Promise.all(sessions.map((s) => s.close()));
+    }
+  });
+
+  it('an operator deleting the whole line in one revision leaves no phantom holder', async () => {
+    const admin = etcd().client();
+    const sessions = await Promise.all([0, 1, 2].map(() => Session.create(etcd().client(), { ttl: 30 })));
+    const [a, b, c] = sessions as [Session, Session, Session];
+    const feed = await openLineFeed(admin, 'wipe/lock');
+    try {
+      const holder = await new Mutex(a, 'wipe/lock').acquire();
+      const [mb, mc] = [b, c].map((s) => new Mutex(s, 'wipe/lock')) as [Mutex, Mutex];
+      const [bTurn] = await queue(mb);
+      const [cTurn] = await queue(mc);
+      // The last key ahead of each follower goes at the revision its own key goes: not a turn.
+      await admin.delete().prefix('wipe/lock/');
+      await expect(within(10_000, bTurn, 'b')).rejects.toMatchObject({ code: 'SESSION_EXPIRED' });
+      await expect(within(10_000, cTurn, 'c')).rejects.toMatchObject({ code: 'SESSION_EXPIRED' });
+      expect(await keysUnder(admin, 'wipe/lock/')).toEqual([]);
+      await holder.release();
+      const again = await within(10_000, mb.acquire(), 'the lock, free again');
+      await again.release();
+      expect(await keysUnder(admin, 'wipe/lock/')).toEqual([]);
+    } finally {
+      feed.close();
+      await Promise.all(sessions.map((s) => s.close()));
     }
   });
 
