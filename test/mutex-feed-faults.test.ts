@@ -26,6 +26,15 @@ async function openLineFeed(client: Namespace, name: string): Promise<FeedSub> {
   return subscribe(client, [lineFeedSpec(Buffer.from(`${name}/`))], logger('test'), undefined);
 }
 
+/** Starts `m.acquire()` and resolves, once the waiter is queued, with its (wrapped) promise. */
+async function queue(m: Mutex): Promise<[Promise<LockHandle>]> {
+  const queued = waiting(m.key);
+  const turn = m.acquire();
+  turn.catch(() => undefined);
+  await within(10_000, queued, `${m.key} queued`);
+  return [turn];
+}
+
 describe('Mutex line feed under faults', () => {
   const etcd = useCluster();
   const proxies: FaultProxy[] = [];
@@ -63,15 +72,6 @@ describe('Mutex line feed under faults', () => {
       }
     },
   );
-
-  /** Starts `m.acquire()` and resolves, once the waiter is queued, with its (wrapped) promise. */
-  async function queue(m: Mutex): Promise<[Promise<LockHandle>]> {
-    const queued = waiting(m.key);
-    const turn = m.acquire();
-    turn.catch(() => undefined);
-    await within(10_000, queued, `${m.key} queued`);
-    return [turn];
-  }
 
   it('revoked leases ahead are counted out; a follower whose lease is revoked rejects, no key left', async () => {
     const admin = etcd().client();
@@ -307,6 +307,45 @@ describe('Mutex line feed under faults', () => {
       expect(Number(await admin.get('many/counter').string())).toBe(sections);
       expect(sections + aborted).toBe(sessions.length * 3);
       expect(await keysUnder(admin, 'many/lock/')).toEqual([]);
+    } finally {
+      feed.close();
+      await Promise.all(sessions.map((s) => s.close()));
+    }
+  });
+});
+
+describe('Mutex line feed on a member that stops', () => {
+  const etcd = useCluster({ members: 3 });
+
+  it("waiters on other members take the lock while the feed's member is down, past a compaction", async () => {
+    const [m0, m1, m2] = etcd().members;
+    const admin = etcd().client({ hosts: [m1!.endpoint, m2!.endpoint] });
+    const feedClient = etcd().client({ hosts: [m0!.endpoint] });
+    const sessions = await Promise.all(
+      [0, 1, 2].map(() => Session.create(etcd().client({ hosts: [m1!.endpoint, m2!.endpoint] }), { ttl: 30 })),
+    );
+    const [a, b, c] = sessions as [Session, Session, Session];
+    const feed = await openLineFeed(feedClient, 'm0/lock');
+    try {
+      const holder = await new Mutex(a, 'm0/lock').acquire();
+      const [mb, mc] = [b, c].map((s) => new Mutex(s, 'm0/lock')) as [Mutex, Mutex];
+      const [bTurn] = await queue(mb);
+      const [cTurn] = await queue(mc);
+      await m0!.stop();
+      await admin.delete().key(holder.key);
+      const bHeld = await within(15_000, bTurn, "b, while the feed's member is down");
+      expect(await stillPending(cTurn, 200)).toBe(true);
+      const rev = (await admin.put('m0/other').value('x').exec()).header.revision;
+      await admin.kv.compact({ revision: rev, physical: true });
+      await bHeld.release();
+      const cHeld = await within(15_000, cTurn, 'c');
+      expect(cHeld.fencingToken > bHeld.fencingToken).toBe(true);
+      await m0!.restart();
+      await etcd().waitHealthy();
+      await cHeld.release();
+      await holder.release();
+      await admin.delete().key('m0/other');
+      expect(await keysUnder(admin, 'm0/lock/')).toEqual([]);
     } finally {
       feed.close();
       await Promise.all(sessions.map((s) => s.close()));
