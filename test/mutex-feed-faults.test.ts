@@ -7,7 +7,7 @@ import { logger } from '../src/core/log.js';
 import { lineFeedSpec } from '../src/core/wait.js';
 import { FaultProxy } from '../src/testing/index.js';
 import { etcdctl } from './cli-helpers.js';
-import { keysUnder, stillPending, useCluster, waitForKey, waitForKeyCount, within } from './helpers.js';
+import { forkFixture, keysUnder, stillPending, useCluster, waitForKey, waitForKeyCount, within } from './helpers.js';
 
 /** Resolves once `key` starts waiting in line. */
 function waiting(key: string): Promise<void> {
@@ -309,6 +309,47 @@ describe('Mutex line feed under faults', () => {
       expect(await keysUnder(admin, 'many/lock/')).toEqual([]);
     } finally {
       feed.close();
+      await Promise.all(sessions.map((s) => s.close()));
+    }
+  });
+
+  it('two processes, each with its waiters on its own feed: one holder at a time across both', async () => {
+    const admin = etcd().client();
+    const other = forkFixture('fixtures/mutex-feed-locker.ts', [etcd().endpoints.join(','), 'two/lock', '6', '10']);
+    const sessions = await Promise.all(Array.from({ length: 6 }, () => Session.create(etcd().client(), { ttl: 30 })));
+    await other.next((m) => m.type === 'ready');
+    other.child.send({ type: 'go' });
+    let violations = 0;
+    let sections = 0;
+    try {
+      await within(
+        45_000,
+        Promise.all(
+          sessions.map(async (session) => {
+            const m = new Mutex(session, 'two/lock');
+            for (let i = 0; i < 10; i++) {
+              const held = await m.acquire();
+              try {
+                const put = session.client.put('two/lock-inside').value('parent');
+                const res = await held.ifOwner().and('two/lock-inside', 'Create', '==', 0).then(put).commit();
+                if (res.succeeded) sections++;
+                else violations++;
+                await held.ifOwner().then(session.client.delete().key('two/lock-inside')).commit();
+              } finally {
+                await held.release();
+              }
+            }
+          }),
+        ),
+        "this process's rounds",
+      );
+      const done = other.messages[await other.next((m) => m.type === 'done', 0, 45_000)]!;
+      expect({ violations, otherViolations: done.violations }).toEqual({ violations: 0, otherViolations: 0 });
+      expect([sections, done.sections]).toEqual([60, 60]);
+      expect(await other.exited).toBe(0);
+      expect(await keysUnder(admin, 'two/lock')).toEqual([]);
+    } finally {
+      if (other.child.exitCode === null) other.child.kill('SIGKILL');
       await Promise.all(sessions.map((s) => s.close()));
     }
   });
