@@ -190,6 +190,10 @@ class LineFeed {
       onEnd: () => {
         if (this.#live === live) this.#drop();
       },
+      // Its waiters may use other clients: they must not wait on this one's reconnection.
+      onInterrupted: () => {
+        if (this.#live === live && this.ready) this.#drop();
+      },
     };
     live = (async () => {
       try {

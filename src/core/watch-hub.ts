@@ -344,6 +344,7 @@ class WatchHub {
     if (this.#entries.size === 0) return;
     for (const entry of this.#entries.values()) entry.created = false;
     const delayMs = this.#reconnect.schedule(() => this.#connect(), true);
+    for (const entry of [...this.#entries.values()]) entry.listener.onInterrupted?.(err);
     log('watch stream broken (%s); reconnecting in %d ms', err.message, delayMs);
     publish('watchReconnect', () => ({ watches: this.#entries.size, delayMs, error: err }));
   }

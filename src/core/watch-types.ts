@@ -39,6 +39,8 @@ export interface WatchListener {
   onEvents(events: WatchEvent[], revision: bigint): void;
   /** The watch ended for good (compaction, cancellation by the server, closed client). */
   onEnd(err: Error): void;
+  /** The stream broke; the watch resumes on a new one with the events it missed, unless it ends. */
+  onInterrupted?(err: Error): void;
 }
 
 /** A live watch. */
