@@ -1,13 +1,10 @@
-import { Etcd3, type Namespace } from 'etcd3';
+import { Etcd3 } from 'etcd3';
 import { afterEach, describe, expect, it } from 'vitest';
-import { DIAGNOSTICS_CHANNELS, type LockHandle, Mutex, Session, subscribeDiagnostics } from '../src/index.js';
-import { subscribe, type FeedSub } from '../src/core/line-feed.js';
-import { range } from '../src/core/kv.js';
-import { logger } from '../src/core/log.js';
-import { lineFeedSpec } from '../src/core/wait.js';
+import { type LockHandle, Mutex, Session } from '../src/index.js';
 import { FaultProxy } from '../src/testing/index.js';
 import { etcdctl } from './cli-helpers.js';
 import { forkFixture, keysUnder, stillPending, useCluster, waitForKey, waitForKeyCount, within } from './helpers.js';
+import { waiting, openLineFeed } from './lock-helpers.js';
 
 /*
  * Trying to break the Mutex line feed (core/line-feed.ts, Follower in core/wait.ts; docs/internals.md,
@@ -16,23 +13,6 @@ import { forkFixture, keysUnder, stillPending, useCluster, waitForKey, waitForKe
  * many waiters in one and two processes. What must hold: one holder at a time, no turn after our own
  * key went, no hang while our own client works, no key left behind.
  */
-
-/** Resolves once `key` starts waiting in line. */
-function waiting(key: string): Promise<void> {
-  return new Promise((resolve) => {
-    const stop = subscribeDiagnostics(DIAGNOSTICS_CHANNELS.lockWait, (m) => {
-      if (m.key !== key) return;
-      stop();
-      resolve();
-    });
-  });
-}
-
-/** Holds the feed of Mutex `name` open on `client` (live once this resolves). */
-async function openLineFeed(client: Namespace, name: string): Promise<FeedSub> {
-  await range(client, Buffer.from(name), {});
-  return subscribe(client, [lineFeedSpec(Buffer.from(`${name}/`))], logger('test'), undefined);
-}
 
 /** Starts `m.acquire()` and resolves, once the waiter is queued, with its (wrapped) promise. */
 async function queue(m: Mutex): Promise<[Promise<LockHandle>]> {

@@ -1,12 +1,9 @@
-import { Etcd3, type Namespace } from 'etcd3';
+import { Etcd3 } from 'etcd3';
 import { afterEach, describe, expect, it } from 'vitest';
-import { DIAGNOSTICS_CHANNELS, Mutex, Session, subscribeDiagnostics } from '../src/index.js';
-import { subscribe, type FeedSub } from '../src/core/line-feed.js';
-import { range } from '../src/core/kv.js';
-import { logger } from '../src/core/log.js';
-import { lineFeedSpec } from '../src/core/wait.js';
+import { Mutex, Session } from '../src/index.js';
 import { FaultProxy } from '../src/testing/index.js';
 import { keysUnder, stillPending, useCluster, within } from './helpers.js';
+import { waiting, openLineFeed } from './lock-helpers.js';
 
 /*
  * Mutex waiters follow the line's feed (core/line-feed.ts, docs/internals.md
@@ -16,23 +13,6 @@ import { keysUnder, stillPending, useCluster, within } from './helpers.js';
  * nothing on its own connection), never before, and falls back to its own
  * watch and reads when the feed ends.
  */
-
-/** Resolves once `key` starts waiting in line. */
-function waiting(key: string): Promise<void> {
-  return new Promise((resolve) => {
-    const stop = subscribeDiagnostics(DIAGNOSTICS_CHANNELS.lockWait, (m) => {
-      if (m.key !== key) return;
-      stop();
-      resolve();
-    });
-  });
-}
-
-/** Holds the feed of Mutex `name` open on `client` (live once this resolves), as a waiter before would. */
-async function openLineFeed(client: Namespace, name: string): Promise<FeedSub> {
-  await range(client, Buffer.from(name), {}); // a reply tells the client its cluster, which names the feed
-  return subscribe(client, [lineFeedSpec(Buffer.from(`${name}/`))], logger('test'), undefined);
-}
 
 describe('Mutex waiters following the line feed', () => {
   const etcd = useCluster();

@@ -1,20 +1,12 @@
 import type { Etcd3, Namespace } from 'etcd3';
 import { describe, expect, it } from 'vitest';
-import {
-  DIAGNOSTICS_CHANNELS,
-  Mutex,
-  RWMutex,
-  Session,
-  subscribeDiagnostics,
-  subscribeTracing,
-  TRACING_CHANNELS,
-  type HeldKey,
-} from '../src/index.js';
+import { Mutex, RWMutex, Session, subscribeTracing, TRACING_CHANNELS, type HeldKey } from '../src/index.js';
 import { HandoffSlot, releaseAndHandOver } from '../src/core/handoff.js';
 import { clusterOf } from '../src/core/cluster-id.js';
 import { cmp, op, range, rangeAt, txn } from '../src/core/kv.js';
 import { requestCounts, requestsBetween, type EtcdCluster } from '../src/testing/index.js';
 import { keysUnder, useCluster, within } from './helpers.js';
+import { waiting } from './lock-helpers.js';
 
 /*
  * The in-process handoff (src/core/handoff.ts): a release whose Txn finds a
@@ -23,17 +15,6 @@ import { keysUnder, useCluster, within } from './helpers.js';
  * exclusion and FIFO stay, and a stale hand-over (aborted waiter, key deleted
  * or re-created, lease revoked, another cluster) is never taken.
  */
-
-/** Resolves once `key` starts waiting in line: its hand-over registration exists from then on. */
-function waiting(key: string): Promise<void> {
-  return new Promise((resolve) => {
-    const stop = subscribeDiagnostics(DIAGNOSTICS_CHANNELS.lockWait, (m) => {
-      if (m.key !== key) return;
-      stop();
-      resolve();
-    });
-  });
-}
 
 /** Counts the acquires of lock `name` that waited, and those of them that a local release handed over. */
 function countAcquires(name: string) {
