@@ -24,3 +24,14 @@ export async function openLineFeed(client: Namespace, name: string): Promise<Fee
   await range(client, Buffer.from(name), {});
   return subscribe(client, [lineFeedSpec(Buffer.from(`${name}/`))], logger('test'), undefined);
 }
+
+/** Resolves with the key of the next waiter of lock `name` that starts waiting in line (keys unique per call). */
+export function nextWaiter(name: string): Promise<string> {
+  return new Promise((resolve) => {
+    const stop = subscribeDiagnostics(DIAGNOSTICS_CHANNELS.lockWait, (m) => {
+      if (m.name !== name) return;
+      stop();
+      resolve(m.key);
+    });
+  });
+}

@@ -1,12 +1,12 @@
 import { Etcd3 } from 'etcd3';
 import { afterEach, describe, expect, it } from 'vitest';
-import { Mutex, Session } from '../src/index.js';
+import { Mutex, RWMutex, Session } from '../src/index.js';
 import { FaultProxy } from '../src/testing/index.js';
 import { keysUnder, stillPending, useCluster, within } from './helpers.js';
-import { waiting, openLineFeed } from './lock-helpers.js';
+import { nextWaiter, openLineFeed, waiting } from './lock-helpers.js';
 
 /*
- * Mutex waiters follow the line's feed (core/line-feed.ts, docs/internals.md
+ * Mutex waiters and RWMutex writers follow the line's feed (core/line-feed.ts, docs/internals.md
  * "The line's feed") once it is live: one watch per process on the line's
  * deletes, from which a waiter counts the keys ahead of it. What must hold:
  * a waiter takes the lock when the last key ahead goes (even if it hears
@@ -14,7 +14,7 @@ import { waiting, openLineFeed } from './lock-helpers.js';
  * watch and reads when the feed ends.
  */
 
-describe('Mutex waiters following the line feed', () => {
+describe('Mutex and RWMutex writer waiters following the line feed', () => {
   const etcd = useCluster();
   const proxies: FaultProxy[] = [];
   const clients: Etcd3[] = [];
@@ -55,6 +55,39 @@ describe('Mutex waiters following the line feed', () => {
       proxy.restore();
       await Promise.all([holder.release(), secondHeld.release(), thirdHeld.release()]);
       expect(await keysUnder(admin, 'fd/lock/')).toEqual([]);
+    } finally {
+      feed.close();
+    }
+  });
+
+  it('an RWMutex writer follows the feed too: it takes the lock when readers and writers ahead go', async () => {
+    const admin = etcd().client();
+    const proxy = await FaultProxy.start(etcd().endpoints[0]!);
+    proxies.push(proxy);
+    const muted = new Etcd3({ hosts: proxy.endpoint, grpcOptions: { 'grpc.use_local_subchannel_pool': 1 } });
+    clients.push(muted);
+    await using a = await Session.create(etcd().client(), { ttl: 30 });
+    await using b = await Session.create(etcd().client(), { ttl: 30 });
+    await using c = await Session.create(muted, { ttl: 30 });
+    const feed = await openLineFeed(etcd().client(), 'fr/rw');
+    try {
+      const reader = await new RWMutex(a, 'fr/rw').acquireRead();
+      let queued = nextWaiter('fr/rw');
+      const secondTurn = new RWMutex(b, 'fr/rw').acquireWrite();
+      await within(10_000, queued, 'first writer queued');
+      queued = nextWaiter('fr/rw');
+      const thirdTurn = new RWMutex(c, 'fr/rw').acquireWrite();
+      await within(10_000, queued, 'second writer queued');
+      proxy.dropReplies();
+      await admin.delete().key(reader.key);
+      const secondHeld = await within(10_000, secondTurn, 'first writer');
+      expect(await stillPending(thirdTurn, 200)).toBe(true);
+      await admin.delete().key(secondHeld.key);
+      const thirdHeld = await within(10_000, thirdTurn, 'second writer, from the feed');
+      expect(thirdHeld.fencingToken > secondHeld.fencingToken).toBe(true);
+      proxy.restore();
+      await Promise.all([reader.release(), secondHeld.release(), thirdHeld.release()]);
+      expect(await keysUnder(admin, 'fr/rw/')).toEqual([]);
     } finally {
       feed.close();
     }

@@ -71,7 +71,7 @@ export interface JoinLineOptions<T> {
   handoff?: boolean;
   /**
    * The line's prefix, when every key under it is a key of the line and the
-   * keys ahead of a waiter are those created before its key (Mutex): waiters
+   * keys ahead of a waiter are those created before its key (Mutex, RWMutex writers): waiters
    * then follow the line's feed (core/line-feed.ts) instead of a watch each.
    * A turn proven by the feed, like a handed-over one, has no `state.data`.
    */

@@ -234,6 +234,8 @@ export class RWMutex {
       read: (key, rev) => this.#readLine(mode, key, rev),
       // The head of the line holds whatever its kind: nothing older blocks it.
       handoff: true,
+      // A writer waits for every older key, as a Mutex waiter does; a reader only for older writers.
+      feed: mode === 'write' ? this.#prefix : undefined,
     });
     if (!turn) return undefined;
     log('%s: acquired by %s, token %s', what, showKey(turn.key), turn.rev);
@@ -275,8 +277,10 @@ export class RWMutex {
     );
     // Adopted after a lost reply: read the line anew.
     if (!reads) return retrying(() => this.#readLine(mode, key, rev), { signals: [signal], maxElapsedMs: Infinity });
-    const kvs = (reads[0] as RangeResult).kvs;
-    return mode === 'read' ? lineState(true, kvs[0], rev) : writerState(kvs, key, rev, rev);
+    const line = reads[0] as RangeResult;
+    if (mode === 'read') return lineState(true, line.kvs[0], rev);
+    // Every key under the prefix at our revision but ours is ahead of us: what a writer's feed counts down.
+    return { ...writerState(line.kvs, key, rev, rev), ahead: Number(line.count) - 1 };
   }
 
   /**
