@@ -1,6 +1,6 @@
 import { Etcd3 } from 'etcd3';
 import { afterEach, describe, expect, it } from 'vitest';
-import { Mutex, RWMutex, Session } from '../src/index.js';
+import { type HeldKey, Mutex, RWMutex, Session } from '../src/index.js';
 import { FaultProxy } from '../src/testing/index.js';
 import { keysUnder, stillPending, useCluster, within } from './helpers.js';
 import { nextWaiter, openLineFeed, waiting } from './lock-helpers.js';
@@ -23,75 +23,58 @@ describe('Mutex and RWMutex writer waiters following the line feed', () => {
     await Promise.all(proxies.splice(0).map((p) => p.close()));
   });
 
-  it('a waiter takes the lock when the keys ahead go, from the feed alone, never before', async () => {
-    const admin = etcd().client();
-    const proxy = await FaultProxy.start(etcd().endpoints[0]!);
-    proxies.push(proxy);
-    const muted = new Etcd3({ hosts: proxy.endpoint, grpcOptions: { 'grpc.use_local_subchannel_pool': 1 } });
-    clients.push(muted);
-    await using a = await Session.create(etcd().client(), { ttl: 30 });
-    await using b = await Session.create(etcd().client(), { ttl: 30 });
-    await using c = await Session.create(muted, { ttl: 30 });
-    const feed = await openLineFeed(etcd().client(), 'fd/lock');
-    try {
-      const holder = await new Mutex(a, 'fd/lock').acquire();
-      const second = new Mutex(b, 'fd/lock');
-      let queued = waiting(second.key);
-      const secondTurn = second.acquire();
-      await within(10_000, queued, 'second waiter queued');
-      const third = new Mutex(c, 'fd/lock');
-      queued = waiting(third.key);
-      const thirdTurn = third.acquire();
-      await within(10_000, queued, 'third waiter queued');
-      // From now on the third waiter's own connection hears nothing: no watch event, no read's reply.
-      proxy.dropReplies();
-      // Deleted as another process's release would: no in-process hand-over.
-      await admin.delete().key(holder.key);
-      const secondHeld = await within(10_000, secondTurn, 'second waiter');
-      expect(await stillPending(thirdTurn, 200)).toBe(true);
-      await admin.delete().key(secondHeld.key);
-      const thirdHeld = await within(10_000, thirdTurn, 'third waiter, from the feed');
-      expect(thirdHeld.fencingToken > secondHeld.fencingToken).toBe(true);
-      proxy.restore();
-      await Promise.all([holder.release(), secondHeld.release(), thirdHeld.release()]);
-      expect(await keysUnder(admin, 'fd/lock/')).toEqual([]);
-    } finally {
-      feed.close();
-    }
-  });
+  /** How each kind of lock takes its holder (the first key) and its two waiters. */
+  const kinds = {
+    'a Mutex waiter': {
+      name: 'fd/lock',
+      hold: (s: Session): Promise<HeldKey> => new Mutex(s, 'fd/lock').acquire(),
+      wait: (s: Session): Promise<HeldKey> => new Mutex(s, 'fd/lock').acquire(),
+    },
+    'an RWMutex writer behind a reader and a writer': {
+      name: 'fr/rw',
+      hold: (s: Session): Promise<HeldKey> => new RWMutex(s, 'fr/rw').acquireRead(),
+      wait: (s: Session): Promise<HeldKey> => new RWMutex(s, 'fr/rw').acquireWrite(),
+    },
+  };
 
-  it('an RWMutex writer follows the feed too: it takes the lock when readers and writers ahead go', async () => {
-    const admin = etcd().client();
-    const proxy = await FaultProxy.start(etcd().endpoints[0]!);
-    proxies.push(proxy);
-    const muted = new Etcd3({ hosts: proxy.endpoint, grpcOptions: { 'grpc.use_local_subchannel_pool': 1 } });
-    clients.push(muted);
-    await using a = await Session.create(etcd().client(), { ttl: 30 });
-    await using b = await Session.create(etcd().client(), { ttl: 30 });
-    await using c = await Session.create(muted, { ttl: 30 });
-    const feed = await openLineFeed(etcd().client(), 'fr/rw');
-    try {
-      const reader = await new RWMutex(a, 'fr/rw').acquireRead();
-      let queued = nextWaiter('fr/rw');
-      const secondTurn = new RWMutex(b, 'fr/rw').acquireWrite();
-      await within(10_000, queued, 'first writer queued');
-      queued = nextWaiter('fr/rw');
-      const thirdTurn = new RWMutex(c, 'fr/rw').acquireWrite();
-      await within(10_000, queued, 'second writer queued');
-      proxy.dropReplies();
-      await admin.delete().key(reader.key);
-      const secondHeld = await within(10_000, secondTurn, 'first writer');
-      expect(await stillPending(thirdTurn, 200)).toBe(true);
-      await admin.delete().key(secondHeld.key);
-      const thirdHeld = await within(10_000, thirdTurn, 'second writer, from the feed');
-      expect(thirdHeld.fencingToken > secondHeld.fencingToken).toBe(true);
-      proxy.restore();
-      await Promise.all([reader.release(), secondHeld.release(), thirdHeld.release()]);
-      expect(await keysUnder(admin, 'fr/rw/')).toEqual([]);
-    } finally {
-      feed.close();
-    }
-  });
+  it.each(Object.keys(kinds) as (keyof typeof kinds)[])(
+    '%s takes the lock when the keys ahead go, from the feed alone, never before',
+    async (kind) => {
+      const { name, hold, wait } = kinds[kind];
+      const admin = etcd().client();
+      const proxy = await FaultProxy.start(etcd().endpoints[0]!);
+      proxies.push(proxy);
+      const muted = new Etcd3({ hosts: proxy.endpoint, grpcOptions: { 'grpc.use_local_subchannel_pool': 1 } });
+      clients.push(muted);
+      await using a = await Session.create(etcd().client(), { ttl: 30 });
+      await using b = await Session.create(etcd().client(), { ttl: 30 });
+      await using c = await Session.create(muted, { ttl: 30 });
+      const feed = await openLineFeed(etcd().client(), name);
+      try {
+        const holder = await hold(a);
+        let queued = nextWaiter(name);
+        const secondTurn = wait(b);
+        await within(10_000, queued, 'second waiter queued');
+        queued = nextWaiter(name);
+        const thirdTurn = wait(c);
+        await within(10_000, queued, 'third waiter queued');
+        // From now on the third waiter's own connection hears nothing: no watch event, no read's reply.
+        proxy.dropReplies();
+        // Deleted as another process's release would: no in-process hand-over.
+        await admin.delete().key(holder.key);
+        const secondHeld = await within(10_000, secondTurn, 'second waiter');
+        expect(await stillPending(thirdTurn, 200)).toBe(true);
+        await admin.delete().key(secondHeld.key);
+        const thirdHeld = await within(10_000, thirdTurn, 'third waiter, from the feed');
+        expect(thirdHeld.fencingToken > secondHeld.fencingToken).toBe(true);
+        proxy.restore();
+        await Promise.all([holder.release(), secondHeld.release(), thirdHeld.release()]);
+        expect(await keysUnder(admin, `${name}/`)).toEqual([]);
+      } finally {
+        feed.close();
+      }
+    },
+  );
 
   it('after a waiter ahead gives up, the one behind it waits for the holder, then takes the lock', async () => {
     const admin = etcd().client();
