@@ -1,8 +1,6 @@
-import { afterEach, describe, expect, it } from 'vitest';
-import { Etcd3 } from 'etcd3';
+import { describe, expect, it } from 'vitest';
 import { Barrier, createClient, DoubleBarrier, Session } from '../src/index.js';
-import { FaultProxy } from '../src/testing/index.js';
-import { keysUnder, stillPending, useCluster, waitForKeyCount, within } from './helpers.js';
+import { keysUnder, stillPending, useCluster, waitForKeyCount, within, useProxies } from './helpers.js';
 
 /*
  * Barriers after a lost reply, with etcd3's own hidden re-sends (a plain `new Etcd3()`): the write's
@@ -11,25 +9,11 @@ import { keysUnder, stillPending, useCluster, waitForKeyCount, within } from './
  */
 describe('barriers after a lost reply', () => {
   const etcd = useCluster();
-  const proxies: FaultProxy[] = [];
-  const clients: Etcd3[] = [];
-  afterEach(async () => {
-    for (const c of clients.splice(0)) c.close();
-    await Promise.all(proxies.splice(0).map((p) => p.close()));
-  });
-
-  /** A client through a proxy, with etcd3's default fault policies (it re-sends a failed call unseen). */
-  async function plainViaProxy(): Promise<{ proxy: FaultProxy; client: Etcd3 }> {
-    const proxy = await FaultProxy.start(etcd().endpoints[0]!);
-    proxies.push(proxy);
-    const client = new Etcd3({ hosts: proxy.endpoint, grpcOptions: { 'grpc.use_local_subchannel_pool': 1 } });
-    clients.push(client);
-    return { proxy, client };
-  }
+  const net = useProxies(etcd);
 
   it('DoubleBarrier: an enter() reply lost and re-sent makes no phantom, none passes early, leave ends', async () => {
     const direct = etcd().client();
-    const { proxy, client } = await plainViaProxy();
+    const { proxy, client } = await net.plainViaProxy();
     await using mine = await Session.create(client, { ttl: 10 });
     await using other = await Session.create(direct, { ttl: 10 });
     const a = new DoubleBarrier(mine, 'dbl/round', 2);
@@ -49,7 +33,7 @@ describe('barriers after a lost reply', () => {
 
   it('DoubleBarrier with count 1: a lost enter() reply still enters, and leaves no key', async () => {
     const direct = etcd().client();
-    const { proxy, client } = await plainViaProxy();
+    const { proxy, client } = await net.plainViaProxy();
     await using mine = await Session.create(client, { ttl: 10 });
     const a = new DoubleBarrier(mine, 'dbl/solo', 1);
     const caught = proxy.dropNextReply();
@@ -65,14 +49,14 @@ describe('barriers after a lost reply', () => {
 
   it('Barrier: hold() and release() whose replies are lost report what they did', async () => {
     const direct = etcd().client();
-    const proxy = await FaultProxy.start(etcd().endpoints[0]!);
-    proxies.push(proxy);
-    const client = createClient({
-      hosts: proxy.endpoint,
-      callTimeoutMs: 500,
-      grpcOptions: { 'grpc.use_local_subchannel_pool': 1 },
-    });
-    clients.push(client);
+    const proxy = await net.proxy();
+    const client = net.closeAfter(
+      createClient({
+        hosts: proxy.endpoint,
+        callTimeoutMs: 500,
+        grpcOptions: { 'grpc.use_local_subchannel_pool': 1 },
+      }),
+    );
     const b = new Barrier(client, 'bar/gate');
     expect(await b.isHeld()).toBe(false); // the connection is up
     let caught = proxy.dropNextReply();

@@ -1,10 +1,10 @@
 import { fork, spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import type { Namespace } from 'etcd3';
-import { afterAll, beforeAll, expect } from 'vitest';
+import { Etcd3, type Namespace } from 'etcd3';
+import { afterAll, afterEach, beforeAll, expect } from 'vitest';
 import { openWatch } from '../src/core/watch-hub.js';
-import { EtcdCluster, type EtcdClusterOptions } from '../src/testing/index.js';
+import { EtcdCluster, type EtcdClusterOptions, FaultProxy } from '../src/testing/index.js';
 
 /** Starts a throwaway cluster for the enclosing describe/file and stops it afterwards. */
 export function useCluster(options: EtcdClusterOptions = {}): () => EtcdCluster {
@@ -19,6 +19,37 @@ export function useCluster(options: EtcdClusterOptions = {}): () => EtcdCluster 
     if (!cluster) throw new Error('cluster not started');
     return cluster;
   };
+}
+
+/**
+ * Fault proxies in front of member 0, and clients, for the enclosing describe: each is closed after
+ * its test. `plain` clients are etcd3's own, with its default fault policies (it re-sends a failed
+ * call unseen), on channels of their own.
+ */
+export function useProxies(etcd: () => EtcdCluster) {
+  const proxies: FaultProxy[] = [];
+  const clients: Etcd3[] = [];
+  afterEach(async () => {
+    for (const c of clients.splice(0)) c.close();
+    await Promise.all(proxies.splice(0).map((p) => p.close()));
+  });
+  const closeAfter = <T extends Etcd3>(client: T): T => {
+    clients.push(client);
+    return client;
+  };
+  const plain = (hosts: string | string[]) =>
+    closeAfter(new Etcd3({ hosts, grpcOptions: { 'grpc.use_local_subchannel_pool': 1 } }));
+  const proxy = async (): Promise<FaultProxy> => {
+    const p = await FaultProxy.start(etcd().endpoints[0]!);
+    proxies.push(p);
+    return p;
+  };
+  /** A plain client through a new proxy. */
+  const plainViaProxy = async (): Promise<{ proxy: FaultProxy; client: Etcd3 }> => {
+    const p = await proxy();
+    return { proxy: p, client: plain(p.endpoint) };
+  };
+  return { proxy, plain, plainViaProxy, closeAfter };
 }
 
 /** Every key under `prefix` (empty prefix: the whole keyspace), as strings. */

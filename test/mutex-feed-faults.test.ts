@@ -1,9 +1,16 @@
-import { Etcd3 } from 'etcd3';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { type LockHandle, Mutex, Session } from '../src/index.js';
-import { FaultProxy } from '../src/testing/index.js';
 import { etcdctl } from './cli-helpers.js';
-import { forkFixture, keysUnder, stillPending, useCluster, waitForKey, waitForKeyCount, within } from './helpers.js';
+import {
+  forkFixture,
+  keysUnder,
+  stillPending,
+  useCluster,
+  waitForKey,
+  waitForKeyCount,
+  within,
+  useProxies,
+} from './helpers.js';
 import { waiting, openLineFeed } from './lock-helpers.js';
 
 /*
@@ -25,21 +32,13 @@ async function queue(m: Mutex): Promise<[Promise<LockHandle>]> {
 
 describe('Mutex line feed under faults', () => {
   const etcd = useCluster();
-  const proxies: FaultProxy[] = [];
-  const clients: Etcd3[] = [];
-  afterEach(async () => {
-    for (const c of clients.splice(0)) c.close();
-    await Promise.all(proxies.splice(0).map((p) => p.close()));
-  });
+  const net = useProxies(etcd);
 
   it.each(['cut', 'dropReplies'] as const)(
     "a waiter on a healthy client takes the lock when the feed's client goes dead (%s)",
     async (fault) => {
       const admin = etcd().client();
-      const proxy = await FaultProxy.start(etcd().endpoints[0]!);
-      proxies.push(proxy);
-      const feedClient = new Etcd3({ hosts: proxy.endpoint, grpcOptions: { 'grpc.use_local_subchannel_pool': 1 } });
-      clients.push(feedClient);
+      const { proxy, client: feedClient } = await net.plainViaProxy();
       await using a = await Session.create(etcd().client(), { ttl: 30 });
       await using b = await Session.create(etcd().client(), { ttl: 30 });
       const feed = await openLineFeed(feedClient, `dead-${fault}/lock`);
@@ -148,10 +147,7 @@ describe('Mutex line feed under faults', () => {
 
   it('a join whose reply is lost (re-sent by etcd3, adopted) waits for the holder and leaves no key', async () => {
     const admin = etcd().client();
-    const proxy = await FaultProxy.start(etcd().endpoints[0]!);
-    proxies.push(proxy);
-    const viaProxy = new Etcd3({ hosts: proxy.endpoint, grpcOptions: { 'grpc.use_local_subchannel_pool': 1 } });
-    clients.push(viaProxy);
+    const { proxy, client: viaProxy } = await net.plainViaProxy();
     await using a = await Session.create(etcd().client(), { ttl: 30 });
     await using b = await Session.create(viaProxy, { ttl: 30 });
     const feed = await openLineFeed(admin, 'lost/lock');

@@ -1,8 +1,6 @@
-import { Etcd3 } from 'etcd3';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { type HeldKey, Mutex, RWMutex, Session } from '../src/index.js';
-import { FaultProxy } from '../src/testing/index.js';
-import { keysUnder, stillPending, useCluster, within } from './helpers.js';
+import { keysUnder, stillPending, useCluster, within, useProxies } from './helpers.js';
 import { nextWaiter, openLineFeed, waiting } from './lock-helpers.js';
 
 /*
@@ -16,12 +14,7 @@ import { nextWaiter, openLineFeed, waiting } from './lock-helpers.js';
 
 describe('Mutex and RWMutex writer waiters following the line feed', () => {
   const etcd = useCluster();
-  const proxies: FaultProxy[] = [];
-  const clients: Etcd3[] = [];
-  afterEach(async () => {
-    for (const c of clients.splice(0)) c.close();
-    await Promise.all(proxies.splice(0).map((p) => p.close()));
-  });
+  const net = useProxies(etcd);
 
   /** How each kind of lock takes its holder (the first key) and its two waiters. */
   const kinds = {
@@ -42,10 +35,7 @@ describe('Mutex and RWMutex writer waiters following the line feed', () => {
     async (kind) => {
       const { name, hold, wait } = kinds[kind];
       const admin = etcd().client();
-      const proxy = await FaultProxy.start(etcd().endpoints[0]!);
-      proxies.push(proxy);
-      const muted = new Etcd3({ hosts: proxy.endpoint, grpcOptions: { 'grpc.use_local_subchannel_pool': 1 } });
-      clients.push(muted);
+      const { proxy, client: muted } = await net.plainViaProxy();
       await using a = await Session.create(etcd().client(), { ttl: 30 });
       await using b = await Session.create(etcd().client(), { ttl: 30 });
       await using c = await Session.create(muted, { ttl: 30 });
@@ -117,8 +107,7 @@ describe('Mutex and RWMutex writer waiters following the line feed', () => {
 
   it('a waiter whose feed ends (its client closed) waits on its own and takes the lock', async () => {
     const admin = etcd().client();
-    const feedClient = new Etcd3({ hosts: etcd().endpoints, grpcOptions: { 'grpc.use_local_subchannel_pool': 1 } });
-    clients.push(feedClient);
+    const feedClient = net.plain(etcd().endpoints);
     await using a = await Session.create(etcd().client(), { ttl: 30 });
     await using b = await Session.create(etcd().client(), { ttl: 30 });
     const feed = await openLineFeed(feedClient, 'fe/lock');
