@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { type HeldKey, Mutex, RWMutex, Session } from '../src/index.js';
+import { requestCounts, requestsBetween } from '../src/testing/index.js';
 import { keysUnder, stillPending, useCluster, within, useProxies } from './helpers.js';
 import { nextWaiter, openLineFeed, waiting } from './lock-helpers.js';
 
@@ -15,6 +16,20 @@ import { nextWaiter, openLineFeed, waiting } from './lock-helpers.js';
 describe('Mutex and RWMutex writer waiters following the line feed', () => {
   const etcd = useCluster();
   const net = useProxies(etcd);
+
+  // First in the file: no other test's feed is open (or lingering) on this cluster yet.
+  it('an uncontended lock opens no feed: no watch message reaches etcd', async () => {
+    await using session = await Session.create(etcd().client(), { ttl: 30 });
+    const url = etcd().members[0]!.clientUrl;
+    const before = await requestCounts(url);
+    for (let i = 0; i < 5; i++) {
+      await (await new Mutex(session, 'fu/lock').acquire()).release();
+      await (await new RWMutex(session, 'fu/rw').acquireWrite()).release();
+    }
+    const sent = requestsBetween(before, await requestCounts(url));
+    expect(sent.txn).toBeGreaterThanOrEqual(20);
+    expect(sent.watch).toBe(0);
+  });
 
   /** How each kind of lock takes its holder (the first key) and its two waiters. */
   const kinds = {
