@@ -31,8 +31,12 @@ export function beyondLine(scan: Scan): Candidate[] {
   return scan.cands.length > scan.waiters ? scan.cands.slice(scan.waiters) : [];
 }
 
-/** What a consumer in line may claim now: everything at the head, the surplus elsewhere. */
+/**
+ * What a consumer in line may claim now: the candidates from its place in
+ * line on. Each waiter ahead of it has one of the first ones, so two waiters
+ * that read at the same revision never pick the same one.
+ */
 export function claimableInLine(state: State): Candidate[] {
   if (!state.alive) return [];
-  return state.ahead ? beyondLine(state.scan) : state.scan.cands;
+  return state.scan.cands.slice(state.ahead);
 }
