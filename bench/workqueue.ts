@@ -11,7 +11,9 @@ import { formatSummary, summarize } from './workers/profile-summary.js';
  *       - raw floor: a put per job, and a delete by the consumer it is
  *         handed to in process (no coordination at all), one process;
  *       - Queue (enqueue / dequeue), one process and 4 processes;
- *       - WorkQueue (add / claim + ack), one process and 4 processes.
+ *       - WorkQueue (add / claim + ack), one process and 4 processes;
+ *       - WorkQueue (add / claim({ ack: last })), the ack carrying the next
+ *         claim's join: one process and 4 processes.
  *     delivered/s counts items dequeued (or acked) within the run; latency
  *     runs from add() resolving to ack() resolving (dequeue for Queue).
  *     Items still queued at the deadline stay in etcd and are counted, so
@@ -20,6 +22,7 @@ import { formatSummary, summarize } from './workers/profile-summary.js';
  *     first with no other job claimed, then with 1,000 jobs claimed (in
  *     flight) by another session.
  * With --profile, the one-process WorkQueue worker is profiled.
+ * WORKQUEUE_DELIVERY_ONLY=1 runs the raw floor and the WorkQueue rows of (a) only.
  */
 
 const CONSUMERS = 4;
@@ -38,7 +41,7 @@ interface Row {
 async function deliveries(
   ctx: BenchContext,
   what: string,
-  kind: 'raw' | 'queue' | 'work',
+  kind: 'raw' | 'queue' | 'work' | 'work-next',
   procs: number,
   profileDir?: string,
 ): Promise<Row> {
@@ -78,7 +81,7 @@ async function deliveries(
   }
   const admin = ctx.client();
   let remaining: number;
-  if (kind === 'work') {
+  if (kind !== 'raw' && kind !== 'queue') {
     const s = await Session.create(admin, { ttl: 10 });
     remaining = (await new WorkQueue(s, prefix).stats()).jobs;
     await s.close();
@@ -155,10 +158,15 @@ export default async function run(ctx: BenchContext): Promise<void> {
   const profileDir = ctx.profileDir ? `${ctx.profileDir}workqueue` : undefined;
   const rows: Row[] = [];
   rows.push(await deliveries(ctx, 'raw floor: put + delete per item (keys handed over in process)', 'raw', 1));
-  rows.push(await deliveries(ctx, 'Queue (enqueue / dequeue)', 'queue', 1));
-  rows.push(await deliveries(ctx, 'Queue (enqueue / dequeue)', 'queue', 4));
+  const deliveryOnly = !!process.env.WORKQUEUE_DELIVERY_ONLY;
+  if (!deliveryOnly) {
+    rows.push(await deliveries(ctx, 'Queue (enqueue / dequeue)', 'queue', 1));
+    rows.push(await deliveries(ctx, 'Queue (enqueue / dequeue)', 'queue', 4));
+  }
   rows.push(await deliveries(ctx, 'WorkQueue (add / claim + ack)', 'work', 1, profileDir));
   rows.push(await deliveries(ctx, 'WorkQueue (add / claim + ack)', 'work', 4));
+  rows.push(await deliveries(ctx, 'WorkQueue (add / claim({ ack: last }))', 'work-next', 1));
+  rows.push(await deliveries(ctx, 'WorkQueue (add / claim({ ack: last }))', 'work-next', 4));
   const floor = rows[0]!.perSecond;
   table(
     `1 producer (one add at a time) and ${CONSUMERS} consumers, each on its own connection, ${ctx.seconds} s`,
@@ -192,6 +200,7 @@ export default async function run(ctx: BenchContext): Promise<void> {
   console.log(
     'received, the add included; client CPU ms/item is the CPU time of all worker processes ÷ items delivered.',
   );
+  if (deliveryOnly) return;
 
   const jobs = 200;
   const idle = await claimCost(ctx, 0, jobs);

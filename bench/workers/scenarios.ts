@@ -1,5 +1,6 @@
+import * as diagnostics from 'node:diagnostics_channel';
 import type { Etcd3 } from 'etcd3';
-import { isRecipeError, Mutex, Queue, runSTM, Semaphore, Session, WorkQueue } from '../../src/index.js';
+import { isRecipeError, type Job, Mutex, Queue, runSTM, Semaphore, Session, WorkQueue } from '../../src/index.js';
 import { epochMs } from '../lib.js';
 import type { Report } from './protocol.js';
 
@@ -192,14 +193,15 @@ async function semaphore(env: WorkerEnv, p: { workers: number; permits: number; 
 /**
  * 1 producer (worker 0, one enqueue at a time) and `consumers` consumers
  * (workers 1..consumers), each on its own client. kind 'queue': Queue
- * enqueue/dequeue; 'work': WorkQueue add/claim+ack; 'raw': the floor, a put
- * and a delete per item with keys handed over in process. Values are sequence
- * numbers. Records: [0, seq, enqueuedAt] from the producer, [1, seq,
- * deliveredAt] from consumers (delivered = dequeued, or acked).
+ * enqueue/dequeue; 'work': WorkQueue add/claim+ack; 'work-next': add /
+ * claim({ ack: last }); 'raw': the floor, a put and a delete per item with
+ * keys handed over in process. Values are sequence numbers. Records: [0, seq,
+ * enqueuedAt] from the producer, [1, seq, deliveredAt] from consumers
+ * (delivered = dequeued, or acked: for 'work-next', when the ack landed).
  */
 async function queue(
   env: WorkerEnv,
-  p: { kind: 'raw' | 'queue' | 'work'; consumers: number; prefix: string },
+  p: { kind: 'raw' | 'queue' | 'work' | 'work-next'; consumers: number; prefix: string },
 ): Promise<Runner> {
   const ids = mine(env, p.consumers + 1);
   const clients = ids.map(() => env.client());
@@ -207,7 +209,8 @@ async function queue(
   const sessions: Session[] = [];
   const queues: Queue[] = [];
   type Put = (v: string) => Promise<unknown>;
-  type Take = (signal: AbortSignal) => Promise<string>;
+  /** The value delivered, and when (default: when take resolved). */
+  type Take = (signal: AbortSignal) => Promise<string | [string, number]>;
   const roles: ({ put: Put } | { take: Take })[] = [];
   // The raw floor hands keys over in process (one process only): a put, then a delete by whoever takes it.
   const handed: string[] = [];
@@ -257,13 +260,15 @@ async function queue(
       roles.push(
         id === 0
           ? { put: (v) => wq.add(v) }
-          : {
-              take: async (signal) => {
-                const job = await wq.claim({ signal });
-                await job.ack();
-                return job.value;
-              },
-            },
+          : p.kind === 'work'
+            ? {
+                take: async (signal) => {
+                  const job = await wq.claim({ signal });
+                  await job.ack();
+                  return job.value;
+                },
+              }
+            : { take: claimAcking(wq) },
       );
     }
   }
@@ -284,15 +289,16 @@ async function queue(
             return;
           }
           while (epochMs() < endAt) {
-            let v: string;
+            let got: string | [string, number];
             try {
-              v = await role.take(deadline.signal);
+              got = await role.take(deadline.signal);
             } catch (err) {
               if (deadline.signal.aborted) return;
               throw err;
             }
+            const [v, at] = typeof got === 'string' ? [got, epochMs()] : got;
             out.ops++;
-            out.records.push([1, Number(v), epochMs()]);
+            out.records.push([1, Number(v), at]);
           }
         }),
       );
@@ -303,6 +309,52 @@ async function queue(
       await Promise.all(queues.map((q) => q.close()));
       await Promise.all(sessions.map((s) => s.close()));
     },
+  };
+}
+
+/** When each job's ack landed, by job ID, from the library's `ack` tracing channel (read once by claimAcking). */
+const ackedAt = new Map<string, number>();
+let ackTimes: ((id: string) => number) | undefined;
+
+function ackTime(): (id: string) => number {
+  if (!ackTimes) {
+    // Not the job's signal: reading it opens a watch on the claim key, which the row would then pay for.
+    const none = () => undefined;
+    diagnostics.tracingChannel<string, { id: string; error?: unknown }>('etcd-recipes:work-queue:ack').subscribe({
+      start: none,
+      end: none,
+      asyncStart: none,
+      error: none,
+      asyncEnd: (context) => {
+        if (context.error === undefined) ackedAt.set(context.id, epochMs());
+      },
+    });
+    ackTimes = (id) => {
+      const at = ackedAt.get(id) ?? epochMs();
+      ackedAt.delete(id);
+      return at;
+    };
+  }
+  return ackTimes;
+}
+
+/** A WorkQueue consumer whose claims ack its last job ('work-next'): resolves with the job acked, when it landed. */
+function claimAcking(wq: WorkQueue): (signal: AbortSignal) => Promise<[string, number]> {
+  const landedAt = ackTime();
+  let last: Job | undefined;
+  return async (signal) => {
+    for (;;) {
+      const acked = last;
+      try {
+        last = await wq.claim({ signal, ack: acked });
+      } catch (err) {
+        // The run's end aborted the wait for the next job: the ack may have landed before it.
+        if (!acked?.done || !signal.aborted) throw err;
+        last = undefined;
+        return [acked.value, landedAt(acked.id)];
+      }
+      if (acked) return [acked.value, landedAt(acked.id)];
+    }
   };
 }
 

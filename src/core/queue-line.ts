@@ -5,8 +5,8 @@ import { WINDOW } from './claim-source.js';
 import { InternalError, isRecipeError } from './errors.js';
 import { cleanUpAfter, deleteOwnKey } from './holding.js';
 import { createUniqueKey, type PendingKey } from './line.js';
-import { showKey } from './keys.js';
-import { op, rangeAt, txn, type KeyValue, type Op, type OpResult, type RangeResult } from './kv.js';
+import { showKey, uniqueKey } from './keys.js';
+import { cmp, op, rangeAt, txn, type Compare, type KeyValue, type Op, type OpResult, type RangeResult } from './kv.js';
 import { retrying } from './retry.js';
 import type { Session } from './session.js';
 import type { WatchEvent } from './watch-hub.js';
@@ -29,15 +29,31 @@ import { beyondLine, claimableInLine, type Scan, type State } from './queue-line
  * Waiting. A consumer that finds nothing joins a line of waiter keys on its
  * lease. The queue's feed (core/line-feed.ts, one per process), opened
  * before the join, tells each waiter of every later change to the line and the items,
- * so a waiter knows from events when it is at the head and what it may
- * claim, without a read per turn; only the head claims a new item. The head
- * claims and deletes its waiter key in one Txn, which makes the next waiter
- * the head.
+ * so a waiter knows from events what it may claim, without a read per
+ * turn: the waiter with k waiters ahead takes the k-th candidate, so a new
+ * item goes to the head alone. A waiter claims and deletes its waiter key in
+ * one Txn, which moves the waiters behind it up.
  *
  * Exactly once over lost replies: every claim carries its proof, which the
  * failure branch reads back (Queue: a receipt holding the value; WorkQueue:
  * the claim key on our lease naming the attempt).
+ *
+ * A take may join the line inside another proven write of the consumer's
+ * (WorkQueue: the ack of its last job, see `JoinCarrier`), saving the join's
+ * round trip.
  */
+
+/**
+ * A proven write of the consumer's that carries its join (a create-if-absent
+ * of the waiter key, on the session's lease, and the join's reads) in its own
+ * Txn. Resolves once it landed, with the carried ops' results (undefined when
+ * only a receipt proved the landing), or undefined when it landed earlier
+ * without them; rejects when it did not land, or (OUTCOME_UNKNOWN) may have.
+ */
+export type JoinCarrier = (join: {
+  compares: Compare[];
+  success: Op[];
+}) => Promise<{ revision: bigint; results: OpResult[] | undefined } | undefined>;
 
 /** After a lost race, spread this many following claims over the window. */
 const CONTENTION_CLAIMS = 32;
@@ -79,15 +95,16 @@ export class ConsumerLine<R> {
     this.#countWaiters = op.range(src.waitersPrefix, { prefix: true, countOnly: true });
   }
 
-  /** Takes one item: claims it now, or waits in line until one is there. */
-  async take(signal: AbortSignal | undefined): Promise<R> {
+  /** Takes one item: claims it now, or waits in line until one is there. `carrier` joins the line for us. */
+  async take(signal: AbortSignal | undefined, carrier?: JoinCarrier): Promise<R> {
     signal?.throwIfAborted();
     this.#sessions.begin();
     const t = { waited: false, rereads: 0 } as Take;
     try {
       t.session = await this.#sessions.acquire(signal);
       let cands = this.#cache.splice(0);
-      if (!cands.length && !this.#joinNext) cands = await this.#freeScan(signal);
+      if (carrier && (await this.#joinIn(carrier, t, signal))) cands = [];
+      else if (!cands.length && !this.#joinNext) cands = await this.#freeScan(signal);
       for (;;) {
         if (cands.length) {
           const out = await this.#claim(cands, t, signal);
@@ -188,6 +205,38 @@ export class ConsumerLine<R> {
       return false;
     }
     t.joining = undefined;
+    t.waited = true;
+    return true;
+  }
+
+  /** Joins the line through `carrier`'s write. False: it landed without our join (an earlier write). */
+  async #joinIn(carrier: JoinCarrier, t: Take, signal: AbortSignal | undefined): Promise<boolean> {
+    const src = this.#src;
+    const s = t.session;
+    // Subscribed before the write, as #inLine does before a join: the feed then has every later event.
+    t.sub = await subscribe(src.client, src.watches, src.log, signal);
+    const pending: PendingKey = { key: uniqueKey(src.waitersPrefix) };
+    const key = pending.key!;
+    const txn = carrier({
+      compares: [cmp.create(key, '==', 0n)],
+      success: [op.put(key, '', s.leaseId), ...this.#joinReads()],
+    });
+    t.joining = { pending, session: s, txn };
+    let landed: Awaited<typeof txn>;
+    try {
+      landed = await txn;
+    } catch (err) {
+      // Not landed, so no key of ours; only an outcome unknown leaves #leave a key to delete.
+      if (!isRecipeError(err, 'OUTCOME_UNKNOWN')) t.joining = undefined;
+      throw err;
+    }
+    t.joining = undefined;
+    if (!landed) return false;
+    pending.rev = landed.revision;
+    t.waiter = { key, rev: landed.revision };
+    t.state = landed.results
+      ? this.#joined(t.waiter, landed.results.slice(1))
+      : await this.#readRetrying(t.waiter, signal);
     t.waited = true;
     return true;
   }
@@ -318,14 +367,22 @@ export class ConsumerLine<R> {
     signal: AbortSignal | undefined,
     pending: PendingKey,
   ): Promise<{ waiter: Waiter; state: State }> {
-    const reads = [op.range(this.#src.waitersPrefix, { ...OLDEST, limit: AHEAD_NAMES + 1 }), ...this.#scanOps()];
-    const created = await createUniqueKey(session, this.#src.waitersPrefix, reads, pending, signal);
+    const created = await createUniqueKey(session, this.#src.waitersPrefix, this.#joinReads(), pending, signal);
     const waiter = { key: created.key, rev: created.rev };
     if (!created.reads) return { waiter, state: await this.#readRetrying(waiter, signal) };
-    // Every other waiter is ahead of us: we are the newest.
-    const line = created.reads[0] as RangeResult;
-    const scan = this.#parse(created.reads.slice(1));
-    return { waiter, state: this.#state(true, line.kvs, scan.waiters - 1, waiter, created.rev, scan) };
+    return { waiter, state: this.#joined(waiter, created.reads) };
+  }
+
+  /** A join's reads, after its put: the oldest waiter keys and the candidates. */
+  #joinReads(): Op[] {
+    return [op.range(this.#src.waitersPrefix, { ...OLDEST, limit: AHEAD_NAMES + 1 }), ...this.#scanOps()];
+  }
+
+  /** Our state from the join's reads: every other waiter is ahead of us, we are the newest. */
+  #joined(waiter: Waiter, reads: OpResult[]): State {
+    const line = reads[0] as RangeResult;
+    const scan = this.#parse(reads.slice(1));
+    return this.#state(true, line.kvs, scan.waiters - 1, waiter, waiter.rev, scan);
   }
 
   /** One read: our key, the waiters ahead of it (their count and the oldest names), and the candidates. */

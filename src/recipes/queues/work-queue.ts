@@ -10,7 +10,7 @@ import { ReceiptBook } from '../../core/receipts.js';
 import { retrying } from '../../core/retry.js';
 import { checkSession, type Session } from '../../core/session.js';
 import { checkClient, checkInteger, checkName, checkOptions, checkSignal, checkValue } from '../../core/validate.js';
-import { ConsumerLine } from '../../core/queue-line.js';
+import { ConsumerLine, type JoinCarrier } from '../../core/queue-line.js';
 import { GivenSession } from '../../core/queue-sessions.js';
 import { createItem } from './create-item.js';
 import { checkWriteOptions, ClaimedJob } from './work-queue/claimed-job.js';
@@ -42,7 +42,16 @@ export interface AddJobOptions extends GuardedWriteOptions {
 }
 
 /** Options of {@link WorkQueue.claim}. */
-export type ClaimOptions = WaitOptions;
+export interface ClaimOptions extends WaitOptions {
+  /**
+   * A job claimed from this object to ack first: its ack and this claim's
+   * place in line go in one Txn, a round trip less than `ack()` then
+   * `claim()` (the loop of a worker that takes job after job). The ack is
+   * the one {@link Job.ack} makes, with `signal` and no guard; when it
+   * fails, claim() rejects with its error and claims nothing.
+   */
+  ack?: Job;
+}
 
 /** A claimed job, from {@link WorkQueue.claim}. Ack it when done; dispose it (or release it) to give it back. */
 export interface Job extends AsyncDisposable {
@@ -141,6 +150,8 @@ export class WorkQueue implements AsyncDisposable {
   readonly #book: ReceiptBook;
   readonly #maxAttempts: number | undefined;
   readonly #what: string;
+  /** Jobs this object claimed, which `claim({ ack })` accepts. */
+  readonly #claimed = new WeakSet<Job>();
 
   /**
    * @param session - the session whose lease holds claims (when it is lost, its claims are released); or
@@ -215,12 +226,19 @@ export class WorkQueue implements AsyncDisposable {
   /**
    * Claims the next job (lowest priority number, then oldest), waiting
    * while none is claimable. The claim lives on this object's session.
+   * @param options - `signal`, and `ack`: a job of this object to ack in the same request
    * @throws SessionExpiredError if the session's lease is lost (or was closed)
-   * @throws InvalidArgumentError if this object was built from a plain client (no session to hold a claim)
+   * @throws InvalidArgumentError if this object was built from a plain client (no session to hold a claim),
+   *   or `options.ack` is not a job claimed from this object
+   * @throws LockNotHeldError / OutcomeUnknownError as {@link Job.ack} does, for `options.ack` (nothing claimed)
    */
   async claim(options: ClaimOptions = {}): Promise<Job> {
     checkOptions(options);
     checkSignal(options.signal);
+    const acked = options.ack;
+    if (acked !== undefined && !this.#claimed.has(acked)) {
+      throw new InvalidArgumentError('options.ack', `${this.#what}: not a job claimed from this WorkQueue object`);
+    }
     const line = this.#line;
     if (!line || !this.session) {
       throw new InvalidArgumentError(
@@ -235,9 +253,13 @@ export class WorkQueue implements AsyncDisposable {
       'claim',
       () => ({ name, leaseId: session.leaseId }),
       async () => {
+        let carrier: JoinCarrier | undefined =
+          acked && ((join) => (acked as ClaimedJob).ackCarrying(join, { signal: options.signal }));
         for (;;) {
-          const c = await line.take(options.signal);
+          const c = await line.take(options.signal, carrier);
+          carrier = undefined;
           const job = new ClaimedJob(session, this.#k, c, this.#what, this.#book, name);
+          this.#claimed.add(job);
           if (this.#maxAttempts === undefined || c.attempts <= this.#maxAttempts) {
             log('%s: claimed %s (attempt %d, token %s)', this.#what, c.id, c.attempts, c.token);
             if (c.attempts >= 2) publish('workQueueRetry', () => job.message());

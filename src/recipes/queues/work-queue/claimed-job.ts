@@ -3,7 +3,8 @@ import { publish, traced } from '../../../core/diagnostics.js';
 import { InternalError, LockNotHeldError } from '../../../core/errors.js';
 import { checkGuard, resolveGuard, type GuardedWriteOptions } from '../../../core/guard.js';
 import { Holding } from '../../../core/holding.js';
-import { cmp, op, type Op } from '../../../core/kv.js';
+import { isLeaseNotFound } from '../../../core/etcd-errors.js';
+import { cmp, op, type Compare, type Op, type OpResult } from '../../../core/kv.js';
 import { logger } from '../../../core/log.js';
 import type { ProvenOutcome, ReceiptBook } from '../../../core/receipts.js';
 import type { Session } from '../../../core/session.js';
@@ -12,6 +13,20 @@ import type { Job } from '../work-queue.js';
 import type { Claimed, Layout } from './layout.js';
 
 const log = logger('work-queue');
+
+/** More of a finishing write: ops of its success branch (and compares) that travel with it. */
+interface Carried {
+  compares?: Compare[];
+  success: Op[];
+}
+
+/** A finishing write that landed: its revision, and the results of the carried ops (undefined: proven by receipt). */
+export interface Finished {
+  revision: bigint;
+  results: OpResult[] | undefined;
+}
+
+const noop = (): void => undefined;
 
 /** Checks the options of a guarded write (before anything is written). */
 export function checkWriteOptions(options: GuardedWriteOptions): void {
@@ -37,7 +52,7 @@ export class ClaimedJob implements Job {
   readonly #book: ReceiptBook;
   readonly #what: string;
   readonly #hold: Holding;
-  #ending: Promise<void> | undefined;
+  #ending: Promise<Finished> | undefined;
   #outcome: 'acked' | 'released' | 'dead' | undefined;
 
   readonly #name: string;
@@ -81,17 +96,28 @@ export class ClaimedJob implements Job {
     return { name: this.#name, id: this.id, key: this.key, fencingToken: this.fencingToken, attempts: this.attempts };
   }
 
-  ack(options: GuardedWriteOptions = {}): Promise<void> {
-    return traced(
+  async ack(options: GuardedWriteOptions = {}): Promise<void> {
+    await this.ackCarrying({ success: [] }, options);
+  }
+
+  /**
+   * @internal {@link ack}, with `carried` in the same Txn (WorkQueue.claim's
+   * `ack`: the claimer's next place in line). Resolves undefined when this
+   * job was acked before, by a write that carried nothing.
+   */
+  async ackCarrying(carried: Carried, options: GuardedWriteOptions): Promise<Finished | undefined> {
+    const earlier = this.#outcome === 'acked' && this.#ending;
+    const done = await traced(
       'ack',
       () => this.message(),
-      () => this.#finish('acked', [], 'ack', options),
+      () => this.#finish('acked', carried, 'ack', options),
       () => ({}),
     );
+    return earlier ? undefined : done;
   }
 
   async deadLetter(options: GuardedWriteOptions = {}, reason: 'manual' | 'max-attempts' = 'manual'): Promise<void> {
-    await this.#finish('dead', [op.put(this.#k.deadKey(this.id), this.buffer)], 'dead-letter', options);
+    await this.#finish('dead', { success: [op.put(this.#k.deadKey(this.id), this.buffer)] }, 'dead-letter', options);
     publish('workQueueDeadLetter', () => ({ ...this.message(), reason }));
   }
 
@@ -106,7 +132,7 @@ export class ClaimedJob implements Job {
    * A guard that fails, or an abort that voided the write, leaves the claim
    * held and the job open to another ack or release.
    */
-  #finish(outcome: 'acked' | 'dead', extra: Op[], verb: string, options: GuardedWriteOptions): Promise<void> {
+  #finish(outcome: 'acked' | 'dead', carried: Carried, verb: string, options: GuardedWriteOptions): Promise<Finished> {
     try {
       checkWriteOptions(options);
     } catch (err) {
@@ -142,8 +168,8 @@ export class ClaimedJob implements Job {
       try {
         out = await this.#book.write(
           {
-            compares: [cmp.create(claim, '==', this.fencingToken), ...guard.compares],
-            success: [op.delete(job), op.delete(claim), op.delete(k.attempt(this.id)), ...extra],
+            compares: [cmp.create(claim, '==', this.fencingToken), ...guard.compares, ...(carried.compares ?? [])],
+            success: [op.delete(job), op.delete(claim), op.delete(k.attempt(this.id)), ...carried.success],
             failure: [op.range(claim, { keysOnly: true }), ...guard.reads],
           },
           { signal: options.signal, what },
@@ -151,17 +177,16 @@ export class ClaimedJob implements Job {
       } catch (err) {
         // Aborted and voided: nothing was written, the claim is still ours to ack or release.
         if (options.signal?.aborted && err === options.signal.reason) return reopen(err);
-        this.#hold.end(err);
-        throw err;
+        // A carried key on our lease: etcd refuses the write once the lease is gone, and the claim went with it.
+        const lost = isLeaseNotFound(err) ? this.#lost(what, err) : err;
+        this.#hold.end(lost);
+        throw lost;
       }
       if (!out.landed) {
         const [mine, ...reads] = out.failure;
         const held = mine?.type === 'range' && mine.kvs[0]?.createRevision === this.fencingToken;
         if (!held) {
-          const lost = new LockNotHeldError(
-            `${what}: not written, the claim was lost first (its lease expired, or it was ` +
-              'released or deleted); the job may run, or have run, elsewhere',
-          );
+          const lost = this.#lost(what);
           this.#hold.end(lost);
           throw lost;
         }
@@ -170,19 +195,29 @@ export class ClaimedJob implements Job {
       }
       this.#hold.end(new LockNotHeldError(`${this.#what} ${outcome}`));
       log('%s %s', this.#what, outcome);
+      return { revision: out.revision, results: out.res?.responses.slice(3) };
     })();
     return this.#ending;
   }
 
+  #lost(what: string, cause?: unknown): LockNotHeldError {
+    return new LockNotHeldError(
+      `${what}: not written, the claim was lost first (its lease expired, or it was ` +
+        'released or deleted); the job may run, or have run, elsewhere',
+      cause === undefined ? undefined : { cause },
+    );
+  }
+
   release(): Promise<void> {
-    if (this.#ending) return this.#ending.catch(() => undefined);
+    if (this.#ending) return this.#ending.then(noop, noop);
     this.#outcome = 'released';
     const expired = this.#session.expired; // then the claim went with the lease
     // Deleting our claim (guarded by its create revision) is harmless to repeat: no receipt is needed.
-    this.#ending = this.#hold.release().then(() => {
+    const released = this.#hold.release().then(() => {
       if (!expired) publish('workQueueRelease', () => this.message());
     });
-    return this.#ending;
+    this.#ending = released.then(() => ({ revision: 0n, results: undefined }));
+    return released;
   }
 
   [Symbol.asyncDispose](): Promise<void> {
