@@ -102,8 +102,8 @@ export class ClaimedJob implements Job {
 
   /**
    * @internal {@link ack}, with `carried` in the same Txn (WorkQueue.claim's
-   * `ack`: the claimer's next place in line). Resolves undefined when this
-   * job was acked before, by a write that carried nothing.
+   * `ack`: the claimer's next place in line). Resolves undefined when an
+   * earlier call acked this job (or is acking it): that write carries none of `carried`.
    */
   async ackCarrying(carried: Carried, options: GuardedWriteOptions): Promise<Finished | undefined> {
     const earlier = this.#outcome === 'acked' && this.#ending;
