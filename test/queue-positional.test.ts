@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { PriorityQueue, Queue, Session } from '../src/index.js';
+import { PriorityQueue, Queue, Session, WorkQueue } from '../src/index.js';
 import { keysUnder, stillPending, useCluster, within } from './helpers.js';
 import { waitForCount } from './queue-helpers.js';
 
@@ -41,6 +41,31 @@ describe('positional claims in the consumer line', () => {
     expect(rest).toEqual([...Array.from({ length: 17 }, (_, i) => `p1-${i + 1}`), 'p9']);
     await pq.close();
     expect(await keysUnder(admin, `__${name}/waiters/`)).toEqual([]);
+  });
+
+  it('the same for WorkQueue: a worker past the page claims a job of priority 1, not the priority 9 added after', async () => {
+    const name = 'pos-page-wq';
+    const admin = etcd().client();
+    const producer = new WorkQueue(admin, name);
+    const stalled = await Session.create(admin, { ttl: 30 });
+    for (let i = 0; i < 16; i++) {
+      await admin
+        .put(`${name}/waiters/stalled-${String(i).padStart(2, '0')}`)
+        .value('')
+        .lease(stalled.leaseId);
+    }
+    for (let i = 0; i < 18; i++) await producer.add(`p1-${i}`, { priority: 1 });
+    await using session = await Session.create(admin, { ttl: 10 });
+    const wq = new WorkQueue(session, name);
+    const claiming = wq.claim();
+    await waitForCount(admin, `${name}/waiters/`, 17);
+    await producer.add('p9', { priority: 9 });
+    expect(await stillPending(claiming, 1500)).toBe(true);
+    await stalled.close();
+    const job = await within(10_000, claiming, 'claim once at the head');
+    expect(job.value).toBe('p1-0');
+    await job.ack();
+    await Promise.all([wq.close(), producer.close()]);
   });
 
   it('a line longer than the names a read returns: waiters deep in line that left do not strand an item', async () => {
