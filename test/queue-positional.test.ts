@@ -43,7 +43,7 @@ describe('positional claims in the consumer line', () => {
     expect(await keysUnder(admin, `__${name}/waiters/`)).toEqual([]);
   });
 
-  it('the same for WorkQueue: a worker past the page claims a job of priority 1, not the priority 9 added after', async () => {
+  it('the same for WorkQueue: past the page, a priority 1 job, not the 9 added after', async () => {
     const name = 'pos-page-wq';
     const admin = etcd().client();
     const producer = new WorkQueue(admin, name);
