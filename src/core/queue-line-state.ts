@@ -40,3 +40,20 @@ export function claimableInLine(state: State): Candidate[] {
   if (!state.alive) return [];
   return state.scan.cands.slice(state.ahead);
 }
+
+/**
+ * The candidates after the feed's events (`now`, in delivery order), as far
+ * as the read `scan` vouches for them. When its page had more keys beyond
+ * it, unread candidates may come before one put after the page's last, so
+ * that one is left for a later read (a waiter deep in line would otherwise
+ * take it first). Undefined when a candidate the page showed is gone, so
+ * that only a read can tell what follows: read again.
+ */
+export function vouchedFor(scan: Scan, now: Candidate[] | undefined): Candidate[] | undefined {
+  if (!now || !scan.more) return now;
+  const last = scan.cands.at(-1);
+  if (!last) return now;
+  if (now.length < scan.cands.length) return undefined;
+  const end = now.findIndex((c) => c.key.equals(last.key));
+  return end < 0 ? undefined : now.slice(0, end + 1);
+}

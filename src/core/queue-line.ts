@@ -11,7 +11,7 @@ import { retrying } from './retry.js';
 import type { Session } from './session.js';
 import type { WatchEvent } from './watch-hub.js';
 import { type FeedSub, subscribe } from './line-feed.js';
-import { beyondLine, claimableInLine, type Scan, type State } from './queue-line-state.js';
+import { beyondLine, claimableInLine, type Scan, type State, vouchedFor } from './queue-line-state.js';
 
 /*
  * The consumer side shared by Queue, PriorityQueue and WorkQueue: take one
@@ -292,9 +292,8 @@ export class ConsumerLine<R> {
       }
     }
     if (ahead > 0 && !names.size) return undefined;
-    const cands = items.length ? this.#src.update(scan.cands, items) : scan.cands;
-    // Keys beyond the read's page may be candidates too: once one we saw is gone, read again.
-    if (!cands || (scan.more && cands.length < scan.cands.length)) return undefined;
+    const cands = items.length ? vouchedFor(scan, this.#src.update(scan.cands, items)) : scan.cands;
+    if (!cands) return undefined;
     scan = { ...scan, cands, waiters };
     return { alive, ahead, names, scan, revision: state.revision };
   }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { beyondLine, claimableInLine, type State } from '../../src/core/queue-line-state.js';
+import { beyondLine, claimableInLine, type State, vouchedFor } from '../../src/core/queue-line-state.js';
 
 const cands = ['a', 'b', 'c', 'd'].map((k, i) => ({ key: Buffer.from(k), rev: BigInt(i + 1) }));
 const keys = (cs: { key: Buffer }[]) => cs.map((c) => c.key.toString());
@@ -29,5 +29,19 @@ describe('the consumer line decisions (no etcd)', () => {
     expect(keys(beyondLine({ cands, waiters: 3 }))).toEqual(['d']);
     expect(beyondLine({ cands, waiters: 4 })).toEqual([]);
     expect(keys(beyondLine({ cands, waiters: 0 }))).toEqual(['a', 'b', 'c', 'd']);
+  });
+
+  it('after a page with more beyond it, a candidate put past the page is left for a read; one gone asks for it', () => {
+    const page = { cands: cands.slice(0, 3), waiters: 4, more: true };
+    const put = (k: string) => ({ key: Buffer.from(k), rev: 99n });
+    // Put after the page's last: unread ones may come first.
+    expect(keys(vouchedFor(page, [...page.cands, put('z')])!)).toEqual(['a', 'b', 'c']);
+    // Put inside the page (a higher priority): it is known to be among the first.
+    expect(keys(vouchedFor(page, [put('0'), ...page.cands])!)).toEqual(['0', 'a', 'b', 'c']);
+    // A candidate the page showed is gone, or its last one: read again.
+    expect(vouchedFor(page, [page.cands[0]!, page.cands[2]!])).toBeUndefined();
+    expect(vouchedFor(page, [put('0'), ...page.cands.slice(0, 2), put('z')])).toBeUndefined();
+    // A page that showed everything vouches for every put.
+    expect(keys(vouchedFor({ ...page, more: false }, [...page.cands, put('z')])!)).toEqual(['a', 'b', 'c', 'z']);
   });
 });
