@@ -177,7 +177,8 @@ export class ClaimedJob implements Job {
       } catch (err) {
         // Aborted and voided: nothing was written, the claim is still ours to ack or release.
         if (options.signal?.aborted && err === options.signal.reason) return reopen(err);
-        // A carried key on our lease: etcd refuses the write once the lease is gone, and the claim went with it.
+        // A carried put on our lease. etcd checks it only in the branch it runs, and a lost lease took the
+        // claim with it, so the compares fail first; should etcd ever refuse the put, the claim is lost all the same.
         const lost = isLeaseNotFound(err) ? this.#lost(what, err) : err;
         this.#hold.end(lost);
         throw lost;
