@@ -1,8 +1,10 @@
 import type { Candidate, SourceScan } from './claim-source.js';
+import type { KeyValue } from './kv.js';
+import type { WatchEvent } from './watch-hub.js';
 
 /*
- * The consumer line's decisions from one read (core/queue-line.ts): pure
- * functions of what the read found.
+ * The consumer line's decisions from one read and the feed's events since
+ * (core/queue-line.ts): pure functions of what the read found.
  */
 
 /** The candidates found by one read, and how many consumers wait in line at that revision. */
@@ -56,4 +58,59 @@ export function vouchedFor(scan: Scan, now: Candidate[] | undefined): Candidate[
   if (now.length < scan.cands.length) return undefined;
   const end = now.findIndex((c) => c.key.equals(last.key));
   return end < 0 ? undefined : now.slice(0, end + 1);
+}
+
+/** Our state from one read: the names of the waiters ahead (all but our own key) from `line`. */
+export function lineState(
+  alive: boolean,
+  line: KeyValue[],
+  ahead: number,
+  own: Buffer,
+  waitersPrefix: Buffer,
+  revision: bigint,
+  scan: Scan,
+): State {
+  const names = new Set(
+    line.filter((kv) => !kv.key.equals(own)).map((kv) => kv.key.subarray(waitersPrefix.length).toString('latin1')),
+  );
+  return { alive, ahead, names, scan, revision };
+}
+
+/**
+ * Our state after `events` (those after its read): waiters that left or
+ * joined, our own key (`own`) gone, candidates put or taken (`update`, the
+ * recipe's rule). Undefined when only a read can tell (a candidate came
+ * back, or the names of the waiters ahead that the read returned are all
+ * gone while more are ahead).
+ */
+export function advance(
+  state: State,
+  events: WatchEvent[],
+  own: Buffer,
+  waitersPrefix: Buffer,
+  update: (cands: Candidate[], items: WatchEvent[]) => Candidate[] | undefined,
+): State | undefined {
+  const prefix = waitersPrefix;
+  const items: WatchEvent[] = [];
+  let { alive, ahead, scan } = state;
+  let waiters = scan.waiters;
+  const names = state.names;
+  for (const e of events) {
+    const key = e.kv.key;
+    if (e.kv.modRevision <= state.revision) continue;
+    if (key.length <= prefix.length || key.compare(prefix, 0, prefix.length, 0, prefix.length) !== 0) {
+      items.push(e);
+    } else if (e.type === 'put') {
+      if (e.kv.version === 1n) waiters++;
+    } else {
+      waiters--;
+      if (key.equals(own)) alive = false;
+      else if (names.delete(key.subarray(prefix.length).toString('latin1'))) ahead--;
+    }
+  }
+  if (ahead > 0 && !names.size) return undefined;
+  const cands = items.length ? vouchedFor(scan, update(scan.cands, items)) : scan.cands;
+  if (!cands) return undefined;
+  scan = { ...scan, cands, waiters };
+  return { alive, ahead, names, scan, revision: state.revision };
 }

@@ -6,12 +6,12 @@ import { InternalError, isRecipeError } from './errors.js';
 import { cleanUpAfter, deleteOwnKey } from './holding.js';
 import { createUniqueKey, type PendingKey } from './line.js';
 import { showKey, uniqueKey } from './keys.js';
-import { cmp, op, rangeAt, txn, type Compare, type KeyValue, type Op, type OpResult, type RangeResult } from './kv.js';
+import { cmp, op, rangeAt, txn, type Compare, type Op, type OpResult, type RangeResult } from './kv.js';
 import { retrying } from './retry.js';
 import type { Session } from './session.js';
 import type { WatchEvent } from './watch-hub.js';
 import { type FeedSub, subscribe } from './line-feed.js';
-import { beyondLine, claimableInLine, type Scan, type State, vouchedFor } from './queue-line-state.js';
+import { advance, beyondLine, claimableInLine, lineState, type Scan, type State } from './queue-line-state.js';
 
 /*
  * The consumer side shared by Queue, PriorityQueue and WorkQueue: take one
@@ -245,10 +245,13 @@ export class ConsumerLine<R> {
   async #wait(t: Take, signal: AbortSignal | undefined): Promise<Candidate[]> {
     const linked = linkSignals(signal, t.session.signal);
     const sub = t.sub!;
+    const update = (cands: Candidate[], items: WatchEvent[]) => this.#src.update(cands, items);
     try {
       for (;;) {
         await sub.next(linked.signal);
-        const state = sub.live ? this.#advance(t.state!, sub.take(), t.waiter!) : undefined;
+        const state = sub.live
+          ? advance(t.state!, sub.take(), t.waiter!.key, this.#src.waitersPrefix, update)
+          : undefined;
         t.state = state;
         if (!state?.alive) return [];
         const cands = claimableInLine(state);
@@ -264,38 +267,6 @@ export class ConsumerLine<R> {
     } finally {
       linked.dispose();
     }
-  }
-
-  /**
-   * Our state after `events` (those after its read): waiters that left or
-   * joined, our own key gone, candidates put or taken. Undefined when only a
-   * read can tell (a candidate came back, or the names of the waiters ahead
-   * that the read returned are all gone while more are ahead).
-   */
-  #advance(state: State, events: WatchEvent[], waiter: Waiter): State | undefined {
-    const prefix = this.#src.waitersPrefix;
-    const items: WatchEvent[] = [];
-    let { alive, ahead, scan } = state;
-    let waiters = scan.waiters;
-    const names = state.names;
-    for (const e of events) {
-      const key = e.kv.key;
-      if (e.kv.modRevision <= state.revision) continue;
-      if (key.length <= prefix.length || key.compare(prefix, 0, prefix.length, 0, prefix.length) !== 0) {
-        items.push(e);
-      } else if (e.type === 'put') {
-        if (e.kv.version === 1n) waiters++;
-      } else {
-        waiters--;
-        if (key.equals(waiter.key)) alive = false;
-        else if (names.delete(key.subarray(prefix.length).toString('latin1'))) ahead--;
-      }
-    }
-    if (ahead > 0 && !names.size) return undefined;
-    const cands = items.length ? vouchedFor(scan, this.#src.update(scan.cands, items)) : scan.cands;
-    if (!cands) return undefined;
-    scan = { ...scan, cands, waiters };
-    return { alive, ahead, names, scan, revision: state.revision };
   }
 
   /** Our waiter key, or the one a join still in flight may create: deleted once that Txn settled. */
@@ -381,7 +352,7 @@ export class ConsumerLine<R> {
   #joined(waiter: Waiter, reads: OpResult[]): State {
     const line = reads[0] as RangeResult;
     const scan = this.#parse(reads.slice(1));
-    return this.#state(true, line.kvs, scan.waiters - 1, waiter, waiter.rev, scan);
+    return lineState(true, line.kvs, scan.waiters - 1, waiter.key, this.#src.waitersPrefix, waiter.rev, scan);
   }
 
   /** One read: our key, the waiters ahead of it (their count and the oldest names), and the candidates. */
@@ -394,7 +365,15 @@ export class ConsumerLine<R> {
     // etcd counts a range before its revision filter: a full page says only "at least that many" ahead.
     const ahead = line.length < AHEAD_NAMES ? line.length : line.length + 1;
     const scan = this.#parse(res.responses.slice(2));
-    return this.#state(own?.createRevision === waiter.rev, line, ahead, waiter, res.revision, scan);
+    return lineState(
+      own?.createRevision === waiter.rev,
+      line,
+      ahead,
+      waiter.key,
+      this.#src.waitersPrefix,
+      res.revision,
+      scan,
+    );
   }
 
   #readRetrying(waiter: Waiter, signal: AbortSignal | undefined): Promise<State> {
@@ -403,13 +382,5 @@ export class ConsumerLine<R> {
       maxElapsedMs: Infinity,
       onRetry: (err) => this.#src.log('%s: read failed, retrying: %s', this.#src.what, (err as Error).message),
     });
-  }
-
-  #state(alive: boolean, line: KeyValue[], ahead: number, waiter: Waiter, revision: bigint, scan: Scan): State {
-    const prefix = this.#src.waitersPrefix.length;
-    const names = new Set(
-      line.filter((kv) => !kv.key.equals(waiter.key)).map((kv) => kv.key.subarray(prefix).toString('latin1')),
-    );
-    return { alive, ahead, names, scan, revision };
   }
 }

@@ -1,5 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { beyondLine, claimableInLine, type State, vouchedFor } from '../../src/core/queue-line-state.js';
+import type { Candidate } from '../../src/core/claim-source.js';
+import type { WatchEvent } from '../../src/core/watch-hub.js';
+import { advance, beyondLine, claimableInLine, type State, vouchedFor } from '../../src/core/queue-line-state.js';
 
 const cands = ['a', 'b', 'c', 'd'].map((k, i) => ({ key: Buffer.from(k), rev: BigInt(i + 1) }));
 const keys = (cs: { key: Buffer }[]) => cs.map((c) => c.key.toString());
@@ -43,5 +45,41 @@ describe('the consumer line decisions (no etcd)', () => {
     expect(vouchedFor(page, [put('0'), ...page.cands.slice(0, 2), put('z')])).toBeUndefined();
     // A page that showed everything vouches for every put.
     expect(keys(vouchedFor({ ...page, more: false }, [...page.cands, put('z')])!)).toEqual(['a', 'b', 'c', 'z']);
+  });
+
+  it('brings a read up to date from the feed: waiters ahead leaving, our own key gone, old events skipped', () => {
+    const waiters = Buffer.from('q/waiters/');
+    const ev = (type: 'put' | 'delete', key: string, rev: bigint, version = 1n): WatchEvent => ({
+      type,
+      kv: { key: Buffer.from(key), value: Buffer.alloc(0), createRevision: rev, modRevision: rev, version, lease: '0' },
+    });
+    const read = (): State => ({ ...state(2, 3), names: new Set(['w1', 'w2']) });
+    const same = (cs: Candidate[]) => cs;
+    // An event at or before the read's revision is already in the read.
+    expect(
+      advance(read(), [ev('delete', 'q/waiters/w1', 10n)], Buffer.from('q/waiters/me'), waiters, same),
+    ).toMatchObject({ ahead: 2, alive: true });
+    const one = advance(read(), [ev('delete', 'q/waiters/w1', 11n)], Buffer.from('q/waiters/me'), waiters, same);
+    expect(one).toMatchObject({ ahead: 1, alive: true, scan: { waiters: 2 } });
+    expect(advance(read(), [ev('put', 'q/waiters/w9', 11n)], Buffer.from('q/waiters/me'), waiters, same)).toMatchObject(
+      {
+        ahead: 2,
+        scan: { waiters: 4 },
+      },
+    );
+    expect(
+      advance(read(), [ev('delete', 'q/waiters/me', 11n)], Buffer.from('q/waiters/me'), waiters, same),
+    ).toMatchObject({
+      alive: false,
+    });
+    // Every name we knew ahead gone while more wait ahead: only a read can tell who is next.
+    const deep = { ...state(3, 4), names: new Set(['w1']) };
+    expect(
+      advance(deep, [ev('delete', 'q/waiters/w1', 11n)], Buffer.from('q/waiters/me'), waiters, same),
+    ).toBeUndefined();
+    // Items go through the recipe's rule; a rule that cannot tell asks for a read.
+    expect(advance(read(), [ev('put', 'q/items/x', 11n)], Buffer.from('q/waiters/me'), waiters, () => undefined)).toBe(
+      undefined,
+    );
   });
 });
