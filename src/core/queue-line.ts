@@ -234,7 +234,7 @@ export class ConsumerLine<R> {
     if (!landed) return false;
     pending.rev = landed.revision;
     t.waiter = { key, rev: landed.revision };
-    t.state = landed.results
+    t.state = landed.results // the put's result, then the join's reads
       ? this.#joined(t.waiter, landed.results.slice(1))
       : await this.#readRetrying(t.waiter, signal);
     t.waited = true;
