@@ -78,7 +78,7 @@ export function lineState(
 
 /**
  * Our state after `events` (those after its read): waiters that left or
- * joined, our own key (`own`) gone, candidates put or taken (`update`, the
+ * joined under `prefix`, our own key (`own`) gone, candidates put or taken (`update`, the
  * recipe's rule). Undefined when only a read can tell (a candidate came
  * back, or the names of the waiters ahead that the read returned are all
  * gone while more are ahead).
@@ -87,10 +87,9 @@ export function advance(
   state: State,
   events: WatchEvent[],
   own: Buffer,
-  waitersPrefix: Buffer,
+  prefix: Buffer,
   update: (cands: Candidate[], items: WatchEvent[]) => Candidate[] | undefined,
 ): State | undefined {
-  const prefix = waitersPrefix;
   const items: WatchEvent[] = [];
   let { alive, ahead, scan } = state;
   let waiters = scan.waiters;

@@ -3,7 +3,6 @@ import { publish, traced } from '../../../core/diagnostics.js';
 import { InternalError, LockNotHeldError } from '../../../core/errors.js';
 import { checkGuard, resolveGuard, type GuardedWriteOptions } from '../../../core/guard.js';
 import { Holding } from '../../../core/holding.js';
-import { isLeaseNotFound } from '../../../core/etcd-errors.js';
 import { cmp, op, type Compare, type Op, type OpResult } from '../../../core/kv.js';
 import { logger } from '../../../core/log.js';
 import type { ProvenOutcome, ReceiptBook } from '../../../core/receipts.js';
@@ -52,7 +51,8 @@ export class ClaimedJob implements Job {
   readonly #book: ReceiptBook;
   readonly #what: string;
   readonly #hold: Holding;
-  #ending: Promise<Finished> | undefined;
+  /** The ack, dead-letter or release under way or done (a release resolves with nothing). */
+  #ending: Promise<Finished | void> | undefined;
   #outcome: 'acked' | 'released' | 'dead' | undefined;
 
   readonly #name: string;
@@ -113,7 +113,7 @@ export class ClaimedJob implements Job {
       () => this.#finish('acked', carried, 'ack', options),
       () => ({}),
     );
-    return earlier ? undefined : done;
+    return earlier || !done ? undefined : done;
   }
 
   async deadLetter(options: GuardedWriteOptions = {}, reason: 'manual' | 'max-attempts' = 'manual'): Promise<void> {
@@ -132,7 +132,12 @@ export class ClaimedJob implements Job {
    * A guard that fails, or an abort that voided the write, leaves the claim
    * held and the job open to another ack or release.
    */
-  #finish(outcome: 'acked' | 'dead', carried: Carried, verb: string, options: GuardedWriteOptions): Promise<Finished> {
+  #finish(
+    outcome: 'acked' | 'dead',
+    carried: Carried,
+    verb: string,
+    options: GuardedWriteOptions,
+  ): Promise<Finished | void> {
     try {
       checkWriteOptions(options);
     } catch (err) {
@@ -177,17 +182,17 @@ export class ClaimedJob implements Job {
       } catch (err) {
         // Aborted and voided: nothing was written, the claim is still ours to ack or release.
         if (options.signal?.aborted && err === options.signal.reason) return reopen(err);
-        // A carried put on our lease. etcd checks it only in the branch it runs, and a lost lease took the
-        // claim with it, so the compares fail first; should etcd ever refuse the put, the claim is lost all the same.
-        const lost = isLeaseNotFound(err) ? this.#lost(what, err) : err;
-        this.#hold.end(lost);
-        throw lost;
+        this.#hold.end(err);
+        throw err;
       }
       if (!out.landed) {
         const [mine, ...reads] = out.failure;
         const held = mine?.type === 'range' && mine.kvs[0]?.createRevision === this.fencingToken;
         if (!held) {
-          const lost = this.#lost(what);
+          const lost = new LockNotHeldError(
+            `${what}: not written, the claim was lost first (its lease expired, or it was ` +
+              'released or deleted); the job may run, or have run, elsewhere',
+          );
           this.#hold.end(lost);
           throw lost;
         }
@@ -201,14 +206,6 @@ export class ClaimedJob implements Job {
     return this.#ending;
   }
 
-  #lost(what: string, cause?: unknown): LockNotHeldError {
-    return new LockNotHeldError(
-      `${what}: not written, the claim was lost first (its lease expired, or it was ` +
-        'released or deleted); the job may run, or have run, elsewhere',
-      cause === undefined ? undefined : { cause },
-    );
-  }
-
   release(): Promise<void> {
     if (this.#ending) return this.#ending.then(noop, noop);
     this.#outcome = 'released';
@@ -217,7 +214,7 @@ export class ClaimedJob implements Job {
     const released = this.#hold.release().then(() => {
       if (!expired) publish('workQueueRelease', () => this.message());
     });
-    this.#ending = released.then(() => ({ revision: 0n, results: undefined }));
+    this.#ending = released;
     return released;
   }
 
