@@ -14,6 +14,29 @@ import { waitForCount } from './queue-helpers.js';
 describe('positional claims in the consumer line', () => {
   const etcd = useCluster();
 
+  it('a waiter with k waiters ahead takes the k-th item: those behind a stalled head are served without it', async () => {
+    const name = 'pos-kth';
+    const admin = etcd().client();
+    const producer = new Queue(admin, name);
+    // The head of the line is a consumer that stalled (a paused process keeps its lease): its waiter key stays.
+    const stalled = await Session.create(admin, { ttl: 30 });
+    await admin.put(`__${name}/waiters/stalled`).value('').lease(stalled.leaseId);
+    const consumers = [new Queue(admin, name), new Queue(admin, name), new Queue(admin, name)];
+    const taking: Promise<string>[] = [];
+    for (const [i, q] of consumers.entries()) {
+      taking.push(q.dequeue());
+      await waitForCount(admin, `__${name}/waiters/`, i + 2); // in line in this order, behind the stalled head
+    }
+    for (let i = 0; i < 4; i++) await producer.enqueue(`v${i}`);
+    // Each takes the item at its place; the oldest stays the stalled head's. Surplus-only waiters would all wait.
+    expect(await within(10_000, Promise.all(taking), 'the waiters behind the head')).toEqual(['v1', 'v2', 'v3']);
+    expect(await producer.size()).toBe(1);
+    await stalled.close();
+    expect(await within(10_000, producer.dequeue(), 'the head item')).toBe('v0');
+    await Promise.all([producer, ...consumers].map((q) => q.close()));
+    expect(await keysUnder(admin, `__${name}/`)).toEqual([]);
+  });
+
   it('a waiter past the read page never takes a lower priority put after it while higher ones wait', async () => {
     const name = 'pos-page';
     const admin = etcd().client();
