@@ -14,7 +14,7 @@ import { waitForCount } from './queue-helpers.js';
 describe('positional claims in the consumer line', () => {
   const etcd = useCluster();
 
-  it('a waiter with k waiters ahead takes the k-th item: those behind a stalled head are served without it', async () => {
+  it('a waiter with k waiters ahead takes the k-th item: those behind a stalled head are served', async () => {
     const name = 'pos-kth';
     const admin = etcd().client();
     const producer = new Queue(admin, name);

@@ -25,7 +25,7 @@ export interface Finished {
   results: OpResult[] | undefined;
 }
 
-const noop = (): void => undefined;
+const noop = (): undefined => undefined;
 
 /** Checks the options of a guarded write (before anything is written). */
 export function checkWriteOptions(options: GuardedWriteOptions): void {
@@ -52,7 +52,7 @@ export class ClaimedJob implements Job {
   readonly #what: string;
   readonly #hold: Holding;
   /** The ack, dead-letter or release under way or done (a release resolves with nothing). */
-  #ending: Promise<Finished | void> | undefined;
+  #ending: Promise<Finished | undefined> | undefined;
   #outcome: 'acked' | 'released' | 'dead' | undefined;
 
   readonly #name: string;
@@ -137,7 +137,7 @@ export class ClaimedJob implements Job {
     carried: Carried,
     verb: string,
     options: GuardedWriteOptions,
-  ): Promise<Finished | void> {
+  ): Promise<Finished | undefined> {
     try {
       checkWriteOptions(options);
     } catch (err) {
@@ -214,7 +214,7 @@ export class ClaimedJob implements Job {
     const released = this.#hold.release().then(() => {
       if (!expired) publish('workQueueRelease', () => this.message());
     });
-    this.#ending = released;
+    this.#ending = released.then(noop);
     return released;
   }
 
