@@ -19,6 +19,14 @@ import {
  * that follows fails or is aborted.
  */
 
+/** Resolves once `job` ended (acked, released or lost): its signal aborts then. */
+function ended(job: Job): Promise<void> {
+  const { signal } = job;
+  return signal.aborted
+    ? Promise.resolve()
+    : new Promise((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
+}
+
 /** Takes job after job with claim({ ack: last }) into `acked`, until `stop` aborts. */
 function loop(wq: WorkQueue, acked: Collected, stop: AbortSignal): Promise<void> {
   return (async () => {
@@ -205,8 +213,11 @@ describe('WorkQueue claim({ ack })', () => {
     expect(next.value).toBe('b');
     const aborting = new AbortController();
     const waiting = wq.claim({ ack: next, signal: aborting.signal });
-    await waitForCount(admin, `${name}/waiters/`, 1);
+    waiting.catch(() => undefined);
+    // The job's signal ends once this process has the ack's reply (etcd may show the waiter key sooner).
+    await within(10_000, ended(next), 'the ack');
     expect(next.done).toBe(true);
+    expect(await keysUnder(admin, `${name}/waiters/`)).toHaveLength(1);
     aborting.abort();
     await expect(waiting).rejects.toMatchObject({ name: 'AbortError' });
     expect(await keysUnder(admin, `${name}/`)).toEqual([expect.stringMatching(/\/receipts\//)]);
