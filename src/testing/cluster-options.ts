@@ -51,6 +51,14 @@ export interface EtcdClusterOptions {
         clientCertAuth?: boolean;
       };
   /**
+   * Route each member's peer traffic through a gate in this process, so
+   * that {@link EtcdCluster.partition} can cut members off from the others
+   * while they stay up and keep serving their clients (a network
+   * partition, not a crash or a freeze). Not with `tls`: the gates read the
+   * sender's name in etcd's plaintext peer requests.
+   */
+  partitionable?: boolean;
+  /**
    * Enable etcd's authentication once the cluster is up: the `root` user
    * (with the `root` role) is created and auth is enabled.
    * {@link EtcdCluster.client} then logs in as root; make users with only

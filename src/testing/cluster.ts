@@ -9,6 +9,7 @@ import { TestCertificateAuthority, type CertificatePair } from './certs.js';
 import { findEtcdBinary } from './etcd-binary.js';
 
 import { TLS_GRPC_OPTIONS, type MemberTls, freePort, EtcdMember } from './member.js';
+import { PeerGates } from './peer-gates.js';
 import type { EtcdClusterOptions, EtcdCredentials, EtcdGrant, EtcdClusterTls } from './cluster-options.js';
 
 export type { EtcdClusterOptions, EtcdCredentials, EtcdGrant, EtcdClusterTls } from './cluster-options.js';
@@ -44,6 +45,7 @@ export class EtcdCluster implements AsyncDisposable {
   readonly #clients = new Set<Etcd3>();
   readonly #startTimeoutMs: number;
   readonly #authority: TestCertificateAuthority | undefined;
+  readonly #gates: PeerGates | undefined;
   #root: EtcdCredentials | undefined;
   #stopped = false;
 
@@ -53,8 +55,10 @@ export class EtcdCluster implements AsyncDisposable {
     startTimeoutMs: number,
     authority: TestCertificateAuthority | undefined,
     tls: EtcdClusterTls | undefined,
+    gates: PeerGates | undefined,
   ) {
     this.members = members;
+    this.#gates = gates;
     this.dataDir = dataDir;
     this.#startTimeoutMs = startTimeoutMs;
     this.#authority = authority;
@@ -65,6 +69,7 @@ export class EtcdCluster implements AsyncDisposable {
   static async start(options: EtcdClusterOptions = {}): Promise<EtcdCluster> {
     const size = options.members ?? 1;
     if (size !== 1 && size !== 3) throw new RangeError(`members must be 1 or 3, got ${String(size)}`);
+    if (options.partitionable && options.tls) throw new RangeError('partitionable cannot be combined with tls');
     const bin = options.etcdBin ?? findEtcdBinary({ install: options.install });
     const timing = options.timing ?? 'fast';
     const { heartbeatMs, electionMs } =
@@ -129,7 +134,12 @@ export class EtcdCluster implements AsyncDisposable {
         if (!ports.includes(p)) ports.push(p);
       }
       const names = Array.from({ length: size }, (_, i) => `m${i}`);
-      const initialCluster = names.map((n, i) => `${n}=${scheme}://127.0.0.1:${ports[size + i]}`).join(',');
+      const gates = options.partitionable
+        ? await PeerGates.open(names.map((name, i) => ({ name, peerPort: ports[size + i]! })))
+        : undefined;
+      // Members reach each other through the gates, when there are any.
+      const advertisedPeer = (i: number) => `${scheme}://127.0.0.1:${gates ? gates.ports[i] : ports[size + i]}`;
+      const initialCluster = names.map((n, i) => `${n}=${advertisedPeer(i)}`).join(',');
       const token = `etcd-recipes-${randomBytes(6).toString('hex')}`;
       const members = names.map((name, i) => {
         const client = ports[i]!;
@@ -153,7 +163,7 @@ export class EtcdCluster implements AsyncDisposable {
             '--listen-peer-urls',
             `${scheme}://127.0.0.1:${peer}`,
             '--initial-advertise-peer-urls',
-            `${scheme}://127.0.0.1:${peer}`,
+            advertisedPeer(i),
             '--initial-cluster',
             initialCluster,
             '--initial-cluster-state',
@@ -177,11 +187,13 @@ export class EtcdCluster implements AsyncDisposable {
           memberTls,
         );
       });
-      const cluster = new EtcdCluster(members, root, startTimeoutMs, authority, tls);
+      const cluster = new EtcdCluster(members, root, startTimeoutMs, authority, tls, gates);
       try {
         await Promise.all(members.map((m) => m.spawn()));
         await cluster.waitHealthy();
+        if (gates) for (const m of members) gates.learn(m.name, (await m.status()).memberId);
       } catch (err) {
+        gates?.close();
         const logs = members.map((m) => `--- ${m.name}\n${m.recentLog.split('\n').slice(-15).join('\n')}`).join('\n');
         await Promise.all(members.map((m) => m.kill()));
         for (const m of members) m.removeData();
@@ -322,13 +334,36 @@ export class EtcdCluster implements AsyncDisposable {
   }
 
   /**
-   * The member that is Raft leader now, as the running members agree;
-   * waits (bounded) while an election is in progress.
+   * Cuts `isolated` off from the other members (a network partition): the
+   * connections between the two sides are reset and new ones refused, in
+   * both directions, until {@link EtcdCluster.heal}. Every member stays up
+   * and keeps serving its clients; the side without a majority loses its
+   * leader after an election timeout. Needs the `partitionable` option.
+   * @param isolated - the members of the smaller side (the others keep the majority when fewer than half)
+   */
+  partition(...isolated: EtcdMember[]): void {
+    if (!this.#gates) throw new RangeError('partition() needs a cluster started with { partitionable: true }');
+    if (isolated.length === 0 || isolated.some((m) => !this.members.includes(m))) {
+      throw new RangeError('isolated must be one or more members of this cluster');
+    }
+    this.#gates.partition(isolated.map((m) => m.name));
+  }
+
+  /** Ends {@link EtcdCluster.partition}: members reconnect on their own. */
+  heal(): void {
+    this.#gates?.heal();
+  }
+
+  /**
+   * The member that is Raft leader now, as the running members agree (those
+   * cut off by {@link EtcdCluster.partition} are not asked); waits (bounded)
+   * while an election is in progress.
    */
   async leader(timeoutMs = 10_000): Promise<EtcdMember> {
     return retrying(
       async () => {
-        const live = this.members.filter((m) => m.state === 'running');
+        const isolated = this.#gates?.isolated;
+        const live = this.members.filter((m) => m.state === 'running' && !isolated?.has(m.name));
         const statuses = await Promise.all(
           live.map((m) =>
             m.status(500).then(
@@ -361,6 +396,7 @@ export class EtcdCluster implements AsyncDisposable {
     for (const c of this.#clients) c.close();
     this.#clients.clear();
     await Promise.all(this.members.map((m) => m.stop(2000)));
+    this.#gates?.close();
     rmSync(this.dataDir, { recursive: true, force: true });
   }
 

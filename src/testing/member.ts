@@ -310,7 +310,8 @@ export class EtcdMember {
       header: { member_id: string; raft_term: string };
       leader: string;
     };
-    return { memberId: body.header.member_id, leaderId: body.leader, raftTerm: body.header.raft_term };
+    // etcd's JSON leaves out zero values: no leader field means no leader.
+    return { memberId: body.header.member_id, leaderId: body.leader ?? '0', raftTerm: body.header.raft_term };
   }
 
   /** @internal */

@@ -1,0 +1,67 @@
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { Etcd3 } from 'etcd3';
+// etcd3 tries hosts in a random order; its own switch makes it try the last one first.
+import { ConnectionPool } from 'etcd3/lib/connection-pool.js';
+import { closeClient, createClient } from '../src/index.js';
+import { useCluster } from './helpers.js';
+
+/*
+ * A member cut off from the others by a network partition stays up and keeps
+ * answering its clients: a watch on it stays open and even answers progress
+ * requests, at a revision that no longer moves. Streams opened by
+ * createClient ask etcd to end them when their member has no leader, and then
+ * re-open on another member (docs/faults.md, "Partitions").
+ */
+
+const clients: Etcd3[] = [];
+function client(hosts: string[]): Etcd3 {
+  const c = createClient({ hosts });
+  clients.push(c);
+  return c;
+}
+afterEach(async () => {
+  await Promise.all(clients.splice(0).map((c) => closeClient(c)));
+});
+
+/** Polls `check` (bounded): for states etcd tells of only when asked. */
+async function eventually(what: string, timeoutMs: number, check: () => Promise<boolean>): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  while (!(await check())) {
+    if (performance.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+describe('a follower cut off from the others', () => {
+  const etcd = useCluster({ members: 3, partitionable: true });
+  beforeAll(() => {
+    ConnectionPool.deterministicOrder = true;
+  });
+  afterAll(() => {
+    ConnectionPool.deterministicOrder = false;
+  });
+
+  it('loses its leader while the others keep one, and catches up once healed', async () => {
+    const cluster = etcd();
+    const [cut] = await cluster.followers();
+    const others = cluster.members.filter((m) => m !== cut);
+    const writer = client(others.map((m) => m.endpoint));
+    cluster.partition(cut!);
+    try {
+      await eventually('the cut-off member has no leader', 10_000, async () => (await cut!.status()).leaderId === '0');
+      const { header } = await writer.put('partition/k').value('written during the partition').exec();
+      expect(others).toContain(await cluster.leader());
+      const stale = await cut!.status();
+      expect(stale.leaderId).toBe('0');
+      cluster.heal();
+      await eventually('the healed member has a leader', 20_000, async () => (await cut!.status()).leaderId !== '0');
+      const onCut = client([cut!.endpoint]);
+      expect(await onCut.get('partition/k').string()).toBe('written during the partition');
+      expect(BigInt((await onCut.get('partition/k').exec()).header.revision)).toBeGreaterThanOrEqual(
+        BigInt(header.revision),
+      );
+    } finally {
+      cluster.heal();
+    }
+  }, 60_000);
+});
