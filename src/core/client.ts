@@ -21,7 +21,8 @@ const log = logger('client');
  * a deadline on every unary call, fast reconnects, and a host policy that
  * steers calls away from a member that just timed out or went silent, to
  * the least suspect one; after a timeout, it finds a live leader before the
- * call is retried (core/leader-search.ts).
+ * call is retried (core/leader-search.ts). Its streams require a leader, so
+ * that a member cut off by a partition ends them (`requireLeader` below).
  */
 
 /** Options of {@link createClient}: etcd3's own, plus the recipes' deadline. */
@@ -81,7 +82,9 @@ export function createClient(options: ClientOptions): Etcd3 {
     defaultCallOptions: (context) => {
       const own =
         typeof rest.defaultCallOptions === 'function' ? rest.defaultCallOptions(context) : rest.defaultCallOptions;
-      return context.isStream ? { ...own } : { deadline: Date.now() + callTimeoutMs, ...own };
+      return context.isStream
+        ? { ...own, interceptors: [requireLeader, ...(own?.interceptors ?? [])] }
+        : { deadline: Date.now() + callTimeoutMs, ...own };
     },
   });
   coordinationPools().add(poolOf(client));
@@ -89,6 +92,28 @@ export function createClient(options: ClientOptions): Etcd3 {
   health.attach(poolOf(client).hosts ?? [], clientScope(client).signal);
   return client;
 }
+
+type CallOptions = Exclude<NonNullable<IOptions['defaultCallOptions']>, (...args: never[]) => unknown>;
+type Interceptor = NonNullable<CallOptions['interceptors']>[number];
+
+/**
+ * Streams ask etcd to end them once their member has had no leader for a
+ * while (the `hasleader` metadata, Go's `clientv3.WithRequireLeader`). A
+ * member cut off from the others by a partition keeps its client
+ * connections and answers a watch's progress requests, so without it a
+ * watch there would look alive while it misses every change
+ * (docs/faults.md, "Partitions").
+ */
+const requireLeader: Interceptor = (options, nextCall) => {
+  const call = nextCall(options);
+  const start = call.start.bind(call);
+  call.start = (metadata, listener) => {
+    metadata.set('hasleader', 'true');
+    start(metadata, listener);
+  };
+  // grpc-js types the result as its InterceptingCall class but uses only the interface nextCall returns.
+  return call as ReturnType<Interceptor>;
+};
 
 // ---------------------------------------------------------------------------
 // Host health: the per-host policy etcd3 runs every call through.
@@ -184,13 +209,14 @@ function avoid(state: HostState, why: string): void {
 }
 
 /**
- * A stream (watch or keepalive) of `client` stopped answering: avoid its
- * member for a moment, so that the stream re-opens on another one.
+ * A stream (watch or keepalive) of `client` stopped answering, or its member
+ * ended it for want of a leader: avoid that member for a moment, so that the
+ * stream re-opens on another one.
  * @internal
  */
-export function reportSilentStream(stream: object): void {
+export function reportFailedStream(stream: object, why: string): void {
   const state = streamHosts().get(stream);
-  if (state) avoid(state, 'a stream went silent');
+  if (state) avoid(state, why);
 }
 
 const coordinationPools = () => processWide('coordination-pools', () => new WeakSet<object>());

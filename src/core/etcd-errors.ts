@@ -80,6 +80,11 @@ export function isLeaseNotFound(err: unknown): boolean {
   return err instanceof Error && /lease not found/i.test(err.message);
 }
 
+/** True when etcd refused or ended a call because its member has no leader (the `hasleader` metadata). */
+export function hasNoLeader(err: unknown): boolean {
+  return err instanceof Error && /no leader/i.test(err.message);
+}
+
 /** True for a failure after which the leader may be gone: a deadline, or etcd's own timeouts and leader errors. */
 export function mayHaveLostLeader(err: unknown): boolean {
   return err instanceof Error && /deadline|timed out|leader changed|no leader/i.test(err.message);

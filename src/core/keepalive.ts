@@ -1,7 +1,7 @@
 import type { Namespace } from 'etcd3';
-import { reportSilentStream } from './client.js';
+import { reportFailedStream } from './client.js';
 import { logger } from './log.js';
-import { isStreamEnd, isTransient } from './etcd-errors.js';
+import { hasNoLeader, isStreamEnd, isTransient } from './etcd-errors.js';
 import { Backoff } from './retry.js';
 import { closeStreamQuietly } from './streams.js';
 
@@ -126,7 +126,7 @@ export class KeepAlive {
   #onSilent(stream: KeepAliveStream): void {
     this.#ackTimer = undefined;
     if (stream !== this.#stream || this.#signal.aborted) return;
-    reportSilentStream(stream);
+    reportFailedStream(stream, 'a keepalive went unanswered');
     this.#onStreamEnd(stream, new Error(`keepalive unanswered for ${this.#ackTimeoutMs()} ms`));
   }
 
@@ -134,6 +134,8 @@ export class KeepAlive {
     if (stream !== this.#stream) return;
     this.#closeStream();
     if (this.#signal.aborted) return;
+    // Ended by a member cut off from its leader (see requireLeader in core/client.ts): resume elsewhere.
+    if (hasNoLeader(err)) reportFailedStream(stream, err.message);
     if (!isTransient(err) && !isStreamEnd(err)) log('keepalive stream error: %s', err.message);
     this.#scheduleReconnect(err);
   }

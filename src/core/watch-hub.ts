@@ -1,9 +1,9 @@
 import type { Namespace } from 'etcd3';
 import { abortReason, raceAbort } from './abort.js';
-import { clientScope, reportSilentStream } from './client.js';
+import { clientScope, reportFailedStream } from './client.js';
 import { publish } from './diagnostics.js';
 import { ClosedError, InternalError } from './errors.js';
-import { classifyEtcdError, isClientClosed } from './etcd-errors.js';
+import { classifyEtcdError, hasNoLeader, isClientClosed } from './etcd-errors.js';
 import { decodeKv, encodeKey, type RawKv } from './kv.js';
 import { prefixEnd, showKey } from './keys.js';
 import { logger } from './log.js';
@@ -175,7 +175,7 @@ class WatchHub {
     const silentFor = performance.now() - this.#lastHeard;
     if (silentFor >= SILENT_AFTER_MS && this.#entries.size > 0) {
       log('watch stream silent for %d ms; re-opening it on another member', Math.round(silentFor));
-      reportSilentStream(stream);
+      reportFailedStream(stream, 'a watch stream went silent');
       this.#onBroken(stream, new Error('watch stream went silent'));
       return;
     }
@@ -342,6 +342,8 @@ class WatchHub {
       return;
     }
     if (this.#entries.size === 0) return;
+    // Ended by a member cut off from its leader (see requireLeader in core/client.ts): resume elsewhere.
+    if (stream && hasNoLeader(err)) reportFailedStream(stream, err.message);
     for (const entry of this.#entries.values()) entry.created = false;
     const delayMs = this.#reconnect.schedule(() => this.#connect(), true);
     for (const entry of [...this.#entries.values()]) entry.listener.onInterrupted?.(err);
