@@ -88,6 +88,8 @@ export type {
   GuardedWriteOptions,
   ClaimOptions,
   Job,
+  JobHandler,
+  WorkOptions,
   WorkQueueStats,
   DeadJob,
 } from './recipes/queues/work-queue.js';

@@ -1,5 +1,5 @@
 import type { Etcd3 } from 'etcd3';
-import { DEFAULT_JOB_PRIORITY, isRecipeError, Session, WorkQueue, type Job } from '../../index.js';
+import { DEFAULT_JOB_PRIORITY, Session, WorkQueue, type Job } from '../../index.js';
 import { delay } from '../../core/abort.js';
 import { durationOption, expectArgs, integerOption, ttlOption } from '../args.js';
 import { runChild } from '../child.js';
@@ -153,9 +153,9 @@ async function work(ctx: CommandContext, name: string): Promise<number> {
   // The queue also dead-letters, on claim, a job whose claimers died K times without an ack.
   const queue = new WorkQueue(session, name, maxAttempts === undefined ? {} : { maxAttempts });
 
-  const finish = async (job: Job, code: number): Promise<void> => {
+  /** A command that failed: its job goes back for another try after the delay, or to the dead letters. */
+  const giveBack = async (job: Job, code: number): Promise<void> => {
     const what = `job ${job.id} (attempt ${job.attempts})`;
-    if (code === 0) return job.ack();
     if (stopping.aborted) return job.release();
     if (maxAttempts !== undefined && job.attempts >= maxAttempts) {
       say(ctx.stderr, `${what} failed with exit code ${code}; moved to the dead letters`);
@@ -167,44 +167,37 @@ async function work(ctx: CommandContext, name: string): Promise<number> {
     return job.release();
   };
 
-  const slot = async (): Promise<void> => {
-    while (!stopping.aborted && !session.expired) {
-      let job: Job;
-      try {
-        job = await queue.claim({ signal: stopping });
-      } catch (err) {
-        if (stopping.aborted || session.expired) return;
-        throw err;
-      }
-      const result = await runChild({
-        command: ctx.child,
-        input: job.buffer,
-        env: {
-          ETCD_RECIPES_JOB_ID: job.id,
-          ETCD_RECIPES_ATTEMPTS: String(job.attempts),
-          ETCD_RECIPES_FENCING_TOKEN: job.fencingToken.toString(),
-          ETCD_RECIPES_KEY: job.key,
-        },
-        lost: job.signal,
-        killAfterMs,
-        interrupts: ctx.interrupts,
-        onLost: (reason) =>
-          say(ctx.stderr, `job ${job.id}: claim lost (${errorMessage(reason)}); stopping its command`),
-        onSpawnError: (message) => say(ctx.stderr, message),
-      });
-      if (result.lost) continue;
-      await finish(job, result.code).catch((err: unknown) => {
-        // A lost claim: the job is retried elsewhere, as at-least-once delivery promises.
-        if (isRecipeError(err, 'LOCK_NOT_HELD')) say(ctx.stderr, `job ${job.id}: ${errorMessage(err)}`);
-        else throw err;
-      });
-    }
+  const runJob = async (job: Job): Promise<void> => {
+    const result = await runChild({
+      command: ctx.child,
+      input: job.buffer,
+      env: {
+        ETCD_RECIPES_JOB_ID: job.id,
+        ETCD_RECIPES_ATTEMPTS: String(job.attempts),
+        ETCD_RECIPES_FENCING_TOKEN: job.fencingToken.toString(),
+        ETCD_RECIPES_KEY: job.key,
+      },
+      lost: job.signal,
+      killAfterMs,
+      interrupts: ctx.interrupts,
+      onLost: (reason) => say(ctx.stderr, `job ${job.id}: claim lost (${errorMessage(reason)}); stopping its command`),
+      onSpawnError: (message) => say(ctx.stderr, message),
+    });
+    // Exit 0: acked by the next claim's Txn, or on its own when the worker stops.
+    if (!result.lost && result.code !== 0) await giveBack(job, result.code);
   };
 
   let lost: unknown;
   try {
-    await Promise.all(Array.from({ length: concurrency }, () => slot()));
-    if (!stopping.aborted && session.expired) lost = session.signal.reason;
+    await queue.work(runJob, {
+      concurrency,
+      signal: stopping,
+      // A lost claim: the job is retried elsewhere, as at-least-once delivery promises.
+      onError: (err, job) => say(ctx.stderr, `job ${job.id}: ${errorMessage(err)}`),
+    });
+  } catch (err) {
+    if (!session.expired) throw err;
+    lost = session.signal.reason;
   } finally {
     await session.close();
   }

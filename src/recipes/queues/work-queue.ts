@@ -15,6 +15,7 @@ import { GivenSession } from '../../core/queue-sessions.js';
 import { createItem } from './create-item.js';
 import { checkWriteOptions, ClaimedJob } from './work-queue/claimed-job.js';
 import { JobSource } from './work-queue/job-source.js';
+import { type JobHandler, runWorkers, type WorkOptions } from './work-queue/workers.js';
 import { ID, Layout, type Claimed } from './work-queue/layout.js';
 
 const log = logger('work-queue');
@@ -34,6 +35,7 @@ export interface WorkQueueOptions {
 }
 
 export type { GuardedWriteOptions } from '../../core/guard.js';
+export type { JobHandler, WorkOptions } from './work-queue/workers.js';
 
 /** Options of {@link WorkQueue.add}. */
 export interface AddJobOptions extends GuardedWriteOptions {
@@ -273,6 +275,25 @@ export class WorkQueue implements AsyncDisposable {
       },
       (job, _, waitMs) => ({ ...(job as ClaimedJob).message(), waitMs }),
     );
+  }
+
+  /**
+   * Runs `handler` for job after job until `options.signal` aborts: a worker
+   * in one call. A job whose handler resolves is acked by the next claim's
+   * Txn (`claim({ ack })`: three requests per job), the last one on its own
+   * when the workers stop; a job whose handler throws is given back at once
+   * (another attempt; dead-lettered past `maxAttempts`) and reported to
+   * `options.onError`. A handler may also ack, release or dead-letter its
+   * job itself. The handler should watch `job.signal`, which aborts when the
+   * claim may be lost.
+   * @param handler - the work for one job
+   * @param options - `signal` (stop), `concurrency` (jobs at once, default 1), `onError`
+   * @returns resolves once stopped by `options.signal` and every running handler finished
+   * @throws InvalidArgumentError for a bad handler or options, or a WorkQueue built from a plain client
+   * @throws SessionExpiredError if the session is lost or closed; ClosedError if the client closes
+   */
+  async work(handler: JobHandler, options: WorkOptions = {}): Promise<void> {
+    await runWorkers(this, handler, options, this.#what);
   }
 
   /**
