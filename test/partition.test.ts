@@ -2,9 +2,10 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Etcd3 } from 'etcd3';
 // etcd3 tries hosts in a random order; its own switch makes it try the last one first.
 import { ConnectionPool } from 'etcd3/lib/connection-pool.js';
-import { Barrier, closeClient, createClient, Mutex, PrefixCache, Queue, Session } from '../src/index.js';
+import { closeClient, createClient } from '../src/index.js';
 import type { EtcdMember } from '../src/testing/index.js';
-import { useCluster, waitForKey, within } from './helpers.js';
+import { useCluster } from './helpers.js';
+import { fourWaiters } from './wake-helpers.js';
 
 /*
  * A member cut off from the others by a network partition stays up and keeps
@@ -81,58 +82,22 @@ describe('a follower cut off from the others', () => {
     // The cut-off member is the last host, so etcd3's deterministic order opens every stream on it first.
     const viaCut = () => client([...others, cut!.endpoint]);
     const streamsBefore = await watchStreams(cut!);
-    // A holder's key written directly: a Mutex holder in this process would hand over without etcd.
-    await writer.put('cut/lock/holder').value('');
-    await new Barrier(writer, 'cut/gate').hold();
-
-    await using waiterSession = await Session.create(viaCut(), { ttl: 10 });
-    const lockWaiter = new Mutex(waiterSession, 'cut/lock').acquire();
-    const barrierWaiter = new Barrier(viaCut(), 'cut/gate').wait();
-    const queue = new Queue(viaCut(), 'cut/queue');
-    const consumer = queue.dequeue();
-    const cache = new PrefixCache(viaCut(), 'cut/cache/');
-    await cache.ready();
-    await waitForKey(writer, `cut/lock/${waiterSession.leaseHex}`);
+    const waiters = await fourWaiters(writer, viaCut, 'cut');
     // The handshake: each of the four clients has its watch stream open on the member to be cut off.
     await eventually(
       '4 watch streams on the member',
       20_000,
       async () => (await watchStreams(cut!)) >= streamsBefore + 4,
     );
-
     cluster.partition(cut!);
     try {
-      const sawPut = new Promise<void>((resolve) =>
-        cache.on('change', (c) => {
-          if (c.key === 'cut/cache/k') resolve();
-        }),
-      );
-      await Promise.all([
-        writer.delete().key('cut/lock/holder').exec(),
-        new Barrier(writer, 'cut/gate').release(),
-        new Queue(writer, 'cut/queue').enqueue('job'),
-        writer.put('cut/cache/k').value('v'),
-      ]);
-      const events = performance.now();
-      const woke = await within(
-        20_000,
-        Promise.all([
-          lockWaiter.then(() => performance.now() - events),
-          barrierWaiter.then(() => performance.now() - events),
-          consumer.then(() => performance.now() - events),
-          sawPut.then(() => performance.now() - events),
-        ]),
-        'everyone to wake',
-      );
-      const [lock, barrier, dequeued, cached] = woke.map(Math.round);
-      const shown = JSON.stringify({ lock, barrier, dequeued, cached });
-      for (const ms of woke) expect(ms, `woke ${shown} ms after the events`).toBeLessThan(10_000);
-      console.log(`cut-off member: woke ${shown} ms after the events`);
+      const woke = await waiters.fire(20_000);
+      for (const ms of Object.values(woke))
+        expect(ms, `woke ${JSON.stringify(woke)} ms after the events`).toBeLessThan(10_000);
+      console.log(`cut-off member: woke ${JSON.stringify(woke)} ms after the events`);
     } finally {
       cluster.heal();
     }
-    await (await lockWaiter).release();
-    await queue.close();
-    await cache.close();
+    await waiters.close();
   }, 60_000);
 });
