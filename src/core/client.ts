@@ -21,8 +21,8 @@ const log = logger('client');
  * a deadline on every unary call, fast reconnects, and a host policy that
  * steers calls away from a member that just timed out or went silent, to
  * the least suspect one; after a timeout, it finds a live leader before the
- * call is retried (core/leader-search.ts). Its streams require a leader, so
- * that a member cut off by a partition ends them (`requireLeader` below).
+ * call is retried (core/leader-search.ts). Its calls require a leader, so
+ * that a member cut off by a partition refuses them (`requireLeader` below).
  */
 
 /** Options of {@link createClient}: etcd3's own, plus the recipes' deadline. */
@@ -82,9 +82,10 @@ export function createClient(options: ClientOptions): Etcd3 {
     defaultCallOptions: (context) => {
       const own =
         typeof rest.defaultCallOptions === 'function' ? rest.defaultCallOptions(context) : rest.defaultCallOptions;
+      const interceptors = [requireLeader, ...(own?.interceptors ?? [])];
       return context.isStream
-        ? { ...own, interceptors: [requireLeader, ...(own?.interceptors ?? [])] }
-        : { deadline: Date.now() + callTimeoutMs, ...own };
+        ? { ...own, interceptors }
+        : { deadline: Date.now() + callTimeoutMs, ...own, interceptors };
     },
   });
   coordinationPools().add(poolOf(client));
@@ -97,12 +98,12 @@ type CallOptions = Exclude<NonNullable<IOptions['defaultCallOptions']>, (...args
 type Interceptor = NonNullable<CallOptions['interceptors']>[number];
 
 /**
- * Streams ask etcd to end them once their member has had no leader for a
- * while (the `hasleader` metadata, Go's `clientv3.WithRequireLeader`). A
- * member cut off from the others by a partition keeps its client
- * connections and answers a watch's progress requests, so without it a
- * watch there would look alive while it misses every change
- * (docs/faults.md, "Partitions").
+ * Every call requires a leader (the `hasleader` metadata, Go's
+ * `clientv3.WithRequireLeader`). A member cut off from the others by a
+ * partition keeps its client connections: it would answer a watch's
+ * progress requests, so a watch there would look alive while it misses
+ * every change, and keep each call until its deadline. With it, etcd ends
+ * such streams, and refuses calls at once (docs/faults.md, "Partitions").
  */
 const requireLeader: Interceptor = (options, nextCall) => {
   const call = nextCall(options);
