@@ -21,8 +21,9 @@ const log = logger('client');
  * a deadline on every unary call, fast reconnects, and a host policy that
  * steers calls away from a member that just timed out or went silent, to
  * the least suspect one; after a timeout, it finds a live leader before the
- * call is retried (core/leader-search.ts). Its streams require a leader, so
- * that a member cut off by a partition ends them (`requireLeader` below).
+ * call is retried (core/leader-search.ts). Its watch and keepalive streams
+ * require a leader, so that a member cut off by a partition ends them
+ * (`requireLeader` below).
  */
 
 /** Options of {@link createClient}: etcd3's own, plus the recipes' deadline. */
@@ -82,9 +83,10 @@ export function createClient(options: ClientOptions): Etcd3 {
     defaultCallOptions: (context) => {
       const own =
         typeof rest.defaultCallOptions === 'function' ? rest.defaultCallOptions(context) : rest.defaultCallOptions;
-      return context.isStream
-        ? { ...own, interceptors: [requireLeader, ...(own?.interceptors ?? [])] }
-        : { deadline: Date.now() + callTimeoutMs, ...own };
+      if (!context.isStream) return { deadline: Date.now() + callTimeoutMs, ...own };
+      // Watches and keepalives only: a snapshot must still stream from a member without a leader (disaster recovery).
+      const leaderless = context.service !== 'Watch' && context.service !== 'Lease';
+      return leaderless ? { ...own } : { ...own, interceptors: [requireLeader, ...(own?.interceptors ?? [])] };
     },
   });
   coordinationPools().add(poolOf(client));
