@@ -154,6 +154,28 @@ describe('WorkQueue.work', () => {
     await session.close();
   });
 
+  it('an onError that throws rejects work() with its error, and the failed job is still given back', async () => {
+    const client = etcd().client();
+    await using session = await Session.create(client, { ttl: 10 });
+    const queue = new WorkQueue(session, 'work-onerror');
+    await queue.add('bad');
+    const error = await queue
+      .work(
+        () => {
+          throw new Error('handler failed');
+        },
+        {
+          onError: () => {
+            throw new Error('onError failed');
+          },
+        },
+      )
+      .catch((e: unknown) => e);
+    expect(error).toEqual(new Error('onError failed'));
+    // Not left claimed by a session that lives on: another worker can take it now.
+    expect(await queue.stats()).toEqual({ jobs: 1, claimed: 0, dead: 0, waiting: 0 });
+  });
+
   it('rejects bad input with INVALID_ARGUMENT before anything is written', async () => {
     const client = etcd().client();
     await using session = await Session.create(client, { ttl: 10 });

@@ -21,8 +21,9 @@ const log = logger('client');
  * a deadline on every unary call, fast reconnects, and a host policy that
  * steers calls away from a member that just timed out or went silent, to
  * the least suspect one; after a timeout, it finds a live leader before the
- * call is retried (core/leader-search.ts). Its calls require a leader, so
- * that a member cut off by a partition refuses them (`requireLeader` below).
+ * call is retried (core/leader-search.ts). Its KV, watch and lease calls
+ * require a leader, so that a member cut off by a partition refuses them
+ * (`requireLeader` below).
  */
 
 /** Options of {@link createClient}: etcd3's own, plus the recipes' deadline. */
@@ -82,10 +83,10 @@ export function createClient(options: ClientOptions): Etcd3 {
     defaultCallOptions: (context) => {
       const own =
         typeof rest.defaultCallOptions === 'function' ? rest.defaultCallOptions(context) : rest.defaultCallOptions;
-      const interceptors = [requireLeader, ...(own?.interceptors ?? [])];
-      return context.isStream
-        ? { ...own, interceptors }
-        : { deadline: Date.now() + callTimeoutMs, ...own, interceptors };
+      const leader = LEADER_SERVICES.has(context.service)
+        ? { interceptors: [requireLeader, ...(own?.interceptors ?? [])] }
+        : {};
+      return context.isStream ? { ...own, ...leader } : { deadline: Date.now() + callTimeoutMs, ...own, ...leader };
     },
   });
   coordinationPools().add(poolOf(client));
@@ -94,11 +95,17 @@ export function createClient(options: ClientOptions): Etcd3 {
   return client;
 }
 
+/**
+ * The services whose calls require a leader. Not Maintenance: a status or a
+ * snapshot of a member without a leader is how one recovers a lost quorum.
+ */
+const LEADER_SERVICES = new Set(['KV', 'Watch', 'Lease']);
+
 type CallOptions = Exclude<NonNullable<IOptions['defaultCallOptions']>, (...args: never[]) => unknown>;
 type Interceptor = NonNullable<CallOptions['interceptors']>[number];
 
 /**
- * Every call requires a leader (the `hasleader` metadata, Go's
+ * KV, watch and lease calls require a leader (the `hasleader` metadata, Go's
  * `clientv3.WithRequireLeader`). A member cut off from the others by a
  * partition keeps its client connections: it would answer a watch's
  * progress requests, so a watch there would look alive while it misses

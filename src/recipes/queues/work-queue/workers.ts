@@ -21,7 +21,8 @@ export interface WorkOptions extends WaitOptions {
   /**
    * Told of each job that did not complete: the handler threw (the job was
    * given back), or its ack found the claim lost (the job runs elsewhere).
-   * Default: logged under `DEBUG=etcd-recipes:work-queue`.
+   * Default: logged under `DEBUG=etcd-recipes:work-queue`. If it throws,
+   * the workers stop and `work()` rejects with its error.
    */
   onError?: (error: unknown, job: Job) => void;
 }
@@ -92,16 +93,21 @@ async function workLoop(
         if (stop.aborted) return;
         if (!finished || !isRecipeError(error, 'LOCK_NOT_HELD')) throw error;
         // The carried ack found the claim lost: nothing was acked or claimed, and the job runs elsewhere.
-        onError(error, finished);
+        const lost = finished;
         finished = undefined;
+        onError(error, lost);
         continue;
       }
       finished = undefined;
       try {
         await handler(job);
       } catch (error) {
-        onError(error, job);
-        if (!job.done) await job.release();
+        try {
+          onError(error, job);
+        } finally {
+          // Given back even when onError throws (that ends the workers): the session may live on.
+          if (!job.done) await job.release();
+        }
         continue;
       }
       if (!job.done) finished = job;
