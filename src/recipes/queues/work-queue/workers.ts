@@ -20,7 +20,9 @@ export interface WorkOptions extends WaitOptions {
   concurrency?: number;
   /**
    * Told of each job that did not complete: the handler threw (the job was
-   * given back), or its ack found the claim lost (the job runs elsewhere).
+   * given back), its ack found the claim lost (the job runs elsewhere), or
+   * a stop cut its ack off while etcd was unreachable (`OUTCOME_UNKNOWN`:
+   * the job may run again).
    * Default: logged under `DEBUG=etcd-recipes:work-queue`. If it throws,
    * the workers stop and `work()` rejects with its error.
    */
@@ -89,8 +91,12 @@ async function workLoop(
       try {
         job = await queue.claim({ signal: stop, ack: finished });
       } catch (error) {
-        // Stopped while waiting: the carried ack may have landed first (`finished.done`), else see below.
-        if (stop.aborted) return;
+        if (stop.aborted) {
+          // Stopped while waiting: the carried ack landed first (`finished.done`) or is acked below, unless it
+          // was cut off with etcd unreachable: then it may not have landed, and the job may run again.
+          if (finished && isRecipeError(error, 'OUTCOME_UNKNOWN')) onError(error, finished);
+          return;
+        }
         if (!finished || !isRecipeError(error, 'LOCK_NOT_HELD')) throw error;
         // The carried ack found the claim lost: nothing was acked or claimed, and the job runs elsewhere.
         const lost = finished;
