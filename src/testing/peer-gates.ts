@@ -3,15 +3,15 @@ import { connect, createServer, type Server, type Socket } from 'node:net';
 /*
  * The peer traffic of a cluster started with `partitionable`. Each member
  * advertises a gate: a TCP relay on 127.0.0.1 in front of its real peer port.
- * etcd's members talk to each other in plaintext HTTP/1.1, and the first
- * request of every Raft connection names its sender in an `X-Server-From`
- * header (the member ID in hex). So a gate knows both ends of each connection
- * it relays, and can refuse the pairs a partition separates, in both
- * directions, while each side's own traffic flows.
+ * etcd's members talk to each other in plaintext HTTP/1.1, and every Raft
+ * request names its sender in an `X-Server-From` header (the member ID in
+ * hex). So a gate knows both ends of each connection it relays, and can
+ * refuse the pairs a partition separates, in both directions, while each
+ * side's own traffic flows.
  */
 
 interface Relay {
-  /** The sending member's ID (hex), when its first request named one. */
+  /** The sending member's ID (hex), once one of its requests named it. */
   from: string | undefined;
   /** The receiving member's name. */
   to: string;
