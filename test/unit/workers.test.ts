@@ -28,7 +28,7 @@ function fakeJob(id: string): Job & { acks: number } {
 }
 
 describe('the work() loop', () => {
-  it('tells onError of a job whose carried ack a stop cut off with OUTCOME_UNKNOWN, and does not ack it again', async () => {
+  it('tells onError of a carried ack a stop cut off with OUTCOME_UNKNOWN, and does not ack it again', async () => {
     const first = fakeJob('first');
     const stop = new AbortController();
     const told: { error: unknown; id: string }[] = [];
