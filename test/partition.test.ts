@@ -10,9 +10,10 @@ import { fourWaiters } from './wake-helpers.js';
 /*
  * A member cut off from the others by a network partition stays up and keeps
  * answering its clients: a watch on it stays open and even answers progress
- * requests, at a revision that no longer moves. Streams opened by
- * createClient ask etcd to end them when their member has no leader, and then
- * re-open on another member (docs/faults.md, "Partitions").
+ * requests, at a revision that no longer moves. The KV, watch and lease calls
+ * of a createClient client require a leader, so etcd refuses them there and
+ * ends the streams, which re-open on another member (docs/faults.md,
+ * "Partitions"). The harness's partition itself is tested first.
  */
 
 const clients: Etcd3[] = [];
