@@ -3,9 +3,9 @@ import type { Etcd3 } from 'etcd3';
 // etcd3 tries hosts in a random order; its own switch makes it try the last one first.
 import { ConnectionPool } from 'etcd3/lib/connection-pool.js';
 import { closeClient, createClient, Queue } from '../src/index.js';
-import type { EtcdMember } from '../src/testing/index.js';
+import { EtcdCluster } from '../src/testing/index.js';
 import { useCluster, within } from './helpers.js';
-import { fourWaiters } from './wake-helpers.js';
+import { eventually, fourWaiters } from './wake-helpers.js';
 
 /*
  * A member cut off from the others by a network partition stays up and keeps
@@ -26,21 +26,6 @@ afterEach(async () => {
   await Promise.all(clients.splice(0).map((c) => closeClient(c)));
 });
 
-/** Polls `check` (bounded): for states etcd tells of only when asked. */
-async function eventually(what: string, timeoutMs: number, check: () => Promise<boolean>): Promise<void> {
-  const deadline = performance.now() + timeoutMs;
-  while (!(await check())) {
-    if (performance.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
-/** Watch streams open on a member, from its own gauge. */
-async function watchStreams(member: EtcdMember): Promise<number> {
-  const text = await (await fetch(`${member.metricsUrl}/metrics`)).text();
-  return Number(/^etcd_debugging_mvcc_watch_stream_total (\S+)$/m.exec(text)?.[1] ?? Number.NaN);
-}
-
 describe('a member cut off from the others', () => {
   const etcd = useCluster({ members: 3, partitionable: true });
   beforeAll(() => {
@@ -52,6 +37,7 @@ describe('a member cut off from the others', () => {
 
   it('loses its leader while the others keep one, and catches up once healed', async () => {
     const cluster = etcd();
+    expect(() => cluster.partition()).toThrow(RangeError);
     const [cut] = await cluster.followers();
     const others = cluster.members.filter((m) => m !== cut);
     const writer = client(others.map((m) => m.endpoint));
@@ -143,14 +129,8 @@ describe('a member cut off from the others', () => {
       const writer = client(others);
       // The cut-off member is the last host, so etcd3's deterministic order opens every stream on it first.
       const viaCut = () => client([...others, cut.endpoint]);
-      const streamsBefore = await watchStreams(cut);
-      const waiters = await fourWaiters(writer, viaCut, kind === 'the leader' ? 'cut-leader' : 'cut-follower');
-      // The handshake: each of the four clients has its watch stream open on the member to be cut off.
-      await eventually(
-        '4 watch streams on the member',
-        20_000,
-        async () => (await watchStreams(cut)) >= streamsBefore + 4,
-      );
+      // fourWaiters returns once each of its four clients has its watch stream open on `cut`.
+      const waiters = await fourWaiters(writer, viaCut, kind === 'the leader' ? 'cut-leader' : 'cut-follower', cut);
       cluster.partition(cut);
       try {
         // The events are plain writes: they need the others to have elected a leader (at once for a follower).
@@ -165,4 +145,13 @@ describe('a member cut off from the others', () => {
       await waiters.close();
     }, 60_000);
   }
+});
+
+describe('partition() needs a partitionable cluster', () => {
+  const etcd = useCluster();
+
+  it('rejects a plain cluster, no members, and partitionable with tls, with a RangeError', async () => {
+    expect(() => etcd().partition(etcd().members[0]!)).toThrow(RangeError);
+    await expect(EtcdCluster.start({ partitionable: true, tls: true })).rejects.toThrow(RangeError);
+  });
 });

@@ -213,7 +213,7 @@ describe('a 3-member cluster', () => {
     const writer = client({ hosts: others });
     // Connected through the frozen member first: calls and streams must move to the others by themselves.
     const viaFrozen = () => client({ hosts: [...others, frozen.endpoint] });
-    const waiters = await fourWaiters(writer, viaFrozen, 'frozen');
+    const waiters = await fourWaiters(writer, viaFrozen, 'frozen', frozen);
 
     frozen.pause();
     try {

@@ -176,6 +176,36 @@ describe('WorkQueue.work', () => {
     expect(await queue.stats()).toEqual({ jobs: 1, claimed: 0, dead: 0, waiting: 0 });
   });
 
+  it('leaves a job the handler ended itself: acked, or dead-lettered and then thrown', async () => {
+    const client = etcd().client();
+    await using session = await Session.create(client, { ttl: 10 });
+    const queue = new WorkQueue(session, 'work-self');
+    await queue.add('ack-it');
+    await queue.add('bury-it');
+    const stop = new AbortController();
+    const told: string[] = [];
+    const ended = new Collected();
+    const working = queue.work(
+      async (job) => {
+        if (job.value === 'ack-it') {
+          await job.ack();
+          ended.push(job.value);
+          return;
+        }
+        await job.deadLetter();
+        ended.push(job.value);
+        throw new Error('buried');
+      },
+      { signal: stop.signal, onError: (error, job) => told.push(`${job.value}: ${(error as Error).message}`) },
+    );
+    await ended.until((v) => v.length === 2, 'both jobs ended');
+    stop.abort();
+    await working;
+    expect(told).toEqual(['bury-it: buried']);
+    expect((await queue.deadLetters()).map((d) => d.value)).toEqual(['bury-it']);
+    expect(await queue.stats()).toEqual({ jobs: 0, claimed: 0, dead: 1, waiting: 0 });
+  });
+
   it('rejects bad input with INVALID_ARGUMENT before anything is written', async () => {
     const client = etcd().client();
     await using session = await Session.create(client, { ttl: 10 });

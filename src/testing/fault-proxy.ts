@@ -1,4 +1,5 @@
 import { connect, createServer, type Server, type Socket } from 'node:net';
+import { listenOnLoopback } from './member.js';
 
 /**
  * What a {@link FaultProxy} does with the bytes it carries now.
@@ -150,15 +151,7 @@ export class FaultProxy implements AsyncDisposable {
       if (proxy) proxy.#accept(socket);
       else socket.resetAndDestroy();
     });
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(0, '127.0.0.1', () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
-    const addr = server.address();
-    proxy = new FaultProxy(server, `127.0.0.1:${typeof addr === 'object' && addr ? addr.port : 0}`, target);
+    proxy = new FaultProxy(server, `127.0.0.1:${await listenOnLoopback(server)}`, target);
     return proxy;
   }
 

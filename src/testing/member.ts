@@ -2,7 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { rmSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
-import { createServer } from 'node:net';
+import { createServer, type Server } from 'node:net';
 import { Etcd3, type IOptions } from 'etcd3';
 import { retrying } from '../core/retry.js';
 
@@ -25,6 +25,18 @@ export interface MemberTls {
   ca: Buffer;
   cert?: Buffer;
   key?: Buffer;
+}
+
+/** Starts `server` listening on a free 127.0.0.1 port; resolves with the port. */
+export function listenOnLoopback(server: Server): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      server.off('error', reject);
+      const addr = server.address();
+      resolve(typeof addr === 'object' && addr ? addr.port : 0);
+    });
+  });
 }
 
 /** Where a member is in its life. */

@@ -1,4 +1,5 @@
 import { connect, createServer, type Server, type Socket } from 'node:net';
+import { listenOnLoopback } from './member.js';
 
 /*
  * The peer traffic of a cluster started with `partitionable`. Each member
@@ -44,7 +45,7 @@ export class PeerGates {
           else socket.resetAndDestroy();
         });
         servers.push(server);
-        ports.push(await listen(server));
+        ports.push(await listenOnLoopback(server));
       }
     } catch (err) {
       for (const server of servers) server.close();
@@ -129,14 +130,3 @@ export class PeerGates {
 /** A request header naming the sending member, and how much of a chunk to keep to find one split in two. */
 const SENDER = /\r\nX-Server-From: *([0-9a-f]+)\r\n/gi;
 const HEADER_TAIL_CHARS = 64;
-
-function listen(server: Server): Promise<number> {
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      server.off('error', reject);
-      const addr = server.address();
-      resolve(typeof addr === 'object' && addr ? addr.port : 0);
-    });
-  });
-}

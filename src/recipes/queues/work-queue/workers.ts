@@ -60,13 +60,11 @@ export async function runWorkers(
       log('%s: job %s (attempt %d) not done: %s', what, job.id, job.attempts, (error as Error)?.message ?? error));
   const failed = new AbortController();
   const stop = combineSignals(signal, failed.signal);
-  let failure: { error: unknown } | undefined;
   const loop = async () => {
     try {
       await workLoop(queue, handler, stop.signal, onError);
     } catch (error) {
-      failure ??= { error };
-      failed.abort(error);
+      failed.abort(error); // the first failure is the reason; later ones leave it
     }
   };
   try {
@@ -74,7 +72,7 @@ export async function runWorkers(
   } finally {
     stop.dispose();
   }
-  if (failure) throw failure.error;
+  if (failed.signal.aborted) throw failed.signal.reason;
 }
 
 async function workLoop(
