@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { isRecipeError, Session, WorkQueue, type Job } from '../src/index.js';
+import { closeClient, createClient, isRecipeError, Session, WorkQueue, type Job } from '../src/index.js';
 import { keysUnder, rejectsInvalid, useCluster, waitForKey } from './helpers.js';
 import { Collected, requestCounts, tally, waitForCount } from './queue-helpers.js';
 
@@ -204,6 +204,22 @@ describe('WorkQueue.work', () => {
     expect(told).toEqual(['bury-it: buried']);
     expect((await queue.deadLetters()).map((d) => d.value)).toEqual(['bury-it']);
     expect(await queue.stats()).toEqual({ jobs: 0, claimed: 0, dead: 1, waiting: 0 });
+  });
+
+  it('rejects with CLOSED when its client closes while it waits for a job', async () => {
+    const client = createClient({ hosts: etcd().endpoints });
+    const session = await Session.create(client, { ttl: 10 });
+    const working = new WorkQueue(session, 'work-closed').work(() => undefined).catch((e: unknown) => e);
+    await waitForCount(etcd().client(), 'work-closed/waiters/', 1);
+    await closeClient(client);
+    expect(isRecipeError(await working, 'CLOSED')).toBe(true);
+    // Only the waiter key is left, on the session's lease (not owned by the client): it goes with the lease.
+    const admin = etcd().client();
+    expect((await keysUnder(admin, 'work-closed/')).map((k) => k.replace(/\d+$/, 'N'))).toEqual([
+      'work-closed/waiters/N',
+    ]);
+    await admin.leaseClient.leaseRevoke({ ID: session.leaseId });
+    expect(await keysUnder(admin, 'work-closed/')).toEqual([]);
   });
 
   it('rejects bad input with INVALID_ARGUMENT before anything is written', async () => {
