@@ -1,6 +1,8 @@
 import type { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
+  closeClient,
+  createClient,
   Election,
   Mutex,
   observeLeader,
@@ -49,23 +51,40 @@ const modes: [string, EtcdClusterOptions][] = [
   ['auth, least-privilege users', { auth: true }],
 ];
 
-describe.each(modes)('recipes over %s', (mode, options) => {
+/*
+ * Each mode with etcd3's own client and with `createClient`'s, whose KV calls
+ * take the lean transport (core/lean-kv.ts) and so carry TLS and the login
+ * token themselves.
+ */
+const clientKinds = ['etcd3 clients', 'createClient clients'] as const;
+const runs = modes.flatMap(([mode, options]) => clientKinds.map((kind) => [mode, kind, options] as const));
+
+describe.each(runs)('recipes over %s, %s', (mode, kind, options) => {
   let cluster: EtcdCluster;
   let admin: Etcd3;
   let users = 0;
+  const made: Etcd3[] = [];
   beforeAll(async () => {
     cluster = await EtcdCluster.start(options);
     admin = cluster.client();
   });
   afterAll(async () => {
+    await Promise.all(made.splice(0).map((c) => closeClient(c)));
     await cluster?.stop();
   });
 
+  function connect(extra: Parameters<EtcdCluster['clientOptions']>[0] = {}): Etcd3 {
+    if (kind === 'etcd3 clients') return cluster.client(extra);
+    const client = createClient({ ...cluster.clientOptions(extra), hosts: cluster.endpoints });
+    made.push(client);
+    return client;
+  }
+
   /** A client allowed exactly the recipe's role (with auth), or a plain cluster client (TLS). */
   async function clientFor(recipe: keyof typeof roles, name: string): Promise<Etcd3> {
-    if (!options.auth) return cluster.client();
+    if (!options.auth) return connect();
     const user = await cluster.createUser(`${recipe}-${++users}`, roles[recipe]!(name));
-    return cluster.client({ auth: user });
+    return connect({ auth: user });
   }
 
   it('Mutex: exclusive, FIFO handoff with a growing fencing token', async () => {

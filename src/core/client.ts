@@ -2,8 +2,10 @@ import { setMaxListeners } from 'node:events';
 import { Etcd3, type IOptions, type Namespace } from 'etcd3';
 import { ClosedError } from './errors.js';
 import { isConnectionFault, mayHaveLostLeader } from './etcd-errors.js';
+import { installLeanKV, type LeanKVOptions } from './lean-kv.js';
 import { LeaderSearch, type PoolMember } from './leader-search.js';
 import { logger } from './log.js';
+import { LEADER_SERVICES, requireLeader } from './require-leader.js';
 import { processWide } from './shared.js';
 
 const log = logger('client');
@@ -36,6 +38,29 @@ export interface ClientOptions extends Omit<IOptions, 'hosts'> {
    * this is how a frozen member or a silent connection is left behind.
    */
   callTimeoutMs?: number;
+  /**
+   * How KV calls reach etcd: `'lean'` (the default) sends them over Node's
+   * HTTP/2 directly, at about half the client CPU of grpc-js, with the same
+   * requests, deadlines and errors; `'grpc-js'` sends them through etcd3's
+   * grpc-js clients, as watch, lease and maintenance calls always go
+   * (docs/internals.md, "The KV transport").
+   */
+  kvTransport?: 'lean' | 'grpc-js';
+}
+
+/** TLS material for the lean KV transport, as etcd3 builds its grpc-js credentials from the same options. */
+function leanOptions(hosts: string[], options: Omit<IOptions, 'hosts'>): LeanKVOptions {
+  const maxReceive = options.grpcOptions?.['grpc.max_receive_message_length'];
+  // grpc-js's convention: -1 is no limit.
+  const maxReceiveBytes = typeof maxReceive !== 'number' ? undefined : maxReceive < 0 ? Infinity : maxReceive;
+  const { credentials } = options;
+  const override = options.grpcOptions?.['grpc.ssl_target_name_override'];
+  const servername = typeof override === 'string' ? { servername: override } : {};
+  if (credentials) {
+    const material = { ca: credentials.rootCertificate, key: credentials.privateKey, cert: credentials.certChain };
+    return { tls: { ...material, ...servername }, maxReceiveBytes };
+  }
+  return { tls: hosts.some((h) => h.startsWith('https:')) ? servername : undefined, maxReceiveBytes };
 }
 
 /** How long a member that timed out or went silent is avoided while another is available. */
@@ -60,7 +85,7 @@ function poolOf(client: Namespace): Pool {
  * @param options - endpoints and etcd3 options; `callTimeoutMs` is the per-call deadline
  */
 export function createClient(options: ClientOptions): Etcd3 {
-  const { callTimeoutMs = DEFAULT_CALL_TIMEOUT_MS, hosts, ...rest } = options;
+  const { callTimeoutMs = DEFAULT_CALL_TIMEOUT_MS, kvTransport = 'lean', hosts, ...rest } = options;
   const list = (Array.isArray(hosts) ? hosts : hosts.split(',')).map((h) => h.trim()).filter(Boolean);
   const health = new HostHealth();
   const client = new Etcd3({
@@ -90,38 +115,11 @@ export function createClient(options: ClientOptions): Etcd3 {
     },
   });
   coordinationPools().add(poolOf(client));
+  if (kvTransport === 'lean') installLeanKV(poolOf(client).hosts ?? [], leanOptions(list, rest));
   // Without etcd3's member list (a future etcd3), there is no leader to search for: calls are just retried.
   health.attach(poolOf(client).hosts ?? [], clientScope(client).signal);
   return client;
 }
-
-/**
- * The services whose calls require a leader. Not Maintenance: a status or a
- * snapshot of a member without a leader is how one recovers a lost quorum.
- */
-const LEADER_SERVICES = new Set(['KV', 'Watch', 'Lease']);
-
-type CallOptions = Exclude<NonNullable<IOptions['defaultCallOptions']>, (...args: never[]) => unknown>;
-type Interceptor = NonNullable<CallOptions['interceptors']>[number];
-
-/**
- * KV, watch and lease calls require a leader (the `hasleader` metadata, Go's
- * `clientv3.WithRequireLeader`). A member cut off from the others by a
- * partition keeps its client connections: it would answer a watch's
- * progress requests, so a watch there would look alive while it misses
- * every change, and keep each call until its deadline. With it, etcd ends
- * such streams, and refuses calls at once (docs/faults.md, "Partitions").
- */
-const requireLeader: Interceptor = (options, nextCall) => {
-  const call = nextCall(options);
-  const start = call.start.bind(call);
-  call.start = (metadata, listener) => {
-    metadata.set('hasleader', 'true');
-    start(metadata, listener);
-  };
-  // grpc-js types the result as its InterceptingCall class but uses only the interface nextCall returns.
-  return call as ReturnType<Interceptor>;
-};
 
 // ---------------------------------------------------------------------------
 // Host health: the per-host policy etcd3 runs every call through.

@@ -1,0 +1,304 @@
+import http2, { type ClientHttp2Session, type OutgoingHttpHeaders } from 'node:http2';
+import type { SecureClientSessionOptions } from 'node:http2';
+import { logger } from './log.js';
+import { requireLeader } from './require-leader.js';
+
+const log = logger('lean-kv');
+
+/*
+ * KV calls without grpc-js. A unary call through etcd3 and grpc-js costs the
+ * client about 0.2 ms of CPU warm; the same call over Node's HTTP/2 directly
+ * costs about 0.09 ms, and a KV call is what every recipe spends its time on
+ * (docs/benchmarks.md, "Where the client CPU goes"). So a `createClient`
+ * client sends its KV calls here: the same request bytes (etcd3's own
+ * serializers), the same metadata, deadline and `hasleader`, the same error
+ * messages (code, name, details) for etcd3 to type. Everything else about a
+ * call stays etcd3's and the host policy's: which member, re-sends, auth,
+ * avoidance. Watch, lease and maintenance calls stay on grpc-js.
+ * docs/internals.md, "The KV transport", says what grpc-js did that this
+ * module must do too.
+ */
+
+/** grpc-js's default limit on a received message. */
+const DEFAULT_MAX_RECEIVE = 4 * 1024 * 1024;
+
+const STATUS_NAMES = [
+  'OK',
+  'CANCELLED',
+  'UNKNOWN',
+  'INVALID_ARGUMENT',
+  'DEADLINE_EXCEEDED',
+  'NOT_FOUND',
+  'ALREADY_EXISTS',
+  'PERMISSION_DENIED',
+  'RESOURCE_EXHAUSTED',
+  'FAILED_PRECONDITION',
+  'ABORTED',
+  'OUT_OF_RANGE',
+  'UNIMPLEMENTED',
+  'INTERNAL',
+  'UNAVAILABLE',
+  'DATA_LOSS',
+  'UNAUTHENTICATED',
+];
+const CANCELLED = 1;
+const DEADLINE_EXCEEDED = 4;
+const RESOURCE_EXHAUSTED = 8;
+const INTERNAL = 13;
+const UNAVAILABLE = 14;
+
+type Callback = (err: Error | null, reply?: unknown) => void;
+
+/** The grpc-js method definition of a generated client (what proto-loader made from etcd3's rpc.proto). */
+interface MethodDefinition {
+  path: string;
+  originalName?: string;
+  requestStream: boolean;
+  responseStream: boolean;
+  requestSerialize(request: unknown): Buffer;
+  responseDeserialize(bytes: Buffer): unknown;
+}
+
+type GrpcClient = Record<
+  string,
+  (request: unknown, metadata: unknown, options: unknown, callback: Callback) => unknown
+>;
+
+interface Metadata {
+  getMap(): Record<string, string | Buffer>;
+}
+
+/** etcd3's Host (internal to etcd3, stable in 1.1.x): one member of the pool. */
+interface Host {
+  host: string;
+  getServiceClient(name: string): unknown;
+  resetAllServices(): void;
+}
+
+/** How the lean calls reach the members: TLS material when the client uses TLS. */
+export interface LeanKVOptions {
+  /** CA, client certificate and key, and the server name to check (grpc-js's `ssl_target_name_override`). */
+  tls?: { ca?: Buffer; key?: Buffer; cert?: Buffer; servername?: string };
+  /** The largest reply accepted, in bytes (grpc-js's `max_receive_message_length`; default 4 MiB). */
+  maxReceiveBytes?: number;
+}
+
+/** An error as grpc-js makes it, so that etcd3's `castGrpcError` types it the same way. */
+function grpcError(code: number, details: string): Error {
+  return Object.assign(new Error(`${code} ${STATUS_NAMES[code] ?? 'UNKNOWN'}: ${details}`), {
+    code,
+    details,
+    metadata: undefined,
+  });
+}
+
+/**
+ * Makes the pool's members send their KV calls through a {@link LeanKV}.
+ * etcd3 asks a member for its `KV` client before every call; the grpc-js one
+ * it made stays the member's cached service (so etcd3's reset and close see
+ * it), and serves the calls this transport leaves to it.
+ */
+export function installLeanKV(hosts: readonly object[], options: LeanKVOptions): void {
+  for (const member of hosts as Host[]) {
+    const original = member.getServiceClient.bind(member);
+    const reset = member.resetAllServices.bind(member);
+    let lean: LeanKV | undefined;
+    member.getServiceClient = (name: string) => {
+      const client = original(name);
+      if (name !== 'KV') return client;
+      if (lean && lean.fallback === client) return lean.methods;
+      lean?.close();
+      const made = new LeanKV(member.host, client as GrpcClient, options);
+      lean = made;
+      return made.methods;
+    };
+    // etcd3 resets a member's services after a failure, and closes them with the client.
+    member.resetAllServices = () => {
+      lean?.close();
+      lean = undefined;
+      reset();
+    };
+  }
+}
+
+/** One member's KV calls over one HTTP/2 connection, made again after it ends. */
+class LeanKV {
+  /** The methods etcd3 calls, by their etcd3 names (`range`, `txn`...). */
+  readonly methods: GrpcClient = {};
+  readonly #authority: string;
+  readonly #connectOptions: SecureClientSessionOptions;
+  readonly #maxReceive: number;
+  #session: ClientHttp2Session | undefined;
+  #active = 0;
+  #closed = false;
+
+  constructor(
+    host: string,
+    readonly fallback: GrpcClient,
+    options: LeanKVOptions,
+  ) {
+    this.#authority = `${options.tls ? 'https' : 'http'}://${host}`;
+    this.#connectOptions = options.tls ? { ...options.tls } : {};
+    this.#maxReceive = options.maxReceiveBytes ?? DEFAULT_MAX_RECEIVE;
+    const service = (fallback.constructor as unknown as { service?: Record<string, MethodDefinition> }).service ?? {};
+    for (const [name, method] of Object.entries(service)) {
+      if (method.requestStream || method.responseStream) continue;
+      const callName = method.originalName ?? name;
+      this.methods[callName] = (request, metadata, callOptions, callback) => {
+        if (!isPlain(callOptions)) return fallback[callName]!(request, metadata, callOptions, callback);
+        this.#call(method, request, metadata as Metadata, callOptions as PlainOptions, callback);
+      };
+    }
+  }
+
+  close(): void {
+    this.#closed = true;
+    // Graceful: calls in flight finish (or meet their deadline); no new call starts on it.
+    this.#session?.close();
+    this.#session = undefined;
+  }
+
+  #call(method: MethodDefinition, request: unknown, metadata: Metadata, options: PlainOptions, done: Callback): void {
+    const timeoutMs = options.deadline === undefined ? undefined : +options.deadline - Date.now();
+    if (timeoutMs !== undefined && timeoutMs <= 0) {
+      done(grpcError(DEADLINE_EXCEEDED, 'Deadline exceeded before the call was sent'));
+      return;
+    }
+    let body: Buffer;
+    let session: ClientHttp2Session;
+    try {
+      const message = method.requestSerialize(request);
+      body = Buffer.allocUnsafe(5 + message.length);
+      body[0] = 0;
+      body.writeUInt32BE(message.length, 1);
+      message.copy(body, 5);
+      session = this.#connection();
+    } catch (err) {
+      done(grpcError(this.#closed ? CANCELLED : INTERNAL, (err as Error).message));
+      return;
+    }
+    const headers: OutgoingHttpHeaders = {
+      ':method': 'POST',
+      ':path': method.path,
+      'content-type': 'application/grpc',
+      te: 'trailers',
+    };
+    for (const [key, value] of Object.entries(metadata.getMap())) {
+      headers[key] = typeof value === 'string' ? value : value.toString('base64');
+    }
+    if (options.interceptors?.length) headers.hasleader = 'true';
+    if (timeoutMs !== undefined) headers['grpc-timeout'] = `${Math.ceil(timeoutMs)}m`;
+
+    const stream = session.request(headers);
+    this.#started(session);
+    const chunks: Buffer[] = [];
+    let received = 0;
+    let status: number | undefined;
+    let details = '';
+    let failure: Error | undefined;
+    let timer: NodeJS.Timeout | undefined;
+    const readStatus = (fields: http2.IncomingHttpHeaders) => {
+      if (fields['grpc-status'] === undefined) return;
+      status = Number(fields['grpc-status']);
+      details = decodeURIComponent(String(fields['grpc-message'] ?? ''));
+    };
+    stream.on('response', (fields) => {
+      const httpStatus = fields[':status'];
+      if (httpStatus !== 200) failure ??= grpcError(UNAVAILABLE, `HTTP status ${httpStatus} from ${this.#authority}`);
+      readStatus(fields); // a "trailers-only" reply: an error without a body
+    });
+    stream.on('trailers', readStatus);
+    stream.on('data', (chunk: Buffer) => {
+      chunks.push(chunk);
+      const before = received;
+      received += chunk.length;
+      if (before >= 5 || received < 5) return;
+      // The message's length prefix is complete: refuse a reply over the limit before it arrives.
+      const length = (chunks.length === 1 ? chunk : Buffer.concat(chunks)).readUInt32BE(1);
+      if (length > this.#maxReceive) {
+        failure ??= grpcError(
+          RESOURCE_EXHAUSTED,
+          `Received message larger than max (${length} vs ${this.#maxReceive})`,
+        );
+        stream.close(http2.constants.NGHTTP2_CANCEL);
+      }
+    });
+    stream.on('error', (err) => {
+      failure ??= grpcError(UNAVAILABLE, `${this.#authority}: ${err.message}`);
+    });
+    stream.on('close', () => {
+      clearTimeout(timer);
+      this.#ended(session);
+      if (failure) return done(failure);
+      if (status === undefined) {
+        return done(
+          grpcError(UNAVAILABLE, `${this.#authority} ended the call (code ${stream.rstCode}) before a status`),
+        );
+      }
+      if (status !== 0) return done(grpcError(status, details));
+      const reply = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
+      if (reply.length < 5 || reply[0] !== 0 || reply.readUInt32BE(1) !== reply.length - 5) {
+        return done(grpcError(INTERNAL, `malformed reply from ${this.#authority} (${reply.length} bytes)`));
+      }
+      let decoded: unknown;
+      try {
+        decoded = method.responseDeserialize(reply.subarray(5));
+      } catch (err) {
+        return done(grpcError(INTERNAL, `undecodable reply from ${this.#authority}: ${(err as Error).message}`));
+      }
+      done(null, decoded);
+    });
+    if (timeoutMs !== undefined) {
+      timer = setTimeout(() => {
+        failure ??= grpcError(DEADLINE_EXCEEDED, `Deadline exceeded after ${(timeoutMs / 1000).toFixed(3)}s`);
+        // etcd3 then resets the member's services (a recoverable error), and the next call connects afresh.
+        stream.close(http2.constants.NGHTTP2_CANCEL);
+      }, timeoutMs);
+    }
+    stream.end(body);
+  }
+
+  /** The member's connection, made on first use and again after it ended or was reset. */
+  #connection(): ClientHttp2Session {
+    if (this.#closed) throw new Error('the client is closed');
+    const current = this.#session;
+    if (current && !current.closed && !current.destroyed) return current;
+    const session = http2.connect(this.#authority, this.#connectOptions);
+    const forget = () => {
+      if (this.#session === session) this.#session = undefined;
+    };
+    // A connection error reaches every call on it as a stream error; the session's own copy is only logged.
+    session.on('error', (err) => log('connection to %s failed: %s', this.#authority, err.message));
+    session.on('goaway', forget);
+    session.on('close', forget);
+    session.unref();
+    this.#session = session;
+    return session;
+  }
+
+  /** A connection with calls in flight keeps the process alive, as grpc-js's does; an idle one does not. */
+  #started(session: ClientHttp2Session): void {
+    if (this.#active++ === 0) session.ref();
+  }
+
+  #ended(session: ClientHttp2Session): void {
+    if (--this.#active === 0 && !session.destroyed) session.unref();
+  }
+}
+
+interface PlainOptions {
+  deadline?: number | Date;
+  interceptors?: unknown[];
+}
+
+/** Options this transport carries out itself: a deadline, and the leader requirement; anything else goes to grpc-js. */
+function isPlain(options: unknown): boolean {
+  if (options === undefined || options === null) return true;
+  for (const [key, value] of Object.entries(options as Record<string, unknown>)) {
+    if (value === undefined) continue;
+    if (key === 'deadline') continue;
+    if (key === 'interceptors' && Array.isArray(value) && value.every((i) => i === requireLeader)) continue;
+    return false;
+  }
+  return true;
+}

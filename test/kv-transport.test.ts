@@ -1,0 +1,121 @@
+import { Etcd3, type IOptions } from 'etcd3';
+import { afterEach, describe, expect, it } from 'vitest';
+import { installLeanKV } from '../src/core/lean-kv.js';
+import { closeClient, createClient } from '../src/index.js';
+import { FaultProxy } from '../src/testing/index.js';
+import { useCluster } from './helpers.js';
+
+/*
+ * The lean KV transport (core/lean-kv.ts) stands in for grpc-js under
+ * etcd3: what etcd3 and the recipes see of a call must not change. Each
+ * call here goes through a `createClient` client of each transport, against
+ * the same etcd state, and the two answers must be the same.
+ */
+
+const clients: Etcd3[] = [];
+afterEach(async () => {
+  await Promise.all(clients.splice(0).map((c) => closeClient(c)));
+});
+
+type RawKV = Record<string, (request: object) => Promise<unknown>>;
+const raw = (client: Etcd3) => client.kv as unknown as RawKV;
+
+/** The settled outcome of a call, comparable across transports: the reply, or the error's class and message. */
+async function outcome(call: Promise<unknown>): Promise<unknown> {
+  try {
+    return { reply: await call };
+  } catch (err) {
+    return { error: (err as Error).constructor.name, message: (err as Error).message };
+  }
+}
+
+describe('the lean KV transport', () => {
+  const etcd = useCluster();
+
+  it('answers every KV call as grpc-js does: the same replies, and the same typed errors', async () => {
+    const cluster = etcd();
+    const lean = createClient({ hosts: cluster.endpoints });
+    const grpc = createClient({ hosts: cluster.endpoints, kvTransport: 'grpc-js' });
+    clients.push(lean, grpc);
+    const admin = cluster.client();
+    const mib = Buffer.alloc(1024 * 1024, 'x');
+    for (let i = 0; i < 5; i++) await admin.put(`kvt/big/${i}`).value(mib);
+    await admin.put('kvt/a').value('1');
+    const { header } = (await raw(admin).range!({ key: Buffer.from('kvt/a') })) as { header: { revision: string } };
+    await raw(admin).compact!({ revision: header.revision });
+    const future = String(BigInt(header.revision) + 1000n);
+    const key = (k: string) => Buffer.from(k);
+
+    const calls: [string, (kv: RawKV) => Promise<unknown>][] = [
+      ['range', (kv) => kv.range!({ key: key('kvt/a') })],
+      ['range, keys only, a prefix', (kv) => kv.range!({ key: key('kvt/'), range_end: key('kvt0'), keys_only: true })],
+      [
+        'txn with a failed compare',
+        (kv) =>
+          kv.txn!({
+            compare: [{ key: key('kvt/a'), target: 'VALUE', result: 'EQUAL', value: key('2') }],
+            failure: [{ request_range: { key: key('kvt/a') } }],
+          }),
+      ],
+      ['put on a lease that does not exist', (kv) => kv.put!({ key: key('kvt/b'), value: key('v'), lease: '12345' })],
+      ['put without a key', (kv) => kv.put!({ key: Buffer.alloc(0), value: key('v') })],
+      [
+        'txn over the 128 operations etcd allows',
+        (kv) =>
+          kv.txn!({ success: Array.from({ length: 129 }, (_, i) => ({ request_range: { key: key(`kvt/${i}`) } })) }),
+      ],
+      ['range at a compacted revision', (kv) => kv.range!({ key: key('kvt/a'), revision: '1' })],
+      ['range at a future revision', (kv) => kv.range!({ key: key('kvt/a'), revision: future })],
+      ['range whose reply is over 4 MiB', (kv) => kv.range!({ key: key('kvt/big/'), range_end: key('kvt/big0') })],
+    ];
+    for (const [what, call] of calls) {
+      const [viaLean, viaGrpc] = [await outcome(call(raw(lean))), await outcome(call(raw(grpc)))];
+      expect(viaLean, what).toEqual(viaGrpc);
+    }
+    // The cases above do fail, and with etcd's or the size limit's own words.
+    const failed = await Promise.all(calls.slice(3).map(([, call]) => outcome(call(raw(lean)))));
+    expect(failed.map((f) => (f as { message?: string }).message)).toEqual([
+      expect.stringContaining('requested lease not found'),
+      expect.stringContaining('key is not provided'),
+      expect.stringContaining('too many operations in txn request'),
+      expect.stringContaining('required revision has been compacted'),
+      expect.stringContaining('required revision is a future revision'),
+      expect.stringContaining('Received message larger than max'),
+    ]);
+  });
+
+  it('fails a call on a silent connection at its deadline, and the next call connects afresh', async () => {
+    const proxy = await FaultProxy.start(etcd().endpoints[0]!);
+    try {
+      // etcd3's own client with only the lean transport added: every connection to the proxy is the transport's.
+      const passThrough = {
+        execute: async <T>(fn: (context: { signal: AbortSignal }) => T) => fn({ signal: new AbortController().signal }),
+        onSuccess: () => ({ dispose: () => undefined }),
+        onFailure: () => ({ dispose: () => undefined }),
+      };
+      const options: IOptions = {
+        hosts: proxy.endpoint,
+        faultHandling: { global: passThrough as never, host: () => passThrough as never },
+        defaultCallOptions: () => ({ deadline: Date.now() + 500 }),
+      };
+      const client = new Etcd3(options);
+      clients.push(client);
+      installLeanKV((client as unknown as { pool: { hosts: object[] } }).pool.hosts, {});
+      await client.put('kvt/silent').value('1');
+      await client.get('kvt/silent').string();
+      expect(proxy.stats.accepted).toBe(1);
+
+      proxy.blackhole();
+      const started = performance.now();
+      await expect(client.get('kvt/silent').string()).rejects.toThrow(/deadline/i);
+      expect(performance.now() - started).toBeLessThan(1500);
+      // etcd3 reset the member after that timeout: the dead connection is not used again.
+      await expect(client.get('kvt/silent').string()).rejects.toThrow(/deadline/i);
+      expect(proxy.stats.accepted).toBe(2);
+      proxy.restore();
+      expect(await client.get('kvt/silent').string()).toBe('1');
+    } finally {
+      await proxy.close();
+    }
+  });
+});
