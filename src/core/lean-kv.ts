@@ -1,4 +1,4 @@
-import http2, { type ClientHttp2Session, type OutgoingHttpHeaders } from 'node:http2';
+import http2, { type ClientHttp2Session, type ClientHttp2Stream, type OutgoingHttpHeaders } from 'node:http2';
 import type { SecureClientSessionOptions } from 'node:http2';
 import { logger } from './log.js';
 import { requireLeader } from './require-leader.js';
@@ -164,19 +164,6 @@ class LeanKV {
       done(grpcError(DEADLINE_EXCEEDED, 'Deadline exceeded before the call was sent'));
       return;
     }
-    let body: Buffer;
-    let session: ClientHttp2Session;
-    try {
-      const message = method.requestSerialize(request);
-      body = Buffer.allocUnsafe(5 + message.length);
-      body[0] = 0;
-      body.writeUInt32BE(message.length, 1);
-      message.copy(body, 5);
-      session = this.#connection();
-    } catch (err) {
-      done(grpcError(this.#closed ? CANCELLED : INTERNAL, (err as Error).message));
-      return;
-    }
     const headers: OutgoingHttpHeaders = {
       ':method': 'POST',
       ':path': method.path,
@@ -188,8 +175,27 @@ class LeanKV {
     }
     if (options.interceptors?.length) headers.hasleader = 'true';
     if (timeoutMs !== undefined) headers['grpc-timeout'] = `${Math.ceil(timeoutMs)}m`;
-
-    const stream = session.request(headers);
+    let body: Buffer;
+    try {
+      const message = method.requestSerialize(request);
+      body = Buffer.allocUnsafe(5 + message.length);
+      body[0] = 0;
+      body.writeUInt32BE(message.length, 1);
+      message.copy(body, 5);
+    } catch (err) {
+      done(grpcError(INTERNAL, `request not serializable: ${(err as Error).message}`));
+      return;
+    }
+    let session: ClientHttp2Session;
+    let stream: ClientHttp2Stream;
+    try {
+      session = this.#connection();
+      stream = session.request(headers);
+    } catch (err) {
+      // A connection that just received GOAWAY or ended refuses new streams: the call was not sent.
+      done(grpcError(this.#closed ? CANCELLED : UNAVAILABLE, `${this.#authority}: ${(err as Error).message}`));
+      return;
+    }
     this.#started(session);
     const chunks: Buffer[] = [];
     let received = 0;
