@@ -2,7 +2,7 @@ import { cpus, loadavg } from 'node:os';
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import type { Etcd3 } from 'etcd3';
-import { closeClient, createClient } from '../src/index.js';
+import { type ClientOptions, closeClient, createClient } from '../src/index.js';
 import { EtcdCluster, findEtcdBinary, requestCounts } from '../src/testing/index.js';
 
 /*
@@ -32,6 +32,19 @@ export interface BenchContext {
  * a call can take longer, and one deadline error would end the whole run.
  */
 export const CALL_TIMEOUT_MS = 15_000;
+
+/**
+ * Options of every benchmark client: the deadline above, and the KV
+ * transport (`BENCH_KV_TRANSPORT=grpc-js` measures etcd3's grpc-js path,
+ * for an A/B against the default lean one).
+ */
+export function benchClientOptions(hosts: string[]): ClientOptions {
+  const transport = process.env.BENCH_KV_TRANSPORT;
+  if (transport !== undefined && transport !== 'lean' && transport !== 'grpc-js') {
+    throw new Error(`BENCH_KV_TRANSPORT must be lean or grpc-js, got ${transport}`);
+  }
+  return { hosts, callTimeoutMs: CALL_TIMEOUT_MS, ...(transport ? { kvTransport: transport } : {}) };
+}
 
 export type Benchmark = (ctx: BenchContext) => Promise<void>;
 
@@ -75,7 +88,7 @@ export async function withBenchEtcd(args: string[], fn: (ctx: BenchContext) => P
       endpoints,
       metricsUrl,
       client: () => {
-        const c = createClient({ hosts: endpoints, callTimeoutMs: CALL_TIMEOUT_MS });
+        const c = createClient(benchClientOptions(endpoints));
         clients.push(c);
         return c;
       },

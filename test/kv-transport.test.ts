@@ -72,6 +72,10 @@ describe('the lean KV transport', () => {
       const [viaLean, viaGrpc] = [await outcome(call(raw(lean))), await outcome(call(raw(grpc)))];
       expect(viaLean, what).toEqual(viaGrpc);
     }
+    // No deadline at all (grpc-js reads an infinite one so) is no deadline here either.
+    const unbounded = createClient({ hosts: cluster.endpoints, callTimeoutMs: Number.POSITIVE_INFINITY });
+    clients.push(unbounded);
+    expect(await outcome(raw(unbounded).range!({ key: key('kvt/a') }))).toEqual(await outcome(calls[0]![1](raw(grpc))));
     // The cases above do fail, and with etcd's or the size limit's own words.
     const failed = await Promise.all(calls.slice(3).map(([, call]) => outcome(call(raw(lean)))));
     expect(failed.map((f) => (f as { message?: string }).message)).toEqual([

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import type { Etcd3 } from 'etcd3';
 import { setMaxListeners } from 'node:events';
 import { closeClient, createClient } from '../../src/index.js';
-import { CALL_TIMEOUT_MS } from '../lib.js';
+import { benchClientOptions } from '../lib.js';
 import type { FromWorker, ToWorker } from './protocol.js';
 import { scenarios, type Runner } from './scenarios.js';
 
@@ -41,7 +41,7 @@ async function handle(msg: ToWorker): Promise<void> {
           proc: msg.proc,
           procs: msg.procs,
           client: () => {
-            const c = createClient({ hosts: msg.endpoints, callTimeoutMs: CALL_TIMEOUT_MS });
+            const c = createClient(benchClientOptions(msg.endpoints));
             clients.push(c);
             return c;
           },

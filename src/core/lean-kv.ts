@@ -41,6 +41,8 @@ const STATUS_NAMES = [
   'DATA_LOSS',
   'UNAUTHENTICATED',
 ];
+/** The longest delay `setTimeout` takes; a later deadline is left to etcd (it gets `grpc-timeout`). */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 const CANCELLED = 1;
 const DEADLINE_EXCEEDED = 4;
 const RESOURCE_EXHAUSTED = 8;
@@ -129,7 +131,8 @@ class LeanKV {
   readonly #connectOptions: SecureClientSessionOptions;
   readonly #maxReceive: number;
   #session: ClientHttp2Session | undefined;
-  #active = 0;
+  /** Calls in flight per connection: one with calls keeps the process alive, as grpc-js's does; an idle one not. */
+  readonly #active = new WeakMap<ClientHttp2Session, number>();
   #closed = false;
 
   constructor(
@@ -159,7 +162,9 @@ class LeanKV {
   }
 
   #call(method: MethodDefinition, request: unknown, metadata: Metadata, options: PlainOptions, done: Callback): void {
-    const timeoutMs = options.deadline === undefined ? undefined : +options.deadline - Date.now();
+    const left = options.deadline === undefined ? Infinity : +options.deadline - Date.now();
+    // grpc-js's reading of a deadline: Infinity (or none) is no deadline.
+    const timeoutMs = Number.isFinite(left) ? left : undefined;
     if (timeoutMs !== undefined && timeoutMs <= 0) {
       done(grpcError(DEADLINE_EXCEEDED, 'Deadline exceeded before the call was sent'));
       return;
@@ -174,7 +179,7 @@ class LeanKV {
       headers[key] = typeof value === 'string' ? value : value.toString('base64');
     }
     if (options.interceptors?.length) headers.hasleader = 'true';
-    if (timeoutMs !== undefined) headers['grpc-timeout'] = `${Math.ceil(timeoutMs)}m`;
+    if (timeoutMs !== undefined) headers['grpc-timeout'] = grpcTimeout(timeoutMs);
     let body: Buffer;
     try {
       const message = method.requestSerialize(request);
@@ -206,7 +211,7 @@ class LeanKV {
     const readStatus = (fields: http2.IncomingHttpHeaders) => {
       if (fields['grpc-status'] === undefined) return;
       status = Number(fields['grpc-status']);
-      details = decodeURIComponent(String(fields['grpc-message'] ?? ''));
+      details = percentDecoded(String(fields['grpc-message'] ?? ''));
     };
     stream.on('response', (fields) => {
       const httpStatus = fields[':status'];
@@ -254,7 +259,7 @@ class LeanKV {
       }
       done(null, decoded);
     });
-    if (timeoutMs !== undefined) {
+    if (timeoutMs !== undefined && timeoutMs <= MAX_TIMER_MS) {
       timer = setTimeout(() => {
         failure ??= grpcError(DEADLINE_EXCEEDED, `Deadline exceeded after ${(timeoutMs / 1000).toFixed(3)}s`);
         // etcd3 then resets the member's services (a recoverable error), and the next call connects afresh.
@@ -282,14 +287,34 @@ class LeanKV {
     return session;
   }
 
-  /** A connection with calls in flight keeps the process alive, as grpc-js's does; an idle one does not. */
   #started(session: ClientHttp2Session): void {
-    if (this.#active++ === 0) session.ref();
+    const active = this.#active.get(session) ?? 0;
+    this.#active.set(session, active + 1);
+    if (active === 0) session.ref();
   }
 
   #ended(session: ClientHttp2Session): void {
-    if (--this.#active === 0 && !session.destroyed) session.unref();
+    const active = (this.#active.get(session) ?? 1) - 1;
+    this.#active.set(session, active);
+    if (active === 0 && !session.destroyed) session.unref();
   }
+}
+
+/** grpc-message is percent-encoded; a malformed one is shown as it came. */
+function percentDecoded(message: string): string {
+  try {
+    return decodeURIComponent(message);
+  } catch {
+    return message;
+  }
+}
+
+/** A `grpc-timeout` header: at most 8 digits, in the finest unit that fits (as grpc-js writes it). */
+function grpcTimeout(ms: number): string {
+  const whole = Math.ceil(ms);
+  if (whole < 1e8) return `${whole}m`;
+  const seconds = Math.ceil(ms / 1000);
+  return seconds < 1e8 ? `${seconds}S` : `${Math.min(Math.ceil(seconds / 3600), 99_999_999)}H`;
 }
 
 interface PlainOptions {
