@@ -85,6 +85,12 @@ export interface LeanKVOptions {
   maxReceiveBytes?: number;
 }
 
+/** The method definitions grpc-js's generated client constructors carry (`ServiceClientConstructor.service`). */
+function serviceOf(client: unknown): Record<string, MethodDefinition> | undefined {
+  const service = (client as { constructor?: { service?: unknown } }).constructor?.service;
+  return service && typeof service === 'object' ? (service as Record<string, MethodDefinition>) : undefined;
+}
+
 /** An error as grpc-js makes it, so that etcd3's `castGrpcError` types it the same way. */
 function grpcError(code: number, details: string): Error {
   return Object.assign(new Error(`${code} ${STATUS_NAMES[code] ?? 'UNKNOWN'}: ${details}`), {
@@ -107,7 +113,8 @@ export function installLeanKV(hosts: readonly object[], options: LeanKVOptions):
     let lean: LeanKV | undefined;
     member.getServiceClient = (name: string) => {
       const client = original(name);
-      if (name !== 'KV') return client;
+      // A grpc-js without the generated client's `service` (not seen in 1.x) keeps grpc-js.
+      if (name !== 'KV' || !serviceOf(client)) return client;
       if (lean && lean.fallback === client) return lean.methods;
       lean?.close();
       const made = new LeanKV(member.host, client as GrpcClient, options);
@@ -143,8 +150,7 @@ class LeanKV {
     this.#authority = `${options.tls ? 'https' : 'http'}://${host}`;
     this.#connectOptions = options.tls ? { ...options.tls } : {};
     this.#maxReceive = options.maxReceiveBytes ?? DEFAULT_MAX_RECEIVE;
-    const service = (fallback.constructor as unknown as { service?: Record<string, MethodDefinition> }).service ?? {};
-    for (const [name, method] of Object.entries(service)) {
+    for (const [name, method] of Object.entries(serviceOf(fallback) ?? {})) {
       if (method.requestStream || method.responseStream) continue;
       const callName = method.originalName ?? name;
       this.methods[callName] = (request, metadata, callOptions, callback) => {
