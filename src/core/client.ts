@@ -48,19 +48,28 @@ export interface ClientOptions extends Omit<IOptions, 'hosts'> {
   kvTransport?: 'lean' | 'grpc-js';
 }
 
-/** TLS material for the lean KV transport, as etcd3 builds its grpc-js credentials from the same options. */
+/**
+ * The lean KV transport's settings, read from the options etcd3 builds its
+ * grpc-js channels from: TLS material, the reply size limit and keepalive.
+ */
 function leanOptions(hosts: string[], options: Omit<IOptions, 'hosts'>): LeanKVOptions {
-  const maxReceive = options.grpcOptions?.['grpc.max_receive_message_length'];
-  // grpc-js's convention: -1 is no limit.
-  const maxReceiveBytes = typeof maxReceive !== 'number' ? undefined : maxReceive < 0 ? Infinity : maxReceive;
-  const { credentials } = options;
-  const override = options.grpcOptions?.['grpc.ssl_target_name_override'];
+  const grpc = options.grpcOptions ?? {};
+  const number = (key: string) => (typeof grpc[key] === 'number' ? (grpc[key] as number) : undefined);
+  const maxReceive = number('grpc.max_receive_message_length');
+  const settings: LeanKVOptions = {
+    // grpc-js's convention: -1 is no limit.
+    maxReceiveBytes: maxReceive === undefined ? undefined : maxReceive < 0 ? Infinity : maxReceive,
+    keepaliveMs: number('grpc.keepalive_time_ms'),
+    keepaliveTimeoutMs: number('grpc.keepalive_timeout_ms'),
+  };
+  const override = grpc['grpc.ssl_target_name_override'];
   const servername = typeof override === 'string' ? { servername: override } : {};
+  const { credentials } = options;
   if (credentials) {
     const material = { ca: credentials.rootCertificate, key: credentials.privateKey, cert: credentials.certChain };
-    return { tls: { ...material, ...servername }, maxReceiveBytes };
+    return { ...settings, tls: { ...material, ...servername } };
   }
-  return { tls: hosts.some((h) => h.startsWith('https:')) ? servername : undefined, maxReceiveBytes };
+  return hosts.some((h) => h.startsWith('https:')) ? { ...settings, tls: servername } : settings;
 }
 
 /** How long a member that timed out or went silent is avoided while another is available. */
@@ -88,6 +97,15 @@ export function createClient(options: ClientOptions): Etcd3 {
   const { callTimeoutMs = DEFAULT_CALL_TIMEOUT_MS, kvTransport = 'lean', hosts, ...rest } = options;
   const list = (Array.isArray(hosts) ? hosts : hosts.split(',')).map((h) => h.trim()).filter(Boolean);
   const health = new HostHealth();
+  const grpcOptions = {
+    // grpc-js waits 1 s, then longer, before reconnecting: a 300 ms blip would cost seconds.
+    'grpc.initial_reconnect_backoff_ms': 100,
+    'grpc.max_reconnect_backoff_ms': 1000,
+    // A backstop for idle channels; etcd refuses pings more often than every 5 s.
+    'grpc.keepalive_time_ms': 10_000,
+    'grpc.keepalive_timeout_ms': 3000,
+    ...rest.grpcOptions,
+  };
   const client = new Etcd3({
     ...rest,
     hosts: list,
@@ -96,15 +114,7 @@ export function createClient(options: ClientOptions): Etcd3 {
       host: (host) => health.policy(host) as never,
       global: passThrough as never,
     },
-    grpcOptions: {
-      // grpc-js waits 1 s, then longer, before reconnecting: a 300 ms blip would cost seconds.
-      'grpc.initial_reconnect_backoff_ms': 100,
-      'grpc.max_reconnect_backoff_ms': 1000,
-      // A backstop for idle channels; etcd refuses pings more often than every 5 s.
-      'grpc.keepalive_time_ms': 10_000,
-      'grpc.keepalive_timeout_ms': 3000,
-      ...rest.grpcOptions,
-    },
+    grpcOptions,
     defaultCallOptions: (context) => {
       const own =
         typeof rest.defaultCallOptions === 'function' ? rest.defaultCallOptions(context) : rest.defaultCallOptions;
@@ -115,7 +125,7 @@ export function createClient(options: ClientOptions): Etcd3 {
     },
   });
   coordinationPools().add(poolOf(client));
-  if (kvTransport === 'lean') installLeanKV(poolOf(client).hosts ?? [], leanOptions(list, rest));
+  if (kvTransport === 'lean') installLeanKV(poolOf(client).hosts ?? [], leanOptions(list, { ...rest, grpcOptions }));
   // Without etcd3's member list (a future etcd3), there is no leader to search for: calls are just retried.
   health.attach(poolOf(client).hosts ?? [], clientScope(client).signal);
   return client;

@@ -1,9 +1,6 @@
 import http2, { type ClientHttp2Session, type ClientHttp2Stream, type OutgoingHttpHeaders } from 'node:http2';
-import type { SecureClientSessionOptions } from 'node:http2';
-import { logger } from './log.js';
+import { MemberConnection, type MemberConnectionOptions } from './member-connection.js';
 import { requireLeader } from './require-leader.js';
-
-const log = logger('lean-kv');
 
 /*
  * KV calls without grpc-js. A unary call through etcd3 and grpc-js costs the
@@ -12,7 +9,8 @@ const log = logger('lean-kv');
  * (docs/benchmarks.md, "Where the client CPU goes"). So a `createClient`
  * client sends its KV calls here: the same request bytes (etcd3's own
  * serializers), the same metadata, deadline and `hasleader`, the same error
- * messages (code, name, details) for etcd3 to type. Everything else about a
+ * messages (code, name, details) for etcd3 to type, on one connection per
+ * member kept as grpc-js keeps it (member-connection.ts). Everything else about a
  * call stays etcd3's and the host policy's: which member, re-sends, auth,
  * avoidance. Watch, lease and maintenance calls stay on grpc-js.
  * docs/internals.md, "The KV transport", says what grpc-js did that this
@@ -74,13 +72,11 @@ interface Metadata {
 interface Host {
   host: string;
   getServiceClient(name: string): unknown;
-  resetAllServices(): void;
+  close(): void;
 }
 
-/** How the lean calls reach the members: TLS material when the client uses TLS. */
-export interface LeanKVOptions {
-  /** CA, client certificate and key, and the server name to check (grpc-js's `ssl_target_name_override`). */
-  tls?: { ca?: Buffer; key?: Buffer; cert?: Buffer; servername?: string };
+/** How the lean calls reach the members, and the grpc-js settings they honour. */
+export interface LeanKVOptions extends MemberConnectionOptions {
   /** The largest reply accepted, in bytes (grpc-js's `max_receive_message_length`; default 4 MiB). */
   maxReceiveBytes?: number;
 }
@@ -109,46 +105,39 @@ function grpcError(code: number, details: string): Error {
 export function installLeanKV(hosts: readonly object[], options: LeanKVOptions): void {
   for (const member of hosts as Host[]) {
     const original = member.getServiceClient.bind(member);
-    const reset = member.resetAllServices.bind(member);
+    const close = member.close.bind(member);
+    // One connection per member for the client's life; etcd3's resets of the member's services keep it.
+    const connection = new MemberConnection(member.host, options);
     let lean: LeanKV | undefined;
     member.getServiceClient = (name: string) => {
       const client = original(name);
       // A grpc-js without the generated client's `service` (not seen in 1.x) keeps grpc-js.
       if (name !== 'KV' || !serviceOf(client)) return client;
       if (lean && lean.fallback === client) return lean.methods;
-      lean?.close();
-      const made = new LeanKV(member.host, client as GrpcClient, options);
+      const made = new LeanKV(client as GrpcClient, connection, options);
       lean = made;
       return made.methods;
     };
-    // etcd3 resets a member's services after a failure, and closes them with the client.
-    member.resetAllServices = () => {
-      lean?.close();
-      lean = undefined;
-      reset();
+    member.close = () => {
+      connection.close();
+      close();
     };
   }
 }
 
-/** One member's KV calls over one HTTP/2 connection, made again after it ends. */
+/** The KV methods etcd3 calls on one member, sent over its {@link MemberConnection}. */
 class LeanKV {
   /** The methods etcd3 calls, by their etcd3 names (`range`, `txn`...). */
   readonly methods: GrpcClient = {};
-  readonly #authority: string;
-  readonly #connectOptions: SecureClientSessionOptions;
+  readonly #connection: MemberConnection;
   readonly #maxReceive: number;
-  #session: ClientHttp2Session | undefined;
-  /** Calls in flight per connection: one with calls keeps the process alive, as grpc-js's does; an idle one not. */
-  readonly #active = new WeakMap<ClientHttp2Session, number>();
-  #closed = false;
 
   constructor(
-    host: string,
     readonly fallback: GrpcClient,
+    connection: MemberConnection,
     options: LeanKVOptions,
   ) {
-    this.#authority = `${options.tls ? 'https' : 'http'}://${host}`;
-    this.#connectOptions = options.tls ? { ...options.tls } : {};
+    this.#connection = connection;
     this.#maxReceive = options.maxReceiveBytes ?? DEFAULT_MAX_RECEIVE;
     for (const [name, method] of Object.entries(serviceOf(fallback) ?? {})) {
       if (method.requestStream || method.responseStream) continue;
@@ -158,13 +147,6 @@ class LeanKV {
         this.#call(method, request, metadata as Metadata, callOptions as PlainOptions, callback);
       };
     }
-  }
-
-  close(): void {
-    this.#closed = true;
-    // Graceful: calls in flight finish (or meet their deadline); no new call starts on it.
-    this.#session?.close();
-    this.#session = undefined;
   }
 
   #call(method: MethodDefinition, request: unknown, metadata: Metadata, options: PlainOptions, done: Callback): void {
@@ -197,17 +179,19 @@ class LeanKV {
       done(grpcError(INTERNAL, `request not serializable: ${(err as Error).message}`));
       return;
     }
+    const connection = this.#connection;
+    const { authority } = connection;
     let session: ClientHttp2Session;
     let stream: ClientHttp2Stream;
     try {
-      session = this.#connection();
+      session = connection.session();
       stream = session.request(headers);
     } catch (err) {
       // A connection that just received GOAWAY or ended refuses new streams: the call was not sent.
-      done(grpcError(this.#closed ? CANCELLED : UNAVAILABLE, `${this.#authority}: ${(err as Error).message}`));
+      done(grpcError(connection.closed ? CANCELLED : UNAVAILABLE, `${authority}: ${(err as Error).message}`));
       return;
     }
-    this.#started(session);
+    connection.started(session);
     const chunks: Buffer[] = [];
     let received = 0;
     let status: number | undefined;
@@ -221,7 +205,7 @@ class LeanKV {
     };
     stream.on('response', (fields) => {
       const httpStatus = fields[':status'];
-      if (httpStatus !== 200) failure ??= grpcError(UNAVAILABLE, `HTTP status ${httpStatus} from ${this.#authority}`);
+      if (httpStatus !== 200) failure ??= grpcError(UNAVAILABLE, `HTTP status ${httpStatus} from ${authority}`);
       readStatus(fields); // a "trailers-only" reply: an error without a body
     });
     stream.on('trailers', readStatus);
@@ -241,68 +225,36 @@ class LeanKV {
       }
     });
     stream.on('error', (err) => {
-      failure ??= grpcError(UNAVAILABLE, `${this.#authority}: ${err.message}`);
+      failure ??= grpcError(UNAVAILABLE, `${authority}: ${err.message}`);
     });
     stream.on('close', () => {
       clearTimeout(timer);
-      this.#ended(session);
+      connection.ended(session);
       if (failure) return done(failure);
       if (status === undefined) {
-        return done(
-          grpcError(UNAVAILABLE, `${this.#authority} ended the call (code ${stream.rstCode}) before a status`),
-        );
+        return done(grpcError(UNAVAILABLE, `${authority} ended the call (code ${stream.rstCode}) before a status`));
       }
       if (status !== 0) return done(grpcError(status, details));
       const reply = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
       if (reply.length < 5 || reply[0] !== 0 || reply.readUInt32BE(1) !== reply.length - 5) {
-        return done(grpcError(INTERNAL, `malformed reply from ${this.#authority} (${reply.length} bytes)`));
+        return done(grpcError(INTERNAL, `malformed reply from ${authority} (${reply.length} bytes)`));
       }
       let decoded: unknown;
       try {
         decoded = method.responseDeserialize(reply.subarray(5));
       } catch (err) {
-        return done(grpcError(INTERNAL, `undecodable reply from ${this.#authority}: ${(err as Error).message}`));
+        return done(grpcError(INTERNAL, `undecodable reply from ${authority}: ${(err as Error).message}`));
       }
       done(null, decoded);
     });
     if (timeoutMs !== undefined && timeoutMs <= MAX_TIMER_MS) {
       timer = setTimeout(() => {
         failure ??= grpcError(DEADLINE_EXCEEDED, `Deadline exceeded after ${(timeoutMs / 1000).toFixed(3)}s`);
-        // etcd3 then resets the member's services (a recoverable error), and the next call connects afresh.
+        // The connection stays (as grpc-js's does): a silent one ends when its keepalive ping goes unanswered.
         stream.close(http2.constants.NGHTTP2_CANCEL);
       }, timeoutMs);
     }
     stream.end(body);
-  }
-
-  /** The member's connection, made on first use and again after it ended or was reset. */
-  #connection(): ClientHttp2Session {
-    if (this.#closed) throw new Error('the client is closed');
-    const current = this.#session;
-    if (current && !current.closed && !current.destroyed) return current;
-    const session = http2.connect(this.#authority, this.#connectOptions);
-    const forget = () => {
-      if (this.#session === session) this.#session = undefined;
-    };
-    // A connection error reaches every call on it as a stream error; the session's own copy is only logged.
-    session.on('error', (err) => log('connection to %s failed: %s', this.#authority, err.message));
-    session.on('goaway', forget);
-    session.on('close', forget);
-    session.unref();
-    this.#session = session;
-    return session;
-  }
-
-  #started(session: ClientHttp2Session): void {
-    const active = this.#active.get(session) ?? 0;
-    this.#active.set(session, active + 1);
-    if (active === 0) session.ref();
-  }
-
-  #ended(session: ClientHttp2Session): void {
-    const active = (this.#active.get(session) ?? 1) - 1;
-    this.#active.set(session, active);
-    if (active === 0 && !session.destroyed) session.unref();
   }
 }
 

@@ -7,6 +7,7 @@ import { isRoleTaken } from '../core/etcd-errors.js';
 import { retrying } from '../core/retry.js';
 import { TestCertificateAuthority, type CertificatePair } from './certs.js';
 import { findEtcdBinary } from './etcd-binary.js';
+import { memberFlags } from './member-flags.js';
 
 import { TLS_GRPC_OPTIONS, type MemberTls, freePort, EtcdMember } from './member.js';
 import { PeerGates } from './peer-gates.js';
@@ -105,22 +106,6 @@ export class EtcdCluster implements AsyncDisposable {
         throw err;
       }
     }
-    const tlsArgs = tls
-      ? [
-          '--cert-file',
-          tls.server.certFile,
-          '--key-file',
-          tls.server.keyFile,
-          ...(tls.clientCertAuth ? ['--client-cert-auth', '--trusted-ca-file', tls.ca.certFile] : []),
-          '--peer-cert-file',
-          tls.server.certFile,
-          '--peer-key-file',
-          tls.server.keyFile,
-          '--peer-client-cert-auth',
-          '--peer-trusted-ca-file',
-          tls.ca.certFile,
-        ]
-      : [];
     const memberTls: MemberTls | undefined = tls
       ? { ca: tls.ca.cert, cert: tls.client?.cert, key: tls.client?.key }
       : undefined;
@@ -151,39 +136,21 @@ export class EtcdCluster implements AsyncDisposable {
           name,
           { client, peer, metrics },
           dir,
-          [
-            '--name',
+          memberFlags({
             name,
-            '--data-dir',
             dir,
-            '--listen-client-urls',
-            `${scheme}://127.0.0.1:${client}`,
-            '--advertise-client-urls',
-            `${scheme}://127.0.0.1:${client}`,
-            '--listen-peer-urls',
-            `${scheme}://127.0.0.1:${peer}`,
-            '--initial-advertise-peer-urls',
-            advertisedPeer(i),
-            '--initial-cluster',
+            scheme,
+            client,
+            peer,
+            advertisedPeer: advertisedPeer(i),
             initialCluster,
-            '--initial-cluster-state',
-            'new',
-            '--initial-cluster-token',
             token,
-            '--heartbeat-interval',
-            String(heartbeatMs),
-            '--election-timeout',
-            String(electionMs),
-            '--logger',
-            'zap',
-            '--log-outputs',
-            'stderr',
-            '--log-level',
-            'warn',
-            ...(metrics ? ['--listen-metrics-urls', `http://127.0.0.1:${metrics}`] : []),
-            ...tlsArgs,
-            ...(options.extraArgs ?? []),
-          ],
+            heartbeatMs,
+            electionMs,
+            metrics,
+            tls,
+            extraArgs: options.extraArgs,
+          }),
           memberTls,
         );
       });
