@@ -40,8 +40,9 @@ export interface ClientOptions extends Omit<IOptions, 'hosts'> {
   callTimeoutMs?: number;
   /**
    * How KV calls reach etcd: `'lean'` (the default) sends them over Node's
-   * HTTP/2 directly, at about half the client CPU of grpc-js, with the same
-   * requests, deadlines and errors; `'grpc-js'` sends them through etcd3's
+   * HTTP/2 directly, with the same requests, deadlines and errors, and about
+   * a third less client CPU per call than through grpc-js (docs/benchmarks.md,
+   * "The lean KV transport"); `'grpc-js'` sends them through etcd3's
    * grpc-js clients, as watch, lease and maintenance calls always go
    * (docs/internals.md, "The KV transport").
    */
