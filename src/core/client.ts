@@ -2,7 +2,7 @@ import { setMaxListeners } from 'node:events';
 import { Etcd3, type IOptions, type Namespace } from 'etcd3';
 import { ClosedError } from './errors.js';
 import { isConnectionFault, mayHaveLostLeader } from './etcd-errors.js';
-import { installLeanKV, type LeanKVOptions } from './lean-kv.js';
+import { installLeanKV, leanOptions } from './lean-kv.js';
 import { LeaderSearch, type PoolMember } from './leader-search.js';
 import { logger } from './log.js';
 import { LEADER_SERVICES, requireLeader } from './require-leader.js';
@@ -47,30 +47,6 @@ export interface ClientOptions extends Omit<IOptions, 'hosts'> {
    * (docs/internals.md, "The KV transport").
    */
   kvTransport?: 'lean' | 'grpc-js';
-}
-
-/**
- * The lean KV transport's settings, read from the options etcd3 builds its
- * grpc-js channels from: TLS material, the reply size limit and keepalive.
- */
-function leanOptions(hosts: string[], options: Omit<IOptions, 'hosts'>): LeanKVOptions {
-  const grpc = options.grpcOptions ?? {};
-  const number = (key: string) => (typeof grpc[key] === 'number' ? (grpc[key] as number) : undefined);
-  const maxReceive = number('grpc.max_receive_message_length');
-  const settings: LeanKVOptions = {
-    // grpc-js's convention: -1 is no limit.
-    maxReceiveBytes: maxReceive === undefined ? undefined : maxReceive < 0 ? Infinity : maxReceive,
-    keepaliveMs: number('grpc.keepalive_time_ms'),
-    keepaliveTimeoutMs: number('grpc.keepalive_timeout_ms'),
-  };
-  const override = grpc['grpc.ssl_target_name_override'];
-  const servername = typeof override === 'string' ? { servername: override } : {};
-  const { credentials } = options;
-  if (credentials) {
-    const material = { ca: credentials.rootCertificate, key: credentials.privateKey, cert: credentials.certChain };
-    return { ...settings, tls: { ...material, ...servername } };
-  }
-  return hosts.some((h) => h.startsWith('https:')) ? { ...settings, tls: servername } : settings;
 }
 
 /** How long a member that timed out or went silent is avoided while another is available. */

@@ -1,3 +1,4 @@
+import type { IOptions } from 'etcd3';
 import http2, { type ClientHttp2Session, type ClientHttp2Stream, type OutgoingHttpHeaders } from 'node:http2';
 import { MemberConnection, type MemberConnectionOptions } from './member-connection.js';
 import { requireLeader } from './require-leader.js';
@@ -79,6 +80,30 @@ interface Host {
 export interface LeanKVOptions extends MemberConnectionOptions {
   /** The largest reply accepted, in bytes (grpc-js's `max_receive_message_length`; default 4 MiB). */
   maxReceiveBytes?: number;
+}
+
+/**
+ * The lean KV transport's settings, read from the options etcd3 builds its
+ * grpc-js channels from: TLS material, the reply size limit and keepalive.
+ */
+export function leanOptions(hosts: string[], options: Omit<IOptions, 'hosts'>): LeanKVOptions {
+  const grpc = options.grpcOptions ?? {};
+  const number = (key: string) => (typeof grpc[key] === 'number' ? (grpc[key] as number) : undefined);
+  const maxReceive = number('grpc.max_receive_message_length');
+  const settings: LeanKVOptions = {
+    // grpc-js's convention: -1 is no limit.
+    maxReceiveBytes: maxReceive === undefined ? undefined : maxReceive < 0 ? Infinity : maxReceive,
+    keepaliveMs: number('grpc.keepalive_time_ms'),
+    keepaliveTimeoutMs: number('grpc.keepalive_timeout_ms'),
+  };
+  const override = grpc['grpc.ssl_target_name_override'];
+  const servername = typeof override === 'string' ? { servername: override } : {};
+  const { credentials } = options;
+  if (credentials) {
+    const material = { ca: credentials.rootCertificate, key: credentials.privateKey, cert: credentials.certChain };
+    return { ...settings, tls: { ...material, ...servername } };
+  }
+  return hosts.some((h) => h.startsWith('https:')) ? { ...settings, tls: servername } : settings;
 }
 
 /** The method definitions grpc-js's generated client constructors carry (`ServiceClientConstructor.service`). */
