@@ -197,6 +197,17 @@ export async function grpcMessages(metricsUrl: string | undefined): Promise<Map<
   return metricsUrl ? new Map((await requestCounts(metricsUrl)).byMethod) : new Map();
 }
 
+/**
+ * The CPU seconds etcd's process has used (`process_cpu_seconds_total`, 10 ms
+ * resolution); NaN without a metrics URL.
+ */
+export async function etcdCpuSeconds(metricsUrl: string | undefined): Promise<number> {
+  if (!metricsUrl) return Number.NaN;
+  const text = await (await fetch(`${metricsUrl.replace(/\/$/, '')}/metrics`)).text();
+  const m = /^process_cpu_seconds_total\s+([0-9.e+]+)/m.exec(text);
+  return m ? Number(m[1]) : Number.NaN;
+}
+
 /** Requests between two {@link grpcMessages} snapshots: KV calls plus watch create/cancel messages, no keepalives. */
 export function requestsBetween(
   before: Map<string, number>,

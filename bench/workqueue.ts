@@ -1,5 +1,15 @@
 import { Queue, Session, WorkQueue } from '../src/index.js';
-import { cpuMs, fmt, grpcMessages, percentile, requestsBetween, table, type BenchContext } from './lib.js';
+import type { Etcd3 } from 'etcd3';
+import {
+  cpuMs,
+  etcdCpuSeconds,
+  fmt,
+  grpcMessages,
+  percentile,
+  requestsBetween,
+  table,
+  type BenchContext,
+} from './lib.js';
 import { merged, WorkerGroup } from './workers/pool.js';
 import { formatSummary, summarize } from './workers/profile-summary.js';
 
@@ -20,7 +30,9 @@ import { formatSummary, summarize } from './workers/profile-summary.js';
  *     nothing is lost or duplicated (checked).
  * (b) claim cost: one consumer claims and acks 200 jobs one at a time,
  *     first with no other job claimed, then with 1,000 jobs claimed (in
- *     flight) by another session.
+ *     flight) by another session, then with 20,000 jobs, claims and waiters
+ *     deleted since etcd's last compaction (their tombstones, which every
+ *     range over those directories visits).
  * With --profile, the one-process WorkQueue worker is profiled.
  * WORKQUEUE_DELIVERY_ONLY=1 runs the raw floor and the WorkQueue rows of (a) only.
  */
@@ -107,15 +119,43 @@ async function deliveries(
 
 interface ClaimCost {
   inFlight: number;
+  deleted: number;
   claimMs: number[];
   kvPerJob: number;
   cpuPerJob: number;
+  etcdCpuPerJob: number;
 }
 
-/** One consumer claims and acks `jobs` jobs one at a time while `inFlight` other jobs stay claimed. */
-async function claimCost(ctx: BenchContext, inFlight: number, jobs: number): Promise<ClaimCost> {
-  const prefix = `bench/wq/cost-${inFlight}`;
+/**
+ * Leaves `n` tombstones in each of the queue's jobs/, claims/ and waiters/
+ * directories, as `n` jobs claimed and acked since etcd's last compaction
+ * would (ID-like names older than any real job, written 128 per Txn, then
+ * deleted).
+ */
+async function leaveTombstones(client: Etcd3, prefix: string, n: number): Promise<void> {
+  for (const dir of ['jobs/00100-', 'claims/00100-', 'waiters/']) {
+    const under = `${prefix}/${dir}0`;
+    for (let i = 0; i < n; i += 128) {
+      const puts = Array.from({ length: Math.min(128, n - i) }, (_, k) =>
+        client.put(`${under}${String(i + k).padStart(18, '0')}`).value(''),
+      );
+      await client
+        .if(`${under}`, 'Create', '==', 0)
+        .then(...puts)
+        .commit();
+    }
+    await client.delete().prefix(under);
+  }
+}
+
+/**
+ * One consumer claims and acks `jobs` jobs one at a time while `inFlight`
+ * other jobs stay claimed and `deleted` tombstones lie in the queue's directories.
+ */
+async function claimCost(ctx: BenchContext, inFlight: number, jobs: number, deleted = 0): Promise<ClaimCost> {
+  const prefix = `bench/wq/cost-${inFlight}-${deleted}`;
   const holderClient = ctx.client();
+  await leaveTombstones(holderClient, prefix, deleted);
   const holder = await Session.create(holderClient, { ttl: 60 });
   const holderQueue = new WorkQueue(holder, prefix);
   for (let i = 0; i < inFlight; i += 50) {
@@ -139,6 +179,7 @@ async function claimCost(ctx: BenchContext, inFlight: number, jobs: number): Pro
   await (await wq.claim()).release(); // warm up; the job is claimable again at once
   const claimMs: number[] = [];
   const before = await grpcMessages(ctx.metricsUrl);
+  const etcdBefore = await etcdCpuSeconds(ctx.metricsUrl);
   const cpu = process.cpuUsage();
   for (let i = 0; i < jobs; i++) {
     const t = performance.now();
@@ -147,11 +188,12 @@ async function claimCost(ctx: BenchContext, inFlight: number, jobs: number): Pro
     await job.ack();
   }
   const cpuPerJob = cpuMs(cpu) / jobs;
+  const etcdCpuPerJob = ((await etcdCpuSeconds(ctx.metricsUrl)) - etcdBefore) * (1000 / jobs);
   const req = requestsBetween(before, await grpcMessages(ctx.metricsUrl));
   if (held.length !== inFlight) throw new Error(`held ${held.length} jobs, wanted ${inFlight}`);
   await session.close();
   await holder.close();
-  return { inFlight, claimMs, kvPerJob: req.kv / jobs, cpuPerJob };
+  return { inFlight, deleted, claimMs, kvPerJob: req.kv / jobs, cpuPerJob, etcdCpuPerJob };
 }
 
 export default async function run(ctx: BenchContext): Promise<void> {
@@ -205,23 +247,28 @@ export default async function run(ctx: BenchContext): Promise<void> {
   const jobs = 200;
   const idle = await claimCost(ctx, 0, jobs);
   const busy = await claimCost(ctx, 1000, jobs);
+  const history = await claimCost(ctx, 0, jobs, 20_000);
   table(
     `Claim cost: one consumer claims + acks ${jobs} jobs one at a time while other jobs stay claimed`,
     [
       'jobs in flight',
+      'deleted since compaction',
       'claim p50 ms',
       'claim p99 ms',
       'KV req/job (claim + ack)',
       'client CPU ms/job',
-      'p50 ÷ 0 in flight',
-      'CPU ÷ 0 in flight',
+      'etcd CPU ms/job',
+      'p50 ÷ first row',
+      'CPU ÷ first row',
     ],
-    [idle, busy].map((c) => [
+    [idle, busy, history].map((c) => [
       c.inFlight,
+      c.deleted,
       fmt.ms(percentile(c.claimMs, 50)),
       fmt.ms(percentile(c.claimMs, 99)),
       fmt.n(c.kvPerJob, 2),
       fmt.cpu(c.cpuPerJob),
+      fmt.cpu(c.etcdCpuPerJob),
       fmt.ratio(percentile(c.claimMs, 50) / percentile(idle.claimMs, 50)),
       fmt.ratio(c.cpuPerJob / idle.cpuPerJob),
     ]),
@@ -229,6 +276,10 @@ export default async function run(ctx: BenchContext): Promise<void> {
   console.log(
     '\nA claim reads a page of jobs and of claim keys from a cursor, plus two counts: flat in the jobs in flight.',
   );
+  console.log(
+    'It is not flat in the jobs deleted since etcd last compacted: etcd keeps their keys in its index until a',
+  );
+  console.log('compaction, and the counts and the waiter reads visit them (docs/work-queue.md, "Compaction").');
   if (profileDir)
     console.log(
       formatSummary('WorkQueue, 1 producer + 4 consumers, one process (self time)', summarize(profileDir), 15),
