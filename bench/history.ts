@@ -1,6 +1,14 @@
-import type { Etcd3 } from 'etcd3';
 import { type Job, Mutex, Queue, Semaphore, Session, WorkQueue } from '../src/index.js';
-import { cpuMs, etcdCpuSeconds, fmt, grpcMessages, requestsBetween, table, type BenchContext } from './lib.js';
+import {
+  cpuMs,
+  etcdCpuSeconds,
+  fmt,
+  grpcMessages,
+  leaveTombstones,
+  requestsBetween,
+  table,
+  type BenchContext,
+} from './lib.js';
 
 /*
  * npm run bench -- history
@@ -19,7 +27,6 @@ import { cpuMs, etcdCpuSeconds, fmt, grpcMessages, requestsBetween, table, type 
  */
 
 const DELETED = 20_000;
-const BATCH = 128;
 
 interface Workload {
   name: string;
@@ -133,25 +140,6 @@ const workloads: Workload[] = [
     },
   },
 ];
-
-/**
- * Writes and then deletes `n` keys under `dir`, 128 per Txn. (Not one prefix
- * delete: etcd 3.4 would then copy a large read buffer into every read for a
- * while, etcd-io/etcd#12256, a cost of its own.)
- */
-async function leaveTombstones(client: Etcd3, dir: string, name: (i: number) => string, n: number): Promise<void> {
-  for (const write of ['put', 'delete'] as const) {
-    for (let i = 0; i < n; i += BATCH) {
-      const ops = Array.from({ length: Math.min(BATCH, n - i) }, (_, k) =>
-        write === 'put' ? client.put(dir + name(i + k)).value('') : client.delete().key(dir + name(i + k)),
-      );
-      await client
-        .if(`${dir}guard`, 'Create', '==', 0)
-        .then(...ops)
-        .commit();
-    }
-  }
-}
 
 interface Run {
   deleted: number;

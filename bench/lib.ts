@@ -208,6 +208,31 @@ export async function etcdCpuSeconds(metricsUrl: string | undefined): Promise<nu
   return m ? Number(m[1]) : Number.NaN;
 }
 
+/**
+ * Leaves `n` deleted keys (tombstones, until etcd's next compaction) under
+ * `dir`, named `dir + name(i)`: writes and then deletes them 128 per Txn.
+ * (Not one prefix delete: etcd 3.4 would then copy a large read buffer into
+ * every read for a while, etcd-io/etcd#12256, a cost of its own.)
+ */
+export async function leaveTombstones(
+  client: Etcd3,
+  dir: string,
+  name: (i: number) => string,
+  n: number,
+): Promise<void> {
+  for (const write of ['put', 'delete'] as const) {
+    for (let i = 0; i < n; i += 128) {
+      const ops = Array.from({ length: Math.min(128, n - i) }, (_, k) =>
+        write === 'put' ? client.put(dir + name(i + k)).value('') : client.delete().key(dir + name(i + k)),
+      );
+      await client
+        .if(`${dir}guard`, 'Create', '==', 0)
+        .then(...ops)
+        .commit();
+    }
+  }
+}
+
 /** Requests between two {@link grpcMessages} snapshots: KV calls plus watch create/cancel messages, no keepalives. */
 export function requestsBetween(
   before: Map<string, number>,

@@ -5,6 +5,7 @@ import {
   etcdCpuSeconds,
   fmt,
   grpcMessages,
+  leaveTombstones,
   percentile,
   requestsBetween,
   table,
@@ -127,29 +128,12 @@ interface ClaimCost {
   etcdCpuPerJob: number;
 }
 
-/**
- * Leaves `n` tombstones in each of the queue's jobs/, claims/ and waiters/
- * directories, as `n` jobs claimed and acked since etcd's last compaction
- * would: ID-like names older than any real job, written and then deleted 128
- * per Txn. (Not one prefix delete: etcd 3.4 would then copy a large read
- * buffer into every read for a while, etcd-io/etcd#12256, a cost of its own.)
- */
-async function leaveTombstones(client: Etcd3, prefix: string, n: number): Promise<void> {
-  for (const dir of ['jobs/00100-', 'claims/00100-', 'waiters/']) {
-    const under = `${prefix}/${dir}0`;
-    for (const write of ['put', 'delete'] as const) {
-      for (let i = 0; i < n; i += 128) {
-        const ops = Array.from({ length: Math.min(128, n - i) }, (_, k) => {
-          const key = `${under}${String(i + k).padStart(18, '0')}`;
-          return write === 'put' ? client.put(key).value('') : client.delete().key(key);
-        });
-        await client
-          .if(under, 'Create', '==', 0)
-          .then(...ops)
-          .commit();
-      }
-    }
-  }
+/** `n` deleted keys in each of the queue's jobs/, claims/ and waiters/, as `n` acked jobs leave until a compaction. */
+async function leaveAckedJobs(client: Etcd3, prefix: string, n: number): Promise<void> {
+  // ID-like names, older than any real job's.
+  const id = (i: number) => `00100-0${String(i).padStart(18, '0')}`;
+  for (const dir of ['jobs/', 'claims/']) await leaveTombstones(client, `${prefix}/${dir}`, id, n);
+  await leaveTombstones(client, `${prefix}/waiters/`, (i) => `0${String(i).padStart(18, '0')}`, n);
 }
 
 /**
@@ -165,7 +149,7 @@ async function claimCost(
 ): Promise<ClaimCost> {
   const prefix = `bench/wq/cost-${inFlight}-${deleted}${compacted ? '-compacted' : ''}`;
   const holderClient = ctx.client();
-  await leaveTombstones(holderClient, prefix, deleted);
+  await leaveAckedJobs(holderClient, prefix, deleted);
   if (compacted) {
     const { header } = await holderClient.kv.range({ key: Buffer.from(prefix) });
     await holderClient.kv.compact({ revision: header.revision, physical: true });
