@@ -369,12 +369,16 @@ describe('WorkQueue claim({ ack })', () => {
       p.blackhole(); // the ack is held in the kernel's buffers, as by a frozen peer
       sent();
     });
+    // Deletes of the carried waiter key: sent while the ack may still land, one could reach etcd with the
+    // held ack and be applied first, and the late ack would then create the key for good.
+    const cleanups = beforeTxn(client, deletesUnder(`${name}/waiters/`), () => undefined, 100);
     const claiming = wq.claim({ ack: job, signal: stop.signal }).catch((e: unknown) => e);
     await within(10_000, sending, 'the ack is sent');
     stop.abort();
     const err = await within(15_000, claiming, 'claim after the abort');
     expect(isRecipeError(err, 'OUTCOME_UNKNOWN') || err === stop.signal.reason).toBe(true);
     expect(job.done).toBe(true); // it may have landed: not ours to ack again
+    expect(cleanups.hits).toBe(0); // none until the ack's fate is decided (its receipt voided or found)
     p.restore(); // the held ack (and the voiding that followed it) reach etcd now, after the claim gave up
     await within(15_000, wq.stats(), 'a read behind them on the same client');
     // Whatever became of the ack, a waiter key it created is deleted, not left at the head of the line.

@@ -8,6 +8,7 @@ import { createUniqueKey, type PendingKey } from './line.js';
 import { showKey, uniqueKey } from './keys.js';
 import { cmp, op, rangeAt, txn, type Compare, type Op, type OpResult, type RangeResult } from './kv.js';
 import { retrying } from './retry.js';
+import { writeDecided } from './receipts.js';
 import type { Session } from './session.js';
 import type { WatchEvent } from './watch-hub.js';
 import { type FeedSub, subscribe } from './line-feed.js';
@@ -226,8 +227,10 @@ export class ConsumerLine<R> {
     try {
       landed = await txn;
     } catch (err) {
-      // Not landed, so no key of ours; only an outcome unknown leaves #leave a key to delete.
-      if (!isRecipeError(err, 'OUTCOME_UNKNOWN')) t.joining = undefined;
+      // Not landed, so no key of ours; only an outcome unknown leaves #leave a key to delete, once the
+      // write can no longer land (a delete sent before it could be applied before it).
+      if (isRecipeError(err, 'OUTCOME_UNKNOWN')) t.joining = { pending, session: s, txn: writeDecided(err) };
+      else t.joining = undefined;
       throw err;
     }
     t.joining = undefined;

@@ -22,6 +22,24 @@ const log = logger('receipts');
 const LANDED = Buffer.from('L');
 const VOIDED = Buffer.from('V');
 
+/** A copy of a write delayed inside etcd or the network for longer than this would be unheard of. */
+const LATE_COPY_MS = 60_000;
+
+/** For an OUTCOME_UNKNOWN of {@link ReceiptBook.write}: settles once the write's fate is decided in etcd. */
+const deciding = new WeakMap<object, Promise<void>>();
+
+/**
+ * Settles once the write that rejected with `err` (OUTCOME_UNKNOWN) can no
+ * longer land: its receipt voided, or found landed, or after LATE_COPY_MS.
+ * A cleanup of what that write creates must wait for it: sent earlier, it may
+ * reach etcd together with the held write and be applied first
+ * (docs/internals.md, "Outcome unknown means prove it"). Resolved at once for
+ * any other error.
+ */
+export function writeDecided(err: unknown): Promise<void> {
+  return (typeof err === 'object' && err !== null && deciding.get(err)) || Promise.resolve();
+}
+
 /** A Txn that may be re-sent, with the receipt that proves it landed. */
 export interface ProvenTxn {
   compares: Compare[];
@@ -162,20 +180,26 @@ export class ReceiptBook {
    */
   async #settleAborted(receipt: Buffer, o: ProvenWriteOptions, reason: unknown): Promise<ProvenOutcome> {
     // Voiding is harmless to repeat (create-if-absent): core's retry policy, bounded to a couple of seconds.
-    const res = await retrying(
-      () => txn(this.#client, [cmp.create(receipt, '==', 0n)], [op.put(receipt, VOIDED)], [op.range(receipt)]),
-      { maxElapsedMs: 2000 },
-    ).catch((err: unknown) => {
+    const voiding = (maxElapsedMs: number) =>
+      retrying(
+        () => txn(this.#client, [cmp.create(receipt, '==', 0n)], [op.put(receipt, VOIDED)], [op.range(receipt)]),
+        { maxElapsedMs },
+      );
+    // Then the receipt goes: no delayed copy can land on a receipt that is still there.
+    const spendLater = () => setTimeout(() => this.spend(receipt), LATE_COPY_MS).unref();
+    const res = await voiding(2000).catch((err: unknown) => {
       if (!isTransient(err)) throw err;
-      throw new OutcomeUnknownError(
+      const unknown = new OutcomeUnknownError(
         `${o.what}: aborted while etcd was unreachable; the write may or may not have happened`,
         { cause: reason },
       );
+      // The caller gives up now; its cleanups wait until the write can no longer land.
+      deciding.set(unknown, voiding(LATE_COPY_MS).then(spendLater, spendLater).then(noop));
+      throw unknown;
     });
     const kv = res.succeeded ? undefined : rangeAt(res, 0).kvs[0];
     if (!kv || kv.value.equals(VOIDED)) {
-      // A copy delayed inside etcd for longer than this would be unheard of; then the receipt goes.
-      setTimeout(() => this.spend(receipt), 60_000).unref();
+      spendLater();
       throw reason;
     }
     return this.#landedByReceipt(receipt, kv, reason);
@@ -233,3 +257,5 @@ export class ReceiptBook {
     });
   }
 }
+
+function noop(): void {}
