@@ -105,7 +105,7 @@ const workloads: Workload[] = [
           await q.dequeue({ signal: stop.signal }).then(() => delivered++, unlessStopped(stop.signal));
         }
       });
-      for (; Date.now() < endAt; ) await producer.enqueue('x');
+      while (Date.now() < endAt) await producer.enqueue('x');
       stop.abort();
       await Promise.all(taking);
       await Promise.all([producer, ...consumers].map((q) => q.close()));
@@ -132,7 +132,7 @@ const workloads: Workload[] = [
           if (last) claimed++;
         }
       });
-      for (; Date.now() < endAt; ) await producer.add('x');
+      while (Date.now() < endAt) await producer.add('x');
       stop.abort();
       await Promise.all(working);
       await Promise.all([producerSession!, ...consumerSessions].map((s) => s.close()));

@@ -179,7 +179,7 @@ export class ReceiptBook {
    * OUTCOME_UNKNOWN.
    */
   async #settleAborted(receipt: Buffer, o: ProvenWriteOptions, reason: unknown): Promise<ProvenOutcome> {
-    // Voiding is harmless to repeat (create-if-absent): core's retry policy, bounded to a couple of seconds.
+    // Voiding is harmless to repeat (create-if-absent): core's retry policy, bounded by `maxElapsedMs`.
     const voiding = (maxElapsedMs: number) =>
       retrying(
         () => txn(this.#client, [cmp.create(receipt, '==', 0n)], [op.put(receipt, VOIDED)], [op.range(receipt)]),
@@ -194,7 +194,12 @@ export class ReceiptBook {
         { cause: reason },
       );
       // The caller gives up now; its cleanups wait until the write can no longer land.
-      deciding.set(unknown, voiding(LATE_COPY_MS).then(spendLater, spendLater).then(noop));
+      deciding.set(
+        unknown,
+        voiding(LATE_COPY_MS)
+          .then(spendLater, spendLater)
+          .then(() => undefined),
+      );
       throw unknown;
     });
     const kv = res.succeeded ? undefined : rangeAt(res, 0).kvs[0];
@@ -257,5 +262,3 @@ export class ReceiptBook {
     });
   }
 }
-
-function noop(): void {}
