@@ -65,6 +65,31 @@ describe('Queue', () => {
     await Promise.all(consumers.map((c) => c.close()));
   });
 
+  it('keeps that order when a claim reaches the others as two watch responses (40 lines of 6)', async () => {
+    // A claim deletes an item and the claimer's waiter key at one revision; etcd sends the two on two
+    // watches, in either order. A waiter that acted on one alone took the next waiter's item (about
+    // one line in 13 here, before core/whole-writes.ts).
+    const admin = etcd().client();
+    const clients = Array.from({ length: 6 }, () => etcd().client());
+    const misordered: string[] = [];
+    for (let round = 0; round < 40; round++) {
+      const name = `split-${round}`;
+      const consumers = clients.map((c) => new Queue(c, name));
+      const taking: Promise<string>[] = [];
+      for (const [i, q] of consumers.entries()) {
+        taking.push(q.dequeue());
+        await waitForCount(admin, `__${name}/waiters/`, i + 1);
+      }
+      const producer = new Queue(admin, name);
+      const sent = ['a', 'b', 'c', 'd', 'e', 'f'];
+      for (const v of sent) await producer.enqueue(v);
+      const got = await within(10_000, Promise.all(taking), `line ${round}`);
+      if (got.join('') !== sent.join('')) misordered.push(got.join(''));
+      await Promise.all([producer, ...consumers].map((q) => q.close()));
+    }
+    expect(misordered).toEqual([]);
+  });
+
   it('costs a bounded number of requests per item, however many consumers wait (no herd)', async () => {
     const cluster = etcd();
     const consumers = Array.from({ length: 8 }, () => new Queue(cluster.client(), 'herd'));

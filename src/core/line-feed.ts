@@ -6,6 +6,7 @@ import { encodeKey } from './kv.js';
 import type { Logger } from './log.js';
 import { retrying } from './retry.js';
 import { openWatch, type WatchEvent, type WatchHandle, type WatchSpec } from './watch-hub.js';
+import { WholeWrites } from './whole-writes.js';
 
 /*
  * The watches a line's waiters follow: opened before the read (or join) a
@@ -130,6 +131,8 @@ class LineFeed {
   /** The client the watches were opened on. */
   #client: Namespace | undefined;
   #idle: NodeJS.Timeout | undefined;
+  /** Gathers each write's events from the watches (core/whole-writes.ts). */
+  #writes: WholeWrites | undefined;
   /** The watches are live: a new subscriber hears every later event at once. */
   ready = false;
 
@@ -183,10 +186,12 @@ class LineFeed {
   #open(client: Namespace): Promise<WatchHandle[]> {
     const handles: WatchHandle[] = [];
     let live: Promise<WatchHandle[]> | undefined;
-    const listener = {
-      onEvents: (events: WatchEvent[]) => {
-        for (const sub of this.#subs) sub.push(events);
-      },
+    const writes = new WholeWrites(this.#specs.length, (events) => {
+      if (this.#live === live) for (const sub of this.#subs) sub.push(events);
+    });
+    this.#writes = writes;
+    const listener = (watch: number) => ({
+      onEvents: (events: WatchEvent[]) => writes.add(watch, events),
       onEnd: () => {
         if (this.#live === live) this.#drop();
       },
@@ -194,10 +199,10 @@ class LineFeed {
       onInterrupted: () => {
         if (this.#live === live && this.ready) this.#drop();
       },
-    };
+    });
     live = (async () => {
       try {
-        for (const spec of this.#specs) handles.push(await openWatch(client, spec, listener));
+        for (const [i, spec] of this.#specs.entries()) handles.push(await openWatch(client, spec, listener(i)));
         if (this.#live === live) this.ready = true;
         return handles;
       } catch (err) {
@@ -214,6 +219,7 @@ class LineFeed {
     const live = this.#live;
     this.#live = undefined;
     this.ready = false;
+    this.#writes?.close();
     for (const sub of this.#subs) sub.end();
     void live?.then(
       (hs) => {
