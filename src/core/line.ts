@@ -3,6 +3,7 @@ import { combineSignals, raceAbort } from './abort.js';
 import { traceLock, type LockTarget } from './diagnostics.js';
 import { HandoffSlot } from './handoff.js';
 import { cleanUpAfter, deleteOwnKey } from './holding.js';
+import { deletePendingKey } from './late-copy.js';
 import { childPrefix, sessionKey, showKey, uniqueKey } from './keys.js';
 import {
   cmp,
@@ -39,6 +40,8 @@ export interface PendingKey {
   rev?: bigint;
   /** Set when the entry is several keys under this prefix (`key` among them), written and deleted together. */
   group?: Buffer;
+  /** The name is unique to this call (createUniqueKey): no later call of ours creates it. */
+  unique?: boolean;
 }
 
 /** Options of {@link joinLine}. */
@@ -167,12 +170,7 @@ async function enterAndWait<T>(
   } catch (err) {
     if (releaseLocal) {
       const release = releaseLocal;
-      await cleanUpAfter(
-        inFlight,
-        () => (pending.key ? deleteOwnKey(session, pending.key, pending.rev, log, pending.group) : Promise.resolve()),
-        release,
-        log,
-      );
+      await cleanUpAfter(inFlight, () => deletePendingKey(session, pending, log), release, log);
     }
     throw err;
   } finally {
@@ -242,7 +240,7 @@ export async function createUniqueKey(
     signal?.throwIfAborted();
     const { keys, group } = entry(uniqueKey(dir));
     const key = keys[0]!;
-    Object.assign(pending, { key, rev: undefined, group });
+    Object.assign(pending, { key, rev: undefined, group, unique: true });
     const res = await retrying(
       () =>
         txn(

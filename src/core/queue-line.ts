@@ -4,6 +4,7 @@ import type { Candidate, ClaimContext, ClaimOutcome, ClaimSource, SessionSource,
 import { WINDOW } from './claim-source.js';
 import { InternalError, isRecipeError } from './errors.js';
 import { cleanUpAfter, deleteOwnKey } from './holding.js';
+import { deletePendingKey } from './late-copy.js';
 import { createUniqueKey, type PendingKey } from './line.js';
 import { showKey, uniqueKey } from './keys.js';
 import { cmp, op, rangeAt, txn, type Compare, type Op, type OpResult, type RangeResult } from './kv.js';
@@ -281,10 +282,10 @@ export class ConsumerLine<R> {
     const src = this.#src;
     await cleanUpAfter(
       joining?.txn ?? Promise.resolve(),
-      async () => {
-        const key = waiter?.key ?? joining?.pending.key;
-        if (key) await deleteOwnKey(owner, key, waiter?.rev ?? joining?.pending.rev, src.log);
-      },
+      () =>
+        waiter
+          ? deleteOwnKey(owner, waiter.key, waiter.rev, src.log)
+          : deletePendingKey(owner, joining!.pending, src.log),
       () => undefined,
       src.log,
     );

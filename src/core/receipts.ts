@@ -23,7 +23,7 @@ const LANDED = Buffer.from('L');
 const VOIDED = Buffer.from('V');
 
 /** A copy of a write delayed inside etcd or the network for longer than this would be unheard of. */
-const LATE_COPY_MS = 60_000;
+export const LATE_COPY_MS = 60_000;
 
 /** For an OUTCOME_UNKNOWN of {@link ReceiptBook.write}: settles once the write's fate is decided in etcd. */
 const deciding = new WeakMap<object, Promise<void>>();

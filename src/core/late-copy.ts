@@ -1,0 +1,75 @@
+import { deleteOwnKey } from './holding.js';
+import { showKey } from './keys.js';
+import type { PendingKey } from './line.js';
+import type { Logger } from './log.js';
+import { LATE_COPY_MS } from './receipts.js';
+import type { Session } from './session.js';
+import { openWatch, type WatchHandle } from './watch-hub.js';
+
+/*
+ * A create whose reply never came (the call gave up while a frozen peer held
+ * it) may still land after our cleanup's delete: etcd serves the streams of
+ * one connection in no fixed order. A unique line key that lands then stays
+ * on our live lease for good, a phantom in the line that blocks everyone
+ * behind it (docs/internals.md, "Outcome unknown means prove it").
+ */
+
+/**
+ * Deletes the key a join may have created (`pending`, from createUniqueKey or
+ * a recipe's own create). When the create's reply never came and its name is
+ * unique to that call, a watch stands by for LATE_COPY_MS (or until the
+ * session ends) and deletes a copy that lands late. Waiting for the create
+ * instead is no option: nothing voids a create-if-absent of a fresh name.
+ */
+export async function deletePendingKey(session: Session, pending: PendingKey, log?: Logger): Promise<void> {
+  const { key, rev, group, unique } = pending;
+  if (!key) return;
+  const late = rev === undefined && unique ? await standBy(session, key, group, log) : undefined;
+  try {
+    await deleteOwnKey(session, key, rev, log, group);
+  } catch (err) {
+    late?.close();
+    throw err;
+  }
+}
+
+/** Watches `key` (or its group) for a copy of our create that lands late, and deletes it. */
+async function standBy(
+  session: Session,
+  key: Buffer,
+  group: Buffer | undefined,
+  log: Logger | undefined,
+): Promise<WatchHandle | undefined> {
+  let handle: WatchHandle | undefined;
+  let timer: NodeJS.Timeout | undefined;
+  const stop = () => {
+    clearTimeout(timer);
+    session.signal.removeEventListener('abort', stop);
+    handle?.close();
+  };
+  try {
+    handle = await openWatch(
+      session.client,
+      { key: group ?? key, prefix: !!group },
+      {
+        onEvents: (events) => {
+          const copy = events.find((e) => e.type === 'put' && e.kv.key.equals(key) && e.kv.lease === session.leaseId);
+          if (!copy) return;
+          // Watching on: a frozen peer may hold several copies (retries), each landing once the last is gone.
+          log?.('a late copy of the create of %s landed; deleting it', showKey(key));
+          deleteOwnKey(session, key, copy.kv.createRevision, log, group).catch((err: unknown) =>
+            log?.('delete of a late copy failed (the key expires with the lease): %s', (err as Error).message),
+          );
+        },
+        onEnd: stop,
+      },
+      session.signal,
+    );
+  } catch (err) {
+    log?.('no watch for a late copy of %s: %s', showKey(key), (err as Error).message);
+    return undefined;
+  }
+  timer = setTimeout(stop, LATE_COPY_MS).unref();
+  session.signal.addEventListener('abort', stop, { once: true });
+  return { createdRevision: handle.createdRevision, close: stop };
+}
