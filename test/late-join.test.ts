@@ -1,7 +1,7 @@
 import type { Namespace } from 'etcd3';
 import { describe, expect, it } from 'vitest';
-import { Queue, Semaphore, Session } from '../src/index.js';
-import { useCluster, waitForPrefixEmpty, within } from './helpers.js';
+import { Mutex, Queue, Semaphore, Session } from '../src/index.js';
+import { stillPending, useCluster, waitForPrefixEmpty, within } from './helpers.js';
 import { deletesUnder, putsUnder, type RawTxn } from './queue-helpers.js';
 
 /*
@@ -70,6 +70,28 @@ describe('a join whose create lands after the caller gave up and cleaned up', ()
     await waitForPrefixEmpty(admin, `${name}/queue/`, 10_000);
     await using other = await Session.create(admin, { ttl: 10 });
     const h = await within(10_000, new Semaphore(other, name, 2).acquire({ permits: 2 }), 'both permits');
+    await h.release();
+  });
+
+  it('Mutex: the late <name>/<lease> key is deleted, and a later acquire of the same session is not', async () => {
+    const name = 'late/mutex';
+    const admin = etcd().client();
+    const client = etcd().client();
+    await using session = await Session.create(client, { ttl: 30 });
+    const stop = new AbortController();
+    const held = holdCreate(client, `${name}/`, stop);
+    const acquiring = new Mutex(session, name).acquire({ signal: stop.signal });
+    await expect(within(10_000, acquiring, 'the aborted acquire')).rejects.toMatchObject({ name: 'AbortError' });
+    await within(10_000, held.cleaned, 'the cleanup delete');
+    expect((await admin.kv.txn((await held.create) as never)).succeeded).toBe(true);
+    // Go's layout: the key is the session's own; left there, it would hold the lock for nobody.
+    await waitForPrefixEmpty(admin, `${name}/`, 10_000);
+    await using other = await Session.create(admin, { ttl: 10 });
+    await (await within(10_000, new Mutex(other, name).acquire(), 'the lock')).release();
+    // The same session's next acquire creates the same name: the watch still standing by leaves it alone.
+    const h = await within(10_000, new Mutex(session, name).acquire(), 'the same session again');
+    const lost = new Promise((r) => h.signal.addEventListener('abort', r, { once: true }));
+    expect(await stillPending(lost, 500)).toBe(true);
     await h.release();
   });
 

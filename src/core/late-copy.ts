@@ -1,5 +1,6 @@
 import { deleteOwnKey } from './holding.js';
 import { showKey } from './keys.js';
+import { takeLocalTurn } from './local-lock.js';
 import type { PendingKey } from './line.js';
 import type { Logger } from './log.js';
 import { LATE_COPY_MS } from './receipts.js';
@@ -15,16 +16,24 @@ import { openWatch, type WatchHandle } from './watch-hub.js';
  */
 
 /**
- * Deletes the key a join may have created (`pending`, from createUniqueKey or
- * a recipe's own create). When the create's reply never came and its name is
- * unique to that call, a watch stands by for LATE_COPY_MS (or until the
+ * Deletes the key a join may have created (`pending`). When the create's
+ * reply never came, a watch stands by for LATE_COPY_MS (or until the
  * session ends) and deletes a copy that lands late. Waiting for the create
- * instead is no option: nothing voids a create-if-absent of a fresh name.
+ * instead is no option: nothing voids a create-if-absent. A name unique to
+ * the call (createUniqueKey) is ours to delete at any time; a session's own
+ * name (`localTurn`: Mutex, Election) is deleted only in its local turn, once
+ * no later call of ours holds it, and only if the copy is still there.
  */
-export async function deletePendingKey(session: Session, pending: PendingKey, log?: Logger): Promise<void> {
+export async function deletePendingKey(
+  session: Session,
+  pending: PendingKey,
+  log?: Logger,
+  localTurn?: Buffer,
+): Promise<void> {
   const { key, rev, group, unique } = pending;
   if (!key) return;
-  const late = rev === undefined && unique ? await standBy(session, key, group, log) : undefined;
+  const late =
+    rev === undefined && (unique || localTurn) ? await standBy(session, key, group, localTurn, log) : undefined;
   try {
     await deleteOwnKey(session, key, rev, log, group);
   } catch (err) {
@@ -38,6 +47,7 @@ async function standBy(
   session: Session,
   key: Buffer,
   group: Buffer | undefined,
+  localTurn: Buffer | undefined,
   log: Logger | undefined,
 ): Promise<WatchHandle | undefined> {
   let handle: WatchHandle | undefined;
@@ -57,7 +67,7 @@ async function standBy(
           if (!copy) return;
           // Watching on: a frozen peer may hold several copies (retries), each landing once the last is gone.
           log?.('a late copy of the create of %s landed; deleting it', showKey(key));
-          deleteOwnKey(session, key, copy.kv.createRevision, log, group).catch((err: unknown) =>
+          deleteCopy(session, key, copy.kv.createRevision, group, localTurn, log).catch((err: unknown) =>
             log?.('delete of a late copy failed (the key expires with the lease): %s', (err as Error).message),
           );
         },
@@ -72,4 +82,23 @@ async function standBy(
   timer = setTimeout(stop, LATE_COPY_MS).unref();
   session.signal.addEventListener('abort', stop, { once: true });
   return { createdRevision: handle.createdRevision, close: stop };
+}
+
+/** Deletes the copy created at `rev`, in our local turn for a session's own name (a later call may hold it). */
+async function deleteCopy(
+  session: Session,
+  key: Buffer,
+  rev: bigint,
+  group: Buffer | undefined,
+  localTurn: Buffer | undefined,
+  log: Logger | undefined,
+): Promise<void> {
+  const release = localTurn ? await takeLocalTurn(session.leaseId, localTurn, session.signal) : undefined;
+  try {
+    // Guarded by the copy's create revision: a later call of ours that adopted the copy held the turn
+    // until it deleted it.
+    await deleteOwnKey(session, key, rev, log, group);
+  } finally {
+    release?.();
+  }
 }

@@ -170,7 +170,7 @@ async function enterAndWait<T>(
   } catch (err) {
     if (releaseLocal) {
       const release = releaseLocal;
-      await cleanUpAfter(inFlight, () => deletePendingKey(session, pending, log), release, log);
+      await cleanUpAfter(inFlight, () => deletePendingKey(session, pending, log, o.localTurn), release, log);
     }
     throw err;
   } finally {
