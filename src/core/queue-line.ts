@@ -1,4 +1,4 @@
-import { randomBytes, randomInt } from 'node:crypto';
+import { randomInt } from 'node:crypto';
 import { linkSignals, raceAbort } from './abort.js';
 import type { Candidate, ClaimContext, ClaimOutcome, ClaimSource, SessionSource, Waiter } from './claim-source.js';
 import { WINDOW } from './claim-source.js';
@@ -6,7 +6,7 @@ import { InternalError, isRecipeError } from './errors.js';
 import { cleanUpAfter, deleteOwnKey } from './holding.js';
 import { deletePendingKey } from './late-copy.js';
 import { createUniqueKey, type PendingKey } from './line.js';
-import { showKey, uniqueKey } from './keys.js';
+import { showKey, uniqueKey, uniqueToken } from './keys.js';
 import { cmp, op, rangeAt, txn, type Compare, type Op, type OpResult, type RangeResult } from './kv.js';
 import { retrying } from './retry.js';
 import { writeDecided } from './receipts.js';
@@ -325,7 +325,7 @@ export class ConsumerLine<R> {
       const n = Math.min(src.interchangeable(cands), WINDOW);
       if (n > 1) pick = cands[randomInt(n)]!;
     }
-    const attemptId = randomBytes(9).toString('base64url');
+    const attemptId = uniqueToken();
     const ctx: ClaimContext = { session: t.session, attemptId, waiter: t.waiter, scan: this.#scanOps(), signal };
     try {
       return await src.claim(pick, ctx);

@@ -8,6 +8,7 @@ import {
   toBuffer,
   uniqueKey,
   uniqueSuffix,
+  uniqueToken,
 } from '../../src/core/keys.js';
 
 describe('key encoding (no etcd)', () => {
@@ -31,6 +32,14 @@ describe('key encoding (no etcd)', () => {
     for (const s of a) expect(s).toMatch(/^\d{19}$/);
     for (let i = 1; i < a.length; i++) expect(BigInt(a[i]!) > BigInt(a[i - 1]!)).toBe(true);
     expect(uniqueKey(Buffer.from('d/')).toString()).toMatch(/^d\/\d{19}$/);
+  });
+
+  it('makes tokens no other call makes: a random prefix per process, then a count', () => {
+    const a = Array.from({ length: 1000 }, () => uniqueToken());
+    expect(new Set(a).size).toBe(1000);
+    const prefix = a[0]!.slice(0, a[0]!.indexOf('.'));
+    expect(prefix).toHaveLength(12); // 9 random bytes
+    for (const t of a) expect(t.startsWith(`${prefix}.`)).toBe(true);
   });
 
   it('shows binary keys as hex and text keys as text', () => {
