@@ -36,13 +36,11 @@ interface Held {
 export class WholeWrites {
   readonly #watches: number;
   readonly #deliver: (events: WatchEvent[]) => void;
-  readonly #holdMs: number;
   #held: Held | undefined;
 
-  constructor(watches: number, deliver: (events: WatchEvent[]) => void, holdMs = HOLD_MS) {
+  constructor(watches: number, deliver: (events: WatchEvent[]) => void) {
     this.#watches = watches;
     this.#deliver = deliver;
-    this.#holdMs = holdMs;
   }
 
   /** One response of watch number `watch` (0-based): its events, in order. */
@@ -89,7 +87,7 @@ export class WholeWrites {
         this.#release(out);
         this.#deliver(out);
       }).unref();
-    }, this.#holdMs).unref();
+    }, HOLD_MS).unref();
     return timer;
   }
 }
