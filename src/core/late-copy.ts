@@ -52,6 +52,8 @@ async function standBy(
 ): Promise<WatchHandle | undefined> {
   let handle: WatchHandle | undefined;
   let timer: NodeJS.Timeout | undefined;
+  /** Create revisions of copies being deleted: one delete each. */
+  const deleting = new Set<bigint>();
   const stop = () => {
     clearTimeout(timer);
     session.signal.removeEventListener('abort', stop);
@@ -63,8 +65,12 @@ async function standBy(
       { key: group ?? key, prefix: !!group },
       {
         onEvents: (events) => {
-          const copy = events.find((e) => e.type === 'put' && e.kv.key.equals(key) && e.kv.lease === session.leaseId);
-          if (!copy) return;
+          // A copy creates the key: version 1 (a later put of ours on it, e.g. Election's proclaim, is not one).
+          const copy = events.find(
+            (e) => e.type === 'put' && e.kv.version === 1n && e.kv.key.equals(key) && e.kv.lease === session.leaseId,
+          );
+          if (!copy || deleting.has(copy.kv.createRevision)) return;
+          deleting.add(copy.kv.createRevision);
           // Watching on: a frozen peer may hold several copies (retries), each landing once the last is gone.
           log?.('a late copy of the create of %s landed; deleting it', showKey(key));
           deleteCopy(session, key, copy.kv.createRevision, group, localTurn, log).catch((err: unknown) =>
@@ -81,6 +87,7 @@ async function standBy(
   }
   timer = setTimeout(stop, LATE_COPY_MS).unref();
   session.signal.addEventListener('abort', stop, { once: true });
+  if (session.signal.aborted) stop(); // ended while the watch was being created
   return { createdRevision: handle.createdRevision, close: stop };
 }
 

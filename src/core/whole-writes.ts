@@ -31,7 +31,9 @@ interface Held {
  * revision only once every watch sent its share of that revision, a later
  * revision arrived (the stream carries revisions in order), or HOLD_MS
  * passed. Puts of a revision with no held delete go on at once: a new item
- * must wake its waiter without delay.
+ * must wake its waiter without delay. Only for watches etcd keeps in sync:
+ * one that fell behind (a slow reader) catches up in batches of its own,
+ * and a write can then reach waiters in two parts again.
  */
 export class WholeWrites {
   readonly #watches: number;
@@ -53,6 +55,10 @@ export class WholeWrites {
       if (held && revision === held.revision) {
         held.events.push(event);
         held.from.add(watch);
+      } else if (held && revision < held.revision) {
+        // An older revision after a newer one: a watch catching up (etcd kept it out of sync). It goes
+        // on first; the held write stays held.
+        out.push(event);
       } else if (event.type === 'delete' && this.#watches > 1) {
         this.#held = { revision, events: [event], from: new Set([watch]), timer: this.#timer() };
       } else {

@@ -53,6 +53,15 @@ describe('a write split over two watches reaches waiters whole (no etcd)', () =>
     expect(shown(batches)).toEqual([['delete __q/waiters/gone@9', 'put q/3@10']]);
   });
 
+  it('passes an older revision on first when a watch catches up, and keeps holding the newer write', () => {
+    const { batches, writes } = feed();
+    writes.add(1, [ev('delete', '__q/waiters/b', 210n)]);
+    writes.add(0, [ev('delete', 'q/7', 205n)]);
+    expect(shown(batches)).toEqual([['delete q/7@205']]);
+    writes.add(0, [ev('delete', 'q/8', 210n)]);
+    expect(shown(batches)).toEqual([['delete q/7@205'], ['delete __q/waiters/b@210', 'delete q/8@210']]);
+  });
+
   it('sends a lone delete on after HOLD_MS when nothing else comes', async () => {
     vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'setImmediate'] });
     const { batches, writes } = feed();
