@@ -1,8 +1,8 @@
 import type { Namespace } from 'etcd3';
 import { describe, expect, it } from 'vitest';
-import { Mutex, Queue, Semaphore, Session } from '../src/index.js';
+import { Election, Mutex, Queue, Semaphore, Session } from '../src/index.js';
 import { stillPending, useCluster, waitForPrefixEmpty, within } from './helpers.js';
-import { deletesUnder, putsUnder, type RawTxn } from './queue-helpers.js';
+import { afterTxn, beforeTxn, deletesUnder, putsUnder, type RawTxn } from './queue-helpers.js';
 
 /*
  * A join's create whose reply never comes: a frozen peer holds it, the call's
@@ -12,39 +12,35 @@ import { deletesUnder, putsUnder, type RawTxn } from './queue-helpers.js';
  * would, and hands the Txn to etcd once the cleanup's delete is done.
  */
 
-interface Held {
-  /** Resolves with the create Txn once the library sent it (and gave up on it). */
-  readonly create: Promise<RawTxn>;
-  /** Resolves once a delete under the same prefix came back: the cleanup is done. */
-  readonly cleaned: Promise<void>;
-}
-
-function holdCreate(client: Namespace, prefix: string, stop: AbortController): Held {
-  const kv = client.kv as unknown as { txn: (req: unknown, options?: unknown) => Promise<unknown> };
-  const real = kv.txn.bind(kv);
+/**
+ * Holds the first create under `prefix` as a frozen peer would: the attempt fails as its deadline would
+ * and the caller gives up. Runs `join(signal)` through that, waits until it rejected and its cleanup's
+ * delete under `prefix` came back, then lets the held create land (`land()`, as often as asked).
+ */
+async function lateCreate(
+  client: Namespace,
+  admin: Namespace,
+  prefix: string,
+  join: (signal: AbortSignal) => Promise<unknown>,
+): Promise<{ land: () => Promise<void> }> {
+  const stop = new AbortController();
+  const cleaned = afterTxn(client, deletesUnder(prefix));
   let held!: (req: RawTxn) => void;
-  let cleaned!: () => void;
-  const state = {
-    create: new Promise<RawTxn>((r) => {
-      held = r;
-    }),
-    cleaned: new Promise<void>((r) => {
-      cleaned = r;
-    }),
+  const create = new Promise<RawTxn>((r) => {
+    held = r;
+  });
+  beforeTxn(client, putsUnder(prefix), (req) => {
+    held(req);
+    stop.abort();
+    throw new Error('Deadline exceeded (the request is held by a frozen peer)');
+  });
+  await expect(within(10_000, join(stop.signal), 'the aborted join')).rejects.toMatchObject({ name: 'AbortError' });
+  await within(10_000, cleaned, 'the cleanup delete');
+  return {
+    land: async () => {
+      expect((await admin.kv.txn((await create) as never)).succeeded).toBe(true);
+    },
   };
-  let holding = true;
-  kv.txn = async (req: unknown, options?: unknown) => {
-    if (holding && putsUnder(prefix)(req as RawTxn)) {
-      holding = false;
-      held(req as RawTxn);
-      stop.abort(); // the caller gives up while the create is held
-      throw new Error('Deadline exceeded (the request is held by a frozen peer)');
-    }
-    const res = await real(req, options);
-    if (deletesUnder(prefix)(req as RawTxn)) cleaned();
-    return res;
-  };
-  return state;
 }
 
 describe('a join whose create lands after the caller gave up and cleaned up', () => {
@@ -56,17 +52,14 @@ describe('a join whose create lands after the caller gave up and cleaned up', ()
     const client = etcd().client();
     await using session = await Session.create(client, { ttl: 30 });
     await (await new Semaphore(session, name, 2).acquire()).release(); // the permit count is stored
-    const stop = new AbortController();
-    const held = holdCreate(client, `${name}/queue/`, stop);
-    const acquiring = new Semaphore(session, name, 2).acquire({ permits: 2, signal: stop.signal });
-    await expect(within(10_000, acquiring, 'the aborted acquire')).rejects.toMatchObject({ name: 'AbortError' });
-    await within(10_000, held.cleaned, 'the cleanup delete');
-    const late = await admin.kv.txn((await held.create) as never);
-    expect(late.succeeded).toBe(true); // the held create lands, after the cleanup
+    const late = await lateCreate(client, admin, `${name}/queue/`, (signal) =>
+      new Semaphore(session, name, 2).acquire({ permits: 2, signal }),
+    );
+    await late.land();
     // A phantom entry on a live session would take both permits until that session ends.
     await waitForPrefixEmpty(admin, `${name}/queue/`, 10_000);
     // A second held copy (a retry) lands once the first is gone: deleted too.
-    expect((await admin.kv.txn((await held.create) as never)).succeeded).toBe(true);
+    await late.land();
     await waitForPrefixEmpty(admin, `${name}/queue/`, 10_000);
     await using other = await Session.create(admin, { ttl: 10 });
     const h = await within(10_000, new Semaphore(other, name, 2).acquire({ permits: 2 }), 'both permits');
@@ -78,12 +71,9 @@ describe('a join whose create lands after the caller gave up and cleaned up', ()
     const admin = etcd().client();
     const client = etcd().client();
     await using session = await Session.create(client, { ttl: 30 });
-    const stop = new AbortController();
-    const held = holdCreate(client, `${name}/`, stop);
-    const acquiring = new Mutex(session, name).acquire({ signal: stop.signal });
-    await expect(within(10_000, acquiring, 'the aborted acquire')).rejects.toMatchObject({ name: 'AbortError' });
-    await within(10_000, held.cleaned, 'the cleanup delete');
-    expect((await admin.kv.txn((await held.create) as never)).succeeded).toBe(true);
+    await (
+      await lateCreate(client, admin, `${name}/`, (signal) => new Mutex(session, name).acquire({ signal }))
+    ).land();
     // Go's layout: the key is the session's own; left there, it would hold the lock for nobody.
     await waitForPrefixEmpty(admin, `${name}/`, 10_000);
     await using other = await Session.create(admin, { ttl: 10 });
@@ -95,18 +85,32 @@ describe('a join whose create lands after the caller gave up and cleaned up', ()
     await h.release();
   });
 
+  it('Election: the late campaign key is deleted; the next term of the same session proclaims unhurt', async () => {
+    const name = 'late/election';
+    const admin = etcd().client();
+    const client = etcd().client();
+    await using session = await Session.create(client, { ttl: 30 });
+    const late = await lateCreate(client, admin, `${name}/`, (signal) =>
+      new Election(session, name).campaign('a', { signal }),
+    );
+    await late.land();
+    // Left there, it would make this session the leader of a campaign nobody runs.
+    await waitForPrefixEmpty(admin, `${name}/`, 10_000);
+    // A term of the same session writes the same key, and proclaims put it again: none of it is a late copy.
+    const e = new Election(session, name);
+    await within(10_000, e.campaign('b'), 'the next term');
+    for (const v of ['c', 'd', 'e']) await e.proclaim(v);
+    expect(await admin.get(`${name}/${session.leaseHex}`).string()).toBe('e');
+    expect(e.isLeader).toBe(true);
+    await e.resign();
+  });
+
   it('Queue: the late waiter key is deleted; a consumer in line behind it gets the next item', async () => {
     const name = 'late-q';
     const admin = etcd().client();
     const client = etcd().client();
     const q = new Queue(client, name, { idleMs: 60_000 }); // its lease outlives the test, as a busy consumer's does
-    const stop = new AbortController();
-    const held = holdCreate(client, `__${name}/waiters/`, stop);
-    const dequeuing = q.dequeue({ signal: stop.signal });
-    await expect(within(10_000, dequeuing, 'the aborted dequeue')).rejects.toMatchObject({ name: 'AbortError' });
-    await within(10_000, held.cleaned, 'the cleanup delete');
-    const late = await admin.kv.txn((await held.create) as never);
-    expect(late.succeeded).toBe(true);
+    await (await lateCreate(client, admin, `__${name}/waiters/`, (signal) => q.dequeue({ signal }))).land();
     // A phantom waiter at the head of the line would keep the first item from everyone behind it.
     await waitForPrefixEmpty(admin, `__${name}/waiters/`, 5000);
     const other = new Queue(admin, name);

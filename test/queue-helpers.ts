@@ -65,6 +65,19 @@ export function beforeTxn(
   return state;
 }
 
+/** Resolves once a Txn of `client` that `match` selects has come back (after etcd applied it). */
+export function afterTxn(client: Namespace, match: (req: RawTxn) => boolean): Promise<void> {
+  const kv = client.kv as unknown as { txn: (req: unknown, options?: unknown) => Promise<unknown> };
+  const real = kv.txn.bind(kv);
+  return new Promise<void>((resolve) => {
+    kv.txn = async (req: unknown, options?: unknown) => {
+      const res = await real(req, options);
+      if (match(req as RawTxn)) resolve();
+      return res;
+    };
+  });
+}
+
 /** Moves the store on and compacts its whole history up to now (physically). */
 export async function compactAll(client: Namespace, filler: string): Promise<bigint> {
   for (let i = 0; i < 5; i++) await client.put(`${filler}/${i}`).value('x');

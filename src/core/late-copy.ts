@@ -32,24 +32,24 @@ export async function deletePendingKey(
 ): Promise<void> {
   const { key, rev, group, unique } = pending;
   if (!key) return;
-  const late =
+  const stopStandingBy =
     rev === undefined && (unique || localTurn) ? await standBy(session, key, group, localTurn, log) : undefined;
   try {
     await deleteOwnKey(session, key, rev, log, group);
   } catch (err) {
-    late?.close();
+    stopStandingBy?.();
     throw err;
   }
 }
 
-/** Watches `key` (or its group) for a copy of our create that lands late, and deletes it. */
+/** Watches `key` (or its group) for a copy of our create that lands late, and deletes it. Returns its stop. */
 async function standBy(
   session: Session,
   key: Buffer,
   group: Buffer | undefined,
   localTurn: Buffer | undefined,
   log: Logger | undefined,
-): Promise<WatchHandle | undefined> {
+): Promise<(() => void) | undefined> {
   let handle: WatchHandle | undefined;
   let timer: NodeJS.Timeout | undefined;
   /** Create revisions of copies being deleted: one delete each. */
@@ -88,7 +88,7 @@ async function standBy(
   timer = setTimeout(stop, LATE_COPY_MS).unref();
   session.signal.addEventListener('abort', stop, { once: true });
   if (session.signal.aborted) stop(); // ended while the watch was being created
-  return { createdRevision: handle.createdRevision, close: stop };
+  return stop;
 }
 
 /** Deletes the copy created at `rev`, in our local turn for a session's own name (a later call may hold it). */
