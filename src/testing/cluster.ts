@@ -9,7 +9,7 @@ import { TestCertificateAuthority, type CertificatePair } from './certs.js';
 import { findEtcdBinary } from './etcd-binary.js';
 import { memberFlags } from './member-flags.js';
 
-import { TLS_GRPC_OPTIONS, type MemberTls, freePort, EtcdMember } from './member.js';
+import { TLS_GRPC_OPTIONS, type MemberTls, freePort, EtcdMember, PortTakenError } from './member.js';
 import { PeerGates } from './peer-gates.js';
 import type { EtcdClusterOptions, EtcdCredentials, EtcdGrant, EtcdClusterTls } from './cluster-options.js';
 
@@ -158,6 +158,7 @@ export class EtcdCluster implements AsyncDisposable {
       try {
         await Promise.all(members.map((m) => m.spawn()));
         await cluster.waitHealthy();
+        await Promise.all(members.map((m) => m.checkIdentity()));
         if (gates) for (const m of members) gates.learn(m.name, (await m.status()).memberId);
       } catch (err) {
         gates?.close();
@@ -165,7 +166,7 @@ export class EtcdCluster implements AsyncDisposable {
         await Promise.all(members.map((m) => m.kill()));
         for (const m of members) m.removeData();
         // A port taken between probing and binding: try once more with new ports.
-        if (attempt < 3 && /address already in use|bind/i.test(logs)) continue;
+        if (attempt < 3 && (err instanceof PortTakenError || /address already in use|bind/i.test(logs))) continue;
         rmSync(root, { recursive: true, force: true });
         throw new Error(`etcd cluster did not start: ${(err as Error).message}\n${logs}`);
       }

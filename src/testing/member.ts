@@ -87,6 +87,11 @@ const WRAPPER = [
   'echo "exit:$code"',
 ].join('\n');
 
+/** @internal Another process's etcd answers on a port one of ours was started on. */
+export class PortTakenError extends Error {
+  override name = 'PortTakenError';
+}
+
 /**
  * One etcd process of an {@link EtcdCluster}.
  * @hideconstructor
@@ -264,6 +269,7 @@ export class EtcdMember {
     await this.stop();
     await this.spawn();
     await this.waitHealthy(timeoutMs);
+    await this.checkIdentity();
   }
 
   /** Waits (bounded) until this member answers /health with true. */
@@ -301,22 +307,8 @@ export class EtcdMember {
     raftTerm: string;
   }> {
     if (this.#tls) {
-      // etcd's HTTP gateway refuses requests that carry a client certificate once auth is on: ask over gRPC.
-      const client = new Etcd3({
-        hosts: [this.endpoint],
-        credentials: {
-          rootCertificate: this.#tls.ca,
-          ...(this.#tls.cert ? { certChain: this.#tls.cert, privateKey: this.#tls.key } : {}),
-        },
-        grpcOptions: TLS_GRPC_OPTIONS,
-        faultHandling: { global: noRetry, host: () => noRetry },
-      });
-      try {
-        const res = await client.maintenance.status({ deadline: new Date(Date.now() + timeoutMs) });
-        return { memberId: res.header.member_id, leaderId: res.leader, raftTerm: res.header.raft_term };
-      } finally {
-        client.close();
-      }
+      const res = await this.#overGrpc((c) => c.maintenance.status({ deadline: new Date(Date.now() + timeoutMs) }));
+      return { memberId: res.header.member_id, leaderId: res.leader, raftTerm: res.header.raft_term };
     }
     const body = (await requestJson(`${this.clientUrl}/v3/maintenance/status`, { body: '{}', timeoutMs })) as {
       header: { member_id: string; raft_term: string };
@@ -324,6 +316,46 @@ export class EtcdMember {
     };
     // etcd's JSON leaves out zero values: no leader field means no leader.
     return { memberId: body.header.member_id, leaderId: body.leader ?? '0', raftTerm: body.header.raft_term };
+  }
+
+  /**
+   * @internal Throws unless the etcd answering on this member's client port
+   * is this member. Ports are probed free, then bound by etcd: another
+   * process's etcd can take one in between, and its `/health` answers for a
+   * member that is about to exit for want of its port.
+   */
+  async checkIdentity(timeoutMs = 2000): Promise<void> {
+    type Answer = { header: { member_id: string }; members?: { ID: string; peerURLs?: string[] }[] };
+    const answer: Answer = this.#tls
+      ? await this.#overGrpc((c) => c.cluster.memberList({}, { deadline: new Date(Date.now() + timeoutMs) }))
+      : ((await requestJson(`${this.clientUrl}/v3/cluster/member/list`, { body: '{}', timeoutMs })) as Answer);
+    const self = answer.members?.find((m) => m.ID === answer.header.member_id);
+    const advertised = this.#args[this.#args.indexOf('--initial-advertise-peer-urls') + 1];
+    if (!advertised || !self?.peerURLs?.includes(advertised)) {
+      throw new PortTakenError(
+        `another etcd answers on ${this.endpoint}: its peer URLs are ${self?.peerURLs?.join(', ')}, ` +
+          `${this.name}'s is ${advertised}`,
+      );
+    }
+  }
+
+  /** Runs `ask` through a short-lived gRPC client (etcd's HTTP gateway refuses client certificates once auth is on). */
+  async #overGrpc<T>(ask: (client: Etcd3) => Promise<T>): Promise<T> {
+    const tls = this.#tls!;
+    const client = new Etcd3({
+      hosts: [this.endpoint],
+      credentials: {
+        rootCertificate: tls.ca,
+        ...(tls.cert ? { certChain: tls.cert, privateKey: tls.key } : {}),
+      },
+      grpcOptions: TLS_GRPC_OPTIONS,
+      faultHandling: { global: noRetry, host: () => noRetry },
+    });
+    try {
+      return await ask(client);
+    } finally {
+      client.close();
+    }
   }
 
   /** @internal */
