@@ -208,6 +208,11 @@ export async function etcdCpuSeconds(metricsUrl: string | undefined): Promise<nu
   return m ? Number(m[1]) : Number.NaN;
 }
 
+/** The watch events etcd has sent, to every watcher; NaN without a metrics URL. */
+export async function watchEventsSent(metricsUrl: string | undefined): Promise<number> {
+  return metricsUrl ? (await requestCounts(metricsUrl)).watchEvents : Number.NaN;
+}
+
 /**
  * Leaves `n` deleted keys (tombstones, until etcd's next compaction) under
  * `dir`, named `dir + name(i)`: writes and then deletes them 128 per Txn.

@@ -9,6 +9,7 @@ import {
   percentile,
   requestsBetween,
   table,
+  watchEventsSent,
   type BenchContext,
 } from './lib.js';
 import { merged, WorkerGroup } from './workers/pool.js';
@@ -47,7 +48,9 @@ interface Row {
   latencies: number[];
   kvPerItem: number;
   watchPerItem: number;
+  eventsPerItem: number;
   cpuPerItem: number;
+  etcdCpuPerItem: number;
   lostOrDup: number;
 }
 
@@ -67,10 +70,15 @@ async function deliveries(
   );
   let run: ReturnType<typeof merged>;
   let req: ReturnType<typeof requestsBetween>;
+  let events: number;
+  let etcdCpuMs: number;
   try {
     const before = await grpcMessages(ctx.metricsUrl);
+    const [eventsBefore, cpuBefore] = [await watchEventsSent(ctx.metricsUrl), await etcdCpuSeconds(ctx.metricsUrl)];
     run = merged(await group.run(ctx.seconds));
     req = requestsBetween(before, await grpcMessages(ctx.metricsUrl));
+    events = (await watchEventsSent(ctx.metricsUrl)) - eventsBefore;
+    etcdCpuMs = ((await etcdCpuSeconds(ctx.metricsUrl)) - cpuBefore) * 1000;
   } finally {
     await group.close();
   }
@@ -113,7 +121,9 @@ async function deliveries(
     latencies,
     kvPerItem: req.kv / run.ops,
     watchPerItem: req.watch / run.ops,
+    eventsPerItem: events / run.ops,
     cpuPerItem: run.cpuPerOp,
+    etcdCpuPerItem: etcdCpuMs / run.ops,
     lostOrDup: Math.abs(produced - seen.size - remaining) + duplicates,
   };
 }
@@ -219,7 +229,9 @@ export default async function run(ctx: BenchContext): Promise<void> {
       'p99 ms',
       'KV req/item',
       'watch msgs/item',
+      'watch events/item',
       'client CPU ms/item',
+      'etcd CPU ms/item',
       'lost/dup',
     ],
     rows.map((r) => [
@@ -231,7 +243,9 @@ export default async function run(ctx: BenchContext): Promise<void> {
       fmt.ms(percentile(r.latencies, 99)),
       fmt.n(r.kvPerItem, 2),
       fmt.n(r.watchPerItem, 2),
+      fmt.n(r.eventsPerItem, 2),
       fmt.cpu(r.cpuPerItem),
+      fmt.cpu(r.etcdCpuPerItem),
       r.lostOrDup,
     ]),
   );
@@ -240,6 +254,8 @@ export default async function run(ctx: BenchContext): Promise<void> {
   console.log(
     'received, the add included; client CPU ms/item is the CPU time of all worker processes ÷ items delivered.',
   );
+  console.log('watch msgs/item counts watch create/cancel messages etcd received; watch events/item the events it');
+  console.log('sent, to every watcher; etcd CPU ms/item the CPU time of the etcd process (10 ms resolution) ÷ items.');
   if (deliveryOnly) return;
 
   const jobs = 200;

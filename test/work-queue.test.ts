@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { closeClient, createClient, isRecipeError, Session, WorkQueue, type Job } from '../src/index.js';
+import { requestCounts, requestsBetween } from '../src/testing/index.js';
 import { keysUnder, stillPending, useCluster, within } from './helpers.js';
 import { tally, waitForCount } from './queue-helpers.js';
 
@@ -159,6 +160,31 @@ describe('WorkQueue', () => {
     await queues[0]!.add('two');
     expect((await within(5000, claims[2]!)).value).toBe('two');
     await Promise.all(sessions.map((s) => s.close()));
+  });
+
+  it('a waiting claimer is not sent the attempt records that every claim and ack writes', async () => {
+    const client = etcd().client();
+    await using session = await Session.create(client, { ttl: 10 });
+    const wq = new WorkQueue(session, 'scope');
+    const producer = new WorkQueue(client, 'scope');
+    const claim = wq.claim();
+    // Its watch is open before its waiter key is written.
+    await waitForCount(client, 'scope/waiters/', 1);
+    const url = etcd().members[0]!.metricsUrl;
+    const before = await requestCounts(url);
+    // The attempt records of 25 jobs that other consumers claim and ack: a put and a delete each.
+    for (let i = 0; i < 25; i++) {
+      await client.put(`scope/attempts/00100-${i}`).value('other');
+      await client.delete().key(`scope/attempts/00100-${i}`);
+    }
+    await producer.add('one');
+    const job = await within(5000, claim);
+    // What etcd sent by the time the claimer had its job (the add, on the same stream after the 50 writes):
+    // the job and its receipt; the claim's own events may follow.
+    const sent = requestsBetween(before, await requestCounts(url)).watchEvents;
+    expect(sent).toBeLessThan(10);
+    await job.ack();
+    await producer.close();
   });
 
   it('claimers in one process share one feed; closing the client it runs on does not stall the others', async () => {

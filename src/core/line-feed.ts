@@ -117,9 +117,9 @@ function feedId(client: Namespace, specs: WatchSpec[]): string | undefined {
 }
 
 const specId = (client: Namespace) => (spec: WatchSpec) =>
-  `${encodeKey(client, spec.key).toString('latin1')}${spec.prefix ? '*' : ''}${spec.noPut ? '-put' : ''}${
-    spec.prevKv ? '+prev' : ''
-  }`;
+  `${encodeKey(client, spec.key).toString('latin1')}${spec.prefix ? '*' : ''}${
+    spec.end ? `..${encodeKey(client, spec.end).toString('latin1')}` : ''
+  }${spec.noPut ? '-put' : ''}${spec.prevKv ? '+prev' : ''}`;
 
 /** The watches of one line, shared by the waiters of every recipe object on it in this process. */
 class LineFeed {

@@ -216,6 +216,7 @@ class WatchHub {
     const key = encodeKey(this.#client, spec.key);
     const req: Record<string, unknown> = { key, watch_id: entry.id };
     if (spec.prefix) req.range_end = prefixEnd(key);
+    else if (spec.end) req.range_end = encodeKey(this.#client, spec.end);
     if (entry.nextRevision !== undefined) req.start_revision = entry.nextRevision.toString();
     const filters: string[] = [];
     if (spec.noPut) filters.push('Noput');

@@ -7,6 +7,8 @@ export interface WatchSpec {
   key: Buffer;
   /** Watch every key starting with `key`. */
   prefix?: boolean;
+  /** Watch every key from `key` up to, not including, `end` (instead of `prefix`). */
+  end?: Buffer;
   /** First revision to deliver; omit to start "now" (the watch is then synced at once). */
   startRevision?: bigint;
   /** Skip put events. */

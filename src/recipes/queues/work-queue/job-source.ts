@@ -37,8 +37,9 @@ export class JobSource implements ClaimSource<Claimed> {
     this.#book = book;
     this.what = what;
     this.waitersPrefix = k.waiters;
-    // One watch: the events of a Txn (a claim and the waiter key it deletes) come together.
-    this.watches = [{ key: k.root, prefix: true }];
+    // One watch, so that the events of a Txn (a claim and the waiter key it deletes) come together. It
+    // starts at claims/: the attempt records (a put per claim, a delete per ack) would reach every consumer.
+    this.watches = [{ key: k.claims, end: prefixEnd(k.waiters) }];
   }
 
   /**
