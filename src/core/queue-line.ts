@@ -295,6 +295,11 @@ export class ConsumerLine<R> {
     return [this.#countWaiters, ...this.#src.scanOps()];
   }
 
+  /**
+   * A scan from its responses: first a range over the waiter keys, whose
+   * count is the waiters in line (etcd counts the whole range, before its
+   * limit and revision filters), then the source's own.
+   */
   #parse(results: OpResult[]): Scan {
     const count = results[0];
     if (count?.type !== 'range') throw new InternalError('scan response is not a range');
@@ -347,15 +352,19 @@ export class ConsumerLine<R> {
     return { waiter, state: this.#joined(waiter, created.reads) };
   }
 
-  /** A join's reads, after its put: the oldest waiter keys and the candidates. */
+  /**
+   * A join's reads, after its put: the oldest waiter keys (their range's
+   * count stands for the scan's count of waiters: one walk of `waiters/`
+   * fewer, docs/compaction.md) and the candidates.
+   */
   #joinReads(): Op[] {
-    return [op.range(this.#src.waitersPrefix, { ...OLDEST, limit: AHEAD_NAMES + 1 }), ...this.#scanOps()];
+    return [op.range(this.#src.waitersPrefix, { ...OLDEST, limit: AHEAD_NAMES + 1 }), ...this.#src.scanOps()];
   }
 
   /** Our state from the join's reads: every other waiter is ahead of us, we are the newest. */
   #joined(waiter: Waiter, reads: OpResult[]): State {
     const line = reads[0] as RangeResult;
-    const scan = this.#parse(reads.slice(1));
+    const scan = this.#parse(reads);
     return lineState(true, line.kvs, scan.waiters - 1, waiter.key, this.#src.waitersPrefix, waiter.rev, scan);
   }
 
@@ -363,12 +372,12 @@ export class ConsumerLine<R> {
   async #read(waiter: Waiter): Promise<State> {
     const src = this.#src;
     const older = op.range(src.waitersPrefix, { ...OLDEST, limit: AHEAD_NAMES, maxCreateRevision: waiter.rev - 1n });
-    const res = await txn(src.client, [], [op.range(waiter.key, { keysOnly: true }), older, ...this.#scanOps()]);
+    const res = await txn(src.client, [], [op.range(waiter.key, { keysOnly: true }), older, ...src.scanOps()]);
     const own = rangeAt(res, 0).kvs[0];
     const line = rangeAt(res, 1).kvs;
     // etcd counts a range before its revision filter: a full page says only "at least that many" ahead.
     const ahead = line.length < AHEAD_NAMES ? line.length : line.length + 1;
-    const scan = this.#parse(res.responses.slice(2));
+    const scan = this.#parse(res.responses.slice(1)); // `older` counts the waiters
     return lineState(
       own?.createRevision === waiter.rev,
       line,
