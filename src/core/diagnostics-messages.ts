@@ -175,6 +175,8 @@ export interface WatchCompactedMessage {
   key: string;
   /** True when the watch is on a prefix. */
   prefix: boolean;
+  /** Where the watched range ends (not included), when it is a range that is not a prefix. */
+  end?: string;
   /** The compaction revision etcd reported. */
   compactRevision: bigint;
 }

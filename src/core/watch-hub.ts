@@ -307,6 +307,7 @@ class WatchHub {
       publish('watchCompacted', () => ({
         key: showKey(entry.spec.key),
         prefix: !!entry.spec.prefix,
+        ...(entry.spec.end && !entry.spec.prefix ? { end: showKey(entry.spec.end) } : {}),
         compactRevision: compact,
       }));
       return new WatchCompactedError(compact);

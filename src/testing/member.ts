@@ -324,19 +324,41 @@ export class EtcdMember {
    * process's etcd can take one in between, and its `/health` answers for a
    * member that is about to exit for want of its port.
    */
-  async checkIdentity(timeoutMs = 2000): Promise<void> {
-    type Answer = { header: { member_id: string }; members?: { ID: string; peerURLs?: string[] }[] };
-    const answer: Answer = this.#tls
-      ? await this.#overGrpc((c) => c.cluster.memberList({}, { deadline: new Date(Date.now() + timeoutMs) }))
-      : ((await requestJson(`${this.clientUrl}/v3/cluster/member/list`, { body: '{}', timeoutMs })) as Answer);
-    const self = answer.members?.find((m) => m.ID === answer.header.member_id);
-    const advertised = this.#args[this.#args.indexOf('--initial-advertise-peer-urls') + 1];
-    if (!advertised || !self?.peerURLs?.includes(advertised)) {
+  async checkIdentity(timeoutMs = 10_000): Promise<void> {
+    type Answer = { header?: { member_id: string }; members?: { ID: string; peerURLs?: string[] }[] };
+    const ask = async (): Promise<Answer> =>
+      this.#tls
+        ? await this.#overGrpc((c) => c.cluster.memberList({}, { deadline: new Date(Date.now() + 2000) }))
+        : ((await requestJson(`${this.clientUrl}/v3/cluster/member/list`, { body: '{}', timeoutMs: 2000 })) as Answer);
+    // A slow or refusing answer is asked again (bounded); only a member list naming another member is a clash.
+    const answer = await retrying(
+      async () => {
+        const a = await ask();
+        if (!a.header || !a.members) throw new Error(`no member list on ${this.endpoint}: ${JSON.stringify(a)}`);
+        return a;
+      },
+      { maxElapsedMs: timeoutMs, maxBackoffMs: 250, retryIf: () => true },
+    );
+    const self = answer.members!.find((m) => m.ID === answer.header!.member_id);
+    const advertised = this.#advertisedPeerUrls();
+    if (!self?.peerURLs?.some((url) => advertised.includes(url))) {
       throw new PortTakenError(
         `another etcd answers on ${this.endpoint}: its peer URLs are ${self?.peerURLs?.join(', ')}, ` +
-          `${this.name}'s is ${advertised}`,
+          `${this.name}'s are ${advertised.join(', ')}`,
       );
     }
+  }
+
+  /** The peer URLs this member advertises: the last `--initial-advertise-peer-urls` given, as etcd reads it. */
+  #advertisedPeerUrls(): string[] {
+    const flag = '--initial-advertise-peer-urls';
+    for (let i = this.#args.length - 1; i >= 0; i--) {
+      const arg = this.#args[i]!;
+      const value =
+        arg === flag ? this.#args[i + 1] : arg.startsWith(`${flag}=`) ? arg.slice(flag.length + 1) : undefined;
+      if (value !== undefined) return value.split(',').map((u) => u.trim());
+    }
+    return [this.peerUrl];
   }
 
   /** Runs `ask` through a short-lived gRPC client (etcd's HTTP gateway refuses client certificates once auth is on). */

@@ -14,7 +14,10 @@ export interface RequestCounts {
   readonly kv: number;
   /** Watch stream messages (watch creates and cancels). */
   readonly watch: number;
-  /** Watch events the member has sent, to every watcher (`etcd_debugging_mvcc_events_total`). */
+  /**
+   * Watch events the member has sent, to every watcher
+   * (`etcd_debugging_mvcc_events_total`; NaN if etcd has no such metric).
+   */
   readonly watchEvents: number;
 }
 
@@ -34,7 +37,7 @@ export async function requestCounts(clientUrl: string): Promise<RequestCounts> {
     if (method) byMethod.set(method, (byMethod.get(method) ?? 0) + Number(m[2]));
   }
   const events = /^etcd_debugging_mvcc_events_total\s+([0-9.e+]+)/m.exec(text);
-  return countsFrom(byMethod, events ? Number(events[1]) : 0);
+  return countsFrom(byMethod, events ? Number(events[1]) : Number.NaN);
 }
 
 /** The difference `after - before` of two {@link requestCounts} snapshots. */
