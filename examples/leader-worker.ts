@@ -71,15 +71,15 @@ try {
     }
   })();
 
-  /** The first leader other than `previous`, as soon as one is elected (watching, not polling). */
+  const stops = new Map(['a', 'b', 'c'].map((id) => [id, new AbortController()]));
+  /** The first of our schedulers other than `previous` to lead, as soon as it is elected (watching, not polling). */
   const nextLeader = async (previous?: string): Promise<LeaderInfo> => {
     for await (const { leader } of observeLeader(client, ELECTION, { signal: AbortSignal.timeout(30_000) })) {
-      if (leader && leader.value !== previous) return leader;
+      if (leader && stops.has(leader.value) && leader.value !== previous) return leader;
     }
     throw new Error('no leader was elected within 30 s');
   };
 
-  const stops = new Map(['a', 'b', 'c'].map((id) => [id, new AbortController()]));
   const running = [...stops].map(([id, c]) => scheduler(id, c.signal));
   const first = (await nextLeader()).value;
   await sleep(700); // let it schedule a few jobs
