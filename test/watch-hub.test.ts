@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { openWatch, WatchCompactedError, type WatchEvent } from '../src/core/watch-hub.js';
+import { subscribeDiagnostics, type WatchCompactedMessage } from '../src/index.js';
 import { useCluster, within } from './helpers.js';
 
 /** Collects events of one watch; `next(n)` resolves once n events arrived in total. */
@@ -90,6 +91,37 @@ describe('watch hub', () => {
     );
     expect(err).toBeInstanceOf(WatchCompactedError);
     expect((err as WatchCompactedError).compactRevision).toBe(BigInt(latest.header.revision));
+  });
+
+  it('a key range watch sees the keys from key up to end only; compacted, its diagnostic names the range', async () => {
+    const client = etcd().client();
+    const first = await client.put('wr/a').value('1').exec();
+    const range = { key: Buffer.from('wr/b'), end: Buffer.from('wr/d') };
+    const live = collector();
+    const handle = await openWatch(client, range, live.listener);
+    for (const key of ['wr/a', 'wr/b', 'wr/c', 'wr/d', 'wr/e', 'wr/c2']) await client.put(key).value('x');
+    await live.next(3);
+    expect(live.events.map((e) => e.kv.key.toString())).toEqual(['wr/b', 'wr/c', 'wr/c2']);
+    handle.close();
+    const latest = await client.put('wr/z').value('x').exec();
+    await client.kv.compact({ revision: latest.header.revision, physical: true });
+    const messages: WatchCompactedMessage[] = [];
+    const stop = subscribeDiagnostics('etcd-recipes:watch:compacted', (m) => messages.push(m));
+    try {
+      const c = collector();
+      const err = await openWatch(client, { ...range, startRevision: BigInt(first.header.revision) }, c.listener).then(
+        (h) =>
+          c.next(1).then(() => {
+            h.close();
+            return c.ended;
+          }),
+        (e: unknown) => e,
+      );
+      expect(err).toBeInstanceOf(WatchCompactedError);
+      expect(messages).toContainEqual(expect.objectContaining({ key: 'wr/b', prefix: false, end: 'wr/d' }));
+    } finally {
+      stop();
+    }
   });
 
   it('resumes after an etcd restart without losing events', async () => {

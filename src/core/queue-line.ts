@@ -352,11 +352,7 @@ export class ConsumerLine<R> {
     return { waiter, state: this.#joined(waiter, created.reads) };
   }
 
-  /**
-   * A join's reads, after its put: the oldest waiter keys (their range's
-   * count stands for the scan's count of waiters: one walk of `waiters/`
-   * fewer, docs/compaction.md) and the candidates.
-   */
+  /** A join's reads, after its put: the oldest waiter keys (`#parse` takes their count) and the candidates. */
   #joinReads(): Op[] {
     return [op.range(this.#src.waitersPrefix, { ...OLDEST, limit: AHEAD_NAMES + 1 }), ...this.#src.scanOps()];
   }
