@@ -291,9 +291,10 @@ export class EtcdCluster implements AsyncDisposable {
     await retrying(
       async () => {
         const live = this.members.filter((m) => m.state === 'running');
+        // Checked first: `every` is true of no member at all.
+        if (live.length === 0) throw new Error('no member is running');
         const states = await Promise.all(live.map((m) => m.healthy()));
         if (states.every(Boolean)) return;
-        if (live.length === 0) throw new Error('no member is running');
         const sick = live.filter((_, i) => !states[i]).map((m) => m.name);
         throw new NotYet(`not healthy after ${timeoutMs} ms (${sick.join(', ')})`);
       },
