@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { openWatch, WatchCompactedError, type WatchEvent } from '../src/core/watch-hub.js';
+import type { Namespace } from 'etcd3';
+import { openWatch, WatchCompactedError, type WatchEvent, type WatchSpec } from '../src/core/watch-hub.js';
 import { subscribeDiagnostics, type WatchCompactedMessage } from '../src/index.js';
 import { useCluster, within } from './helpers.js';
 
@@ -42,6 +43,19 @@ function collector() {
   };
 }
 
+/** The error a watch of `spec` ends with: it fails to open, or ends after its first event (or end). */
+function endOf(client: Namespace, spec: WatchSpec): Promise<unknown> {
+  const c = collector();
+  return openWatch(client, spec, c.listener).then(
+    (h) =>
+      c.next(1).then(() => {
+        h.close();
+        return c.ended;
+      }),
+    (e: unknown) => e,
+  );
+}
+
 describe('watch hub', () => {
   const etcd = useCluster();
 
@@ -76,19 +90,7 @@ describe('watch hub', () => {
     await client.put('wc/x').value('2');
     const latest = await client.put('wc/x').value('3').exec();
     await client.kv.compact({ revision: latest.header.revision, physical: true });
-    const c = collector();
-    const err = await openWatch(
-      client,
-      { key: Buffer.from('wc/x'), startRevision: BigInt(old.header.revision) },
-      c.listener,
-    ).then(
-      (h) =>
-        c.next(1).then(() => {
-          h.close();
-          return c.ended;
-        }),
-      (e: unknown) => e,
-    );
+    const err = await endOf(client, { key: Buffer.from('wc/x'), startRevision: BigInt(old.header.revision) });
     expect(err).toBeInstanceOf(WatchCompactedError);
     expect((err as WatchCompactedError).compactRevision).toBe(BigInt(latest.header.revision));
   });
@@ -108,15 +110,7 @@ describe('watch hub', () => {
     const messages: WatchCompactedMessage[] = [];
     const stop = subscribeDiagnostics('etcd-recipes:watch:compacted', (m) => messages.push(m));
     try {
-      const c = collector();
-      const err = await openWatch(client, { ...range, startRevision: BigInt(first.header.revision) }, c.listener).then(
-        (h) =>
-          c.next(1).then(() => {
-            h.close();
-            return c.ended;
-          }),
-        (e: unknown) => e,
-      );
+      const err = await endOf(client, { ...range, startRevision: BigInt(first.header.revision) });
       expect(err).toBeInstanceOf(WatchCompactedError);
       expect(messages).toContainEqual(expect.objectContaining({ key: 'wr/b', prefix: false, end: 'wr/d' }));
     } finally {
